@@ -1,0 +1,48 @@
+"""The NumPy reference backend (``backend="reference"``).
+
+Readable, vectorised NumPy (no per-pixel Python loops), written to be learned
+from: each module states the math it implements, and every line carries the
+shapes it works on. The fast backends are tested against these functions.
+
+=====================  ==========================================
+module                 ops
+=====================  ==========================================
+``conv``               conv2d (im2col + GEMM), linear
+``norm``               batch_norm, fold_batch_norm
+``activations``        relu, leaky_relu, sigmoid
+``pool``               max_pool2d, avg_pool2d, global_avg_pool2d
+``tresnet``            space_to_depth, blur_pool2d, squeeze_excite
+``res2net``            res2net_chain, bottle2neck
+=====================  ==========================================
+
+The functions here take arguments already checked and normalised by
+``r2n._checks``; call them through ``r2n.<op>(..., backend="reference")``.
+"""
+
+from __future__ import annotations
+
+from .activations import leaky_relu, relu, sigmoid
+from .conv import conv2d, linear
+from .norm import batch_norm, fold_batch_norm
+from .pool import avg_pool2d, global_avg_pool2d, max_pool2d
+from .res2net import bottle2neck, res2net_chain
+from .tresnet import blur_pool2d, space_to_depth, squeeze_excite
+
+#: op name -> implementation (see r2n._backends)
+OPS = {
+    f.__name__: f
+    for f in (
+        conv2d, linear, batch_norm, fold_batch_norm, relu, leaky_relu, sigmoid,
+        max_pool2d, avg_pool2d, global_avg_pool2d, space_to_depth, blur_pool2d,
+        squeeze_excite, res2net_chain, bottle2neck,
+    )
+}
+
+
+def available() -> bool:
+    """The reference needs only NumPy."""
+    return True
+
+
+def unavailable_reason() -> str:
+    return ""
