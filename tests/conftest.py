@@ -9,6 +9,7 @@ seeded per test, never zeros.
 from __future__ import annotations
 
 import os
+import zlib
 
 import numpy as np
 import pytest
@@ -60,5 +61,5 @@ def t64(a):
 @pytest.fixture
 def rng(request):
     """A generator seeded from the test's id: fixed per test, different across tests."""
-    seed = sum(map(ord, request.node.nodeid)) * 7919 % 2**32
+    seed = zlib.crc32(request.node.nodeid.encode())
     return np.random.default_rng(seed)
