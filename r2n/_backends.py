@@ -40,6 +40,19 @@ def available_backends() -> list[str]:
     return [b for b in BACKENDS if _module(b).available()]
 
 
+def kind_of(backend: str) -> str:
+    """The array kind a backend computes on: ``"numpy"`` or ``"cupy"``."""
+    return _KIND_OF_BACKEND[backend]
+
+
+def status(backend: str, op: str) -> str:
+    """``"ready"``, ``"not implemented"`` or ``"unavailable"`` (dependency missing)."""
+    mod = _module(backend)
+    if op not in mod.OPS:
+        return "not implemented"
+    return "ready" if mod.available() else "unavailable"
+
+
 def implements(backend: str, op: str) -> bool:
     """True when ``backend`` is available and has an implementation of ``op``."""
     mod = _module(backend)

@@ -36,13 +36,29 @@ def _padded_windows(x, kernel_size, stride, padding, out_shape, value):
     return sliding_windows(xp, kernel_size, stride, (1, 1), (h_out, w_out))
 
 
+def _reduce_taps(win, ufunc):
+    """Combine the kH * kW taps of every window with a binary ufunc.
+
+    win : (N, C, H_out, W_out, kH, kW) view -> (N, C, H_out, W_out) new array.
+    One pass over the output per kernel tap: NumPy reduces this far faster than
+    over the two tiny, strided trailing axes.
+    """
+    kh, kw = win.shape[4:]
+    acc = win[..., 0, 0].copy()
+    for i in range(kh):
+        for j in range(kw):
+            if i or j:
+                ufunc(acc, win[..., i, j], out=acc)
+    return acc
+
+
 def max_pool2d(x, *, kernel_size, stride, padding, ceil_mode, out_shape):
     """Max over each window; padding is -inf so it never wins; NaN propagates.
 
     x : (N, C, H, W) -> (N, C, H_out, W_out)
     """
     win = _padded_windows(x, kernel_size, stride, padding, out_shape, -np.inf)
-    return np.ascontiguousarray(win.max(axis=(4, 5)))
+    return _reduce_taps(win, np.maximum)
 
 
 def _divisors(size, kernel, stride, padding, out, count_include_pad):
@@ -62,11 +78,12 @@ def avg_pool2d(x, *, kernel_size, stride, padding, ceil_mode, count_include_pad,
     _, _, h, w = x.shape
     h_out, w_out = out_shape[2:]
     win = _padded_windows(x, kernel_size, stride, padding, out_shape, 0.0)
-    sums = win.sum(axis=(4, 5))  # N, C, Ho, Wo
+    sums = _reduce_taps(win, np.add)  # N, C, Ho, Wo
     div_h = _divisors(h, kernel_size[0], stride[0], padding[0], h_out, count_include_pad)
     div_w = _divisors(w, kernel_size[1], stride[1], padding[1], w_out, count_include_pad)
     divisor = np.outer(div_h, div_w).astype(x.dtype)  # Ho, Wo
-    return np.ascontiguousarray(sums / divisor)
+    sums /= divisor
+    return sums
 
 
 def global_avg_pool2d(x):

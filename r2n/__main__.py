@@ -1,0 +1,41 @@
+"""Command line: ``r2n check`` (also ``python -m r2n check``).
+
+``check`` runs every available backend against the float64 reference on
+Res2Net-50 shapes and prints a table of errors and median times (PyTorch too,
+when installed). Exit code 0 when every implemented backend agrees.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="r2n", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command")
+    check = sub.add_parser(
+        "check", help="check every backend against the reference and time it (default)"
+    )
+    check.add_argument("--quick", action="store_true", help="smaller images (28x28)")
+    check.add_argument("--op", nargs="+", metavar="OP", help="only these ops")
+    check.add_argument("--seed", type=int, default=0, help="random seed of the inputs")
+    args = parser.parse_args(argv)
+    from . import _check_cli
+
+    if args.command in (None, "check"):
+        try:
+            return _check_cli.main(
+                quick=getattr(args, "quick", False),
+                ops=getattr(args, "op", None),
+                seed=getattr(args, "seed", 0),
+            )
+        except KeyboardInterrupt:
+            print("\ninterrupted", file=sys.stderr)
+            return 130
+    parser.print_help()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,276 @@
+"""``r2n check``: every backend against the float64 reference, on Res2Net shapes.
+
+For each case (an op at a shape taken from Res2Net-50), the float64 reference
+result is the truth. Every backend then runs the same inputs in float32 and is
+reported as ``ok`` (relative error within 1e-5), ``WRONG``, ``not implemented``
+or ``unavailable``, with its median time. PyTorch, when installed, is timed on
+the same float32 inputs as an extra row. The exit code is 1 if any backend
+disagreed with the reference.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _api, _backends
+from .params import Bottle2neckParams, FoldedConv
+
+TOLERANCE = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-10}
+
+
+@dataclass
+class Case:
+    """One op at one shape: ``make(rng, dtype)`` returns (args, kwargs)."""
+
+    op: str
+    label: str
+    make: Callable
+    torch_fn: Callable | None = None  # (torch args...) -> tensor, same signature
+
+
+def _randn(rng, *shape):
+    return rng.standard_normal(shape)
+
+
+def _chain_case(n, width, scale, hw, stype, stride):
+    nums = max(scale - 1, 1)
+
+    def make(rng):
+        x = _randn(rng, n, width * scale, hw, hw)
+        ws = [_randn(rng, width, width, 3, 3) / np.sqrt(9 * width) for _ in range(nums)]
+        bs = [_randn(rng, width) for _ in range(nums)]
+        return (x, ws, bs), dict(scale=scale, stype=stype, stride=stride)
+
+    def torch_fn(x, ws, bs, *, scale, stype, stride):
+        import torch
+        import torch.nn.functional as F
+
+        chunks = torch.split(x, width, 1)
+        outs, sp = [], None
+        for i in range(nums):
+            sp = chunks[i] if i == 0 or stype == "stage" else sp + chunks[i]
+            sp = F.relu(F.conv2d(sp, ws[i], bs[i], stride=stride, padding=1))
+            outs.append(sp)
+        if scale > 1:
+            last = chunks[nums]
+            outs.append(F.avg_pool2d(last, 3, stride, 1) if stype == "stage" else last)
+        return torch.cat(outs, 1)
+
+    label = f"N={n} {width}w x {scale}s {hw}x{hw} {stype} s{stride}"
+    return Case("res2net_chain", label, make, torch_fn)
+
+
+def _bottle2neck_case(n, c_in, width, scale, planes, hw, stype, stride):
+    c_out = planes * 4
+
+    def conv(rng, co, ci, k):
+        return FoldedConv(_randn(rng, co, ci, k, k) / np.sqrt(ci * k * k), _randn(rng, co))
+
+    def make(rng):
+        nums = max(scale - 1, 1)
+        chain = [conv(rng, width, width, 3) for _ in range(nums)]
+        params = Bottle2neckParams(
+            conv1=conv(rng, width * scale, c_in, 1),
+            chain_weights=[c.weight for c in chain],
+            chain_biases=[c.bias for c in chain],
+            conv3=conv(rng, c_out, width * scale, 1),
+            shortcut=None if (c_in == c_out and stride == 1) else conv(rng, c_out, c_in, 1),
+        )
+        return (_randn(rng, n, c_in, hw, hw), params), dict(
+            scale=scale, stype=stype, stride=stride
+        )
+
+    label = f"N={n} {c_in}->{c_out} {width}w x {scale}s {hw}x{hw} {stype} s{stride}"
+    return Case("bottle2neck", label, make)
+
+
+def _simple_case(op, label, shapes, torch_name=None, **kwargs):
+    def make(rng):
+        return tuple(_randn(rng, *s) for s in shapes), dict(kwargs)
+
+    torch_fn = None
+    if torch_name:
+
+        def torch_fn(*args, **kw):
+            import torch.nn.functional as F
+
+            return getattr(F, torch_name)(*args, **kw)
+
+    return Case(op, label, make, torch_fn)
+
+
+def cases(quick: bool = False) -> list[Case]:
+    """The checked cases: Res2Net-50 layer shapes at batch 1 (smaller if quick)."""
+    hw = 28 if quick else 56
+    return [
+        _simple_case("conv2d", f"3x3 26->26 {hw}x{hw}", [(1, 26, hw, hw), (26, 26, 3, 3)],
+                     "conv2d", padding=1),
+        _simple_case("conv2d", f"1x1 256->104 {hw}x{hw}", [(1, 256, hw, hw), (104, 256, 1, 1)],
+                     "conv2d"),
+        _simple_case("conv2d", f"3x3 groups=8 64->64 {hw // 2}x{hw // 2}",
+                     [(1, 64, hw // 2, hw // 2), (64, 8, 3, 3)], "conv2d", padding=1, groups=8),
+        _simple_case("max_pool2d", f"3x3 s2 64ch {2 * hw}x{2 * hw}",
+                     [(1, 64, 2 * hw, 2 * hw)], "max_pool2d", kernel_size=3, stride=2, padding=1),
+        _simple_case("avg_pool2d", f"3x3 s2 52ch {hw}x{hw}", [(1, 52, hw, hw)], "avg_pool2d",
+                     kernel_size=3, stride=2, padding=1),
+        _simple_case("global_avg_pool2d", "2048ch 7x7", [(1, 2048, 7, 7)]),
+        _simple_case("linear", "2048->1000", [(1, 2048), (1000, 2048), (1000,)], "linear"),
+        _simple_case("space_to_depth", f"3ch {4 * hw}x{4 * hw}", [(1, 3, 4 * hw, 4 * hw)]),
+        _simple_case("blur_pool2d", f"64ch {hw}x{hw}", [(1, 64, hw, hw)]),
+        _simple_case("squeeze_excite", f"256ch {hw}x{hw}",
+                     [(1, 256, hw, hw), (64, 256, 1, 1), (64,), (256, 64, 1, 1), (256,)]),
+        _chain_case(1, 26, 4, hw, "normal", 1),
+        _chain_case(1, 52, 4, hw, "stage", 2),
+        _bottle2neck_case(1, 256, 26, 4, 64, hw, "normal", 1),
+        _bottle2neck_case(1, 256, 52, 4, 128, hw, "stage", 2),
+    ]
+
+
+def _as(args, convert):
+    """Apply ``convert`` to every array inside args (lists and FoldedConvs too)."""
+    if isinstance(args, np.ndarray):
+        return convert(args)
+    if isinstance(args, (list, tuple)):
+        return type(args)(_as(a, convert) for a in args)
+    if isinstance(args, (FoldedConv, Bottle2neckParams)):
+        fields = {k: _as(v, convert) for k, v in vars(args).items()}
+        return type(args)(**fields)
+    return args
+
+
+def median_ms(fn: Callable, min_time: float = 0.2, max_reps: int = 50) -> float:
+    """Median wall time of ``fn()`` in ms, after one warm-up call."""
+    fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < 3 or (time.perf_counter() - start < min_time and len(times) < max_reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def _rel_err(out, ref) -> float:
+    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
+    if out.shape != ref.shape or not np.isfinite(out).all():
+        return float("inf")
+    return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-300))
+
+
+def run_case(case: Case, rng) -> list[dict]:
+    """Rows (one per backend, plus torch) for one case."""
+    args64, kwargs = case.make(rng)
+    fn = getattr(_api, case.op)
+    ref = fn(*args64, backend="reference", **kwargs)
+    args32 = _as(args64, lambda a: a.astype(np.float32))
+    tol = TOLERANCE[np.dtype(np.float32)]
+    rows = []
+    for backend in _backends.BACKENDS:
+        row = dict(op=case.op, case=case.label, backend=backend, error=None, ms=None)
+        status = _backends.status(backend, case.op)
+        if status != "ready":
+            row["status"] = status
+        elif _backends.kind_of(backend) == "cupy":
+            row.update(_gpu_status(case, args32, kwargs, ref, backend))
+        else:
+            out = fn(*args32, backend=backend, **kwargs)
+            err = _rel_err(out, ref)
+            row.update(error=err, status="ok" if err <= tol else "WRONG")
+            if err <= tol:
+                row["ms"] = median_ms(lambda: fn(*args32, backend=backend, **kwargs))
+        rows.append(row)
+    if case.torch_fn is not None and _torch() is not None:
+        torch = _torch()
+        targs = _as(args32, torch.from_numpy)
+        with torch.no_grad():
+            out = case.torch_fn(*targs, **kwargs).numpy()
+            err = _rel_err(out, ref)
+            ms = median_ms(lambda: case.torch_fn(*targs, **kwargs))
+        rows.append(dict(op=case.op, case=case.label, backend=f"torch {torch.__version__}",
+                         status="ok" if err <= tol else "differs", error=err, ms=ms))
+    return rows
+
+
+def _gpu_status(case, args32, kwargs, ref, backend) -> dict:
+    """Run a CuPy backend if CuPy sees a GPU; never fails the check for lack of one."""
+    try:
+        import cupy
+
+        cupy.cuda.runtime.getDeviceCount()
+    except Exception:  # no driver or no device: nothing to check here
+        return {"status": "no GPU"}
+    fn = getattr(_api, case.op)
+    dargs = _as(args32, cupy.asarray)
+
+    def call():
+        out = fn(*dargs, backend=backend, **kwargs)
+        cupy.cuda.get_current_stream().synchronize()
+        return out
+
+    err = _rel_err(cupy.asnumpy(call()), ref)
+    tol = TOLERANCE[np.dtype(np.float32)]
+    return {"error": err, "status": "ok" if err <= tol else "WRONG",
+            "ms": median_ms(call) if err <= tol else None}
+
+
+_TORCH = []
+
+
+def _torch():
+    """torch if installed (imported once), else None."""
+    if not _TORCH:
+        try:
+            import torch
+
+            _TORCH.append(torch)
+        except ImportError:
+            _TORCH.append(None)
+    return _TORCH[0]
+
+
+def format_table(rows: list[dict]) -> str:
+    """Plain-text table: op, case, backend, status, relative error, median ms."""
+    header = ("op", "case", "backend", "status", "rel. error", "ms (median)")
+    lines = [header]
+    for r in rows:
+        err = "" if r.get("error") is None else f"{r['error']:.1e}"
+        ms = "" if r.get("ms") is None else f"{r['ms']:.3f}"
+        lines.append((r["op"], r["case"], r["backend"], r["status"], err, ms))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    out = []
+    for k, line in enumerate(lines):
+        out.append("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip())
+        if k == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def main(quick: bool = False, ops: list[str] | None = None, seed: int = 0) -> int:
+    """Run the check, print the table, return the exit code (0: all agree)."""
+    rng = np.random.default_rng(seed)
+    selected = [c for c in cases(quick) if not ops or c.op in ops]
+    if not selected:
+        print(f"r2n check: no case for --op {' '.join(ops)}; ops are: "
+              f"{', '.join(sorted({c.op for c in cases()}))}")
+        return 2
+    print(f"r2n check: float32 results vs the float64 reference (tolerance 1e-5), "
+          f"{len(selected)} cases; backends available: {', '.join(_backends.available_backends())}")
+    rows = []
+    for i, case in enumerate(selected, 1):
+        print(f"  [{i}/{len(selected)}] {case.op} {case.label}", flush=True)
+        rows.extend(run_case(case, rng))
+    print()
+    print(format_table(rows))
+    wrong = [r for r in rows if r["status"] == "WRONG"]
+    print()
+    if wrong:
+        print(f"{len(wrong)} result(s) disagree with the reference: "
+              + ", ".join(f"{r['op']} [{r['backend']}]" for r in wrong))
+        return 1
+    print("every implemented backend agrees with the reference")
+    return 0
