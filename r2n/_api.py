@@ -115,8 +115,9 @@ def batch_norm(x, mean, var, weight=None, bias=None, *, eps=1e-5, backend=None):
     return _backends.resolve("batch_norm", backend, kind)(x, mean, var, weight, bias, eps=eps)
 
 
-def fold_batch_norm(conv_weight, conv_bias, mean, var, weight=None, bias=None, eps=1e-5, *,
-                    backend=None):
+def fold_batch_norm(
+    conv_weight, conv_bias, mean, var, weight=None, bias=None, eps=1e-5, *, backend=None
+):
     """Fold an inference BatchNorm into the conv (or linear) layer before it.
 
     Parameters
@@ -132,13 +133,26 @@ def fold_batch_norm(conv_weight, conv_bias, mean, var, weight=None, bias=None, e
     (weight', bias') : new arrays, (C_out, ...) and (C_out,), such that
     ``conv2d(x, weight', bias') == batch_norm(conv2d(x, conv_weight, conv_bias), ...)``.
     """
-    arrays = {"conv_weight": conv_weight, "conv_bias": conv_bias, "mean": mean, "var": var,
-              "weight": weight, "bias": bias}
+    arrays = {
+        "conv_weight": conv_weight,
+        "conv_bias": conv_bias,
+        "mean": mean,
+        "var": var,
+        "weight": weight,
+        "bias": bias,
+    }
     kind = _kind("fold_batch_norm", arrays)
     if conv_weight.ndim < 1:
         raise ValueError("r2n.fold_batch_norm: conv_weight must be at least 1-D (C_out, ...)")
-    _check_channel_vectors("fold_batch_norm", conv_weight.shape[0], conv_bias=conv_bias,
-                           mean=mean, var=var, weight=weight, bias=bias)
+    _check_channel_vectors(
+        "fold_batch_norm",
+        conv_weight.shape[0],
+        conv_bias=conv_bias,
+        mean=mean,
+        var=var,
+        weight=weight,
+        bias=bias,
+    )
     eps = _checks.as_float("fold_batch_norm", "eps", eps, nonnegative=True)
     impl = _backends.resolve("fold_batch_norm", backend, kind)
     return impl(conv_weight, conv_bias, mean, var, weight, bias, eps=eps)
@@ -193,8 +207,16 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, *, backe
     return _backends.resolve("max_pool2d", backend, kind)(x, **args)
 
 
-def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
-               *, backend=None):
+def avg_pool2d(
+    x,
+    kernel_size,
+    stride=None,
+    padding=0,
+    ceil_mode=False,
+    count_include_pad=True,
+    *,
+    backend=None,
+):
     """2-D average pooling with PyTorch's output sizes and divisors.
 
     Parameters
@@ -281,8 +303,7 @@ def blur_pool2d(x, *, backend=None):
     _checks.check_ndim("blur_pool2d", "x", x, 4, "(N, C, H, W)")
     if x.shape[2] < 2 or x.shape[3] < 2:
         raise ValueError(
-            f"r2n.blur_pool2d: reflect padding needs H >= 2 and W >= 2, got shape "
-            f"{tuple(x.shape)}"
+            f"r2n.blur_pool2d: reflect padding needs H >= 2 and W >= 2, got shape {tuple(x.shape)}"
         )
     return _backends.resolve("blur_pool2d", backend, kind)(x)
 
@@ -320,8 +341,9 @@ def squeeze_excite(x, w1, b1, w2, b2, *, backend=None):
 # --------------------------------------------------------------------------- #
 
 
-def res2net_chain(x, weights, biases=None, *, scale, stype="normal", stride=1, groups=1,
-                  backend=None):
+def res2net_chain(
+    x, weights, biases=None, *, scale, stype="normal", stride=1, groups=1, backend=None
+):
     """The hierarchical residual connections of a Res2Net bottleneck.
 
     x is split into ``scale`` chunks of ``width`` channels. With

@@ -108,22 +108,51 @@ def cases(quick: bool = False) -> list[Case]:
     """The checked cases: Res2Net-50 layer shapes at batch 1 (smaller if quick)."""
     hw = 28 if quick else 56
     return [
-        _simple_case("conv2d", f"3x3 26->26 {hw}x{hw}", [(1, 26, hw, hw), (26, 26, 3, 3)],
-                     "conv2d", padding=1),
-        _simple_case("conv2d", f"1x1 256->104 {hw}x{hw}", [(1, 256, hw, hw), (104, 256, 1, 1)],
-                     "conv2d"),
-        _simple_case("conv2d", f"3x3 groups=8 64->64 {hw // 2}x{hw // 2}",
-                     [(1, 64, hw // 2, hw // 2), (64, 8, 3, 3)], "conv2d", padding=1, groups=8),
-        _simple_case("max_pool2d", f"3x3 s2 64ch {2 * hw}x{2 * hw}",
-                     [(1, 64, 2 * hw, 2 * hw)], "max_pool2d", kernel_size=3, stride=2, padding=1),
-        _simple_case("avg_pool2d", f"3x3 s2 52ch {hw}x{hw}", [(1, 52, hw, hw)], "avg_pool2d",
-                     kernel_size=3, stride=2, padding=1),
+        _simple_case(
+            "conv2d",
+            f"3x3 26->26 {hw}x{hw}",
+            [(1, 26, hw, hw), (26, 26, 3, 3)],
+            "conv2d",
+            padding=1,
+        ),
+        _simple_case(
+            "conv2d", f"1x1 256->104 {hw}x{hw}", [(1, 256, hw, hw), (104, 256, 1, 1)], "conv2d"
+        ),
+        _simple_case(
+            "conv2d",
+            f"3x3 groups=8 64->64 {hw // 2}x{hw // 2}",
+            [(1, 64, hw // 2, hw // 2), (64, 8, 3, 3)],
+            "conv2d",
+            padding=1,
+            groups=8,
+        ),
+        _simple_case(
+            "max_pool2d",
+            f"3x3 s2 64ch {2 * hw}x{2 * hw}",
+            [(1, 64, 2 * hw, 2 * hw)],
+            "max_pool2d",
+            kernel_size=3,
+            stride=2,
+            padding=1,
+        ),
+        _simple_case(
+            "avg_pool2d",
+            f"3x3 s2 52ch {hw}x{hw}",
+            [(1, 52, hw, hw)],
+            "avg_pool2d",
+            kernel_size=3,
+            stride=2,
+            padding=1,
+        ),
         _simple_case("global_avg_pool2d", "2048ch 7x7", [(1, 2048, 7, 7)]),
         _simple_case("linear", "2048->1000", [(1, 2048), (1000, 2048), (1000,)], "linear"),
         _simple_case("space_to_depth", f"3ch {4 * hw}x{4 * hw}", [(1, 3, 4 * hw, 4 * hw)]),
         _simple_case("blur_pool2d", f"64ch {hw}x{hw}", [(1, 64, hw, hw)]),
-        _simple_case("squeeze_excite", f"256ch {hw}x{hw}",
-                     [(1, 256, hw, hw), (64, 256, 1, 1), (64,), (256, 64, 1, 1), (256,)]),
+        _simple_case(
+            "squeeze_excite",
+            f"256ch {hw}x{hw}",
+            [(1, 256, hw, hw), (64, 256, 1, 1), (64,), (256, 64, 1, 1), (256,)],
+        ),
         _chain_case(1, 26, 4, hw, "normal", 1),
         _chain_case(1, 52, 4, hw, "stage", 2),
         _bottle2neck_case(1, 256, 26, 4, 64, hw, "normal", 1),
@@ -182,7 +211,7 @@ def run_case(case: Case, rng) -> list[dict]:
             err = _rel_err(out, ref)
             row.update(error=err, status="ok" if err <= tol else "WRONG")
             if err <= tol:
-                row["ms"] = median_ms(lambda: fn(*args32, backend=backend, **kwargs))
+                row["ms"] = median_ms(lambda b=backend: fn(*args32, backend=b, **kwargs))
         rows.append(row)
     if case.torch_fn is not None and _torch() is not None:
         torch = _torch()
@@ -191,8 +220,16 @@ def run_case(case: Case, rng) -> list[dict]:
             out = case.torch_fn(*targs, **kwargs).numpy()
             err = _rel_err(out, ref)
             ms = median_ms(lambda: case.torch_fn(*targs, **kwargs))
-        rows.append(dict(op=case.op, case=case.label, backend=f"torch {torch.__version__}",
-                         status="ok" if err <= tol else "differs", error=err, ms=ms))
+        rows.append(
+            dict(
+                op=case.op,
+                case=case.label,
+                backend=f"torch {torch.__version__}",
+                status="ok" if err <= tol else "differs",
+                error=err,
+                ms=ms,
+            )
+        )
     return rows
 
 
@@ -214,8 +251,11 @@ def _gpu_status(case, args32, kwargs, ref, backend) -> dict:
 
     err = _rel_err(cupy.asnumpy(call()), ref)
     tol = TOLERANCE[np.dtype(np.float32)]
-    return {"error": err, "status": "ok" if err <= tol else "WRONG",
-            "ms": median_ms(call) if err <= tol else None}
+    return {
+        "error": err,
+        "status": "ok" if err <= tol else "WRONG",
+        "ms": median_ms(call) if err <= tol else None,
+    }
 
 
 _TORCH = []
@@ -244,7 +284,7 @@ def format_table(rows: list[dict]) -> str:
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     out = []
     for k, line in enumerate(lines):
-        out.append("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip())
+        out.append("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
         if k == 0:
             out.append("  ".join("-" * w for w in widths))
     return "\n".join(out)
@@ -255,11 +295,16 @@ def main(quick: bool = False, ops: list[str] | None = None, seed: int = 0) -> in
     rng = np.random.default_rng(seed)
     selected = [c for c in cases(quick) if not ops or c.op in ops]
     if not selected:
-        print(f"r2n check: no case for --op {' '.join(ops)}; ops are: "
-              f"{', '.join(sorted({c.op for c in cases()}))}")
+        print(
+            f"r2n check: no case for --op {' '.join(ops)}; ops are: "
+            f"{', '.join(sorted({c.op for c in cases()}))}"
+        )
         return 2
-    print(f"r2n check: float32 results vs the float64 reference (tolerance 1e-5), "
-          f"{len(selected)} cases; backends available: {', '.join(_backends.available_backends())}")
+    available = ", ".join(_backends.available_backends())
+    print(
+        f"r2n check: float32 results vs the float64 reference (tolerance 1e-5), "
+        f"{len(selected)} cases; backends available: {available}"
+    )
     rows = []
     for i, case in enumerate(selected, 1):
         print(f"  [{i}/{len(selected)}] {case.op} {case.label}", flush=True)
@@ -269,8 +314,10 @@ def main(quick: bool = False, ops: list[str] | None = None, seed: int = 0) -> in
     wrong = [r for r in rows if r["status"] == "WRONG"]
     print()
     if wrong:
-        print(f"{len(wrong)} result(s) disagree with the reference: "
-              + ", ".join(f"{r['op']} [{r['backend']}]" for r in wrong))
+        print(
+            f"{len(wrong)} result(s) disagree with the reference: "
+            + ", ".join(f"{r['op']} [{r['backend']}]" for r in wrong)
+        )
         return 1
     print("every implemented backend agrees with the reference")
     return 0

@@ -65,8 +65,7 @@ def check_arrays(op: str, arrays: dict[str, object]) -> tuple[str, np.dtype]:
         k = array_kind(a)
         if k is None:
             raise TypeError(
-                f"r2n.{op}: {name} must be a numpy.ndarray or cupy.ndarray, "
-                f"got {_type_name(a)}"
+                f"r2n.{op}: {name} must be a numpy.ndarray or cupy.ndarray, got {_type_name(a)}"
             )
         if kind is None:
             kind, first_kind_name = k, name
@@ -78,9 +77,7 @@ def check_arrays(op: str, arrays: dict[str, object]) -> tuple[str, np.dtype]:
         d = np.dtype(a.dtype)
         if dtype is None:
             if d not in FLOAT_DTYPES:
-                raise TypeError(
-                    f"r2n.{op}: {name} has dtype {d}; expected float32 or float64"
-                )
+                raise TypeError(f"r2n.{op}: {name} has dtype {d}; expected float32 or float64")
             dtype, first_dtype_name = d, name
         elif d != dtype:
             raise TypeError(
@@ -93,26 +90,21 @@ def check_arrays(op: str, arrays: dict[str, object]) -> tuple[str, np.dtype]:
 def check_ndim(op: str, name: str, a, ndim: int, layout: str) -> None:
     """Raise ValueError unless ``a.ndim == ndim``; ``layout`` names the axes."""
     if a.ndim != ndim:
-        raise ValueError(
-            f"r2n.{op}: {name} must be {ndim}-D {layout}, got shape {tuple(a.shape)}"
-        )
+        raise ValueError(f"r2n.{op}: {name} must be {ndim}-D {layout}, got shape {tuple(a.shape)}")
 
 
 def check_shape(op: str, name: str, a, shape: tuple, layout: str) -> None:
     """Raise ValueError unless ``a.shape == shape``; ``layout`` names the axes."""
     if tuple(a.shape) != tuple(shape):
         raise ValueError(
-            f"r2n.{op}: {name} must have shape {layout} = {tuple(shape)}, "
-            f"got {tuple(a.shape)}"
+            f"r2n.{op}: {name} must have shape {layout} = {tuple(shape)}, got {tuple(a.shape)}"
         )
 
 
 def check_nonempty_spatial(op: str, x) -> None:
     """Images must have at least one row and column (batch 0 is allowed)."""
     if x.shape[2] < 1 or x.shape[3] < 1:
-        raise ValueError(
-            f"r2n.{op}: x must have H >= 1 and W >= 1, got shape {tuple(x.shape)}"
-        )
+        raise ValueError(f"r2n.{op}: x must have H >= 1 and W >= 1, got shape {tuple(x.shape)}")
 
 
 # --------------------------------------------------------------------------- #
@@ -134,9 +126,7 @@ def as_pair(op: str, name: str, value, minimum: int) -> tuple[int, int]:
     """An (h, w) pair of ints >= minimum from an int or a 2-sequence of ints."""
     if isinstance(value, Sequence) and not isinstance(value, str):
         if len(value) != 2:
-            raise ValueError(
-                f"r2n.{op}: {name} must be an int or an (h, w) pair, got {value!r}"
-            )
+            raise ValueError(f"r2n.{op}: {name} must be an int or an (h, w) pair, got {value!r}")
         return (
             as_int(op, f"{name}[0]", value[0], minimum),
             as_int(op, f"{name}[1]", value[1], minimum),
@@ -299,8 +289,7 @@ def chain_args(op: str, x, weights, biases, scale, stype, stride, groups) -> dic
     n_batch, channels, h, w = x.shape
     if channels % scale:
         raise ValueError(
-            f"r2n.{op}: x has {channels} channels, which is not a multiple of "
-            f"scale={scale}"
+            f"r2n.{op}: x has {channels} channels, which is not a multiple of scale={scale}"
         )
     width = channels // scale
     if width < 1:
@@ -314,7 +303,10 @@ def chain_args(op: str, x, weights, biases, scale, stype, stride, groups) -> dic
     _check_sequence(op, "weights", weights, nums, scale)
     for i in range(nums):
         check_shape(
-            op, f"weights[{i}]", weights[i], (width, width // groups, 3, 3),
+            op,
+            f"weights[{i}]",
+            weights[i],
+            (width, width // groups, 3, 3),
             "(width, width // groups, 3, 3)",
         )
     if biases is not None:
@@ -370,18 +362,30 @@ def bottle2neck_args(op: str, x, params, scale, stype, stride, groups) -> dict:
     scale = as_int(op, "scale", scale, 1)
     w1 = params.conv1.weight
     check_ndim(op, "params.conv1.weight", w1, 4, "(width * scale, C_in, 1, 1)")
-    check_shape(op, "params.conv1.weight", w1, (w1.shape[0], c_in, 1, 1),
-                "(width * scale, C_in, 1, 1)")
+    check_shape(
+        op, "params.conv1.weight", w1, (w1.shape[0], c_in, 1, 1), "(width * scale, C_in, 1, 1)"
+    )
     conv1 = conv2d_args(op, x, w1, params.conv1.bias, 1, 0, 1, 1)
     chain = chain_args(
-        op, _ShapeOnly(conv1["out_shape"]), params.chain_weights, params.chain_biases,
-        scale, stype, stride, groups,
+        op,
+        _ShapeOnly(conv1["out_shape"]),
+        params.chain_weights,
+        params.chain_biases,
+        scale,
+        stype,
+        stride,
+        groups,
     )
     chain_out = _ShapeOnly(chain["out_shape"])
     w3 = params.conv3.weight
     check_ndim(op, "params.conv3.weight", w3, 4, "(C_out, width * scale, 1, 1)")
-    check_shape(op, "params.conv3.weight", w3, (w3.shape[0], chain_out.shape[1], 1, 1),
-                "(C_out, width * scale, 1, 1)")
+    check_shape(
+        op,
+        "params.conv3.weight",
+        w3,
+        (w3.shape[0], chain_out.shape[1], 1, 1),
+        "(C_out, width * scale, 1, 1)",
+    )
     conv3 = conv2d_args(op, chain_out, w3, params.conv3.bias, 1, 0, 1, 1)
     out_shape = conv3["out_shape"]
     c_out = out_shape[1]
@@ -400,8 +404,9 @@ def bottle2neck_args(op: str, x, params, scale, stype, stride, groups) -> dict:
         if params.shortcut_avg_pool:
             pool = pool2d_args(op, x, stride, stride, 0, True)
             pool["count_include_pad"] = False
-            conv = conv2d_args(op, _ShapeOnly(pool["out_shape"]), ws, params.shortcut.bias,
-                               1, 0, 1, 1)
+            conv = conv2d_args(
+                op, _ShapeOnly(pool["out_shape"]), ws, params.shortcut.bias, 1, 0, 1, 1
+            )
         else:
             pool = None
             conv = conv2d_args(op, x, ws, params.shortcut.bias, stride, 0, 1, 1)
@@ -415,18 +420,24 @@ def bottle2neck_args(op: str, x, params, scale, stype, stride, groups) -> dict:
 
 def bottle2neck_arrays(op: str, x, params) -> dict:
     """Every array of a bottleneck call by name, for :func:`check_arrays`."""
-    convs = ("conv1", "conv3") + (() if getattr(params, "shortcut", None) is None
-                                  else ("shortcut",))
-    if not all(hasattr(params, f) for f in ("chain_weights", "chain_biases", "shortcut")) or not all(
+    convs = ["conv1", "conv3"]
+    if getattr(params, "shortcut", None) is not None:
+        convs.append("shortcut")
+    fields_ok = all(hasattr(params, f) for f in ("chain_weights", "chain_biases", "shortcut"))
+    convs_ok = all(
         hasattr(getattr(params, f, None), "weight") and hasattr(getattr(params, f), "bias")
         for f in convs
-    ):
+    )
+    if not (fields_ok and convs_ok):
         raise TypeError(
             f"r2n.{op}: params must be an r2n.Bottle2neckParams of r2n.FoldedConv, "
             f"got {_type_name(params)}"
         )
-    arrays = {"x": x, "params.conv1.weight": params.conv1.weight,
-              "params.conv1.bias": params.conv1.bias}
+    arrays = {
+        "x": x,
+        "params.conv1.weight": params.conv1.weight,
+        "params.conv1.bias": params.conv1.bias,
+    }
     arrays.update(chain_arrays(params.chain_weights, params.chain_biases))
     arrays["params.conv3.weight"] = params.conv3.weight
     arrays["params.conv3.bias"] = params.conv3.bias

@@ -29,8 +29,16 @@ class FoldedConv:
 
     @classmethod
     def from_conv_bn(
-        cls, conv_weight, mean, var, bn_weight=None, bn_bias=None, *, conv_bias=None,
-        eps=1e-5, backend=None,
+        cls,
+        conv_weight,
+        mean,
+        var,
+        bn_weight=None,
+        bn_bias=None,
+        *,
+        conv_bias=None,
+        eps=1e-5,
+        backend=None,
     ) -> FoldedConv:
         """Fold ``BN(conv(x))`` into one conv; arguments as :func:`r2n.fold_batch_norm`."""
         from . import fold_batch_norm

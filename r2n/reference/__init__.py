@@ -32,9 +32,21 @@ from .tresnet import blur_pool2d, space_to_depth, squeeze_excite
 OPS = {
     f.__name__: f
     for f in (
-        conv2d, linear, batch_norm, fold_batch_norm, relu, leaky_relu, sigmoid,
-        max_pool2d, avg_pool2d, global_avg_pool2d, space_to_depth, blur_pool2d,
-        squeeze_excite, res2net_chain, bottle2neck,
+        conv2d,
+        linear,
+        batch_norm,
+        fold_batch_norm,
+        relu,
+        leaky_relu,
+        sigmoid,
+        max_pool2d,
+        avg_pool2d,
+        global_avg_pool2d,
+        space_to_depth,
+        blur_pool2d,
+        squeeze_excite,
+        res2net_chain,
+        bottle2neck,
     )
 }
 

@@ -53,9 +53,7 @@ def pad_hw(x, padding, value=0.0, extra=(0, 0)):
     """Pad H and W of an NCHW tensor: ``padding`` on both sides, ``extra`` more
     at the bottom/right (used by ceil-mode pools). Always returns a new array."""
     (ph, pw), (eh, ew) = padding, extra
-    return np.pad(
-        x, ((0, 0), (0, 0), (ph, ph + eh), (pw, pw + ew)), constant_values=value
-    )
+    return np.pad(x, ((0, 0), (0, 0), (ph, ph + eh), (pw, pw + ew)), constant_values=value)
 
 
 def conv2d(x, weight, bias, *, stride, padding, dilation, groups, out_shape):
