@@ -23,7 +23,10 @@ TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-5}
 DTYPES = (np.float64, np.float32)
 
 settings.register_profile(
-    "ci", max_examples=60, deadline=None, derandomize=True,
+    "ci",
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.register_profile("dev", max_examples=200, deadline=None)

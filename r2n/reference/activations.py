@@ -21,5 +21,6 @@ def sigmoid(x):
     exp is only ever taken of -|x| <= 0, so it lies in (0, 1]:
     x >= 0: 1 / (1 + e),  x < 0: e / (1 + e),  with e = exp(-|x|).
     """
-    e = np.exp(-np.abs(x))
+    with np.errstate(under="ignore"):  # exp(-1000) -> 0 is the right answer
+        e = np.exp(-np.abs(x))
     return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
