@@ -185,29 +185,35 @@ def pool_output_size(
             f"({kernel} // 2 = {kernel // 2}), got {padding}"
         )
     padded = size + 2 * padding
-    if kernel > padded:
-        raise ValueError(
-            f"r2n.{op}: the kernel is larger than the padded input along {axis}: "
-            f"kernel {kernel} > {padded} (input {size} + 2 * padding {padding})"
-        )
     rounding = stride - 1 if ceil_mode else 0
-    out = (padded - kernel + rounding) // stride + 1
+    out = (padded - kernel + rounding) // stride + 1  # floor division, as PyTorch
     if ceil_mode and (out - 1) * stride >= size + padding:
         out -= 1
+    if out < 1:
+        # With ceil_mode a kernel larger than the padded input is fine as long
+        # as one window starts inside it (PyTorch: 1x1 input, kernel 2, stride 2).
+        raise ValueError(
+            f"r2n.{op}: the kernel is larger than the padded input along {axis}: "
+            f"kernel {kernel} > {padded} (input {size} + 2 * padding {padding}), "
+            f"which leaves no output (ceil_mode={ceil_mode})"
+        )
     return out
 
 
-def conv2d_args(op: str, x, weight, bias, stride, padding, dilation, groups) -> dict:
+def conv2d_args(
+    op: str, x, weight, bias, stride, padding, dilation, groups, prefix: str = ""
+) -> dict:
     """Validate a 2-D convolution and return its normalised arguments.
 
     Shapes: x (N, C_in, H, W), weight (C_out, C_in // groups, kH, kW),
-    bias (C_out,) or None. Returns a dict with ``stride``, ``padding``,
+    bias (C_out,) or None. ``prefix`` is put before "weight" and "bias" in
+    messages (e.g. "params.conv1."). Returns a dict with ``stride``, ``padding``,
     ``dilation`` as (h, w) pairs, ``groups`` and ``out_shape``
     (N, C_out, H_out, W_out). Dtypes and array kinds are checked separately by
     :func:`check_arrays`.
     """
     check_ndim(op, "x", x, 4, "(N, C_in, H, W)")
-    check_ndim(op, "weight", weight, 4, "(C_out, C_in // groups, kH, kW)")
+    check_ndim(op, f"{prefix}weight", weight, 4, "(C_out, C_in // groups, kH, kW)")
     check_nonempty_spatial(op, x)
     stride = as_pair(op, "stride", stride, 1)
     padding = as_pair(op, "padding", padding, 0)
@@ -221,16 +227,16 @@ def conv2d_args(op: str, x, weight, bias, stride, padding, dilation, groups) -> 
         )
     if c_out == 0 or kh == 0 or kw == 0:
         raise ValueError(
-            f"r2n.{op}: weight must have C_out, kH, kW >= 1, got shape {weight.shape}"
+            f"r2n.{op}: {prefix}weight must have C_out, kH, kW >= 1, got shape {weight.shape}"
         )
     if c_in_g != c_in // groups:
         raise ValueError(
-            f"r2n.{op}: weight has {c_in_g} input channels per group but x has "
+            f"r2n.{op}: {prefix}weight has {c_in_g} input channels per group but x has "
             f"C_in={c_in} and groups={groups}, so expected C_in // groups = "
             f"{c_in // groups} (weight shape {tuple(weight.shape)})"
         )
     if bias is not None:
-        check_shape(op, "bias", bias, (c_out,), "(C_out,)")
+        check_shape(op, f"{prefix}bias", bias, (c_out,), "(C_out,)")
     h_out = conv_output_size(op, "H", h, kh, stride[0], padding[0], dilation[0])
     w_out = conv_output_size(op, "W", w, kw, stride[1], padding[1], dilation[1])
     return dict(
@@ -365,7 +371,7 @@ def bottle2neck_args(op: str, x, params, scale, stype, stride, groups) -> dict:
     check_shape(
         op, "params.conv1.weight", w1, (w1.shape[0], c_in, 1, 1), "(width * scale, C_in, 1, 1)"
     )
-    conv1 = conv2d_args(op, x, w1, params.conv1.bias, 1, 0, 1, 1)
+    conv1 = conv2d_args(op, x, w1, params.conv1.bias, 1, 0, 1, 1, "params.conv1.")
     chain = chain_args(
         op,
         _ShapeOnly(conv1["out_shape"]),
@@ -386,9 +392,18 @@ def bottle2neck_args(op: str, x, params, scale, stype, stride, groups) -> dict:
         (w3.shape[0], chain_out.shape[1], 1, 1),
         "(C_out, width * scale, 1, 1)",
     )
-    conv3 = conv2d_args(op, chain_out, w3, params.conv3.bias, 1, 0, 1, 1)
+    conv3 = conv2d_args(op, chain_out, w3, params.conv3.bias, 1, 0, 1, 1, "params.conv3.")
     out_shape = conv3["out_shape"]
     c_out = out_shape[1]
+    if not isinstance(params.shortcut_avg_pool, (bool, np.bool_)):
+        raise TypeError(
+            f"r2n.{op}: params.shortcut_avg_pool must be a bool, got {params.shortcut_avg_pool!r}"
+        )
+    if params.shortcut is None and params.shortcut_avg_pool:
+        raise ValueError(
+            f"r2n.{op}: params.shortcut_avg_pool=True needs params.shortcut (the 1x1 conv "
+            f"after the pool); the identity shortcut has no pool"
+        )
     if params.shortcut is None:
         if c_out != c_in or stride != 1:
             raise ValueError(
@@ -405,11 +420,21 @@ def bottle2neck_args(op: str, x, params, scale, stype, stride, groups) -> dict:
             pool = pool2d_args(op, x, stride, stride, 0, True)
             pool["count_include_pad"] = False
             conv = conv2d_args(
-                op, _ShapeOnly(pool["out_shape"]), ws, params.shortcut.bias, 1, 0, 1, 1
+                op,
+                _ShapeOnly(pool["out_shape"]),
+                ws,
+                params.shortcut.bias,
+                1,
+                0,
+                1,
+                1,
+                "params.shortcut.",
             )
         else:
             pool = None
-            conv = conv2d_args(op, x, ws, params.shortcut.bias, stride, 0, 1, 1)
+            conv = conv2d_args(
+                op, x, ws, params.shortcut.bias, stride, 0, 1, 1, "params.shortcut."
+            )
         if conv["out_shape"] != out_shape:  # cannot happen for valid args; guards edits
             raise ValueError(
                 f"r2n.{op}: shortcut output {conv['out_shape']} != main path {out_shape}"

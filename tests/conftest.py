@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
+from torch_res2net import t64  # noqa: F401  (re-exported for the op tests)
 
 torch.set_num_threads(1)  # test sizes are tiny; threads only add noise on 2 cores
 
@@ -54,11 +55,6 @@ def assert_close(out, ref, dtype=None) -> None:
 def randn(rng, *shape, dtype=np.float64):
     """Standard-normal array of ``shape`` and ``dtype``."""
     return rng.standard_normal(shape).astype(dtype)
-
-
-def t64(a):
-    """NumPy array (any float dtype) -> float64 torch tensor, copied."""
-    return None if a is None else torch.tensor(np.asarray(a, dtype=np.float64))
 
 
 @pytest.fixture
