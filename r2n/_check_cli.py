@@ -10,6 +10,7 @@ disagreed with the reference.
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -264,6 +265,9 @@ _TORCH = []
 def _torch():
     """torch if installed (imported once), else None."""
     if not _TORCH:
+        # Idle OpenMP workers would otherwise spin and steal the cores of the
+        # next row's timing (see benchmarks/conftest.py).
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         try:
             import torch
 

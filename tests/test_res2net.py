@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import assert_close, randn
+from helpers import assert_close, randn
 from torch_res2net import (
     TorchBottle2neck,
     TorchChain,
