@@ -66,26 +66,13 @@ def linear(x, weight, bias=None, *, backend=None):
     (..., out_features)
     """
     kind = _kind("linear", {"x": x, "weight": weight, "bias": bias})
-    _checks.check_ndim("linear", "weight", weight, 2, "(out_features, in_features)")
-    if x.ndim < 1 or x.shape[-1] != weight.shape[1]:
-        raise ValueError(
-            f"r2n.linear: x must have shape (..., in_features) with in_features = "
-            f"weight.shape[1] = {weight.shape[1]}, got x shape {tuple(x.shape)}"
-        )
-    if bias is not None:
-        _checks.check_shape("linear", "bias", bias, (weight.shape[0],), "(out_features,)")
-    return _backends.resolve("linear", backend, kind)(x, weight, bias)
+    args = _checks.linear_args("linear", x, weight, bias)
+    return _backends.resolve("linear", backend, kind)(x, weight, bias, **args)
 
 
 # --------------------------------------------------------------------------- #
 # Batch norm
 # --------------------------------------------------------------------------- #
-
-
-def _check_channel_vectors(op: str, channels: int, **vectors) -> None:
-    for name, v in vectors.items():
-        if v is not None:
-            _checks.check_shape(op, name, v, (channels,), "(C,)")
 
 
 def batch_norm(x, mean, var, weight=None, bias=None, *, eps=1e-5, backend=None):
@@ -106,13 +93,8 @@ def batch_norm(x, mean, var, weight=None, bias=None, *, eps=1e-5, backend=None):
     """
     arrays = {"x": x, "mean": mean, "var": var, "weight": weight, "bias": bias}
     kind = _kind("batch_norm", arrays)
-    if x.ndim < 2:
-        raise ValueError(
-            f"r2n.batch_norm: x must be at least 2-D (N, C, ...), got shape {tuple(x.shape)}"
-        )
-    _check_channel_vectors("batch_norm", x.shape[1], mean=mean, var=var, weight=weight, bias=bias)
-    eps = _checks.as_float("batch_norm", "eps", eps, nonnegative=True)
-    return _backends.resolve("batch_norm", backend, kind)(x, mean, var, weight, bias, eps=eps)
+    args = _checks.batch_norm_args("batch_norm", x, mean, var, weight, bias, eps)
+    return _backends.resolve("batch_norm", backend, kind)(x, mean, var, weight, bias, **args)
 
 
 def fold_batch_norm(
@@ -142,20 +124,11 @@ def fold_batch_norm(
         "bias": bias,
     }
     kind = _kind("fold_batch_norm", arrays)
-    if conv_weight.ndim < 1:
-        raise ValueError("r2n.fold_batch_norm: conv_weight must be at least 1-D (C_out, ...)")
-    _check_channel_vectors(
-        "fold_batch_norm",
-        conv_weight.shape[0],
-        conv_bias=conv_bias,
-        mean=mean,
-        var=var,
-        weight=weight,
-        bias=bias,
+    args = _checks.fold_batch_norm_args(
+        "fold_batch_norm", conv_weight, conv_bias, mean, var, weight, bias, eps
     )
-    eps = _checks.as_float("fold_batch_norm", "eps", eps, nonnegative=True)
     impl = _backends.resolve("fold_batch_norm", backend, kind)
-    return impl(conv_weight, conv_bias, mean, var, weight, bias, eps=eps)
+    return impl(conv_weight, conv_bias, mean, var, weight, bias, **args)
 
 
 # --------------------------------------------------------------------------- #
@@ -232,12 +205,10 @@ def avg_pool2d(
     """
     kind = _kind("avg_pool2d", {"x": x})
     args = _checks.pool2d_args("avg_pool2d", x, kernel_size, stride, padding, ceil_mode)
-    if not isinstance(count_include_pad, bool):
-        raise TypeError(
-            f"r2n.avg_pool2d: count_include_pad must be a bool, got {count_include_pad!r}"
-        )
-    impl = _backends.resolve("avg_pool2d", backend, kind)
-    return impl(x, count_include_pad=count_include_pad, **args)
+    args["count_include_pad"] = _checks.as_bool(
+        "avg_pool2d", "count_include_pad", count_include_pad
+    )
+    return _backends.resolve("avg_pool2d", backend, kind)(x, **args)
 
 
 def global_avg_pool2d(x, *, backend=None):
@@ -252,9 +223,8 @@ def global_avg_pool2d(x, *, backend=None):
     (N, C)
     """
     kind = _kind("global_avg_pool2d", {"x": x})
-    _checks.check_ndim("global_avg_pool2d", "x", x, 4, "(N, C, H, W)")
-    _checks.check_nonempty_spatial("global_avg_pool2d", x)
-    return _backends.resolve("global_avg_pool2d", backend, kind)(x)
+    args = _checks.image_args("global_avg_pool2d", x)
+    return _backends.resolve("global_avg_pool2d", backend, kind)(x, **args)
 
 
 # --------------------------------------------------------------------------- #
@@ -277,14 +247,8 @@ def space_to_depth(x, block_size=4, *, backend=None):
     (N, block_size**2 * C, H / block_size, W / block_size)
     """
     kind = _kind("space_to_depth", {"x": x})
-    _checks.check_ndim("space_to_depth", "x", x, 4, "(N, C, H, W)")
-    b = _checks.as_int("space_to_depth", "block_size", block_size, 1)
-    if x.shape[2] % b or x.shape[3] % b:
-        raise ValueError(
-            f"r2n.space_to_depth: H and W must be divisible by block_size={b}, "
-            f"got shape {tuple(x.shape)}"
-        )
-    return _backends.resolve("space_to_depth", backend, kind)(x, block_size=b)
+    args = _checks.space_to_depth_args("space_to_depth", x, block_size)
+    return _backends.resolve("space_to_depth", backend, kind)(x, **args)
 
 
 def blur_pool2d(x, *, backend=None):
@@ -300,12 +264,8 @@ def blur_pool2d(x, *, backend=None):
     (N, C, (H - 1) // 2 + 1, (W - 1) // 2 + 1)
     """
     kind = _kind("blur_pool2d", {"x": x})
-    _checks.check_ndim("blur_pool2d", "x", x, 4, "(N, C, H, W)")
-    if x.shape[2] < 2 or x.shape[3] < 2:
-        raise ValueError(
-            f"r2n.blur_pool2d: reflect padding needs H >= 2 and W >= 2, got shape {tuple(x.shape)}"
-        )
-    return _backends.resolve("blur_pool2d", backend, kind)(x)
+    args = _checks.blur_pool_args("blur_pool2d", x)
+    return _backends.resolve("blur_pool2d", backend, kind)(x, **args)
 
 
 def squeeze_excite(x, w1, b1, w2, b2, *, backend=None):
@@ -323,17 +283,8 @@ def squeeze_excite(x, w1, b1, w2, b2, *, backend=None):
     """
     op = "squeeze_excite"
     kind = _kind(op, {"x": x, "w1": w1, "b1": b1, "w2": w2, "b2": b2})
-    _checks.check_ndim(op, "x", x, 4, "(N, C, H, W)")
-    _checks.check_nonempty_spatial(op, x)
-    _checks.check_ndim(op, "w1", w1, 4, "(C_mid, C, 1, 1)")
-    c, c_mid = x.shape[1], w1.shape[0]
-    _checks.check_shape(op, "w1", w1, (c_mid, c, 1, 1), "(C_mid, C, 1, 1)")
-    _checks.check_shape(op, "w2", w2, (c, c_mid, 1, 1), "(C, C_mid, 1, 1)")
-    if b1 is not None:
-        _checks.check_shape(op, "b1", b1, (c_mid,), "(C_mid,)")
-    if b2 is not None:
-        _checks.check_shape(op, "b2", b2, (c,), "(C,)")
-    return _backends.resolve(op, backend, kind)(x, w1, b1, w2, b2)
+    args = _checks.squeeze_excite_args(op, x, w1, b1, w2, b2)
+    return _backends.resolve(op, backend, kind)(x, w1, b1, w2, b2, **args)
 
 
 # --------------------------------------------------------------------------- #

@@ -248,6 +248,13 @@ def conv2d_args(
     )
 
 
+def as_bool(op: str, name: str, value) -> bool:
+    """A bool (NumPy's included); ints and None are rejected."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"r2n.{op}: {name} must be a bool, got {value!r}")
+    return bool(value)
+
+
 def pool2d_args(op: str, x, kernel_size, stride, padding, ceil_mode) -> dict:
     """Validate a max/avg pool and return normalised arguments and out_shape.
 
@@ -258,8 +265,7 @@ def pool2d_args(op: str, x, kernel_size, stride, padding, ceil_mode) -> dict:
     kernel_size = as_pair(op, "kernel_size", kernel_size, 1)
     stride = kernel_size if stride is None else as_pair(op, "stride", stride, 1)
     padding = as_pair(op, "padding", padding, 0)
-    if not isinstance(ceil_mode, (bool, np.bool_)):
-        raise TypeError(f"r2n.{op}: ceil_mode must be a bool, got {ceil_mode!r}")
+    ceil_mode = as_bool(op, "ceil_mode", ceil_mode)
     n, c, h, w = x.shape
     h_out = pool_output_size(op, "H", h, kernel_size[0], stride[0], padding[0], ceil_mode)
     w_out = pool_output_size(op, "W", w, kernel_size[1], stride[1], padding[1], ceil_mode)
@@ -267,9 +273,89 @@ def pool2d_args(op: str, x, kernel_size, stride, padding, ceil_mode) -> dict:
         kernel_size=kernel_size,
         stride=stride,
         padding=padding,
-        ceil_mode=bool(ceil_mode),
+        ceil_mode=ceil_mode,
         out_shape=(n, c, h_out, w_out),
     )
+
+
+def linear_args(op: str, x, weight, bias) -> dict:
+    """x (..., in_features), weight (out_features, in_features), bias (out_features,)."""
+    check_ndim(op, "weight", weight, 2, "(out_features, in_features)")
+    if x.ndim < 1 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"r2n.{op}: x must have shape (..., in_features) with in_features = "
+            f"weight.shape[1] = {weight.shape[1]}, got x shape {tuple(x.shape)}"
+        )
+    if bias is not None:
+        check_shape(op, "bias", bias, (weight.shape[0],), "(out_features,)")
+    return {}
+
+
+def _channel_vectors_args(op: str, channels: int, eps, **vectors) -> dict:
+    """Per-channel (C,) vectors (None allowed) and a BN eps >= 0."""
+    for name, v in vectors.items():
+        if v is not None:
+            check_shape(op, name, v, (channels,), "(C,)")
+    return dict(eps=as_float(op, "eps", eps, nonnegative=True))
+
+
+def batch_norm_args(op: str, x, mean, var, weight, bias, eps) -> dict:
+    """x (N, C, ...) at least 2-D; mean, var, weight, bias (C,); returns {eps}."""
+    if x.ndim < 2:
+        raise ValueError(
+            f"r2n.{op}: x must be at least 2-D (N, C, ...), got shape {tuple(x.shape)}"
+        )
+    return _channel_vectors_args(op, x.shape[1], eps, mean=mean, var=var, weight=weight, bias=bias)
+
+
+def fold_batch_norm_args(op: str, conv_weight, conv_bias, mean, var, weight, bias, eps) -> dict:
+    """conv_weight (C_out, ...); conv_bias, mean, var, weight, bias (C_out,); returns {eps}."""
+    if conv_weight.ndim < 1:
+        raise ValueError(f"r2n.{op}: conv_weight must be at least 1-D (C_out, ...)")
+    vectors = dict(conv_bias=conv_bias, mean=mean, var=var, weight=weight, bias=bias)
+    return _channel_vectors_args(op, conv_weight.shape[0], eps, **vectors)
+
+
+def image_args(op: str, x) -> dict:
+    """x (N, C, H, W) with H, W >= 1."""
+    check_ndim(op, "x", x, 4, "(N, C, H, W)")
+    check_nonempty_spatial(op, x)
+    return {}
+
+
+def space_to_depth_args(op: str, x, block_size) -> dict:
+    """x (N, C, H, W) with H and W divisible by block_size >= 1."""
+    check_ndim(op, "x", x, 4, "(N, C, H, W)")
+    b = as_int(op, "block_size", block_size, 1)
+    if x.shape[2] % b or x.shape[3] % b:
+        raise ValueError(
+            f"r2n.{op}: H and W must be divisible by block_size={b}, got shape {tuple(x.shape)}"
+        )
+    return dict(block_size=b)
+
+
+def blur_pool_args(op: str, x) -> dict:
+    """x (N, C, H, W) with H, W >= 2 (reflect padding needs two pixels)."""
+    check_ndim(op, "x", x, 4, "(N, C, H, W)")
+    if x.shape[2] < 2 or x.shape[3] < 2:
+        raise ValueError(
+            f"r2n.{op}: reflect padding needs H >= 2 and W >= 2, got shape {tuple(x.shape)}"
+        )
+    return {}
+
+
+def squeeze_excite_args(op: str, x, w1, b1, w2, b2) -> dict:
+    """x (N, C, H, W); w1 (C_mid, C, 1, 1), b1 (C_mid,); w2 (C, C_mid, 1, 1), b2 (C,)."""
+    image_args(op, x)
+    check_ndim(op, "w1", w1, 4, "(C_mid, C, 1, 1)")
+    c, c_mid = x.shape[1], w1.shape[0]
+    check_shape(op, "w1", w1, (c_mid, c, 1, 1), "(C_mid, C, 1, 1)")
+    check_shape(op, "w2", w2, (c, c_mid, 1, 1), "(C, C_mid, 1, 1)")
+    if b1 is not None:
+        check_shape(op, "b1", b1, (c_mid,), "(C_mid,)")
+    if b2 is not None:
+        check_shape(op, "b2", b2, (c,), "(C,)")
+    return {}
 
 
 def chain_args(op: str, x, weights, biases, scale, stype, stride, groups) -> dict:
@@ -395,10 +481,7 @@ def bottle2neck_args(op: str, x, params, scale, stype, stride, groups) -> dict:
     conv3 = conv2d_args(op, chain_out, w3, params.conv3.bias, 1, 0, 1, 1, "params.conv3.")
     out_shape = conv3["out_shape"]
     c_out = out_shape[1]
-    if not isinstance(params.shortcut_avg_pool, (bool, np.bool_)):
-        raise TypeError(
-            f"r2n.{op}: params.shortcut_avg_pool must be a bool, got {params.shortcut_avg_pool!r}"
-        )
+    as_bool(op, "params.shortcut_avg_pool", params.shortcut_avg_pool)
     if params.shortcut is None and params.shortcut_avg_pool:
         raise ValueError(
             f"r2n.{op}: params.shortcut_avg_pool=True needs params.shortcut (the 1x1 conv "
