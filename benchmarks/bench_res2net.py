@@ -1,16 +1,18 @@
 """Res2Net chain and bottleneck at Res2Net-50 shapes: r2n vs PyTorch, side by side.
 
 Groups: one per op and shape (``chain layer1.0 N=1`` ...), so pytest-benchmark's
-table compares rows that did the same work. Rows:
+table compares rows that did the same work. Rows (``backend`` and ``threads``
+in extra_info):
 
 * ``reference``: r2n's NumPy reference (NumPy's BLAS with its default threads);
+* ``cpu``: r2n's fused Numba kernels on prepared (packed) weights, with 1
+  thread and with all cores (``r2n.set_num_threads``);
 * ``torch-eager``: the official block as PyTorch modules (conv, BN, ReLU, split,
-  add, cat as separate steps), eval mode, no_grad;
+  add, cat as separate steps), eval mode, no_grad, 1 thread and all cores;
 * ``torch-folded``: the same with BN folded into the convs (``F.conv2d`` + bias).
 
-``extra_info`` carries GFLOP/s (multiply-adds count 2), threads and backend.
-Inputs are float32 and standard-normal (never zeros). The CPU and GPU backends
-add their rows here.
+``extra_info`` also carries the FLOPs (multiply-adds count 2); report.py turns
+them into GFLOP/s. Inputs are float32 and standard-normal (never zeros).
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ import torch.nn.functional as F
 from torch_res2net import TorchBottle2neck, TorchChain, block_params, chain_arrays, randomize
 
 import r2n
+from r2n import _checks
+from r2n.cpu.res2net import PreparedBottle2neck, PreparedChain
 
-THREADS = os.cpu_count() or 1  # every row uses all cores; the CPU issue adds 1-thread rows
+ALL = os.cpu_count() or 1
 
 # name: (C_in, planes, width, scale, H, stype, stride) -- Res2Net-50 26w x 4s blocks
 BLOCKS = {
@@ -35,7 +39,17 @@ BLOCKS = {
     "layer3.1": (1024, 256, 104, 4, 14, "normal", 1),
 }
 BATCHES = (1, 8)
-ROWS = ("reference", "torch-eager", "torch-folded")
+# (row, threads)
+ROWS = [
+    ("reference", ALL),
+    ("cpu", 1),
+    ("cpu", ALL),
+    ("torch-eager", 1),
+    ("torch-eager", ALL),
+    ("torch-folded", 1),
+    ("torch-folded", ALL),
+]
+ROW_IDS = [f"{row}-{threads}t" for row, threads in ROWS]
 
 
 def chain_flops(n, width, scale, h, stride, groups=1):
@@ -89,36 +103,25 @@ def _setup(benchmark, group, row, flops, rows_threads):
     benchmark.extra_info.update(backend=row, threads=rows_threads, gflop=flops / 1e9, flops=flops)
 
 
-def _record_gflops(benchmark):
-    stats = getattr(benchmark, "stats", None)
-    if stats is not None and stats.stats.median > 0:
-        benchmark.extra_info["gflops"] = benchmark.extra_info["flops"] / stats.stats.median / 1e9
-
-
-@pytest.mark.parametrize("row", ROWS)
+@pytest.mark.parametrize("row, threads", ROWS, ids=ROW_IDS)
 @pytest.mark.parametrize("n", BATCHES)
 @pytest.mark.parametrize("block", list(BLOCKS))
-def test_chain(benchmark, block, n, row):
+def test_chain(benchmark, block, n, row, threads):
     c_in, planes, width, scale, h, stype, stride = BLOCKS[block]
     rng = np.random.default_rng(0)
     chain = randomize(TorchChain(width, scale, stype, stride), rng).float()
     weights, biases = chain_arrays(chain, np.float32)
     x = rng.standard_normal((n, width * scale, h, h)).astype(np.float32)
-    _setup(
-        benchmark, f"chain {block} N={n}", row, chain_flops(n, width, scale, h, stride), THREADS
-    )
-    torch.set_num_threads(THREADS)
+    flops = chain_flops(n, width, scale, h, stride)
+    _setup(benchmark, f"chain {block} N={n}", row, threads, flops)
+    kw = dict(scale=scale, stype=stype, stride=stride)
     if row == "reference":
-        benchmark(
-            r2n.res2net_chain,
-            x,
-            weights,
-            biases,
-            scale=scale,
-            stype=stype,
-            stride=stride,
-            backend="reference",
-        )
+        benchmark(r2n.res2net_chain, x, weights, biases, backend="reference", **kw)
+    elif row == "cpu":
+        args = _checks.chain_args("res2net_chain", x, weights, biases, scale, stype, stride, 1)
+        keys = ("scale", "stype", "stride", "groups", "width")
+        prepared = PreparedChain(weights, biases, dtype=np.float32, **{k: args[k] for k in keys})
+        benchmark(prepared, x)
     else:
         tx = torch.from_numpy(x)
         with torch.no_grad():
@@ -128,13 +131,12 @@ def test_chain(benchmark, block, n, row):
                 tw = [torch.from_numpy(w) for w in weights]
                 tb = [torch.from_numpy(b) for b in biases]
                 benchmark(_torch_folded_chain, tx, tw, tb, scale, stype, stride)
-    _record_gflops(benchmark)
 
 
-@pytest.mark.parametrize("row", ROWS)
+@pytest.mark.parametrize("row, threads", ROWS, ids=ROW_IDS)
 @pytest.mark.parametrize("n", BATCHES)
 @pytest.mark.parametrize("block", list(BLOCKS))
-def test_bottle2neck(benchmark, block, n, row):
+def test_bottle2neck(benchmark, block, n, row, threads):
     c_in, planes, width, scale, h, stype, stride = BLOCKS[block]
     rng = np.random.default_rng(0)
     shortcut = None if (c_in == 4 * planes and stride == 1) else "conv"
@@ -142,24 +144,14 @@ def test_bottle2neck(benchmark, block, n, row):
     module = randomize(module, rng).float()
     params = block_params(module, np.float32)
     x = rng.standard_normal((n, c_in, h, h)).astype(np.float32)
-    _setup(
-        benchmark,
-        f"bottle2neck {block} N={n}",
-        row,
-        block_flops(n, c_in, planes, width, scale, h, stype, stride),
-        THREADS,
-    )
-    torch.set_num_threads(THREADS)
+    flops = block_flops(n, c_in, planes, width, scale, h, stype, stride)
+    _setup(benchmark, f"bottle2neck {block} N={n}", row, threads, flops)
+    kw = dict(scale=scale, stype=stype, stride=stride)
     if row == "reference":
-        benchmark(
-            r2n.bottle2neck,
-            x,
-            params,
-            scale=scale,
-            stype=stype,
-            stride=stride,
-            backend="reference",
-        )
+        benchmark(r2n.bottle2neck, x, params, backend="reference", **kw)
+    elif row == "cpu":
+        args = _checks.bottle2neck_args("bottle2neck", x, params, scale, stype, stride, 1)
+        benchmark(PreparedBottle2neck(params, args, np.float32), x)
     else:
         tx = torch.from_numpy(x)
         with torch.no_grad():
@@ -167,4 +159,3 @@ def test_bottle2neck(benchmark, block, n, row):
                 benchmark(module, tx)
             else:
                 benchmark(_torch_folded_block, tx, params, scale, stype, stride)
-    _record_gflops(benchmark)

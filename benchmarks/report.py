@@ -4,7 +4,7 @@
 
 One row per benchmark, grouped as in the run: median ms, GFLOP/s (from
 ``extra_info["flops"]``) and the speed relative to the baseline row of the same
-group (``> 1`` means faster than the baseline). The README's and NOTES.md's
+group and thread count (``> 1`` means faster than the baseline). The README's and NOTES.md's
 tables are produced by this script, not typed.
 """
 
@@ -22,12 +22,19 @@ def rows_of(data: dict, baseline: str) -> list[tuple]:
     out = []
     for group in sorted(groups, key=_natural):
         benches = groups[group]
-        base = [b for b in benches if b["extra_info"].get("backend") == baseline]
-        base_median = base[0]["stats"]["median"] if base else None
-        for b in sorted(benches, key=lambda b: b["stats"]["median"]):
+        # The baseline of a row is the baseline backend at the same thread count.
+        base = {
+            b["extra_info"].get("threads"): b["stats"]["median"]
+            for b in benches
+            if b["extra_info"].get("backend") == baseline
+        }
+        for b in sorted(
+            benches, key=lambda b: (b["extra_info"].get("threads"), b["stats"]["median"])
+        ):
             median = b["stats"]["median"]
             info = b["extra_info"]
             gflops = info["flops"] / median / 1e9 if info.get("flops") else None
+            base_median = base.get(info.get("threads"))
             ratio = base_median / median if base_median else None
             out.append(
                 (
@@ -48,7 +55,7 @@ def _natural(s: str):
 
 def markdown(rows: list[tuple], baseline: str) -> str:
     lines = [
-        f"| group | row | threads | median ms | GFLOP/s | speed vs {baseline} |",
+        f"| group | row | threads | median ms | GFLOP/s | speed vs {baseline} (same threads) |",
         "|---|---|---:|---:|---:|---:|",
     ]
     for group, row, threads, ms, gflops, ratio in rows:

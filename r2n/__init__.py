@@ -26,6 +26,7 @@ from ._api import (
     squeeze_excite,
 )
 from ._backends import BACKENDS, available_backends, implements
+from .cpu import get_num_threads, set_num_threads
 from .params import Bottle2neckParams, FoldedConv
 
 __version__ = "0.1.0"
@@ -71,5 +72,7 @@ __all__ = [
     "FoldedConv",
     "available_backends",
     "implements",
+    "set_num_threads",
+    "get_num_threads",
     "__version__",
 ]

@@ -205,3 +205,10 @@ def test_sigmoid_saturates_without_overflow_warnings():
     with np.errstate(all="raise"):
         out = r2n.sigmoid(x)
     np.testing.assert_array_equal(out, torch.sigmoid(torch.from_numpy(x)).numpy())
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("op", ["relu", "leaky_relu", "sigmoid"])
+def test_activations_of_a_0d_array_return_a_0d_array(op, backend):
+    out = getattr(r2n, op)(np.array(-2.0), backend=backend)
+    assert type(out) is np.ndarray and out.shape == ()

@@ -1,16 +1,63 @@
 """Numba-parallel CPU kernels (``backend="cpu"``).
 
-Not implemented yet: the CPU backend issue fills ``OPS`` with ``@njit(parallel=True)``
-kernels for every public op. Until then every op forced to ``backend="cpu"``
-raises NotImplementedError, and NumPy arrays run on the reference.
+Every public op has an ``@njit(parallel=True)`` implementation here, taking the
+same checked, normalised arguments as the reference (see ``r2n._backends``):
+
+=================  ==========================================================
+module             ops
+=================  ==========================================================
+``_simd``          the register-tiled SIMD micro-kernel (an LLVM intrinsic)
+``conv``           conv2d: numbered variants, from naive loops to SIMD tiles
+``res2net``        res2net_chain and bottle2neck, fused
+``elementwise``    relu, leaky_relu, sigmoid, batch_norm, fold_batch_norm
+``pool``           max_pool2d, avg_pool2d, global_avg_pool2d
+``layers``         linear, space_to_depth, blur_pool2d, squeeze_excite
+=================  ==========================================================
+
+Numba is imported only when a CPU kernel first runs: ``import r2n`` works
+without it. Kernels compile on first use per dtype (cached on disk with
+``cache=True``); ``r2n.set_num_threads`` sets the thread count of every kernel.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 
-#: op name -> implementation taking checked, normalised arguments (see r2n._backends).
-OPS: dict = {}
+# op name -> (module in r2n.cpu, function name)
+_WHERE = {
+    "conv2d": ("conv", "conv2d"),
+    "linear": ("layers", "linear"),
+    "batch_norm": ("elementwise", "batch_norm"),
+    "fold_batch_norm": ("elementwise", "fold_batch_norm"),
+    "relu": ("elementwise", "relu"),
+    "leaky_relu": ("elementwise", "leaky_relu"),
+    "sigmoid": ("elementwise", "sigmoid"),
+    "max_pool2d": ("pool", "max_pool2d"),
+    "avg_pool2d": ("pool", "avg_pool2d"),
+    "global_avg_pool2d": ("pool", "global_avg_pool2d"),
+    "space_to_depth": ("layers", "space_to_depth"),
+    "blur_pool2d": ("layers", "blur_pool2d"),
+    "squeeze_excite": ("layers", "squeeze_excite"),
+    "res2net_chain": ("res2net", "res2net_chain"),
+    "bottle2neck": ("res2net", "bottle2neck"),
+}
+
+
+def _lazy(op: str):
+    module, name = _WHERE[op]
+
+    def run(*args, **kwargs):
+        impl = getattr(importlib.import_module(f"r2n.cpu.{module}"), name)
+        return impl(*args, **kwargs)
+
+    run.__name__ = run.__qualname__ = op
+    run.__doc__ = f"Runs r2n.cpu.{module}.{name} (imported on first call)."
+    return run
+
+
+#: op name -> implementation (see r2n._backends); modules load on first call.
+OPS = {op: _lazy(op) for op in _WHERE}
 
 
 def available() -> bool:
@@ -20,3 +67,23 @@ def available() -> bool:
 
 def unavailable_reason() -> str:
     return "numba is not installed (pip install 'r2n[cpu]')"
+
+
+def set_num_threads(n: int) -> None:
+    """Use ``n`` threads in every CPU kernel (1 <= n <= NUMBA_NUM_THREADS)."""
+    import numba
+
+    limit = numba.config.NUMBA_NUM_THREADS
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= limit:
+        raise ValueError(
+            f"r2n.set_num_threads: n must be an int from 1 to NUMBA_NUM_THREADS={limit}, "
+            f"got {n!r}"
+        )
+    numba.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    """The number of threads CPU kernels use now."""
+    import numba
+
+    return numba.get_num_threads()

@@ -7,7 +7,8 @@ import numpy as np
 
 def relu(x):
     """max(x, 0); NaN stays NaN. Returns a new array shaped like x."""
-    return np.maximum(x, x.dtype.type(0))
+    # out= keeps a 0-d input's result an array (NumPy's ufuncs return scalars)
+    return np.maximum(x, x.dtype.type(0), out=np.empty(x.shape, x.dtype))
 
 
 def leaky_relu(x, *, negative_slope):

@@ -1,0 +1,488 @@
+"""conv2d on the CPU, in three numbered variants.
+
+=====================  ====================================================  =========
+variant                what changes                                          GFLOP/s*
+=====================  ====================================================  =========
+``1_naive``            the definition as loops: one thread per (n, c_out)    ~1
+                       plane, bounds checks for the padding in the inner
+                       loop, one multiply-add per iteration.
+``2_rows``             pad the input once; per (n, 8 output channels, row)   ~46
+                       job, the innermost loop runs along the output row,
+                       which LLVM vectorises; 8 output channels share each
+                       input load. The accumulators (8 rows) live in memory:
+                       every multiply-add also pays a load and a store.
+``3_simd``             register tiles: 8 pixels x 32 output channels         ~160
+                       (float32; 16 for float64) accumulate in 16 vector
+                       registers through the micro-kernel of ``_simd``; the
+                       weights are packed once so each tap is 2 vector
+                       loads. Bias, residual add, ReLU and the write into a
+                       channel slice of a larger tensor happen in the
+                       epilogue, so fused blocks need no extra passes.
+=====================  ====================================================  =========
+
+\\* one thread, float32, 32 -> 32 channels, 3x3, 56x56, on the 2-core Zen 5
+development machine (PyTorch 2.13's oneDNN: 149). Measured numbers per shape
+are in benchmarks/results/.
+
+``conv2d`` (the backend's op) uses ``3_simd`` unless a group has fewer than 8
+output channels (depthwise convs waste most SIMD lanes there), where it uses
+``2_rows``. ``VARIANTS`` maps names to implementations for tests and
+benchmarks. Arguments arrive checked and normalised by r2n._checks.conv2d_args.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._jit import kernel, prange
+from ._simd import lanes, tile_kernel
+
+#: Register tile of variant 3: TILE_PIXELS output pixels x TILE_VECTORS vectors of
+#: output channels (measured best of 8x1, 12x1, 6x2, 4x3, 8x2 on Zen 5).
+TILE_PIXELS = 8
+TILE_VECTORS = 2
+_tile = tile_kernel(TILE_PIXELS, TILE_VECTORS)
+
+
+def _bias_or_zeros(bias, c_out, dtype):
+    return np.zeros(c_out, dtype) if bias is None else np.ascontiguousarray(bias)
+
+
+# --------------------------------------------------------------------------- #
+# Variant 1: naive direct loops
+# --------------------------------------------------------------------------- #
+
+
+@kernel
+def _conv2d_1_naive_kernel(x, w, bias, sh, sw, ph, pw, dh, dw, groups, out):
+    n_img, _, h, wd = x.shape
+    c_out, c_in_g, kh, kw = w.shape
+    h_out, w_out = out.shape[2], out.shape[3]
+    c_out_g = c_out // groups
+    for job in prange(n_img * c_out):
+        n = job // c_out
+        o = job % c_out
+        c0 = (o // c_out_g) * c_in_g  # first input channel of o's group
+        for y in range(h_out):
+            for xo in range(w_out):
+                s = bias[o]
+                for c in range(c_in_g):
+                    for i in range(kh):
+                        iy = y * sh - ph + i * dh
+                        if 0 <= iy < h:
+                            for j in range(kw):
+                                ix = xo * sw - pw + j * dw
+                                if 0 <= ix < wd:
+                                    s += w[o, c, i, j] * x[n, c0 + c, iy, ix]
+                out[n, o, y, xo] = s
+
+
+def conv2d_1_naive(x, weight, bias, *, stride, padding, dilation, groups, out_shape):
+    """Variant 1: the definition as loops. Shapes as r2n.conv2d."""
+    out = np.empty(out_shape, x.dtype)
+    w = np.ascontiguousarray(weight)
+    _conv2d_1_naive_kernel(
+        np.ascontiguousarray(x),
+        w,
+        _bias_or_zeros(bias, w.shape[0], x.dtype),
+        stride[0],
+        stride[1],
+        padding[0],
+        padding[1],
+        dilation[0],
+        dilation[1],
+        groups,
+        out,
+    )
+    return out
+
+
+# --------------------------------------------------------------------------- #
+# Shared: a parallel zero-padding copy
+# --------------------------------------------------------------------------- #
+
+
+@kernel
+def _pad_kernel(x, ph, pw, xp):
+    """xp[n, c] = x[n, c] surrounded by ph rows / pw columns of zeros (and any
+    extra right/bottom columns/rows xp has). One job per (n, c) plane."""
+    n_img, c, h, w = x.shape
+    hp, wp = xp.shape[2], xp.shape[3]
+    zero = xp.dtype.type(0)
+    for job in prange(n_img * c):
+        n = job // c
+        ch = job % c
+        for y in range(hp):
+            iy = y - ph
+            if 0 <= iy < h:
+                for xx in range(wp):
+                    ix = xx - pw
+                    xp[n, ch, y, xx] = x[n, ch, iy, ix] if 0 <= ix < w else zero
+            else:
+                for xx in range(wp):
+                    xp[n, ch, y, xx] = zero
+
+
+def pad(x, padding, extra=(0, 0)):
+    """Zero-pad H and W of a contiguous NCHW array in parallel -> new array."""
+    n, c, h, w = x.shape
+    (ph, pw), (eh, ew) = padding, extra
+    xp = np.empty((n, c, h + 2 * ph + eh, w + 2 * pw + ew), x.dtype)
+    _pad_kernel(x, ph, pw, xp)
+    return xp
+
+
+# --------------------------------------------------------------------------- #
+# Variant 2: vectorised along output rows
+# --------------------------------------------------------------------------- #
+
+_ROW_BLOCK = 8  # output channels sharing each input load
+
+
+@kernel
+def _conv2d_2_rows_kernel(xp, w, bias, sh, sw, dh, dw, groups, out):
+    n_img = xp.shape[0]
+    c_out, c_in_g, kh, kw = w.shape
+    h_out, w_out = out.shape[2], out.shape[3]
+    c_out_g = c_out // groups
+    blocks_g = (c_out_g + _ROW_BLOCK - 1) // _ROW_BLOCK
+    for job in prange(n_img * groups * blocks_g * h_out):
+        y = job % h_out
+        rest = job // h_out
+        ob = rest % blocks_g
+        rest //= blocks_g
+        g = rest % groups
+        n = rest // groups
+        o0 = g * c_out_g + ob * _ROW_BLOCK
+        nb = min(_ROW_BLOCK, c_out_g - ob * _ROW_BLOCK)
+        acc = np.empty((_ROW_BLOCK, w_out), out.dtype)
+        for o in range(nb):
+            acc[o, :] = bias[o0 + o]
+        for c in range(c_in_g):
+            ci = g * c_in_g + c
+            for i in range(kh):
+                iy = y * sh + i * dh
+                for j in range(kw):
+                    for o in range(nb):
+                        wv = w[o0 + o, c, i, j]
+                        for xo in range(w_out):  # the vectorised loop
+                            acc[o, xo] += wv * xp[n, ci, iy, xo * sw + j * dw]
+        for o in range(nb):
+            out[n, o0 + o, y, :] = acc[o, :]
+
+
+def conv2d_2_rows(x, weight, bias, *, stride, padding, dilation, groups, out_shape):
+    """Variant 2: padded input, loops vectorised along output rows."""
+    out = np.empty(out_shape, x.dtype)
+    w = np.ascontiguousarray(weight)
+    xp = pad(np.ascontiguousarray(x), padding)
+    _conv2d_2_rows_kernel(
+        xp,
+        w,
+        _bias_or_zeros(bias, w.shape[0], x.dtype),
+        stride[0],
+        stride[1],
+        dilation[0],
+        dilation[1],
+        groups,
+        out,
+    )
+    return out
+
+
+# --------------------------------------------------------------------------- #
+# Variant 3: SIMD register tiles (the fast path)
+# --------------------------------------------------------------------------- #
+
+
+def block_channels(dtype) -> int:
+    """Output channels per register tile: 32 for float32, 16 for float64."""
+    return TILE_VECTORS * lanes(np.dtype(dtype))
+
+
+def pack_weights(weight, groups):
+    """Pack conv weights for the micro-kernel, once per weight tensor.
+
+    weight (C_out, C_in/g, kH, kW) -> (g, blocks, K, B) flattened to 1-D, where
+    B = block_channels, blocks = ceil((C_out/g) / B), K = (C_in/g) * kH * kW in
+    (c, i, j) order. Channels past C_out/g in the last block are zeros.
+    """
+    c_out, c_in_g, kh, kw = weight.shape
+    c_out_g = c_out // groups
+    b = block_channels(weight.dtype)
+    blocks = -(-c_out_g // b)
+    padded = np.zeros((groups, blocks * b, c_in_g, kh, kw), weight.dtype)
+    padded[:, :c_out_g] = weight.reshape(groups, c_out_g, c_in_g, kh, kw)
+    packed = padded.reshape(groups, blocks, b, c_in_g * kh * kw).transpose(0, 1, 3, 2)
+    return np.ascontiguousarray(packed).reshape(-1)
+
+
+def tap_offsets(c_in_g, kernel_hw, dilation, plane, row):
+    """offs[k] for k = (c, i, j): where tap k sits relative to a tile's first
+    input pixel in a flattened (C, H_in, W_in) input with ``plane`` = H_in*W_in
+    and ``row`` = W_in."""
+    c = np.arange(c_in_g)[:, None, None] * plane
+    i = np.arange(kernel_hw[0])[None, :, None] * (dilation[0] * row)
+    j = np.arange(kernel_hw[1])[None, None, :] * dilation[1]
+    return (c + i + j).reshape(-1).astype(np.int64)
+
+
+@kernel
+def _conv_simd_kernel(
+    xf,
+    x_img,
+    x_plane,
+    x_c0,
+    row_step,
+    x_step,  # input: flattened, padded
+    wpk,
+    offs,
+    k_len,
+    c_in_g,
+    bias,  # packed weights, tap offsets, (C_out,) bias
+    n_img,
+    groups,
+    c_out_g,
+    h_out,
+    w_out,  # geometry
+    out,
+    out_img,
+    out_plane,
+    out_row,
+    out_base,
+    out_c0,
+    relu,  # output addressing
+    res,
+    res_img,
+    res_c0,
+    has_res,  # optional residual: + res before ReLU
+    nxt,
+    nxt_img,
+    nxt_plane,
+    nxt_row,
+    nxt_base,  # optional: write value + src ...
+    src,
+    src_img,
+    src_c0,
+    has_nxt,  # ... into a second (padded) buffer
+):
+    """One parallel launch of a whole conv, in register tiles.
+
+    Job = (image n, group g, channel block ob, output row y); each job walks
+    its row in tiles of TILE_PIXELS. For output channel ch = g*c_out_g + c:
+
+        v = conv + bias[ch] (+ res[n, res_c0 + ch, y, x]);  v = relu(v) if relu
+        out[n, out_c0 + ch, y, x] = v
+        nxt[n, ch, y, x] (padded) = v + src[n, src_c0 + ch, y, x]   if has_nxt
+
+    The last line is the Res2Net chain's "sp + x_{i+1}", computed while the
+    value is in hand and written straight into the next conv's padded input.
+
+    Every tile is a full SIMD tile. A row's last, partial tile is shifted back
+    to end at the row's end (some pixels are computed twice, with the same
+    result); rows narrower than a tile read slack columns the caller provides
+    (``min_input_width``). So no tile reads outside the input, and no scalar
+    fallback is needed.
+    """
+    b = TILE_VECTORS * (64 // xf.itemsize)
+    blocks = (c_out_g + b - 1) // b
+    p_out = h_out * w_out
+    zero = out.dtype.type(0)
+    for job in prange(n_img * groups * blocks * h_out):
+        y = job % h_out
+        rest = job // h_out
+        ob = rest % blocks
+        rest //= blocks
+        g = rest % groups
+        n = rest // groups
+        tile = np.empty(TILE_PIXELS * b, xf.dtype)
+        w_base = (g * blocks + ob) * k_len * b
+        x_row = n * x_img + (x_c0 + g * c_in_g) * x_plane + y * row_step
+        n_ch = min(b, c_out_g - ob * b)
+        for x0 in range(0, w_out, TILE_PIXELS):
+            count = min(TILE_PIXELS, w_out - x0)
+            start = x0 if count == TILE_PIXELS or w_out < TILE_PIXELS else w_out - TILE_PIXELS
+            _tile(wpk, w_base, xf, x_row + start * x_step, offs, k_len, x_step, tile)
+            skip = x0 - start  # tile pixels already written by the previous tile
+            for c in range(n_ch):
+                ch = g * c_out_g + ob * b + c
+                o_idx = n * out_img + (out_c0 + ch) * out_plane + out_base + y * out_row + x0
+                r_idx = n * res_img + (res_c0 + ch) * p_out + y * w_out + x0
+                s_idx = n * src_img + (src_c0 + ch) * p_out + y * w_out + x0
+                q_idx = n * nxt_img + ch * nxt_plane + nxt_base + y * nxt_row + x0
+                for i in range(count):
+                    v = tile[(skip + i) * b + c] + bias[ch]
+                    if has_res:
+                        v += res[r_idx + i]
+                    if relu and v < zero:  # NaN stays NaN, as in PyTorch
+                        v = zero
+                    out[o_idx + i] = v
+                    if has_nxt:
+                        nxt[q_idx + i] = v + src[s_idx + i]
+
+
+_NONE = {}  # dtype -> empty 1-D array standing in for an unused optional buffer
+
+
+def _none(dtype):
+    if dtype not in _NONE:
+        _NONE[dtype] = np.empty(0, dtype)
+    return _NONE[dtype]
+
+
+def min_input_width(w_out, kw, sw, dw):
+    """Padded input columns that variant 3's tiles read for a row of ``w_out``
+    outputs: a row narrower than a tile still computes a whole tile."""
+    return (max(w_out, TILE_PIXELS) - 1) * sw + (kw - 1) * dw + 1
+
+
+def conv_simd(
+    x,
+    packed,
+    c_out,
+    groups,
+    kernel_hw,
+    stride,
+    padding,
+    dilation,
+    bias,
+    out,
+    *,
+    out_c0=0,
+    relu=False,
+    res=None,
+    res_c0=0,
+    nxt=None,
+    src=None,
+    src_c0=0,
+    x_c0=0,
+    c_in_g=None,
+    out_padding=(0, 0),
+):
+    """Launch variant 3 on prepared arguments (the building block of fused ops).
+
+    Parameters
+    ----------
+    x : (N, C, H, W) contiguous input; ``x_c0`` is the first channel read (the
+        conv reads channels x_c0 .. x_c0 + groups * c_in_g). If ``padding`` is
+        (0, 0) and W >= min_input_width(...), x is read in place (the chain
+        passes inputs it padded itself); otherwise a padded copy is made.
+    packed : pack_weights(weight, groups) ; c_out : output channels of the conv
+    kernel_hw, stride, padding, dilation : pairs ; bias : (c_out,) contiguous
+    out : (N, C_tot, H_out + 2*oph, W_out + 2*opw) contiguous; channels
+        out_c0 .. out_c0 + c_out are written (interior only if out_padding)
+    relu : apply ReLU after bias (and residual)
+    res : optional (N, C_res, H_out, W_out) contiguous, channels res_c0 + ch added
+    nxt, src : optional; nxt (N, c_out, H_out + 2, W_out + 2) receives
+        value + src[:, src_c0 + ch] in its interior (the chain's next input)
+
+    1x1 stride-1 unpadded convs run on each plane as one long row (a GEMM).
+    """
+    n, c_total, h, w = x.shape
+    if n == 0:
+        return out
+    c_in_g = c_total // groups if c_in_g is None else c_in_g
+    (kh, kw), (sh, sw), (ph, pw) = kernel_hw, stride, padding
+    oph, opw = out_padding
+    h_out = out.shape[2] - 2 * oph
+    w_out = out.shape[3] - 2 * opw
+    flat = (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0) and (oph, opw) == (0, 0)
+    if flat and h * w >= TILE_PIXELS:
+        xp, rows, cols, row_step = x, 1, h * w, 0  # the plane is one long row: a GEMM
+        in_row, in_plane = h * w, h * w
+    else:
+        need = min_input_width(w_out, kw, sw, dilation[1])
+        extra = max(0, need - (w + 2 * pw))
+        xp = x if (ph, pw, extra) == (0, 0, 0) else pad(x, padding, (0, extra))
+        rows, cols, row_step = h_out, w_out, sh * xp.shape[3]
+        in_row, in_plane = xp.shape[3], xp.shape[2] * xp.shape[3]
+    offs = tap_offsets(c_in_g, kernel_hw, dilation, in_plane, in_row)
+    dt = x.dtype
+    res_a = _none(dt) if res is None else res.reshape(-1)
+    nxt_a = _none(dt) if nxt is None else nxt.reshape(-1)
+    src_a = _none(dt) if src is None else src.reshape(-1)
+    out_row = out.shape[3]
+    _conv_simd_kernel(
+        xp.reshape(-1),
+        xp[0].size,
+        in_plane,
+        x_c0,
+        row_step,
+        sw,
+        packed,
+        offs,
+        len(offs),
+        c_in_g,
+        bias,
+        n,
+        groups,
+        c_out // groups,
+        rows,
+        cols,
+        out.reshape(-1),
+        out[0].size,
+        out.shape[2] * out.shape[3],
+        out_row,
+        oph * out_row + opw,
+        out_c0,
+        relu,
+        res_a,
+        0 if res is None else res[0].size,
+        res_c0,
+        res is not None,
+        nxt_a,
+        0 if nxt is None else nxt[0].size,
+        0 if nxt is None else nxt.shape[2] * nxt.shape[3],
+        0 if nxt is None else nxt.shape[3],
+        0 if nxt is None else nxt.shape[3] + 1,
+        src_a,
+        0 if src is None else src[0].size,
+        src_c0,
+        nxt is not None,
+    )
+    return out
+
+
+def conv2d_3_simd(x, weight, bias, *, stride, padding, dilation, groups, out_shape):
+    """Variant 3: packed weights, register-tiled SIMD micro-kernel."""
+    x = np.ascontiguousarray(x)
+    c_out, _, kh, kw = weight.shape
+    out = np.empty(out_shape, x.dtype)
+    conv_simd(
+        x,
+        pack_weights(weight, groups),
+        c_out,
+        groups,
+        (kh, kw),
+        stride,
+        padding,
+        dilation,
+        _bias_or_zeros(bias, c_out, x.dtype),
+        out,
+    )
+    return out
+
+
+VARIANTS = {
+    "1_naive": conv2d_1_naive,
+    "2_rows": conv2d_2_rows,
+    "3_simd": conv2d_3_simd,
+}
+
+
+def conv2d(x, weight, bias, *, stride, padding, dilation, groups, out_shape):
+    """The CPU backend's conv2d: variant 3, or 2 for groups of < 8 output channels.
+
+    x (N, C_in, H, W), weight (C_out, C_in/groups, kH, kW) -> (N, C_out, H_out, W_out)
+    """
+    variant = conv2d_3_simd if weight.shape[0] // groups >= 8 else conv2d_2_rows
+    return variant(
+        x,
+        weight,
+        bias,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        out_shape=out_shape,
+    )

@@ -1,0 +1,255 @@
+"""Numba kernels for the linear layer and TResNet's layers.
+
+Same functions and signatures as ``r2n.reference.conv.linear`` and
+``r2n.reference.tresnet``. Each public function is a Python wrapper (contiguous
+inputs, output allocation, None biases as zeros) around one ``@kernel``.
+
+``linear`` is a ``prange`` over tiles of (rows x output features), not a call
+to ``np.dot``: BLAS would start threads of its own, outside
+``r2n.set_num_threads``, and a batch of one would still split across threads
+by output feature. Each tile computes plain dot products over contiguous rows
+of x and weight, which LLVM vectorises (``fastmath`` reassoc).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._jit import kernel, prange
+from .elementwise import kernel_input
+
+# linear tiles: LINEAR_ROWS rows of x share each weight row loaded into cache,
+# LINEAR_COLS weight rows (output features) are reused by every row of the tile.
+LINEAR_ROWS = 4
+LINEAR_COLS = 16
+
+
+# --------------------------------------------------------------------------- #
+# Linear
+# --------------------------------------------------------------------------- #
+
+
+@kernel
+def _linear_kernel(x, weight, bias, out):
+    """out = x @ weight.T + bias.
+
+    x : (M, K); weight : (O, K); bias : (O,); out : (M, O), all C-contiguous.
+    """
+    m, k = x.shape
+    o = weight.shape[0]
+    row_tiles = (m + LINEAR_ROWS - 1) // LINEAR_ROWS
+    col_tiles = (o + LINEAR_COLS - 1) // LINEAR_COLS
+    for t in prange(row_tiles * col_tiles):
+        rt, ct = t // col_tiles, t % col_tiles
+        for r in range(rt * LINEAR_ROWS, min(m, (rt + 1) * LINEAR_ROWS)):
+            for j in range(ct * LINEAR_COLS, min(o, (ct + 1) * LINEAR_COLS)):
+                acc = x.dtype.type(0)
+                for q in range(k):
+                    acc += x[r, q] * weight[j, q]
+                out[r, j] = acc + bias[j]
+
+
+def _bias_or_zeros(bias, size, dtype):
+    """A contiguous (size,) bias; zeros for None (y + 0 == y, so results match)."""
+    return kernel_input(np.zeros(size, dtype=dtype) if bias is None else bias)
+
+
+def linear(x, weight, bias):
+    """Fully connected layer, ``x @ weight.T + bias``.
+
+    Parameters
+    ----------
+    x : (..., in_features)
+    weight : (out_features, in_features)
+    bias : (out_features,) or None
+
+    Returns
+    -------
+    (..., out_features) new C-contiguous array of x's dtype.
+    """
+    o, k = weight.shape
+    m = int(np.prod(x.shape[:-1], dtype=np.int64))  # 1 for a 1-D x
+    out = np.empty(x.shape[:-1] + (o,), dtype=x.dtype)
+    _linear_kernel(
+        kernel_input(x).reshape(m, k),
+        kernel_input(weight),
+        _bias_or_zeros(bias, o, x.dtype),
+        out.reshape(m, o),
+    )
+    return out
+
+
+# --------------------------------------------------------------------------- #
+# Space to depth
+# --------------------------------------------------------------------------- #
+
+
+@kernel
+def _space_to_depth_kernel(x, b, out):
+    """out[n, (i*b + j)*C + c, h, w] = x[n, c, b*h + i, b*w + j].
+
+    x : (N, C, H, W) -> out : (N, b*b*C, H/b, W/b). One iteration per input
+    row: it is read once (from cache) and scattered into b contiguous output rows.
+    """
+    n, c, h, w = x.shape
+    w_out = w // b
+    for t in prange(n * c * h):
+        nn, rem = t // (c * h), t % (c * h)
+        ch, row = rem // h, rem % h
+        hh, i = row // b, row % b
+        for j in range(b):
+            oc = (i * b + j) * c + ch
+            for ww in range(w_out):
+                out[nn, oc, hh, ww] = x[nn, ch, row, ww * b + j]
+
+
+def space_to_depth(x, *, block_size):
+    """Move each b x b pixel block into channels.
+
+    Parameters
+    ----------
+    x : (N, C, H, W) with H, W divisible by b = block_size
+    block_size : int >= 1
+
+    Returns
+    -------
+    (N, b*b*C, H/b, W/b) new C-contiguous array,
+    ``out[n, (i*b + j)*C + c, h, w] = x[n, c, b*h + i, b*w + j]``.
+    """
+    n, c, h, w = x.shape
+    b = block_size
+    out = np.empty((n, b * b * c, h // b, w // b), dtype=x.dtype)
+    _space_to_depth_kernel(kernel_input(x), b, out)
+    return out
+
+
+# --------------------------------------------------------------------------- #
+# Blur pool
+# --------------------------------------------------------------------------- #
+
+# Output pixel (y, x) reads input rows 2y-1, 2y, 2y+1 (and the same columns)
+# of the reflect-padded input. Reflection by index arithmetic: row -1 is row 1,
+# row H is row H-2 (H >= 2 is checked). Rows are blurred first, then columns,
+# as in the reference, so float32 rounds the same way.
+
+
+@kernel
+def _blur_pool2d_kernel(x, out):
+    """x : (P, H, W) planes -> out : (P, (H-1)//2 + 1, (W-1)//2 + 1)."""
+    planes, h, w = x.shape
+    h_out, w_out = out.shape[1:]
+    t0 = x.dtype.type(0.25)
+    t1 = x.dtype.type(0.5)
+    for r in prange(planes * h_out):
+        p, oy = r // h_out, r % h_out
+        r1 = 2 * oy
+        r0 = r1 - 1 if r1 > 0 else 1
+        r2 = r1 + 1 if r1 + 1 < h else h - 2
+        for ox in range(w_out):
+            c1 = 2 * ox
+            c0 = c1 - 1 if c1 > 0 else 1
+            c2 = c1 + 1 if c1 + 1 < w else w - 2
+            v0 = t0 * x[p, r0, c0] + t1 * x[p, r1, c0] + t0 * x[p, r2, c0]
+            v1 = t0 * x[p, r0, c1] + t1 * x[p, r1, c1] + t0 * x[p, r2, c1]
+            v2 = t0 * x[p, r0, c2] + t1 * x[p, r1, c2] + t0 * x[p, r2, c2]
+            out[p, oy, ox] = t0 * v0 + t1 * v1 + t0 * v2
+
+
+def blur_pool2d(x):
+    """Anti-aliased downsampling: depthwise [1,2,1]x[1,2,1]/16 blur, reflect pad 1, stride 2.
+
+    Parameters
+    ----------
+    x : (N, C, H, W) with H, W >= 2
+
+    Returns
+    -------
+    (N, C, (H - 1)//2 + 1, (W - 1)//2 + 1) new C-contiguous array.
+    """
+    n, c, h, w = x.shape
+    h_out, w_out = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+    out = np.empty((n, c, h_out, w_out), dtype=x.dtype)
+    planes = kernel_input(x).reshape(n * c, h, w)
+    _blur_pool2d_kernel(planes, out.reshape(n * c, h_out, w_out))
+    return out
+
+
+# --------------------------------------------------------------------------- #
+# Squeeze and excitation
+# --------------------------------------------------------------------------- #
+
+
+@kernel
+def _squeeze_excite_kernel(x, w1, b1, w2, b2, out):
+    """out[n, c] = x[n, c] * sigmoid(w2 @ relu(w1 @ mean_HW(x[n]) + b1) + b2)[c].
+
+    x, out : (N, C, H*W); w1 : (C_mid, C); b1 : (C_mid,); w2 : (C, C_mid); b2 : (C,).
+    Four parallel passes: channel means, the two tiny FC layers, the rescale.
+    """
+    n, c, hw = x.shape
+    c_mid = w1.shape[0]
+    zero = x.dtype.type(0)
+    one = x.dtype.type(1)
+
+    means = np.empty((n, c), dtype=x.dtype)
+    for p in prange(n * c):
+        i, ch = p // c, p % c
+        acc = 0.0  # float64, as global_avg_pool2d
+        for k in range(hw):
+            acc += x[i, ch, k]
+        means[i, ch] = acc / hw
+
+    hidden = np.empty((n, c_mid), dtype=x.dtype)  # relu(means @ w1.T + b1)
+    for p in prange(n * c_mid):
+        i, j = p // c_mid, p % c_mid
+        acc = zero
+        for ch in range(c):
+            acc += means[i, ch] * w1[j, ch]
+        z = acc + b1[j]
+        hidden[i, j] = zero if z <= zero else z  # NaN stays NaN, as np.maximum
+
+    gate = np.empty((n, c), dtype=x.dtype)  # sigmoid(hidden @ w2.T + b2)
+    for p in prange(n * c):
+        i, ch = p // c, p % c
+        acc = zero
+        for j in range(c_mid):
+            acc += hidden[i, j] * w2[ch, j]
+        z = acc + b2[ch]
+        e = np.exp(-abs(z))  # exp of -|z| only: no overflow
+        gate[i, ch] = one / (one + e) if z >= zero else e / (one + e)
+
+    for p in prange(n * c):
+        i, ch = p // c, p % c
+        g = gate[i, ch]
+        for k in range(hw):
+            out[i, ch, k] = x[i, ch, k] * g
+
+
+def squeeze_excite(x, w1, b1, w2, b2):
+    """Squeeze-and-excitation: rescale each channel by a gate computed from the
+    channel means.
+
+    Parameters
+    ----------
+    x : (N, C, H, W)
+    w1 : (C_mid, C, 1, 1) ; b1 : (C_mid,) or None
+    w2 : (C, C_mid, 1, 1) ; b2 : (C,) or None
+
+    Returns
+    -------
+    (N, C, H, W) new C-contiguous array,
+    ``x * sigmoid(relu(mean_HW(x) @ w1.T + b1) @ w2.T + b2)[:, :, None, None]``.
+    """
+    n, c, h, w = x.shape
+    c_mid = w1.shape[0]
+    dt = x.dtype
+    out = np.empty(x.shape, dtype=dt)
+    _squeeze_excite_kernel(
+        kernel_input(x).reshape(n, c, h * w),
+        kernel_input(w1).reshape(c_mid, c),
+        _bias_or_zeros(b1, c_mid, dt),
+        kernel_input(w2).reshape(c, c_mid),
+        _bias_or_zeros(b2, c, dt),
+        out.reshape(n, c, h * w),
+    )
+    return out

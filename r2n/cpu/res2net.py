@@ -1,0 +1,267 @@
+"""The Res2Net chain and bottleneck on the CPU, fused.
+
+A framework runs the chain of a scale-4 block as ~15 steps, each a pass over
+memory: split, conv, BN, ReLU, add, conv, BN, ReLU, add, ..., pool, cat. Here:
+
+1. One prologue launch: zero-pad the chunks the convs read first (x_0; every
+   x_i for "stage"), and write the last chunk straight into its slice of the
+   output: copied ("normal") or 3x3-average-pooled ("stage").
+2. One launch per conv (variant 3 of r2n.cpu.conv): BN is folded into the
+   weights, so the epilogue adds the bias, applies ReLU and writes into the
+   conv's channel slice of the output (no split, no cat). For "normal" it
+   also writes ``value + x_{i+1}`` into the next conv's padded input, so the
+   hierarchical add costs no pass of its own.
+
+``bottle2neck`` adds the 1x1 convs around it: conv1 (+ bias + ReLU), the chain,
+the shortcut conv (after the "d" variant's average pool, if any), and conv3
+whose epilogue adds the shortcut and applies the final ReLU.
+
+``PreparedChain`` / ``PreparedBottle2neck`` pack the weights once; the public
+ops prepare on every call (packing is O(weights), small next to the convs).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._jit import kernel, prange
+from .conv import block_channels, conv_simd, min_input_width, pack_weights
+from .pool import avg_pool2d
+
+
+@kernel
+def _chain_prologue(x, width, n_pad, stage, stride, last_c, xp, out, out_c0):
+    """Pad chunks 0 .. n_pad-1 of x into xp (N, n_pad*width, H+2, W+2), and
+    write chunk ``last_c`` (if >= 0) into out[:, out_c0 : out_c0 + width]:
+    a copy, or for stage a 3x3 / stride / pad-1 average (count_include_pad)."""
+    n_img, _, h, w = x.shape
+    hp, wp = xp.shape[2], xp.shape[3]
+    h_out, w_out = out.shape[2], out.shape[3]
+    n_last = width if last_c >= 0 else 0
+    zero = x.dtype.type(0)
+    ninth = x.dtype.type(1.0 / 9.0)
+    per_img = n_pad * width + n_last
+    for job in prange(n_img * per_img):
+        n = job // per_img
+        c = job % per_img
+        if c < n_pad * width:  # a padded chunk plane
+            for y in range(hp):
+                for xx in range(wp):
+                    iy = y - 1
+                    ix = xx - 1
+                    inside = 0 <= iy < h and 0 <= ix < w
+                    xp[n, c, y, xx] = x[n, c, iy, ix] if inside else zero
+        else:  # the last chunk's output plane
+            c_in = last_c + c - n_pad * width
+            c_out = out_c0 + c - n_pad * width
+            if not stage:
+                for y in range(h):
+                    for xx in range(w):
+                        out[n, c_out, y, xx] = x[n, c_in, y, xx]
+            else:
+                for y in range(h_out):
+                    for xx in range(w_out):
+                        s = zero
+                        for i in range(3):
+                            iy = y * stride - 1 + i
+                            if 0 <= iy < h:
+                                for j in range(3):
+                                    ix = xx * stride - 1 + j
+                                    if 0 <= ix < w:
+                                        s += x[n, c_in, iy, ix]
+                        # padding counts: the divisor is the window clipped to
+                        # the padded input (PyTorch's count_include_pad=True)
+                        y_end = min(y * stride + 2, h + 1)
+                        x_end = min(xx * stride + 2, w + 1)
+                        area = (y_end - y * stride + 1) * (x_end - xx * stride + 1)
+                        out[n, c_out, y, xx] = s * ninth if area == 9 else s / area
+
+
+class PreparedChain:
+    """Packed weights of one Res2Net chain, reusable across calls.
+
+    Parameters as r2n.res2net_chain (weights and biases BN-folded).
+    """
+
+    def __init__(self, weights, biases, *, scale, stype, stride, groups, width, dtype):
+        self.scale, self.stype, self.stride, self.groups = scale, stype, stride, groups
+        self.width = width
+        self.nums = max(scale - 1, 1)
+        self.packed = [pack_weights(np.asarray(w, dtype), groups) for w in weights[: self.nums]]
+        self.biases = [
+            np.zeros(width, dtype) if biases is None else np.ascontiguousarray(biases[i], dtype)
+            for i in range(self.nums)
+        ]
+        self.block = block_channels(dtype)
+
+    def __call__(self, x, out=None):
+        """x (N, scale*width, H, W) contiguous -> out (N, scale*width, H_out, W_out)."""
+        n, c, h, w = x.shape
+        s, width, nums = self.stride, self.width, self.nums
+        h_out, w_out = (h - 1) // s + 1, (w - 1) // s + 1
+        if out is None:
+            out = np.empty((n, c, h_out, w_out), x.dtype)
+        stage = self.stype == "stage" or self.scale == 1
+        n_pad = nums if stage else 1
+        last = nums * width if self.scale > 1 else -1
+        # Padded chunks, with slack columns if rows are narrower than a tile.
+        wp = max(w + 2, min_input_width(w_out, 3, s, 1))
+        xp = np.empty((n, n_pad * width, h + 2, wp), x.dtype)
+        _chain_prologue(x, width, n_pad, self.stype == "stage", s, last, xp, out, nums * width)
+        # "normal": conv i reads one padded buffer and writes sp + x_{i+1} into
+        # the other's interior; the two swap. Borders stay zero.
+        nxt = _zero_border_like(xp, w) if not stage and nums > 1 else None
+        cur = xp
+        for i in range(nums):
+            feeds_next = not stage and i + 1 < nums
+            conv_simd(
+                cur,
+                self.packed[i],
+                width,
+                self.groups,
+                (3, 3),
+                (s, s),
+                (0, 0),
+                (1, 1),
+                self.biases[i],
+                out,
+                out_c0=i * width,
+                relu=True,
+                nxt=nxt if feeds_next else None,
+                src=x if feeds_next else None,
+                src_c0=(i + 1) * width,
+                x_c0=i * width if stage else 0,
+                c_in_g=width // self.groups,
+            )
+            if feeds_next:
+                cur, nxt = nxt, cur
+        return out
+
+
+def _zero_border_like(buf, w):
+    """An uninitialised buffer shaped like buf (N, C, H+2, W_p) whose padding
+    (row 0, row H+1, column 0 and columns W+1 ..) is zero."""
+    new = np.empty_like(buf)
+    new[:, :, 0, :] = 0
+    new[:, :, -1, :] = 0
+    new[:, :, :, 0] = 0
+    new[:, :, :, w + 1 :] = 0
+    return new
+
+
+def res2net_chain(x, weights, biases, *, scale, stype, stride, groups, width, out_shape):
+    """The fused chain. x (N, scale*width, H, W) -> (N, scale*width, H_out, W_out)."""
+    x = np.ascontiguousarray(x)
+    chain = PreparedChain(
+        weights,
+        biases,
+        scale=scale,
+        stype=stype,
+        stride=stride,
+        groups=groups,
+        width=width,
+        dtype=x.dtype,
+    )
+    return chain(x, np.empty(out_shape, x.dtype))
+
+
+class PreparedBottle2neck:
+    """Packed weights of one bottleneck, reusable across calls.
+
+    ``params`` is an r2n.Bottle2neckParams; ``args`` the normalised arguments
+    from r2n._checks.bottle2neck_args.
+    """
+
+    def __init__(self, params, args, dtype):
+        self.args = args
+        self.c1 = params.conv1.weight.shape[0]
+        self.conv1 = (
+            pack_weights(np.asarray(params.conv1.weight, dtype), 1),
+            _bias(params.conv1, self.c1, dtype),
+        )
+        self.chain = PreparedChain(
+            params.chain_weights,
+            params.chain_biases,
+            dtype=dtype,
+            **{k: args["chain"][k] for k in ("scale", "stype", "stride", "groups", "width")},
+        )
+        self.c3 = params.conv3.weight.shape[0]
+        self.conv3 = (
+            pack_weights(np.asarray(params.conv3.weight, dtype), 1),
+            _bias(params.conv3, self.c3, dtype),
+        )
+        self.shortcut = None
+        if params.shortcut is not None:
+            self.shortcut = (
+                pack_weights(np.asarray(params.shortcut.weight, dtype), 1),
+                _bias(params.shortcut, self.c3, dtype),
+            )
+
+    def __call__(self, x):
+        """x (N, C_in, H, W) contiguous -> (N, C_out, H_out, W_out)."""
+        args = self.args
+        n, _, h, w = x.shape
+        t1 = np.empty((n, self.c1, h, w), x.dtype)
+        conv_simd(
+            x,
+            self.conv1[0],
+            self.c1,
+            1,
+            (1, 1),
+            (1, 1),
+            (0, 0),
+            (1, 1),
+            self.conv1[1],
+            t1,
+            relu=True,
+        )
+        t2 = self.chain(t1)
+        if self.shortcut is None:
+            identity = x
+        else:
+            conv = args["shortcut"]["conv"]
+            source = x
+            if args["shortcut"]["pool"] is not None:
+                source = avg_pool2d(x, **args["shortcut"]["pool"])
+            identity = np.empty(conv["out_shape"], x.dtype)
+            conv_simd(
+                source,
+                self.shortcut[0],
+                self.c3,
+                1,
+                (1, 1),
+                conv["stride"],
+                (0, 0),
+                (1, 1),
+                self.shortcut[1],
+                identity,
+            )
+        out = np.empty(args["out_shape"], x.dtype)
+        conv_simd(
+            t2,
+            self.conv3[0],
+            self.c3,
+            1,
+            (1, 1),
+            (1, 1),
+            (0, 0),
+            (1, 1),
+            self.conv3[1],
+            out,
+            relu=True,
+            res=identity,
+        )
+        return out
+
+
+def _bias(conv, c_out, dtype):
+    if conv.bias is None:
+        return np.zeros(c_out, dtype)
+    return np.ascontiguousarray(conv.bias, dtype)
+
+
+def bottle2neck(x, params, *, conv1, chain, conv3, shortcut, out_shape):
+    """The fused bottleneck. x (N, C_in, H, W) -> (N, C_out, H_out, W_out)."""
+    x = np.ascontiguousarray(x)
+    args = dict(conv1=conv1, chain=chain, conv3=conv3, shortcut=shortcut, out_shape=out_shape)
+    return PreparedBottle2neck(params, args, x.dtype)(x)

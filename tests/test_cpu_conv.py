@@ -1,0 +1,179 @@
+"""The CPU backend's convolutions and fused Res2Net blocks against the reference.
+
+Every numbered conv variant runs on odd shapes and on hypothesis-drawn
+arguments; the fused chain and bottleneck run on both stypes, strides 1-3,
+scales 1-8 and groups 1 and 8, including rows narrower than a register tile
+and rows whose last tile is partial. (The PyTorch comparisons in
+test_res2net.py and test_ops_vs_torch.py also run on this backend: it is the
+default for NumPy arrays when Numba is installed.)
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from helpers import DTYPES, assert_close, randn
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+import r2n
+from r2n import _checks
+from r2n.cpu import conv, res2net
+
+VARIANTS = sorted(conv.VARIANTS)
+
+# n, c_in, c_out, h, w, kernel, stride, padding, dilation, groups
+CONV_CASES = [
+    (1, 26, 26, 7, 9, (3, 3), 1, 1, 1, 1),  # a Res2Net chunk conv, odd image
+    (3, 15, 6, 7, 9, (3, 2), (2, 1), 1, (1, 2), 3),  # 3 groups of 5 channels
+    (2, 15, 48, 7, 9, (3, 3), 2, 1, 1, 3),  # > one channel block per group
+    (1, 64, 40, 9, 7, (1, 1), 1, 0, 1, 1),  # 1x1: the plane as one row
+    (2, 64, 40, 9, 7, (1, 1), 2, 0, 1, 1),  # strided 1x1 (the shortcut)
+    (2, 16, 16, 13, 11, (3, 3), 1, 2, 2, 16),  # depthwise, dilated
+    (1, 8, 40, 17, 19, (5, 5), 3, 2, 1, 1),  # 5x5, stride 3
+    (3, 4, 33, 2, 3, (1, 1), 1, 0, 1, 1),  # plane smaller than a tile
+    (1, 32, 32, 14, 14, (3, 3), 1, 1, 1, 1),  # row of 14: last tile shifted back
+    (0, 8, 8, 5, 5, (3, 3), 1, 1, 1, 1),  # batch 0
+]
+
+
+def _conv_case(rng, case, dtype):
+    n, c_in, c_out, h, w, k, s, p, d, g = case
+    x = randn(rng, n, c_in, h, w, dtype=dtype)
+    weight = randn(rng, c_out, c_in // g, *k, dtype=dtype)
+    bias = randn(rng, c_out, dtype=dtype)
+    return x, weight, bias, dict(stride=s, padding=p, dilation=d, groups=g)
+
+
+def _reference(x, weight, bias, **kw):
+    to64 = [a.astype(np.float64) for a in (x, weight, bias)]
+    return r2n.conv2d(*to64, backend="reference", **kw)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+def test_every_conv_variant_matches_the_reference(rng, case, variant, dtype):
+    x, weight, bias, kw = _conv_case(rng, case, dtype)
+    args = _checks.conv2d_args("conv2d", x, weight, bias, **kw)
+    out = conv.VARIANTS[variant](x, weight, bias, **args)
+    ref = _reference(x, weight, bias, **kw)
+    assert out.dtype == dtype and out.shape == ref.shape and out.flags.c_contiguous
+    if out.size:
+        assert_close(out, ref)
+
+
+@given(
+    n=st.integers(1, 2),
+    groups=st.integers(1, 3),
+    c_in_g=st.integers(1, 4),
+    c_out_g=st.integers(1, 40),
+    h=st.integers(1, 12),
+    w=st.integers(1, 20),
+    kh=st.integers(1, 4),
+    kw=st.integers(1, 4),
+    stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    padding=st.tuples(st.integers(0, 2), st.integers(0, 2)),
+    dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    seed=st.integers(0, 2**32 - 1),
+)
+@example(1, 1, 4, 33, 1, 1, 1, 1, (1, 1), (0, 0), (1, 1), 0)  # 1x1 image, 1x1 kernel
+@example(2, 1, 3, 32, 3, 17, 3, 3, (1, 2), (1, 1), (1, 1), 1)  # stride-2 row narrower than a tile
+def test_simd_conv_matches_the_reference_on_drawn_arguments(
+    n, groups, c_in_g, c_out_g, h, w, kh, kw, stride, padding, dilation, seed
+):
+    rng = np.random.default_rng(seed)
+    x = randn(rng, n, groups * c_in_g, h, w)
+    weight = randn(rng, groups * c_out_g, c_in_g, kh, kw)
+    bias = randn(rng, groups * c_out_g)
+    kw_ = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    try:
+        args = _checks.conv2d_args("conv2d", x, weight, bias, **kw_)
+    except ValueError:
+        return  # kernel larger than the padded input: the shared checks reject it
+    out = conv.conv2d_3_simd(x, weight, bias, **args)
+    assert_close(out, _reference(x, weight, bias, **kw_))
+
+
+# stype, stride, scale, groups, width, batch, H, W
+CHAIN_CASES = [
+    ("normal", 1, 4, 1, 26, 1, 7, 9),
+    ("normal", 1, 2, 1, 8, 3, 9, 7),
+    ("normal", 1, 8, 8, 16, 2, 7, 9),
+    ("stage", 1, 1, 1, 8, 2, 7, 9),
+    ("stage", 2, 4, 8, 16, 3, 9, 7),
+    ("stage", 3, 8, 1, 8, 1, 9, 7),
+    ("stage", 2, 3, 1, 40, 2, 5, 11),
+    ("normal", 1, 4, 1, 40, 1, 14, 14),  # 14-wide rows: a shifted last tile
+    ("stage", 2, 4, 1, 12, 1, 3, 29),  # 2-row output, 15-wide rows
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CHAIN_CASES, ids=str)
+def test_fused_chain_matches_the_reference(rng, case, dtype):
+    stype, stride, scale, groups, width, n, h, w = case
+    nums = max(scale - 1, 1)
+    x = randn(rng, n, scale * width, h, w, dtype=dtype)
+    weights = [randn(rng, width, width // groups, 3, 3, dtype=dtype) for _ in range(nums)]
+    biases = [randn(rng, width, dtype=dtype) for _ in range(nums)]
+    kw = dict(scale=scale, stype=stype, stride=stride, groups=groups)
+    out = r2n.res2net_chain(x, weights, biases, backend="cpu", **kw)
+    ref = r2n.res2net_chain(
+        x.astype(np.float64),
+        [a.astype(np.float64) for a in weights],
+        [a.astype(np.float64) for a in biases],
+        backend="reference",
+        **kw,
+    )
+    assert out.dtype == dtype
+    assert_close(out, ref)
+
+
+def test_prepared_chain_gives_the_same_result_on_every_call(rng):
+    x = randn(rng, 2, 32, 7, 9, dtype=np.float32)
+    weights = [randn(rng, 8, 8, 3, 3, dtype=np.float32) for _ in range(3)]
+    biases = [randn(rng, 8, dtype=np.float32) for _ in range(3)]
+    args = _checks.chain_args("res2net_chain", x, weights, biases, 4, "normal", 1, 1)
+    prepared = res2net.PreparedChain(
+        weights, biases, dtype=np.float32,
+        **{k: args[k] for k in ("scale", "stype", "stride", "groups", "width")},
+    )  # fmt: skip
+    first = prepared(x)
+    np.testing.assert_array_equal(prepared(x), first)
+    expected = r2n.res2net_chain(x, weights, biases, scale=4, backend="reference")
+    assert_close(first, expected)
+
+
+def test_set_num_threads_changes_the_thread_count_and_not_the_result(rng):
+    x = randn(rng, 1, 26, 7, 9, dtype=np.float32)
+    weight = randn(rng, 26, 26, 3, 3, dtype=np.float32)
+    before = r2n.get_num_threads()
+    try:
+        r2n.set_num_threads(1)
+        assert r2n.get_num_threads() == 1
+        one = r2n.conv2d(x, weight, padding=1, backend="cpu")
+        r2n.set_num_threads(before)
+        np.testing.assert_allclose(r2n.conv2d(x, weight, padding=1, backend="cpu"), one)
+    finally:
+        r2n.set_num_threads(before)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 10**6, 1.5, True])
+def test_set_num_threads_rejects_counts_outside_numbas_pool(bad):
+    with pytest.raises(ValueError, match="n must be an int from 1 to NUMBA_NUM_THREADS"):
+        r2n.set_num_threads(bad)
+
+
+def test_numpy_arrays_default_to_the_cpu_backend_when_numba_is_installed():
+    assert r2n.implements("cpu", "res2net_chain")
+    assert "cpu" in r2n.available_backends()
+
+
+def test_importing_r2n_does_not_import_numba():
+    code = "import sys, r2n; print('numba' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "False", out.stderr
