@@ -76,8 +76,7 @@ def set_num_threads(n: int) -> None:
     limit = numba.config.NUMBA_NUM_THREADS
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= limit:
         raise ValueError(
-            f"r2n.set_num_threads: n must be an int from 1 to NUMBA_NUM_THREADS={limit}, "
-            f"got {n!r}"
+            f"r2n.set_num_threads: n must be an int from 1 to NUMBA_NUM_THREADS={limit}, got {n!r}"
         )
     numba.set_num_threads(n)
 
