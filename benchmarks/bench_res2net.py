@@ -98,9 +98,12 @@ def _torch_folded_block(x, p, scale, stype, stride):
     return F.relu(out + identity)
 
 
-def _setup(benchmark, group, row, flops, rows_threads):
+def _setup(benchmark, group, row, threads, flops):
+    """Name the group, record the row, and pin both libraries' thread counts."""
     benchmark.group = group
-    benchmark.extra_info.update(backend=row, threads=rows_threads, gflop=flops / 1e9, flops=flops)
+    benchmark.extra_info.update(backend=row, threads=threads, gflop=flops / 1e9, flops=flops)
+    torch.set_num_threads(threads)
+    r2n.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("row, threads", ROWS, ids=ROW_IDS)

@@ -39,7 +39,7 @@ from ._simd import lanes, tile_kernel
 
 #: Register tile of variant 3: TILE_PIXELS output pixels x TILE_VECTORS vectors of
 #: output channels (measured best of 8x1, 12x1, 6x2, 4x3, 8x2 on Zen 5).
-TILE_PIXELS = 8
+TILE_PIXELS = 7
 TILE_VECTORS = 2
 _tile = tile_kernel(TILE_PIXELS, TILE_VECTORS)
 
@@ -295,30 +295,49 @@ def _conv_simd_kernel(
         rest //= blocks
         g = rest % groups
         n = rest // groups
-        tile = np.empty(TILE_PIXELS * b, xf.dtype)
+        # The row's tiles, pixel-major: row_buf[x * b + c] for pixel x, channel c.
+        row_buf = np.empty((w_out + TILE_PIXELS) * b, xf.dtype)
         w_base = (g * blocks + ob) * k_len * b
         x_row = n * x_img + (x_c0 + g * c_in_g) * x_plane + y * row_step
         n_ch = min(b, c_out_g - ob * b)
         for x0 in range(0, w_out, TILE_PIXELS):
-            count = min(TILE_PIXELS, w_out - x0)
-            start = x0 if count == TILE_PIXELS or w_out < TILE_PIXELS else w_out - TILE_PIXELS
-            _tile(wpk, w_base, xf, x_row + start * x_step, offs, k_len, x_step, tile)
-            skip = x0 - start  # tile pixels already written by the previous tile
+            full = x0 + TILE_PIXELS <= w_out or w_out < TILE_PIXELS
+            start = x0 if full else w_out - TILE_PIXELS
+            _tile(wpk, w_base, xf, x_row + start * x_step, offs, k_len, x_step,
+                  row_buf[start * b :])  # fmt: skip
+        # Epilogue, a row at a time over slices (plain range indices vectorise;
+        # computed indices pay Numba's wraparound check on every element).
+        for c in range(n_ch):
+            ch = g * c_out_g + ob * b + c
+            o_idx = n * out_img + (out_c0 + ch) * out_plane + out_base + y * out_row
+            o_row = out[o_idx : o_idx + w_out]
+            bc = bias[ch]
+            for i in range(w_out):
+                o_row[i] = row_buf[i * b + c] + bc
+            if has_res:
+                r_idx = n * res_img + (res_c0 + ch) * p_out + y * w_out
+                r_row = res[r_idx : r_idx + w_out]
+                for i in range(w_out):
+                    o_row[i] += r_row[i]
+            if relu:
+                for i in range(w_out):
+                    if o_row[i] < zero:  # NaN stays NaN, as in PyTorch
+                        o_row[i] = zero
+        if has_nxt:
+            # Once the whole row is done (and still in L1), add the next chunk to
+            # it, a row at a time. Row slices make the loop index a plain range:
+            # with computed indices Numba checks each for wraparound and the
+            # loop does not vectorise (measured 10x slower).
             for c in range(n_ch):
                 ch = g * c_out_g + ob * b + c
-                o_idx = n * out_img + (out_c0 + ch) * out_plane + out_base + y * out_row + x0
-                r_idx = n * res_img + (res_c0 + ch) * p_out + y * w_out + x0
-                s_idx = n * src_img + (src_c0 + ch) * p_out + y * w_out + x0
-                q_idx = n * nxt_img + ch * nxt_plane + nxt_base + y * nxt_row + x0
-                for i in range(count):
-                    v = tile[(skip + i) * b + c] + bias[ch]
-                    if has_res:
-                        v += res[r_idx + i]
-                    if relu and v < zero:  # NaN stays NaN, as in PyTorch
-                        v = zero
-                    out[o_idx + i] = v
-                    if has_nxt:
-                        nxt[q_idx + i] = v + src[s_idx + i]
+                o_idx = n * out_img + (out_c0 + ch) * out_plane + out_base + y * out_row
+                s_idx = n * src_img + (src_c0 + ch) * p_out + y * w_out
+                q_idx = n * nxt_img + ch * nxt_plane + nxt_base + y * nxt_row
+                o_row = out[o_idx : o_idx + w_out]
+                s_row = src[s_idx : s_idx + w_out]
+                q_row = nxt[q_idx : q_idx + w_out]
+                for i in range(w_out):
+                    q_row[i] = o_row[i] + s_row[i]
 
 
 _NONE = {}  # dtype -> empty 1-D array standing in for an unused optional buffer
