@@ -105,7 +105,8 @@ def conv2d_1_naive(x, weight, bias, *, stride, padding, dilation, groups, out_sh
 @kernel
 def _pad_kernel(x, ph, pw, xp):
     """xp[n, c] = x[n, c] surrounded by ph rows / pw columns of zeros (and any
-    extra right/bottom columns/rows xp has). One job per (n, c) plane."""
+    extra right/bottom columns/rows xp has). One job per (n, c) plane, a row
+    at a time over row slices (their loops vectorise)."""
     n_img, c, h, w = x.shape
     hp, wp = xp.shape[2], xp.shape[3]
     zero = xp.dtype.type(0)
@@ -113,14 +114,13 @@ def _pad_kernel(x, ph, pw, xp):
         n = job // c
         ch = job % c
         for y in range(hp):
-            iy = y - ph
-            if 0 <= iy < h:
-                for xx in range(wp):
-                    ix = xx - pw
-                    xp[n, ch, y, xx] = x[n, ch, iy, ix] if 0 <= ix < w else zero
-            else:
-                for xx in range(wp):
-                    xp[n, ch, y, xx] = zero
+            dst = xp[n, ch, y]
+            for i in range(wp):
+                dst[i] = zero
+            if ph <= y < ph + h:
+                src = x[n, ch, y - ph]
+                for i in range(w):
+                    dst[pw + i] = src[i]
 
 
 def pad(x, padding, extra=(0, 0)):

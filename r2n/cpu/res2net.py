@@ -31,9 +31,12 @@ from .pool import avg_pool2d
 
 @kernel
 def _chain_prologue(x, width, n_pad, stage, stride, last_c, xp, out, out_c0):
-    """Pad chunks 0 .. n_pad-1 of x into xp (N, n_pad*width, H+2, W+2), and
+    """Pad chunks 0 .. n_pad-1 of x into xp (N, n_pad*width, H+2, W_p), and
     write chunk ``last_c`` (if >= 0) into out[:, out_c0 : out_c0 + width]:
-    a copy, or for stage a 3x3 / stride / pad-1 average (count_include_pad)."""
+    a copy, or for stage a 3x3 / stride / pad-1 average (count_include_pad).
+
+    Everything runs a row at a time over row slices, whose loops vectorise.
+    """
     n_img, _, h, w = x.shape
     hp, wp = xp.shape[2], xp.shape[3]
     h_out, w_out = out.shape[2], out.shape[3]
@@ -46,35 +49,40 @@ def _chain_prologue(x, width, n_pad, stage, stride, last_c, xp, out, out_c0):
         c = job % per_img
         if c < n_pad * width:  # a padded chunk plane
             for y in range(hp):
-                for xx in range(wp):
-                    iy = y - 1
-                    ix = xx - 1
-                    inside = 0 <= iy < h and 0 <= ix < w
-                    xp[n, c, y, xx] = x[n, c, iy, ix] if inside else zero
-        else:  # the last chunk's output plane
+                dst = xp[n, c, y]
+                for i in range(wp):
+                    dst[i] = zero
+                if 1 <= y <= h:
+                    src = x[n, c, y - 1]
+                    for i in range(w):
+                        dst[1 + i] = src[i]
+        elif not stage:  # the last chunk passes through
             c_in = last_c + c - n_pad * width
             c_out = out_c0 + c - n_pad * width
-            if not stage:
-                for y in range(h):
-                    for xx in range(w):
-                        out[n, c_out, y, xx] = x[n, c_in, y, xx]
-            else:
-                for y in range(h_out):
-                    for xx in range(w_out):
-                        s = zero
-                        for i in range(3):
-                            iy = y * stride - 1 + i
-                            if 0 <= iy < h:
-                                for j in range(3):
-                                    ix = xx * stride - 1 + j
-                                    if 0 <= ix < w:
-                                        s += x[n, c_in, iy, ix]
-                        # padding counts: the divisor is the window clipped to
-                        # the padded input (PyTorch's count_include_pad=True)
-                        y_end = min(y * stride + 2, h + 1)
-                        x_end = min(xx * stride + 2, w + 1)
-                        area = (y_end - y * stride + 1) * (x_end - xx * stride + 1)
-                        out[n, c_out, y, xx] = s * ninth if area == 9 else s / area
+            for y in range(h):
+                dst = out[n, c_out, y]
+                src = x[n, c_in, y]
+                for i in range(w):
+                    dst[i] = src[i]
+        else:  # the last chunk, 3x3 average-pooled with stride and padding 1
+            c_in = last_c + c - n_pad * width
+            c_out = out_c0 + c - n_pad * width
+            # With kernel 3 and padding 1 every window lies inside the padded
+            # input, so PyTorch's count_include_pad divisor is always 9.
+            rows = np.zeros(w + 2, x.dtype)  # sum of the window's 3 rows, padded
+            for y in range(h_out):
+                for i in range(w + 2):
+                    rows[i] = zero
+                for r in range(3):
+                    iy = y * stride - 1 + r
+                    if 0 <= iy < h:
+                        src = x[n, c_in, iy]
+                        for i in range(w):
+                            rows[1 + i] += src[i]
+                dst = out[n, c_out, y]
+                for i in range(w_out):
+                    j = i * stride
+                    dst[i] = (rows[j] + rows[j + 1] + rows[j + 2]) * ninth
 
 
 class PreparedChain:
