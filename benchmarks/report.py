@@ -1,6 +1,7 @@
 """Markdown table from a saved pytest-benchmark JSON file.
 
     python benchmarks/report.py benchmarks/results/FILE.json [--baseline torch-eager]
+        [--rows cpu,torch-eager] [--threads 2]
 
 One row per benchmark, grouped as in the run: median ms, GFLOP/s (from
 ``extra_info["flops"]``) and the speed relative to the baseline row of the same
@@ -15,7 +16,7 @@ import json
 import re
 
 
-def rows_of(data: dict, baseline: str) -> list[tuple]:
+def rows_of(data: dict, baseline: str, keep_rows=None, keep_threads=None) -> list[tuple]:
     groups: dict[str, list[dict]] = {}
     for b in data["benchmarks"]:
         groups.setdefault(b["group"], []).append(b)
@@ -36,6 +37,10 @@ def rows_of(data: dict, baseline: str) -> list[tuple]:
             gflops = info["flops"] / median / 1e9 if info.get("flops") else None
             base_median = base.get(info.get("threads"))
             ratio = base_median / median if base_median else None
+            if keep_rows and info.get("backend") not in keep_rows:
+                continue
+            if keep_threads and info.get("threads") != keep_threads:
+                continue
             out.append(
                 (
                     group,
@@ -69,7 +74,10 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("json_file")
     parser.add_argument("--baseline", default="torch-eager")
+    parser.add_argument("--rows", help="comma-separated rows to show (default: all)")
+    parser.add_argument("--threads", type=int, help="only rows with this thread count")
     args = parser.parse_args(argv)
+    keep_rows = args.rows.split(",") if args.rows else None
     with open(args.json_file) as f:
         data = json.load(f)
     m = data.get("machine_info", {})
@@ -77,7 +85,7 @@ def main(argv=None) -> None:
         f"Machine: {m.get('cpu', {}).get('brand_raw', '?')}, "
         f"{m.get('cpu', {}).get('count', '?')} cores; run {data.get('datetime', '?')}\n"
     )
-    print(markdown(rows_of(data, args.baseline), args.baseline))
+    print(markdown(rows_of(data, args.baseline, keep_rows, args.threads), args.baseline))
 
 
 if __name__ == "__main__":

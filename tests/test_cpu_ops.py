@@ -178,7 +178,7 @@ def test_batch_norm_any_rank_with_or_without_affine(shape, affine, dtype, rng):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("conv_shape", [(15,), (15, 7), (15, 5, 3, 3)])
-@pytest.mark.parametrize("present", itertools.product([True, False], repeat=3))
+@pytest.mark.parametrize("present", list(itertools.product([True, False], repeat=3)))
 def test_fold_batch_norm_with_or_without_biases_and_affine(conv_shape, present, dtype, rng):
     conv_bias, weight, bias = (randn(rng, 15, dtype=dtype) if p else None for p in present)
     args = (
@@ -218,7 +218,7 @@ def test_blur_pool2d_reflects_at_every_edge(hw, dtype, rng):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("biases", itertools.product([True, False], repeat=2))
+@pytest.mark.parametrize("biases", list(itertools.product([True, False], repeat=2)))
 def test_squeeze_excite_with_or_without_biases(biases, dtype, rng):
     b1 = randn(rng, 4, dtype=dtype) if biases[0] else None
     b2 = randn(rng, 15, dtype=dtype) if biases[1] else None
