@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._jit import kernel, prange
+from ._jit import kernel, prange, serial
 from ._simd import lanes, tile_kernel
 
 #: Register tile of variant 3: TILE_PIXELS output pixels x TILE_VECTORS vectors of
@@ -42,6 +42,7 @@ from ._simd import lanes, tile_kernel
 TILE_PIXELS = 7
 TILE_VECTORS = 2
 _tile = tile_kernel(TILE_PIXELS, TILE_VECTORS)
+_tile_half = tile_kernel(TILE_PIXELS, 1)  # for a group's last, narrower block
 
 
 def _bias_or_zeros(bias, c_out, dtype):
@@ -200,21 +201,41 @@ def block_channels(dtype) -> int:
     return TILE_VECTORS * lanes(np.dtype(dtype))
 
 
+@serial
+def block_layout(c_out_g, b):
+    """How a group's C_out/g output channels split into register tiles.
+
+    Returns (full, tail): ``full`` blocks of ``b`` channels, then ``tail`` (0
+    or 1) block of ``b // 2`` channels holding the rest when it fits there
+    (104 = 3 * 32 + 8 uses 112 lanes instead of 128). A larger rest gets a
+    zero-padded full block.
+    """
+    full = c_out_g // b
+    rest = c_out_g - full * b
+    if rest > b // 2:
+        return full + 1, 0
+    return full, 1 if rest > 0 else 0
+
+
 def pack_weights(weight, groups):
     """Pack conv weights for the micro-kernel, once per weight tensor.
 
-    weight (C_out, C_in/g, kH, kW) -> (g, blocks, K, B) flattened to 1-D, where
-    B = block_channels, blocks = ceil((C_out/g) / B), K = (C_in/g) * kH * kW in
-    (c, i, j) order. Channels past C_out/g in the last block are zeros.
+    weight (C_out, C_in/g, kH, kW) -> 1-D array holding, for each group, its
+    ``full`` blocks as (K, B) and its tail block as (K, B/2) (see
+    block_layout), where B = block_channels and K = (C_in/g) * kH * kW in
+    (c, i, j) order. Channels past C_out/g are zeros.
     """
     c_out, c_in_g, kh, kw = weight.shape
     c_out_g = c_out // groups
     b = block_channels(weight.dtype)
-    blocks = -(-c_out_g // b)
-    padded = np.zeros((groups, blocks * b, c_in_g, kh, kw), weight.dtype)
-    padded[:, :c_out_g] = weight.reshape(groups, c_out_g, c_in_g, kh, kw)
-    packed = padded.reshape(groups, blocks, b, c_in_g * kh * kw).transpose(0, 1, 3, 2)
-    return np.ascontiguousarray(packed).reshape(-1)
+    full, tail = block_layout(c_out_g, b)
+    k = c_in_g * kh * kw
+    width = full * b + tail * (b // 2)  # channels per group, padded
+    padded = np.zeros((groups, width, k), weight.dtype)
+    padded[:, :c_out_g] = weight.reshape(groups, c_out_g, k)
+    parts = [padded[:, : full * b].reshape(groups, full, b, k).transpose(0, 1, 3, 2)]
+    parts.append(padded[:, full * b :].reshape(groups, tail, b // 2, k).transpose(0, 1, 3, 2))
+    return np.concatenate([p.reshape(groups, -1) for p in parts], axis=1).reshape(-1)
 
 
 def tap_offsets(c_in_g, kernel_hw, dilation, plane, row):
@@ -285,7 +306,9 @@ def _conv_simd_kernel(
     fallback is needed.
     """
     b = TILE_VECTORS * (64 // xf.itemsize)
-    blocks = (c_out_g + b - 1) // b
+    full, tail = block_layout(c_out_g, b)
+    blocks = full + tail
+    group_stride = k_len * (full * b + tail * (b // 2))  # packed weights per group
     p_out = h_out * w_out
     zero = out.dtype.type(0)
     for job in prange(n_img * groups * blocks * h_out):
@@ -295,16 +318,20 @@ def _conv_simd_kernel(
         rest //= blocks
         g = rest % groups
         n = rest // groups
-        # The row's tiles, pixel-major: row_buf[x * b + c] for pixel x, channel c.
-        row_buf = np.empty((w_out + TILE_PIXELS) * b, xf.dtype)
-        w_base = (g * blocks + ob) * k_len * b
+        bw = b if ob < full else b // 2  # channels in this block (tail: half)
+        # The row's tiles, pixel-major: row_buf[x * bw + c] for pixel x, channel c.
+        row_buf = np.empty((w_out + TILE_PIXELS) * bw, xf.dtype)
+        w_base = g * group_stride + ob * k_len * b
         x_row = n * x_img + (x_c0 + g * c_in_g) * x_plane + y * row_step
-        n_ch = min(b, c_out_g - ob * b)
+        n_ch = min(bw, c_out_g - ob * b)
         for x0 in range(0, w_out, TILE_PIXELS):
-            full = x0 + TILE_PIXELS <= w_out or w_out < TILE_PIXELS
-            start = x0 if full else w_out - TILE_PIXELS
-            _tile(wpk, w_base, xf, x_row + start * x_step, offs, k_len, x_step,
-                  row_buf[start * b :])  # fmt: skip
+            whole = x0 + TILE_PIXELS <= w_out or w_out < TILE_PIXELS
+            start = x0 if whole else w_out - TILE_PIXELS
+            x_base = x_row + start * x_step
+            if bw == b:
+                _tile(wpk, w_base, xf, x_base, offs, k_len, x_step, row_buf[start * bw :])
+            else:
+                _tile_half(wpk, w_base, xf, x_base, offs, k_len, x_step, row_buf[start * bw :])
         # Epilogue, a row at a time over slices (plain range indices vectorise;
         # computed indices pay Numba's wraparound check on every element).
         for c in range(n_ch):
@@ -313,7 +340,7 @@ def _conv_simd_kernel(
             o_row = out[o_idx : o_idx + w_out]
             bc = bias[ch]
             for i in range(w_out):
-                o_row[i] = row_buf[i * b + c] + bc
+                o_row[i] = row_buf[i * bw + c] + bc
             if has_res:
                 r_idx = n * res_img + (res_c0 + ch) * p_out + y * w_out
                 r_row = res[r_idx : r_idx + w_out]

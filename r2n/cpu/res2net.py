@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._jit import kernel, prange
-from .conv import block_channels, conv_simd, min_input_width, pack_weights
+from .conv import conv_simd, min_input_width, pack_weights
 from .pool import avg_pool2d
 
 
@@ -100,7 +100,6 @@ class PreparedChain:
             np.zeros(width, dtype) if biases is None else np.ascontiguousarray(biases[i], dtype)
             for i in range(self.nums)
         ]
-        self.block = block_channels(dtype)
 
     def __call__(self, x, out=None):
         """x (N, scale*width, H, W) contiguous -> out (N, scale*width, H_out, W_out)."""
