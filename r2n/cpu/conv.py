@@ -36,6 +36,7 @@ import numpy as np
 
 from ._jit import kernel, prange, serial
 from ._simd import lanes, tile_kernel
+from .elementwise import vector_or
 
 #: Register tile of variant 3: TILE_PIXELS output pixels x TILE_VECTORS vectors of
 #: output channels (measured best of 8x1, 12x1, 6x2, 4x3, 8x2 on Zen 5).
@@ -43,10 +44,6 @@ TILE_PIXELS = 7
 TILE_VECTORS = 2
 _tile = tile_kernel(TILE_PIXELS, TILE_VECTORS)
 _tile_half = tile_kernel(TILE_PIXELS, 1)  # for a group's last, narrower block
-
-
-def _bias_or_zeros(bias, c_out, dtype):
-    return np.zeros(c_out, dtype) if bias is None else np.ascontiguousarray(bias)
 
 
 # --------------------------------------------------------------------------- #
@@ -85,7 +82,7 @@ def conv2d_1_naive(x, weight, bias, *, stride, padding, dilation, groups, out_sh
     _conv2d_1_naive_kernel(
         np.ascontiguousarray(x),
         w,
-        _bias_or_zeros(bias, w.shape[0], x.dtype),
+        vector_or(bias, 0, w.shape[0], x.dtype),
         stride[0],
         stride[1],
         padding[0],
@@ -180,7 +177,7 @@ def conv2d_2_rows(x, weight, bias, *, stride, padding, dilation, groups, out_sha
     _conv2d_2_rows_kernel(
         xp,
         w,
-        _bias_or_zeros(bias, w.shape[0], x.dtype),
+        vector_or(bias, 0, w.shape[0], x.dtype),
         stride[0],
         stride[1],
         dilation[0],
@@ -503,7 +500,7 @@ def conv2d_3_simd(x, weight, bias, *, stride, padding, dilation, groups, out_sha
         stride,
         padding,
         dilation,
-        _bias_or_zeros(bias, c_out, x.dtype),
+        vector_or(bias, 0, c_out, x.dtype),
         out,
     )
     return out

@@ -168,11 +168,13 @@ def _fold_batch_norm_kernel(conv_weight, conv_bias, mean, var, weight, bias, eps
         b_out[o] = (conv_bias[o] - mean[o]) * scale + bias[o]
 
 
-def _vector_or(v, fill, size, dtype):
-    """A contiguous (size,) vector: v, or ``fill`` everywhere when v is None."""
+def vector_or(v, fill, size, dtype):
+    """A contiguous, read-only (size,) vector of ``dtype``: v, or ``fill``
+    everywhere when v is None (an absent bias is zeros, an absent BN weight
+    ones). Shared by every CPU module."""
     if v is None:
         return kernel_input(np.full(size, fill, dtype=dtype))
-    return kernel_input(v)
+    return kernel_input(np.asarray(v, dtype=dtype))
 
 
 def batch_norm(x, mean, var, weight, bias, *, eps):
@@ -197,8 +199,8 @@ def batch_norm(x, mean, var, weight, bias, *, eps):
         kernel_input(x).reshape(n, c, length),
         kernel_input(mean),
         kernel_input(var),
-        _vector_or(weight, 1, c, dt),
-        _vector_or(bias, 0, c, dt),
+        vector_or(weight, 1, c, dt),
+        vector_or(bias, 0, c, dt),
         dt.type(eps),
         out.reshape(n, c, length),
     )
@@ -226,11 +228,11 @@ def fold_batch_norm(conv_weight, conv_bias, mean, var, weight, bias, *, eps):
     b_out = np.empty(c_out, dtype=dt)
     _fold_batch_norm_kernel(
         kernel_input(conv_weight).reshape(c_out, k),
-        _vector_or(conv_bias, 0, c_out, dt),
+        vector_or(conv_bias, 0, c_out, dt),
         kernel_input(mean),
         kernel_input(var),
-        _vector_or(weight, 1, c_out, dt),
-        _vector_or(bias, 0, c_out, dt),
+        vector_or(weight, 1, c_out, dt),
+        vector_or(bias, 0, c_out, dt),
         dt.type(eps),
         w_out.reshape(c_out, k),
         b_out,

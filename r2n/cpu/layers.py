@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._jit import kernel, prange
-from .elementwise import kernel_input
+from .elementwise import kernel_input, vector_or
 
 # linear tiles: LINEAR_ROWS rows of x share each weight row loaded into cache,
 # LINEAR_COLS weight rows (output features) are reused by every row of the tile.
@@ -49,11 +49,6 @@ def _linear_kernel(x, weight, bias, out):
                 out[r, j] = acc + bias[j]
 
 
-def _bias_or_zeros(bias, size, dtype):
-    """A contiguous (size,) bias; zeros for None (y + 0 == y, so results match)."""
-    return kernel_input(np.zeros(size, dtype=dtype) if bias is None else bias)
-
-
 def linear(x, weight, bias):
     """Fully connected layer, ``x @ weight.T + bias``.
 
@@ -73,7 +68,7 @@ def linear(x, weight, bias):
     _linear_kernel(
         kernel_input(x).reshape(m, k),
         kernel_input(weight),
-        _bias_or_zeros(bias, o, x.dtype),
+        vector_or(bias, 0, o, x.dtype),
         out.reshape(m, o),
     )
     return out
@@ -247,9 +242,9 @@ def squeeze_excite(x, w1, b1, w2, b2):
     _squeeze_excite_kernel(
         kernel_input(x).reshape(n, c, h * w),
         kernel_input(w1).reshape(c_mid, c),
-        _bias_or_zeros(b1, c_mid, dt),
+        vector_or(b1, 0, c_mid, dt),
         kernel_input(w2).reshape(c, c_mid),
-        _bias_or_zeros(b2, c, dt),
+        vector_or(b2, 0, c, dt),
         out.reshape(n, c, h * w),
     )
     return out

@@ -26,6 +26,7 @@ import numpy as np
 
 from ._jit import kernel, prange
 from .conv import conv_simd, min_input_width, pack_weights
+from .elementwise import vector_or
 from .pool import avg_pool2d
 
 
@@ -97,7 +98,7 @@ class PreparedChain:
         self.nums = max(scale - 1, 1)
         self.packed = [pack_weights(np.asarray(w, dtype), groups) for w in weights[: self.nums]]
         self.biases = [
-            np.zeros(width, dtype) if biases is None else np.ascontiguousarray(biases[i], dtype)
+            vector_or(None if biases is None else biases[i], 0, width, dtype)
             for i in range(self.nums)
         ]
 
@@ -184,7 +185,7 @@ class PreparedBottle2neck:
         self.c1 = params.conv1.weight.shape[0]
         self.conv1 = (
             pack_weights(np.asarray(params.conv1.weight, dtype), 1),
-            _bias(params.conv1, self.c1, dtype),
+            vector_or(params.conv1.bias, 0, self.c1, dtype),
         )
         self.chain = PreparedChain(
             params.chain_weights,
@@ -195,13 +196,13 @@ class PreparedBottle2neck:
         self.c3 = params.conv3.weight.shape[0]
         self.conv3 = (
             pack_weights(np.asarray(params.conv3.weight, dtype), 1),
-            _bias(params.conv3, self.c3, dtype),
+            vector_or(params.conv3.bias, 0, self.c3, dtype),
         )
         self.shortcut = None
         if params.shortcut is not None:
             self.shortcut = (
                 pack_weights(np.asarray(params.shortcut.weight, dtype), 1),
-                _bias(params.shortcut, self.c3, dtype),
+                vector_or(params.shortcut.bias, 0, self.c3, dtype),
             )
 
     def __call__(self, x):
@@ -259,12 +260,6 @@ class PreparedBottle2neck:
             res=identity,
         )
         return out
-
-
-def _bias(conv, c_out, dtype):
-    if conv.bias is None:
-        return np.zeros(c_out, dtype)
-    return np.ascontiguousarray(conv.bias, dtype)
 
 
 def bottle2neck(x, params, *, conv1, chain, conv3, shortcut, out_shape):
