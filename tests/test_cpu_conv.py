@@ -162,10 +162,36 @@ def test_set_num_threads_changes_the_thread_count_and_not_the_result(rng):
         r2n.set_num_threads(before)
 
 
-@pytest.mark.parametrize("bad", [0, -1, 10**6, 1.5, True])
+@pytest.mark.parametrize("bad", [0, -1, 10**6])
 def test_set_num_threads_rejects_counts_outside_numbas_pool(bad):
     with pytest.raises(ValueError, match="n must be an int from 1 to NUMBA_NUM_THREADS"):
         r2n.set_num_threads(bad)
+
+
+@pytest.mark.parametrize("bad", [1.5, True, "2"])
+def test_set_num_threads_rejects_non_integers(bad):
+    with pytest.raises(TypeError, match="n must be an int, got"):
+        r2n.set_num_threads(bad)
+
+
+def test_set_num_threads_accepts_numpy_integers():
+    before = r2n.get_num_threads()
+    try:
+        r2n.set_num_threads(np.int64(1))
+        assert r2n.get_num_threads() == 1
+    finally:
+        r2n.set_num_threads(before)
+
+
+def test_prepared_chain_refuses_an_input_it_was_not_prepared_for(rng):
+    weights = [randn(rng, 8, 8, 3, 3, dtype=np.float32) for _ in range(3)]
+    prepared = res2net.PreparedChain(
+        weights, None, scale=4, stype="normal", stride=1, groups=1, width=8, dtype=np.float32
+    )
+    with pytest.raises(ValueError, match=r"shape \(N, 32, H >= 1, W >= 1\)"):
+        prepared(randn(rng, 1, 8, 4, 4, dtype=np.float32))
+    with pytest.raises(ValueError, match="float32"):
+        prepared(randn(rng, 1, 32, 4, 4, dtype=np.float64))
 
 
 def test_numpy_arrays_default_to_the_cpu_backend_when_numba_is_installed():

@@ -70,19 +70,25 @@ def unavailable_reason() -> str:
 
 
 def set_num_threads(n: int) -> None:
-    """Use ``n`` threads in every CPU kernel (1 <= n <= NUMBA_NUM_THREADS)."""
+    """Use ``n`` threads in the CPU kernels this Python thread launches
+    (1 <= n <= NUMBA_NUM_THREADS). Like Numba's own setting it is per calling
+    thread: a new ``threading.Thread`` starts with the default."""
+    import numbers
+
     import numba
 
     limit = numba.config.NUMBA_NUM_THREADS
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= limit:
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"r2n.set_num_threads: n must be an int, got {n!r}")
+    if not 1 <= int(n) <= limit:
         raise ValueError(
             f"r2n.set_num_threads: n must be an int from 1 to NUMBA_NUM_THREADS={limit}, got {n!r}"
         )
-    numba.set_num_threads(n)
+    numba.set_num_threads(int(n))
 
 
 def get_num_threads() -> int:
-    """The number of threads CPU kernels use now."""
+    """The number of threads of CPU kernels launched from this Python thread."""
     import numba
 
     return numba.get_num_threads()

@@ -33,9 +33,15 @@ on vectors, the weight vectors loaded with unaligned vector loads and the
 inputs broadcast. On CPUs without AVX-512, LLVM splits each 64-byte vector
 into two 32-byte ones; the code stays correct and vectorised.
 
-The intrinsic does no bounds checks: callers (r2n.cpu.conv) pad the input so
-that every tap of every full tile is inside it, and size ``tile`` to
-``T * NV * L``. That is checked once per call in Python, never per tile.
+The intrinsic does no bounds checks: its caller (r2n.cpu.conv.conv_simd) is
+correct by construction, padding the input so that every tap of every tile
+is inside it (``min_input_width``) and sizing each tile's buffer. Nothing
+checks this per tile; the tests, and a bounds-checked model of this kernel
+fuzzed in review, do.
+
+Numba's disk cache is keyed on the source of the file holding each jitted
+function: editing this file does not invalidate the compiled conv kernels of
+r2n/cpu/conv.py. After changing it, delete ``r2n/cpu/__pycache__``.
 """
 
 from __future__ import annotations
@@ -70,7 +76,7 @@ def tile_kernel(t: int, nv: int):
     def kernel(typingctx, w, w_base, x, x_base, offs, k_len, x_step, tile):
         if not (w.dtype == x.dtype == tile.dtype and w.dtype in (types.float32, types.float64)):
             return None
-        n_lanes = 16 if w.dtype == types.float32 else 8
+        n_lanes = VECTOR_BYTES * 8 // w.dtype.bitwidth  # lanes(): 16 float32, 8 float64
         sig = types.void(w, w_base, x, x_base, offs, k_len, x_step, tile)
 
         def codegen(context, builder, signature, args):

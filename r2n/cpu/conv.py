@@ -6,14 +6,17 @@ variant                what changes                                          GFL
 ``1_naive``            the definition as loops: one thread per (n, c_out)    ~1
                        plane, bounds checks for the padding in the inner
                        loop, one multiply-add per iteration.
-``2_rows``             pad the input once; per (n, 8 output channels, row)   ~46
-                       job, the innermost loop runs along the output row,
-                       which LLVM vectorises; 8 output channels share each
-                       input load. The accumulators (8 rows) live in memory:
-                       every multiply-add also pays a load and a store.
-``3_simd``             register tiles: 8 pixels x 32 output channels         ~160
-                       (float32; 16 for float64) accumulate in 16 vector
-                       registers through the micro-kernel of ``_simd``; the
+``2_rows``             pad the input once; per (n, 8 output channels, row)   ~5
+                       job, the innermost loop runs along the output row.
+                       The accumulators (8 rows) live in memory, so every
+                       multiply-add also pays a load and a store, and its
+                       computed indices pay Numba's wraparound checks (a
+                       prototype with the 8 channels unrolled and the
+                       weights hoisted reached 46; see NOTES.md).
+``3_simd``             register tiles: 7 pixels x 32 output channels         ~170
+                       (float32; 16 for float64) accumulate in 14 vector
+                       registers through the micro-kernel of ``_simd`` (a
+                       group's last <= 16 channels use a half-width tile); the
                        weights are packed once so each tap is 2 vector
                        loads. Bias, residual add, ReLU and the write into a
                        channel slice of a larger tensor happen in the
@@ -21,12 +24,13 @@ variant                what changes                                          GFL
 =====================  ====================================================  =========
 
 \\* one thread, float32, 32 -> 32 channels, 3x3, 56x56, on the 2-core Zen 5
-development machine (PyTorch 2.13's oneDNN: 149). Measured numbers per shape
+development machine, best of repeated runs (PyTorch 2.13's oneDNN: 149). Measured numbers per shape
 are in benchmarks/results/.
 
-``conv2d`` (the backend's op) uses ``3_simd`` unless a group has fewer than 8
-output channels (depthwise convs waste most SIMD lanes there), where it uses
-``2_rows``. ``VARIANTS`` maps names to implementations for tests and
+``conv2d`` (the backend's op) always uses ``3_simd``: even depthwise convs,
+which fill 1 of 16 lanes, run faster there than in ``2_rows`` (64 channels at
+56x56, one thread: 0.75 vs 1.0 ms; groups of 8 channels: 0.52 vs 5.3 ms).
+``VARIANTS`` maps names to implementations for tests and
 benchmarks. Arguments arrive checked and normalised by r2n._checks.conv2d_args.
 """
 
@@ -35,7 +39,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._jit import kernel, prange, serial
-from ._simd import lanes, tile_kernel
+from ._simd import VECTOR_BYTES, lanes, tile_kernel
 from .elementwise import vector_or
 
 #: Register tile of variant 3: TILE_PIXELS output pixels x TILE_VECTORS vectors of
@@ -239,10 +243,12 @@ def tap_offsets(c_in_g, kernel_hw, dilation, plane, row):
     """offs[k] for k = (c, i, j): where tap k sits relative to a tile's first
     input pixel in a flattened (C, H_in, W_in) input with ``plane`` = H_in*W_in
     and ``row`` = W_in."""
-    c = np.arange(c_in_g)[:, None, None] * plane
-    i = np.arange(kernel_hw[0])[None, :, None] * (dilation[0] * row)
-    j = np.arange(kernel_hw[1])[None, None, :] * dilation[1]
-    return (c + i + j).reshape(-1).astype(np.int64)
+    # int64 before multiplying: offsets can pass 2**31 (NumPy's default int is
+    # 32-bit on some platforms), and the micro-kernel does not check them.
+    c = np.arange(c_in_g, dtype=np.int64)[:, None, None] * plane
+    i = np.arange(kernel_hw[0], dtype=np.int64)[None, :, None] * (dilation[0] * row)
+    j = np.arange(kernel_hw[1], dtype=np.int64)[None, None, :] * dilation[1]
+    return (c + i + j).reshape(-1)
 
 
 @kernel
@@ -302,7 +308,7 @@ def _conv_simd_kernel(
     (``min_input_width``). So no tile reads outside the input, and no scalar
     fallback is needed.
     """
-    b = TILE_VECTORS * (64 // xf.itemsize)
+    b = TILE_VECTORS * (VECTOR_BYTES // xf.itemsize)  # = block_channels(dtype)
     full, tail = block_layout(c_out_g, b)
     blocks = full + tail
     group_stride = k_len * (full * b + tail * (b // 2))  # packed weights per group
@@ -514,12 +520,11 @@ VARIANTS = {
 
 
 def conv2d(x, weight, bias, *, stride, padding, dilation, groups, out_shape):
-    """The CPU backend's conv2d: variant 3, or 2 for groups of < 8 output channels.
+    """The CPU backend's conv2d: variant 3.
 
     x (N, C_in, H, W), weight (C_out, C_in/groups, kH, kW) -> (N, C_out, H_out, W_out)
     """
-    variant = conv2d_3_simd if weight.shape[0] // groups >= 8 else conv2d_2_rows
-    return variant(
+    return conv2d_3_simd(
         x,
         weight,
         bias,

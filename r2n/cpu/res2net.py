@@ -104,6 +104,18 @@ class PreparedChain:
 
     def __call__(self, x, out=None):
         """x (N, scale*width, H, W) contiguous -> out (N, scale*width, H_out, W_out)."""
+        # The kernels index raw buffers: refuse what the chain was not prepared
+        # for (the public ops run r2n._checks before they get here).
+        expected = self.scale * self.width
+        ok = (
+            x.ndim == 4 and x.shape[1] == expected and x.flags.c_contiguous
+            and x.dtype == self.packed[0].dtype and x.shape[2] >= 1 and x.shape[3] >= 1
+        )  # fmt: skip
+        if not ok:
+            raise ValueError(
+                f"PreparedChain: x must be a C-contiguous {self.packed[0].dtype} array of "
+                f"shape (N, {expected}, H >= 1, W >= 1), got {x.dtype} {x.shape}"
+            )
         n, c, h, w = x.shape
         s, width, nums = self.stride, self.width, self.nums
         h_out, w_out = (h - 1) // s + 1, (w - 1) // s + 1
