@@ -15,6 +15,45 @@ that backend is available and implements the op, else to ``"reference"``;
 CuPy arrays go to ``"gpu"``. A forced backend that cannot take the arrays'
 kind is a TypeError: r2n never copies between host and device behind the
 caller's back.
+
+Prepared ops (for whole networks)
+---------------------------------
+A model runs the same layers with the same weights many times. :func:`prepare`
+turns one layer into a callable ``x -> y`` that holds its weights in the
+backend's preferred layout and place (packed, on the device) and may keep
+reusable buffers::
+
+    layer = prepare("conv2d", backend, kind, weight, bias, stride=(2, 2), padding=(1, 1),
+                    dilation=(1, 1), groups=1, activation="relu")
+    y = layer(x)                 # y = relu(conv2d(x, weight) + bias)
+    y = layer(x, residual=r)     # y = relu(conv2d(x, weight) + bias + r)
+
+A backend package MAY expose ``PREPARE``, a dict from op name to a factory
+with the signature given below; it receives host NumPy arrays and returns the
+callable. For an op it does not list, :func:`prepare` builds a fallback: a
+closure that converts the arrays to the backend's kind once and calls the
+public op (``r2n.conv2d`` ...) with ``backend=`` forced. A backend that lands
+later plugs in by adding entries to its ``PREPARE``; models need no change.
+
+The ops that can be prepared and their factory signatures (all keyword
+arguments are already normalised: pairs are ``(h, w)`` tuples of ints):
+
+``"conv2d"``: ``factory(weight, bias, *, stride, padding, dilation, groups,
+activation, negative_slope, reuse_output)`` with weight (C_out, C_in // groups,
+kH, kW) and bias (C_out,) or None (BN already folded in); ``activation`` is
+None, ``"relu"`` or ``"leaky_relu"`` (with ``negative_slope``). Returns
+``f(x, residual=None) -> y``, ``y = act(conv2d(x) + bias + residual)`` with
+residual (N, C_out, H_out, W_out) or None.
+
+``"bottle2neck"``: ``factory(params, *, scale, stype, stride, groups,
+reuse_output)`` with params an ``r2n.Bottle2neckParams`` of NumPy arrays.
+Returns ``f(x) -> y`` as :func:`r2n.bottle2neck`.
+
+``reuse_output=True`` allows (does not require) the callable to return a buffer
+it owns and overwrites on its next call with an input of the same shape; the
+caller must be done with ``y`` by then. With False every call returns a new
+array. Inputs are never modified. Prepared callables check x (kind, dtype,
+shape) on each call and raise the public op's errors.
 """
 
 from __future__ import annotations
@@ -99,3 +138,151 @@ def resolve(op: str, backend: str | None, kind: str) -> Callable:
             f"r2n.{op}: backend {backend!r} is not available: {mod.unavailable_reason()}"
         )
     return impl
+
+
+# --------------------------------------------------------------------------- #
+# Prepared ops
+# --------------------------------------------------------------------------- #
+
+#: Ops that :func:`prepare` accepts (see the module docstring for signatures).
+PREPARABLE = ("conv2d", "bottle2neck")
+
+_ACTIVATIONS = (None, "relu", "leaky_relu")
+
+
+def pick(op: str, backend: str | None, kind: str) -> str:
+    """The backend name :func:`resolve` would use for ``op`` on arrays of ``kind``."""
+    if backend is None:
+        if kind == "cupy":
+            return "gpu"
+        return "cpu" if implements("cpu", op) else "reference"
+    return backend
+
+
+def as_kind(a, kind: str):
+    """``a`` as an array of ``kind`` ("numpy" or "cupy"); None stays None.
+
+    Used once, when weights are prepared; CuPy is imported only for "cupy".
+    """
+    if a is None:
+        return None
+    if kind == "cupy":
+        import cupy
+
+        return cupy.asarray(a)
+    import numpy as np
+
+    return np.asarray(a)
+
+
+def prepare(op: str, backend: str | None, kind: str, *arrays, **options) -> Callable:
+    """A callable running ``op`` with fixed weights on one backend.
+
+    Parameters
+    ----------
+    op : one of PREPARABLE.
+    backend : None (pick by ``kind`` as :func:`resolve`), "reference", "cpu", "gpu".
+    kind : "numpy" or "cupy": the kind of the inputs the callable will receive.
+    *arrays, **options : the op's weights and normalised options (module docstring).
+
+    Returns
+    -------
+    The backend's ``PREPARE[op]`` factory's callable, or the fallback closure
+    over the public op when the backend has no factory for ``op``.
+    """
+    if op not in PREPARABLE:
+        raise ValueError(f"r2n: cannot prepare {op!r}; preparable ops: {', '.join(PREPARABLE)}")
+    name = pick(op, backend, kind)
+    resolve(op, name, kind)  # the same errors as a direct call (unknown, wrong kind, missing)
+    if op == "conv2d" and options.get("activation") not in _ACTIVATIONS:
+        raise ValueError(
+            f"r2n: activation must be one of {_ACTIVATIONS}, got {options.get('activation')!r}"
+        )
+    factory = getattr(_module(name), "PREPARE", {}).get(op)
+    if factory is not None:
+        return factory(*arrays, **options)
+    return _FALLBACKS[op](name, kind, *arrays, **options)
+
+
+def _fallback_conv2d(
+    backend,
+    kind,
+    weight,
+    bias,
+    *,
+    stride,
+    padding,
+    dilation,
+    groups,
+    activation=None,
+    negative_slope=0.01,
+    reuse_output=False,
+):
+    """conv2d + bias (+ residual) (+ activation) through the public ops."""
+    from . import _api
+
+    weight, bias = as_kind(weight, kind), as_kind(bias, kind)
+
+    def conv2d_prepared(x, residual=None):
+        y = _api.conv2d(
+            x,
+            weight,
+            bias,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            backend=backend,
+        )
+        if residual is not None:
+            if tuple(residual.shape) != tuple(y.shape):
+                raise ValueError(
+                    f"r2n.conv2d (prepared): residual must have the output's shape "
+                    f"{tuple(y.shape)}, got {tuple(residual.shape)}"
+                )
+            y += residual  # y is a new array: adding in place modifies no input
+        if activation == "relu":
+            y = _api.relu(y, backend=backend)
+        elif activation == "leaky_relu":
+            y = _api.leaky_relu(y, negative_slope, backend=backend)
+        return y
+
+    return conv2d_prepared
+
+
+def _fallback_bottle2neck(
+    backend, kind, params, *, scale, stype, stride, groups, reuse_output=False
+):
+    """r2n.bottle2neck through the public op, on params moved to ``kind`` once."""
+    import dataclasses
+
+    from . import _api
+    from .params import FoldedConv
+
+    def move(conv):
+        return (
+            None
+            if conv is None
+            else FoldedConv(as_kind(conv.weight, kind), as_kind(conv.bias, kind))
+        )
+
+    params = dataclasses.replace(
+        params,
+        conv1=move(params.conv1),
+        conv3=move(params.conv3),
+        shortcut=move(params.shortcut),
+        chain_weights=[as_kind(w, kind) for w in params.chain_weights],
+        chain_biases=None
+        if params.chain_biases is None
+        else [as_kind(b, kind) for b in params.chain_biases],
+    )
+
+    def bottle2neck_prepared(x):
+        return _api.bottle2neck(
+            x, params, scale=scale, stype=stype, stride=stride, groups=groups, backend=backend
+        )
+
+    return bottle2neck_prepared
+
+
+_FALLBACKS = {"conv2d": _fallback_conv2d, "bottle2neck": _fallback_bottle2neck}
