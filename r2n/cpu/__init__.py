@@ -12,6 +12,8 @@ module             ops
 ``elementwise``    relu, leaky_relu, sigmoid, batch_norm, fold_batch_norm
 ``pool``           max_pool2d, avg_pool2d, global_avg_pool2d
 ``layers``         linear, space_to_depth, blur_pool2d, squeeze_excite
+``prepared``       ``PREPARE``: packed conv2d (fused epilogue) and bottle2neck
+                   layers for whole networks (``r2n._backends.prepare``)
 =================  ==========================================================
 
 Numba is imported only when a CPU kernel first runs: ``import r2n`` works
@@ -58,6 +60,22 @@ def _lazy(op: str):
 
 #: op name -> implementation (see r2n._backends); modules load on first call.
 OPS = {op: _lazy(op) for op in _WHERE}
+
+
+def _lazy_factory(name: str):
+    def factory(*args, **kwargs):
+        return getattr(importlib.import_module("r2n.cpu.prepared"), name)(*args, **kwargs)
+
+    factory.__name__ = factory.__qualname__ = name
+    factory.__doc__ = f"Runs r2n.cpu.prepared.{name} (imported on first call)."
+    return factory
+
+
+#: op name -> factory of a prepared layer (see r2n._backends.prepare).
+PREPARE = {
+    "conv2d": _lazy_factory("prepare_conv2d"),
+    "bottle2neck": _lazy_factory("prepare_bottle2neck"),
+}
 
 
 def available() -> bool:

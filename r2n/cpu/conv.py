@@ -276,6 +276,7 @@ def _conv_simd_kernel(
     out_base,
     out_c0,
     relu,  # output addressing
+    slope,  # with relu: the leaky ReLU's negative slope (0: plain ReLU)
     res,
     res_img,
     res_c0,
@@ -295,7 +296,8 @@ def _conv_simd_kernel(
     Job = (image n, group g, channel block ob, output row y); each job walks
     its row in tiles of TILE_PIXELS. For output channel ch = g*c_out_g + c:
 
-        v = conv + bias[ch] (+ res[n, res_c0 + ch, y, x]);  v = relu(v) if relu
+        v = conv + bias[ch] (+ res[n, res_c0 + ch, y, x])
+        v = (v if v >= 0 else slope * v) if relu      (slope 0: ReLU, NaN kept)
         out[n, out_c0 + ch, y, x] = v
         nxt[n, ch, y, x] (padded) = v + src[n, src_c0 + ch, y, x]   if has_nxt
 
@@ -349,10 +351,14 @@ def _conv_simd_kernel(
                 r_row = res[r_idx : r_idx + w_out]
                 for i in range(w_out):
                     o_row[i] += r_row[i]
-            if relu:
+            if relu and slope == zero:
                 for i in range(w_out):
                     if o_row[i] < zero:  # NaN stays NaN, as in PyTorch
                         o_row[i] = zero
+            elif relu:  # leaky ReLU (TResNet); a product, so -inf stays -inf
+                for i in range(w_out):
+                    if o_row[i] < zero:
+                        o_row[i] *= slope
         if has_nxt:
             # Once the whole row is done (and still in L1), add the next chunk to
             # it, a row at a time. Row slices make the loop index a plain range:
@@ -399,6 +405,7 @@ def conv_simd(
     *,
     out_c0=0,
     relu=False,
+    negative_slope=0.0,
     res=None,
     res_c0=0,
     nxt=None,
@@ -420,7 +427,8 @@ def conv_simd(
     kernel_hw, stride, padding, dilation : pairs ; bias : (c_out,) contiguous
     out : (N, C_tot, H_out + 2*oph, W_out + 2*opw) contiguous; channels
         out_c0 .. out_c0 + c_out are written (interior only if out_padding)
-    relu : apply ReLU after bias (and residual)
+    relu : apply ReLU after bias (and residual); with ``negative_slope`` != 0
+        a leaky ReLU (``v if v >= 0 else negative_slope * v``)
     res : optional (N, C_res, H_out, W_out) contiguous, channels res_c0 + ch added
     nxt, src : optional; nxt (N, c_out, H_out + 2, W_out + 2) receives
         value + src[:, src_c0 + ch] in its interior (the chain's next input)
@@ -475,6 +483,7 @@ def conv_simd(
         oph * out_row + opw,
         out_c0,
         relu,
+        dt.type(negative_slope),
         res_a,
         0 if res is None else res[0].size,
         res_c0,

@@ -18,6 +18,10 @@ whose epilogue adds the shortcut and applies the final ReLU.
 
 ``PreparedChain`` / ``PreparedBottle2neck`` pack the weights once; the public
 ops prepare on every call (packing is O(weights), small next to the convs).
+Prepared objects also keep their intermediate buffers (padded chunks, t1, the
+chain's output, the shortcut) per input shape, so repeated calls on one shape
+(a model's forward passes) allocate only what they return. They are therefore
+not safe to call from two threads at once.
 """
 
 from __future__ import annotations
@@ -101,6 +105,7 @@ class PreparedChain:
             vector_or(None if biases is None else biases[i], 0, width, dtype)
             for i in range(self.nums)
         ]
+        self._buffers = {}  # x.shape -> (xp, nxt): padded chunk buffers, reused
 
     def __call__(self, x, out=None):
         """x (N, scale*width, H, W) contiguous -> out (N, scale*width, H_out, W_out)."""
@@ -124,13 +129,18 @@ class PreparedChain:
         stage = self.stype == "stage" or self.scale == 1
         n_pad = nums if stage else 1
         last = nums * width if self.scale > 1 else -1
-        # Padded chunks, with slack columns if rows are narrower than a tile.
-        wp = max(w + 2, min_input_width(w_out, 3, s, 1))
-        xp = np.empty((n, n_pad * width, h + 2, wp), x.dtype)
+        buffers = self._buffers.get(x.shape)
+        if buffers is None:
+            # Padded chunks, with slack columns if rows are narrower than a tile.
+            wp = max(w + 2, min_input_width(w_out, 3, s, 1))
+            xp = np.empty((n, n_pad * width, h + 2, wp), x.dtype)
+            # "normal": conv i reads one padded buffer and writes sp + x_{i+1}
+            # into the other's interior; the two swap. Borders stay zero (the
+            # prologue rewrites xp's; the convs only write interiors).
+            nxt = _zero_border_like(xp, w) if not stage and nums > 1 else None
+            buffers = self._buffers[x.shape] = (xp, nxt)
+        xp, nxt = buffers
         _chain_prologue(x, width, n_pad, self.stype == "stage", s, last, xp, out, nums * width)
-        # "normal": conv i reads one padded buffer and writes sp + x_{i+1} into
-        # the other's interior; the two swap. Borders stay zero.
-        nxt = _zero_border_like(xp, w) if not stage and nums > 1 else None
         cur = xp
         for i in range(nums):
             feeds_next = not stage and i + 1 < nums
@@ -189,11 +199,13 @@ class PreparedBottle2neck:
     """Packed weights of one bottleneck, reusable across calls.
 
     ``params`` is an r2n.Bottle2neckParams; ``args`` the normalised arguments
-    from r2n._checks.bottle2neck_args.
+    from r2n._checks.bottle2neck_args for the inputs ``__call__`` will get;
+    :meth:`run` takes those of another input shape.
     """
 
     def __init__(self, params, args, dtype):
         self.args = args
+        self._buffers = {}  # x.shape -> (t1, t2, identity or None), reused
         self.c1 = params.conv1.weight.shape[0]
         self.conv1 = (
             pack_weights(np.asarray(params.conv1.weight, dtype), 1),
@@ -218,10 +230,22 @@ class PreparedBottle2neck:
             )
 
     def __call__(self, x):
-        """x (N, C_in, H, W) contiguous -> (N, C_out, H_out, W_out)."""
-        args = self.args
+        """x (N, C_in, H, W) contiguous -> (N, C_out, H_out, W_out), a new array."""
+        return self.run(x, self.args)
+
+    def run(self, x, args, out=None):
+        """x (N, C_in, H, W) contiguous, ``args`` = bottle2neck_args for x ->
+        ``out`` (N, C_out, H_out, W_out), allocated if None."""
         n, _, h, w = x.shape
-        t1 = np.empty((n, self.c1, h, w), x.dtype)
+        buffers = self._buffers.get(x.shape)
+        if buffers is None:
+            t1 = np.empty((n, self.c1, h, w), x.dtype)
+            t2 = np.empty(args["chain"]["out_shape"], x.dtype)
+            identity = None
+            if self.shortcut is not None:
+                identity = np.empty(args["shortcut"]["conv"]["out_shape"], x.dtype)
+            buffers = self._buffers[x.shape] = (t1, t2, identity)
+        t1, t2, identity = buffers
         conv_simd(
             x,
             self.conv1[0],
@@ -235,7 +259,7 @@ class PreparedBottle2neck:
             t1,
             relu=True,
         )
-        t2 = self.chain(t1)
+        self.chain(t1, t2)
         if self.shortcut is None:
             identity = x
         else:
@@ -243,7 +267,6 @@ class PreparedBottle2neck:
             source = x
             if args["shortcut"]["pool"] is not None:
                 source = avg_pool2d(x, **args["shortcut"]["pool"])
-            identity = np.empty(conv["out_shape"], x.dtype)
             conv_simd(
                 source,
                 self.shortcut[0],
@@ -256,7 +279,8 @@ class PreparedBottle2neck:
                 self.shortcut[1],
                 identity,
             )
-        out = np.empty(args["out_shape"], x.dtype)
+        if out is None:
+            out = np.empty(args["out_shape"], x.dtype)
         conv_simd(
             t2,
             self.conv3[0],

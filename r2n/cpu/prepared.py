@@ -1,0 +1,175 @@
+"""Prepared layers for whole networks (``r2n._backends.prepare`` on ``"cpu"``).
+
+Each factory packs its weights once (``conv.pack_weights``) and returns a
+callable that checks its input, keeps its intermediate buffers per input
+shape, and runs the fused kernels:
+
+* ``conv2d``: one launch of ``conv.conv_simd`` whose epilogue adds the bias,
+  the optional residual and applies ReLU or leaky ReLU (a conv + BN + act of
+  TResNet, a stem conv, a BasicBlock's second conv with its shortcut);
+* ``bottle2neck``: ``res2net.PreparedBottle2neck``.
+
+The callables are not thread-safe (they reuse buffers); see
+``r2n._backends`` for the contract they implement.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _checks
+from .conv import conv_simd, pack_weights
+from .elementwise import vector_or
+from .res2net import PreparedBottle2neck
+
+
+def _check_input(op, x, dtype, want_channels):
+    """x must be a NumPy (N, C, H, W) array of the prepared dtype."""
+    kind = _checks.array_kind(x)
+    if kind != "numpy":
+        raise TypeError(
+            f"r2n.{op} (prepared for cpu): x must be a numpy.ndarray, got {type(x).__name__}"
+        )
+    if x.dtype != dtype:
+        raise TypeError(
+            f"r2n.{op} (prepared for cpu): x has dtype {x.dtype}; the layer was prepared "
+            f"for {dtype}"
+        )
+    _checks.check_ndim(op, "x", x, 4, f"(N, {want_channels}, H, W)")
+
+
+class PreparedConv2d:
+    """conv2d + bias (+ residual) (+ ReLU / leaky ReLU) on packed weights.
+
+    Parameters
+    ----------
+    weight : (C_out, C_in // groups, kH, kW) ; bias : (C_out,) or None
+    stride, padding, dilation : (h, w) pairs ; groups : int
+    activation : None, "relu" or "leaky_relu" ; negative_slope : float
+    reuse_output : return a buffer reused by the next call of the same shape
+    """
+
+    def __init__(
+        self,
+        weight,
+        bias,
+        *,
+        stride,
+        padding,
+        dilation,
+        groups,
+        activation=None,
+        negative_slope=0.01,
+        reuse_output=False,
+    ):
+        weight = np.asarray(weight)
+        self.dtype = weight.dtype
+        self.weight_shape = weight.shape  # for the checks, which read only .shape
+        self.c_out = weight.shape[0]
+        self.packed = pack_weights(np.ascontiguousarray(weight), groups)
+        self.bias = vector_or(
+            None if bias is None else np.asarray(bias), 0, self.c_out, self.dtype
+        )
+        self.geometry = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+        self.relu = activation is not None
+        self.negative_slope = negative_slope if activation == "leaky_relu" else 0.0
+        self.reuse_output = reuse_output
+        self._shapes = {}  # x.shape -> out_shape
+        self._outputs = {}  # x.shape -> reused output
+
+    def __call__(self, x, residual=None):
+        """x (N, C_in, H, W) -> (N, C_out, H_out, W_out); residual shaped like the output."""
+        _check_input("conv2d", x, self.dtype, self.weight_shape[1] * self.geometry["groups"])
+        out_shape = self._shapes.get(x.shape)
+        if out_shape is None:
+            g = self.geometry
+            args = _checks.conv2d_args(
+                "conv2d",
+                x,
+                _checks._ShapeOnly(self.weight_shape),
+                None,
+                g["stride"],
+                g["padding"],
+                g["dilation"],
+                g["groups"],
+            )
+            out_shape = self._shapes[x.shape] = args["out_shape"]
+        if residual is not None:
+            if _checks.array_kind(residual) != "numpy" or residual.dtype != self.dtype:
+                raise TypeError(
+                    f"r2n.conv2d (prepared for cpu): residual must be a {self.dtype} "
+                    f"numpy.ndarray, got {type(residual).__name__} "
+                    f"{getattr(residual, 'dtype', '')}"
+                )
+            _checks.check_shape("conv2d", "residual", residual, out_shape, "(N, C_out, Ho, Wo)")
+            residual = np.ascontiguousarray(residual)
+        out = self._outputs.get(x.shape) if self.reuse_output else None
+        if out is None:
+            out = np.empty(out_shape, self.dtype)
+            if self.reuse_output:
+                self._outputs[x.shape] = out
+        g = self.geometry
+        return conv_simd(
+            np.ascontiguousarray(x),
+            self.packed,
+            self.c_out,
+            g["groups"],
+            self.weight_shape[2:],
+            g["stride"],
+            g["padding"],
+            g["dilation"],
+            self.bias,
+            out,
+            relu=self.relu,
+            negative_slope=self.negative_slope,
+            res=residual,
+        )
+
+
+class PreparedBottle2neckLayer:
+    """r2n.bottle2neck on packed weights, for any input shape.
+
+    Parameters
+    ----------
+    params : r2n.Bottle2neckParams of NumPy arrays (BN folded)
+    scale, stype, stride, groups : as r2n.bottle2neck
+    reuse_output : return a buffer reused by the next call of the same shape
+    """
+
+    def __init__(self, params, *, scale, stype, stride, groups, reuse_output=False):
+        self.params = params
+        self.options = dict(scale=scale, stype=stype, stride=stride, groups=groups)
+        self.dtype = np.asarray(params.conv1.weight).dtype
+        self.reuse_output = reuse_output
+        self._args = {}  # x.shape -> normalised bottle2neck args
+        self._outputs = {}  # x.shape -> reused output
+        self._block = None
+
+    def __call__(self, x):
+        """x (N, C_in, H, W) -> (N, C_out, H_out, W_out)."""
+        _check_input("bottle2neck", x, self.dtype, "C_in")
+        args = self._args.get(x.shape)
+        if args is None:
+            o = self.options
+            args = _checks.bottle2neck_args(
+                "bottle2neck", x, self.params, o["scale"], o["stype"], o["stride"], o["groups"]
+            )
+            self._args[x.shape] = args
+            if self._block is None:  # packs once; the chain's options do not depend on x
+                self._block = PreparedBottle2neck(self.params, args, self.dtype)
+        out = self._outputs.get(x.shape) if self.reuse_output else None
+        if out is None:
+            out = np.empty(args["out_shape"], self.dtype)
+            if self.reuse_output:
+                self._outputs[x.shape] = out
+        return self._block.run(np.ascontiguousarray(x), args, out)
+
+
+def prepare_conv2d(weight, bias, **options):
+    """The ``"conv2d"`` factory of r2n.cpu.PREPARE."""
+    return PreparedConv2d(weight, bias, **options)
+
+
+def prepare_bottle2neck(params, **options):
+    """The ``"bottle2neck"`` factory of r2n.cpu.PREPARE."""
+    return PreparedBottle2neckLayer(params, **options)
