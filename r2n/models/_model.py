@@ -1,0 +1,240 @@
+"""What every r2n model shares: weights in, BN folded, layers prepared, forward.
+
+A model family (``res2net.py``, ``tresnet.py``) provides two functions of its
+hyper-parameters:
+
+* ``expected_keys(arch, num_classes) -> {key: shape}``: the complete
+  state_dict, timm's key names, in timm's order;
+* ``build(arch, weights, layers) -> forward(x)``: reads weights through a
+  :class:`Weights` (which folds each BN into its conv) and builds the forward
+  pass from a :class:`Layers`, which prepares convs and bottlenecks through
+  ``r2n._backends.prepare`` and runs every other step through the public ops.
+
+Models never import a backend package: a backend plugs in through its
+``PREPARE`` factories (or the fallback over its public ops).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from collections.abc import Callable
+
+import numpy as np
+
+from .. import _api, _backends, _checks
+from ..params import Bottle2neckParams, FoldedConv
+from ._weights import check_state_dict
+
+BN_EPS = 1e-5
+BN_SUFFIXES = ("weight", "bias", "running_mean", "running_var")
+
+
+@dataclasses.dataclass(frozen=True)
+class Arch:
+    """A registered model: its family, hyper-parameters and preprocessing.
+
+    Attributes
+    ----------
+    name : the model's name (timm's)
+    family : "res2net" or "tresnet"
+    params : the family's hyper-parameters (dict)
+    preprocess : timm's default eval config: input_size (C, H, W), crop_pct,
+        interpolation, mean, std
+    """
+
+    name: str
+    family: str
+    params: dict
+    preprocess: dict
+
+
+class Weights:
+    """Host arrays of one checkpoint, folded and cast for one dtype.
+
+    Parameters
+    ----------
+    arrays : key -> numpy array (checked by check_state_dict)
+    dtype : the model's dtype; folding runs in float64, then casts.
+    """
+
+    def __init__(self, arrays, dtype):
+        self.arrays = arrays
+        self.dtype = np.dtype(dtype)
+
+    def array(self, key):
+        """arrays[key] as a contiguous array of the model's dtype."""
+        return np.ascontiguousarray(self.arrays[key], dtype=self.dtype)
+
+    def conv_bn(self, conv_key, bn_prefix, conv_bias_key=None) -> FoldedConv:
+        """The conv ``conv_key`` with the BatchNorm at ``bn_prefix`` folded in."""
+        f64 = {s: np.asarray(self.arrays[f"{bn_prefix}.{s}"], np.float64) for s in BN_SUFFIXES}
+        conv_bias = None
+        if conv_bias_key is not None:
+            conv_bias = np.asarray(self.arrays[conv_bias_key], np.float64)
+        w, b = _api.fold_batch_norm(
+            np.asarray(self.arrays[conv_key], np.float64),
+            conv_bias,
+            f64["running_mean"],
+            f64["running_var"],
+            f64["weight"],
+            f64["bias"],
+            eps=BN_EPS,
+            backend="reference",
+        )
+        return FoldedConv(
+            np.ascontiguousarray(w, dtype=self.dtype), np.ascontiguousarray(b, dtype=self.dtype)
+        )
+
+
+class Layers:
+    """Prepares layers for one backend and array kind (see r2n._backends.prepare).
+
+    Intermediate layers may reuse their outputs (``reuse_output=True``): each
+    prepared layer runs once per forward pass, and every value it returns is
+    consumed before that layer runs again.
+    """
+
+    def __init__(self, backend, kind):
+        self.backend = backend
+        self.kind = kind
+
+    def conv(self, folded: FoldedConv, *, stride=1, padding=0, groups=1, act=None, slope=0.01):
+        """A prepared conv2d + bias (+ residual) (+ act): ``f(x, residual=None)``."""
+        return _backends.prepare(
+            "conv2d",
+            self.backend,
+            self.kind,
+            folded.weight,
+            folded.bias,
+            stride=(stride, stride),
+            padding=(padding, padding),
+            dilation=(1, 1),
+            groups=groups,
+            activation=act,
+            negative_slope=slope,
+            reuse_output=True,
+        )
+
+    def bottle2neck(self, params: Bottle2neckParams, *, scale, stype, stride, groups):
+        """A prepared r2n.bottle2neck: ``f(x)``."""
+        return _backends.prepare(
+            "bottle2neck",
+            self.backend,
+            self.kind,
+            params,
+            scale=scale,
+            stype=stype,
+            stride=stride,
+            groups=groups,
+            reuse_output=True,
+        )
+
+    def arr(self, a):
+        """A host array moved to this kind (once, at preparation)."""
+        return _backends.as_kind(a, self.kind)
+
+
+def random_state_dict(expected, seed: int = 0) -> dict:
+    """Deterministic random weights for every key of ``expected`` (key -> shape).
+
+    Conv weights: He-normal (std sqrt(2 / fan_in)); linear weights: std
+    sqrt(1 / fan_in); BN: weight U(0.5, 1.5), bias and running_mean N(0, 0.1),
+    running_var U(0.5, 1.5); other biases N(0, 0.1). float32, like a checkpoint.
+    """
+    rng = np.random.default_rng(seed)
+    out = {}
+    for key, shape in expected.items():
+        if key.endswith("running_var") or (key.endswith(".weight") and len(shape) == 1):
+            a = rng.uniform(0.5, 1.5, shape)
+        elif key.endswith(".weight"):
+            fan_in = int(np.prod(shape[1:]))
+            gain = 2.0 if len(shape) == 4 else 1.0
+            a = rng.standard_normal(shape) * np.sqrt(gain / fan_in)
+        else:  # biases, running means
+            a = 0.1 * rng.standard_normal(shape)
+        out[key] = a.astype(np.float32)
+    return out
+
+
+class Model:
+    """A whole network, prepared for inference.
+
+    Call it on images ``x`` (N, 3, H, W) of the model's dtype: a NumPy array
+    runs on the host backend ("cpu", or "reference" without Numba), a CuPy
+    array on "gpu" (unless ``backend`` forces one). Returns the logits
+    (N, num_classes) as a new array of x's type.
+
+    Attributes
+    ----------
+    name, num_classes, backend (None: by the input's kind), dtype
+    preprocess : timm's default eval config (see r2n.models.preprocess)
+
+    Notes
+    -----
+    Layers reuse their buffers between calls on one input shape, so a model
+    must not be called from two threads at once.
+    """
+
+    def __init__(self, arch: Arch, build: Callable, weights: Weights, num_classes, backend):
+        self.name = arch.name
+        self.arch = arch
+        self.num_classes = num_classes
+        self.backend = backend
+        self.dtype = weights.dtype
+        self.preprocess = dict(arch.preprocess)
+        self._build = build
+        self._weights = weights
+        self._forward = {}  # kind -> forward(x)
+        # Prepare now for the kind the backend computes on (host if not forced).
+        kind = "numpy" if backend is None else _backends.kind_of(backend)
+        self._prepared(kind)
+
+    def _prepared(self, kind):
+        forward = self._forward.get(kind)
+        if forward is None:
+            layers = Layers(self.backend, kind)
+            forward = self._forward[kind] = self._build(self.arch, self._weights, layers)
+        return forward
+
+    def __call__(self, x):
+        """x (N, 3, H, W) -> logits (N, num_classes)."""
+        kind = _checks.array_kind(x)
+        if kind is None:
+            raise TypeError(
+                f"r2n model {self.name}: x must be a numpy.ndarray or cupy.ndarray, "
+                f"got {type(x).__name__}"
+            )
+        if self.backend is not None and kind != _backends.kind_of(self.backend):
+            _backends.resolve("conv2d", self.backend, kind)  # raises the TypeError
+        if np.dtype(x.dtype) != self.dtype:
+            raise TypeError(
+                f"r2n model {self.name}: x has dtype {x.dtype}; the model was created "
+                f"with dtype {self.dtype} (create(..., dtype=...))"
+            )
+        _checks.check_ndim(self.name, "x", x, 4, "(N, 3, H, W)")
+        if x.shape[1] != 3:
+            raise ValueError(
+                f"r2n model {self.name}: x must have 3 channels (N, 3, H, W), got shape "
+                f"{tuple(x.shape)}"
+            )
+        if x.shape[0] == 0:
+            raise ValueError(f"r2n model {self.name}: x must hold at least one image")
+        return self._prepared(kind)(x)
+
+    def __repr__(self):
+        backend = self.backend or "auto"
+        return (
+            f"r2n.models.Model({self.name!r}, num_classes={self.num_classes}, "
+            f"backend={backend!r}, dtype={self.dtype})"
+        )
+
+
+def make_model(arch, family, state_dict, num_classes, backend, dtype, seed):
+    """Check or draw the weights, fold them, and prepare the model."""
+    expected = family.expected_keys(arch, num_classes)
+    if state_dict is None:
+        seed = zlib.crc32(arch.name.encode()) if seed is None else seed
+        state_dict = random_state_dict(expected, seed)
+    arrays = check_state_dict(state_dict, expected, arch.name)
+    return Model(arch, family.build, Weights(arrays, dtype), num_classes, backend)
