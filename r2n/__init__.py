@@ -27,6 +27,7 @@ from ._api import (
 )
 from ._backends import BACKENDS, available_backends, implements
 from .cpu import get_num_threads, set_num_threads
+from .models._weights import load_state_dict
 from .params import Bottle2neckParams, FoldedConv
 
 __version__ = "0.1.0"
@@ -70,6 +71,7 @@ __all__ = [
     "OPS",
     "Bottle2neckParams",
     "FoldedConv",
+    "load_state_dict",
     "available_backends",
     "implements",
     "set_num_threads",
