@@ -1,0 +1,277 @@
+"""Compiling and launching r2n's CUDA sources (owner: GPU engineer A).
+
+Every op in r2n/gpu launches its kernels through an *executor*, never through
+CuPy directly, so that the same launcher runs
+
+* on a GPU, through :class:`CupyExecutor` (``cupy.RawModule``, NVRTC), and
+* on the CPU, through the test emulator ``tests/cuda_emu`` (``EmuExecutor``:
+  the same .cu text compiled by g++, launched on NumPy arrays).
+
+The executor protocol::
+
+    ex.xp                          # the array module: cupy or numpy
+    ex.empty(shape, dtype)         # new uninitialised array
+    ex.zeros(shape, dtype)
+    ex.launch(file, name_expr, grid, block, args, shared_mem=0)
+
+``file`` names a source in ``r2n/gpu/kernels``; the text compiled is
+``common.cuh`` followed by that file (:func:`kernel_source`). Each op module
+registers the name expressions it launches (``register("pool.cu",
+["max_pool2d_kernel<float>", ...])``) so that the compile test can enumerate
+every kernel (:data:`KERNELS`).
+
+Kernel arguments are arrays (passed as device pointers) and NumPy scalars
+(``np.int32``, ``np.int64``, ``np.uint32``, ``np.float32``, ``np.float64``,
+passed by value). A Python int or float is a TypeError: CuPy would pass it as
+a 64-bit value whatever the kernel's parameter type is.
+
+Importing this module never imports CuPy; :func:`executor` does.
+"""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+import threading
+
+import numpy as np
+
+KERNEL_DIR = pathlib.Path(__file__).with_name("kernels")
+
+#: NVRTC options, shared by CupyExecutor and the compile test (tests/test_gpu_compile.py).
+NVRTC_OPTIONS: tuple[str, ...] = ("-std=c++17",)
+
+#: file -> name expressions launched from it (filled by the op modules' register calls).
+KERNELS: dict[str, list[str]] = {}
+
+#: (file, name expression) pairs allowed to spill registers to local memory
+#: (naive variants only; the compile test fails on spills anywhere else).
+ALLOWED_TO_SPILL: set[tuple[str, str]] = set()
+
+#: The scalar types a kernel argument may have, and the C type each matches.
+SCALAR_TYPES = {
+    np.dtype(np.int32): "int",
+    np.dtype(np.int64): "long long",
+    np.dtype(np.uint32): "unsigned int",
+    np.dtype(np.float32): "float",
+    np.dtype(np.float64): "double",
+}
+
+# Launch limits of every CUDA GPU r2n targets (sm_80 and later).
+MAX_THREADS_PER_BLOCK = 1024
+MAX_BLOCK_DIM = (1024, 1024, 64)
+MAX_GRID_DIM = (2**31 - 1, 65535, 65535)
+#: Dynamic shared memory above this needs an opt-in (done by CupyExecutor).
+DEFAULT_SHARED_LIMIT = 48 * 1024
+#: The most shared memory one block may have on sm_80 (163 KiB).
+MAX_SHARED_PER_BLOCK = 163 * 1024
+
+
+def register(file: str, names) -> None:
+    """Declare that ``file`` is compiled with the name expressions ``names``.
+
+    Parameters
+    ----------
+    file : a file name in r2n/gpu/kernels, e.g. ``"pool.cu"``
+    names : iterable of name expressions, e.g. ``["max_pool2d_kernel<float>"]``
+    """
+    if not (KERNEL_DIR / file).is_file():
+        raise ValueError(f"r2n.gpu: no kernel source {file!r} in {KERNEL_DIR}")
+    known = KERNELS.setdefault(file, [])
+    for name in names:
+        if name not in known:
+            known.append(name)
+
+
+def names_of(file: str) -> list[str]:
+    """The name expressions registered for ``file`` (a copy)."""
+    if file not in KERNELS:
+        raise ValueError(f"r2n.gpu: kernel source {file!r} was never registered")
+    return list(KERNELS[file])
+
+
+@functools.cache
+def _read(path: str) -> str:
+    return pathlib.Path(path).read_text()
+
+
+def kernel_source(file: str) -> str:
+    """The text compiled for ``file``: common.cuh, then kernels/<file>."""
+    common = _read(str(KERNEL_DIR / "common.cuh"))
+    body = _read(str(KERNEL_DIR / file))
+    return f"{common}\n// ---- {file} ----\n{body}"
+
+
+def dtype_name(dtype) -> str:
+    """The C type of a float dtype: ``"float"`` or ``"double"`` (TypeError otherwise)."""
+    dtype = np.dtype(dtype)
+    if dtype == np.float32:
+        return "float"
+    if dtype == np.float64:
+        return "double"
+    raise TypeError(f"r2n.gpu: kernels are compiled for float32 and float64, got {dtype}")
+
+
+def int32_or_error(op: str, what: str, value: int) -> np.int32:
+    """``np.int32(value)``, or a ValueError naming ``what`` when it does not fit."""
+    value = int(value)
+    if not -(2**31) <= value < 2**31:
+        raise ValueError(f"r2n.{op}: {what} = {value} does not fit the kernel's 32-bit int")
+    return np.int32(value)
+
+
+def check_launch(name_expr, grid, block, args, shared_mem, is_array) -> tuple:
+    """Validate a launch before it happens; shared by both executors.
+
+    Returns
+    -------
+    (grid, block) as 3-tuples of ints.
+
+    Raises
+    ------
+    ValueError : empty or oversized grid/block or shared memory, a
+        non-contiguous array.
+    TypeError : an argument that is neither an array nor an allowed NumPy scalar.
+    """
+
+    def dims(what, value, limits):
+        value = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+        if not 1 <= len(value) <= 3 or not all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value
+        ):
+            raise TypeError(f"r2n.gpu: {what} must be 1 to 3 ints, got {value!r}")
+        value = tuple(int(v) for v in value) + (1,) * (3 - len(value))
+        for v, limit in zip(value, limits, strict=True):
+            if not 1 <= v <= limit:
+                raise ValueError(
+                    f"r2n.gpu: launching {name_expr}: {what} {value} outside 1..{limits}"
+                )
+        return value
+
+    grid = dims("grid", grid, MAX_GRID_DIM)
+    block = dims("block", block, MAX_BLOCK_DIM)
+    if block[0] * block[1] * block[2] > MAX_THREADS_PER_BLOCK:
+        raise ValueError(f"r2n.gpu: launching {name_expr}: block {block} has > 1024 threads")
+    if not isinstance(shared_mem, (int, np.integer)) or not (
+        0 <= shared_mem <= MAX_SHARED_PER_BLOCK
+    ):
+        raise ValueError(
+            f"r2n.gpu: launching {name_expr}: shared_mem must be an int in "
+            f"0..{MAX_SHARED_PER_BLOCK}, got {shared_mem!r}"
+        )
+    if not isinstance(args, tuple):
+        raise TypeError(f"r2n.gpu: launching {name_expr}: args must be a tuple")
+    for i, a in enumerate(args):
+        if is_array(a):
+            if not a.flags.c_contiguous:
+                raise ValueError(
+                    f"r2n.gpu: launching {name_expr}: argument {i} is not C-contiguous"
+                )
+        elif not (isinstance(a, np.generic) and a.dtype in SCALAR_TYPES):
+            raise TypeError(
+                f"r2n.gpu: launching {name_expr}: argument {i} must be an array or a NumPy "
+                f"scalar of type {', '.join(map(str, SCALAR_TYPES))}, got {type(a).__name__}"
+            )
+    return grid, block
+
+
+class CupyExecutor:
+    """Compiles sources with ``cupy.RawModule`` and launches on CuPy's current stream.
+
+    One instance per device; modules are compiled once per (device, file) and
+    memoized (CuPy also caches the binary on disk).
+    """
+
+    def __init__(self, device_id: int):
+        import cupy
+
+        self.xp = cupy
+        self.device_id = device_id
+        self._modules: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    def empty(self, shape, dtype):
+        """New uninitialised CuPy array on the current device."""
+        return self.xp.empty(shape, dtype)
+
+    def zeros(self, shape, dtype):
+        """New zero-filled CuPy array on the current device."""
+        return self.xp.zeros(shape, dtype)
+
+    def module(self, file: str):
+        """The compiled RawModule of ``file`` for this executor's device."""
+        with self._lock:
+            mod = self._modules.get(file)
+            if mod is None:
+                mod = self.xp.RawModule(
+                    code=kernel_source(file),
+                    options=NVRTC_OPTIONS,
+                    name_expressions=names_of(file),
+                )
+                self._modules[file] = mod
+            return mod
+
+    def launch(self, file, name_expr, grid, block, args, shared_mem=0):
+        """Launch ``name_expr`` from ``file`` on the current stream.
+
+        Parameters
+        ----------
+        file : source in r2n/gpu/kernels
+        name_expr : a registered name expression, e.g. ``"relu_kernel<float>"``
+        grid, block : 1 to 3 ints each
+        args : tuple of CuPy arrays (C-contiguous, on this device) and NumPy scalars
+        shared_mem : bytes of dynamic shared memory
+        """
+        cupy = self.xp
+        if name_expr not in KERNELS.get(file, ()):
+            raise ValueError(f"r2n.gpu: {name_expr!r} is not registered for {file!r}")
+        grid, block = check_launch(
+            name_expr,
+            grid,
+            block,
+            args,
+            shared_mem,
+            lambda a: isinstance(a, cupy.ndarray),
+        )
+        for i, a in enumerate(args):
+            if isinstance(a, cupy.ndarray) and a.device.id != self.device_id:
+                raise ValueError(
+                    f"r2n.gpu: launching {name_expr} on device {self.device_id}: "
+                    f"argument {i} is on device {a.device.id}"
+                )
+        with cupy.cuda.Device(self.device_id):
+            func = self.module(file).get_function(name_expr)
+            if shared_mem > DEFAULT_SHARED_LIMIT:
+                func.max_dynamic_shared_size_bytes = int(shared_mem)
+            func(grid, block, args, shared_mem=int(shared_mem))
+
+
+_executors: dict[int, CupyExecutor] = {}
+_executors_lock = threading.Lock()
+
+
+def executor() -> CupyExecutor:
+    """The :class:`CupyExecutor` of CuPy's current device.
+
+    Raises
+    ------
+    RuntimeError : CuPy is not installed, or it sees no GPU.
+    """
+    try:
+        import cupy
+    except ImportError as e:
+        raise RuntimeError(
+            f"r2n: backend 'gpu' needs CuPy (pip install 'r2n[gpu]'); importing cupy failed: {e}"
+        ) from e
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # CUDARuntimeError without a driver
+        raise RuntimeError(f"r2n: backend 'gpu' needs a CUDA GPU; CuPy sees none ({e})") from e
+    if count == 0:
+        raise RuntimeError("r2n: backend 'gpu' needs a CUDA GPU; CuPy sees none")
+    device_id = cupy.cuda.Device().id
+    with _executors_lock:
+        ex = _executors.get(device_id)
+        if ex is None:
+            ex = _executors[device_id] = CupyExecutor(device_id)
+        return ex

@@ -1,0 +1,325 @@
+"""Run r2n's CUDA kernels on the CPU: compile the .cu text with g++, launch on NumPy.
+
+See README.md in this folder for how it works and what it cannot see. In short:
+
+* :func:`compile_module` compiles CUDA C++ text with g++ and ``prelude.h``
+  (which emulates threads, shared memory, barriers and warp calls) into a
+  shared library, cached on disk by the hash of everything that goes in;
+* :meth:`EmuModule.launch` runs one launch on NumPy arrays: every array is
+  copied into a buffer with guard bytes (canaries) on both sides, the launch
+  runs twice, threads and blocks in ascending then descending order, and the
+  launch fails if a canary changed (out-of-bounds write), if the two runs
+  disagree (a race: a missing ``__syncthreads``, two threads writing one
+  element, a read of uninitialised shared memory), or if the kernel wrote to
+  a read-only array;
+* :class:`EmuExecutor` is the executor protocol of ``r2n.gpu._runtime`` on
+  NumPy arrays, so r2n's launchers run unchanged:
+  ``r2n.gpu.pool.max_pool2d(x, ..., executor=EmuExecutor())``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import pathlib
+import subprocess
+import tempfile
+import threading
+
+import numpy as np
+
+from r2n.gpu import _runtime
+
+PRELUDE = pathlib.Path(__file__).with_name("prelude.h")
+CXX = os.environ.get("CXX", "g++")
+CXXFLAGS = (
+    "-std=c++17",
+    "-O1",
+    "-fPIC",
+    "-shared",
+    "-fno-strict-aliasing",  # kernels reinterpret shared memory, as CUDA allows
+    "-DR2N_EMULATE=1",
+    "-Wno-unknown-pragmas",  # #pragma unroll
+)
+#: Bytes of canary on each side of every array argument.
+GUARD_BYTES = 1024
+#: Canary fill: 0xFF bytes are NaN in float32 and float64, so an out-of-bounds
+#: read usually shows up in the output too.
+CANARY = 0xFF
+# Array offsets are multiples of this, as cudaMalloc's are.
+ALIGN = 256
+
+
+class EmuError(RuntimeError):
+    """A launch failed under the emulator (compile error, divergence, deadlock, assert)."""
+
+
+class EmuOutOfBoundsError(EmuError):
+    """A kernel wrote outside an array argument (a canary changed)."""
+
+
+class EmuRaceError(EmuError):
+    """The forward and reverse runs of a launch gave different results."""
+
+
+def cache_dir() -> pathlib.Path:
+    """Where compiled kernels live: $R2N_EMU_CACHE, else a per-user temp folder."""
+    root = os.environ.get("R2N_EMU_CACHE")
+    if root:
+        path = pathlib.Path(root)
+    else:
+        path = pathlib.Path(tempfile.gettempdir()) / f"r2n_cuda_emu_{os.getuid()}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+_DTYPE_CODE = {"f": "f", "i": "i", "u": "u", "b": "b"}
+
+
+def _code_of(dtype: np.dtype) -> str:
+    """The prelude's type code of a NumPy dtype: float32 -> "f4"."""
+    return f"{_DTYPE_CODE.get(dtype.kind, '?')}{dtype.itemsize}"
+
+
+class EmuModule:
+    """A compiled source: its kernels by name expression, launchable on NumPy arrays."""
+
+    def __init__(self, library_path: pathlib.Path, names: list[str]):
+        self.path = library_path
+        self.names = list(names)
+        self._lib = ctypes.CDLL(str(library_path))
+        self._lib.r2n_emu_launch.restype = ctypes.c_int
+        self._lib.r2n_emu_launch.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.POINTER(ctypes.c_longlong),
+            ctypes.c_int,
+            ctypes.c_char_p,
+            ctypes.c_int,
+        ]
+        self._thunks = {}
+        self.signatures = {}
+        for i, name in enumerate(self.names):
+            thunk = getattr(self._lib, f"r2n_emu_thunk_{i}")
+            self._thunks[name] = ctypes.cast(thunk, ctypes.c_void_p).value
+            sig = getattr(self._lib, f"r2n_emu_sig_{i}")
+            sig.restype = ctypes.c_char_p
+            self.signatures[name] = sig().decode().split(",") if sig() else []
+        self._lock = threading.Lock()
+
+    def _check_args(self, name, args):
+        params = self.signatures[name]
+        if len(params) != len(args):
+            raise TypeError(f"{name} takes {len(params)} arguments, got {len(args)}")
+        for i, (param, arg) in enumerate(zip(params, args, strict=True)):
+            if isinstance(arg, np.ndarray):
+                if not param.startswith("p"):
+                    raise TypeError(f"{name}: argument {i} is an array, the kernel wants {param}")
+                if param != "p?" and param[1:] != _code_of(arg.dtype):
+                    raise TypeError(
+                        f"{name}: argument {i} is a {arg.dtype} array, the kernel wants a "
+                        f"pointer to {param[1:]}"
+                    )
+            elif param != _code_of(arg.dtype):
+                raise TypeError(
+                    f"{name}: argument {i} is {arg.dtype}, the kernel's parameter is {param}"
+                )
+
+    def _run(self, name, grid, block, args, shared_mem, reverse):
+        """One run on fresh guarded copies; returns the guarded buffers."""
+        buffers = []  # (guarded uint8 buffer, offset) per array argument
+        holders = []  # keep ctypes values alive
+        pointers = (ctypes.c_void_p * max(len(args), 1))()
+        for i, a in enumerate(args):
+            if isinstance(a, np.ndarray):
+                nbytes = a.nbytes
+                raw = np.full(nbytes + 2 * GUARD_BYTES + ALIGN, CANARY, np.uint8)
+                start = (-raw.ctypes.data) % ALIGN + GUARD_BYTES
+                raw[start : start + nbytes] = a.reshape(-1).view(np.uint8)
+                buffers.append((raw, start))
+                ptr = ctypes.c_void_p(raw.ctypes.data + start)
+                holders.append(ptr)
+                pointers[i] = ctypes.addressof(ptr)
+            else:
+                scalar = np.array(a)  # a 0-d copy holds the value's bytes
+                holders.append(scalar)
+                pointers[i] = scalar.ctypes.data
+                buffers.append(None)
+        cfg = (ctypes.c_longlong * 7)(*grid, *block, shared_mem)
+        err = ctypes.create_string_buffer(2048)
+        with self._lock:
+            rc = self._lib.r2n_emu_launch(
+                self._thunks[name], pointers, cfg, int(reverse), err, len(err)
+            )
+        if rc != 0:
+            order = "reverse" if reverse else "forward"
+            raise EmuError(f"{name} ({order} run): {err.value.decode()}")
+        for i, (a, buf) in enumerate(zip(args, buffers, strict=True)):
+            if buf is None:
+                continue
+            raw, start = buf
+            nbytes = a.nbytes
+            before = raw[:start]
+            after = raw[start + nbytes :]
+            for side, guard, base in (("before", before, start), ("after", after, -1)):
+                bad = np.flatnonzero(guard != CANARY)
+                if bad.size:
+                    if side == "before":
+                        where = (
+                            f"{(base - bad[0] + a.itemsize - 1) // a.itemsize} element(s) before"
+                        )
+                    else:
+                        where = f"at element {a.size + bad[0] // a.itemsize} (size {a.size})"
+                    raise EmuOutOfBoundsError(
+                        f"{name}: out-of-bounds write to argument {i} {side} the array: {where}"
+                    )
+        return buffers
+
+    def launch(self, name, grid, block, args, shared_mem=0, check_order=True):
+        """Run ``name`` on NumPy arrays, like a CUDA launch; arrays are updated in place.
+
+        Parameters
+        ----------
+        name : a name expression compiled into this module
+        grid, block : 1 to 3 ints each (CUDA's limits apply)
+        args : tuple of C-contiguous NumPy arrays and NumPy scalars
+        shared_mem : bytes of dynamic shared memory
+        check_order : run twice (ascending and descending thread and block
+            order) and require bit-identical results
+
+        Raises
+        ------
+        EmuError : a failure while running (message says which)
+        EmuOutOfBoundsError, EmuRaceError : see the classes
+        """
+        if name not in self._thunks:
+            raise ValueError(f"{name!r} is not compiled into this module ({self.names})")
+        grid, block = _runtime.check_launch(
+            name, grid, block, args, shared_mem, lambda a: isinstance(a, np.ndarray)
+        )
+        self._check_args(name, args)
+        first = self._run(name, grid, block, args, shared_mem, reverse=False)
+        if check_order:
+            second = self._run(name, grid, block, args, shared_mem, reverse=True)
+            for i, (a, b1, b2) in enumerate(zip(args, first, second, strict=True)):
+                if b1 is None:
+                    continue
+                (r1, s1), (r2, s2) = b1, b2
+                v1 = r1[s1 : s1 + a.nbytes]
+                v2 = r2[s2 : s2 + a.nbytes]
+                if not np.array_equal(v1, v2):
+                    e1, e2 = v1.view(a.dtype), v2.view(a.dtype)
+                    per_elem = (v1 != v2).reshape(a.size, a.itemsize).any(axis=1)
+                    bad = np.flatnonzero(per_elem)
+                    raise EmuRaceError(
+                        f"{name}: argument {i} differs between the forward and the reverse "
+                        f"run at {bad.size} of {a.size} elements (first: flat index "
+                        f"{bad[0]}: {e1[bad[0]]!r} vs {e2[bad[0]]!r}): a race or a missing "
+                        "__syncthreads, or a read of uninitialised shared memory"
+                    )
+        for i, (a, buf) in enumerate(zip(args, first, strict=True)):
+            if buf is None:
+                continue
+            raw, start = buf
+            result = raw[start : start + a.nbytes]
+            if np.array_equal(result, a.reshape(-1).view(np.uint8)):
+                continue
+            if not a.flags.writeable:
+                raise EmuError(f"{name}: the kernel wrote to argument {i}, a read-only array")
+            a.reshape(-1).view(np.uint8)[...] = result
+
+
+def _wrapper_source(names: list[str]) -> str:
+    """extern "C" entry points for each name expression: a thunk and a signature."""
+    lines = ["\n// ---- emulator entry points ----"]
+    for i, name in enumerate(names):
+        lines.append(
+            f'extern "C" void r2n_emu_thunk_{i}(void** a) {{ r2n_emu::call(&{name}, a); }}'
+        )
+        lines.append(
+            f'extern "C" const char* r2n_emu_sig_{i}() {{ static const std::string s = '
+            f"r2n_emu::signature(&{name}); return s.c_str(); }}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+_modules: dict[str, EmuModule] = {}
+_modules_lock = threading.Lock()
+
+
+def compile_module(code: str, names, label: str = "kernel") -> EmuModule:
+    """Compile CUDA C++ ``code`` for the emulator with the kernels ``names``.
+
+    Parameters
+    ----------
+    code : the full source (for r2n: ``_runtime.kernel_source(file)``)
+    names : name expressions to instantiate, e.g. ``["relu_kernel<float>"]``
+    label : used in file names and error messages
+
+    Returns
+    -------
+    EmuModule, from the in-process memo or the on-disk cache when the same
+    code, names, prelude and flags were compiled before.
+    """
+    names = list(names)
+    source = f'#line 1 "{label}"\n{code}\n{_wrapper_source(names)}'
+    key_text = "\0".join([PRELUDE.read_text(), source, CXX, *CXXFLAGS])
+    key = hashlib.sha256(key_text.encode()).hexdigest()[:24]
+    with _modules_lock:
+        module = _modules.get(key)
+        if module is not None:
+            return module
+        directory = cache_dir()
+        stem = "".join(c if c.isalnum() else "_" for c in label)[:40]
+        library = directory / f"{stem}_{key}.so"
+        if not library.exists():
+            src = directory / f"{stem}_{key}.{os.getpid()}.cpp"
+            src.write_text(source)
+            tmp = directory / f"{stem}_{key}.{os.getpid()}.so"
+            cmd = [CXX, *CXXFLAGS, "-include", str(PRELUDE), "-o", str(tmp), str(src)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise EmuError(f"g++ failed to compile {label}:\n{proc.stderr[-6000:]}")
+            os.replace(tmp, library)  # atomic: concurrent test processes never see half a file
+            src.unlink(missing_ok=True)
+        module = _modules[key] = EmuModule(library, names)
+        return module
+
+
+class EmuExecutor:
+    """The executor protocol of ``r2n.gpu._runtime``, on NumPy arrays and the CPU.
+
+    Parameters
+    ----------
+    check_order : run every launch in two thread orders and require identical
+        results (default True; False halves the time).
+    """
+
+    xp = np
+
+    def __init__(self, check_order: bool = True):
+        self.check_order = check_order
+        self.launches: list[tuple[str, str]] = []  # (file, name) of every launch, for tests
+
+    def empty(self, shape, dtype):
+        """A new array filled with NaN (integers: -1), so unwritten outputs show."""
+        out = np.empty(shape, dtype)
+        out.reshape(-1).view(np.uint8)[...] = 0xFF
+        return out
+
+    def zeros(self, shape, dtype):
+        return np.zeros(shape, dtype)
+
+    def module(self, file: str) -> EmuModule:
+        """The emulator module of a kernel source in r2n/gpu/kernels."""
+        return compile_module(_runtime.kernel_source(file), _runtime.names_of(file), label=file)
+
+    def launch(self, file, name_expr, grid, block, args, shared_mem=0):
+        """Launch a registered kernel of r2n/gpu/kernels/<file> on NumPy arrays."""
+        if name_expr not in _runtime.KERNELS.get(file, ()):
+            raise ValueError(f"r2n.gpu: {name_expr!r} is not registered for {file!r}")
+        self.launches.append((file, name_expr))
+        self.module(file).launch(
+            name_expr, grid, block, args, shared_mem, check_order=self.check_order
+        )

@@ -1,0 +1,517 @@
+// prelude.h: the CUDA device environment, emulated in plain C++17 for g++.
+//
+// tests/cuda_emu/emulator.py compiles `common.cuh + <area>.cu` with
+// `g++ -include prelude.h -DR2N_EMULATE`. This header makes that text valid C++
+// and supplies a runtime that runs a kernel launch on the CPU:
+//
+// * every CUDA thread of a block is a fiber (ucontext) with its own stack, so
+//   local variables are per thread, as registers are on a GPU;
+// * the fibers of a block run one at a time, each until it reaches a barrier
+//   (__syncthreads), a warp-synchronous call (__shfl_*_sync, __syncwarp,
+//   __ballot_sync, ...) or its end; then the next one in *order* runs. The
+//   order is ascending thread index (forward run) or descending (reverse run).
+//   Switching only at barriers makes each run deterministic, and a kernel
+//   whose result depends on the order (a data race, a missing __syncthreads)
+//   gives different outputs in the two runs, which emulator.py reports;
+// * __shared__ variables are function-local statics (one copy, shared by the
+//   fibers; blocks run one after another); dynamic shared memory
+//   (R2N_DYNAMIC_SHARED) is a buffer poisoned at the start of every block
+//   with a pattern that differs between the two runs;
+// * a warp-synchronous call is a rendezvous of the lanes named in its mask:
+//   each lane deposits its value, and when every live lane of the mask has
+//   arrived the results are computed at once with CUDA's rules (widths,
+//   out-of-segment lanes keep their own value) and the lanes continue.
+//   Reading a lane that did not take part (exited, absent from a partial
+//   warp, not in the mask) yields a NaN-patterned poison value;
+// * atomics are plain read-modify-writes (fibers never interleave inside one).
+//
+// Errors found while running (barrier or warp-call divergence, deadlock,
+// assert, __trap) abort the launch and are reported by emulator.py.
+#pragma once
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <ucontext.h>
+
+#include <cassert>
+#include <cfloat>
+#include <climits>
+#include <cmath>
+#include <cstddef>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#ifndef R2N_EMULATE
+#define R2N_EMULATE 1
+#endif
+
+// ---------------------------------------------------------------- keywords
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline __attribute__((always_inline))
+#define __noinline__ __attribute__((noinline))
+#define __shared__ static
+#define __constant__ static
+#define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
+#define __CUDACC_RTC__EMULATED 1
+
+struct uint3 {
+    unsigned int x, y, z;
+};
+struct dim3 {
+    unsigned int x, y, z;
+    dim3(unsigned int x_ = 1, unsigned int y_ = 1, unsigned int z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+
+// Vector types (the few kernels use): aligned like CUDA's.
+struct __attribute__((aligned(8))) float2 {
+    float x, y;
+};
+struct __attribute__((aligned(16))) float4 {
+    float x, y, z, w;
+};
+struct __attribute__((aligned(16))) double2 {
+    double x, y;
+};
+inline float2 make_float2(float x, float y) { return {x, y}; }
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+inline double2 make_double2(double x, double y) { return {x, y}; }
+
+static const int warpSize = 32;
+
+namespace r2n_emu {
+
+enum State { READY, AT_BARRIER, AT_WARP_CALL, DONE, ABORTED };
+enum WarpOp { SHFL_IDX, SHFL_UP, SHFL_DOWN, SHFL_XOR, SYNCWARP, BALLOT };
+
+struct Thread {
+    uint3 idx;
+    int linear, lane, warp;
+    State state;
+    ucontext_t ctx;
+    char* stack;
+    // the pending warp-synchronous call
+    WarpOp op;
+    unsigned mask;
+    int size;  // bytes of the value
+    uint64_t value, result;
+    int src, width;
+    const void* site;  // the __syncthreads the thread waits at: file and line
+    int line;
+};
+
+struct Runtime {
+    uint3 block_idx;
+    dim3 block_dim, grid_dim;
+    std::vector<Thread> threads;
+    Thread* current = nullptr;
+    ucontext_t scheduler;
+    std::vector<unsigned char> dynamic_shared;
+    size_t stack_size = 256 * 1024;
+    void (*thunk)(void**) = nullptr;
+    void** args = nullptr;
+    std::string error;
+};
+
+inline Runtime& rt() {
+    static Runtime r;
+    return r;
+}
+
+inline unsigned char* dynamic_shared() { return rt().dynamic_shared.data(); }
+
+// Leave the fiber and return to the scheduler.
+inline void yield() {
+    Thread* t = rt().current;
+    swapcontext(&t->ctx, &rt().scheduler);
+}
+
+// Abort the launch from inside a kernel: record the message, never resume.
+[[noreturn]] inline void fail(const std::string& message) {
+    Runtime& r = rt();
+    Thread* t = r.current;
+    if (r.error.empty()) {
+        char where[160];
+        snprintf(where, sizeof where, " (block (%u,%u,%u), thread (%u,%u,%u))", r.block_idx.x,
+                 r.block_idx.y, r.block_idx.z, t->idx.x, t->idx.y, t->idx.z);
+        r.error = message + where;
+    }
+    t->state = ABORTED;
+    yield();
+    __builtin_unreachable();
+}
+
+// `file` and `line` identify the __syncthreads call (compiler transforms may
+// duplicate a call, so its return address would not).
+inline void syncthreads(const char* file, int line) {
+    Thread* t = rt().current;
+    t->site = file;
+    t->line = line;
+    t->state = AT_BARRIER;
+    yield();
+}
+
+template <typename T>
+__attribute__((noinline)) T warp_call(WarpOp op, unsigned mask, T var, int src, int width) {
+    static_assert(sizeof(T) <= 8 && std::is_trivially_copyable<T>::value,
+                  "warp calls take values of at most 8 bytes");
+    Thread* t = rt().current;
+    if (!(mask >> t->lane & 1u)) fail("warp call: the calling lane is not in the mask");
+    if (width < 1 || width > 32 || (width & (width - 1)))
+        fail("warp call: width must be a power of two in 1..32");
+    t->op = op;
+    t->mask = mask;
+    t->size = sizeof(T);
+    t->value = 0;
+    memcpy(&t->value, &var, sizeof(T));
+    t->src = src;
+    t->width = width;
+    t->state = AT_WARP_CALL;
+    yield();
+    T out;
+    memcpy(&out, &t->result, sizeof(T));
+    return out;
+}
+
+inline uint64_t poison(int size) {
+    // NaN in float and double (and an unlikely integer)
+    return size == 8 ? 0x7ff8deaddeaddeadull : (size == 4 ? 0x7fc0deadull : 0x7e00ull);
+}
+
+// Complete the warp call of warp `w` if every live lane of its mask waits at it.
+// Returns true when lanes were released; sets `error` on divergence.
+inline bool release_warp(int w, std::string& error) {
+    Runtime& r = rt();
+    const int n = (int)r.threads.size();
+    const int first = w * 32, last = std::min(n, first + 32);
+    Thread* lead = nullptr;
+    for (int i = first; i < last; ++i)
+        if (r.threads[i].state == AT_WARP_CALL) {
+            lead = &r.threads[i];
+            break;
+        }
+    if (!lead) return false;
+    const unsigned mask = lead->mask;
+    Thread* lane_thread[32] = {nullptr};
+    unsigned arrived = 0;
+    for (int i = first; i < last; ++i) {
+        Thread& t = r.threads[i];
+        if (!(mask >> t.lane & 1u) || t.state == DONE) continue;
+        if (t.state != AT_WARP_CALL) return false;  // a participant is still elsewhere
+        if (t.mask != mask || t.op != lead->op) {
+            error = "warp call divergence: lanes of warp " + std::to_string(w) +
+                    " wait at different kinds of warp-synchronous call or with different masks";
+            return false;
+        }
+        lane_thread[t.lane] = &t;
+        arrived |= 1u << t.lane;
+    }
+    uint64_t ballot = 0;
+    for (int l = 0; l < 32; ++l)
+        if (lane_thread[l] && lane_thread[l]->value) ballot |= 1ull << l;
+    for (int l = 0; l < 32; ++l) {
+        Thread* t = lane_thread[l];
+        if (!t) continue;
+        const int width = t->width;
+        const int seg_start = l & ~(width - 1), seg_end = seg_start + width - 1;
+        int j = l;
+        bool in_range = true;
+        switch (t->op) {
+            case SHFL_IDX: j = seg_start + (t->src & (width - 1)); break;
+            case SHFL_UP: j = l - t->src; in_range = j >= seg_start; break;
+            case SHFL_DOWN: j = l + t->src; in_range = j <= seg_end; break;
+            case SHFL_XOR: j = l ^ t->src; in_range = j <= seg_end; break;
+            case SYNCWARP: break;
+            case BALLOT: break;
+        }
+        if (t->op == BALLOT) {
+            t->result = ballot;
+        } else if (t->op == SYNCWARP) {
+            t->result = 0;
+        } else if (!in_range) {
+            t->result = t->value;  // CUDA: out of the segment, keep your own value
+        } else if (j >= 0 && j < 32 && lane_thread[j]) {
+            t->result = lane_thread[j]->value;
+        } else {
+            t->result = poison(t->size);  // undefined in CUDA: a lane that did not take part
+        }
+    }
+    for (int l = 0; l < 32; ++l)
+        if (lane_thread[l]) lane_thread[l]->state = READY;
+    (void)arrived;
+    return true;
+}
+
+inline void fiber_entry() {
+    Runtime& r = rt();
+    r.thunk(r.args);
+    r.current->state = DONE;
+    // returning resumes uc_link, the scheduler
+}
+
+// Run one block to completion in the given order. Returns false on error.
+inline bool run_block(bool reverse, unsigned char poison_byte) {
+    Runtime& r = rt();
+    const int n = (int)r.threads.size();
+    memset(r.dynamic_shared.data(), poison_byte, r.dynamic_shared.size());
+    for (int i = 0; i < n; ++i) {
+        Thread& t = r.threads[i];
+        t.state = READY;
+        getcontext(&t.ctx);
+        t.ctx.uc_stack.ss_sp = t.stack;
+        t.ctx.uc_stack.ss_size = r.stack_size;
+        t.ctx.uc_link = &r.scheduler;
+        makecontext(&t.ctx, fiber_entry, 0);
+    }
+    const int warps = (n + 31) / 32;
+    for (;;) {
+        for (int k = 0; k < n; ++k) {
+            Thread& t = r.threads[reverse ? n - 1 - k : k];
+            if (t.state != READY) continue;
+            r.current = &t;
+            swapcontext(&r.scheduler, &t.ctx);
+            r.current = nullptr;
+            if (!r.error.empty()) return false;
+        }
+        // nobody is ready: complete warp calls, then the block barrier
+        bool released = false;
+        for (int w = 0; w < warps; ++w) {
+            if (release_warp(w, r.error)) released = true;
+            if (!r.error.empty()) return false;
+        }
+        if (released) continue;
+        int done = 0, at_barrier = 0;
+        const void* site = nullptr;
+        int line = 0;
+        for (int i = 0; i < n; ++i) {
+            const Thread& t = r.threads[i];
+            if (t.state == DONE) ++done;
+            if (t.state == AT_BARRIER) {
+                if (at_barrier && (t.site != site || t.line != line)) {
+                    r.error = "__syncthreads divergence: threads of a block wait at different "
+                              "__syncthreads calls";
+                    return false;
+                }
+                site = t.site;
+                line = t.line;
+                ++at_barrier;
+            }
+        }
+        if (done == n) return true;
+        if (done + at_barrier == n) {
+            // exited threads count as arrived (as on sm_70 and later)
+            for (int i = 0; i < n; ++i)
+                if (r.threads[i].state == AT_BARRIER) r.threads[i].state = READY;
+            continue;
+        }
+        r.error = "deadlock: some threads wait at __syncthreads while others wait at a warp "
+                  "call that their warp never completes";
+        return false;
+    }
+}
+
+template <typename... P, size_t... I>
+void call_with(void (*kernel)(P...), void** args, std::index_sequence<I...>) {
+    kernel(*static_cast<std::remove_reference_t<P>*>(args[I])...);
+}
+
+// Call `kernel` with its arguments read from args[i] (pointers to the values).
+template <typename... P>
+void call(void (*kernel)(P...), void** args) {
+    call_with(kernel, args, std::index_sequence_for<P...>{});
+}
+
+template <typename T>
+std::string type_code() {
+    using U = std::remove_cv_t<T>;
+    if constexpr (std::is_floating_point_v<U>) return "f" + std::to_string(sizeof(U));
+    else if constexpr (std::is_same_v<U, bool>) return "b1";
+    else if constexpr (std::is_integral_v<U> && std::is_signed_v<U>)
+        return "i" + std::to_string(sizeof(U));
+    else if constexpr (std::is_integral_v<U>) return "u" + std::to_string(sizeof(U));
+    else return "?";
+}
+
+template <typename T>
+std::string param_code() {
+    if constexpr (std::is_pointer_v<T>) return "p" + type_code<std::remove_pointer_t<T>>();
+    else return type_code<T>();
+}
+
+// "pf4,pf4,i8,f4": the parameter types, for the Python side to check arguments.
+template <typename... P>
+std::string signature(void (*)(P...)) {
+    std::string s;
+    ((s += (s.empty() ? "" : ",") + param_code<P>()), ...);
+    return s;
+}
+
+}  // namespace r2n_emu
+
+// --------------------------------------------------------------- built-ins
+#define threadIdx (static_cast<const uint3&>(r2n_emu::rt().current->idx))
+#define blockIdx (static_cast<const uint3&>(r2n_emu::rt().block_idx))
+#define blockDim (static_cast<const dim3&>(r2n_emu::rt().block_dim))
+#define gridDim (static_cast<const dim3&>(r2n_emu::rt().grid_dim))
+
+#define __syncthreads() r2n_emu::syncthreads(__FILE__, __LINE__)
+__attribute__((always_inline)) inline void __syncwarp(unsigned mask = 0xffffffffu) {
+    r2n_emu::warp_call<int>(r2n_emu::SYNCWARP, mask, 0, 0, 32);
+}
+inline void __threadfence() {}
+inline void __threadfence_block() {}
+[[noreturn]] inline void __trap() { r2n_emu::fail("__trap() called"); }
+
+template <typename T>
+__attribute__((always_inline)) inline T __shfl_sync(unsigned mask, T var, int src_lane, int width = 32) {
+    return r2n_emu::warp_call<T>(r2n_emu::SHFL_IDX, mask, var, src_lane, width);
+}
+template <typename T>
+__attribute__((always_inline)) inline T __shfl_up_sync(unsigned mask, T var, unsigned delta, int width = 32) {
+    return r2n_emu::warp_call<T>(r2n_emu::SHFL_UP, mask, var, (int)delta, width);
+}
+template <typename T>
+__attribute__((always_inline)) inline T __shfl_down_sync(unsigned mask, T var, unsigned delta, int width = 32) {
+    return r2n_emu::warp_call<T>(r2n_emu::SHFL_DOWN, mask, var, (int)delta, width);
+}
+template <typename T>
+__attribute__((always_inline)) inline T __shfl_xor_sync(unsigned mask, T var, int lane_mask, int width = 32) {
+    return r2n_emu::warp_call<T>(r2n_emu::SHFL_XOR, mask, var, lane_mask, width);
+}
+__attribute__((always_inline)) inline unsigned __ballot_sync(unsigned mask, int predicate) {
+    return (unsigned)r2n_emu::warp_call<int>(r2n_emu::BALLOT, mask, predicate != 0, 0, 32);
+}
+inline int __any_sync(unsigned mask, int predicate) { return __ballot_sync(mask, predicate) != 0; }
+inline int __all_sync(unsigned mask, int predicate) {
+    return __ballot_sync(mask, predicate) == (mask & __ballot_sync(mask, 1));
+}
+
+#undef assert
+#define assert(cond) ((cond) ? (void)0 : r2n_emu::fail("assert failed: " #cond))
+
+// Atomics: fibers never interleave inside a call, so a plain update is atomic.
+template <typename T>
+T atomicAdd(T* address, T value) {
+    T old = *address;
+    *address = old + value;
+    return old;
+}
+template <typename T>
+T atomicMax(T* address, T value) {
+    T old = *address;
+    *address = old > value ? old : value;
+    return old;
+}
+template <typename T>
+T atomicMin(T* address, T value) {
+    T old = *address;
+    *address = old < value ? old : value;
+    return old;
+}
+template <typename T>
+T atomicExch(T* address, T value) {
+    T old = *address;
+    *address = value;
+    return old;
+}
+template <typename T>
+T atomicCAS(T* address, T compare, T value) {
+    T old = *address;
+    if (old == compare) *address = value;
+    return old;
+}
+
+template <typename T>
+inline T __ldg(const T* p) {
+    return *p;
+}
+
+// Device math that glibc lacks, and CUDA's overloaded min/max.
+inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+inline double rsqrt(double x) { return 1.0 / sqrt(x); }
+inline float __expf(float x) { return expf(x); }
+inline float __logf(float x) { return logf(x); }
+inline float __fdividef(float a, float b) { return a / b; }
+inline float __saturatef(float x) { return x < 0.f ? 0.f : (x > 1.f ? 1.f : x); }
+inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
+inline double __fma_rn(double a, double b, double c) { return fma(a, b, c); }
+inline int __popc(unsigned x) { return __builtin_popcount(x); }
+inline int __ffs(int x) { return __builtin_ffs(x); }
+inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz((unsigned)x); }
+
+#define R2N_EMU_MINMAX(T)                                  \
+    inline T min(T a, T b) { return a < b ? a : b; }       \
+    inline T max(T a, T b) { return a > b ? a : b; }
+R2N_EMU_MINMAX(int)
+R2N_EMU_MINMAX(unsigned int)
+R2N_EMU_MINMAX(long)
+R2N_EMU_MINMAX(unsigned long)
+R2N_EMU_MINMAX(long long)
+R2N_EMU_MINMAX(unsigned long long)
+#undef R2N_EMU_MINMAX
+inline float min(float a, float b) { return fminf(a, b); }
+inline float max(float a, float b) { return fmaxf(a, b); }
+inline double min(double a, double b) { return fmin(a, b); }
+inline double max(double a, double b) { return fmax(a, b); }
+
+// ------------------------------------------------------------ launch entry
+// cfg: grid x, y, z, block x, y, z, dynamic shared bytes.
+extern "C" int r2n_emu_launch(void (*thunk)(void**), void** args, const long long* cfg,
+                              int reverse, char* error, int error_len) {
+    using namespace r2n_emu;
+    Runtime& r = rt();
+    r.error.clear();
+    r.thunk = thunk;
+    r.args = args;
+    r.grid_dim = dim3((unsigned)cfg[0], (unsigned)cfg[1], (unsigned)cfg[2]);
+    r.block_dim = dim3((unsigned)cfg[3], (unsigned)cfg[4], (unsigned)cfg[5]);
+    r.dynamic_shared.assign((size_t)cfg[6], 0);
+    const int n = (int)(cfg[3] * cfg[4] * cfg[5]);
+    if ((int)r.threads.size() < n) {
+        const size_t old = r.threads.size();
+        r.threads.resize(n);
+        for (size_t i = old; i < (size_t)n; ++i) {
+            void* stack = mmap(nullptr, r.stack_size, PROT_READ | PROT_WRITE,
+                               MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+            if (stack == MAP_FAILED) {
+                snprintf(error, error_len, "could not allocate a fiber stack");
+                r.threads.resize(i);
+                return 1;
+            }
+            r.threads[i].stack = (char*)stack;
+        }
+    }
+    // keep the stacks of larger earlier launches, but run exactly n threads
+    std::vector<Thread> spare(r.threads.begin() + n, r.threads.end());
+    r.threads.resize(n);
+    for (int i = 0; i < n; ++i) {
+        Thread& t = r.threads[i];
+        t.idx = {(unsigned)(i % cfg[3]), (unsigned)(i / cfg[3] % cfg[4]),
+                 (unsigned)(i / (cfg[3] * cfg[4]))};
+        t.linear = i;
+        t.lane = i % 32;
+        t.warp = i / 32;
+    }
+    const unsigned char poison_byte = reverse ? 0x7f : 0xff;
+    const long long blocks = cfg[0] * cfg[1] * cfg[2];
+    bool ok = true;
+    for (long long b = 0; b < blocks && ok; ++b) {
+        const long long id = reverse ? blocks - 1 - b : b;
+        r.block_idx = {(unsigned)(id % cfg[0]), (unsigned)(id / cfg[0] % cfg[1]),
+                       (unsigned)(id / (cfg[0] * cfg[1]))};
+        ok = run_block(reverse != 0, poison_byte);
+    }
+    r.threads.insert(r.threads.end(), spare.begin(), spare.end());
+    if (!ok) {
+        snprintf(error, error_len, "%s", r.error.c_str());
+        return 2;
+    }
+    return 0;
+}
