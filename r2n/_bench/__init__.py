@@ -1,0 +1,20 @@
+"""Helpers of ``r2n bench`` (see :mod:`r2n._bench_cli`).
+
+=================  ==========================================================
+module             what
+=================  ==========================================================
+``timing``         medians of wall time (CPU) or CUDA events (CuPy, torch),
+                   relative error, conversion of nested arguments
+``machine``        this machine's measured peaks: sgemm GFLOP/s, copy GB/s;
+                   NumPy's BLAS thread count
+``residual``       the residual-connection steps (split, add, concatenate)
+                   as parallel Numba kernels, for the speedup model
+``torch_models``   PyTorch versions of the chain and bottleneck (eager with
+                   BatchNorm, and BN-folded), shared with ``r2n check``
+``cases``          the benchmark shapes, their FLOPs and minimal bytes
+``model``          the Res2Net-accelerator speedup model
+``plot``           the PNG: speedup bars and a roofline chart
+=================  ==========================================================
+
+Nothing here is imported by ``import r2n``.
+"""

@@ -1,0 +1,77 @@
+"""The PNG of ``r2n bench --plot``: speedup bars and a roofline chart.
+
+Left: per case, every timed row's speedup over the serial reference row
+(log scale). Right: the roofline of this machine, from the peaks measured
+at start (sgemm GFLOP/s as the flat roof, copy GB/s as the slope) at 1 and
+all threads, with each timed row at its arithmetic intensity (FLOPs per
+minimal byte: inputs, weights and output each moved once) and its GFLOP/s.
+matplotlib is an optional dependency; this module imports it (Agg backend).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def plot(report: dict, path: str) -> None:
+    """Write the PNG of ``report`` (the dict ``r2n bench --json`` writes) to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report["rows"] if r.get("ms")]
+    labels = list(dict.fromkeys(r["row"] for r in report["rows"]))
+    cases = list(dict.fromkeys(f"{r['op']}\n{r['case']}" for r in report["rows"]))
+    colors = {label: plt.cm.tab10(i % 10) for i, label in enumerate(labels)}
+
+    fig, (bars, roof) = plt.subplots(1, 2, figsize=(18, 7), width_ratios=(3, 2))
+    width = 0.8 / max(len(labels), 1)
+    for i, label in enumerate(labels):
+        xs, ys = [], []
+        for r in rows:
+            if r["row"] == label and r.get("vs_serial"):
+                xs.append(cases.index(f"{r['op']}\n{r['case']}") + (i - len(labels) / 2) * width)
+                ys.append(r["vs_serial"])
+        bars.bar(xs, ys, width, label=label, color=colors[label], align="edge")
+    bars.axhline(1.0, color="black", lw=0.8)
+    bars.set_yscale("log")
+    bars.set_xticks(range(len(cases)), cases, fontsize=7, rotation=30, ha="right")
+    bars.set_ylabel("speedup vs serial reference (x, log)")
+    bars.set_title("Speedup over the serial reference (median times)")
+    bars.legend(fontsize=7, ncol=2)
+
+    peaks = report.get("peaks") or {}
+    ais = [r["intensity"] for r in rows] or [1.0]
+    ai = np.logspace(np.log10(min(min(ais) / 4, 0.25)), np.log10(max(ais) * 4), 200)
+    for threads, flops in (peaks.get("sgemm_gflops") or {}).items():
+        bw = (peaks.get("copy_gbs") or {}).get(threads)
+        if not flops or not bw:
+            continue
+        roof.plot(ai, np.minimum(flops, bw * ai), "--", lw=1, label=f"roof, {threads} thread(s)")
+    gpu = report.get("gpu_peaks")
+    if gpu:
+        roof.plot(
+            ai, np.minimum(gpu["sgemm_gflops"], gpu["copy_gbs"] * ai), ":", label="roof, GPU"
+        )
+    for label in labels:
+        pts = [
+            (r["intensity"], r["gflops"]) for r in rows if r["row"] == label and r.get("gflops")
+        ]
+        if pts:
+            x, y = zip(*pts, strict=True)
+            roof.scatter(x, y, s=18, color=colors[label], label=label)
+    roof.set_xscale("log")
+    roof.set_yscale("log")
+    roof.set_xlabel("arithmetic intensity (FLOP / minimal byte)")
+    roof.set_ylabel("GFLOP/s")
+    roof.set_title("Roofline (peaks measured at start)")
+    roof.legend(fontsize=7)
+    m = report.get("machine", {})
+    fig.suptitle(
+        f"r2n bench {report.get('datetime', '')}: {m.get('cpu', '?')}, "
+        f"{report.get('threads_all', '?')} threads" + (" (quick)" if report.get("quick") else "")
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
