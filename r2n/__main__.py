@@ -1,8 +1,11 @@
-"""Command line: ``r2n check`` (also ``python -m r2n check``).
+"""Command line: ``r2n check`` and ``r2n bench`` (also ``python -m r2n ...``).
 
 ``check`` runs every available backend against the float64 reference on
 Res2Net-50 shapes and prints a table of errors and median times (PyTorch too,
 when installed). Exit code 0 when every implemented backend agrees.
+``bench`` checks and times every backend side by side, with this machine's
+peaks, the Res2Net speedup model and optional JSON and PNG output (see
+``r2n._bench_cli``).
 """
 
 from __future__ import annotations
@@ -20,7 +23,15 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--quick", action="store_true", help="smaller images (28x28)")
     check.add_argument("--op", nargs="+", metavar="OP", help="only these ops")
     check.add_argument("--seed", type=int, default=0, help="random seed of the inputs")
+    from . import _bench_cli
+
+    bench = sub.add_parser(
+        "bench", help="check and time every backend side by side; the speedup model; plots"
+    )
+    _bench_cli.add_arguments(bench)
     args = parser.parse_args(argv)
+    if args.command == "bench":
+        return _bench_cli.run(args)
     from . import _check_cli
 
     if args.command in (None, "check"):
