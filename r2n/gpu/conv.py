@@ -1,0 +1,510 @@
+"""conv2d on the GPU, in three numbered variants (kernels/conv.cu).
+
+=====================  =========================================================
+variant                what it is
+=====================  =========================================================
+``1_direct``           one thread per output element; ~2 global loads per
+                       multiply-add. Any stride, padding, dilation, groups.
+``2_implicit_gemm``    per (image, group) a GEMM (C_out_g x K) * (K x pixels),
+                       K = C_in_g * kH * kW, with im2col columns built on the
+                       fly in shared memory; each thread keeps a 4 x 4 register
+                       tile. A 32-row block tile for groups of <= 32 output
+                       channels (Res2Net's chain convs), 64 rows otherwise.
+``3_gemm_1x1``         1x1 / stride 1 / padding 0 only: the input plane is the
+                       GEMM's right matrix, no im2col arithmetic; 8 x 8 (float)
+                       or 8 x 4 (double) register tiles in 128-wide block tiles
+                       when there are enough of them to fill the GPU, else the
+                       4 x 4 / 64 x 64 tile.
+=====================  =========================================================
+
+Every variant has the same fused epilogue: bias, a residual add and ReLU /
+LeakyReLU, and can read its input from a channel slice of a larger tensor
+(plus a second slice added on load) and write into a channel slice of a larger
+output: the Res2Net chain (r2n.gpu.res2net) uses this to run without split,
+add or cat passes.
+
+:func:`conv2d` (the backend's op) picks by shape: 1x1/stride-1/padding-0 convs
+go to ``3_gemm_1x1``; convs with fewer than 8 output channels per group
+(depthwise) to ``1_direct``, because a GEMM tile would leave >= 3/4 of its rows
+empty; everything else to ``2_implicit_gemm``. These rules follow from tile
+utilisation; they were not timed on a GPU (none was available when they were
+written).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _checks
+from . import _runtime
+
+FILE = "conv.cu"
+
+# Bits of the kernels' ``flags`` argument (see conv.cu).
+_FLAG_BIAS, _FLAG_ADD, _FLAG_RESIDUAL = 1, 2, 4
+# Kernel ``act`` codes.
+ACTIVATIONS = {None: 0, "relu": 1, "leaky_relu": 2}
+# Kernel ``side_mode`` codes for the chain's last chunk.
+SIDE_NONE, SIDE_COPY, SIDE_AVG_POOL_3X3 = 0, 1, 2
+
+#: Threads per block of the direct kernel.
+DIRECT_THREADS = 256
+#: Most blocks of a grid-stride launch (the rest of the work loops).
+_MAX_STRIDE_BLOCKS = 1 << 20
+
+# Block tiles (BM, BN, BK, TM, TN): BM output channels x BN pixels per block,
+# BK-deep slices of K, TM x TN outputs per thread.
+_TILE_WIDE = (64, 64, 16, 4, 4)
+_TILE_NARROW = (32, 64, 16, 4, 4)
+_TILE_LARGE = {"float": (128, 128, 8, 8, 8), "double": (128, 64, 8, 8, 4)}
+#: Variant 3 uses the large tile when it still makes at least this many blocks
+#: (two per SM of a 132-SM H100); smaller problems keep the GPU busier with
+#: 64 x 64 tiles.
+_LARGE_TILE_MIN_BLOCKS = 264
+
+
+def _name(kernel: str, ctype: str, tile=None) -> str:
+    if tile is None:
+        return f"{kernel}<{ctype}>"
+    return f"{kernel}<{ctype}, {', '.join(map(str, tile))}>"
+
+
+def _all_names() -> list[str]:
+    names = []
+    for ctype in ("float", "double"):
+        names.append(_name("conv2d_1_direct", ctype))
+        for tile in (_TILE_WIDE, _TILE_NARROW):
+            names.append(_name("conv2d_2_implicit_gemm", ctype, tile))
+        for tile in (_TILE_WIDE, _TILE_LARGE[ctype]):
+            names.append(_name("conv2d_3_gemm_1x1", ctype, tile))
+        names.append(_name("conv2d_avgpool_gemm_1x1", ctype, _TILE_WIDE))
+    return names
+
+
+_runtime.register(FILE, _all_names())
+
+_KERNEL_OF_VARIANT = {
+    "1_direct": "conv2d_1_direct",
+    "2_implicit_gemm": "conv2d_2_implicit_gemm",
+    "3_gemm_1x1": "conv2d_3_gemm_1x1",
+    "avgpool_1x1": "conv2d_avgpool_gemm_1x1",  # internal: the "d" shortcut
+}
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def is_gemm_1x1(kernel_hw, stride, padding) -> bool:
+    """True for the convs variant 3 computes: 1x1, stride 1, padding 0."""
+    return tuple(kernel_hw) == (1, 1) and tuple(stride) == (1, 1) and tuple(padding) == (0, 0)
+
+
+def pick_variant(kernel_hw, stride, padding, c_out_g: int) -> str:
+    """The variant :func:`conv2d` runs for a conv of this shape (module docstring)."""
+    if is_gemm_1x1(kernel_hw, stride, padding):
+        return "3_gemm_1x1"
+    if c_out_g < 8:
+        return "1_direct"
+    return "2_implicit_gemm"
+
+
+def launch_conv(
+    ex,
+    variant: str,
+    x,
+    weight,
+    bias,
+    out,
+    *,
+    stride,
+    padding,
+    dilation,
+    groups: int,
+    x_c0: int = 0,
+    add=None,
+    add_c0: int = 0,
+    residual=None,
+    out_c0: int = 0,
+    activation=None,
+    negative_slope: float = 0.0,
+    side_mode: int = SIDE_NONE,
+    side_c0: int = 0,
+    side_c: int = 0,
+    op: str = "conv2d",
+) -> None:
+    """Launch one conv kernel writing ``out[:, out_c0 : out_c0 + C_out]``.
+
+    Parameters
+    ----------
+    ex : executor (r2n.gpu._runtime.CupyExecutor or the test emulator's)
+    variant : a key of :data:`VARIANTS` (or ``"avgpool_1x1"``: ``x`` is
+        average-pooled with kernel = stride = ``stride``, ceil mode, no
+        padding, before a 1x1 conv at stride 1)
+    x : (N, X_C, H, W) C-contiguous; the conv reads channels x_c0 .. x_c0 + C_in
+    weight : (C_out, C_in // groups, kH, kW) C-contiguous
+    bias : (C_out,) or None
+    out : (N, O_C, H_out, W_out) C-contiguous; written in channels
+        out_c0 .. out_c0 + C_out only
+    add : None or (N, A_C, H, W): the conv's input is x's slice plus
+        add[:, add_c0 : add_c0 + C_in]
+    residual : None or shaped like out: added (same channels) before the activation
+    activation : None, "relu" or "leaky_relu" (with ``negative_slope``)
+    side_mode, side_c0, side_c : the Res2Net chain's last chunk, x[:, side_c0 :
+        side_c0 + side_c] copied (SIDE_COPY, needs H_out == H) or 3x3 / stride /
+        pad-1 average-pooled (SIDE_AVG_POOL_3X3) into the same channels of out,
+        by extra blocks of this launch.
+
+    Every slice and shape is checked here, before the launch, so that no
+    combination of arguments can make a kernel index outside its arrays.
+    """
+    ctype = _runtime.dtype_name(x.dtype)
+    dtype = np.dtype(x.dtype)
+    n_img, x_c_total, h, w = x.shape
+    c_out, c_in_g, kh, kw = weight.shape
+    c_in = c_in_g * groups
+    _, out_c_total, h_out, w_out = out.shape
+    arrays = {"x": x, "weight": weight, "out": out, "bias": bias, "add": add}
+    arrays["residual"] = residual
+    for name, a in arrays.items():
+        if a is not None and (np.dtype(a.dtype) != dtype or not a.flags.c_contiguous):
+            raise ValueError(f"r2n.{op}: {name} must be a C-contiguous {dtype} array")
+    if groups < 1 or c_out % groups:
+        raise ValueError(f"r2n.{op}: groups={groups} must divide C_out={c_out}")
+    if not (0 <= x_c0 and x_c0 + c_in <= x_c_total):
+        raise ValueError(f"r2n.{op}: input channels {x_c0}..{x_c0 + c_in} outside x {x.shape}")
+    if out.shape[0] != n_img or not (0 <= out_c0 and out_c0 + c_out <= out_c_total):
+        raise ValueError(
+            f"r2n.{op}: output channels {out_c0}..{out_c0 + c_out} outside out {out.shape}"
+        )
+    if bias is not None and tuple(bias.shape) != (c_out,):
+        raise ValueError(f"r2n.{op}: bias must have shape ({c_out},), got {bias.shape}")
+    if add is not None and not (
+        add.shape[0] == n_img
+        and tuple(add.shape[2:]) == (h, w)
+        and 0 <= add_c0
+        and add_c0 + c_in <= add.shape[1]
+    ):
+        raise ValueError(f"r2n.{op}: add {add.shape} does not cover the input slice")
+    if residual is not None and tuple(residual.shape) != tuple(out.shape):
+        raise ValueError(
+            f"r2n.{op}: residual must have the output's shape {tuple(out.shape)}, "
+            f"got {tuple(residual.shape)}"
+        )
+    # The output size the geometry implies must be out's: the kernels trust it.
+    if variant == "avgpool_1x1":
+        if (kh, kw) != (1, 1) or groups != 1:
+            raise ValueError(f"r2n.{op}: the pooled shortcut needs a 1x1 conv, groups 1")
+        expect = tuple(
+            _checks.pool_output_size(op, a, s_, k, k, 0, True)
+            for a, s_, k in (("H", h, stride[0]), ("W", w, stride[1]))
+        )
+    else:
+        if variant == "3_gemm_1x1" and not is_gemm_1x1((kh, kw), stride, padding):
+            raise ValueError(
+                f"r2n.{op}: variant 3_gemm_1x1 computes 1x1 convs with stride 1 and "
+                f"padding 0, got kernel {(kh, kw)}, stride {stride}, padding {padding}"
+            )
+        expect = tuple(
+            _checks.conv_output_size(op, a, s_, k, st, p, d)
+            for a, s_, k, st, p, d in (
+                ("H", h, kh, stride[0], padding[0], dilation[0]),
+                ("W", w, kw, stride[1], padding[1], dilation[1]),
+            )
+        )
+    if expect != (h_out, w_out):
+        raise ValueError(f"r2n.{op}: out has H_out, W_out = {(h_out, w_out)}, expected {expect}")
+    if side_mode != SIDE_NONE:
+        same_size = (h_out, w_out) == (h, w)
+        if not (0 <= side_c0 and side_c0 + side_c <= min(x_c_total, out_c_total) and side_c > 0):
+            raise ValueError(f"r2n.{op}: side channels {side_c0}..{side_c0 + side_c} out of range")
+        if side_mode == SIDE_COPY and not same_size:
+            raise ValueError(f"r2n.{op}: the pass-through chunk needs H_out, W_out == H, W")
+        if side_mode == SIDE_AVG_POOL_3X3 and expect != tuple(
+            (s_ - 1) // stride[0] + 1 for s_ in (h, w)
+        ):
+            raise ValueError(f"r2n.{op}: the pooled chunk needs a 3x3/pad-1 output size")
+        if stride[0] != stride[1]:
+            raise ValueError(f"r2n.{op}: the chain's side job needs equal strides")
+    if n_img == 0 or h_out == 0 or w_out == 0:
+        return
+
+    i32 = _runtime.int32_or_error
+    k_total = c_in_g * kh * kw
+    for what, value in (
+        ("N", n_img),
+        ("C_in", c_in),
+        ("H", h),
+        ("W", w),
+        ("C_out", c_out),
+        ("H_out * W_out", h_out * w_out),
+        ("C_in // groups * kH * kW", k_total),
+        ("H * W", h * w),
+    ):
+        i32(op, what, value)
+    plane_out = h_out * w_out
+    side_total = n_img * side_c * plane_out if side_mode != SIDE_NONE else 0
+
+    if variant == "1_direct":
+        block = DIRECT_THREADS
+        conv_blocks = min(_cdiv(n_img * c_out * plane_out, block), _MAX_STRIDE_BLOCKS)
+        side_blocks = min(_cdiv(side_total, block), _MAX_STRIDE_BLOCKS)
+        grid = (conv_blocks + side_blocks,)
+        name = _name("conv2d_1_direct", ctype)
+        shared = 0
+    else:
+        c_out_g = c_out // groups
+        if variant == "2_implicit_gemm":
+            tile = _TILE_NARROW if c_out_g <= 32 else _TILE_WIDE
+        elif variant == "3_gemm_1x1":
+            large = _TILE_LARGE[ctype]
+            n_large = _cdiv(plane_out, large[1]) * _cdiv(c_out_g, large[0]) * n_img * groups
+            tile = large if n_large >= _LARGE_TILE_MIN_BLOCKS else _TILE_WIDE
+        elif variant == "avgpool_1x1":
+            tile = _TILE_WIDE
+        else:
+            raise ValueError(f"r2n.{op}: unknown variant {variant!r}; expected one of {VARIANTS}")
+        bm, bn, bk, tm, tn = tile
+        threads = (bm // tm) * (bn // tn)
+        pixel_tiles = _cdiv(plane_out, bn)
+        channel_tiles = _cdiv(c_out_g, bm)
+        if channel_tiles > _runtime.MAX_GRID_DIM[1]:
+            raise ValueError(f"r2n.{op}: {c_out_g} output channels per group is too many")
+        images_groups = min(n_img * groups, _runtime.MAX_GRID_DIM[2])
+        per_side_block = threads * channel_tiles * images_groups
+        side_blocks = min(_cdiv(side_total, per_side_block), _MAX_STRIDE_BLOCKS)
+        grid = (pixel_tiles + side_blocks, channel_tiles, images_groups)
+        block = threads
+        name = _name(_KERNEL_OF_VARIANT[variant], ctype, tile)
+        shared = (bk * bm + bk * bn) * dtype.itemsize
+
+    flags = 0
+    if bias is not None:
+        flags |= _FLAG_BIAS
+    if add is not None:
+        flags |= _FLAG_ADD
+    if residual is not None:
+        flags |= _FLAG_RESIDUAL
+    scalar = dtype.type
+    i64 = np.int64
+    # Absent optional arrays: any valid pointer (never read, the flags say so).
+    args = (
+        x,
+        i64(x_c_total),
+        i64(x_c0),
+        x if add is None else add,
+        i64(x_c_total if add is None else add.shape[1]),
+        i64(add_c0),
+        weight,
+        weight if bias is None else bias,
+        out if residual is None else residual,
+        out,
+        i64(out_c_total),
+        i64(out_c0),
+        i32(op, "N", n_img),
+        i32(op, "C_in", c_in),
+        i32(op, "H", h),
+        i32(op, "W", w),
+        i32(op, "C_out", c_out),
+        i32(op, "H_out", h_out),
+        i32(op, "W_out", w_out),
+        i32(op, "kH", kh),
+        i32(op, "kW", kw),
+        i32(op, "stride", stride[0]),
+        i32(op, "stride", stride[1]),
+        i32(op, "padding", padding[0]),
+        i32(op, "padding", padding[1]),
+        i32(op, "dilation", dilation[0]),
+        i32(op, "dilation", dilation[1]),
+        i32(op, "groups", groups),
+        np.int32(flags),
+        np.int32(ACTIVATIONS[activation]),
+        scalar(negative_slope),
+        np.int32(side_mode),
+        i64(side_c0),
+        i64(side_c0),
+        i32(op, "side channels", side_c),
+        i32(op, "side blocks", side_blocks),
+    )
+    ex.launch(FILE, name, grid, (block,), args, shared_mem=shared)
+
+
+def conv2d_fused(
+    x,
+    weight,
+    bias,
+    *,
+    stride,
+    padding,
+    dilation,
+    groups,
+    out_shape,
+    residual=None,
+    activation=None,
+    negative_slope=0.0,
+    executor=None,
+    variant=None,
+):
+    """``act(conv2d(x, weight) + bias + residual)`` in one launch.
+
+    Parameters
+    ----------
+    x : (N, C_in, H, W)
+    weight : (C_out, C_in // groups, kH, kW)
+    bias : (C_out,) or None
+    stride, padding, dilation, groups, out_shape : as r2n._checks.conv2d_args
+    residual : (N, C_out, H_out, W_out) or None
+    activation : None, "relu" or "leaky_relu" (``negative_slope``)
+    executor : None (the current GPU's) or an executor (the test emulator)
+    variant : None (by shape, :func:`pick_variant`) or a key of :data:`VARIANTS`
+
+    Returns
+    -------
+    (N, C_out, H_out, W_out), a new array.
+    """
+    ex = _runtime.executor() if executor is None else executor
+    xp = ex.xp
+    x = xp.ascontiguousarray(x)
+    weight = xp.ascontiguousarray(weight)
+    bias = None if bias is None else xp.ascontiguousarray(bias)
+    residual = None if residual is None else xp.ascontiguousarray(residual)
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"r2n.conv2d: activation must be one of {list(ACTIVATIONS)}")
+    if variant is None:
+        variant = pick_variant(weight.shape[2:], stride, padding, weight.shape[0] // groups)
+    elif variant not in VARIANTS:
+        raise ValueError(f"r2n.conv2d: variant must be one of {list(VARIANTS)}, got {variant!r}")
+    out = ex.empty(out_shape, x.dtype)
+    launch_conv(
+        ex,
+        variant,
+        x,
+        weight,
+        bias,
+        out,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        residual=residual,
+        activation=activation,
+        negative_slope=negative_slope,
+    )
+    return out
+
+
+def conv2d(
+    x, weight, bias, *, stride, padding, dilation, groups, out_shape, executor=None, variant=None
+):
+    """2-D cross-correlation (PyTorch's conv2d), NCHW; arguments as the reference.
+
+    Parameters
+    ----------
+    x : (N, C_in, H, W)
+    weight : (C_out, C_in // groups, kH, kW)
+    bias : (C_out,) or None
+    stride, padding, dilation : (h, w) pairs; groups : int
+    out_shape : (N, C_out, H_out, W_out), from r2n._checks.conv2d_args
+    executor, variant : see :func:`conv2d_fused`
+
+    Returns
+    -------
+    (N, C_out, H_out, W_out)
+    """
+    return conv2d_fused(
+        x,
+        weight,
+        bias,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        out_shape=out_shape,
+        executor=executor,
+        variant=variant,
+    )
+
+
+def _variant(name: str):
+    def run(x, weight, bias, **kwargs):
+        return conv2d(x, weight, bias, variant=name, **kwargs)
+
+    run.__name__ = f"conv2d_{name}"
+    run.__doc__ = f"conv2d through variant {name} (arguments as :func:`conv2d`)."
+    return run
+
+
+#: variant name -> conv2d with that variant forced (same signature as conv2d).
+VARIANTS = {name: _variant(name) for name in ("1_direct", "2_implicit_gemm", "3_gemm_1x1")}
+
+
+class PreparedConv2d:
+    """A conv with fixed weights on the device: ``f(x, residual=None) -> y``.
+
+    ``y = act(conv2d(x, weight) + bias + residual)``, the factory of
+    ``r2n.gpu.PREPARE["conv2d"]`` (see r2n._backends.prepare). Weights are
+    copied to the device once, C-contiguous, in their dtype; inputs must
+    have that dtype.
+
+    Parameters
+    ----------
+    weight : (C_out, C_in // groups, kH, kW); bias : (C_out,) or None
+    stride, padding, dilation : (h, w) pairs; groups : int
+    activation : None, "relu" or "leaky_relu"; negative_slope : float
+    reuse_output : accepted for the prepare protocol; every call returns a new array.
+    executor : None (the current GPU's) or an executor
+    """
+
+    def __init__(
+        self,
+        weight,
+        bias,
+        *,
+        stride,
+        padding,
+        dilation,
+        groups,
+        activation=None,
+        negative_slope=0.01,
+        reuse_output=False,
+        executor=None,
+    ):
+        self.ex = _runtime.executor() if executor is None else executor
+        xp = self.ex.xp
+        self.weight = xp.ascontiguousarray(xp.asarray(weight))
+        self.bias = None if bias is None else xp.ascontiguousarray(xp.asarray(bias))
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"r2n.conv2d: activation must be one of {list(ACTIVATIONS)}")
+        self.activation = activation
+        self.negative_slope = float(negative_slope)
+
+    def __call__(self, x, residual=None):
+        """x (N, C_in, H, W) -> (N, C_out, H_out, W_out); residual shaped like the output."""
+        arrays = {"x": x, "weight": self.weight, "bias": self.bias, "residual": residual}
+        _checks.check_arrays("conv2d", arrays)
+        args = _checks.conv2d_args(
+            "conv2d",
+            x,
+            self.weight,
+            self.bias,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+        )
+        if residual is not None and tuple(residual.shape) != args["out_shape"]:
+            raise ValueError(
+                f"r2n.conv2d (prepared): residual must have the output's shape "
+                f"{args['out_shape']}, got {tuple(residual.shape)}"
+            )
+        return conv2d_fused(
+            x,
+            self.weight,
+            self.bias,
+            residual=residual,
+            activation=self.activation,
+            negative_slope=self.negative_slope,
+            executor=self.ex,
+            **args,
+        )

@@ -1,0 +1,391 @@
+"""r2n.gpu conv2d, res2net_chain and bottle2neck under the CPU emulator (tests/cuda_emu).
+
+The CUDA sources are compiled with g++ and run on NumPy arrays, every launch
+twice (ascending and descending thread order) with canaries around every
+array, so a race, an unguarded load of uninitialised shared memory or an
+out-of-bounds write fails here without a GPU. Results are compared with the
+float64 reference (r2n.reference) on odd shapes: 7x9 images, batch 1, groups
+of 5 channels, depthwise, strides, padding, dilation, and sizes that are not
+multiples of any tile (several tiles along every GEMM axis).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from cuda_emu import EmuExecutor
+from helpers import DTYPES, assert_close, randn
+
+from r2n import Bottle2neckParams, FoldedConv, _checks
+from r2n import reference as ref
+from r2n.gpu import conv as gconv
+from r2n.gpu import res2net as gres
+
+DTYPE_IDS = ["f64", "f32"]
+
+
+@pytest.fixture(scope="module")
+def ex():
+    return EmuExecutor()
+
+
+def _f64(a):
+    return None if a is None else np.asarray(a, np.float64)
+
+
+# --------------------------------------------------------------------------- #
+# conv2d
+# --------------------------------------------------------------------------- #
+
+# n, c_in, h, w, c_out, (kh, kw), stride, padding, dilation, groups
+CONV_CASES = [
+    (1, 3, 7, 9, 5, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    (2, 15, 7, 9, 15, (3, 3), (2, 2), (1, 1), (1, 1), 3),  # 3 groups of 5
+    (1, 6, 7, 9, 6, (3, 3), (1, 1), (1, 1), (1, 1), 6),  # depthwise
+    (2, 4, 7, 9, 8, (3, 3), (2, 1), (2, 0), (1, 1), 4),  # depthwise x2, mixed stride/pad
+    (1, 5, 9, 7, 7, (3, 2), (1, 2), (2, 1), (2, 3), 1),  # dilation, rectangular kernel
+    (1, 3, 11, 13, 4, (5, 5), (3, 2), (2, 2), (1, 1), 1),
+    (2, 10, 7, 9, 12, (1, 1), (1, 1), (0, 0), (1, 1), 1),  # 1x1 -> GEMM
+    (1, 6, 7, 9, 9, (1, 1), (1, 1), (0, 0), (1, 1), 3),  # grouped 1x1
+    (1, 8, 7, 9, 6, (1, 1), (2, 2), (0, 0), (1, 1), 1),  # strided 1x1 (shortcut)
+    # several tiles along every axis: 70 channels (> 64 rows), K = 20 * 9 > 16,
+    # 13 x 11 = 143 pixels (> 128 columns)
+    (1, 20, 13, 11, 70, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    (1, 40, 13, 11, 70, (1, 1), (1, 1), (0, 0), (1, 1), 1),
+]
+
+
+def _conv_id(case):
+    n, ci, h, w, co, k, s, p, d, g = case
+    return f"{n}x{ci}x{h}x{w}-{co}-k{k[0]}{k[1]}-s{s[0]}{s[1]}-p{p[0]}{p[1]}-d{d[0]}{d[1]}-g{g}"
+
+
+def _conv_inputs(rng, case, dtype):
+    n, c_in, h, w, c_out, (kh, kw), stride, padding, dilation, groups = case
+    x = randn(rng, n, c_in, h, w, dtype=dtype)
+    weight = randn(rng, c_out, c_in // groups, kh, kw, dtype=dtype)
+    bias = randn(rng, c_out, dtype=dtype)
+    args = _checks.conv2d_args("conv2d", x, weight, bias, stride, padding, dilation, groups)
+    return x, weight, bias, args
+
+
+def _variants_for(case):
+    k, s, p = case[5], case[6], case[7]
+    return [v for v in gconv.VARIANTS if v != "3_gemm_1x1" or gconv.is_gemm_1x1(k, s, p)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("case", CONV_CASES, ids=[_conv_id(c) for c in CONV_CASES])
+def test_every_conv_variant_matches_reference(ex, rng, case, dtype):
+    x, weight, bias, args = _conv_inputs(rng, case, dtype)
+    x_copy = x.copy()
+    expected = ref.conv2d(_f64(x), _f64(weight), _f64(bias), **args)
+    for variant in _variants_for(case):
+        out = gconv.VARIANTS[variant](x, weight, bias, executor=ex, **args)
+        assert out.dtype == dtype and out.shape == args["out_shape"], variant
+        assert_close(out, expected)
+    out = gconv.conv2d(x, weight, None, executor=ex, **args)  # the default variant, no bias
+    assert_close(out, ref.conv2d(_f64(x), _f64(weight), None, **args))
+    np.testing.assert_array_equal(x, x_copy)  # inputs are never modified
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_gemm_1x1_large_tile_matches_reference(ex, rng, dtype, monkeypatch):
+    # The 128-wide tile is picked for big problems only; force it on a small one
+    # (not a multiple of either tile side, 150 channels -> 2 row tiles).
+    monkeypatch.setattr(gconv, "_LARGE_TILE_MIN_BLOCKS", 0)
+    case = (2, 9, 13, 11, 150, (1, 1), (1, 1), (0, 0), (1, 1), 1)
+    x, weight, bias, args = _conv_inputs(rng, case, dtype)
+    ex.launches.clear()
+    out = gconv.conv2d(x, weight, bias, executor=ex, **args)
+    ctype = gconv._runtime.dtype_name(dtype)
+    large = gconv._TILE_LARGE[ctype]
+    assert ex.launches[-1] == ("conv.cu", gconv._name("conv2d_3_gemm_1x1", ctype, large))
+    assert_close(out, ref.conv2d(_f64(x), _f64(weight), _f64(bias), **args))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("variant", list(gconv.VARIANTS))
+@pytest.mark.parametrize("activation", [None, "relu", "leaky_relu"])
+def test_fused_epilogue_matches_reference(ex, rng, dtype, variant, activation):
+    case = (2, 6, 7, 9, 9, (1, 1), (1, 1), (0, 0), (1, 1), 3)
+    x, weight, bias, args = _conv_inputs(rng, case, dtype)
+    residual = randn(rng, *args["out_shape"], dtype=dtype)
+    out = gconv.conv2d_fused(
+        x,
+        weight,
+        bias,
+        residual=residual,
+        activation=activation,
+        negative_slope=0.2,
+        executor=ex,
+        variant=variant,
+        **args,
+    )
+    expected = ref.conv2d(_f64(x), _f64(weight), _f64(bias), **args) + residual
+    if activation == "relu":
+        expected = np.maximum(expected, 0)
+    elif activation == "leaky_relu":
+        expected = np.where(expected < 0, 0.2 * expected, expected)
+    assert_close(out, expected)
+
+
+def test_relu_epilogue_propagates_nan(ex, rng):
+    case = (1, 2, 3, 4, 3, (3, 3), (1, 1), (1, 1), (1, 1), 1)
+    x, weight, bias, args = _conv_inputs(rng, case, np.float64)
+    x[0, 0, 1, 1] = np.nan
+    out = gconv.conv2d_fused(x, weight, bias, activation="relu", executor=ex, **args)
+    assert np.isnan(out[0, :, 1, 1]).all()  # every output whose window holds the NaN
+    assert np.isfinite(out[0, :, 2, 3]).all()
+
+
+def test_prepared_conv2d_matches_reference(ex, rng):
+    case = (1, 6, 7, 9, 6, (3, 3), (2, 2), (1, 1), (1, 1), 2)
+    x, weight, bias, args = _conv_inputs(rng, case, np.float32)
+    layer = gconv.PreparedConv2d(
+        weight,
+        bias,
+        stride=(2, 2),
+        padding=(1, 1),
+        dilation=(1, 1),
+        groups=2,
+        activation="leaky_relu",
+        negative_slope=0.1,
+        executor=ex,
+    )
+    residual = randn(rng, *args["out_shape"], dtype=np.float32)
+    expected = ref.conv2d(_f64(x), _f64(weight), _f64(bias), **args) + residual
+    assert_close(layer(x, residual=residual), np.where(expected < 0, 0.1 * expected, expected))
+    with pytest.raises(ValueError, match="residual"):
+        layer(x, residual=residual[:, :1])
+    with pytest.raises(TypeError, match="dtype"):
+        layer(x.astype(np.float64))
+
+
+def test_launcher_rejects_what_the_kernels_cannot_take(ex, rng):
+    case = (1, 4, 7, 9, 4, (3, 3), (1, 1), (1, 1), (1, 1), 1)
+    x, weight, bias, args = _conv_inputs(rng, case, np.float32)
+    with pytest.raises(ValueError, match="3_gemm_1x1"):
+        gconv.VARIANTS["3_gemm_1x1"](x, weight, bias, executor=ex, **args)
+    with pytest.raises(ValueError, match="variant"):
+        gconv.conv2d(x, weight, bias, executor=ex, variant="4_magic", **args)
+    bad = dict(args, out_shape=(1, 4, 7, 8))  # an out_shape that disagrees with the geometry
+    with pytest.raises(ValueError, match="H_out, W_out"):
+        gconv.conv2d(x, weight, bias, executor=ex, **bad)
+    out = ex.empty((1, 6, 7, 9), np.float32)
+    with pytest.raises(ValueError, match="output channels"):  # slice past the end
+        gconv.launch_conv(
+            ex,
+            "1_direct",
+            x,
+            weight,
+            bias,
+            out,
+            stride=(1, 1),
+            padding=(1, 1),
+            dilation=(1, 1),
+            groups=1,
+            out_c0=3,
+        )
+    with pytest.raises(ValueError, match="input channels"):
+        gconv.launch_conv(
+            ex,
+            "1_direct",
+            x,
+            weight,
+            bias,
+            out[:, :4].copy(),
+            stride=(1, 1),
+            padding=(1, 1),
+            dilation=(1, 1),
+            groups=1,
+            x_c0=1,
+        )
+
+
+@pytest.mark.parametrize("variant", list(gconv.VARIANTS))
+def test_conv_reads_summed_slices_and_writes_its_slice_only(ex, rng, variant):
+    # What the chain relies on: the input is x[:, 2:8] + a[:, 1:7], the output
+    # goes to out[:, 3:12] and every other channel of out stays untouched.
+    dtype = np.float64
+    kernel = (1, 1) if variant == "3_gemm_1x1" else (3, 3)
+    padding = (0, 0) if variant == "3_gemm_1x1" else (1, 1)
+    x = randn(rng, 2, 10, 7, 9, dtype=dtype)
+    a = randn(rng, 2, 8, 7, 9, dtype=dtype)
+    weight = randn(rng, 9, 2, *kernel, dtype=dtype)  # 3 groups
+    bias = randn(rng, 9, dtype=dtype)
+    out = randn(rng, 2, 13, 7, 9, dtype=dtype)
+    before = out.copy()
+    gconv.launch_conv(
+        ex,
+        variant,
+        x,
+        weight,
+        bias,
+        out,
+        stride=(1, 1),
+        padding=padding,
+        dilation=(1, 1),
+        groups=3,
+        x_c0=2,
+        add=a,
+        add_c0=1,
+        out_c0=3,
+        activation="relu",
+    )
+    summed = x[:, 2:8] + a[:, 1:7]
+    args = _checks.conv2d_args("conv2d", summed, weight, bias, 1, padding, 1, 3)
+    expected = np.maximum(ref.conv2d(summed, weight, bias, **args), 0)
+    assert_close(out[:, 3:12], expected)
+    np.testing.assert_array_equal(out[:, :3], before[:, :3])
+    np.testing.assert_array_equal(out[:, 12:], before[:, 12:])
+
+
+def test_batch_zero_launches_nothing(ex, rng):
+    case = (1, 4, 7, 9, 4, (3, 3), (1, 1), (1, 1), (1, 1), 1)
+    _, weight, bias, _ = _conv_inputs(rng, case, np.float32)
+    x = np.zeros((0, 4, 7, 9), np.float32)
+    args = _checks.conv2d_args("conv2d", x, weight, bias, 1, 1, 1, 1)
+    ex.launches.clear()
+    assert gconv.conv2d(x, weight, bias, executor=ex, **args).shape == (0, 4, 7, 9)
+    assert ex.launches == []
+
+
+# --------------------------------------------------------------------------- #
+# res2net_chain
+# --------------------------------------------------------------------------- #
+
+# stype, stride, scale, groups, width, batch, H, W
+CHAIN_CASES = [
+    ("normal", 1, 1, 1, 5, 1, 7, 9),
+    ("normal", 1, 2, 1, 6, 2, 7, 9),
+    ("normal", 1, 4, 1, 5, 1, 9, 7),
+    ("normal", 1, 4, 3, 15, 1, 7, 9),  # Res2NeXt: 3 groups of 5
+    ("stage", 1, 4, 1, 6, 2, 7, 9),
+    ("stage", 2, 1, 1, 5, 1, 7, 9),
+    ("stage", 2, 2, 3, 15, 1, 9, 7),
+    ("stage", 2, 4, 1, 5, 2, 7, 9),
+    ("stage", 2, 4, 5, 5, 1, 7, 9),  # depthwise chain convs
+]
+
+
+def _chain_id(case):
+    stype, stride, scale, groups, width, n, h, w = case
+    return f"{stype}-s{stride}-scale{scale}-g{groups}-w{width}-{n}x{h}x{w}"
+
+
+def _chain_inputs(rng, case, dtype, biases=True):
+    stype, stride, scale, groups, width, n, h, w = case
+    nums = max(scale - 1, 1)
+    x = randn(rng, n, scale * width, h, w, dtype=dtype)
+    weights = [randn(rng, width, width // groups, 3, 3, dtype=dtype) / 3 for _ in range(nums)]
+    bias = [randn(rng, width, dtype=dtype) for _ in range(nums)] if biases else None
+    args = _checks.chain_args("res2net_chain", x, weights, bias, scale, stype, stride, groups)
+    return x, weights, bias, args
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("case", CHAIN_CASES, ids=[_chain_id(c) for c in CHAIN_CASES])
+def test_chain_matches_reference(ex, rng, case, dtype):
+    x, weights, biases, args = _chain_inputs(rng, case, dtype)
+    x_copy = x.copy()
+    expected = ref.res2net_chain(
+        _f64(x), [_f64(w) for w in weights], [_f64(b) for b in biases], **args
+    )
+    for variant in (None, "1_direct", "2_implicit_gemm"):
+        ex.launches.clear()
+        out = gres.res2net_chain(x, weights, biases, executor=ex, variant=variant, **args)
+        assert out.dtype == dtype
+        assert_close(out, expected)
+        # One launch per conv: the last chunk rides along with the first conv.
+        assert len(ex.launches) == max(args["scale"] - 1, 1)
+    np.testing.assert_array_equal(x, x_copy)
+
+
+@pytest.mark.parametrize("stype, stride", [("normal", 1), ("stage", 2)])
+def test_chain_without_biases_matches_reference(ex, rng, stype, stride):
+    case = (stype, stride, 4, 1, 6, 1, 7, 9)
+    x, weights, _, args = _chain_inputs(rng, case, np.float64, biases=False)
+    expected = ref.res2net_chain(x, weights, None, **args)
+    assert_close(gres.res2net_chain(x, weights, None, executor=ex, **args), expected)
+
+
+def test_prepared_chain_refuses_other_inputs(ex, rng):
+    x, weights, biases, args = _chain_inputs(rng, ("normal", 1, 4, 1, 5, 1, 7, 9), np.float32)
+    chain = gres.PreparedChain(
+        weights,
+        biases,
+        dtype=np.float32,
+        executor=ex,
+        **{k: args[k] for k in ("scale", "stype", "stride", "groups", "width")},
+    )
+    with pytest.raises(ValueError, match="shape"):
+        chain(x[:, :15].copy())
+    with pytest.raises(ValueError, match="float32"):
+        chain(x.astype(np.float64))
+
+
+# --------------------------------------------------------------------------- #
+# bottle2neck
+# --------------------------------------------------------------------------- #
+
+# c_in, c_out, width, scale, stype, stride, groups, shortcut ("identity", "conv", "pool")
+BLOCK_CASES = [
+    (12, 12, 3, 4, "normal", 1, 1, "identity"),
+    (10, 16, 5, 2, "stage", 1, 1, "conv"),
+    (10, 16, 6, 4, "stage", 2, 3, "conv"),
+    (10, 16, 5, 4, "stage", 2, 1, "pool"),  # the "d" shortcut: ceil-mode pool of 7x9
+    (8, 12, 4, 1, "stage", 2, 1, "pool"),
+]
+
+
+def _block(rng, case, dtype):
+    c_in, c_out, width, scale, stype, stride, groups, kind = case
+    nums = max(scale - 1, 1)
+
+    def folded(co, ci, k=1, g=1):
+        scale = float(np.sqrt(ci * k * k / g))  # keeps activations O(1)
+        return FoldedConv(
+            randn(rng, co, ci // g, k, k, dtype=dtype) / scale, randn(rng, co, dtype=dtype)
+        )
+
+    chain = [folded(width, width, 3, groups) for _ in range(nums)]
+    return Bottle2neckParams(
+        conv1=folded(width * scale, c_in),
+        chain_weights=[c.weight for c in chain],
+        chain_biases=[c.bias for c in chain],
+        conv3=folded(c_out, width * scale),
+        shortcut=None if kind == "identity" else folded(c_out, c_in),
+        shortcut_avg_pool=kind == "pool",
+    )
+
+
+def _params_f64(p):
+    def f(c):
+        return None if c is None else FoldedConv(_f64(c.weight), _f64(c.bias))
+
+    return Bottle2neckParams(
+        f(p.conv1),
+        [_f64(w) for w in p.chain_weights],
+        [_f64(b) for b in p.chain_biases],
+        f(p.conv3),
+        f(p.shortcut),
+        p.shortcut_avg_pool,
+    )
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("case", BLOCK_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_bottle2neck_matches_reference(ex, rng, case, dtype):
+    c_in, c_out, width, scale, stype, stride, groups, kind = case
+    params = _block(rng, case, dtype)
+    x = randn(rng, 2 if kind == "conv" else 1, c_in, 7, 9, dtype=dtype)
+    args = _checks.bottle2neck_args("bottle2neck", x, params, scale, stype, stride, groups)
+    expected = ref.bottle2neck(_f64(x), _params_f64(params), **args)
+    out = gres.bottle2neck(x, params, executor=ex, **args)
+    assert out.dtype == dtype
+    assert_close(out, expected)
+    block = gres.PreparedBottle2neck(
+        params, scale=scale, stype=stype, stride=stride, groups=groups, executor=ex
+    )
+    assert_close(block(x), expected)
