@@ -10,7 +10,6 @@ disagreed with the reference.
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _api, _backends
+from ._bench import timing, torch_models
 from .params import Bottle2neckParams, FoldedConv
 
 TOLERANCE = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-10}
@@ -48,19 +48,7 @@ def _chain_case(n, width, scale, hw, stype, stride):
         return (x, ws, bs), dict(scale=scale, stype=stype, stride=stride)
 
     def torch_fn(x, ws, bs, *, scale, stype, stride):
-        import torch
-        import torch.nn.functional as F
-
-        chunks = torch.split(x, width, 1)
-        outs, sp = [], None
-        for i in range(nums):
-            sp = chunks[i] if i == 0 or stype == "stage" else sp + chunks[i]
-            sp = F.relu(F.conv2d(sp, ws[i], bs[i], stride=stride, padding=1))
-            outs.append(sp)
-        if scale > 1:
-            last = chunks[nums]
-            outs.append(F.avg_pool2d(last, 3, stride, 1) if stype == "stage" else last)
-        return torch.cat(outs, 1)
+        return torch_models.folded_chain(x, ws, bs, scale=scale, stype=stype, stride=stride)
 
     label = f"N={n} {width}w x {scale}s {hw}x{hw} {stype} s{stride}"
     return Case("res2net_chain", label, make, torch_fn)
@@ -161,16 +149,7 @@ def cases(quick: bool = False) -> list[Case]:
     ]
 
 
-def _as(args, convert):
-    """Apply ``convert`` to every array inside args (lists and FoldedConvs too)."""
-    if isinstance(args, np.ndarray):
-        return convert(args)
-    if isinstance(args, (list, tuple)):
-        return type(args)(_as(a, convert) for a in args)
-    if isinstance(args, (FoldedConv, Bottle2neckParams)):
-        fields = {k: _as(v, convert) for k, v in vars(args).items()}
-        return type(args)(**fields)
-    return args
+_as = timing.convert  # apply a function to every array inside nested arguments
 
 
 def median_ms(fn: Callable, min_time: float = 0.2, max_reps: int = 50) -> float:
@@ -185,11 +164,7 @@ def median_ms(fn: Callable, min_time: float = 0.2, max_reps: int = 50) -> float:
     return 1e3 * statistics.median(times)
 
 
-def _rel_err(out, ref) -> float:
-    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
-    if out.shape != ref.shape or not np.isfinite(out).all():
-        return float("inf")
-    return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-300))
+_rel_err = timing.rel_err
 
 
 def run_case(case: Case, rng) -> list[dict]:
@@ -259,22 +234,7 @@ def _gpu_status(case, args32, kwargs, ref, backend) -> dict:
     }
 
 
-_TORCH = []
-
-
-def _torch():
-    """torch if installed (imported once), else None."""
-    if not _TORCH:
-        # Idle OpenMP workers would otherwise spin and steal the cores of the
-        # next row's timing (see benchmarks/conftest.py).
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        try:
-            import torch
-
-            _TORCH.append(torch)
-        except ImportError:
-            _TORCH.append(None)
-    return _TORCH[0]
+_torch = torch_models.import_torch  # torch or None, OMP_WAIT_POLICY=PASSIVE first
 
 
 def format_table(rows: list[dict]) -> str:
