@@ -240,6 +240,9 @@ def launch_conv(
         ("H_out * W_out", h_out * w_out),
         ("C_in // groups * kH * kW", k_total),
         ("H * W", h * w),
+        # input coordinates oy * stride - padding + i * dilation stay inside these
+        ("H + 2 * padding", h + 2 * padding[0]),
+        ("W + 2 * padding", w + 2 * padding[1]),
     ):
         i32(op, what, value)
     plane_out = h_out * w_out

@@ -1,0 +1,214 @@
+"""r2n.gpu conv2d, res2net_chain and bottle2neck on a real GPU (skipped without one).
+
+Through the public API on CuPy arrays, every conv variant, the chain and the
+bottleneck are compared with the float64 reference and, where PyTorch sees
+CUDA, with torch's conv2d on the same device. Shapes: the odd ones of the
+emulated tests plus Res2Net-50's own (26-channel chunks at 56x56, 256 -> 104
+1x1), which use many tiles per launch. The emulated twin of this file,
+tests/test_gpu_conv_emulated.py, runs everywhere.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import DTYPES, assert_close, randn
+
+import r2n
+from r2n import Bottle2neckParams, FoldedConv, _checks
+from r2n import reference as ref
+
+
+def _gpu_count() -> int:
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount()
+    except Exception:  # no CuPy, no driver, no device
+        return 0
+
+
+pytestmark = pytest.mark.skipif(_gpu_count() == 0, reason="needs CuPy and a CUDA GPU")
+
+DTYPE_IDS = ["f64", "f32"]
+
+# n, c_in, h, w, c_out, (kh, kw), stride, padding, dilation, groups
+CONV_CASES = [
+    (1, 3, 7, 9, 5, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    (2, 15, 7, 9, 15, (3, 3), (2, 2), (1, 1), (1, 1), 3),
+    (1, 6, 7, 9, 6, (3, 3), (1, 1), (1, 1), (1, 1), 6),
+    (1, 5, 9, 7, 7, (3, 2), (1, 2), (2, 1), (2, 3), 1),
+    (2, 10, 7, 9, 12, (1, 1), (1, 1), (0, 0), (1, 1), 1),
+    (2, 26, 56, 56, 26, (3, 3), (1, 1), (1, 1), (1, 1), 1),  # Res2Net-50 chain conv
+    (2, 256, 56, 56, 104, (1, 1), (1, 1), (0, 0), (1, 1), 1),  # Res2Net-50 conv1
+    (8, 256, 56, 56, 512, (1, 1), (1, 1), (0, 0), (1, 1), 1),  # large-tile 1x1
+    (2, 64, 28, 28, 64, (3, 3), (1, 1), (1, 1), (1, 1), 64),  # depthwise
+]
+
+
+def _conv_id(case):
+    n, ci, h, w, co, k, s, p, d, g = case
+    return f"{n}x{ci}x{h}x{w}-{co}-k{k[0]}{k[1]}-s{s[0]}{s[1]}-p{p[0]}{p[1]}-d{d[0]}{d[1]}-g{g}"
+
+
+def _torch_conv(x, weight, bias, args):
+    """torch's conv2d on CUDA in float64, or None when torch sees no CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    t = [
+        None if a is None else torch.as_tensor(a, dtype=torch.float64, device="cuda")
+        for a in (x, weight, bias)
+    ]
+    out = torch.nn.functional.conv2d(
+        *t,
+        stride=args["stride"],
+        padding=args["padding"],
+        dilation=args["dilation"],
+        groups=args["groups"],
+    )
+    return out.cpu().numpy()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("case", CONV_CASES, ids=[_conv_id(c) for c in CONV_CASES])
+def test_conv2d_variants_on_gpu_match_reference_and_torch(rng, case, dtype):
+    import cupy
+
+    from r2n.gpu import conv as gconv
+
+    n, c_in, h, w, c_out, (kh, kw), stride, padding, dilation, groups = case
+    x = randn(rng, n, c_in, h, w, dtype=dtype)
+    weight = randn(rng, c_out, c_in // groups, kh, kw, dtype=dtype)
+    bias = randn(rng, c_out, dtype=dtype)
+    args = _checks.conv2d_args("conv2d", x, weight, bias, stride, padding, dilation, groups)
+    expected = ref.conv2d(*(a.astype(np.float64) for a in (x, weight, bias)), **args)
+    torch_out = _torch_conv(x, weight, bias, args)
+    if torch_out is not None:
+        assert_close(torch_out, expected, np.float64)
+    xd, wd, bd = (cupy.asarray(a) for a in (x, weight, bias))
+    out = r2n.conv2d(xd, wd, bd, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    assert isinstance(out, cupy.ndarray) and out.dtype == dtype
+    assert_close(cupy.asnumpy(out), expected)
+    for name, run in gconv.VARIANTS.items():
+        if name == "3_gemm_1x1" and not gconv.is_gemm_1x1((kh, kw), stride, padding):
+            continue
+        assert_close(cupy.asnumpy(run(xd, wd, bd, **args)), expected)
+
+
+# stype, stride, scale, groups, width, batch, H, W
+CHAIN_CASES = [
+    ("normal", 1, 4, 1, 5, 1, 7, 9),
+    ("normal", 1, 4, 3, 15, 2, 7, 9),
+    ("stage", 2, 4, 1, 26, 2, 56, 56),
+    ("normal", 1, 4, 1, 26, 2, 56, 56),
+    ("normal", 1, 8, 1, 26, 1, 28, 28),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("case", CHAIN_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_chain_on_gpu_matches_reference(rng, case, dtype):
+    import cupy
+
+    stype, stride, scale, groups, width, n, h, w = case
+    nums = max(scale - 1, 1)
+    x = randn(rng, n, scale * width, h, w, dtype=dtype)
+    weights = [randn(rng, width, width // groups, 3, 3, dtype=dtype) / 3 for _ in range(nums)]
+    biases = [randn(rng, width, dtype=dtype) for _ in range(nums)]
+    args = _checks.chain_args("res2net_chain", x, weights, biases, scale, stype, stride, groups)
+    f64 = [[a.astype(np.float64) for a in seq] for seq in (weights, biases)]
+    expected = ref.res2net_chain(x.astype(np.float64), *f64, **args)
+    out = r2n.res2net_chain(
+        cupy.asarray(x),
+        [cupy.asarray(a) for a in weights],
+        [cupy.asarray(a) for a in biases],
+        scale=scale,
+        stype=stype,
+        stride=stride,
+        groups=groups,
+    )
+    assert_close(cupy.asnumpy(out), expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("kind", ["identity", "conv", "pool"])
+def test_bottle2neck_on_gpu_matches_reference(rng, kind, dtype):
+    import cupy
+
+    c_in, width, scale = 256, 26, 4
+    c_out = 256 if kind == "identity" else 512
+    stride, stype = (1, "normal") if kind == "identity" else (2, "stage")
+
+    def folded(co, ci, k=1):
+        return FoldedConv(
+            randn(rng, co, ci, k, k, dtype=dtype) / float(np.sqrt(ci * k * k)),
+            randn(rng, co, dtype=dtype),
+        )
+
+    chain = [folded(width, width, 3) for _ in range(scale - 1)]
+    params = Bottle2neckParams(
+        folded(width * scale, c_in),
+        [c.weight for c in chain],
+        [c.bias for c in chain],
+        folded(c_out, width * scale),
+        None if kind == "identity" else folded(c_out, c_in),
+        kind == "pool",
+    )
+    x = randn(rng, 2, c_in, 28, 28, dtype=dtype)
+
+    def on(xp_asarray, p):
+        def f(c):
+            return None if c is None else FoldedConv(xp_asarray(c.weight), xp_asarray(c.bias))
+
+        return Bottle2neckParams(
+            f(p.conv1),
+            [xp_asarray(a) for a in p.chain_weights],
+            [xp_asarray(a) for a in p.chain_biases],
+            f(p.conv3),
+            f(p.shortcut),
+            p.shortcut_avg_pool,
+        )
+
+    args = _checks.bottle2neck_args("bottle2neck", x, params, scale, stype, stride, 1)
+    expected = ref.bottle2neck(
+        x.astype(np.float64), on(lambda a: a.astype(np.float64), params), **args
+    )
+    kw = dict(scale=scale, stype=stype, stride=stride)
+    out = r2n.bottle2neck(cupy.asarray(x), on(cupy.asarray, params), **kw)
+    assert_close(cupy.asnumpy(out), expected)
+    from r2n.gpu.res2net import prepare_bottle2neck
+
+    block = prepare_bottle2neck(params, groups=1, **kw)
+    assert_close(cupy.asnumpy(block(cupy.asarray(x))), expected)
+
+
+def test_conv_beyond_2_pow_31_elements():
+    """64-bit indexing: an output of 2 * 2^30 + ... elements, checked at sampled points."""
+    import cupy
+
+    free, _ = cupy.cuda.runtime.memGetInfo()
+    if free < 24 * 2**30:
+        pytest.skip("needs 24 GiB of free GPU memory")
+    from r2n.gpu import conv as gconv
+
+    rng = np.random.default_rng(0)
+    n, c, h, w = 1, 2, 32768, 32769  # 2 * 2^30 + 65536 elements per tensor
+    x = cupy.random.standard_normal((n, c, h, w), dtype=cupy.float32)
+    weight = randn(rng, c, 1, 3, 3, dtype=np.float32)
+    args = _checks.conv2d_args("conv2d", x, weight, None, 1, 1, 1, c)
+    for name in ("1_direct", "2_implicit_gemm"):
+        out = gconv.VARIANTS[name](x, cupy.asarray(weight), None, **args)
+        for ch, y, xx in [(1, h - 1, w - 1), (1, h // 2, 7), (0, 0, 0)]:
+            lo_y, lo_x = max(y - 1, 0), max(xx - 1, 0)
+            patch = cupy.asnumpy(x[0:1, ch : ch + 1, lo_y : y + 2, lo_x : xx + 2]).astype(
+                np.float64
+            )
+            padded = np.zeros((1, 1, 3, 3))
+            oy, ox = lo_y - (y - 1), lo_x - (xx - 1)
+            padded[:, :, oy : oy + patch.shape[2], ox : ox + patch.shape[3]] = patch
+            want = float((padded[0, 0] * weight[ch, 0].astype(np.float64)).sum())
+            got = float(out[0, ch, y, xx])
+            assert abs(got - want) <= 1e-4 * (1 + abs(want)), (name, ch, y, xx)
+        del out
