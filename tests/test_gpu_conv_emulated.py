@@ -89,6 +89,33 @@ def test_every_conv_variant_matches_reference(ex, rng, case, dtype):
     np.testing.assert_array_equal(x, x_copy)  # inputs are never modified
 
 
+def _random_conv_case(rng):
+    """A random valid geometry: kernel up to 4, stride up to 3, padding, dilation, groups."""
+    groups = int(rng.choice([1, 1, 2, 3]))
+    c_in, c_out = groups * int(rng.integers(1, 6)), groups * int(rng.integers(1, 12))
+    kernel = tuple(int(k) for k in rng.integers(1, 5, 2))
+    dilation = tuple(int(d) for d in rng.integers(1, 3, 2))
+    padding = tuple(int(rng.integers(0, k)) for k in kernel)
+    stride = tuple(int(s) for s in rng.integers(1, 4, 2))
+    h, w = (
+        int(v) + (k - 1) * d
+        for v, k, d in zip(rng.integers(1, 12, 2), kernel, dilation, strict=True)
+    )
+    return (int(rng.integers(1, 3)), c_in, h, w, c_out, kernel, stride, padding, dilation, groups)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_geometries_match_reference(ex, seed):
+    rng = np.random.default_rng(1000 + seed)
+    case = _random_conv_case(rng)
+    dtype = DTYPES[seed % 2]
+    x, weight, bias, args = _conv_inputs(rng, case, dtype)
+    expected = ref.conv2d(_f64(x), _f64(weight), _f64(bias), **args)
+    for variant in _variants_for(case):
+        out = gconv.VARIANTS[variant](x, weight, bias, executor=ex, **args)
+        assert_close(out, expected)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_gemm_1x1_large_tile_matches_reference(ex, rng, dtype, monkeypatch):
     # The 128-wide tile is picked for big problems only; force it on a small one
