@@ -3,12 +3,18 @@
 The suite runs in every ``python -m pytest`` as a smoke test: pyproject's
 addopts pass ``--benchmark-disable``, so each benchmark body runs once,
 untimed. Time for real with ``--benchmark-enable`` (see README).
+
+Every benchmark records in ``extra_info``: ``backend`` (the row), ``threads``
+(host threads; None for GPU rows), ``device`` ("cpu" or "cuda"), ``flops``
+and ``gflop``, and after a timed run ``gflops`` (GFLOP/s at the median).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+
+import pytest
 
 # PyTorch's OpenMP workers spin for a while after each call. On a small machine
 # they then steal the cores from the next row (NumPy's BLAS, Numba's threads),
@@ -18,3 +24,18 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # The PyTorch models of the official block live with the tests; reuse them.
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "tests"))
+
+
+@pytest.fixture
+def timed(benchmark):
+    """``timed(fn, *args)``: ``benchmark(fn, *args)``, then GFLOP/s at the median
+    into ``extra_info["gflops"]`` (when timed and ``extra_info["flops"]`` is set)."""
+
+    def run(fn, *args, **kwargs):
+        result = benchmark(fn, *args, **kwargs)
+        flops = benchmark.extra_info.get("flops")
+        if benchmark.stats is not None and flops:
+            benchmark.extra_info["gflops"] = flops / benchmark.stats.stats.median / 1e9
+        return result
+
+    return run
