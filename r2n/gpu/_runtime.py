@@ -275,3 +275,27 @@ def executor() -> CupyExecutor:
         if ex is None:
             ex = _executors[device_id] = CupyExecutor(device_id)
         return ex
+
+
+#: Threads per block of the 1-D elementwise launches.
+THREADS_1D = 256
+#: Threads per warp on every NVIDIA GPU.
+WARP_SIZE = 32
+#: Grid-stride kernels run at most this many blocks; each thread then loops.
+MAX_BLOCKS_1D = 1 << 20
+
+
+def grid_1d(total: int, threads: int = THREADS_1D) -> tuple[int]:
+    """The grid of a 1-D grid-stride launch over ``total`` > 0 elements."""
+    return (max(1, min(-(-int(total) // threads), MAX_BLOCKS_1D)),)
+
+
+def ctype_scalar(dtype, value):
+    """``value`` as the NumPy scalar of ``dtype`` (float32 -> np.float32): a kernel's T."""
+    dtype_name(dtype)  # float32 or float64 only
+    return np.dtype(dtype).type(value)
+
+
+def contiguous(ex, a):
+    """``a`` C-contiguous through the executor (the same array if it already is)."""
+    return ex.xp.ascontiguousarray(a)

@@ -43,6 +43,18 @@ __device__ __forceinline__ double r2n_exp(double x) { return exp(x); }
 __device__ __forceinline__ float r2n_sqrt(float x) { return sqrtf(x); }
 __device__ __forceinline__ double r2n_sqrt(double x) { return sqrt(x); }
 
+// -infinity of T (NVRTC has no INFINITY macro without math headers).
+template <typename T>
+__device__ __forceinline__ T r2n_neg_inf();
+template <>
+__device__ __forceinline__ float r2n_neg_inf<float>() {
+    return __int_as_float(0xff800000u);
+}
+template <>
+__device__ __forceinline__ double r2n_neg_inf<double>() {
+    return __longlong_as_double(static_cast<long long>(0xfff0000000000000ull));
+}
+
 // max that propagates NaN (PyTorch's max_pool2d and relu do; fmax does not).
 template <typename T>
 __device__ __forceinline__ T r2n_max_nan(T a, T b) {
