@@ -23,7 +23,32 @@ IGNORED_SUFFIXES = ("num_batches_tracked",)
 
 class StateDictError(ValueError):
     """A state_dict that does not fit the model: missing or unexpected keys,
-    or arrays of the wrong shape (every problem listed in one message)."""
+    or arrays of the wrong shape (every problem listed in one message).
+
+    Attributes ``missing``, ``unexpected`` and ``mismatched`` hold the lists.
+    """
+
+    def __init__(self, model, missing, unexpected, mismatched):
+        self.model = model
+        self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
+        super().__init__(f"state_dict does not fit {model}: " + self._parts(None))
+
+    def _parts(self, limit):
+        parts = []
+        for title, items in (
+            ("missing keys", self.missing),
+            ("unexpected keys", self.unexpected),
+            ("shape mismatches", self.mismatched),
+        ):
+            if items:
+                shown = items if limit is None else items[:limit]
+                more = f", ... ({len(items) - len(shown)} more)" if len(shown) < len(items) else ""
+                parts.append(f"{len(items)} {title}: {', '.join(shown)}{more}")
+        return "; ".join(parts)
+
+    def summary(self, limit: int = 3) -> str:
+        """One short line: counts and the first ``limit`` items of each list."""
+        return self._parts(limit)
 
 
 def load_state_dict(path) -> dict[str, np.ndarray]:
@@ -142,13 +167,5 @@ def check_state_dict(state_dict, expected: Mapping[str, tuple], model: str) -> d
         else:
             arrays[key] = a
     if missing or unexpected or mismatched:
-        parts = []
-        for title, items in (
-            ("missing keys", missing),
-            ("unexpected keys", unexpected),
-            ("shape mismatches", mismatched),
-        ):
-            if items:
-                parts.append(f"{len(items)} {title}: {', '.join(items)}")
-        raise StateDictError(f"state_dict does not fit {model}: " + "; ".join(parts))
+        raise StateDictError(model, missing, unexpected, mismatched)
     return arrays
