@@ -1,12 +1,18 @@
-"""Markdown table from a saved pytest-benchmark JSON file.
+"""Markdown tables from a saved pytest-benchmark JSON file or ``r2n bench --json`` file.
 
     python benchmarks/report.py benchmarks/results/FILE.json [--baseline torch-eager]
         [--rows cpu,torch-eager] [--threads 2]
 
-One row per benchmark, grouped as in the run: median ms, GFLOP/s (from
-``extra_info["flops"]``) and the speed relative to the baseline row of the same
-group and thread count (``> 1`` means faster than the baseline). The README's and NOTES.md's
-tables are produced by this script, not typed.
+pytest-benchmark files: one row per benchmark, grouped as in the run: median ms,
+GFLOP/s (from ``extra_info["flops"]``) and the speed relative to the baseline
+row of the same group and thread count (``> 1`` means faster than the baseline).
+
+``r2n bench --json`` files (recognised by their ``"tool"`` key): the machine
+and its measured peaks, the table of every checked and timed row (``--rows``
+keeps rows whose label starts with one of the given names, ``--threads`` keeps
+host rows of that thread count and GPU rows), and the speedup model.
+
+The README's and NOTES.md's tables are produced by this script, not typed.
 """
 
 from __future__ import annotations
@@ -70,6 +76,73 @@ def markdown(rows: list[tuple], baseline: str) -> str:
     return "\n".join(lines)
 
 
+def _f(value, spec, suffix=""):
+    return "" if value is None else f"{value:{spec}}{suffix}"
+
+
+def bench_markdown(data: dict, keep_rows=None, keep_threads=None) -> str:
+    """Markdown of an ``r2n bench --json`` report: machine, rows, speedup model."""
+    m = data.get("machine", {})
+    peaks = data.get("peaks") or {}
+    sg = ", ".join(
+        f"{_f(v, '.0f') or 'n/a'} ({t}t)" for t, v in peaks.get("sgemm_gflops", {}).items()
+    )
+    cp = ", ".join(f"{_f(v, '.1f') or 'n/a'} ({t}t)" for t, v in peaks.get("copy_gbs", {}).items())
+    versions = ", ".join(f"{k} {m[k]}" for k in ("numpy", "numba", "torch") if m.get(k))
+    out = [
+        f"Machine: {m.get('cpu', '?')}, {m.get('cpu_count', '?')} cores, all threads = "
+        f"{data.get('threads_all')}; {versions}; run {data.get('datetime')}"
+        f"{' (--quick)' if data.get('quick') else ''}.",
+        f"Measured peaks: sgemm {sg} GFLOP/s; copy {cp} GB/s.",
+    ]
+    gpu = data.get("gpu_peaks")
+    if gpu:
+        out.append(
+            f"GPU {gpu['name']}: sgemm {gpu['sgemm_gflops']:.0f} GFLOP/s, copy "
+            f"{gpu['copy_gbs']:.0f} GB/s."
+        )
+    out += [
+        "",
+        "| op | shape | row | status | rel. err | ms | GFLOP/s | % peak | vs serial | vs torch |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in data["rows"]:
+        if keep_rows and not any(r["row"].startswith(k) for k in keep_rows):
+            continue
+        # GPU rows (threads None) and the serial reference always stay.
+        host_other = r.get("threads") not in (None, keep_threads)
+        if keep_threads and host_other and not r["row"].startswith("reference"):
+            continue
+        out.append(
+            f"| {r['op']} | {r['case']} | {r['row']} | {r['status']} | "
+            f"{_f(r.get('rel_err'), '.1e')} | {_f(r.get('ms'), '.3f')} | "
+            f"{_f(r.get('gflops'), '.1f')} | {_f(r.get('pct_peak'), '.0f', '%')} | "
+            f"{_f(r.get('vs_serial'), '.2f', 'x')} | {_f(r.get('vs_torch'), '.2f', 'x')} |"
+        )
+    models = [r for r in data.get("model", []) if r.get("status") == "ok"]
+    if models:
+        out += [
+            "",
+            "Speedup model (serial = cpu backend, 1 thread; times in ms):",
+            "",
+            "| block | parallel | S | T1 | T2 | k1 | k2 | predicted vs serial | "
+            "predicted vs PyTorch-style | measured r2n vs serial | measured PyTorch vs serial | "
+            "measured r2n vs PyTorch |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in models:
+            ms = r["ms"]
+            out.append(
+                f"| {r['case']} | {r['parallel']} | {ms['S_serial']:.3f} | "
+                f"{ms['T1_serial']:.3f} | {ms['T2_serial']:.3f} | {r['k1']:.2f} | "
+                f"{r['k2']:.2f} | {r['predicted_vs_serial']:.2f}x | "
+                f"{r['predicted_vs_torch_style']:.2f}x | {r['measured_r2n_vs_serial']:.2f}x | "
+                f"{_f(r.get('measured_torch_vs_serial'), '.2f', 'x')} | "
+                f"{_f(r.get('measured_r2n_vs_torch'), '.2f', 'x')} |"
+            )
+    return "\n".join(out)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("json_file")
@@ -80,6 +153,9 @@ def main(argv=None) -> None:
     keep_rows = args.rows.split(",") if args.rows else None
     with open(args.json_file) as f:
         data = json.load(f)
+    if data.get("tool") == "r2n bench":
+        print(bench_markdown(data, keep_rows, args.threads))
+        return
     m = data.get("machine_info", {})
     print(
         f"Machine: {m.get('cpu', {}).get('brand_raw', '?')}, "
