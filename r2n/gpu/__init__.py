@@ -29,7 +29,7 @@ import functools
 import importlib.util
 
 from .._checks import array_kind
-from . import elementwise, layers, pool
+from . import conv, elementwise, layers, pool, res2net
 
 
 def _on_input_device(impl):
@@ -62,9 +62,17 @@ OPS: dict = {
         "space_to_depth": layers.space_to_depth,
         "blur_pool2d": layers.blur_pool2d,
         "squeeze_excite": layers.squeeze_excite,
-        # ---- GPU engineer B: conv2d, res2net_chain, bottle2neck go here ----
-        # (r2n/gpu/conv.py, r2n/gpu/res2net.py), wrapped the same way.
+        "conv2d": conv.conv2d,
+        "res2net_chain": res2net.res2net_chain,
+        "bottle2neck": res2net.bottle2neck,
     }.items()
+}
+
+#: op name -> factory of a prepared layer with its weights on the current
+#: device (see r2n._backends.prepare).
+PREPARE: dict = {
+    "conv2d": conv.PreparedConv2d,
+    "bottle2neck": res2net.prepare_bottle2neck,
 }
 
 
