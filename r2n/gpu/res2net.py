@@ -239,8 +239,12 @@ class PreparedBottle2neck:
     def _args(self, x):
         """Check x against the weights (the public op's checks and errors)."""
         op = "bottle2neck"
-        if _checks.array_kind(x) is None:
-            raise TypeError(f"r2n.{op}: x must be a numpy.ndarray or cupy.ndarray")
+        kind, want = _checks.array_kind(x), _checks.array_kind(self.conv1[0])
+        if kind != want:
+            raise TypeError(
+                f"r2n.{op}: the block's weights are {want} arrays, so x must be one too; "
+                f"got {type(x).__module__}.{type(x).__name__}"
+            )
         if np.dtype(x.dtype) != self.dtype:
             raise TypeError(f"r2n.{op}: x has dtype {x.dtype}; the block holds {self.dtype}")
         return _checks.bottle2neck_args(
