@@ -8,6 +8,8 @@ writes fail here too. Inputs are read-only: a kernel writing to one fails.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 from cuda_emu import EmuExecutor
@@ -17,7 +19,7 @@ from helpers import DTYPES, assert_close
 import r2n
 import r2n.gpu
 from r2n import reference
-from r2n.gpu import elementwise, layers, pool
+from r2n.gpu import _runtime, elementwise, layers, pool
 
 
 @pytest.fixture(scope="module")
@@ -185,3 +187,36 @@ def test_python_scalars_are_refused_at_launch(ex):
     x = np.ones(4, F32)
     with pytest.raises(TypeError, match="NumPy scalar"):
         ex.launch("elementwise.cu", "relu_kernel<float>", (1,), (32,), (x, x.copy(), 4))
+
+
+# --------------------------------------------------------------------------- #
+# Asking for the GPU without one
+# --------------------------------------------------------------------------- #
+
+
+def _gpu_count() -> int:
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount()
+    except Exception:
+        return 0
+
+
+@pytest.mark.skipif(_gpu_count() > 0, reason="a GPU is present")
+def test_executor_without_a_gpu_is_a_clear_error():
+    pytest.importorskip("cupy")
+    with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+        _runtime.executor()
+
+
+def test_executor_without_cupy_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy -> ImportError
+    with pytest.raises(RuntimeError, match=r"needs CuPy \(pip install 'r2n\[gpu\]'\)"):
+        _runtime.executor()
+
+
+def test_launchers_without_an_executor_ask_for_the_gpu(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    with pytest.raises(RuntimeError, match="needs CuPy"):
+        elementwise.relu(np.ones(3, np.float32))
