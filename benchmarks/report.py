@@ -95,6 +95,11 @@ def bench_markdown(data: dict, keep_rows=None, keep_threads=None) -> str:
         f"{' (--quick)' if data.get('quick') else ''}.",
         f"Measured peaks: sgemm {sg} GFLOP/s; copy {cp} GB/s.",
     ]
+    if data.get("other_load") is not None:
+        out.append(
+            f"Other processes kept {100 * data['other_load']:.0f}% of the CPUs busy "
+            "during the run."
+        )
     gpu = data.get("gpu_peaks")
     if gpu:
         out.append(

@@ -41,6 +41,8 @@ from ._bench.cases import Skip
 
 BACKEND_CHOICES = ("reference", "cpu", "gpu", "torch")
 OP_CHOICES = bench_cases.OPS + ("model",)
+#: Share of the CPUs used by other processes above which the run is flagged busy.
+BUSY = 0.10
 
 
 @dataclass(frozen=True)
@@ -461,6 +463,8 @@ def run(opts: argparse.Namespace) -> int:
     )
     for note in env.notes():
         print(f"  {note}")
+    load = machine.OtherLoad()
+    load.start()
     n_model = len(model_cases) * (2 if env.cupy is not None else 1)
     progress = Progress(1 + len(selected) * len(specs) + n_model)
     try:
@@ -498,6 +502,7 @@ def run(opts: argparse.Namespace) -> int:
     finally:
         progress.close()
         env.set_threads(None)
+        report["other_load"] = load.stop()
     return _finish(report, opts)
 
 
@@ -532,6 +537,14 @@ def _finish(report: dict, opts) -> int:
     """Print the tables, write JSON and PNG, and return the exit code."""
     if report["peaks"]:
         print(format_peaks(report["peaks"], report["gpu_peaks"]))
+    other = report.get("other_load")
+    if other is not None:
+        print(f"other processes kept {100 * other:.0f}% of the CPUs busy during the run")
+        if other > BUSY:
+            print(
+                "  WARNING: the machine was busy; multi-threaded rows lose their cores to other "
+                "work and are unreliable (re-run on a quiet machine)"
+            )
     print()
     if report["rows"]:
         print(format_table(report["rows"]))

@@ -34,9 +34,7 @@ def _run(tmp_path, *argv):
 def test_quick_run_end_to_end_writes_every_figure_and_a_plot(tmp_path):
     pytest.importorskip("matplotlib")
     png = tmp_path / "bench.png"
-    code, report = _run(
-        tmp_path, "--plot", str(png), "--op", "conv2d", "res2net_chain", "bottle2neck", "model"
-    )
+    code, report = _run(tmp_path, "--plot", str(png))  # every op, every row
     assert code == 0
     assert report["exit_code"] == 0 and not report["interrupted"] and not report["failed"]
     assert png.stat().st_size > 10_000
@@ -44,12 +42,19 @@ def test_quick_run_end_to_end_writes_every_figure_and_a_plot(tmp_path):
     for t in ("1", str(report["threads_all"])):
         assert peaks["sgemm_gflops"][t] > 0 and peaks["copy_gbs"][t] > 0
     rows = report["rows"]
-    assert {r["op"] for r in rows} == {"conv2d", "res2net_chain", "bottle2neck"}
+    assert {r["op"] for r in rows} == {
+        "conv2d",
+        "res2net_chain",
+        "bottle2neck",
+        "res2net50_26w_4s",
+    }
     labels = {r["row"] for r in rows}
     assert {"reference 1t", "cpu 1t", "torch eager 1t", "torch folded 1t"} <= labels
     for r in rows:
+        if r["op"] == "res2net50_26w_4s" and r["status"] == "r2n.models not available":
+            continue  # built in parallel; the row skips until it lands
         assert r["status"] == "ok", r
-        assert r["rel_err"] <= 1e-5
+        assert r["rel_err"] <= r["tolerance"]
         assert r["ms"] > 0 and len(r["times_ms"]) >= timing.QUICK.min_reps
         assert r["ms"] == pytest.approx(float(np.median(r["times_ms"])))
         assert r["gflops"] == pytest.approx(r["flops"] / r["ms"] / 1e6)
@@ -262,3 +267,25 @@ def test_no_gpu_means_no_gpu_rows_and_nothing_fails():
     assert all(spec.device != "cuda" for spec in _bench_cli.row_specs(env, {"gpu", "torch"}))
     assert any("gpu" in note for note in env.notes())
     assert torch_models.import_torch() is not None
+
+
+def test_report_renders_a_saved_bench_json(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks"))
+    import report
+
+    code, data = _run(tmp_path, "--op", "conv2d", "--backend", "reference", "cpu")
+    assert code == 0
+    text = report.bench_markdown(data, keep_threads=1)
+    timed = [r for r in data["rows"] if r["threads"] == 1]
+    assert text.count("| conv2d |") == len(timed)
+    first = timed[0]
+    assert f"| {first['ms']:.3f} |" in text and f"{first['vs_serial']:.2f}x" in text
+    assert "Measured peaks: sgemm" in text
+
+
+def test_check_still_runs_and_agrees():
+    from r2n import _check_cli
+
+    assert _check_cli.main(quick=True, ops=["res2net_chain"]) == 0

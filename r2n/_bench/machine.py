@@ -182,6 +182,50 @@ def cupy_with_gpu():
     return None
 
 
+class OtherLoad:
+    """How busy other processes kept the CPUs between ``start()`` and ``stop()``.
+
+    From /proc/stat (CPU time of everything) minus this process's own CPU time
+    (``os.times``), over wall time x cores: 0 on a quiet machine, 0.5 when
+    other work kept half the cores busy. Multi-threaded rows are unreliable
+    when this is not small: a thread that loses its core stalls the others at
+    the next barrier for a scheduler time slice (timings then cluster at
+    multiples of a few ms). None where /proc/stat is missing."""
+
+    def start(self) -> None:
+        self._t0 = (_proc_busy(), _own_cpu(), _wall())
+
+    def stop(self) -> float | None:
+        busy0, own0, wall0 = self._t0
+        busy1 = _proc_busy()
+        if busy0 is None or busy1 is None:
+            return None
+        wall = _wall() - wall0
+        others = (busy1 - busy0) - (_own_cpu() - own0)
+        return max(0.0, others / (wall * (os.cpu_count() or 1))) if wall > 0 else None
+
+
+def _proc_busy() -> float | None:
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def _wall() -> float:
+    import time
+
+    return time.monotonic()
+
+
 def machine_info() -> dict:
     """CPU model, core count, Python, NumPy and (when present) Numba versions."""
     cpu_name = platform.processor() or platform.machine()
