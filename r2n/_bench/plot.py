@@ -70,7 +70,13 @@ def plot(report: dict, path: str) -> None:
     m = report.get("machine", {})
     fig.suptitle(
         f"r2n bench {report.get('datetime', '')}: {m.get('cpu', '?')}, "
-        f"{report.get('threads_all', '?')} threads" + (" (quick)" if report.get("quick") else "")
+        f"{report.get('threads_all', '?')} threads"
+        + (" (quick)" if report.get("quick") else "")
+        + (
+            f"; other processes kept {100 * report['other_load']:.0f}% of the CPUs busy"
+            if report.get("other_load") is not None
+            else ""
+        )
     )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
