@@ -33,6 +33,14 @@ def _f64(a):
     return None if a is None else np.asarray(a, np.float64)
 
 
+def _read_only(*arrays):
+    """Mark inputs read-only: the emulator fails a launch that writes to one."""
+    for a in arrays:
+        if a is not None:
+            a.flags.writeable = False
+    return arrays
+
+
 # --------------------------------------------------------------------------- #
 # conv2d
 # --------------------------------------------------------------------------- #
@@ -66,7 +74,7 @@ def _conv_inputs(rng, case, dtype):
     weight = randn(rng, c_out, c_in // groups, kh, kw, dtype=dtype)
     bias = randn(rng, c_out, dtype=dtype)
     args = _checks.conv2d_args("conv2d", x, weight, bias, stride, padding, dilation, groups)
-    return x, weight, bias, args
+    return (*_read_only(x, weight, bias), args)
 
 
 def _variants_for(case):
@@ -137,7 +145,7 @@ def test_gemm_1x1_large_tile_matches_reference(ex, rng, dtype, monkeypatch):
 def test_fused_epilogue_matches_reference(ex, rng, dtype, variant, activation):
     case = (2, 6, 7, 9, 9, (1, 1), (1, 1), (0, 0), (1, 1), 3)
     x, weight, bias, args = _conv_inputs(rng, case, dtype)
-    residual = randn(rng, *args["out_shape"], dtype=dtype)
+    (residual,) = _read_only(randn(rng, *args["out_shape"], dtype=dtype))
     out = gconv.conv2d_fused(
         x,
         weight,
@@ -160,6 +168,7 @@ def test_fused_epilogue_matches_reference(ex, rng, dtype, variant, activation):
 def test_relu_epilogue_propagates_nan(ex, rng):
     case = (1, 2, 3, 4, 3, (3, 3), (1, 1), (1, 1), (1, 1), 1)
     x, weight, bias, args = _conv_inputs(rng, case, np.float64)
+    x = x.copy()
     x[0, 0, 1, 1] = np.nan
     out = gconv.conv2d_fused(x, weight, bias, activation="relu", executor=ex, **args)
     assert np.isnan(out[0, :, 1, 1]).all()  # every output whose window holds the NaN
@@ -241,6 +250,7 @@ def test_conv_reads_summed_slices_and_writes_its_slice_only(ex, rng, variant):
     a = randn(rng, 2, 8, 7, 9, dtype=dtype)
     weight = randn(rng, 9, 2, *kernel, dtype=dtype)  # 3 groups
     bias = randn(rng, 9, dtype=dtype)
+    _read_only(x, a, weight, bias)
     out = randn(rng, 2, 13, 7, 9, dtype=dtype)
     before = out.copy()
     gconv.launch_conv(
@@ -308,6 +318,7 @@ def _chain_inputs(rng, case, dtype, biases=True):
     weights = [randn(rng, width, width // groups, 3, 3, dtype=dtype) / 3 for _ in range(nums)]
     bias = [randn(rng, width, dtype=dtype) for _ in range(nums)] if biases else None
     args = _checks.chain_args("res2net_chain", x, weights, bias, scale, stype, stride, groups)
+    _read_only(x, *weights, *(bias or []))
     return x, weights, bias, args
 
 
@@ -372,9 +383,8 @@ def _block(rng, case, dtype):
 
     def folded(co, ci, k=1, g=1):
         scale = float(np.sqrt(ci * k * k / g))  # keeps activations O(1)
-        return FoldedConv(
-            randn(rng, co, ci // g, k, k, dtype=dtype) / scale, randn(rng, co, dtype=dtype)
-        )
+        weight = randn(rng, co, ci // g, k, k, dtype=dtype) / scale
+        return FoldedConv(*_read_only(weight, randn(rng, co, dtype=dtype)))
 
     chain = [folded(width, width, 3, groups) for _ in range(nums)]
     return Bottle2neckParams(
@@ -406,7 +416,7 @@ def _params_f64(p):
 def test_bottle2neck_matches_reference(ex, rng, case, dtype):
     c_in, c_out, width, scale, stype, stride, groups, kind = case
     params = _block(rng, case, dtype)
-    x = randn(rng, 2 if kind == "conv" else 1, c_in, 7, 9, dtype=dtype)
+    (x,) = _read_only(randn(rng, 2 if kind == "conv" else 1, c_in, 7, 9, dtype=dtype))
     args = _checks.bottle2neck_args("bottle2neck", x, params, scale, stype, stride, groups)
     expected = ref.bottle2neck(_f64(x), _params_f64(params), **args)
     out = gres.bottle2neck(x, params, executor=ex, **args)
