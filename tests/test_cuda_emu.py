@@ -34,6 +34,7 @@ NAMES = [
     "atomic_count",
     "scalar_args<float, int>",
     "scalar_args<double, long long>",
+    "planted_deadlock",
 ]
 
 
@@ -204,7 +205,7 @@ def test_warp_sum_over_a_partial_warp_reads_poison(mod, rng):
     assert np.isnan(out[1]), "lanes absent from a partial warp must not read as zeros"
 
 
-@pytest.mark.parametrize("threads", [32, 96, 256])
+@pytest.mark.parametrize("threads", [32, 96, 256, 1024])
 def test_dynamic_shared_memory(mod, rng, threads):
     n = 3 * threads - 5
     x = randn(rng, n)
@@ -317,3 +318,15 @@ def test_kernel_writing_a_read_only_array_is_an_error(mod):
     counter.flags.writeable = False
     with pytest.raises(EmuError, match="read-only"):
         mod.launch("atomic_count", (1,), (4,), (counter,))
+
+
+def test_deadlock_is_an_error_not_a_hang(mod):
+    with pytest.raises(EmuError, match="deadlock"):
+        mod.launch("planted_deadlock", (1,), (64,), (np.zeros(64, np.float32),))
+
+
+def test_executor_allocates_nan_filled_outputs():
+    from cuda_emu import EmuExecutor
+
+    out = EmuExecutor().empty((3, 4), np.float32)
+    assert np.isnan(out).all(), "an output element no thread writes must not look valid"

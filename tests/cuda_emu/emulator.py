@@ -23,6 +23,7 @@ import ctypes
 import hashlib
 import os
 import pathlib
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -274,6 +275,8 @@ def compile_module(code: str, names, label: str = "kernel") -> EmuModule:
         stem = "".join(c if c.isalnum() else "_" for c in label)[:40]
         library = directory / f"{stem}_{key}.so"
         if not library.exists():
+            if shutil.which(CXX) is None:
+                raise EmuError(f"the CUDA emulator needs a C++17 compiler: {CXX!r} not found")
             src = directory / f"{stem}_{key}.{os.getpid()}.cpp"
             src.write_text(source)
             tmp = directory / f"{stem}_{key}.{os.getpid()}.so"

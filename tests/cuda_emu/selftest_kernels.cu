@@ -20,6 +20,7 @@
 //   grid_coordinates     writes thread/block coordinates of a 3-D grid of 3-D blocks
 //   atomic_count         atomicAdd of 1 by every thread into one counter
 //   scalar_args          out[0] = a * b + c, for int, long long, float, double scalars
+//   planted_deadlock     half a warp at a shuffle, the other half at __syncthreads
 
 template <typename T>
 __global__ void block_sum(const T* __restrict__ x, T* __restrict__ partial, idx_t n) {
@@ -165,4 +166,13 @@ __global__ void atomic_count(int* counter) { atomicAdd(counter, 1); }
 template <typename T, typename I>
 __global__ void scalar_args(T* out, I a, T b, T c) {
     out[0] = T(a) * b + c;
+}
+
+// BUG: half of each warp waits at a full-mask shuffle that the other half never
+// reaches (it waits at __syncthreads): a hang on a GPU, an error here.
+__global__ void planted_deadlock(float* out) {
+    float v = out[threadIdx.x];
+    if (threadIdx.x % 32 < 16) v = __shfl_xor_sync(R2N_FULL_MASK, v, 1);
+    __syncthreads();
+    out[threadIdx.x] = v;
 }
