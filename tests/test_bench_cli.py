@@ -289,3 +289,29 @@ def test_check_still_runs_and_agrees():
     from r2n import _check_cli
 
     assert _check_cli.main(quick=True, ops=["res2net_chain"]) == 0
+
+
+def test_cupy_timer_reads_cuda_events_in_seconds(monkeypatch):
+    """The GPU timing path, on a stand-in for cupy (no GPU here): warm-up, one
+    stream sync, then event pairs whose elapsed milliseconds become seconds."""
+    import types
+
+    calls = []
+
+    class Event:
+        def record(self):
+            calls.append("record")
+
+        def synchronize(self):
+            calls.append("sync")
+
+    stream = types.SimpleNamespace(synchronize=lambda: calls.append("stream"))
+    cuda = types.SimpleNamespace(
+        Event=Event, get_current_stream=lambda: stream, get_elapsed_time=lambda a, b: 2.5
+    )
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(cuda=cuda))
+    budget = timing.Budget(min_time=0.0, min_reps=4, max_reps=4, warmup=2)
+    ran = []
+    times = timing.time_cupy(lambda: ran.append(1), budget)
+    assert times == [2.5e-3] * 4 and len(ran) == 6
+    assert calls[0] == "stream" and calls.count("sync") == 4
