@@ -303,6 +303,9 @@ CHAIN_CASES = [
     ("stage", 2, 2, 3, 15, 1, 9, 7),
     ("stage", 2, 4, 1, 5, 2, 7, 9),
     ("stage", 2, 4, 5, 5, 1, 7, 9),  # depthwise chain convs
+    ("stage", 2, 4, 1, 5, 1, 1, 1),  # 1x1 images
+    ("stage", 3, 3, 1, 4, 2, 2, 5),
+    ("normal", 1, 3, 1, 70, 1, 3, 5),  # 2 channel tiles of 64, K = 630
 ]
 
 
@@ -338,6 +341,20 @@ def test_chain_matches_reference(ex, rng, case, dtype):
         # One launch per conv: the last chunk rides along with the first conv.
         assert len(ex.launches) == max(args["scale"] - 1, 1)
     np.testing.assert_array_equal(x, x_copy)
+
+
+def test_chain_and_block_of_batch_zero_launch_nothing(ex, rng):
+    x, weights, biases, args = _chain_inputs(rng, ("normal", 1, 4, 1, 5, 1, 7, 9), np.float32)
+    x0 = np.zeros((0,) + x.shape[1:], np.float32)
+    args = _checks.chain_args("res2net_chain", x0, weights, biases, 4, "normal", 1, 1)
+    ex.launches.clear()
+    assert gres.res2net_chain(x0, weights, biases, executor=ex, **args).shape == args["out_shape"]
+    case = (10, 16, 5, 4, "stage", 2, 1, "pool")
+    params = _block(rng, case, np.float32)
+    x0 = np.zeros((0, 10, 7, 9), np.float32)
+    args = _checks.bottle2neck_args("bottle2neck", x0, params, 4, "stage", 2, 1)
+    assert gres.bottle2neck(x0, params, executor=ex, **args).shape == (0, 16, 4, 5)
+    assert ex.launches == []
 
 
 @pytest.mark.parametrize("stype, stride", [("normal", 1), ("stage", 2)])
