@@ -136,9 +136,9 @@ def check_launch(name_expr, grid, block, args, shared_mem, is_array) -> tuple:
 
     def dims(what, value, limits):
         value = tuple(value) if isinstance(value, (tuple, list)) else (value,)
-        if not 1 <= len(value) <= 3 or not all(
-            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value
-        ):
+        if not 1 <= len(value) <= 3:
+            raise ValueError(f"r2n.gpu: {what} must be 1 to 3 ints, got {value!r}")
+        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value):
             raise TypeError(f"r2n.gpu: {what} must be 1 to 3 ints, got {value!r}")
         value = tuple(int(v) for v in value) + (1,) * (3 - len(value))
         for v, limit in zip(value, limits, strict=True):
@@ -182,10 +182,12 @@ class CupyExecutor:
     memoized (CuPy also caches the binary on disk).
     """
 
-    def __init__(self, device_id: int):
-        import cupy
+    def __init__(self, device_id: int, cupy_module=None):
+        """``cupy_module``: CuPy itself (None), or a stand-in for tests without a GPU."""
+        if cupy_module is None:
+            import cupy as cupy_module
 
-        self.xp = cupy
+        self.xp = cupy_module
         self.device_id = device_id
         self._modules: dict[str, object] = {}
         self._lock = threading.Lock()
