@@ -31,7 +31,12 @@
 //                    thread accumulates a TM x TN register tile, so one
 //                    shared-memory load feeds TM (or TN) FMAs instead of
 //                    two global loads feeding one. A thread's im2col pixel
-//                    is decoded once per tile (NT % BN == 0), not per load.
+//                    is decoded once per tile (NT % BN == 0), and the
+//                    (channel, tap) of each of the BK rows once per slice by
+//                    BK threads into shared memory, so the loads themselves
+//                    do no integer division (runtime kH, kW: the compiler
+//                    cannot strength-reduce k / (kH*kW); per load that cost
+//                    more instructions than the slice's FMAs).
 //                    Threads own strided rows/columns of the tile, so
 //                    shared reads are conflict-free and output stores are
 //                    coalesced along the pixel axis. Tile shapes are template
@@ -205,6 +210,7 @@ __device__ inline void conv2d_gemm_body(R2N_CONV_PARAMS) {
     constexpr int NT = (BM / TM) * (BN / TN);  // threads per block
     static_assert(NT % BN == 0, "each thread must load one fixed pixel column");
     static_assert(NT % BK == 0, "each thread must load one fixed k of the weights");
+    static_assert(NT >= BK, "BK threads decode the im2col rows");
     static_assert((BK * BN) % NT == 0 && (BK * BM) % NT == 0, "loads must split evenly");
     // Transposed tiles: As[k][m] and Bs[k][p], so the compute loop reads
     // contiguous rows of both. Dynamic shared memory of (BK * BM + BK * BN)
@@ -212,6 +218,12 @@ __device__ inline void conv2d_gemm_body(R2N_CONV_PARAMS) {
     R2N_DYNAMIC_SHARED(T, smem);
     T(*As)[BM] = reinterpret_cast<T(*)[BM]>(smem);
     T(*Bs)[BN] = reinterpret_cast<T(*)[BN]>(smem + BK * BM);
+    // im2col only: the input channel and tap offsets (dy, dx) of the BK rows
+    // k0 .. k0 + BK - 1, decoded once per slice by BK threads, so the loads
+    // need no integer division (3 * BK ints after the tiles).
+    int* k_chan = reinterpret_cast<int*>(smem + BK * BM + BK * BN);
+    int* k_dy = k_chan + BK;
+    int* k_dx = k_dy + BK;
 
     const idx_t pixel_tiles = (idx_t)gridDim.x - side_blocks;
     if ((idx_t)blockIdx.x >= pixel_tiles) {
@@ -255,6 +267,16 @@ __device__ inline void conv2d_gemm_body(R2N_CONV_PARAMS) {
             for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
 
         for (int k0 = 0; k0 < K; k0 += BK) {
+            if (LOAD == R2N_LOAD_IM2COL) {
+                if (tid < BK) {
+                    const int k = k0 + tid;  // rows k >= K are never loaded
+                    const int c = k / khw, t = k - c * khw, i = t / kw;
+                    k_chan[tid] = c;
+                    k_dy[tid] = i * dh;
+                    k_dx[tid] = (t - i * kw) * dw;
+                }
+                __syncthreads();
+            }
             // Weights: row m of the group's (C_out_g x K) matrix is contiguous.
             const int ak = k0 + a_k;
 #pragma unroll
@@ -271,8 +293,7 @@ __device__ inline void conv2d_gemm_body(R2N_CONV_PARAMS) {
                 T v = T(0);
                 if (b_p_ok && k < K) {
                     if (LOAD == R2N_LOAD_IM2COL) {
-                        const int c = k / khw, t = k % khw;
-                        const int iy = iy0 + (t / kw) * dh, ix = ix0 + (t % kw) * dw;
+                        const int c = k_chan[kr], iy = iy0 + k_dy[kr], ix = ix0 + k_dx[kr];
                         v = conv_load_input(x, x_base + (idx_t)c * plane_in, add,
                                             add_base + (idx_t)c * plane_in, iy, ix, h, w, flags);
                     } else if (LOAD == R2N_LOAD_AVG_POOL) {
