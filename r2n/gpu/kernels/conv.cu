@@ -35,8 +35,8 @@
 //                    (channel, tap) of each of the BK rows once per slice by
 //                    BK threads into shared memory, so the loads themselves
 //                    do no integer division (runtime kH, kW: the compiler
-//                    cannot strength-reduce k / (kH*kW); per load that cost
-//                    more instructions than the slice's FMAs).
+//                    cannot strength-reduce k / (kH*kW); decoded per load,
+//                    it cost about as many instructions as the FMAs).
 //                    Threads own strided rows/columns of the tile, so
 //                    shared reads are conflict-free and output stores are
 //                    coalesced along the pixel axis. Tile shapes are template
@@ -45,13 +45,17 @@
 //   3_gemm_1x1       1x1, stride 1, padding 0 convs: the input plane is
 //                    already the GEMM's right matrix (C_in_g x H*W, pixels
 //                    contiguous), so loads need no im2col arithmetic at all,
-//                    and the register tile grows to 8 x 8 (64 FMAs per 16
-//                    shared loads instead of 16 per 8) with 128 x 128 block
-//                    tiles when the problem has enough tiles to fill the GPU.
+//                    and the register tile grows to 8 x 8 for float (64 FMAs
+//                    per 16 shared loads instead of 16 per 8; 8 x 4 for
+//                    double, to stay under 255 registers without spills) in
+//                    128 x 128 (128 x 64) block tiles when the problem has
+//                    enough tiles to fill the GPU, else the 4 x 4 tile.
+//   (avgpool_gemm_1x1, not a conv2d variant: the "d" bottleneck shortcut,
+//    a ceil-mode average pool folded into variant 3's loads.)
 //
-// All index products that can exceed 2^31 are idx_t (64-bit); per-plane
-// indices (< C*H*W of one image... still products) are idx_t too. Sizes that
-// the launcher passes as int are checked to fit in int32 before any launch.
+// Offsets into tensors (image, channel and plane products) are idx_t
+// (64-bit); only per-axis coordinates are int. The launcher checks that every
+// size it passes as int (and H + 2 * padding) fits in int32 before launching.
 //
 // Epilogue flags (``flags``, a bit set):
 #define R2N_CONV_BIAS 1      // add bias[co]
