@@ -38,11 +38,11 @@ def _variants(op):
     if op not in VARIANTS:
         return [None]
     module, attr = VARIANTS[op]
-    return list(getattr(getattr(r2n.gpu, module), attr))
+    return [None, *getattr(getattr(r2n.gpu, module), attr)]  # None: the default choice
 
 
 PARAMS = [
-    pytest.param(name, dtype, variant, id=f"{name}-{np.dtype(dtype).name}-{variant or 'only'}")
+    pytest.param(name, dtype, variant, id=f"{name}-{np.dtype(dtype).name}-{variant or 'default'}")
     for name, (op, _, _) in CASES.items()
     for dtype in DTYPES
     for variant in _variants(op)

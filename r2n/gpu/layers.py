@@ -18,9 +18,15 @@ from .pool import global_avg_pool_planes
 FILE = "layers.cu"
 
 #: linear variant -> kernel; see layers.cu's header for what each changes.
-LINEAR_VARIANTS = {"1_naive": "linear_1_kernel", "2_smem_tiled": "linear_2_kernel"}
-#: The default linear variant.
-LINEAR_DEFAULT = "2_smem_tiled"
+LINEAR_VARIANTS = {
+    "1_naive": "linear_1_kernel",
+    "2_smem_tiled": "linear_2_kernel",
+    "3_warp_dot": "linear_3_kernel",
+}
+#: With fewer rows than this, linear defaults to 3_warp_dot, else to 2_smem_tiled:
+#: a 16-row tile would leave most of its threads idle. (A tile-utilisation rule,
+#: not timed on a GPU: none was available.)
+LINEAR_FEW_ROWS = 16
 LINEAR_TILE = 16  # R2N_LINEAR_TILE in layers.cu
 
 _runtime.register(
@@ -40,7 +46,10 @@ _runtime.register(
 
 
 def _dense(ex, kernel, x2d, w2d, bias, out, tiled, *extra):
-    """Launch a dense kernel: out (M, N) from x2d (M, K), w2d (N, K), bias (N,) or None."""
+    """Launch a dense kernel: out (M, N) from x2d (M, K), w2d (N, K), bias (N,) or None.
+
+    tiled : False (a thread per output), True (16 x 16 tiles) or "warp" (a warp per output).
+    """
     rows, in_features = x2d.shape
     out_features = w2d.shape[0]
     args = (
@@ -55,7 +64,11 @@ def _dense(ex, kernel, x2d, w2d, bias, out, tiled, *extra):
         *extra,
     )
     name = f"{kernel}<{dtype_name(x2d.dtype)}>"
-    if tiled:
+    if tiled == "warp":
+        ex.launch(
+            FILE, name, grid_1d(rows * out_features * _runtime.WARP_SIZE), (THREADS_1D,), args
+        )
+    elif tiled:
         col_tiles = -(-out_features // LINEAR_TILE)
         if col_tiles > _runtime.MAX_GRID_DIM[1]:
             raise ValueError(
@@ -78,7 +91,8 @@ def linear(x, weight, bias, *, variant=None, executor=None):
     ----------
     x : (..., in_features) ; weight : (out_features, in_features) ;
     bias : (out_features,) or None
-    variant : a key of LINEAR_VARIANTS, None for the default
+    variant : a key of LINEAR_VARIANTS; None: 3_warp_dot for fewer than
+        LINEAR_FEW_ROWS rows, else 2_smem_tiled
 
     Returns
     -------
@@ -87,8 +101,7 @@ def linear(x, weight, bias, *, variant=None, executor=None):
     op = "linear"
     _checks.check_arrays(op, {"x": x, "weight": weight, "bias": bias})
     _checks.linear_args(op, x, weight, bias)
-    variant = variant or LINEAR_DEFAULT
-    if variant not in LINEAR_VARIANTS:
+    if variant is not None and variant not in LINEAR_VARIANTS:
         raise ValueError(
             f"r2n.{op}: variant must be one of {sorted(LINEAR_VARIANTS)}, got {variant!r}"
         )
@@ -100,6 +113,9 @@ def linear(x, weight, bias, *, variant=None, executor=None):
     rows = out.size // out_features if out_features else 0
     if out.size == 0:
         return out
+    if variant is None:
+        variant = "3_warp_dot" if rows < LINEAR_FEW_ROWS else "2_smem_tiled"
+    mode = {"1_naive": False, "2_smem_tiled": True, "3_warp_dot": "warp"}[variant]
     _dense(
         ex,
         LINEAR_VARIANTS[variant],
@@ -107,7 +123,7 @@ def linear(x, weight, bias, *, variant=None, executor=None):
         weight,
         bias,
         out.reshape(rows, out_features),
-        variant == "2_smem_tiled",
+        mode,
     )
     return out
 

@@ -9,6 +9,10 @@
 //                   shared memory 16 columns of K at a time with coalesced loads,
 //                   and each element loaded is reused by 16 threads. The w tile
 //                   has a padding column so reading it by row is bank-conflict free.
+//     3_warp_dot    linear_3_kernel: one warp per output element; the lanes read
+//                   consecutive k of the x row and the w row (coalesced) and a
+//                   butterfly shuffle sums them. For few rows (a classifier head
+//                   on a small batch), where a 16-row tile would sit mostly idle.
 //   space_to_depth_kernel  one thread per output element:
 //                   out[n, (i*b + j)*C + c, h, w] = x[n, c, b*h + i, b*w + j]
 //   blur_pool2d_kernel     one thread per output element: [1,2,1]/4 along rows
@@ -65,6 +69,27 @@ __global__ void linear_2_kernel(const T* __restrict__ x, const T* __restrict__ w
     }
     if (m < rows && j < out_features) {
         out[m * out_features + j] = has_bias ? acc + bias[j] : acc;
+    }
+}
+
+// block: a multiple of 32 threads (host check); warps stride over the outputs.
+template <typename T>
+__global__ void linear_3_kernel(const T* __restrict__ x, const T* __restrict__ w,
+                                const T* __restrict__ bias, int has_bias, T* __restrict__ out,
+                                idx_t rows, int out_features, int in_features) {
+    const int lane = threadIdx.x % R2N_WARP_SIZE;
+    const idx_t total = rows * out_features;
+    const idx_t warps_per_grid = r2n_grid_threads_1d() / R2N_WARP_SIZE;
+    // The loop bound is the same for all lanes of a warp: the full-mask shuffles
+    // are reached by all 32 lanes together.
+    for (idx_t i = r2n_global_thread_1d() / R2N_WARP_SIZE; i < total; i += warps_per_grid) {
+        const int j = static_cast<int>(i % out_features);
+        const T* xr = x + (i / out_features) * in_features;
+        const T* wr = w + static_cast<idx_t>(j) * in_features;
+        T acc = T(0);
+        for (int k = lane; k < in_features; k += R2N_WARP_SIZE) acc += xr[k] * wr[k];
+        acc = r2n_warp_sum(acc);
+        if (lane == 0) out[i] = has_bias ? acc + bias[j] : acc;
     }
 }
 
