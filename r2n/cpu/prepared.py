@@ -137,13 +137,19 @@ class PreparedBottle2neckLayer:
     """
 
     def __init__(self, params, *, scale, stype, stride, groups, reuse_output=False):
-        self.params = params
         self.options = dict(scale=scale, stype=stype, stride=stride, groups=groups)
         self.dtype = np.asarray(params.conv1.weight).dtype
         self.reuse_output = reuse_output
         self._args = {}  # x.shape -> normalised bottle2neck args
         self._outputs = {}  # x.shape -> reused output
-        self._block = None
+        # Check the block and pack its weights now, on a stand-in input: the
+        # chain's options do not depend on the input's size.
+        c_in = params.conv1.weight.shape[1]
+        probe = _checks._ShapeOnly((1, c_in, 8, 8))
+        args = _checks.bottle2neck_args("bottle2neck", probe, params, scale, stype, stride, groups)
+        self._block = PreparedBottle2neck(params, args, self.dtype)
+        # Later calls only need the shapes for their checks: keep no array twice.
+        self.params = _shapes_only(params)
 
     def __call__(self, x):
         """x (N, C_in, H, W) -> (N, C_out, H_out, W_out)."""
@@ -155,14 +161,34 @@ class PreparedBottle2neckLayer:
                 "bottle2neck", x, self.params, o["scale"], o["stype"], o["stride"], o["groups"]
             )
             self._args[x.shape] = args
-            if self._block is None:  # packs once; the chain's options do not depend on x
-                self._block = PreparedBottle2neck(self.params, args, self.dtype)
         out = self._outputs.get(x.shape) if self.reuse_output else None
         if out is None:
             out = np.empty(args["out_shape"], self.dtype)
             if self.reuse_output:
                 self._outputs[x.shape] = out
         return self._block.run(np.ascontiguousarray(x), args, out)
+
+
+def _shapes_only(params):
+    """params with every array replaced by a shape-only stand-in (for the checks)."""
+    import dataclasses
+
+    def shape(a):
+        return None if a is None else _checks._ShapeOnly(a.shape)
+
+    def conv(c):
+        return None if c is None else type(c)(shape(c.weight), shape(c.bias))
+
+    return dataclasses.replace(
+        params,
+        conv1=conv(params.conv1),
+        conv3=conv(params.conv3),
+        shortcut=conv(params.shortcut),
+        chain_weights=[shape(w) for w in params.chain_weights],
+        chain_biases=None
+        if params.chain_biases is None
+        else [shape(b) for b in params.chain_biases],
+    )
 
 
 def prepare_conv2d(weight, bias, **options):

@@ -18,13 +18,17 @@ whose epilogue adds the shortcut and applies the final ReLU.
 
 ``PreparedChain`` / ``PreparedBottle2neck`` pack the weights once; the public
 ops prepare on every call (packing is O(weights), small next to the convs).
-Prepared objects also keep their intermediate buffers (padded chunks, t1, the
-chain's output, the shortcut) per input shape, so repeated calls on one shape
-(a model's forward passes) allocate only what they return. They are therefore
-not safe to call from two threads at once.
+Their intermediate buffers (padded chunks, t1, the chain's output, the
+shortcut) come from :func:`scratch`, a per-thread cache keyed by role and
+shape: repeated calls on one shape (a model's forward passes) allocate only
+what they return, and blocks of one shape share one set of buffers (each is
+dead once its block returns, and reusing it keeps it in cache).
 """
 
 from __future__ import annotations
+
+import threading
+from collections import OrderedDict
 
 import numpy as np
 
@@ -105,7 +109,6 @@ class PreparedChain:
             vector_or(None if biases is None else biases[i], 0, width, dtype)
             for i in range(self.nums)
         ]
-        self._buffers = {}  # x.shape -> (xp, nxt): padded chunk buffers, reused
 
     def __call__(self, x, out=None):
         """x (N, scale*width, H, W) contiguous -> out (N, scale*width, H_out, W_out)."""
@@ -129,17 +132,16 @@ class PreparedChain:
         stage = self.stype == "stage" or self.scale == 1
         n_pad = nums if stage else 1
         last = nums * width if self.scale > 1 else -1
-        buffers = self._buffers.get(x.shape)
-        if buffers is None:
-            # Padded chunks, with slack columns if rows are narrower than a tile.
-            wp = max(w + 2, min_input_width(w_out, 3, s, 1))
-            xp = np.empty((n, n_pad * width, h + 2, wp), x.dtype)
-            # "normal": conv i reads one padded buffer and writes sp + x_{i+1}
-            # into the other's interior; the two swap. Borders stay zero (the
-            # prologue rewrites xp's; the convs only write interiors).
-            nxt = _zero_border_like(xp, w) if not stage and nums > 1 else None
-            buffers = self._buffers[x.shape] = (xp, nxt)
-        xp, nxt = buffers
+        # Padded chunks, with slack columns if rows are narrower than a tile.
+        wp = max(w + 2, min_input_width(w_out, 3, s, 1))
+        xp = scratch("chain.xp", (n, n_pad * width, h + 2, wp), x.dtype)
+        # "normal": conv i reads one padded buffer and writes sp + x_{i+1} into
+        # the other's interior; the two swap. Borders stay zero: the prologue
+        # rewrites all of xp, the convs write only interiors, and nxt starts
+        # as zeros (its role in the cache is never given to another writer).
+        nxt = None
+        if not stage and nums > 1:
+            nxt = scratch("chain.nxt", xp.shape, x.dtype, np.zeros)
         _chain_prologue(x, width, n_pad, self.stype == "stage", s, last, xp, out, nums * width)
         cur = xp
         for i in range(nums):
@@ -168,15 +170,31 @@ class PreparedChain:
         return out
 
 
-def _zero_border_like(buf, w):
-    """An uninitialised buffer shaped like buf (N, C, H+2, W_p) whose padding
-    (row 0, row H+1, column 0 and columns W+1 ..) is zero."""
-    new = np.empty_like(buf)
-    new[:, :, 0, :] = 0
-    new[:, :, -1, :] = 0
-    new[:, :, :, 0] = 0
-    new[:, :, :, w + 1 :] = 0
-    return new
+_SCRATCH = threading.local()
+#: Buffers kept per thread (least recently used ones go first). Res2Net-50
+#: needs about 40 (5 roles x 8 block shapes).
+SCRATCH_ENTRIES = 128
+
+
+def scratch(role, shape, dtype, make=np.empty):
+    """A reusable intermediate buffer of this thread: the same array for the
+    same (role, shape, dtype) until it is evicted. ``make(shape, dtype)``
+    creates it (np.empty; np.zeros for buffers whose untouched parts must be
+    zero). A caller must be done with the buffer before the next call that
+    asks for the same role and shape: only the blocks' internals use it.
+    """
+    cache = getattr(_SCRATCH, "buffers", None)
+    if cache is None:
+        cache = _SCRATCH.buffers = OrderedDict()
+    key = (role, tuple(shape), np.dtype(dtype))
+    buf = cache.get(key)
+    if buf is None:
+        buf = cache[key] = make(shape, dtype)
+        while len(cache) > SCRATCH_ENTRIES:
+            cache.popitem(last=False)
+    else:
+        cache.move_to_end(key)
+    return buf
 
 
 def res2net_chain(x, weights, biases, *, scale, stype, stride, groups, width, out_shape):
@@ -205,7 +223,6 @@ class PreparedBottle2neck:
 
     def __init__(self, params, args, dtype):
         self.args = args
-        self._buffers = {}  # x.shape -> (t1, t2, identity or None), reused
         self.c1 = params.conv1.weight.shape[0]
         self.conv1 = (
             pack_weights(np.asarray(params.conv1.weight, dtype), 1),
@@ -237,15 +254,11 @@ class PreparedBottle2neck:
         """x (N, C_in, H, W) contiguous, ``args`` = bottle2neck_args for x ->
         ``out`` (N, C_out, H_out, W_out), allocated if None."""
         n, _, h, w = x.shape
-        buffers = self._buffers.get(x.shape)
-        if buffers is None:
-            t1 = np.empty((n, self.c1, h, w), x.dtype)
-            t2 = np.empty(args["chain"]["out_shape"], x.dtype)
-            identity = None
-            if self.shortcut is not None:
-                identity = np.empty(args["shortcut"]["conv"]["out_shape"], x.dtype)
-            buffers = self._buffers[x.shape] = (t1, t2, identity)
-        t1, t2, identity = buffers
+        t1 = scratch("block.t1", (n, self.c1, h, w), x.dtype)
+        t2 = scratch("block.t2", args["chain"]["out_shape"], x.dtype)
+        identity = None
+        if self.shortcut is not None:
+            identity = scratch("block.identity", args["shortcut"]["conv"]["out_shape"], x.dtype)
         conv_simd(
             x,
             self.conv1[0],
