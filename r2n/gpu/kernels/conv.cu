@@ -217,15 +217,19 @@ __device__ inline void conv2d_gemm_body(R2N_CONV_PARAMS) {
     static_assert(NT >= BK, "BK threads decode the im2col rows");
     static_assert((BK * BN) % NT == 0 && (BK * BM) % NT == 0, "loads must split evenly");
     // Transposed tiles: As[k][m] and Bs[k][p], so the compute loop reads
-    // contiguous rows of both. Dynamic shared memory of (BK * BM + BK * BN)
-    // elements (the launcher passes the size).
+    // contiguous rows of both. Dynamic shared memory of BK * (BM + 1) +
+    // BK * BN elements and 3 * BK ints (the launcher passes the size).
     R2N_DYNAMIC_SHARED(T, smem);
-    T(*As)[BM] = reinterpret_cast<T(*)[BM]>(smem);
-    T(*Bs)[BN] = reinterpret_cast<T(*)[BN]>(smem + BK * BM);
+    // As rows are padded by one element: the weight loads store a warp's
+    // values down a column of As (k fastest), which without the pad would
+    // hit one bank up to BK times.
+    constexpr int AS_ROW = BM + 1;
+    T(*As)[AS_ROW] = reinterpret_cast<T(*)[AS_ROW]>(smem);
+    T(*Bs)[BN] = reinterpret_cast<T(*)[BN]>(smem + BK * AS_ROW);
     // im2col only: the input channel and tap offsets (dy, dx) of the BK rows
     // k0 .. k0 + BK - 1, decoded once per slice by BK threads, so the loads
     // need no integer division (3 * BK ints after the tiles).
-    int* k_chan = reinterpret_cast<int*>(smem + BK * BM + BK * BN);
+    int* k_chan = reinterpret_cast<int*>(smem + BK * AS_ROW + BK * BN);
     int* k_dy = k_chan + BK;
     int* k_dx = k_dy + BK;
 
