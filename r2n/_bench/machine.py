@@ -1,13 +1,14 @@
 """This machine's ceilings, measured at the start of ``r2n bench``.
 
 * **sgemm**: ``numpy.matmul`` of two float32 (n, n) matrices, GFLOP/s =
-  2 n^3 / median time, with NumPy's BLAS (OpenBLAS in the wheels) set to 1
-  thread and to all threads. The thread count is set through OpenBLAS's own
+  2 n^3 / fastest call (a peak is the best the machine did, so the minimum,
+  not the median, of the repeated calls), with NumPy's BLAS (OpenBLAS in the
+  wheels) set to 1 thread and to all threads. The thread count is set through OpenBLAS's own
   ``openblas_set_num_threads`` found with ctypes in the library NumPy loaded
   (threadpoolctl is not a dependency); where that fails only the default
   count is measured and the 1-thread peak is missing (``None``).
 * **copy bandwidth**: copying a float32 array much larger than the caches,
-  GB/s = 2 x bytes / median time (one read and one write per byte), with one
+  GB/s = 2 x bytes / fastest call (one read and one write per byte), with one
   thread (``numpy.copyto``) and with all threads (r2n's parallel Numba copy,
   when Numba is installed).
 * **GPU** (when CuPy sees one): ``cupy.matmul`` float32 sgemm and a
@@ -95,7 +96,7 @@ def _sgemm_gflops(n: int, budget: timing.Budget) -> float:
     b = rng.standard_normal((n, n), dtype=np.float32)
     out = np.empty((n, n), np.float32)
     times = timing.time_host(lambda: np.matmul(a, b, out=out), budget)
-    return 2 * n**3 / (timing.median_ms(times) / 1e3) / 1e9
+    return 2 * n**3 / min(times) / 1e9
 
 
 def _copy_gbs(nbytes: int, threads: int, budget: timing.Budget) -> float | None:
@@ -115,7 +116,7 @@ def _copy_gbs(nbytes: int, threads: int, budget: timing.Budget) -> float | None:
         except ImportError:
             return None
     times = timing.time_host(fn, budget)
-    return 2 * src.nbytes / (timing.median_ms(times) / 1e3) / 1e9
+    return 2 * src.nbytes / min(times) / 1e9
 
 
 def measure_peaks(quick: bool, threads: int) -> dict:
@@ -157,16 +158,16 @@ def gpu_peaks(quick: bool) -> dict | None:
     a = cupy.random.standard_normal((n, n), dtype=cupy.float32)
     b = cupy.random.standard_normal((n, n), dtype=cupy.float32)
     budget = timing.Budget(min_time=0.05 if quick else 0.3, min_reps=3, max_reps=50)
-    t_mm = timing.median_ms(timing.time_cupy(lambda: cupy.matmul(a, b), budget))
+    t_mm = min(timing.time_cupy(lambda: cupy.matmul(a, b), budget))
     src = cupy.zeros(256 * 2**20 // 4, cupy.float32)
     dst = cupy.empty_like(src)
-    t_cp = timing.median_ms(timing.time_cupy(lambda: dst.__setitem__(..., src), budget))
+    t_cp = min(timing.time_cupy(lambda: dst.__setitem__(..., src), budget))
     props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
     name = props["name"]
     return {
         "name": name.decode() if isinstance(name, bytes) else str(name),
-        "sgemm_gflops": 2 * n**3 / (t_mm / 1e3) / 1e9,
-        "copy_gbs": 2 * src.nbytes / (t_cp / 1e3) / 1e9,
+        "sgemm_gflops": 2 * n**3 / t_mm / 1e9,
+        "copy_gbs": 2 * src.nbytes / t_cp / 1e9,
     }
 
 
