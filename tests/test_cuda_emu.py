@@ -35,6 +35,8 @@ NAMES = [
     "scalar_args<float, int>",
     "scalar_args<double, long long>",
     "planted_deadlock",
+    "alias_visible<float>",
+    "planted_overlap_race<double>",
 ]
 
 
@@ -330,3 +332,26 @@ def test_executor_allocates_nan_filled_outputs():
 
     out = EmuExecutor().empty((3, 4), np.float32)
     assert np.isnan(out).all(), "an output element no thread writes must not look valid"
+
+
+def test_one_array_passed_twice_is_one_buffer(mod):
+    buf = np.zeros(40, np.float32)
+    mod.launch("alias_visible<float>", (1,), (64,), (buf, buf, np.int32(40)))
+    t = np.arange(40)
+    np.testing.assert_array_equal(buf, 10 * t + np.where(t + 1 < 40, 10 * (t + 1), 0))
+
+
+def test_overlapping_views_share_memory_and_canaries(mod):
+    base = np.zeros(41, np.float32)
+    a, b = base[:40], base[1:]  # b[t + 1] is a[t + 2]
+    mod.launch("alias_visible<float>", (1,), (64,), (a, b, np.int32(39)))
+    t = np.arange(39)
+    expected = 10 * t + np.where(t + 1 < 39, 10 * (t + 2), 0)  # b[t+1] = a[t+2]
+    expected[37] = 10 * 37 + 0  # b[38] = base[39]: never written, still 0
+    np.testing.assert_array_equal(base[:39], expected)
+
+
+def test_copy_between_overlapping_views_is_a_race(mod):
+    buf = np.arange(33, dtype=np.float64)
+    with pytest.raises(EmuRaceError):
+        mod.launch("planted_overlap_race<double>", (1,), (32,), (buf[1:], buf[:-1], np.int32(32)))

@@ -127,26 +127,50 @@ class EmuModule:
                     f"{name}: argument {i} is {arg.dtype}, the kernel's parameter is {param}"
                 )
 
-    def _run(self, name, grid, block, args, shared_mem, reverse):
-        """One run on fresh guarded copies; returns the guarded buffers."""
-        buffers = []  # (guarded uint8 buffer, offset) per array argument
+    @staticmethod
+    def _regions(args):
+        """Group the array arguments by the memory they share.
+
+        Returns a list of regions ``(start address, nbytes, [(arg index, offset), ...])``:
+        arrays that overlap (the same array passed twice, or views of one
+        buffer) share one guarded copy, so writes through one are seen through
+        the other, as on the GPU.
+        """
+        spans = sorted(
+            (a.ctypes.data, a.ctypes.data + a.nbytes, i)
+            for i, a in enumerate(args)
+            if isinstance(a, np.ndarray)
+        )
+        regions = []
+        for lo, hi, i in spans:
+            if regions and lo < regions[-1][1] and hi > regions[-1][0]:
+                region = regions[-1]
+                region[1] = max(region[1], hi)
+                region[2].append((i, lo - region[0]))
+            else:
+                regions.append([lo, hi, [(i, 0)]])
+        return [(lo, hi - lo, members) for lo, hi, members in regions]
+
+    def _run(self, name, grid, block, args, shared_mem, reverse, regions):
+        """One run on fresh guarded copies; returns the guarded buffer of each region."""
+        buffers = []  # (guarded uint8 buffer, offset of the region) per region
         holders = []  # keep ctypes values alive
         pointers = (ctypes.c_void_p * max(len(args), 1))()
-        for i, a in enumerate(args):
-            if isinstance(a, np.ndarray):
-                nbytes = a.nbytes
-                raw = np.full(nbytes + 2 * GUARD_BYTES + ALIGN, CANARY, np.uint8)
-                start = (-raw.ctypes.data) % ALIGN + GUARD_BYTES
-                raw[start : start + nbytes] = a.reshape(-1).view(np.uint8)
-                buffers.append((raw, start))
-                ptr = ctypes.c_void_p(raw.ctypes.data + start)
+        for _, nbytes, members in regions:
+            raw = np.full(nbytes + 2 * GUARD_BYTES + ALIGN, CANARY, np.uint8)
+            start = (-raw.ctypes.data) % ALIGN + GUARD_BYTES
+            for i, offset in members:
+                a = args[i]
+                raw[start + offset : start + offset + a.nbytes] = a.reshape(-1).view(np.uint8)
+                ptr = ctypes.c_void_p(raw.ctypes.data + start + offset)
                 holders.append(ptr)
                 pointers[i] = ctypes.addressof(ptr)
-            else:
+            buffers.append((raw, start))
+        for i, a in enumerate(args):
+            if not isinstance(a, np.ndarray):
                 scalar = np.array(a)  # a 0-d copy holds the value's bytes
                 holders.append(scalar)
                 pointers[i] = scalar.ctypes.data
-                buffers.append(None)
         cfg = (ctypes.c_longlong * 7)(*grid, *block, shared_mem)
         err = ctypes.create_string_buffer(2048)
         with self._lock:
@@ -156,25 +180,27 @@ class EmuModule:
         if rc != 0:
             order = "reverse" if reverse else "forward"
             raise EmuError(f"{name} ({order} run): {err.value.decode()}")
-        for i, (a, buf) in enumerate(zip(args, buffers, strict=True)):
-            if buf is None:
-                continue
-            raw, start = buf
-            nbytes = a.nbytes
-            before = raw[:start]
-            after = raw[start + nbytes :]
-            for side, guard, base in (("before", before, start), ("after", after, -1)):
-                bad = np.flatnonzero(guard != CANARY)
-                if bad.size:
-                    if side == "before":
-                        where = (
-                            f"{(base - bad[0] + a.itemsize - 1) // a.itemsize} element(s) before"
-                        )
-                    else:
-                        where = f"at element {a.size + bad[0] // a.itemsize} (size {a.size})"
-                    raise EmuOutOfBoundsError(
-                        f"{name}: out-of-bounds write to argument {i} {side} the array: {where}"
-                    )
+        for (_, nbytes, members), (raw, start) in zip(regions, buffers, strict=True):
+            i = members[0][0]
+            itemsize = args[i].itemsize
+            which = (
+                f"argument {i}"
+                if len(members) == 1
+                else (f"arguments {[m for m, _ in members]} (one buffer)")
+            )
+            bad = np.flatnonzero(raw[:start] != CANARY)
+            if bad.size:
+                count = (start - bad[0] + itemsize - 1) // itemsize
+                raise EmuOutOfBoundsError(
+                    f"{name}: out-of-bounds write to {which} before the array: "
+                    f"{count} element(s) before"
+                )
+            bad = np.flatnonzero(raw[start + nbytes :] != CANARY)
+            if bad.size:
+                raise EmuOutOfBoundsError(
+                    f"{name}: out-of-bounds write to {which} after the array: at element "
+                    f"{(nbytes + bad[0]) // itemsize} (size {nbytes // itemsize})"
+                )
         return buffers
 
     def launch(self, name, grid, block, args, shared_mem=0, check_order=True):
@@ -200,35 +226,43 @@ class EmuModule:
             name, grid, block, args, shared_mem, lambda a: isinstance(a, np.ndarray)
         )
         self._check_args(name, args)
-        first = self._run(name, grid, block, args, shared_mem, reverse=False)
+        regions = self._regions(args)
+        first = self._run(name, grid, block, args, shared_mem, False, regions)
         if check_order:
-            second = self._run(name, grid, block, args, shared_mem, reverse=True)
-            for i, (a, b1, b2) in enumerate(zip(args, first, second, strict=True)):
-                if b1 is None:
+            second = self._run(name, grid, block, args, shared_mem, True, regions)
+            for (_, nbytes, members), (r1, s1), (r2, s2) in zip(
+                regions, first, second, strict=True
+            ):
+                v1, v2 = r1[s1 : s1 + nbytes], r2[s2 : s2 + nbytes]
+                if np.array_equal(v1, v2):
                     continue
-                (r1, s1), (r2, s2) = b1, b2
-                v1 = r1[s1 : s1 + a.nbytes]
-                v2 = r2[s2 : s2 + a.nbytes]
-                if not np.array_equal(v1, v2):
-                    e1, e2 = v1.view(a.dtype), v2.view(a.dtype)
-                    per_elem = (v1 != v2).reshape(a.size, a.itemsize).any(axis=1)
-                    bad = np.flatnonzero(per_elem)
-                    raise EmuRaceError(
-                        f"{name}: argument {i} differs between the forward and the reverse "
-                        f"run at {bad.size} of {a.size} elements (first: flat index "
-                        f"{bad[0]}: {e1[bad[0]]!r} vs {e2[bad[0]]!r}): a race or a missing "
-                        "__syncthreads, or a read of uninitialised shared memory"
+                i, offset = next(
+                    (i, off)
+                    for i, off in members
+                    if not np.array_equal(
+                        v1[off : off + args[i].nbytes], v2[off : off + args[i].nbytes]
                     )
-        for i, (a, buf) in enumerate(zip(args, first, strict=True)):
-            if buf is None:
-                continue
-            raw, start = buf
-            result = raw[start : start + a.nbytes]
-            if np.array_equal(result, a.reshape(-1).view(np.uint8)):
-                continue
-            if not a.flags.writeable:
-                raise EmuError(f"{name}: the kernel wrote to argument {i}, a read-only array")
-            a.reshape(-1).view(np.uint8)[...] = result
+                )
+                a = args[i]
+                e1 = v1[offset : offset + a.nbytes].view(a.dtype)
+                e2 = v2[offset : offset + a.nbytes].view(a.dtype)
+                per_elem = (e1.view(np.uint8) != e2.view(np.uint8)).reshape(a.size, -1).any(1)
+                bad = np.flatnonzero(per_elem)
+                raise EmuRaceError(
+                    f"{name}: argument {i} differs between the forward and the reverse "
+                    f"run at {bad.size} of {a.size} elements (first: flat index "
+                    f"{bad[0]}: {e1[bad[0]]!r} vs {e2[bad[0]]!r}): a race or a missing "
+                    "__syncthreads, or a read of uninitialised shared memory"
+                )
+        for (_, _, members), (raw, start) in zip(regions, first, strict=True):
+            for i, offset in members:
+                a = args[i]
+                result = raw[start + offset : start + offset + a.nbytes]
+                if np.array_equal(result, a.reshape(-1).view(np.uint8)):
+                    continue
+                if not a.flags.writeable:
+                    raise EmuError(f"{name}: the kernel wrote to argument {i}, a read-only array")
+                a.reshape(-1).view(np.uint8)[...] = result
 
 
 def _wrapper_source(names: list[str]) -> str:

@@ -21,6 +21,8 @@
 //   atomic_count         atomicAdd of 1 by every thread into one counter
 //   scalar_args          out[0] = a * b + c, for int, long long, float, double scalars
 //   planted_deadlock     half a warp at a shuffle, the other half at __syncthreads
+//   alias_visible        two pointer arguments to one buffer see each other's writes
+//   planted_overlap_race copies between overlapping views without a barrier
 
 template <typename T>
 __global__ void block_sum(const T* __restrict__ x, T* __restrict__ partial, idx_t n) {
@@ -175,4 +177,24 @@ __global__ void planted_deadlock(float* out) {
     if (threadIdx.x % 32 < 16) v = __shfl_xor_sync(R2N_FULL_MASK, v, 1);
     __syncthreads();
     out[threadIdx.x] = v;
+}
+
+// a and b are the same buffer (or overlapping views): a write through a must be
+// visible through b after the barrier. Thread t: a[t] = 10 t; then a[t] += b[t + 1].
+template <typename T>
+__global__ void alias_visible(T* a, const T* b, int n) {
+    const int t = threadIdx.x;
+    if (t < n) a[t] = T(10 * t);
+    __syncthreads();
+    const T next = (t + 1 < n) ? b[t + 1] : T(0);
+    __syncthreads();
+    if (t < n) a[t] += next;
+}
+
+// BUG when src and dst overlap (dst = buf[:-1], src = buf[1:]): thread t reads
+// what thread t + 1 writes, with no barrier between.
+template <typename T>
+__global__ void planted_overlap_race(const T* src, T* dst, int n) {
+    const int t = threadIdx.x;
+    if (t < n) dst[t] = src[t];
 }
