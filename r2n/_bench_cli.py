@@ -18,6 +18,8 @@ Steps, in order:
 3. **Speedup model** (:mod:`r2n._bench.model`): S, T1, T2 of a bottleneck,
    their parallel speedups k1, k2, the predicted speedups next to the
    measured ones.
+4. **Load.** The share of the CPUs other processes used during the run; above
+   10% the multi-threaded rows are flagged unreliable.
 
 Exit code 0 when every row agreed with the reference, 1 when one did not,
 130 on Ctrl-C (after writing what was measured so far), 2 for bad arguments.

@@ -6,12 +6,13 @@ module             what
 ``timing``         medians of wall time (CPU) or CUDA events (CuPy, torch),
                    relative error, conversion of nested arguments
 ``machine``        this machine's measured peaks: sgemm GFLOP/s, copy GB/s;
-                   NumPy's BLAS thread count
+                   NumPy's BLAS thread count; how busy other processes are
 ``residual``       the residual-connection steps (split, add, concatenate)
                    as parallel Numba kernels, for the speedup model
 ``torch_models``   PyTorch versions of the chain and bottleneck (eager with
                    BatchNorm, and BN-folded), shared with ``r2n check``
 ``cases``          the benchmark shapes, their FLOPs and minimal bytes
+``network``        the whole res2net50_26w_4s (r2n.models against timm)
 ``model``          the Res2Net-accelerator speedup model
 ``plot``           the PNG: speedup bars and a roofline chart
 =================  ==========================================================
