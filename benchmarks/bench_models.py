@@ -107,6 +107,14 @@ def weights():
 
 
 _INPUTS = {}
+_MODELS = {}
+
+
+def _model(state, backend):
+    """r2n's model on ``backend`` (created, i.e. folded and packed, once)."""
+    if backend not in _MODELS:
+        _MODELS[backend] = r2n.models.create(NAME, state, backend=backend)
+    return _MODELS[backend]
 
 
 def _inputs(n, net):
@@ -143,7 +151,7 @@ def test_res2net50_26w_4s(benchmark, timed, weights, n, row, threads):
     measure_memory = not benchmark.disabled or n == 1
 
     if row in ("cpu", "gpu"):
-        model = r2n.models.create(NAME, state, backend=row)
+        model = _model(state, row)
         if row == "gpu":
             xd = CUPY.asarray(x)
             pool = CUPY.get_default_memory_pool()
