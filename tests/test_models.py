@@ -436,3 +436,47 @@ def test_models_never_import_a_backend_package():
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+class _ArrayOnly:
+    """Exposes only __array__."""
+
+    def __init__(self, a):
+        self._a = a
+
+    def __array__(self, dtype=None, copy=None):
+        return self._a if dtype is None else self._a.astype(dtype)
+
+
+class _DLPackOnly:
+    """Exposes only the DLPack protocol."""
+
+    def __init__(self, a):
+        self._a = a
+
+    def __dlpack__(self, **kwargs):
+        return self._a.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self._a.__dlpack_device__()
+
+
+@pytest.mark.parametrize("wrap", [_ArrayOnly, _DLPackOnly])
+def test_state_dict_of_array_likes(wrap, rng):
+    keys = r2n.models.expected_keys("res2net50_26w_4s")
+    plain = r2n.models.random_state_dict(keys, seed=3)
+    params = {"layers": (1, 1, 1, 1)}
+    small = {k: v for k, v in plain.items() if k in _reduced_keys(params)}
+    x = rng.standard_normal((1, 3, 32, 32)).astype(np.float32)
+    ref = r2n.models.create("res2net50_26w_4s", small, _params=params)(x)
+    wrapped = {k: wrap(v) for k, v in small.items()}
+    out = r2n.models.create("res2net50_26w_4s", wrapped, _params=params)(x)
+    assert np.array_equal(out, ref)
+
+
+def _reduced_keys(params):
+    from r2n.models import ARCHS, res2net
+    from r2n.models._model import Arch
+
+    arch = ARCHS["res2net50_26w_4s"]
+    return res2net.expected_keys(Arch(arch.name, arch.family, {**arch.params, **params}, {}), 1000)
