@@ -1,12 +1,11 @@
-"""Single convolutions (3x3, 1x1, grouped) and the whole network, r2n vs PyTorch.
+"""Single convolutions (3x3, 1x1, grouped), r2n vs PyTorch.
 
 The cases are ``r2n bench``'s (``r2n._bench.cases``, default sizes): one
 group per op and shape (``conv2d 3x3 26->26 N=1 56x56`` ...). Rows, as in
 bench_res2net.py: ``reference`` (all threads), ``cpu`` and ``torch-eager`` at 1
 and all threads, ``gpu`` and ``torch-eager-cuda`` when a GPU is seen.
 ``extra_info``: backend, threads, device, flops, gflop, and GFLOP/s after a
-timed run. The network group (``res2net50_26w_4s`` N=1 224x224: r2n.models
-and timm with the same random weights) runs when r2n.models imports.
+timed run. The whole network is in bench_models.py.
 """
 
 from __future__ import annotations
@@ -45,15 +44,3 @@ def _run_case(timed, benchmark, case, row, threads):
 @pytest.mark.parametrize("case", CONV_CASES, ids=[c.label for c in CONV_CASES])
 def test_conv2d(benchmark, timed, case, row, threads):
     _run_case(timed, benchmark, case, row, threads)
-
-
-NETWORK = cases.cases(quick=False)[-1]
-
-
-@pytest.mark.parametrize("row, threads", ROWS, ids=ROW_IDS)
-def test_res2net50_26w_4s(benchmark, timed, row, threads):
-    """The whole network, batch 1, 224x224 (r2n.models vs timm, same weights)."""
-    pytest.importorskip("r2n.models")
-    if row.startswith("torch"):
-        pytest.importorskip("timm")
-    _run_case(timed, benchmark, NETWORK, row, threads)
