@@ -18,8 +18,8 @@ import r2n._backends
 
 #: Ops with numbered variants: op -> (module attribute holding the variants dict).
 VARIANTS = {
-    "global_avg_pool2d": ("pool", "GLOBAL_AVG_POOL_VARIANTS"),
-    "linear": ("layers", "LINEAR_VARIANTS"),
+    "global_avg_pool2d": ("pool", "VARIANTS"),
+    "linear": ("layers", "VARIANTS"),
 }
 
 

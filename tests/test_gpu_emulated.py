@@ -220,3 +220,19 @@ def test_launchers_without_an_executor_ask_for_the_gpu(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", None)
     with pytest.raises(RuntimeError, match="needs CuPy"):
         elementwise.relu(np.ones(3, np.float32))
+
+
+@pytest.mark.parametrize("module", [pool, layers])
+def test_variants_dicts_force_their_variant(ex, rng, module):
+    x = rng.standard_normal((2, 3, 5, 7))
+    w = rng.standard_normal((4, 7))
+    for name, run in module.VARIANTS.items():
+        launches = len(ex.launches)
+        if module is pool:
+            out, ref = run(x, executor=ex), reference.global_avg_pool2d(x)
+            kernel = pool.GLOBAL_AVG_POOL_VARIANTS[name][0]
+        else:
+            out, ref = run(x, w, None, executor=ex), reference.linear(x, w, None)
+            kernel = layers.LINEAR_VARIANTS[name]
+        assert_close(out, ref)
+        assert ex.launches[launches:][-1][1] == f"{kernel}<double>"

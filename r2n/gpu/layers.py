@@ -211,3 +211,16 @@ def squeeze_excite(x, w1, b1, w2, b2, *, executor=None):
         FILE, f"se_scale_kernel<{dtype_name(x.dtype)}>", grid_1d(out.size), (THREADS_1D,), args
     )
     return out
+
+
+def _forced(name: str):
+    def run(x, weight, bias, **kwargs):
+        return linear(x, weight, bias, variant=name, **kwargs)
+
+    run.__name__ = f"linear_{name}"
+    run.__doc__ = f"linear through variant {name} (arguments as linear)."
+    return run
+
+
+#: This area's numbered variants (linear's): name -> the op with it forced.
+VARIANTS = {name: _forced(name) for name in LINEAR_VARIANTS}

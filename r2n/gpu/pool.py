@@ -145,3 +145,16 @@ def global_avg_pool2d(x, *, variant=None, executor=None):
         )
     ex = executor or _runtime.executor()
     return global_avg_pool_planes(ex, contiguous(ex, x), variant)
+
+
+def _forced(name: str):
+    def run(x, **kwargs):
+        return global_avg_pool2d(x, variant=name, **kwargs)
+
+    run.__name__ = f"global_avg_pool2d_{name}"
+    run.__doc__ = f"global_avg_pool2d through variant {name} (arguments as global_avg_pool2d)."
+    return run
+
+
+#: This area's numbered variants (global_avg_pool2d's): name -> the op with it forced.
+VARIANTS = {name: _forced(name) for name in GLOBAL_AVG_POOL_VARIANTS}
