@@ -55,6 +55,13 @@ __device__ __forceinline__ double r2n_neg_inf<double>() {
     return __longlong_as_double(static_cast<long long>(0xfff0000000000000ull));
 }
 
+// 1 / (1 + exp(-v)) without overflow: exp is only taken of -|v| <= 0.
+template <typename T>
+__device__ __forceinline__ T r2n_sigmoid(T v) {
+    const T e = r2n_exp(v < T(0) ? v : -v);  // exp(-|v|), in (0, 1]; NaN stays NaN
+    return v >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
+}
+
 // max that propagates NaN (PyTorch's max_pool2d and relu do; fmax does not).
 template <typename T>
 __device__ __forceinline__ T r2n_max_nan(T a, T b) {

@@ -33,12 +33,6 @@ __global__ void leaky_relu_kernel(const T* __restrict__ x, T* __restrict__ out, 
 }
 
 template <typename T>
-__device__ __forceinline__ T r2n_sigmoid(T v) {
-    const T e = r2n_exp(-fabs(v));  // in (0, 1]
-    return v >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
-}
-
-template <typename T>
 __global__ void sigmoid_kernel(const T* __restrict__ x, T* __restrict__ out, idx_t n) {
     for (idx_t i = r2n_global_thread_1d(); i < n; i += r2n_grid_threads_1d()) {
         out[i] = r2n_sigmoid(x[i]);

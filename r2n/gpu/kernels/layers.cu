@@ -139,12 +139,6 @@ __global__ void blur_pool2d_kernel(const T* __restrict__ x, T* __restrict__ out,
 }
 
 template <typename T>
-__device__ __forceinline__ T r2n_se_sigmoid(T v) {
-    const T e = r2n_exp(-fabs(v));
-    return v >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
-}
-
-template <typename T>
 __global__ void se_fc_kernel(const T* __restrict__ in, const T* __restrict__ w,
                              const T* __restrict__ bias, int has_bias, T* __restrict__ out,
                              idx_t rows, int out_features, int in_features, int activation) {
@@ -157,7 +151,7 @@ __global__ void se_fc_kernel(const T* __restrict__ in, const T* __restrict__ w,
         T acc = T(0);
         for (int k = 0; k < in_features; ++k) acc += a[k] * wr[k];
         if (has_bias) acc += bias[j];
-        out[i] = activation == 0 ? (acc <= T(0) ? T(0) : acc) : r2n_se_sigmoid(acc);
+        out[i] = activation == 0 ? (acc <= T(0) ? T(0) : acc) : r2n_sigmoid(acc);
     }
 }
 
