@@ -480,3 +480,40 @@ def _reduced_keys(params):
 
     arch = ARCHS["res2net50_26w_4s"]
     return res2net.expected_keys(Arch(arch.name, arch.family, {**arch.params, **params}, {}), 1000)
+
+
+# kernel, stride, padding, groups, (H, W)
+PREPARED_CONVS = [
+    (1, 1, 0, 1, (7, 9)),
+    (1, 2, 0, 1, (7, 9)),
+    (3, 1, 1, 1, (7, 9)),
+    (3, 2, 1, 5, (9, 7)),
+    (3, 1, 1, 1, (2, 3)),  # rows narrower than a register tile
+    (7, 2, 3, 1, (11, 13)),
+    (1, 1, 0, 1, (2, 2)),  # a 1x1 conv on fewer pixels than a tile
+]
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "leaky_relu"])
+@pytest.mark.parametrize("kernel, stride, padding, groups, hw", PREPARED_CONVS)
+def test_prepared_cpu_conv_matches_reference(kernel, stride, padding, groups, hw, activation, rng):
+    from r2n import _backends
+
+    w = rng.standard_normal((10, 5 // groups, kernel, kernel))
+    b = rng.standard_normal(10)
+    x = rng.standard_normal((2, 5, *hw))
+    options = dict(
+        stride=(stride, stride),
+        padding=(padding, padding),
+        dilation=(1, 1),
+        groups=groups,
+        activation=activation,
+        negative_slope=0.1,
+    )
+    cpu = _backends.prepare("conv2d", "cpu", "numpy", w, b, reuse_output=True, **options)
+    ref = _backends.prepare("conv2d", "reference", "numpy", w, b, **options)
+    expected = ref(x)
+    residual = rng.standard_normal(expected.shape)
+    for _ in range(2):  # the second call reuses the padded and output buffers
+        assert rel_err(cpu(x), expected) <= 1e-12
+        assert rel_err(cpu(x, residual=residual), ref(x, residual=residual)) <= 1e-12

@@ -18,9 +18,9 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _checks
-from .conv import conv_simd, pack_weights
+from .conv import _pad_kernel, conv_simd, min_input_width, pack_weights
 from .elementwise import vector_or
-from .res2net import PreparedBottle2neck
+from .res2net import PreparedBottle2neck, scratch
 
 
 def _check_input(op, x, dtype, want_channels):
@@ -109,14 +109,15 @@ class PreparedConv2d:
             if self.reuse_output:
                 self._outputs[x.shape] = out
         g = self.geometry
+        x, padding = self._padded(np.ascontiguousarray(x), out_shape)
         return conv_simd(
-            np.ascontiguousarray(x),
+            x,
             self.packed,
             self.c_out,
             g["groups"],
             self.weight_shape[2:],
             g["stride"],
-            g["padding"],
+            padding,
             g["dilation"],
             self.bias,
             out,
@@ -124,6 +125,24 @@ class PreparedConv2d:
             negative_slope=self.negative_slope,
             res=residual,
         )
+
+    def _padded(self, x, out_shape):
+        """(input, padding) for conv_simd: x zero-padded into a reused scratch
+        buffer (with the slack columns the tiles read) when the conv needs
+        padding, so conv_simd reads it in place instead of allocating a copy."""
+        g = self.geometry
+        (ph, pw), kw = g["padding"], self.weight_shape[3]
+        one_by_one = self.weight_shape[2:] == (1, 1) and g["stride"] == (1, 1)
+        if one_by_one and (ph, pw) == (0, 0):
+            return x, (ph, pw)  # conv_simd runs these as a GEMM on x itself
+        n, c, h, w = x.shape
+        need = min_input_width(out_shape[3], kw, g["stride"][1], g["dilation"][1])
+        extra = max(0, need - (w + 2 * pw))
+        if (ph, pw, extra) == (0, 0, 0):
+            return x, (ph, pw)
+        xp = scratch("conv.padded", (n, c, h + 2 * ph, w + 2 * pw + extra), x.dtype)
+        _pad_kernel(x, ph, pw, xp)
+        return xp, (0, 0)
 
 
 class PreparedBottle2neckLayer:
