@@ -279,9 +279,9 @@ def launch_conv(
         grid = (pixel_tiles + side_blocks, channel_tiles, images_groups)
         block = threads
         name = _name(_KERNEL_OF_VARIANT[variant], ctype, tile)
-        # the two tiles (weight rows padded by one), then variant 2's 3 * BK
-        # ints of decoded im2col rows (conv.cu, conv2d_gemm_body)
-        shared = (bk * (bm + 1) + bk * bn) * dtype.itemsize + 3 * bk * 4
+        # the two tiles (weight rows padded by one), then two copies of
+        # variant 2's 3 * BK ints of decoded im2col rows (conv2d_gemm_body)
+        shared = (bk * (bm + 1) + bk * bn) * dtype.itemsize + 2 * 3 * bk * 4
 
     flags = 0
     if bias is not None:

@@ -227,11 +227,10 @@ __device__ inline void conv2d_gemm_body(R2N_CONV_PARAMS) {
     T(*As)[AS_ROW] = reinterpret_cast<T(*)[AS_ROW]>(smem);
     T(*Bs)[BN] = reinterpret_cast<T(*)[BN]>(smem + BK * AS_ROW);
     // im2col only: the input channel and tap offsets (dy, dx) of the BK rows
-    // k0 .. k0 + BK - 1, decoded once per slice by BK threads, so the loads
-    // need no integer division (3 * BK ints after the tiles).
-    int* k_chan = reinterpret_cast<int*>(smem + BK * AS_ROW + BK * BN);
-    int* k_dy = k_chan + BK;
-    int* k_dx = k_dy + BK;
+    // of a K slice, decoded once per slice by BK threads so that the loads
+    // need no integer division; two copies (3 * BK ints each, after the
+    // tiles), because slice s + 1 is decoded while slice s is in use.
+    int* k_tab = reinterpret_cast<int*>(smem + BK * AS_ROW + BK * BN);
 
     const idx_t pixel_tiles = (idx_t)gridDim.x - side_blocks;
     if ((idx_t)blockIdx.x >= pixel_tiles) {
@@ -274,34 +273,40 @@ __device__ inline void conv2d_gemm_body(R2N_CONV_PARAMS) {
 #pragma unroll
             for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
 
-        for (int k0 = 0; k0 < K; k0 += BK) {
-            if (LOAD == R2N_LOAD_IM2COL) {
-                if (tid < BK) {
-                    const int k = k0 + tid;  // rows k >= K are never loaded
-                    const int c = k / khw, t = k - c * khw, i = t / kw;
-                    k_chan[tid] = c;
-                    k_dy[tid] = i * dh;
-                    k_dx[tid] = (t - i * kw) * dw;
-                }
-                __syncthreads();
+        // Software pipeline: slice s + 1 is fetched from global memory into
+        // registers while slice s is multiplied out of shared memory, so the
+        // loads' latency overlaps the FMAs (two barriers per slice).
+        constexpr int A_LOADS = (BK * BM) / NT, B_LOADS = (BK * BN) / NT;
+        T a_next[A_LOADS], b_next[B_LOADS];
+
+        // Decode rows k0 .. k0 + BK - 1 into tab (rows k >= K are never loaded).
+        auto decode_rows = [&](int k0, int* tab) {
+            if (LOAD == R2N_LOAD_IM2COL && tid < BK) {
+                const int k = k0 + tid;
+                const int c = k / khw, t = k - c * khw, i = t / kw;
+                tab[tid] = c;
+                tab[BK + tid] = i * dh;
+                tab[2 * BK + tid] = (t - i * kw) * dw;
             }
+        };
+        // This thread's share of slice k0 into a_next / b_next, zero outside.
+        auto fetch_slice = [&](int k0, const int* tab) {
             // Weights: row m of the group's (C_out_g x K) matrix is contiguous.
             const int ak = k0 + a_k;
 #pragma unroll
-            for (int r = 0; r < (BK * BM) / NT; ++r) {
-                const int m = a_row0 + r * (NT / BK);
-                const int gm = m0 + m;
-                As[a_k][m] = (gm < c_out_g && ak < K) ? wg[(idx_t)gm * K + ak] : T(0);
+            for (int r = 0; r < A_LOADS; ++r) {
+                const int gm = m0 + a_row0 + r * (NT / BK);
+                a_next[r] = (gm < c_out_g && ak < K) ? wg[(idx_t)gm * K + ak] : T(0);
             }
-            // Input: Bs[k][p] is input channel c, tap (i, j) at pixel p.
+            // Input: row kr of the slice is input channel c, tap (i, j), at pixel b_p.
 #pragma unroll
-            for (int r = 0; r < (BK * BN) / NT; ++r) {
+            for (int r = 0; r < B_LOADS; ++r) {
                 const int kr = b_row0 + r * (NT / BN);
                 const int k = k0 + kr;
                 T v = T(0);
                 if (b_p_ok && k < K) {
                     if (LOAD == R2N_LOAD_IM2COL) {
-                        const int c = k_chan[kr], iy = iy0 + k_dy[kr], ix = ix0 + k_dx[kr];
+                        const int c = tab[kr], iy = iy0 + tab[BK + kr], ix = ix0 + tab[2 * BK + kr];
                         v = conv_load_input(x, x_base + (idx_t)c * plane_in, add,
                                             add_base + (idx_t)c * plane_in, iy, ix, h, w, flags);
                     } else if (LOAD == R2N_LOAD_AVG_POOL) {
@@ -319,9 +324,27 @@ __device__ inline void conv2d_gemm_body(R2N_CONV_PARAMS) {
                         if (flags & R2N_CONV_ADD) v += add[add_base + off];
                     }
                 }
-                Bs[kr][b_col] = v;
+                b_next[r] = v;
             }
+        };
+
+        const int n_slices = (K + BK - 1) / BK;
+        decode_rows(0, k_tab);
+        __syncthreads();
+        fetch_slice(0, k_tab);
+        for (int s = 0; s < n_slices; ++s) {
+            // Every thread is past the previous slice's FMAs (the barrier at
+            // the end of the loop), so the tiles can be overwritten; the
+            // table copy decoded here was last read two slices ago.
+            int* next_tab = k_tab + ((s + 1) & 1) * 3 * BK;
+#pragma unroll
+            for (int r = 0; r < A_LOADS; ++r) As[a_k][a_row0 + r * (NT / BK)] = a_next[r];
+#pragma unroll
+            for (int r = 0; r < B_LOADS; ++r) Bs[b_row0 + r * (NT / BN)][b_col] = b_next[r];
+            const bool more = s + 1 < n_slices;
+            if (more) decode_rows((s + 1) * BK, next_tab);
             __syncthreads();
+            if (more) fetch_slice((s + 1) * BK, next_tab);
 #pragma unroll
             for (int kk = 0; kk < BK; ++kk) {
                 T a[TM], b[TN];
@@ -353,8 +376,14 @@ __device__ inline void conv2d_gemm_body(R2N_CONV_PARAMS) {
     }
 }
 
+// Threads per block of a tile, and the blocks per SM the register budget must
+// allow: the 4 x 4 tiles keep <= 128 registers per thread (at least 16 warps
+// per SM to hide latency); the 8 x 8 / 8 x 4 tiles need up to 255.
+#define R2N_GEMM_THREADS ((BM / TM) * (BN / TN))
+#define R2N_GEMM_MIN_BLOCKS (TM * TN <= 16 ? 512 / R2N_GEMM_THREADS : 1)
+
 template <typename T, int BM, int BN, int BK, int TM, int TN>
-__global__ void conv2d_2_implicit_gemm(R2N_CONV_PARAMS) {
+__global__ void __launch_bounds__(R2N_GEMM_THREADS, R2N_GEMM_MIN_BLOCKS) conv2d_2_implicit_gemm(R2N_CONV_PARAMS) {
     conv2d_gemm_body<T, BM, BN, BK, TM, TN, R2N_LOAD_IM2COL>(
         x, x_c_total, x_c0, add, add_c_total, add_c0, weight, bias, residual, out, out_c_total,
         out_c0, n_img, c_in, h, w, c_out, h_out, w_out, kh, kw, sh, sw, ph, pw, dh, dw, groups,
@@ -362,7 +391,7 @@ __global__ void conv2d_2_implicit_gemm(R2N_CONV_PARAMS) {
 }
 
 template <typename T, int BM, int BN, int BK, int TM, int TN>
-__global__ void conv2d_3_gemm_1x1(R2N_CONV_PARAMS) {
+__global__ void __launch_bounds__(R2N_GEMM_THREADS, R2N_GEMM_MIN_BLOCKS) conv2d_3_gemm_1x1(R2N_CONV_PARAMS) {
     conv2d_gemm_body<T, BM, BN, BK, TM, TN, R2N_LOAD_PLANE>(
         x, x_c_total, x_c0, add, add_c_total, add_c0, weight, bias, residual, out, out_c_total,
         out_c0, n_img, c_in, h, w, c_out, h_out, w_out, kh, kw, sh, sw, ph, pw, dh, dw, groups,
@@ -373,7 +402,7 @@ __global__ void conv2d_3_gemm_1x1(R2N_CONV_PARAMS) {
 // count_include_pad=False) then a 1x1 conv, as one GEMM whose right matrix is
 // pooled on load. h, w: the input's size; h_out, w_out: the pooled size.
 template <typename T, int BM, int BN, int BK, int TM, int TN>
-__global__ void conv2d_avgpool_gemm_1x1(R2N_CONV_PARAMS) {
+__global__ void __launch_bounds__(R2N_GEMM_THREADS, R2N_GEMM_MIN_BLOCKS) conv2d_avgpool_gemm_1x1(R2N_CONV_PARAMS) {
     conv2d_gemm_body<T, BM, BN, BK, TM, TN, R2N_LOAD_AVG_POOL>(
         x, x_c_total, x_c0, add, add_c_total, add_c0, weight, bias, residual, out, out_c_total,
         out_c0, n_img, c_in, h, w, c_out, h_out, w_out, kh, kw, sh, sw, ph, pw, dh, dw, groups,
