@@ -8,7 +8,9 @@ writes fail here too. Inputs are read-only: a kernel writing to one fails.
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -236,3 +238,65 @@ def test_variants_dicts_force_their_variant(ex, rng, module):
             kernel = layers.LINEAR_VARIANTS[name]
         assert_close(out, ref)
         assert ex.launches[launches:][-1][1] == f"{kernel}<double>"
+
+
+# --------------------------------------------------------------------------- #
+# The public API end to end: "CuPy" arrays -> backend gpu -> launchers -> emulator
+# --------------------------------------------------------------------------- #
+
+
+class EmulatedCupyArray:
+    """Wraps a NumPy array so that r2n's dispatch takes it for a cupy.ndarray
+    (r2n recognises CuPy by the type's module); attributes go to the array."""
+
+    def __init__(self, array):
+        self.array = array
+
+    def __getattr__(self, name):
+        return getattr(self.array, name)
+
+    def reshape(self, *shape):
+        return EmulatedCupyArray(self.array.reshape(*shape))
+
+    @property
+    def device(self):
+        return contextlib.nullcontext()
+
+
+EmulatedCupyArray.__module__ = "cupy._core.core"
+
+
+class EmulatedCupyExecutor(EmuExecutor):
+    """The emulator, taking and handing out EmulatedCupyArray as CuPy does cupy arrays."""
+
+    xp = types.SimpleNamespace(
+        ascontiguousarray=lambda a: EmulatedCupyArray(np.ascontiguousarray(a.array))
+    )
+
+    def empty(self, shape, dtype):
+        return EmulatedCupyArray(super().empty(shape, dtype))
+
+    def zeros(self, shape, dtype):
+        return EmulatedCupyArray(super().zeros(shape, dtype))
+
+    def launch(self, file, name_expr, grid, block, args, shared_mem=0):
+        unwrapped = tuple(a.array if isinstance(a, EmulatedCupyArray) else a for a in args)
+        assert all(not isinstance(a, np.ndarray) for a in args), "a NumPy array reached launch"
+        super().launch(file, name_expr, grid, block, unwrapped, shared_mem)
+
+
+@pytest.mark.parametrize("name", [n for n in CASES if n.partition("-")[0] in r2n.gpu.OPS])
+def test_public_api_on_cupy_like_arrays_runs_the_gpu_kernels(rng, monkeypatch, name):
+    ex = EmulatedCupyExecutor()
+    monkeypatch.setattr(_runtime, "executor", lambda: ex)
+    op, make, kwargs = CASES[name]
+    args64 = make(rng)
+    args = tuple(None if a is None else EmulatedCupyArray(a.astype(np.float32))
+                 for a in args64)  # fmt: skip
+    out = getattr(r2n, op)(*args, **kwargs)  # backend=None: CuPy arrays go to "gpu"
+    assert ex.launches, "the gpu backend did not launch anything"
+    ref_args, ref_kwargs = normalised(op, cast(args64, np.float64), kwargs)
+    ref = reference.OPS[op](*ref_args, **ref_kwargs)
+    for o, r in zip(_outputs(out), _outputs(ref), strict=True):
+        assert type(o) is EmulatedCupyArray and o.dtype == np.float32
+        assert_close(o.array, r, np.float32)
