@@ -39,9 +39,13 @@
 //                    it cost about as many instructions as the FMAs).
 //                    Threads own strided rows/columns of the tile, so
 //                    shared reads are conflict-free and output stores are
-//                    coalesced along the pixel axis. Tile shapes are template
-//                    parameters (a 32-row tile for narrow layers such as
-//                    Res2Net's 26-channel chain convs).
+//                    coalesced along the pixel axis. The next K slice is
+//                    fetched into registers while the current one is
+//                    multiplied (a software pipeline: global-load latency
+//                    overlaps the FMAs), and launch bounds hold the 4 x 4
+//                    tiles to <= 128 registers so >= 16 warps fit per SM.
+//                    Tile shapes are template parameters (a 32-row tile for
+//                    narrow layers such as Res2Net's 26-channel chain convs).
 //   3_gemm_1x1       1x1, stride 1, padding 0 convs: the input plane is
 //                    already the GEMM's right matrix (C_in_g x H*W, pixels
 //                    contiguous), so loads need no im2col arithmetic at all,
@@ -52,6 +56,10 @@
 //                    enough tiles to fill the GPU, else the 4 x 4 tile.
 //   (avgpool_gemm_1x1, not a conv2d variant: the "d" bottleneck shortcut,
 //    a ceil-mode average pool folded into variant 3's loads.)
+//
+// None of these choices has been timed yet: no GPU was available when they
+// were written (each is verified for correctness under tests/cuda_emu and
+// for zero register spills with NVRTC/ptxas for sm_80 and sm_90).
 //
 // Offsets into tensors (image, channel and plane products) are idx_t
 // (64-bit); only per-axis coordinates are int. The launcher checks that every
