@@ -238,7 +238,7 @@ def launch_conv(
         ("W", w),
         ("C_out", c_out),
         ("H_out * W_out", h_out * w_out),
-        ("C_in // groups * kH * kW", k_total),
+        ("C_in // groups * kH * kW (+ a K slice)", k_total + 64),
         ("H * W", h * w),
         # input coordinates oy * stride - padding + i * dilation stay inside these
         ("H + 2 * padding", h + 2 * padding[0]),

@@ -226,7 +226,7 @@ __device__ inline void conv2d_gemm_body(R2N_CONV_PARAMS) {
     static_assert((BK * BN) % NT == 0 && (BK * BM) % NT == 0, "loads must split evenly");
     // Transposed tiles: As[k][m] and Bs[k][p], so the compute loop reads
     // contiguous rows of both. Dynamic shared memory of BK * (BM + 1) +
-    // BK * BN elements and 3 * BK ints (the launcher passes the size).
+    // BK * BN elements and 2 * 3 * BK ints (the launcher passes the size).
     R2N_DYNAMIC_SHARED(T, smem);
     // As rows are padded by one element: the weight loads store a warp's
     // values down a column of As (k fastest), which without the pad would
