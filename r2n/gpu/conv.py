@@ -17,6 +17,9 @@ variant                what it is
                        4 x 4 / 64 x 64 tile.
 =====================  =========================================================
 
+Both GEMM variants fetch the next K slice into registers while multiplying
+the current one (a software pipeline); see the header of kernels/conv.cu.
+
 Every variant has the same fused epilogue: bias, a residual add and ReLU /
 LeakyReLU, and can read its input from a channel slice of a larger tensor
 (plus a second slice added on load) and write into a channel slice of a larger
