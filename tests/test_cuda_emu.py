@@ -37,6 +37,7 @@ NAMES = [
     "planted_deadlock",
     "alias_visible<float>",
     "planted_overlap_race<double>",
+    "barrier_votes",
 ]
 
 
@@ -355,3 +356,26 @@ def test_copy_between_overlapping_views_is_a_race(mod):
     buf = np.arange(33, dtype=np.float64)
     with pytest.raises(EmuRaceError):
         mod.launch("planted_overlap_race<double>", (1,), (32,), (buf[1:], buf[:-1], np.int32(32)))
+
+
+@pytest.mark.parametrize("k,expected", [(3, (34, 1, 0)), (1, (100, 1, 1)), (1000, (1, 1, 0))])
+def test_barrier_votes_match_cuda(mod, k, expected):
+    counts = np.zeros(3, np.int32)
+    mod.launch("barrier_votes", (1,), (100,), (counts, np.int32(k)))
+    assert tuple(counts) == expected
+
+
+def test_selftest_kernels_are_valid_cuda_for_nvrtc():
+    # The emulator must be tested on CUDA C++, not on a g++-only dialect.
+    nvrtc = pytest.importorskip("cupy_backends.cuda.libs.nvrtc")
+    code = _runtime._read(str(_runtime.KERNEL_DIR / "common.cuh")) + "\n" + SELFTEST.read_text()
+    prog = nvrtc.createProgram(code, "selftest_kernels.cu", [], [])
+    try:
+        for name in NAMES:
+            nvrtc.addNameExpression(prog, name)
+        try:
+            nvrtc.compileProgram(prog, [*_runtime.NVRTC_OPTIONS, "-arch=sm_80"])
+        except nvrtc.NVRTCError as e:
+            pytest.fail(f"{e}\n{nvrtc.getProgramLog(prog)}")
+    finally:
+        nvrtc.destroyProgram(prog)

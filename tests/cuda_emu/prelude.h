@@ -105,6 +105,7 @@ struct Thread {
     int src, width;
     const void* site;  // the __syncthreads the thread waits at: file and line
     int line;
+    int predicate;  // __syncthreads_count / _and / _or
 };
 
 struct Runtime {
@@ -118,6 +119,7 @@ struct Runtime {
     void (*thunk)(void**) = nullptr;
     void** args = nullptr;
     std::string error;
+    int barrier_count = 0;  // threads with a non-zero predicate at the last barrier
 };
 
 inline Runtime& rt() {
@@ -149,13 +151,16 @@ inline void yield() {
 }
 
 // `file` and `line` identify the __syncthreads call (compiler transforms may
-// duplicate a call, so its return address would not).
-inline void syncthreads(const char* file, int line) {
+// duplicate a call, so its return address would not). Returns how many
+// threads of the block passed a non-zero `predicate` (__syncthreads_count).
+inline int syncthreads(const char* file, int line, int predicate = 0) {
     Thread* t = rt().current;
     t->site = file;
     t->line = line;
+    t->predicate = predicate != 0;
     t->state = AT_BARRIER;
     yield();
+    return rt().barrier_count;  // set when the barrier opened, before anyone resumed
 }
 
 template <typename T>
@@ -307,8 +312,12 @@ inline bool run_block(bool reverse, unsigned char poison_byte) {
         if (done == n) return true;
         if (done + at_barrier == n) {
             // exited threads count as arrived (as on sm_70 and later)
+            r.barrier_count = 0;
             for (int i = 0; i < n; ++i)
-                if (r.threads[i].state == AT_BARRIER) r.threads[i].state = READY;
+                if (r.threads[i].state == AT_BARRIER) {
+                    r.barrier_count += r.threads[i].predicate;
+                    r.threads[i].state = READY;
+                }
             continue;
         }
         r.error = "deadlock: some threads wait at __syncthreads while others wait at a warp "
@@ -361,7 +370,11 @@ std::string signature(void (*)(P...)) {
 #define blockDim (static_cast<const dim3&>(r2n_emu::rt().block_dim))
 #define gridDim (static_cast<const dim3&>(r2n_emu::rt().grid_dim))
 
-#define __syncthreads() r2n_emu::syncthreads(__FILE__, __LINE__)
+#define __syncthreads() ((void)r2n_emu::syncthreads(__FILE__, __LINE__))
+#define __syncthreads_count(p) r2n_emu::syncthreads(__FILE__, __LINE__, (p))
+#define __syncthreads_or(p) (r2n_emu::syncthreads(__FILE__, __LINE__, (p)) != 0)
+#define __syncthreads_and(p) \
+    (r2n_emu::syncthreads(__FILE__, __LINE__, !(p)) == 0)
 __attribute__((always_inline)) inline void __syncwarp(unsigned mask = 0xffffffffu) {
     r2n_emu::warp_call<int>(r2n_emu::SYNCWARP, mask, 0, 0, 32);
 }
@@ -442,6 +455,9 @@ inline float __fdividef(float a, float b) { return a / b; }
 inline float __saturatef(float x) { return x < 0.f ? 0.f : (x > 1.f ? 1.f : x); }
 inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
 inline double __fma_rn(double a, double b, double c) { return fma(a, b, c); }
+inline float __fsqrt_rn(float x) { return sqrtf(x); }
+inline float __frcp_rn(float x) { return 1.0f / x; }
+inline double __drcp_rn(double x) { return 1.0 / x; }
 inline float __int_as_float(int i) {
     float f;
     memcpy(&f, &i, 4);

@@ -23,6 +23,7 @@
 //   planted_deadlock     half a warp at a shuffle, the other half at __syncthreads
 //   alias_visible        two pointer arguments to one buffer see each other's writes
 //   planted_overlap_race copies between overlapping views without a barrier
+//   barrier_votes        __syncthreads_count / _or / _and
 
 template <typename T>
 __global__ void block_sum(const T* __restrict__ x, T* __restrict__ partial, idx_t n) {
@@ -197,4 +198,17 @@ template <typename T>
 __global__ void planted_overlap_race(const T* src, T* dst, int n) {
     const int t = threadIdx.x;
     if (t < n) dst[t] = src[t];
+}
+
+// counts[0..2] = __syncthreads_count / _or / _and of (threadIdx.x % k == 0).
+__global__ void barrier_votes(int* counts, int k) {
+    const int pred = threadIdx.x % k == 0;
+    const int count = __syncthreads_count(pred);
+    const int any = __syncthreads_or(pred);
+    const int all = __syncthreads_and(pred);
+    if (threadIdx.x == 0) {
+        counts[0] = count;
+        counts[1] = any;
+        counts[2] = all;
+    }
 }
