@@ -315,6 +315,16 @@ def test_load_state_dict_refuses_pickles_and_unknown_files(tmp_path):
         r2n.load_state_dict(junk)
 
 
+def test_bfloat16_safetensors_load_as_float32(tmp_path):
+    from safetensors.torch import save_file as save_torch
+
+    w = torch.randn(3, 4).bfloat16()
+    save_torch({"w": w, "b": torch.ones(2)}, str(tmp_path / "bf16.safetensors"))
+    loaded = r2n.load_state_dict(tmp_path / "bf16.safetensors")
+    assert loaded["w"].dtype == np.float32
+    np.testing.assert_array_equal(loaded["w"], w.float().numpy())
+
+
 def test_pth_is_loaded_with_weights_only(tmp_path):
     """A .pth holding an arbitrary object is refused (torch's weights_only)."""
 

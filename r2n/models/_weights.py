@@ -76,9 +76,7 @@ def load_state_dict(path) -> dict[str, np.ndarray]:
     ext = os.path.splitext(path)[1].lower()
     try:
         if ext == ".safetensors":
-            from safetensors.numpy import load_file
-
-            return dict(load_file(path))
+            return _load_safetensors(path)
         if ext == ".npz":
             with np.load(path, allow_pickle=False) as archive:
                 return {k: archive[k] for k in archive.files}
@@ -105,6 +103,20 @@ def load_state_dict(path) -> dict[str, np.ndarray]:
         f"r2n.load_state_dict: unknown checkpoint format {ext!r} ({path!r}); "
         f"expected .safetensors, .npz, .pth or .pt"
     )
+
+
+def _load_safetensors(path):
+    """NumPy's loader; for dtypes NumPy lacks (bfloat16) torch's, when installed."""
+    from safetensors.numpy import load_file
+
+    try:
+        return dict(load_file(path))
+    except TypeError:  # e.g. "data type 'bfloat16' not understood"
+        try:
+            from safetensors.torch import load_file as load_torch
+        except ImportError:
+            raise
+        return {k: _torch_to_numpy(v) for k, v in load_torch(path).items()}
 
 
 def _torch_to_numpy(t) -> np.ndarray:
