@@ -315,3 +315,14 @@ def test_cupy_timer_reads_cuda_events_in_seconds(monkeypatch):
     times = timing.time_cupy(lambda: ran.append(1), budget)
     assert times == [2.5e-3] * 4 and len(ran) == 6
     assert calls[0] == "stream" and calls.count("sync") == 4
+
+
+def test_a_wrong_model_decomposition_is_reported_and_fails(tmp_path, monkeypatch):
+    from r2n._bench import residual
+
+    real = residual.add
+    monkeypatch.setattr(residual, "add", lambda a, b: real(a, b) + np.float32(0.5))
+    code, report = _run(tmp_path, "--op", "model", "--backend", "cpu")
+    assert code == 1 and report["rows"] == []
+    assert [m["status"] for m in report["model"]] == ["WRONG"]
+    assert report["model"][0]["serial_rel_err"] > 1e-3
