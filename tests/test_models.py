@@ -446,6 +446,20 @@ def test_models_never_import_a_backend_package():
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+    # Nor later: no module of the package names a backend package in an import.
+    import ast
+    import pathlib
+
+    for path in pathlib.Path(r2n.models.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [a.name for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            parts = {part for n in names for part in n.split(".")}
+            assert not parts & {"cpu", "gpu"}, (path, names)
 
 
 class _ArrayOnly:
