@@ -541,3 +541,28 @@ def test_prepared_cpu_conv_matches_reference(kernel, stride, padding, groups, hw
     for _ in range(2):  # the second call reuses the padded and output buffers
         assert rel_err(cpu(x), expected) <= 1e-12
         assert rel_err(cpu(x, residual=residual), ref(x, residual=residual)) <= 1e-12
+
+
+def test_a_backends_prepare_factories_plug_in(monkeypatch, rng):
+    """A backend that adds PREPARE factories gets them used by every model,
+    with no change to r2n.models (here: counting wrappers on the reference)."""
+    import r2n.reference
+    from r2n import _backends
+
+    calls = {"conv2d": 0, "bottle2neck": 0}
+
+    def counting(op):
+        def factory(*arrays, **options):
+            calls[op] += 1
+            return _backends._FALLBACKS[op]("reference", "numpy", *arrays, **options)
+
+        return factory
+
+    x = rng.standard_normal((1, 3, 32, 32)).astype(np.float32)
+    expected = _small(backend="reference")(x)
+    monkeypatch.setattr(
+        r2n.reference, "PREPARE", {op: counting(op) for op in calls}, raising=False
+    )
+    out = _small(backend="reference")(x)
+    assert calls == {"conv2d": 1, "bottle2neck": 4}  # the stem conv, one block per stage
+    assert np.array_equal(out, expected)
