@@ -39,11 +39,25 @@ class FakeCupy:
         self.attributes = []  # funcSetAttribute calls
         fake = self
 
-        class Function:
-            def __init__(self, name):
-                self.name, self.ptr = name, 1234
+        class RawKernel:
+            """What cupy.RawModule.get_function returns: a cupy.RawKernel, which has
+            no ``ptr`` (that is cupy.cuda.Function's); the > 48 KiB opt-in is its
+            ``max_dynamic_shared_size_bytes`` property (see test_stand_in_models_cupy)."""
 
-            def __call__(self, grid, block, args, shared_mem=0):
+            __slots__ = ("name",)
+
+            def __init__(self, name):
+                self.name = name
+
+            @property
+            def max_dynamic_shared_size_bytes(self):
+                return 48 * 1024
+
+            @max_dynamic_shared_size_bytes.setter
+            def max_dynamic_shared_size_bytes(self, value):
+                fake.attributes.append((self.name, value))
+
+            def __call__(self, grid, block, args, *, shared_mem=0):
                 fake.launches.append((self.name, grid, block, args, shared_mem))
 
         class RawModule:
@@ -51,14 +65,11 @@ class FakeCupy:
                 fake.modules.append(kwargs)
 
             def get_function(self, name):
-                return Function(name)
+                return RawKernel(name)
 
         self.RawModule = RawModule
-        driver = types.SimpleNamespace(
-            CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES=8,
-            funcSetAttribute=lambda ptr, attr, value: fake.attributes.append((ptr, attr, value)),
-        )
-        self.cuda = types.SimpleNamespace(Device=lambda i: contextlib.nullcontext(), driver=driver)
+        self.RawKernel = RawKernel
+        self.cuda = types.SimpleNamespace(Device=lambda i: contextlib.nullcontext())
 
     @staticmethod
     def empty(shape, dtype):
@@ -97,9 +108,20 @@ def test_cupy_executor_opts_in_to_large_dynamic_shared_memory(fake_executor):
     out = ex.empty((4,), np.float32)
     args = (out, out, np.int64(4))
     ex.launch("elementwise.cu", "relu_kernel<float>", (1,), (32,), args, shared_mem=64 * 1024)
-    assert ex.xp.attributes == [(1234, 8, 64 * 1024)]
+    assert ex.xp.attributes == [("relu_kernel<float>", 64 * 1024)]
     ex.launch("elementwise.cu", "relu_kernel<float>", (1,), (32,), args, shared_mem=1024)
     assert len(ex.xp.attributes) == 1
+    assert [launch[4] for launch in ex.xp.launches] == [64 * 1024, 1024]
+
+
+def test_stand_in_models_cupy():
+    """The stand-in's RawKernel offers only what cupy.RawKernel (the type that
+    RawModule.get_function returns) has, and lacks Function's ``ptr``."""
+    cupy = pytest.importorskip("cupy")
+    public = {a for a in dir(FakeCupy().RawKernel) if not a.startswith("_")}
+    assert public <= set(dir(cupy.RawKernel))
+    assert "ptr" not in dir(cupy.RawKernel)
+    assert "RawKernel" in (cupy.RawModule.get_function.__doc__ or "")
 
 
 @pytest.mark.parametrize(

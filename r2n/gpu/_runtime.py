@@ -244,14 +244,10 @@ class CupyExecutor:
         with cupy.cuda.Device(self.device_id):
             func = self.module(file).get_function(name_expr)
             if shared_mem > DEFAULT_SHARED_LIMIT:
-                # Opt in to more than 48 KiB of dynamic shared memory (a Function from
-                # RawModule has no max_dynamic_shared_size_bytes property, RawKernel has).
-                driver = cupy.cuda.driver
-                driver.funcSetAttribute(
-                    func.ptr,
-                    driver.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    int(shared_mem),
-                )
+                # Opt in to more than 48 KiB of dynamic shared memory. get_function
+                # returns a cupy.RawKernel (it has no ``ptr``, cupy.cuda.Function has);
+                # this setter calls cuFuncSetAttribute on its current-device function.
+                func.max_dynamic_shared_size_bytes = int(shared_mem)
             func(grid, block, args, shared_mem=int(shared_mem))
 
 
