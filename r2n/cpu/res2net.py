@@ -22,7 +22,8 @@ Their intermediate buffers (padded chunks, t1, the chain's output, the
 shortcut) come from :func:`scratch`, a per-thread cache keyed by role and
 shape: repeated calls on one shape (a model's forward passes) allocate only
 what they return, and blocks of one shape share one set of buffers (each is
-dead once its block returns, and reusing it keeps it in cache).
+dead once its block returns, and reusing it keeps it in cache). They stay
+allocated after a call; :func:`clear_scratch` frees them.
 """
 
 from __future__ import annotations
@@ -195,6 +196,12 @@ def scratch(role, shape, dtype, make=np.empty):
     else:
         cache.move_to_end(key)
     return buf
+
+
+def clear_scratch():
+    """Free this thread's cached intermediate buffers (they are kept after a
+    call, up to SCRATCH_ENTRIES of them; the next call allocates again)."""
+    _SCRATCH.buffers = OrderedDict()
 
 
 def res2net_chain(x, weights, biases, *, scale, stype, stride, groups, width, out_shape):
