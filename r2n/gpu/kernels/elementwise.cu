@@ -42,8 +42,8 @@ __global__ void sigmoid_kernel(const T* __restrict__ x, T* __restrict__ out, idx
 template <typename T>
 __global__ void bn_scale_kernel(const T* __restrict__ var, const T* __restrict__ weight,
                                 int has_weight, T eps, T* __restrict__ scale, int channels) {
-    const int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c < channels) {
+    // Grid-stride: the launcher caps the grid (grid_1d), so one thread may own several c.
+    for (idx_t c = r2n_global_thread_1d(); c < channels; c += r2n_grid_threads_1d()) {
         const T inv_std = T(1) / r2n_sqrt(var[c] + eps);
         scale[c] = has_weight ? weight[c] * inv_std : inv_std;
     }
@@ -75,8 +75,7 @@ __global__ void fold_bias_kernel(const T* __restrict__ conv_bias, int has_conv_b
                                  const T* __restrict__ mean, const T* __restrict__ scale,
                                  const T* __restrict__ bias, int has_bias, T* __restrict__ out,
                                  int channels) {
-    const int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c < channels) {
+    for (idx_t c = r2n_global_thread_1d(); c < channels; c += r2n_grid_threads_1d()) {
         const T b = has_conv_bias ? conv_bias[c] - mean[c] : -mean[c];
         T v = b * scale[c];
         if (has_bias) v += bias[c];

@@ -1,0 +1,114 @@
+"""Review checks of r2n.gpu under the emulator: paths the op tests do not reach.
+
+* Grid-stride loops: launchers cap 1-D grids (``_runtime.MAX_BLOCKS_1D``,
+  ``conv._MAX_STRIDE_BLOCKS``) and every thread loops over the rest. On a GPU
+  the cap is hit only by tensors of > 2^28 elements, too big to emulate, so
+  here the caps are lowered to one block and each kernel launched that way
+  must still cover every element (a kernel that is not grid-stride leaves
+  outputs unwritten: NaN from EmuExecutor.empty).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from cuda_emu import EmuExecutor
+from gpu_cases import normalised
+from helpers import assert_close
+
+import r2n.gpu
+from r2n import reference
+from r2n.gpu import _runtime, conv
+
+
+class GridRecordingExecutor(EmuExecutor):
+    """The emulator, remembering the grid of every launch."""
+
+    def __init__(self):
+        super().__init__()
+        self.grids = []
+
+    def launch(self, file, name_expr, grid, block, args, shared_mem=0):
+        self.grids.append(tuple(grid))
+        super().launch(file, name_expr, grid, block, args, shared_mem)
+
+
+@pytest.fixture
+def one_block(monkeypatch):
+    """Grid caps of one block: every grid-stride kernel loops over its whole tensor."""
+    monkeypatch.setattr(_runtime, "MAX_BLOCKS_1D", 1)
+    monkeypatch.setattr(conv, "_MAX_STRIDE_BLOCKS", 1)
+    return GridRecordingExecutor()
+
+
+def _r(rng, *shape):
+    return rng.standard_normal(shape)
+
+
+def _pos(rng, *shape):
+    return rng.uniform(0.5, 2.0, shape)
+
+
+# Each case has more work items than one 256-thread block.
+CASES = {
+    "batch_norm-300-channels": (
+        "batch_norm",
+        lambda rng: (_r(rng, 2, 300), _r(rng, 300), _pos(rng, 300), _r(rng, 300), _r(rng, 300)),
+        {},
+        None,
+    ),
+    "fold_batch_norm-300-channels": (
+        "fold_batch_norm",
+        lambda rng: (
+            _r(rng, 300, 2),
+            _r(rng, 300),
+            _r(rng, 300),
+            _pos(rng, 300),
+            _r(rng, 300),
+            _r(rng, 300),
+        ),
+        {},
+        None,
+    ),
+    "relu": ("relu", lambda rng: (_r(rng, 1000),), {}, None),
+    "max_pool2d": (
+        "max_pool2d",
+        lambda rng: (_r(rng, 1, 3, 20, 20),),
+        dict(kernel_size=3, stride=1, padding=1),
+        None,
+    ),
+    "global_avg_pool2d-warps": (
+        "global_avg_pool2d",
+        lambda rng: (_r(rng, 1, 20, 3, 3),),
+        {},
+        "2_warp_shuffle_reduce",
+    ),
+    "linear-warp-dot": (
+        "linear",
+        lambda rng: (_r(rng, 2, 5), _r(rng, 9, 5), _r(rng, 9)),
+        {},
+        "3_warp_dot",
+    ),
+    "res2net_chain-direct-with-side-job": (
+        "res2net_chain",
+        lambda rng: (_r(rng, 1, 12, 12, 12), [_r(rng, 3, 3, 3, 3) for _ in range(3)], None),
+        dict(scale=4, stype="normal", stride=1),
+        "1_direct",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_grid_stride_kernels_cover_everything_from_one_block(one_block, rng, name):
+    op, make, kwargs, variant = CASES[name]
+    args = make(rng)
+    call_args, call_kwargs = normalised(op, args, kwargs)
+    extra = {} if variant is None else {"variant": variant}
+    out = r2n.gpu.OPS[op](*call_args, **call_kwargs, **extra, executor=one_block)
+    ref = reference.OPS[op](*call_args, **call_kwargs)
+    outs = out if isinstance(out, tuple) else (out,)
+    refs = ref if isinstance(ref, tuple) else (ref,)
+    for o, r in zip(outs, refs, strict=True):
+        assert_close(o, r, np.float64)
+    # the caps were hit: one block per launch (the chain's direct conv: + one side block)
+    assert one_block.grids and all(g[0] <= 2 for g in one_block.grids), one_block.grids
