@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 from cuda_emu import EmuExecutor
@@ -112,3 +114,56 @@ def test_grid_stride_kernels_cover_everything_from_one_block(one_block, rng, nam
         assert_close(o, r, np.float64)
     # the caps were hit: one block per launch (the chain's direct conv: + one side block)
     assert one_block.grids and all(g[0] <= 2 for g in one_block.grids), one_block.grids
+
+
+# --------------------------------------------------------------------------- #
+# Per-axis int32 coordinates: sizes near 2^31 must be refused before a launch
+# --------------------------------------------------------------------------- #
+
+
+class RecordingExecutor:
+    """Accepts huge zero-stride views without copying and records launches
+    (nothing runs): for the launchers' size checks on tensors too big to emulate."""
+
+    xp = types.SimpleNamespace(ascontiguousarray=lambda a: a)
+
+    def __init__(self):
+        self.launches = []
+
+    @staticmethod
+    def empty(shape, dtype):
+        return np.broadcast_to(np.zeros((), dtype), shape)
+
+    def launch(self, file, name_expr, grid, block, args, shared_mem=0):
+        self.launches.append(name_expr)
+
+
+def _huge(*shape):
+    """A float32 array of ``shape`` that takes no memory (every element is one zero)."""
+    return np.broadcast_to(np.zeros((), np.float32), shape)
+
+
+INT_MAX = 2**31 - 1
+
+
+@pytest.mark.parametrize(
+    "h,fits",
+    # kernel 3, padding 1, stride 1: the last window ends at (H - 1) - 1 + 3 = H + 1,
+    # which wraps to -2^31 for H = INT_MAX (an empty window: -inf / 0 out)
+    [(INT_MAX - 3, True), (INT_MAX, False)],
+)
+@pytest.mark.parametrize("op", ["max_pool2d", "avg_pool2d"])
+def test_pool_window_ends_must_fit_an_int(op, h, fits):
+    kw = dict(kernel_size=(3, 1), stride=(1, 1), padding=(1, 0), ceil_mode=True)
+    if op == "avg_pool2d":
+        kw["count_include_pad"] = True
+    x = _huge(1, 1, h, 1)
+    ex = RecordingExecutor()
+    run = getattr(r2n.gpu.pool, op)
+    if fits:
+        run(x, **kw, out_shape=(1, 1, h, 1), executor=ex)
+        assert len(ex.launches) == 1
+    else:
+        with pytest.raises(ValueError, match="int"):
+            run(x, **kw, out_shape=(1, 1, h, 1), executor=ex)
+        assert ex.launches == []

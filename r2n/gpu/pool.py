@@ -58,6 +58,10 @@ def _pool(op, kernel, x, kernel_size, stride, padding, ceil_mode, out_shape, exe
         return out
     n, c, h, w = x.shape
     ints = [h, w, *out_shape[2:], *kernel_size, *stride, *padding]
+    # A window's end o * stride - padding + kernel (and H + padding) is an int in
+    # the kernel; it stays below H + kernel (W + kernel), which must fit too.
+    int32_or_error(op, "H + kernel_size", h + kernel_size[0])
+    int32_or_error(op, "W + kernel_size", w + kernel_size[1])
     args = (
         x,
         out,
