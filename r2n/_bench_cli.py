@@ -417,6 +417,14 @@ def _run_model(report, env, case, budget, progress) -> None:
             )
         except NotImplementedError as exc:
             result = {"parallel": label, "status": "not implemented", "reason": str(exc)}
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # a crash in a part is a failure, like a crashing row
+            result = {
+                "parallel": label,
+                "status": "ERROR",
+                "reason": f"{type(exc).__name__}: {exc}",
+            }
         finally:
             env.set_threads(None)
         result["case"] = case.label
@@ -450,14 +458,11 @@ def run(opts: argparse.Namespace) -> int:
     }
     if env.torch is not None:
         report["machine"]["torch"] = env.torch.__version__
-    if env.has_cpu:
-        import numba
-
-        report["machine"]["numba_threading_layer"] = _threading_layer(numba)
-    selected = [c for c in bench_cases.cases(opts.quick) if c.op in ops]
+    all_cases = bench_cases.cases(opts.quick)
+    selected = [c for c in all_cases if c.op in ops]
     model_cases = []
     if "model" in ops and "cpu" in backends and env.has_cpu:
-        model_cases = [c for c in bench_cases.cases(opts.quick) if c.op == "bottle2neck"]
+        model_cases = [c for c in all_cases if c.op == "bottle2neck"]
     specs = row_specs(env, backends)
     print(
         f"r2n bench{' --quick' if opts.quick else ''}: {len(selected)} cases x "
@@ -505,6 +510,10 @@ def run(opts: argparse.Namespace) -> int:
         progress.close()
         env.set_threads(None)
         report["other_load"] = load.stop()
+        if env.has_cpu:
+            import numba
+
+            report["machine"]["numba_threading_layer"] = _threading_layer(numba)
     return _finish(report, opts)
 
 
@@ -560,7 +569,7 @@ def _finish(report: dict, opts) -> int:
         )
         print(model.format_model(report["model"]))
     failed = [r for r in report["rows"] if r["status"] in ("WRONG", "ERROR")]
-    failed += [m for m in report["model"] if m.get("status") == "WRONG"]
+    failed += [m for m in report["model"] if m.get("status") in ("WRONG", "ERROR")]
     code = 130 if report["interrupted"] else (1 if failed else 0)
     report["exit_code"] = code
     report["failed"] = [
