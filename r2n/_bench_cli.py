@@ -257,8 +257,10 @@ def derive(rows: list[dict], peaks: dict, gpu_peaks: dict | None) -> None:
 
     vs_serial: the reference row's time / this row's; vs_torch: the time of
     PyTorch eager on the same device and thread count / this row's (> 1:
-    faster). % of peak: GFLOP/s over this machine's sgemm at the row's thread
-    count (the GPU's sgemm for GPU rows)."""
+    faster). % of peak: GFLOP/s over the roofline of this machine at the
+    row's arithmetic intensity, ``min(sgemm, copy GB/s x FLOP/byte)``, at the
+    row's thread count (the GPU's figures for GPU rows); every benchmark
+    shape here is compute-bound, so that is the sgemm peak."""
     by_label = {r["row"]: r for r in rows if r.get("ms")}
     serial = by_label.get("reference 1t")
     for r in rows:
@@ -266,12 +268,18 @@ def derive(rows: list[dict], peaks: dict, gpu_peaks: dict | None) -> None:
             continue
         r["gflops"] = r["flops"] / (r["ms"] * 1e6)
         if r["device"] == "cuda":
-            peak = (gpu_peaks or {}).get("sgemm_gflops")
+            flops_peak = (gpu_peaks or {}).get("sgemm_gflops")
+            bandwidth = (gpu_peaks or {}).get("copy_gbs")
             torch_label = "torch-cuda eager"
         else:
-            peak = peaks["sgemm_gflops"].get(str(r["threads"]))
+            flops_peak = peaks["sgemm_gflops"].get(str(r["threads"]))
+            bandwidth = peaks["copy_gbs"].get(str(r["threads"]))
             torch_label = f"torch eager {r['threads']}t"
-        r["pct_peak"] = None if not peak else 100 * r["gflops"] / peak
+        roof = flops_peak
+        if flops_peak and bandwidth:
+            roof = min(flops_peak, bandwidth * r["intensity"])
+        r["roofline_gflops"] = roof
+        r["pct_peak"] = None if not roof else 100 * r["gflops"] / roof
         r["vs_serial"] = serial["ms"] / r["ms"] if serial else None
         base = by_label.get(torch_label)
         r["vs_torch"] = base["ms"] / r["ms"] if base else None

@@ -180,7 +180,7 @@ def test_derived_columns_and_table_from_fake_timings():
         dict(_fake_row("cpu 2t", "cpu", 2, None), status="WRONG", rel_err=0.1),
     ]
     peaks = {"sgemm_gflops": {"1": 200.0, "4": 800.0}, "copy_gbs": {"1": 10, "4": 20}}
-    _bench_cli.derive(rows, peaks, {"sgemm_gflops": 20000.0})
+    _bench_cli.derive(rows, peaks, {"sgemm_gflops": 20000.0, "copy_gbs": 3000.0})
     by = {r["row"]: r for r in rows}
     assert by["cpu 4t"]["gflops"] == pytest.approx(400.0)  # 2 GFLOP in 5 ms
     assert by["cpu 4t"]["pct_peak"] == pytest.approx(50.0)
@@ -191,6 +191,10 @@ def test_derived_columns_and_table_from_fake_timings():
     assert by["gpu"]["vs_torch"] == pytest.approx(2.0) and by["gpu"]["vs_serial"] == 40.0
     assert by["gpu"]["pct_peak"] == pytest.approx(10.0)
     assert "gflops" not in by["cpu 2t"]
+    # A memory-bound row: the roof is bandwidth x intensity (10 GB/s x 2 FLOP/B).
+    low = dict(_fake_row("cpu 1t", "cpu", 1, 20.0), intensity=2.0)
+    _bench_cli.derive([low], peaks, None)
+    assert low["roofline_gflops"] == 20.0 and low["pct_peak"] == pytest.approx(500.0)
     table = _bench_cli.format_table(rows)
     assert "8.00x" in table and "WRONG" in table and "50%" in table
 
