@@ -167,3 +167,18 @@ def test_pool_window_ends_must_fit_an_int(op, h, fits):
         with pytest.raises(ValueError, match="int"):
             run(x, **kw, out_shape=(1, 1, h, 1), executor=ex)
         assert ex.launches == []
+
+
+@pytest.mark.parametrize("variant", ["1_naive", "2_smem_tiled", "3_warp_dot"])
+@pytest.mark.parametrize("k,fits", [(INT_MAX - 32, True), (INT_MAX - 5, False)])
+def test_linear_k_loops_must_not_step_past_int32(variant, k, fits):
+    """linear_2 / linear_3 step k by 16 / 32 in an int: k + 32 must fit."""
+    ex = RecordingExecutor()
+    x, w = _huge(1, k), _huge(2, k)
+    if fits:
+        r2n.gpu.layers.linear(x, w, None, variant=variant, executor=ex)
+        assert len(ex.launches) == 1
+    else:
+        with pytest.raises(ValueError, match="int"):
+            r2n.gpu.layers.linear(x, w, None, variant=variant, executor=ex)
+        assert ex.launches == []

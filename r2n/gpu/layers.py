@@ -52,6 +52,8 @@ def _dense(ex, kernel, x2d, w2d, bias, out, tiled, *extra):
     """
     rows, in_features = x2d.shape
     out_features = w2d.shape[0]
+    # linear_2 / linear_3 step their int k by 16 / 32 lanes: one step past K must fit.
+    int32_or_error("linear", "in_features + 32", in_features + _runtime.WARP_SIZE)
     args = (
         x2d,
         w2d,
