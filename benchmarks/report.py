@@ -10,7 +10,8 @@ row of the same group and thread count (``> 1`` means faster than the baseline).
 ``r2n bench --json`` files (recognised by their ``"tool"`` key): the machine
 and its measured peaks, the table of every checked and timed row (``--rows``
 keeps rows whose label starts with one of the given names, ``--threads`` keeps
-host rows of that thread count and GPU rows), and the speedup model.
+host rows of that thread count and GPU rows), and the speedup model;
+``--plot PNG`` redraws the run's figure from the file.
 
 The README's and NOTES.md's tables are produced by this script, not typed.
 """
@@ -154,12 +155,19 @@ def main(argv=None) -> None:
     parser.add_argument("--baseline", default="torch-eager")
     parser.add_argument("--rows", help="comma-separated rows to show (default: all)")
     parser.add_argument("--threads", type=int, help="only rows with this thread count")
+    parser.add_argument(
+        "--plot", metavar="PNG", help="r2n bench files: also redraw the PNG of r2n bench --plot"
+    )
     args = parser.parse_args(argv)
     keep_rows = args.rows.split(",") if args.rows else None
     with open(args.json_file) as f:
         data = json.load(f)
     if data.get("tool") == "r2n bench":
         print(bench_markdown(data, keep_rows, args.threads))
+        if args.plot:
+            from r2n._bench import plot
+
+            plot.plot(data, args.plot)
         return
     m = data.get("machine_info", {})
     print(

@@ -1,10 +1,12 @@
 """The PNG of ``r2n bench --plot``: speedup bars and a roofline chart.
 
 Left: per case, every timed row's speedup over the serial reference row
-(log scale). Right: the roofline of this machine, from the peaks measured
+(log scale). Middle: the roofline of this machine, from the peaks measured
 at start (sgemm GFLOP/s as the flat roof, copy GB/s as the slope) at 1 and
 all threads, with each timed row at its arithmetic intensity (FLOPs per
 minimal byte: inputs, weights and output each moved once) and its GFLOP/s.
+Right, when the speedup model ran: its predicted speedups next to the
+measured ones, per block and parallel engine.
 matplotlib is an optional dependency; this module imports it (Agg backend).
 """
 
@@ -25,7 +27,12 @@ def plot(report: dict, path: str) -> None:
     cases = list(dict.fromkeys(f"{r['op']}\n{r['case']}" for r in report["rows"]))
     colors = {label: plt.cm.tab10(i % 10) for i, label in enumerate(labels)}
 
-    fig, (bars, roof) = plt.subplots(1, 2, figsize=(18, 7), width_ratios=(3, 2))
+    models = [m for m in report.get("model", []) if m.get("status") == "ok"]
+    if models:
+        fig, (bars, roof, model_ax) = plt.subplots(1, 3, figsize=(24, 7), width_ratios=(3, 2, 2))
+        _model_panel(model_ax, models)
+    else:
+        fig, (bars, roof) = plt.subplots(1, 2, figsize=(18, 7), width_ratios=(3, 2))
     width = 0.8 / max(len(labels), 1)
     for i, label in enumerate(labels):
         xs, ys = [], []
@@ -81,3 +88,28 @@ def plot(report: dict, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+#: The speedup model's figures drawn side by side: (key in the result, legend).
+MODEL_BARS = (
+    ("predicted_vs_serial", "predicted vs serial"),
+    ("measured_r2n_vs_serial", "measured r2n (fused) vs serial"),
+    ("measured_torch_vs_serial", "measured PyTorch vs serial"),
+    ("predicted_vs_torch_style", "predicted vs PyTorch-style"),
+    ("measured_r2n_vs_torch", "measured r2n vs PyTorch"),
+)
+
+
+def _model_panel(ax, models: list[dict]) -> None:
+    """Grouped bars: the model's predicted speedups next to the measured ones."""
+    labels = [f"{m['case'].split(' N=')[0]}\n{m['parallel']}" for m in models]
+    width = 0.8 / len(MODEL_BARS)
+    for i, (key, legend) in enumerate(MODEL_BARS):
+        xs = [k + (i - len(MODEL_BARS) / 2) * width for k in range(len(models))]
+        ys = [m.get(key) or 0.0 for m in models]
+        ax.bar(xs, ys, width, label=legend, align="edge")
+    ax.axhline(1.0, color="black", lw=0.8)
+    ax.set_xticks(range(len(models)), labels, fontsize=8)
+    ax.set_ylabel("speedup (x)")
+    ax.set_title("Speedup model: (S+T1+T2)/(S+T1/k1+T2/k2) vs measured")
+    ax.legend(fontsize=7)
