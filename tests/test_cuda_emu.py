@@ -23,6 +23,7 @@ NAMES = [
     "planted_oob_before<double>",
     "planted_write_race<float>",
     "planted_uninit_dyn<float>",
+    "planted_shared_overflow<float>",
     "planted_divergent_sync<float>",
     "planted_assert<float>",
     "warp_shuffles<float>",
@@ -117,6 +118,14 @@ def test_reading_unwritten_dynamic_shared_memory_is_caught(mod):
     out = np.zeros(32, np.float32)
     with pytest.raises(EmuRaceError):
         mod.launch("planted_uninit_dyn<float>", (1,), (32,), (out,), shared_mem=32 * 4)
+
+
+def test_indexing_past_the_dynamic_shared_memory_is_caught(mod):
+    out = np.zeros(32, np.float32)
+    mod.launch("planted_shared_overflow<float>", (2,), (32,), (out,), shared_mem=32 * 4)
+    np.testing.assert_array_equal(out, np.arange(32)[::-1])
+    with pytest.raises(EmuError, match="past the end of dynamic shared memory"):
+        mod.launch("planted_shared_overflow<float>", (2,), (32,), (out,), shared_mem=31 * 4)
 
 
 def test_out_of_bounds_write_after_the_end_is_caught(mod):

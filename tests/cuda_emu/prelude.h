@@ -114,7 +114,8 @@ struct Runtime {
     std::vector<Thread> threads;
     Thread* current = nullptr;
     ucontext_t scheduler;
-    std::vector<unsigned char> dynamic_shared;
+    std::vector<unsigned char> dynamic_shared;  // the launch's bytes, then a guard
+    size_t dynamic_shared_bytes = 0;            // what the launch asked for
     size_t stack_size = 256 * 1024;
     void (*thunk)(void**) = nullptr;
     void** args = nullptr;
@@ -128,6 +129,11 @@ inline Runtime& rt() {
 }
 
 inline unsigned char* dynamic_shared() { return rt().dynamic_shared.data(); }
+
+// Bytes after the launch's dynamic shared memory that are checked after every
+// block: a kernel that indexes past the size its launcher passed writes there
+// (on a GPU: another block's shared memory or an illegal address).
+constexpr size_t SHARED_GUARD_BYTES = 1024;
 
 // Leave the fiber and return to the scheduler.
 inline void yield() {
@@ -309,7 +315,17 @@ inline bool run_block(bool reverse, unsigned char poison_byte) {
                 ++at_barrier;
             }
         }
-        if (done == n) return true;
+        if (done == n) {
+            const unsigned char* guard = r.dynamic_shared.data() + r.dynamic_shared_bytes;
+            for (size_t i = 0; i < SHARED_GUARD_BYTES; ++i)
+                if (guard[i] != poison_byte) {
+                    r.error = "write past the end of dynamic shared memory (the launch gave " +
+                              std::to_string(r.dynamic_shared_bytes) + " bytes; byte " +
+                              std::to_string(r.dynamic_shared_bytes + i) + " was written)";
+                    return false;
+                }
+            return true;
+        }
         if (done + at_barrier == n) {
             // exited threads count as arrived (as on sm_70 and later)
             r.barrier_count = 0;
@@ -508,7 +524,8 @@ extern "C" int r2n_emu_launch(void (*thunk)(void**), void** args, const long lon
     r.args = args;
     r.grid_dim = dim3((unsigned)cfg[0], (unsigned)cfg[1], (unsigned)cfg[2]);
     r.block_dim = dim3((unsigned)cfg[3], (unsigned)cfg[4], (unsigned)cfg[5]);
-    r.dynamic_shared.assign((size_t)cfg[6], 0);
+    r.dynamic_shared_bytes = (size_t)cfg[6];
+    r.dynamic_shared.assign((size_t)cfg[6] + SHARED_GUARD_BYTES, 0);
     const int n = (int)(cfg[3] * cfg[4] * cfg[5]);
     if ((int)r.threads.size() < n) {
         const size_t old = r.threads.size();

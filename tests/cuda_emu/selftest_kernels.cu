@@ -11,6 +11,7 @@
 //   planted_oob_before   writes one element before the start of its output
 //   planted_write_race   every thread of a block writes the same element
 //   planted_uninit_dyn   reads dynamic shared memory nobody wrote
+//   planted_shared_overflow  indexes one element past the dynamic shared memory it got
 //   planted_divergent_sync  half the block waits at one __syncthreads, half at another
 //   planted_assert       fails an assert
 //   warp_shuffles        __shfl_sync / _up / _down / _xor of lane values, with a width
@@ -88,6 +89,15 @@ __global__ void planted_uninit_dyn(T* out) {
     if (threadIdx.x > 0) tile[threadIdx.x] = T(threadIdx.x);
     __syncthreads();
     out[threadIdx.x] = tile[threadIdx.x];  // BUG: tile[0] was never written
+}
+
+// Launched with blockDim.x - 1 elements of dynamic shared memory (or blockDim.x: correct).
+template <typename T>
+__global__ void planted_shared_overflow(T* out) {
+    R2N_DYNAMIC_SHARED(T, tile);
+    tile[threadIdx.x] = T(threadIdx.x);  // BUG when the launch gave one element too few
+    __syncthreads();
+    out[threadIdx.x] = tile[blockDim.x - 1 - threadIdx.x];
 }
 
 template <typename T>
