@@ -19,7 +19,8 @@ from gpu_cases import normalised
 from helpers import assert_close
 
 import r2n.gpu
-from r2n import reference
+import r2n.gpu.res2net
+from r2n import _checks, reference
 from r2n.gpu import _runtime, conv
 
 
@@ -182,3 +183,50 @@ def test_linear_k_loops_must_not_step_past_int32(variant, k, fits):
         with pytest.raises(ValueError, match="int"):
             r2n.gpu.layers.linear(x, w, None, variant=variant, executor=ex)
         assert ex.launches == []
+
+
+# --------------------------------------------------------------------------- #
+# The GEMM kernels' z loop: N * groups > 65535 (grid.z) images-groups
+# --------------------------------------------------------------------------- #
+
+
+@pytest.fixture
+def z_of_two(monkeypatch):
+    """grid.z capped at 2: each block loops over several (image, group) pairs, and
+    the chain's side job spreads over a grid of depth 2 (on a GPU: N * groups > 65535)."""
+    limits = _runtime.MAX_GRID_DIM
+    monkeypatch.setattr(_runtime, "MAX_GRID_DIM", (limits[0], limits[1], 2))
+    return GridRecordingExecutor()
+
+
+@pytest.mark.parametrize(
+    "variant,kernel,stride,padding,groups",
+    [
+        ("2_implicit_gemm", (3, 3), (2, 1), (1, 1), 3),
+        ("3_gemm_1x1", (1, 1), (1, 1), (0, 0), 3),
+    ],
+)
+def test_gemm_conv_loops_over_images_and_groups_past_grid_z(
+    z_of_two, rng, variant, kernel, stride, padding, groups
+):
+    x = _r(rng, 3, 3 * groups, 7, 9)
+    weight = _r(rng, 4 * groups, 3, *kernel)
+    bias = _r(rng, 4 * groups)
+    args = _checks.conv2d_args("conv2d", x, weight, bias, stride, padding, 1, groups)
+    out = conv.VARIANTS[variant](x, weight, bias, executor=z_of_two, **args)
+    assert_close(out, reference.conv2d(x, weight, bias, **args), np.float64)
+    assert [len(g) == 3 and g[2] == 2 for g in z_of_two.grids] == [True]
+
+
+@pytest.mark.parametrize("stype,stride", [("stage", 2), ("normal", 1)])
+def test_chain_side_job_spreads_over_grid_z(z_of_two, rng, stype, stride):
+    """The last chunk, copied or pooled by the first conv's extra blocks, from a
+    grid whose z is smaller than N * groups."""
+    x = _r(rng, 5, 4 * 6, 7, 9)  # 5 images, scale 4, width 6, 2 groups
+    weights = [_r(rng, 6, 3, 3, 3) / 3 for _ in range(3)]
+    args = _checks.chain_args("res2net_chain", x, weights, None, 4, stype, stride, 2)
+    out = r2n.gpu.res2net.res2net_chain(
+        x, weights, None, executor=z_of_two, variant="2_implicit_gemm", **args
+    )
+    assert_close(out, reference.res2net_chain(x, weights, None, **args), np.float64)
+    assert all(g[2] == 2 for g in z_of_two.grids), z_of_two.grids
