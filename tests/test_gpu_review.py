@@ -230,3 +230,33 @@ def test_chain_side_job_spreads_over_grid_z(z_of_two, rng, stype, stride):
     )
     assert_close(out, reference.res2net_chain(x, weights, None, **args), np.float64)
     assert all(g[2] == 2 for g in z_of_two.grids), z_of_two.grids
+
+
+def _c_contiguous_huge(*shape):
+    """A C-contiguous-flagged float32 array of ``shape`` over 4 bytes of memory:
+    only for launchers that must refuse it before reading (RecordingExecutor)."""
+    base = np.zeros(1, np.float32)
+    strides = tuple(int(np.prod(shape[i + 1 :], dtype=np.int64)) * 4 for i in range(len(shape)))
+    return np.lib.stride_tricks.as_strided(base, shape=shape, strides=strides, writeable=False)
+
+
+@pytest.mark.parametrize("h,fits", [(INT_MAX - 2, True), (INT_MAX, False)])
+def test_pooled_shortcut_window_ends_must_fit_an_int(h, fits):
+    """The "d" shortcut pools on load: window rows iy0 .. iy0 + stride with
+    iy0 = (H_out - 1) * stride, which for H = 2^31 - 1, stride 2 is 2^31 - 2."""
+    x = _c_contiguous_huge(1, 1, h, 1)
+    assert x.flags.c_contiguous
+    weight, out = np.ones((1, 1, 1, 1), np.float32), _c_contiguous_huge(1, 1, (h + 1) // 2, 1)
+    ex = RecordingExecutor()
+
+    def launch():
+        conv.launch_conv(ex, "avgpool_1x1", x, weight, None, out, stride=(2, 2),
+                         padding=(0, 0), dilation=(1, 1), groups=1)  # fmt: skip
+
+    if fits:
+        launch()
+        assert len(ex.launches) == 1
+    else:
+        with pytest.raises(ValueError, match="int"):
+            launch()
+        assert ex.launches == []

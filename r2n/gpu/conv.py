@@ -246,6 +246,9 @@ def launch_conv(
         # input coordinates oy * stride - padding + i * dilation stay inside these
         ("H + 2 * padding", h + 2 * padding[0]),
         ("W + 2 * padding", w + 2 * padding[1]),
+        # the pooled shortcut's window rows end at iy0 + stride, iy0 <= H - 1
+        ("H + stride", h + stride[0]),
+        ("W + stride", w + stride[1]),
     ):
         i32(op, what, value)
     plane_out = h_out * w_out
