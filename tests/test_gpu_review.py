@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import re
 import types
 
 import numpy as np
@@ -130,6 +131,7 @@ class RecordingExecutor:
 
     def __init__(self):
         self.launches = []
+        self.blocks = []  # (file, name expression, block) of every launch
 
     @staticmethod
     def empty(shape, dtype):
@@ -137,6 +139,7 @@ class RecordingExecutor:
 
     def launch(self, file, name_expr, grid, block, args, shared_mem=0):
         self.launches.append(name_expr)
+        self.blocks.append((file, name_expr, tuple(block)))
 
 
 def _huge(*shape):
@@ -260,3 +263,64 @@ def test_pooled_shortcut_window_ends_must_fit_an_int(h, fits):
         with pytest.raises(ValueError, match="int"):
             launch()
         assert ex.launches == []
+
+
+# --------------------------------------------------------------------------- #
+# __launch_bounds__ against the blocks the launchers use
+# --------------------------------------------------------------------------- #
+
+
+def _max_threads_of_entries(file):
+    """name expression -> the thread limit of its __launch_bounds__ (PTX .maxntid),
+    for the kernels of ``file`` that declare one."""
+    nvrtc = pytest.importorskip("cupy_backends.cuda.libs.nvrtc", reason="NVRTC is not installed")
+    names = _runtime.names_of(file)
+    prog = nvrtc.createProgram(_runtime.kernel_source(file), file, [], [])
+    try:
+        for name in names:
+            nvrtc.addNameExpression(prog, name)
+        nvrtc.compileProgram(prog, [*_runtime.NVRTC_OPTIONS, "-arch=compute_80"])
+        ptx = nvrtc.getPTX(prog)
+        ptx = ptx.decode() if isinstance(ptx, bytes) else ptx
+        lowered = {nvrtc.getLoweredName(prog, name): name for name in names}
+    finally:
+        nvrtc.destroyProgram(prog)
+    limits = {}
+    for entry in re.finditer(r"\.entry\s+(\w+)\(.*?\)\s*((?:\.\w+[^\n]*\n\s*)*)\{", ptx, re.S):
+        found = re.search(r"\.maxntid\s+(\d+),\s*(\d+),\s*(\d+)", entry.group(2))
+        if found and entry.group(1) in lowered:
+            limits[lowered[entry.group(1)]] = int(np.prod([int(v) for v in found.groups()]))
+    return limits
+
+
+def test_conv_launches_fit_their_kernels_launch_bounds(monkeypatch):
+    """A block larger than a kernel's __launch_bounds__ fails on a GPU ("too many
+    resources requested"); the emulator ignores launch bounds, so compare here."""
+    limits = _max_threads_of_entries(conv.FILE)
+    assert limits, "no kernel of conv.cu declares __launch_bounds__"
+    monkeypatch.setattr(conv, "_LARGE_TILE_MIN_BLOCKS", 0)  # variant 3's large tile too
+    ex = RecordingExecutor()
+    for dtype in (np.float32, np.float64):
+        x = np.zeros((1, 40, 6, 6), dtype)
+        for variant, c_out, k, stride in [
+            ("1_direct", 8, 3, 1),
+            ("2_implicit_gemm", 16, 3, 1),  # the 32-row tile
+            ("2_implicit_gemm", 40, 3, 1),  # the 64-row tile
+            ("3_gemm_1x1", 40, 1, 1),  # the large tile (cap lowered above)
+            ("avgpool_1x1", 40, 1, 2),
+        ]:
+            pad = k // 2 if variant != "avgpool_1x1" else 0
+            size = 6 if stride == 1 else 3
+            conv.launch_conv(ex, variant, x, np.zeros((c_out, 40, k, k), dtype), None,
+                             np.zeros((1, c_out, size, size), dtype), stride=(stride, stride),
+                             padding=(pad, pad), dilation=(1, 1), groups=1)  # fmt: skip
+        monkeypatch.setattr(conv, "_LARGE_TILE_MIN_BLOCKS", 10**9)  # and the 64 x 64 one
+        conv.launch_conv(ex, "3_gemm_1x1", x, np.zeros((40, 40, 1, 1), dtype), None,
+                         np.zeros((1, 40, 6, 6), dtype), stride=(1, 1), padding=(0, 0),
+                         dilation=(1, 1), groups=1)  # fmt: skip
+        monkeypatch.setattr(conv, "_LARGE_TILE_MIN_BLOCKS", 0)
+    launched = {name for _, name, _ in ex.blocks}
+    assert set(limits) <= launched, f"not launched here: {set(limits) - launched}"
+    for _, name, block in ex.blocks:
+        threads = int(np.prod(block))
+        assert threads <= limits.get(name, _runtime.MAX_THREADS_PER_BLOCK), (name, block)
