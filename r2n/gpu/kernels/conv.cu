@@ -63,7 +63,7 @@
 //
 // Offsets into tensors (image, channel and plane products) are idx_t
 // (64-bit); only per-axis coordinates are int. The launcher checks that every
-// size it passes as int (and H + 2 * padding) fits in int32 before launching.
+// size it passes as int (and H + 2 * padding, H + stride) fits in int32 before launching.
 //
 // Epilogue flags (``flags``, a bit set):
 #define R2N_CONV_BIAS 1      // add bias[co]
