@@ -152,15 +152,27 @@ def test_public_api_on_cupy_arrays_matches_pytorch_cuda(rng, name, dtype):
 
 
 def test_launches_run_on_the_current_stream(rng):
+    """r2n's kernels must be ordered after earlier work on the current stream.
+
+    The input is produced on a non-blocking stream behind ~tens of ms of queued
+    work; the legacy default stream does not wait for that stream, so a kernel
+    launched anywhere but the current stream would read the input before it is
+    written (garbage), and the comparison fails.
+    """
     import cupy
 
     x = cupy.asarray(rng.standard_normal((2, 15, 7, 9)).astype(np.float32))
+    busy = cupy.ones(1 << 24, dtype=cupy.float32)
+    cupy.cuda.Device().synchronize()
     stream = cupy.cuda.Stream(non_blocking=True)
     with stream:
-        out = r2n.max_pool2d(r2n.relu(x), 3, 2, 1, ceil_mode=True)
+        for _ in range(500):  # queued work that the producer of y waits behind
+            cupy.multiply(busy, 1.0, out=busy)
+        y = -x
+        out = r2n.max_pool2d(r2n.relu(y), 3, 2, 1, ceil_mode=True)
     stream.synchronize()
     ref = reference.max_pool2d(
-        reference.relu(cupy.asnumpy(x)), kernel_size=(3, 3), stride=(2, 2), padding=(1, 1),
+        reference.relu(-cupy.asnumpy(x)), kernel_size=(3, 3), stride=(2, 2), padding=(1, 1),
         ceil_mode=True, out_shape=out.shape,
     )  # fmt: skip
     np.testing.assert_array_equal(cupy.asnumpy(out), ref)

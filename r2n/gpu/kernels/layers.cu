@@ -111,8 +111,9 @@ __global__ void space_to_depth_kernel(const T* __restrict__ x, T* __restrict__ o
 }
 
 // Index of padded position p (0 .. size + 1) in the input, reflect padding 1.
-__device__ __forceinline__ int r2n_reflect(int p, int size) {
-    const int q = p - 1;
+// In 64 bits: 2 * size and p = 2 * oy + 2 overflow an int for sizes near 2^31.
+__device__ __forceinline__ idx_t r2n_reflect(idx_t p, idx_t size) {
+    const idx_t q = p - 1;
     return q < 0 ? -q : (q >= size ? 2 * size - 2 - q : q);
 }
 
@@ -125,13 +126,13 @@ __global__ void blur_pool2d_kernel(const T* __restrict__ x, T* __restrict__ out,
         const int oy = static_cast<int>((i / w_out) % h_out);
         const idx_t plane = i / (static_cast<idx_t>(w_out) * h_out);
         const T* src = x + plane * h * w;
-        const T* r0 = src + static_cast<idx_t>(r2n_reflect(2 * oy, h)) * w;
-        const T* r1 = src + static_cast<idx_t>(r2n_reflect(2 * oy + 1, h)) * w;
-        const T* r2 = src + static_cast<idx_t>(r2n_reflect(2 * oy + 2, h)) * w;
+        const T* r0 = src + r2n_reflect(2 * static_cast<idx_t>(oy), h) * w;
+        const T* r1 = src + r2n_reflect(2 * static_cast<idx_t>(oy) + 1, h) * w;
+        const T* r2 = src + r2n_reflect(2 * static_cast<idx_t>(oy) + 2, h) * w;
         T cols[3];
 #pragma unroll
         for (int a = 0; a < 3; ++a) {
-            const int cx = r2n_reflect(2 * ox + a, w);
+            const idx_t cx = r2n_reflect(2 * static_cast<idx_t>(ox) + a, w);
             cols[a] = t0 * r0[cx] + t1 * r1[cx] + t2 * r2[cx];
         }
         out[i] = t0 * cols[0] + t1 * cols[1] + t2 * cols[2];
