@@ -201,23 +201,7 @@ def measure_row(case, spec: RowSpec, args32, kwargs, ref, budget, env: Env) -> d
     intensity, status ("ok", "WRONG", "ERROR", or why it did not run),
     rel_err, ms (median), times_ms (every timed call).
     """
-    row = dict(
-        op=case.op,
-        case=case.label,
-        row=spec.label,
-        engine=spec.engine,
-        backend=spec.backend,
-        device=spec.device,
-        threads=spec.threads,
-        flops=case.flops,
-        min_bytes=case.min_bytes,
-        intensity=case.intensity,
-        tolerance=case.tol,
-        status=None,
-        rel_err=None,
-        ms=None,
-        times_ms=None,
-    )
+    row = _row(case, spec)
     if spec.engine == "torch" and spec.backend not in case.torch_forms:
         row["status"] = "n/a"
         return row
@@ -498,7 +482,7 @@ def run(opts: argparse.Namespace) -> int:
                     progress.step(f"{case.op} {case.label}: {why}")
                     if spec.engine == "torch" and spec.backend not in case.torch_forms:
                         continue
-                    case_rows.append(_skipped_row(case, spec, str(why)))
+                    case_rows.append(_row(case, spec, status=str(why)))
                 report["rows"].extend(case_rows)
                 continue
             args32 = timing.convert(args64, lambda a: a.astype(np.float32))
@@ -525,7 +509,8 @@ def run(opts: argparse.Namespace) -> int:
     return _finish(report, opts)
 
 
-def _skipped_row(case, spec: RowSpec, why: str) -> dict:
+def _row(case, spec: RowSpec, status=None) -> dict:
+    """A row of the report before it is measured (see :func:`measure_row`)."""
     return dict(
         op=case.op,
         case=case.label,
@@ -538,7 +523,7 @@ def _skipped_row(case, spec: RowSpec, why: str) -> dict:
         min_bytes=case.min_bytes,
         intensity=case.intensity,
         tolerance=case.tol,
-        status=why,
+        status=status,
         rel_err=None,
         ms=None,
         times_ms=None,
