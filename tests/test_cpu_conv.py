@@ -148,6 +148,41 @@ def test_prepared_chain_gives_the_same_result_on_every_call(rng):
     assert_close(first, expected)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_stage_convs_in_one_launch_match_one_launch_per_conv(rng, dtype):
+    # The stage chain runs its convs as one launch (n_conv > 1): each conv must
+    # read its own input chunk, weights and bias and write its own output chunk,
+    # exactly as separate launches do (same arithmetic, so equal bits).
+    n, width, groups, nums, h, w = 2, 24, 3, 3, 9, 11
+    xp = randn(rng, n, nums * width, h + 2, w + 2, dtype=dtype)
+    weights = [randn(rng, width, width // groups, 3, 3, dtype=dtype) for _ in range(nums)]
+    biases = [randn(rng, width, dtype=dtype) for _ in range(nums)]
+    packed = [conv.pack_weights(wt, groups) for wt in weights]
+    geometry = (width, groups, (3, 3), (2, 2), (0, 0), (1, 1))
+    h_out, w_out = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+    # x is padded with slack columns, as the chain's prologue leaves it.
+    need = conv.min_input_width(w_out, 3, 2, 1)
+    xp = np.ascontiguousarray(np.pad(xp, ((0, 0), (0, 0), (0, 0), (0, max(0, need - w - 2)))))
+    separate = np.full((n, nums * width + 5, h_out, w_out), np.nan, dtype)
+    for i in range(nums):
+        conv.conv_simd(
+            xp, packed[i], *geometry, biases[i], separate, out_c0=i * width, relu=True,
+            x_c0=i * width, c_in_g=width // groups,
+        )  # fmt: skip
+    merged = np.full_like(separate, np.nan)
+    conv.conv_simd(
+        xp, np.concatenate(packed), *geometry, np.concatenate(biases), merged, relu=True,
+        c_in_g=width // groups, n_conv=nums, x_conv_step=width,
+    )  # fmt: skip
+    np.testing.assert_array_equal(merged, separate)
+    assert np.isnan(merged[:, nums * width :]).all()  # channels past the convs untouched
+    with pytest.raises(ValueError, match="n_conv"):
+        conv.conv_simd(
+            xp, np.concatenate(packed), *geometry, np.concatenate(biases), merged,
+            res=merged, n_conv=nums, x_conv_step=width,
+        )  # fmt: skip
+
+
 def test_set_num_threads_changes_the_thread_count_and_not_the_result(rng):
     x = randn(rng, 1, 26, 7, 9, dtype=np.float32)
     weight = randn(rng, 26, 26, 3, 3, dtype=np.float32)

@@ -6,11 +6,13 @@ memory: split, conv, BN, ReLU, add, conv, BN, ReLU, add, ..., pool, cat. Here:
 1. One prologue launch: zero-pad the chunks the convs read first (x_0; every
    x_i for "stage"), and write the last chunk straight into its slice of the
    output: copied ("normal") or 3x3-average-pooled ("stage").
-2. One launch per conv (variant 3 of r2n.cpu.conv): BN is folded into the
-   weights, so the epilogue adds the bias, applies ReLU and writes into the
-   conv's channel slice of the output (no split, no cat). For "normal" it
-   also writes ``value + x_{i+1}`` into the next conv's padded input, so the
-   hierarchical add costs no pass of its own.
+2. The convs (variant 3 of r2n.cpu.conv): BN is folded into the weights,
+   so the epilogue adds the bias, applies ReLU and writes into the conv's
+   channel slice of the output (no split, no cat). "normal": one launch per
+   conv, whose epilogue also writes ``value + x_{i+1}`` into the next conv's
+   padded input, so the hierarchical add costs no pass of its own. "stage":
+   the convs are independent, so all of them run in one launch (one wake-up
+   of the worker threads and one barrier instead of scale - 1).
 
 ``bottle2neck`` adds the 1x1 convs around it: conv1 (+ bias + ReLU), the chain,
 the shortcut conv (after the "d" variant's average pool, if any), and conv3
@@ -110,6 +112,10 @@ class PreparedChain:
             vector_or(None if biases is None else biases[i], 0, width, dtype)
             for i in range(self.nums)
         ]
+        # "stage" convs do not feed each other: all of them run in one launch
+        # on their weights and biases laid end to end.
+        self.packed_all = np.concatenate(self.packed)
+        self.biases_all = np.concatenate(self.biases)
 
     def __call__(self, x, out=None):
         """x (N, scale*width, H, W) contiguous -> out (N, scale*width, H_out, W_out)."""
@@ -144,9 +150,29 @@ class PreparedChain:
         if not stage and nums > 1:
             nxt = scratch("chain.nxt", xp.shape, x.dtype, np.zeros)
         _chain_prologue(x, width, n_pad, self.stype == "stage", s, last, xp, out, nums * width)
+        if stage:
+            # Conv i reads padded chunk i and writes output chunk i; one launch
+            # for all of them (one wake-up, one barrier, nums times the jobs).
+            conv_simd(
+                xp,
+                self.packed_all,
+                width,
+                self.groups,
+                (3, 3),
+                (s, s),
+                (0, 0),
+                (1, 1),
+                self.biases_all,
+                out,
+                relu=True,
+                c_in_g=width // self.groups,
+                n_conv=nums,
+                x_conv_step=width,
+            )
+            return out
         cur = xp
         for i in range(nums):
-            feeds_next = not stage and i + 1 < nums
+            feeds_next = i + 1 < nums
             conv_simd(
                 cur,
                 self.packed[i],
@@ -163,7 +189,6 @@ class PreparedChain:
                 nxt=nxt if feeds_next else None,
                 src=x if feeds_next else None,
                 src_c0=(i + 1) * width,
-                x_c0=i * width if stage else 0,
                 c_in_g=width // self.groups,
             )
             if feeds_next:
