@@ -148,6 +148,24 @@ def test_prepared_chain_gives_the_same_result_on_every_call(rng):
     assert_close(first, expected)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_large_stage_batch_runs_in_sub_batches_with_the_same_result(rng, monkeypatch, threads):
+    # Every batch counts as large: 5 images run 1 or 2 at a time (2 + 2 + 1).
+    monkeypatch.setattr(res2net, "SUB_BATCH_BYTES", 0)
+    x = randn(rng, 5, 4 * 12, 9, 7, dtype=np.float32)
+    weights = [randn(rng, 12, 12, 3, 3, dtype=np.float32) for _ in range(3)]
+    biases = [randn(rng, 12, dtype=np.float32) for _ in range(3)]
+    kw = dict(scale=4, stype="stage", stride=2)
+    before = r2n.get_num_threads()
+    r2n.set_num_threads(min(threads, before))
+    try:
+        out = r2n.res2net_chain(x, weights, biases, backend="cpu", **kw)
+    finally:
+        r2n.set_num_threads(before)
+    to64 = [[a.astype(np.float64) for a in arrays] for arrays in (weights, biases)]
+    assert_close(out, r2n.res2net_chain(x.astype(np.float64), *to64, backend="reference", **kw))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_stage_convs_in_one_launch_match_one_launch_per_conv(rng, dtype):
     # The stage chain runs its convs as one launch (n_conv > 1): each conv must

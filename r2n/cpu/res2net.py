@@ -33,6 +33,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
+import numba
 import numpy as np
 
 from ._jit import kernel, prange
@@ -97,6 +98,14 @@ def _chain_prologue(x, width, n_pad, stage, stride, last_c, xp, out, out_c0):
                     dst[i] = (rows[j] + rows[j + 1] + rows[j + 2]) * ninth
 
 
+#: A "stage" chain whose input and padded chunks take more bytes than this
+#: runs in sub-batches of as many images as threads. Measured on a 2-core Zen 4
+#: with a 32 MiB L3 (2026-11-25, NOTES.md): layer2.0 at batch 8 (38 MB) took
+#: 18-22% less time in sub-batches; layer1.0 at batch 8 (19 MB) gained nothing
+#: and lost 6% at 2 threads, so the line sits between them.
+SUB_BATCH_BYTES = 24 * 2**20
+
+
 class PreparedChain:
     """Packed weights of one Res2Net chain, reusable across calls.
 
@@ -141,6 +150,16 @@ class PreparedChain:
         last = nums * width if self.scale > 1 else -1
         # Padded chunks, with slack columns if rows are narrower than a tile.
         wp = max(w + 2, min_input_width(w_out, 3, s, 1))
+        if stage and n > numba.get_num_threads():
+            # A large stage batch runs a few images at a time, so that its input
+            # and padded chunks stay in the last-level cache between the prologue
+            # and the convs (see SUB_BATCH_BYTES).
+            per_image = (c * h * w + n_pad * width * (h + 2) * wp) * x.itemsize
+            if n * per_image > SUB_BATCH_BYTES:
+                step = numba.get_num_threads()
+                for i in range(0, n, step):
+                    self(x[i : i + step], out[i : i + step])
+                return out
         xp = scratch("chain.xp", (n, n_pad * width, h + 2, wp), x.dtype)
         # "normal": conv i reads one padded buffer and writes sp + x_{i+1} into
         # the other's interior; the two swap. Borders stay zero: the prologue
