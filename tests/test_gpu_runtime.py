@@ -69,7 +69,16 @@ class FakeCupy:
 
         self.RawModule = RawModule
         self.RawKernel = RawKernel
-        self.cuda = types.SimpleNamespace(Device=lambda i: contextlib.nullcontext())
+
+        class Device(contextlib.nullcontext):
+            """cupy.cuda.Device: a context manager with the device's attributes."""
+
+            attributes = {"MaxSharedMemoryPerBlockOptin": 99 * 1024}  # an sm_86 GPU
+
+            def __init__(self, device_id):
+                super().__init__()
+
+        self.cuda = types.SimpleNamespace(Device=Device)
 
     @staticmethod
     def empty(shape, dtype):
@@ -112,6 +121,19 @@ def test_cupy_executor_opts_in_to_large_dynamic_shared_memory(fake_executor):
     ex.launch("elementwise.cu", "relu_kernel<float>", (1,), (32,), args, shared_mem=1024)
     assert len(ex.xp.attributes) == 1
     assert [launch[4] for launch in ex.xp.launches] == [64 * 1024, 1024]
+
+
+def test_shared_memory_past_the_devices_limit_is_refused(fake_executor):
+    """The stand-in is an sm_86 GPU (99 KiB): 120 KiB passes the static check
+    for sm_80 but not this device's, and nothing is launched."""
+    ex = fake_executor
+    out = ex.empty((4,), np.float32)
+    with pytest.raises(ValueError, match="allows at most 101376"):
+        ex.launch(
+            "elementwise.cu", "relu_kernel<float>", (1,), (32,), (out, out, np.int64(4)),
+            shared_mem=120 * 1024,
+        )  # fmt: skip
+    assert ex.xp.launches == []
 
 
 def test_stand_in_models_cupy():

@@ -63,7 +63,8 @@ MAX_BLOCK_DIM = (1024, 1024, 64)
 MAX_GRID_DIM = (2**31 - 1, 65535, 65535)
 #: Dynamic shared memory above this needs an opt-in (done by CupyExecutor).
 DEFAULT_SHARED_LIMIT = 48 * 1024
-#: The most shared memory one block may have on sm_80 (163 KiB).
+#: The most shared memory one block may have on any target (sm_80: 163 KiB; sm_90 allows
+#: 227 KiB); a launch is also checked against its device's own limit.
 MAX_SHARED_PER_BLOCK = 163 * 1024
 
 
@@ -200,6 +201,16 @@ class CupyExecutor:
         """New zero-filled CuPy array on the current device."""
         return self.xp.zeros(shape, dtype)
 
+    def max_shared_per_block(self) -> int:
+        """The opt-in shared memory limit of this device (99 KiB on sm_86/89,
+        163 KiB on sm_80, 227 KiB on sm_90), read once."""
+        limit = getattr(self, "_max_shared", None)
+        if limit is None:
+            attributes = getattr(self.xp.cuda.Device(self.device_id), "attributes", {})
+            limit = int(attributes.get("MaxSharedMemoryPerBlockOptin", MAX_SHARED_PER_BLOCK))
+            self._max_shared = limit
+        return limit
+
     def module(self, file: str):
         """The compiled RawModule of ``file`` for this executor's device."""
         with self._lock:
@@ -244,6 +255,12 @@ class CupyExecutor:
         with cupy.cuda.Device(self.device_id):
             func = self.module(file).get_function(name_expr)
             if shared_mem > DEFAULT_SHARED_LIMIT:
+                limit = self.max_shared_per_block()
+                if shared_mem > limit:
+                    raise ValueError(
+                        f"r2n.gpu: launching {name_expr}: {shared_mem} bytes of shared "
+                        f"memory, but device {self.device_id} allows at most {limit} per block"
+                    )
                 # Opt in to more than 48 KiB of dynamic shared memory. get_function
                 # returns a cupy.RawKernel (it has no ``ptr``, cupy.cuda.Function has);
                 # this setter calls cuFuncSetAttribute on its current-device function.
