@@ -21,6 +21,8 @@ NAMES = [
     "planted_missing_first_sync<float>",
     "planted_oob_write<float>",
     "planted_oob_before<double>",
+    "planted_oob_read<float>",
+    "planted_oob_read<double>",
     "planted_write_race<float>",
     "planted_uninit_dyn<float>",
     "planted_shared_overflow<float>",
@@ -131,7 +133,10 @@ def test_indexing_past_the_dynamic_shared_memory_is_caught(mod):
 def test_out_of_bounds_write_after_the_end_is_caught(mod):
     n = 37
     out = np.zeros(n, np.float32)
-    with pytest.raises(EmuOutOfBoundsError, match=r"after the array: at element 37 \(size 37\)"):
+    with pytest.raises(
+        EmuOutOfBoundsError,
+        match=r"write to argument 0 after the array: at element 37 \(size 37\)",
+    ):
         mod.launch("planted_oob_write<float>", (2,), (32,), (out, np.int64(n)))
 
 
@@ -139,6 +144,65 @@ def test_out_of_bounds_write_before_the_start_is_caught(mod):
     out = np.zeros(10, np.float64)
     with pytest.raises(EmuOutOfBoundsError, match="1 element\\(s\\) before"):
         mod.launch("planted_oob_before<double>", (1,), (32,), (out, np.int64(10)))
+
+
+def oob_read(mod, x, shift, strict):
+    """Launch planted_oob_read on x (64 threads); returns the output."""
+    ctype = "float" if x.dtype == np.float32 else "double"
+    out = np.zeros(64, x.dtype)
+    args = (x, out, np.int32(x.size), np.int32(shift), np.int32(strict))
+    mod.launch(f"planted_oob_read<{ctype}>", (1,), (64,), args)
+    return out
+
+
+def oob_read_expected(x, shift):
+    """planted_oob_read's correct output: x[t + shift] where in range, else -1."""
+    j = np.arange(64) + shift
+    return np.where((j >= 0) & (j < x.size), x[np.clip(j, 0, x.size - 1)], -1).astype(x.dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [40, 64 - 1, 1024])  # 1024 float64: 8 KiB, whole pages
+def test_discarded_read_one_past_the_end_is_caught(mod, rng, dtype, n):
+    # Thread 40 (= n - shift) reads x[n] and throws it away: the output is
+    # right, so only the guard page after the array can tell.
+    x = randn(rng, n, dtype=dtype)
+    x.flags.writeable = False
+    shift = n - 40
+    pattern = rf"forward run\): out-of-bounds read of argument 0 after the array: at element {n} "
+    with pytest.raises(
+        EmuOutOfBoundsError, match=pattern + rf"\(size {n}\); block \(0,0,0\), thread \(40,0,0\)"
+    ):
+        oob_read(mod, x, shift, strict=0)
+    np.testing.assert_array_equal(oob_read(mod, x, shift, strict=1), oob_read_expected(x, shift))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_discarded_read_one_before_the_start_is_caught(mod, rng, dtype):
+    # Thread 0 reads x[-1] (and nobody x[70]): the reverse run puts a guard
+    # page right before x; the forward run reads a canary and discards it.
+    x = randn(rng, 70, dtype=dtype)
+    with pytest.raises(
+        EmuOutOfBoundsError,
+        match=r"reverse run\): out-of-bounds read of argument 0 before the array: "
+        r"1 element\(s\) before \(size 70\); block \(0,0,0\), thread \(0,0,0\)",
+    ):
+        oob_read(mod, x, -1, strict=0)
+    np.testing.assert_array_equal(oob_read(mod, x, -1, strict=1), oob_read_expected(x, -1))
+
+
+def test_memory_faults_are_caught_on_every_repeat(mod, rng):
+    # The handler hands the thread back to the scheduler and unblocks SIGSEGV:
+    # the next fault is caught again (a blocked SIGSEGV would kill the process),
+    # and correct launches in between still work.
+    x = randn(rng, 40, dtype=np.float32)
+    x_long = randn(rng, 70, dtype=np.float32)
+    for _ in range(3):
+        with pytest.raises(EmuOutOfBoundsError, match="read of argument 0 after"):
+            oob_read(mod, x, 0, strict=0)
+        with pytest.raises(EmuOutOfBoundsError, match="read of argument 0 before"):
+            oob_read(mod, x_long, -1, strict=0)
+        np.testing.assert_array_equal(oob_read(mod, x, 0, strict=1), oob_read_expected(x, 0))
 
 
 def test_in_bounds_twin_of_the_oob_kernel_passes(mod):

@@ -6,9 +6,12 @@ See README.md in this folder for how it works and what it cannot see. In short:
   (which emulates threads, shared memory, barriers and warp calls) into a
   shared library, cached on disk by the hash of everything that goes in;
 * :meth:`EmuModule.launch` runs one launch on NumPy arrays: every array is
-  copied into a buffer with guard bytes (canaries) on both sides, the launch
-  runs twice, threads and blocks in ascending then descending order, and the
-  launch fails if a canary changed (out-of-bounds write), if the two runs
+  copied into a buffer with guard bytes (canaries) on both sides and an
+  inaccessible page right after its end (first run) or right before its start
+  (second run), the launch runs twice, threads and blocks in ascending then
+  descending order, and the launch fails if the kernel touched a guard page
+  (out-of-bounds read or write), if a canary changed (out-of-bounds write),
+  if the two runs
   disagree (a race: a missing ``__syncthreads``, two threads writing one
   element, a read of uninitialised shared memory), or if the kernel wrote to
   a read-only array;
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import mmap
 import os
 import pathlib
 import shutil
@@ -43,13 +47,25 @@ CXXFLAGS = (
     "-DR2N_EMULATE=1",
     "-Wno-unknown-pragmas",  # #pragma unroll
 )
-#: Bytes of canary on each side of every array argument.
+#: Least bytes of canary on the side of an array copy away from its guard page.
 GUARD_BYTES = 1024
 #: Canary fill: 0xFF bytes are NaN in float32 and float64, so an out-of-bounds
 #: read usually shows up in the output too.
 CANARY = 0xFF
-# Array offsets are multiples of this, as cudaMalloc's are.
-ALIGN = 256
+#: Bytes of a memory page: the unit of the inaccessible guard pages.
+PAGE = mmap.PAGESIZE
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mprotect.restype = ctypes.c_int
+_libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_PROT_NONE = 0  # <sys/mman.h>; the mmap module has PROT_READ and PROT_WRITE only
+
+# r2n_emu_launch's fault kinds (prelude.h's FaultKind).
+_FAULT_KINDS = {1: "read of", 2: "write to", 3: "access to"}
+
+# One launch at a time in the whole process: the SIGSEGV handler that turns a
+# guard-page fault into an error is process-wide while a launch runs.
+_LAUNCH_LOCK = threading.Lock()
 
 
 class EmuError(RuntimeError):
@@ -57,7 +73,7 @@ class EmuError(RuntimeError):
 
 
 class EmuOutOfBoundsError(EmuError):
-    """A kernel wrote outside an array argument (a canary changed)."""
+    """A kernel read or wrote outside an array argument (guard page or canary)."""
 
 
 class EmuRaceError(EmuError):
@@ -83,6 +99,70 @@ def _code_of(dtype: np.dtype) -> str:
     return f"{_DTYPE_CODE.get(dtype.kind, '?')}{dtype.itemsize}"
 
 
+class _GuardedCopy:
+    """Memory for one region's copy in one run, between two inaccessible pages.
+
+    The mapping is ``[PROT_NONE page][read-write pages][PROT_NONE page]``; the
+    read-write pages hold the region's bytes and at least ``GUARD_BYTES`` of
+    canary. With ``flush_end`` the bytes end exactly where the page after
+    begins, so reading one byte past the end faults; otherwise they start
+    exactly where the page before ends, so reading one byte before the start
+    faults. The other side is canary, checked after the run.
+
+    Parameters
+    ----------
+    nbytes : bytes of the region
+    flush_end : place the bytes against the page after (True) or before (False)
+    """
+
+    def __init__(self, nbytes: int, flush_end: bool):
+        self.nbytes = nbytes
+        rw_bytes = -(-(nbytes + GUARD_BYTES) // PAGE) * PAGE
+        self.size = rw_bytes + 2 * PAGE
+        # The mmap object owns the memory: it is unmapped only when the last
+        # NumPy view of it is gone, so no view can outlive it.
+        whole = np.frombuffer(
+            mmap.mmap(
+                -1,
+                self.size,
+                flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
+                prot=mmap.PROT_READ | mmap.PROT_WRITE,
+            ),
+            np.uint8,
+        )
+        self.base = whole.ctypes.data
+        for page in (self.base, self.base + PAGE + rw_bytes):
+            if _libc.mprotect(page, PAGE, _PROT_NONE) != 0:
+                raise OSError(ctypes.get_errno(), "mprotect of a guard page failed")
+        #: the read-write pages (never a view that includes a guard page)
+        self.rw = whole[PAGE : PAGE + rw_bytes]
+        self.rw[...] = CANARY
+        #: offset of the region's first byte in ``rw``: flush against a guard
+        #: page. Flush at the end, the start is aligned to the largest power of
+        #: two that divides nbytes (at least the item size; 256 when nbytes is
+        #: a multiple of 256); flush at the start, to the page.
+        self.start = rw_bytes - nbytes if flush_end else 0
+        self.address = self.base + PAGE + self.start
+
+    def data(self, offset: int, nbytes: int) -> np.ndarray:
+        """The bytes ``offset .. offset + nbytes`` of the region (a view)."""
+        return self.rw[self.start + offset : self.start + offset + nbytes]
+
+    def canaries(self) -> tuple[np.ndarray, np.ndarray]:
+        """The canary bytes before and after the region (views)."""
+        return self.rw[: self.start], self.rw[self.start + self.nbytes :]
+
+    def contains(self, address: int) -> bool:
+        return self.base <= address < self.base + self.size
+
+
+def _describe(members) -> str:
+    """'argument 2', or 'arguments [0, 1] (one buffer)' for a shared region."""
+    if len(members) == 1:
+        return f"argument {members[0][0]}"
+    return f"arguments {[m for m, _ in members]} (one buffer)"
+
+
 class EmuModule:
     """A compiled source: its kernels by name expression, launchable on NumPy arrays."""
 
@@ -98,6 +178,7 @@ class EmuModule:
             ctypes.c_int,
             ctypes.c_char_p,
             ctypes.c_int,
+            ctypes.POINTER(ctypes.c_ulonglong),
         ]
         self._thunks = {}
         self.signatures = {}
@@ -107,7 +188,6 @@ class EmuModule:
             sig = getattr(self._lib, f"r2n_emu_sig_{i}")
             sig.restype = ctypes.c_char_p
             self.signatures[name] = sig().decode().split(",") if sig() else []
-        self._lock = threading.Lock()
 
     def _check_args(self, name, args):
         params = self.signatures[name]
@@ -151,21 +231,24 @@ class EmuModule:
                 regions.append([lo, hi, [(i, 0)]])
         return [(lo, hi - lo, members) for lo, hi, members in regions]
 
-    def _run(self, name, grid, block, args, shared_mem, reverse, regions):
-        """One run on fresh guarded copies; returns the guarded buffer of each region."""
-        buffers = []  # (guarded uint8 buffer, offset of the region) per region
+    def _run(self, name, grid, block, args, shared_mem, reverse, regions, copies):
+        """One run on fresh guarded copies, appended to ``copies`` (one per region).
+
+        The forward run places each region against the guard page after it,
+        the reverse run against the guard page before it, so between them a
+        read or write one element outside either end faults.
+        """
         holders = []  # keep ctypes values alive
         pointers = (ctypes.c_void_p * max(len(args), 1))()
         for _, nbytes, members in regions:
-            raw = np.full(nbytes + 2 * GUARD_BYTES + ALIGN, CANARY, np.uint8)
-            start = (-raw.ctypes.data) % ALIGN + GUARD_BYTES
+            copy = _GuardedCopy(nbytes, flush_end=not reverse)
+            copies.append(copy)
             for i, offset in members:
                 a = args[i]
-                raw[start + offset : start + offset + a.nbytes] = a.reshape(-1).view(np.uint8)
-                ptr = ctypes.c_void_p(raw.ctypes.data + start + offset)
+                copy.data(offset, a.nbytes)[...] = a.reshape(-1).view(np.uint8)
+                ptr = ctypes.c_void_p(copy.address + offset)
                 holders.append(ptr)
                 pointers[i] = ctypes.addressof(ptr)
-            buffers.append((raw, start))
         for i, a in enumerate(args):
             if not isinstance(a, np.ndarray):
                 scalar = np.array(a)  # a 0-d copy holds the value's bytes
@@ -173,35 +256,66 @@ class EmuModule:
                 pointers[i] = scalar.ctypes.data
         cfg = (ctypes.c_longlong * 7)(*grid, *block, shared_mem)
         err = ctypes.create_string_buffer(2048)
-        with self._lock:
+        fault = (ctypes.c_ulonglong * 2)()
+        with _LAUNCH_LOCK:
             rc = self._lib.r2n_emu_launch(
-                self._thunks[name], pointers, cfg, int(reverse), err, len(err)
+                self._thunks[name], pointers, cfg, int(reverse), err, len(err), fault
+            )
+        order = "reverse" if reverse else "forward"
+        if rc == 3:
+            raise self._fault_error(
+                f"{name} ({order} run)",
+                fault[0],
+                fault[1],
+                err.value.decode(),
+                args,
+                regions,
+                copies,
             )
         if rc != 0:
-            order = "reverse" if reverse else "forward"
             raise EmuError(f"{name} ({order} run): {err.value.decode()}")
-        for (_, nbytes, members), (raw, start) in zip(regions, buffers, strict=True):
-            i = members[0][0]
-            itemsize = args[i].itemsize
-            which = (
-                f"argument {i}"
-                if len(members) == 1
-                else (f"arguments {[m for m, _ in members]} (one buffer)")
-            )
-            bad = np.flatnonzero(raw[:start] != CANARY)
+        for (_, nbytes, members), copy in zip(regions, copies, strict=True):
+            itemsize = args[members[0][0]].itemsize
+            which = _describe(members)
+            before, after = copy.canaries()
+            bad = np.flatnonzero(before != CANARY)
             if bad.size:
-                count = (start - bad[0] + itemsize - 1) // itemsize
+                count = (before.size - bad[0] + itemsize - 1) // itemsize
                 raise EmuOutOfBoundsError(
                     f"{name}: out-of-bounds write to {which} before the array: "
                     f"{count} element(s) before"
                 )
-            bad = np.flatnonzero(raw[start + nbytes :] != CANARY)
+            bad = np.flatnonzero(after != CANARY)
             if bad.size:
                 raise EmuOutOfBoundsError(
                     f"{name}: out-of-bounds write to {which} after the array: at element "
                     f"{(nbytes + bad[0]) // itemsize} (size {nbytes // itemsize})"
                 )
-        return buffers
+
+    @staticmethod
+    def _fault_error(what, address, kind, where, args, regions, copies):
+        """The error for a memory fault at ``address`` in a kernel thread (``where``)."""
+        access = _FAULT_KINDS.get(kind, "access to")
+        for (_, nbytes, members), copy in zip(regions, copies, strict=True):
+            if not copy.contains(address):
+                continue
+            itemsize = args[members[0][0]].itemsize
+            which = _describe(members)
+            offset = address - copy.address
+            if offset < 0:
+                count = (-offset + itemsize - 1) // itemsize
+                return EmuOutOfBoundsError(
+                    f"{what}: out-of-bounds {access} {which} before the array: "
+                    f"{count} element(s) before (size {nbytes // itemsize}); {where}"
+                )
+            return EmuOutOfBoundsError(
+                f"{what}: out-of-bounds {access} {which} after the array: at element "
+                f"{offset // itemsize} (size {nbytes // itemsize}); {where}"
+            )
+        return EmuError(
+            f"{what}: invalid memory {access.split()[0]} at address {address:#x}, not next "
+            f"to any array argument; {where}"
+        )
 
     def launch(self, name, grid, block, args, shared_mem=0, check_order=True):
         """Run ``name`` on NumPy arrays, like a CUDA launch; arrays are updated in place.
@@ -213,7 +327,8 @@ class EmuModule:
         args : tuple of C-contiguous NumPy arrays and NumPy scalars
         shared_mem : bytes of dynamic shared memory
         check_order : run twice (ascending and descending thread and block
-            order) and require bit-identical results
+            order) and require bit-identical results; the second run is also
+            the one that catches reads before the start of an array
 
         Raises
         ------
@@ -227,42 +342,46 @@ class EmuModule:
         )
         self._check_args(name, args)
         regions = self._regions(args)
-        first = self._run(name, grid, block, args, shared_mem, False, regions)
+        first, second = [], []
+        self._run(name, grid, block, args, shared_mem, False, regions, first)
         if check_order:
-            second = self._run(name, grid, block, args, shared_mem, True, regions)
-            for (_, nbytes, members), (r1, s1), (r2, s2) in zip(
-                regions, first, second, strict=True
-            ):
-                v1, v2 = r1[s1 : s1 + nbytes], r2[s2 : s2 + nbytes]
-                if np.array_equal(v1, v2):
-                    continue
-                i, offset = next(
-                    (i, off)
-                    for i, off in members
-                    if not np.array_equal(
-                        v1[off : off + args[i].nbytes], v2[off : off + args[i].nbytes]
-                    )
-                )
-                a = args[i]
-                e1 = v1[offset : offset + a.nbytes].view(a.dtype)
-                e2 = v2[offset : offset + a.nbytes].view(a.dtype)
-                per_elem = (e1.view(np.uint8) != e2.view(np.uint8)).reshape(a.size, -1).any(1)
-                bad = np.flatnonzero(per_elem)
-                raise EmuRaceError(
-                    f"{name}: argument {i} differs between the forward and the reverse "
-                    f"run at {bad.size} of {a.size} elements (first: flat index "
-                    f"{bad[0]}: {e1[bad[0]]!r} vs {e2[bad[0]]!r}): a race or a missing "
-                    "__syncthreads, or a read of uninitialised shared memory"
-                )
-        for (_, _, members), (raw, start) in zip(regions, first, strict=True):
+            self._run(name, grid, block, args, shared_mem, True, regions, second)
+            self._compare_runs(name, args, regions, first, second)
+        for (_, _, members), copy in zip(regions, first, strict=True):
             for i, offset in members:
                 a = args[i]
-                result = raw[start + offset : start + offset + a.nbytes]
+                result = copy.data(offset, a.nbytes)
                 if np.array_equal(result, a.reshape(-1).view(np.uint8)):
                     continue
                 if not a.flags.writeable:
                     raise EmuError(f"{name}: the kernel wrote to argument {i}, a read-only array")
                 a.reshape(-1).view(np.uint8)[...] = result
+
+    @staticmethod
+    def _compare_runs(name, args, regions, first, second):
+        """Raise EmuRaceError if the two runs left different bytes in any array."""
+        for (_, nbytes, members), c1, c2 in zip(regions, first, second, strict=True):
+            v1, v2 = c1.data(0, nbytes), c2.data(0, nbytes)
+            if np.array_equal(v1, v2):
+                continue
+            i, offset = next(
+                (i, off)
+                for i, off in members
+                if not np.array_equal(
+                    v1[off : off + args[i].nbytes], v2[off : off + args[i].nbytes]
+                )
+            )
+            a = args[i]
+            e1 = v1[offset : offset + a.nbytes].view(a.dtype)
+            e2 = v2[offset : offset + a.nbytes].view(a.dtype)
+            per_elem = (e1.view(np.uint8) != e2.view(np.uint8)).reshape(a.size, -1).any(1)
+            bad = np.flatnonzero(per_elem)
+            raise EmuRaceError(
+                f"{name}: argument {i} differs between the forward and the reverse "
+                f"run at {bad.size} of {a.size} elements (first: flat index "
+                f"{bad[0]}: {e1[bad[0]]!r} vs {e2[bad[0]]!r}): a race or a missing "
+                "__syncthreads, or a read of uninitialised shared memory"
+            )
 
 
 def _wrapper_source(names: list[str]) -> str:

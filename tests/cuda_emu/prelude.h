@@ -25,11 +25,19 @@
 //   warp, not in the mask) yields a NaN-patterned poison value;
 // * atomics are plain read-modify-writes (fibers never interleave inside one).
 //
+// * a memory fault in a kernel (emulator.py puts a PROT_NONE page right after
+//   or right before every array argument's copy) is caught by a SIGSEGV
+//   handler installed for the duration of the launch: it records the address
+//   and whether it was a read or a write, and resumes the scheduler, which
+//   aborts the launch; emulator.py names the argument and the element.
+//
 // Errors found while running (barrier or warp-call divergence, deadlock,
-// assert, __trap) abort the launch and are reported by emulator.py.
+// assert, __trap, a memory fault) abort the launch and are reported by
+// emulator.py.
 #pragma once
 
 #include <math.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -121,7 +129,14 @@ struct Runtime {
     void** args = nullptr;
     std::string error;
     int barrier_count = 0;  // threads with a non-zero predicate at the last barrier
+    // A memory fault inside a fiber (set by on_fault): the address, and
+    // FAULT_READ / FAULT_WRITE / FAULT_ACCESS (read or write, unknown).
+    int fault_kind = 0;
+    uintptr_t fault_address = 0;
+    struct sigaction previous_segv;  // restored when the launch ends
 };
+
+enum FaultKind { NO_FAULT, FAULT_READ, FAULT_WRITE, FAULT_ACCESS };
 
 inline Runtime& rt() {
     static Runtime r;
@@ -260,6 +275,36 @@ inline bool release_warp(int w, std::string& error) {
     return true;
 }
 
+// SIGSEGV handler, installed only while a launch runs. A fault on a fiber's
+// stack (kernel code: typically a guard page next to an array) aborts that
+// thread like fail() does: record the address, resume the scheduler (setcontext
+// also restores the scheduler's signal mask, so SIGSEGV is unblocked again).
+// Any other fault is not ours: put the previous handler back and return, so
+// the faulting instruction faults again and that handler (Python's
+// faulthandler, or the default core dump) sees it.
+inline void on_fault(int sig, siginfo_t* info, void* context) {
+    Runtime& r = rt();
+    Thread* t = r.current;
+    char probe;
+    const uintptr_t sp = (uintptr_t)&probe;
+    if (t == nullptr || sp < (uintptr_t)t->stack || sp >= (uintptr_t)t->stack + r.stack_size ||
+        r.fault_kind != NO_FAULT) {
+        sigaction(sig, &r.previous_segv, nullptr);
+        return;
+    }
+    r.fault_address = (uintptr_t)info->si_addr;
+#if defined(__x86_64__)
+    // bit 1 of the page-fault error code: the access was a write
+    const long long code = ((ucontext_t*)context)->uc_mcontext.gregs[REG_ERR];
+    r.fault_kind = (code & 2) ? FAULT_WRITE : FAULT_READ;
+#else
+    (void)context;
+    r.fault_kind = FAULT_ACCESS;
+#endif
+    t->state = ABORTED;
+    setcontext(&r.scheduler);
+}
+
 inline void fiber_entry() {
     Runtime& r = rt();
     r.thunk(r.args);
@@ -288,6 +333,13 @@ inline bool run_block(bool reverse, unsigned char poison_byte) {
             if (t.state != READY) continue;
             r.current = &t;
             swapcontext(&r.scheduler, &t.ctx);
+            if (r.fault_kind != NO_FAULT && r.error.empty()) {
+                // the details go to emulator.py through r2n_emu_launch's `fault`
+                char where[160];
+                snprintf(where, sizeof where, "block (%u,%u,%u), thread (%u,%u,%u)",
+                         r.block_idx.x, r.block_idx.y, r.block_idx.z, t.idx.x, t.idx.y, t.idx.z);
+                r.error = where;
+            }
             r.current = nullptr;
             if (!r.error.empty()) return false;
         }
@@ -515,8 +567,39 @@ inline double max(double a, double b) { return fmax(a, b); }
 
 // ------------------------------------------------------------ launch entry
 // cfg: grid x, y, z, block x, y, z, dynamic shared bytes.
+// Returns 0 on success; 1 or 2 with a message in `error`; 3 after a memory
+// fault: fault[0] = the address, fault[1] = its FaultKind, `error` = the
+// block and thread.
+extern "C" int r2n_emu_launch_body(void (*thunk)(void**), void** args, const long long* cfg,
+                                   int reverse, char* error, int error_len);
+
 extern "C" int r2n_emu_launch(void (*thunk)(void**), void** args, const long long* cfg,
-                              int reverse, char* error, int error_len) {
+                              int reverse, char* error, int error_len,
+                              unsigned long long* fault) {
+    using namespace r2n_emu;
+    Runtime& r = rt();
+    r.fault_kind = NO_FAULT;
+    r.fault_address = 0;
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_sigaction = on_fault;
+    action.sa_flags = SA_SIGINFO;
+    sigemptyset(&action.sa_mask);
+    if (sigaction(SIGSEGV, &action, &r.previous_segv) != 0) {
+        snprintf(error, error_len, "could not install the SIGSEGV handler");
+        return 1;
+    }
+    int rc = r2n_emu_launch_body(thunk, args, cfg, reverse, error, error_len);
+    // (the handler may have put the previous one back already: harmless to repeat)
+    sigaction(SIGSEGV, &r.previous_segv, nullptr);
+    fault[0] = r.fault_address;
+    fault[1] = (unsigned long long)r.fault_kind;
+    if (r.fault_kind != NO_FAULT) rc = 3;
+    return rc;
+}
+
+extern "C" int r2n_emu_launch_body(void (*thunk)(void**), void** args, const long long* cfg,
+                                   int reverse, char* error, int error_len) {
     using namespace r2n_emu;
     Runtime& r = rt();
     r.error.clear();

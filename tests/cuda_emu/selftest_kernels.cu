@@ -9,6 +9,8 @@
 //   planted_missing_first_sync  the same without the barrier after the loads only
 //   planted_oob_write    writes one element past the end of its output
 //   planted_oob_before   writes one element before the start of its output
+//   planted_oob_read     stages x[t + shift] in shared memory with a guard one element
+//                        too wide on both sides; the bad values are never used
 //   planted_write_race   every thread of a block writes the same element
 //   planted_uninit_dyn   reads dynamic shared memory nobody wrote
 //   planted_shared_overflow  indexes one element past the dynamic shared memory it got
@@ -76,6 +78,21 @@ template <typename T>
 __global__ void planted_oob_before(T* out, idx_t n) {
     const idx_t i = r2n_global_thread_1d();
     if (i < n) out[i - 1] = T(1);  // BUG: thread 0 writes out[-1]
+}
+
+// Thread t stages x[t + shift] in a tile and writes it out only when
+// 0 <= t + shift < n; with `strict` == 0 the load's guard is one element too
+// wide on both sides (the planted bug), so x[-1] or x[n] is read and then
+// discarded: the output is still right, only the read is out of bounds.
+template <typename T>
+__global__ void planted_oob_read(const T* x, T* out, int n, int shift, int strict) {
+    __shared__ T tile[64];
+    const int t = threadIdx.x, j = t + shift;
+    const bool in_range = j >= 0 && j < n;
+    const bool load = strict ? in_range : (j >= -1 && j <= n);  // BUG unless strict
+    tile[t] = load ? x[j] : T(0);
+    __syncthreads();
+    out[t] = in_range ? tile[t] : T(-1);
 }
 
 template <typename T>
