@@ -1,9 +1,9 @@
 """Review checks of r2n.gpu under the emulator: paths the op tests do not reach.
 
-* Grid-stride loops: launchers cap 1-D grids (``_runtime.MAX_BLOCKS_1D``,
-  ``conv._MAX_STRIDE_BLOCKS``) and every thread loops over the rest. On a GPU
-  the cap is hit only by tensors of > 2^28 elements, too big to emulate, so
-  here the caps are lowered to one block and each kernel launched that way
+* Grid-stride loops: launchers cap 1-D grids at ``_runtime.MAX_BLOCKS_1D``
+  and every thread loops over the rest. On a GPU the cap is hit only by
+  tensors of > 2^28 elements, too big to emulate, so here the cap is
+  lowered to one block and each kernel launched that way
   must still cover every element (a kernel that is not grid-stride leaves
   outputs unwritten: NaN from EmuExecutor.empty).
 """
@@ -41,7 +41,6 @@ class GridRecordingExecutor(EmuExecutor):
 def one_block(monkeypatch):
     """Grid caps of one block: every grid-stride kernel loops over its whole tensor."""
     monkeypatch.setattr(_runtime, "MAX_BLOCKS_1D", 1)
-    monkeypatch.setattr(conv, "_MAX_STRIDE_BLOCKS", 1)
     return GridRecordingExecutor()
 
 

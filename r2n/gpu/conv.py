@@ -52,8 +52,6 @@ SIDE_NONE, SIDE_COPY, SIDE_AVG_POOL_3X3 = 0, 1, 2
 
 #: Threads per block of the direct kernel.
 DIRECT_THREADS = 256
-#: Most blocks of a grid-stride launch (the rest of the work loops).
-_MAX_STRIDE_BLOCKS = 1 << 20
 
 # Block tiles (BM, BN, BK, TM, TN): BM output channels x BN pixels per block,
 # BK-deep slices of K, TM x TN outputs per thread.
@@ -256,8 +254,8 @@ def launch_conv(
 
     if variant == "1_direct":
         block = DIRECT_THREADS
-        conv_blocks = min(_cdiv(n_img * c_out * plane_out, block), _MAX_STRIDE_BLOCKS)
-        side_blocks = min(_cdiv(side_total, block), _MAX_STRIDE_BLOCKS)
+        conv_blocks = min(_cdiv(n_img * c_out * plane_out, block), _runtime.MAX_BLOCKS_1D)
+        side_blocks = min(_cdiv(side_total, block), _runtime.MAX_BLOCKS_1D)
         grid = (conv_blocks + side_blocks,)
         name = _name("conv2d_1_direct", ctype)
         shared = 0
@@ -281,7 +279,7 @@ def launch_conv(
             raise ValueError(f"r2n.{op}: {c_out_g} output channels per group is too many")
         images_groups = min(n_img * groups, _runtime.MAX_GRID_DIM[2])
         per_side_block = threads * channel_tiles * images_groups
-        side_blocks = min(_cdiv(side_total, per_side_block), _MAX_STRIDE_BLOCKS)
+        side_blocks = min(_cdiv(side_total, per_side_block), _runtime.MAX_BLOCKS_1D)
         grid = (pixel_tiles + side_blocks, channel_tiles, images_groups)
         block = threads
         name = _name(_KERNEL_OF_VARIANT[variant], ctype, tile)
