@@ -103,7 +103,9 @@ class PreparedChain:
         x = self.ex.xp.ascontiguousarray(x)
         n, _, h, w = x.shape
         s, width, nums = self.stride, self.width, self.nums
-        out_shape = (n, channels, (h - 1) // s + 1, (w - 1) // s + 1)
+        h_out = _checks.conv_output_size("res2net_chain", "H", h, 3, s, 1, 1)
+        w_out = _checks.conv_output_size("res2net_chain", "W", w, 3, s, 1, 1)
+        out_shape = (n, channels, h_out, w_out)
         if out is None:
             out = self.ex.empty(out_shape, x.dtype)
         elif tuple(out.shape) != out_shape or np.dtype(out.dtype) != self.dtype:
