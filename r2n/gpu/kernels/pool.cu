@@ -17,8 +17,7 @@
 //                            read consecutive elements (coalesced), then a
 //                            butterfly __shfl_xor_sync sum; 8 planes per block.
 
-// The rows (or columns) of window `o` inside the input: [*lo, *hi), and the divisor
-// factor along this axis (avg pool).
+// The rows (or columns) of window `o` inside the input: [*lo, *hi).
 __device__ __forceinline__ void r2n_pool_window(int o, int stride, int pad, int kernel, int size,
                                                 int* lo, int* hi) {
     const int start = o * stride - pad;
@@ -72,7 +71,8 @@ __global__ void avg_pool2d_kernel(const T* __restrict__ x, T* __restrict__ out, 
             div_h = min(sy + kh, h + ph) - sy;
             div_w = min(sx + kw, w + pw) - sx;
         }
-        out[i] = sum / static_cast<T>(div_h * div_w);
+        // in T: div_h * div_w (up to (H + pad) * (W + pad)) can overflow an int
+        out[i] = sum / (static_cast<T>(div_h) * static_cast<T>(div_w));
     }
 }
 
