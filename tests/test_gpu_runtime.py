@@ -37,6 +37,7 @@ class FakeCupy:
         self.modules = []  # RawModule kwargs
         self.launches = []  # (name, grid, block, args, shared_mem)
         self.attributes = []  # funcSetAttribute calls
+        self.lookups = []  # RawModule.get_function calls
         fake = self
 
         class RawKernel:
@@ -65,6 +66,7 @@ class FakeCupy:
                 fake.modules.append(kwargs)
 
             def get_function(self, name):
+                fake.lookups.append(name)
                 return RawKernel(name)
 
         self.RawModule = RawModule
@@ -119,8 +121,12 @@ def test_cupy_executor_opts_in_to_large_dynamic_shared_memory(fake_executor):
     ex.launch("elementwise.cu", "relu_kernel<float>", (1,), (32,), args, shared_mem=64 * 1024)
     assert ex.xp.attributes == [("relu_kernel<float>", 64 * 1024)]
     ex.launch("elementwise.cu", "relu_kernel<float>", (1,), (32,), args, shared_mem=1024)
-    assert len(ex.xp.attributes) == 1
-    assert [launch[4] for launch in ex.xp.launches] == [64 * 1024, 1024]
+    ex.launch("elementwise.cu", "relu_kernel<float>", (1,), (32,), args, shared_mem=64 * 1024)
+    assert len(ex.xp.attributes) == 1  # opted in once; a launch needing less keeps it
+    ex.launch("elementwise.cu", "relu_kernel<float>", (1,), (32,), args, shared_mem=80 * 1024)
+    assert ex.xp.attributes[1:] == [("relu_kernel<float>", 80 * 1024)]
+    assert [launch[4] for launch in ex.xp.launches] == [64 * 1024, 1024, 64 * 1024, 80 * 1024]
+    assert ex.xp.lookups == ["relu_kernel<float>"]  # the kernel object is looked up once
 
 
 def test_shared_memory_past_the_devices_limit_is_refused(fake_executor):

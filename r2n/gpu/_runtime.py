@@ -180,7 +180,8 @@ class CupyExecutor:
     """Compiles sources with ``cupy.RawModule`` and launches on CuPy's current stream.
 
     One instance per device; modules are compiled once per (device, file) and
-    memoized (CuPy also caches the binary on disk).
+    memoized (CuPy also caches the binary on disk), and so are the kernel
+    objects and their shared-memory opt-ins, so a launch does no lookups.
     """
 
     def __init__(self, device_id: int, cupy_module=None):
@@ -191,6 +192,8 @@ class CupyExecutor:
         self.xp = cupy_module
         self.device_id = device_id
         self._modules: dict[str, object] = {}
+        # (file, name expression) -> [RawKernel, dynamic shared memory opted in to]
+        self._functions: dict[tuple[str, str], list] = {}
         self._lock = threading.Lock()
 
     def empty(self, shape, dtype):
@@ -224,6 +227,15 @@ class CupyExecutor:
                 self._modules[file] = mod
             return mod
 
+    def _function(self, file: str, name_expr: str) -> list:
+        """[the RawKernel of ``name_expr``, its shared-memory opt-in], looked up once."""
+        entry = self._functions.get((file, name_expr))
+        if entry is None:
+            entry = [self.module(file).get_function(name_expr), DEFAULT_SHARED_LIMIT]
+            with self._lock:
+                entry = self._functions.setdefault((file, name_expr), entry)
+        return entry
+
     def launch(self, file, name_expr, grid, block, args, shared_mem=0):
         """Launch ``name_expr`` from ``file`` on the current stream.
 
@@ -253,8 +265,9 @@ class CupyExecutor:
                     f"argument {i} is on device {a.device.id}"
                 )
         with cupy.cuda.Device(self.device_id):
-            func = self.module(file).get_function(name_expr)
-            if shared_mem > DEFAULT_SHARED_LIMIT:
+            entry = self._function(file, name_expr)
+            func = entry[0]
+            if shared_mem > entry[1]:
                 limit = self.max_shared_per_block()
                 if shared_mem > limit:
                     raise ValueError(
@@ -264,7 +277,11 @@ class CupyExecutor:
                 # Opt in to more than 48 KiB of dynamic shared memory. get_function
                 # returns a cupy.RawKernel (it has no ``ptr``, cupy.cuda.Function has);
                 # this setter calls cuFuncSetAttribute on its current-device function.
-                func.max_dynamic_shared_size_bytes = int(shared_mem)
+                # The opt-in only grows (under the lock), so no launch lowers another's.
+                with self._lock:
+                    if shared_mem > entry[1]:
+                        func.max_dynamic_shared_size_bytes = int(shared_mem)
+                        entry[1] = int(shared_mem)
             func(grid, block, args, shared_mem=int(shared_mem))
 
 
