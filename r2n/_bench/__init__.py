@@ -11,6 +11,8 @@ module             what
                    as parallel Numba kernels, for the speedup model
 ``torch_models``   PyTorch versions of the chain and bottleneck (eager with
                    BatchNorm, and BN-folded), shared with ``r2n check``
+``torch_blocks``   the official Res2Net / timm Bottle2neck as torch modules
+                   (the eager rows; the tests' oracles too)
 ``cases``          the benchmark shapes, their FLOPs and minimal bytes
 ``network``        the whole res2net50_26w_4s (r2n.models against timm)
 ``model``          the Res2Net-accelerator speedup model

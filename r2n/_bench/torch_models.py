@@ -3,9 +3,10 @@
 Two forms, both built from r2n's folded arguments (so the float64 reference
 on the same arguments is the truth for them too):
 
-* **eager**: ``nn.Conv2d`` (no bias) + ``nn.BatchNorm2d`` + ReLU, split, add,
-  cat as separate modules and ops, as the official Res2Net / timm
-  ``Bottle2neck`` runs. The BatchNorm is given mean 0, variance ``1 - eps``,
+* **eager**: the official Res2Net / timm ``Bottle2neck`` modules of
+  :mod:`r2n._bench.torch_blocks` (``nn.Conv2d`` without bias +
+  ``nn.BatchNorm2d`` + ReLU, split, add, cat as separate modules and ops). The
+  BatchNorm is given mean 0, variance ``1 - eps``,
   weight 1 and bias = the folded bias, so it computes exactly the folded conv
   while doing all of BN's work;
 * **folded**: ``F.conv2d`` with the folded weight and bias, the rest as eager.
@@ -88,84 +89,58 @@ def folded_bottle2neck(x, params, *, scale, stype, stride):
     return F.relu(out + identity)
 
 
-def _conv_bn(weight, bias, stride=1, padding=0):
-    """nn.Sequential(Conv2d without bias, BatchNorm2d) equal to the folded conv."""
+def _load_folded(conv, bn, weight, bias):
+    """Give ``conv`` (no bias) + ``bn`` the folded (weight, bias): BN with mean 0,
+    variance ``1 - eps``, weight 1 and bias = the folded bias computes exactly
+    the folded conv while doing all of BN's work."""
     import torch
-    from torch import nn
 
-    c_out, c_in = weight.shape[:2]
-    conv = nn.Conv2d(c_in, c_out, weight.shape[2], stride, padding, bias=False)
-    bn = nn.BatchNorm2d(c_out)
     with torch.no_grad():
         conv.weight.copy_(torch.as_tensor(weight))
         bn.running_mean.zero_()
         bn.running_var.fill_(1.0 - bn.eps)
         bn.weight.fill_(1.0)
         bn.bias.copy_(torch.as_tensor(bias))
-    return nn.Sequential(conv, bn)
 
 
 def eager_chain(weights, biases, *, scale, stype, stride):
-    """The chain as modules (conv + BN + ReLU per chunk, split/add/cat), eval mode,
-    from folded NumPy arrays (width, width, 3, 3) and (width,)."""
-    import torch
-    from torch import nn
+    """The chain as modules (:class:`~r2n._bench.torch_blocks.TorchChain`: conv + BN
+    + ReLU per chunk, split/add/cat), eval mode, from folded NumPy arrays
+    (width, width // groups, 3, 3) and (width,)."""
+    from .torch_blocks import TorchChain
 
-    class Chain(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.width = weights[0].shape[0]
-            self.nums = max(scale - 1, 1)
-            self.convs = nn.ModuleList(
-                _conv_bn(w, b, stride, 1) for w, b in zip(weights, biases, strict=True)
-            )
-            self.pool = nn.AvgPool2d(3, stride, padding=1) if stype == "stage" else None
-
-        def forward(self, x):
-            spx = torch.split(x, self.width, 1)
-            out, sp = [], None
-            for i in range(self.nums):
-                sp = spx[i] if i == 0 or stype == "stage" else sp + spx[i]
-                sp = torch.relu(self.convs[i](sp))
-                out.append(sp)
-            if scale > 1:
-                last = spx[self.nums]
-                out.append(self.pool(last) if stype == "stage" else last)
-            return torch.cat(out, 1)
-
-    return Chain().eval()
+    width, width_per_group = weights[0].shape[:2]
+    chain = TorchChain(width, scale, stype, stride, groups=width // width_per_group)
+    for conv, bn, w, b in zip(chain.convs, chain.bns, weights, biases, strict=True):
+        _load_folded(conv, bn, w, b)
+    return chain.eval()
 
 
 def eager_bottle2neck(params, *, scale, stype, stride):
-    """The bottleneck as modules (timm ``Bottle2neck`` structure), eval mode,
-    from a Bottle2neckParams of NumPy arrays."""
-    import torch
-    from torch import nn
+    """The bottleneck as modules (:class:`~r2n._bench.torch_blocks.TorchBottle2neck`,
+    timm ``Bottle2neck`` structure), eval mode, from a Bottle2neckParams of NumPy
+    arrays whose conv3 has 4 x planes output channels."""
+    from .torch_blocks import TorchBottle2neck
 
-    class Block(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1 = _conv_bn(params.conv1.weight, params.conv1.bias)
-            self.chain = eager_chain(
-                params.chain_weights, params.chain_biases, scale=scale, stype=stype, stride=stride
-            )
-            self.conv3 = _conv_bn(params.conv3.weight, params.conv3.bias)
-            self.downsample = None
-            if params.shortcut is not None:
-                conv = _conv_bn(
-                    params.shortcut.weight,
-                    params.shortcut.bias,
-                    1 if params.shortcut_avg_pool else stride,
-                )
-                if params.shortcut_avg_pool and stride > 1:
-                    pool = nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False)
-                    conv = nn.Sequential(pool, conv)
-                self.downsample = conv
-
-        def forward(self, x):
-            out = torch.relu(self.conv1(x))
-            out = self.conv3(self.chain(out))
-            identity = x if self.downsample is None else self.downsample(x)
-            return torch.relu(out + identity)
-
-    return Block().eval()
+    width, width_per_group = params.chain_weights[0].shape[:2]
+    c_in = params.conv1.weight.shape[1]
+    c_out = params.conv3.weight.shape[0]
+    if c_out % TorchBottle2neck.expansion:
+        raise ValueError(f"conv3 with 4 x planes output channels expected, got {c_out}")
+    shortcut = None
+    if params.shortcut is not None:
+        shortcut = "avg" if params.shortcut_avg_pool else "conv"
+    groups = width // width_per_group
+    planes = c_out // TorchBottle2neck.expansion
+    block = TorchBottle2neck(c_in, planes, width, scale, stype, stride, groups, shortcut)
+    _load_folded(block.conv1, block.bn1, params.conv1.weight, params.conv1.bias)
+    chain = block.chain
+    for conv, bn, w, b in zip(
+        chain.convs, chain.bns, params.chain_weights, params.chain_biases, strict=True
+    ):
+        _load_folded(conv, bn, w, b)
+    _load_folded(block.conv3, block.bn3, params.conv3.weight, params.conv3.bias)
+    if shortcut is not None:
+        conv, bn = block.downsample[-2], block.downsample[-1]
+        _load_folded(conv, bn, params.shortcut.weight, params.shortcut.bias)
+    return block.eval()
