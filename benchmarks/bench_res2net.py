@@ -64,12 +64,6 @@ if torch.cuda.is_available():
 ROW_IDS = [row if threads is None else f"{row}-{threads}t" for row, threads in ROWS]
 
 
-def _torch_folded_block(x, p, scale, stype, stride, device="cpu"):
-    """The block as PyTorch ops on folded weights (NumPy params -> tensors)."""
-    tp = convert(p, lambda a: torch.from_numpy(a).to(device))
-    return torch_models.folded_bottle2neck(x, tp, scale=scale, stype=stype, stride=stride)
-
-
 def _sync(fn, *args, **kwargs):
     """fn(*args, **kwargs) and wait for the GPU, so wall time is the device's time."""
     out = fn(*args, **kwargs)
@@ -155,4 +149,6 @@ def test_bottle2neck(benchmark, timed, block, n, row, threads):
             if row.startswith("torch-eager"):
                 timed(_sync, module.to(device), tx)
             else:
-                timed(_sync, _torch_folded_block, tx, params, scale, stype, stride, device)
+                # Weights on the device once, outside the timed calls.
+                tp = convert(params, lambda a: torch.from_numpy(a).to(device))
+                timed(_sync, torch_models.folded_bottle2neck, tx, tp, **kw)
