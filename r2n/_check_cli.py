@@ -10,23 +10,21 @@ disagreed with the reference.
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import _api, _backends
+from ._bench import cases as bench_cases
 from ._bench import timing, torch_models
-from .params import Bottle2neckParams, FoldedConv
 
 TOLERANCE = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-10}
 
 
 @dataclass
 class Case:
-    """One op at one shape: ``make(rng, dtype)`` returns (args, kwargs)."""
+    """One op at one shape: ``make(rng)`` returns (args, kwargs), float64 arrays."""
 
     op: str
     label: str
@@ -39,13 +37,8 @@ def _randn(rng, *shape):
 
 
 def _chain_case(n, width, scale, hw, stype, stride):
-    nums = max(scale - 1, 1)
-
-    def make(rng):
-        x = _randn(rng, n, width * scale, hw, hw)
-        ws = [_randn(rng, width, width, 3, 3) / np.sqrt(9 * width) for _ in range(nums)]
-        bs = [_randn(rng, width) for _ in range(nums)]
-        return (x, ws, bs), dict(scale=scale, stype=stype, stride=stride)
+    # The inputs of r2n bench's chain case (the same draws from rng).
+    make = bench_cases.chain_case(n, width, scale, hw, stype, stride).make
 
     def torch_fn(x, ws, bs, *, scale, stype, stride):
         return torch_models.folded_chain(x, ws, bs, scale=scale, stype=stype, stride=stride)
@@ -56,24 +49,8 @@ def _chain_case(n, width, scale, hw, stype, stride):
 
 def _bottle2neck_case(n, c_in, width, scale, planes, hw, stype, stride):
     c_out = planes * 4
-
-    def conv(rng, co, ci, k):
-        return FoldedConv(_randn(rng, co, ci, k, k) / np.sqrt(ci * k * k), _randn(rng, co))
-
-    def make(rng):
-        nums = max(scale - 1, 1)
-        chain = [conv(rng, width, width, 3) for _ in range(nums)]
-        params = Bottle2neckParams(
-            conv1=conv(rng, width * scale, c_in, 1),
-            chain_weights=[c.weight for c in chain],
-            chain_biases=[c.bias for c in chain],
-            conv3=conv(rng, c_out, width * scale, 1),
-            shortcut=None if (c_in == c_out and stride == 1) else conv(rng, c_out, c_in, 1),
-        )
-        return (_randn(rng, n, c_in, hw, hw), params), dict(
-            scale=scale, stype=stype, stride=stride
-        )
-
+    # The inputs of r2n bench's bottleneck case (the same draws from rng).
+    make = bench_cases.block_case(n, c_in, planes, width, scale, hw, stype, stride).make
     label = f"N={n} {c_in}->{c_out} {width}w x {scale}s {hw}x{hw} {stype} s{stride}"
     return Case("bottle2neck", label, make)
 
@@ -152,16 +129,13 @@ def cases(quick: bool = False) -> list[Case]:
 _as = timing.convert  # apply a function to every array inside nested arguments
 
 
-def median_ms(fn: Callable, min_time: float = 0.2, max_reps: int = 50) -> float:
-    """Median wall time of ``fn()`` in ms, after one warm-up call."""
-    fn()
-    times = []
-    start = time.perf_counter()
-    while len(times) < 3 or (time.perf_counter() - start < min_time and len(times) < max_reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+#: One warm-up call, then at least 3 timed calls, more while under 0.2 s, at most 50.
+BUDGET = timing.Budget(min_time=0.2, min_reps=3, max_reps=50, warmup=1)
+
+
+def median_ms(fn: Callable) -> float:
+    """Median wall time of ``fn()`` in ms, after one warm-up call (see BUDGET)."""
+    return timing.median_ms(timing.time_host(fn, BUDGET))
 
 
 _rel_err = timing.rel_err
