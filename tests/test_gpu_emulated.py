@@ -276,9 +276,6 @@ class EmulatedCupyExecutor(EmuExecutor):
     def empty(self, shape, dtype):
         return EmulatedCupyArray(super().empty(shape, dtype))
 
-    def zeros(self, shape, dtype):
-        return EmulatedCupyArray(super().zeros(shape, dtype))
-
     def launch(self, file, name_expr, grid, block, args, shared_mem=0):
         unwrapped = tuple(a.array if isinstance(a, EmulatedCupyArray) else a for a in args)
         assert all(not isinstance(a, np.ndarray) for a in args), "a NumPy array reached launch"

@@ -11,7 +11,6 @@ The executor protocol::
 
     ex.xp                          # the array module: cupy or numpy
     ex.empty(shape, dtype)         # new uninitialised array
-    ex.zeros(shape, dtype)
     ex.launch(file, name_expr, grid, block, args, shared_mem=0)
 
 ``file`` names a source in ``r2n/gpu/kernels``; the text compiled is
@@ -199,10 +198,6 @@ class CupyExecutor:
     def empty(self, shape, dtype):
         """New uninitialised CuPy array on the current device."""
         return self.xp.empty(shape, dtype)
-
-    def zeros(self, shape, dtype):
-        """New zero-filled CuPy array on the current device."""
-        return self.xp.zeros(shape, dtype)
 
     def max_shared_per_block(self) -> int:
         """The opt-in shared memory limit of this device (99 KiB on sm_86/89,

@@ -464,9 +464,6 @@ class EmuExecutor:
         out.reshape(-1).view(np.uint8)[...] = 0xFF
         return out
 
-    def zeros(self, shape, dtype):
-        return np.zeros(shape, dtype)
-
     def module(self, file: str) -> EmuModule:
         """The emulator module of a kernel source in r2n/gpu/kernels."""
         return compile_module(_runtime.kernel_source(file), _runtime.names_of(file), label=file)
