@@ -11,7 +11,7 @@ module             ops
 =================  ==========================================================
 ``elementwise``    relu, leaky_relu, sigmoid, batch_norm, fold_batch_norm
 ``pool``           max_pool2d, avg_pool2d, global_avg_pool2d (2 variants)
-``layers``         linear (2 variants), space_to_depth, blur_pool2d,
+``layers``         linear (3 variants), space_to_depth, blur_pool2d,
                    squeeze_excite
 ``conv``           conv2d (numbered variants)
 ``res2net``        res2net_chain, bottle2neck, fused
