@@ -95,7 +95,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", metavar="PATH", help="write every figure to this JSON file")
     parser.add_argument(
-        "--plot", metavar="PATH", help="write a PNG: speedup bars and a roofline (matplotlib)"
+        "--plot",
+        metavar="PATH",
+        help="write a PNG: speedup bars, a roofline and the speedup model (matplotlib)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed of the inputs")
 

@@ -135,21 +135,9 @@ def block_flops(n, c_in, planes, width, scale, h, stride, shortcut) -> int:
     return flops
 
 
-def _nbytes(*arrays_or_shapes) -> int:
-    total = 0
-    for a in arrays_or_shapes:
-        total += int(np.prod(a)) if isinstance(a, tuple) else _tree_size(a)
-    return FLOAT32_BYTES * total
-
-
-def _tree_size(args) -> int:
-    if isinstance(args, np.ndarray):
-        return args.size
-    if isinstance(args, (list, tuple)):
-        return sum(_tree_size(a) for a in args)
-    if isinstance(args, (FoldedConv, Bottle2neckParams)):
-        return sum(_tree_size(v) for v in vars(args).values())
-    return 0
+def _nbytes(*shapes: tuple) -> int:
+    """float32 bytes of arrays of these shapes, each once."""
+    return FLOAT32_BYTES * sum(int(np.prod(shape)) for shape in shapes)
 
 
 # --------------------------------------------------------------------------- #
