@@ -237,6 +237,19 @@ def test_launcher_rejects_what_the_kernels_cannot_take(ex, rng):
             groups=1,
             x_c0=1,
         )
+    with pytest.raises(ValueError, match="weight must be a C-contiguous float32 array, got C-"):
+        gconv.launch_conv(
+            ex,
+            "1_direct",
+            x,
+            weight.astype(np.float64),
+            bias,
+            out[:, :4].copy(),
+            stride=(1, 1),
+            padding=(1, 1),
+            dilation=(1, 1),
+            groups=1,
+        )
 
 
 @pytest.mark.parametrize("variant", list(gconv.VARIANTS))

@@ -169,7 +169,10 @@ def launch_conv(
     arrays["residual"] = residual
     for name, a in arrays.items():
         if a is not None and (np.dtype(a.dtype) != dtype or not a.flags.c_contiguous):
-            raise ValueError(f"r2n.{op}: {name} must be a C-contiguous {dtype} array")
+            layout = "C-contiguous" if a.flags.c_contiguous else "non-contiguous"
+            raise ValueError(
+                f"r2n.{op}: {name} must be a C-contiguous {dtype} array, got {layout} {a.dtype}"
+            )
     if groups < 1 or c_out % groups:
         raise ValueError(f"r2n.{op}: groups={groups} must divide C_out={c_out}")
     if not (0 <= x_c0 and x_c0 + c_in <= x_c_total):
@@ -195,7 +198,10 @@ def launch_conv(
     # The output size the geometry implies must be out's: the kernels trust it.
     if variant == "avgpool_1x1":
         if (kh, kw) != (1, 1) or groups != 1:
-            raise ValueError(f"r2n.{op}: the pooled shortcut needs a 1x1 conv, groups 1")
+            raise ValueError(
+                f"r2n.{op}: the pooled shortcut needs a 1x1 conv, groups 1; "
+                f"got kernel {(kh, kw)}, groups {groups}"
+            )
         expect = tuple(
             _checks.pool_output_size(op, a, s_, k, k, 0, True)
             for a, s_, k in (("H", h, stride[0]), ("W", w, stride[1]))
@@ -220,13 +226,18 @@ def launch_conv(
         if not (0 <= side_c0 and side_c0 + side_c <= min(x_c_total, out_c_total) and side_c > 0):
             raise ValueError(f"r2n.{op}: side channels {side_c0}..{side_c0 + side_c} out of range")
         if side_mode == SIDE_COPY and not same_size:
-            raise ValueError(f"r2n.{op}: the pass-through chunk needs H_out, W_out == H, W")
+            raise ValueError(
+                f"r2n.{op}: the pass-through chunk needs H_out, W_out == H, W; "
+                f"got {(h_out, w_out)} and {(h, w)}"
+            )
         if side_mode == SIDE_AVG_POOL_3X3 and expect != tuple(
             (s_ - 1) // stride[0] + 1 for s_ in (h, w)
         ):
-            raise ValueError(f"r2n.{op}: the pooled chunk needs a 3x3/pad-1 output size")
+            raise ValueError(
+                f"r2n.{op}: the pooled chunk needs a 3x3/pad-1 output size, got {expect}"
+            )
         if stride[0] != stride[1]:
-            raise ValueError(f"r2n.{op}: the chain's side job needs equal strides")
+            raise ValueError(f"r2n.{op}: the chain's side job needs equal strides, got {stride}")
     if n_img == 0 or h_out == 0 or w_out == 0:
         return
 
