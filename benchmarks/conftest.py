@@ -22,7 +22,8 @@ import pytest
 # before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-# The PyTorch models of the official block live with the tests; reuse them.
+# tests/torch_res2net.py (random BN statistics for the official block's modules,
+# folded into r2n's arguments) lives with the tests; reuse it.
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "tests"))
 
 
