@@ -109,7 +109,10 @@ class PreparedChain:
         if out is None:
             out = self.ex.empty(out_shape, x.dtype)
         elif tuple(out.shape) != out_shape or np.dtype(out.dtype) != self.dtype:
-            raise ValueError(f"r2n.res2net_chain: out must be {self.dtype} {out_shape}")
+            raise ValueError(
+                f"r2n.res2net_chain: out must be {self.dtype} {out_shape}, "
+                f"got {out.dtype} {tuple(out.shape)}"
+            )
         stage = self.stype == "stage"
         for i in range(nums):
             chained = not stage and i > 0  # conv i reads x_i + y_{i-1}
