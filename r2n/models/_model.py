@@ -30,6 +30,11 @@ BN_EPS = 1e-5
 BN_SUFFIXES = ("weight", "bias", "running_mean", "running_var")
 
 
+def bn_keys(prefix: str, channels: int) -> dict[str, tuple]:
+    """The state_dict keys of the BatchNorm at ``prefix``: key -> (channels,)."""
+    return {f"{prefix}.{s}": (channels,) for s in BN_SUFFIXES}
+
+
 @dataclasses.dataclass(frozen=True)
 class Arch:
     """A registered model: its family, hyper-parameters and preprocessing.

@@ -41,6 +41,7 @@ import math
 
 from .. import _api
 from ..params import Bottle2neckParams
+from ._model import bn_keys
 
 STEM_WIDTH = 32  # the deep stem's first two convs (timm's stem_width)
 EXPANSION = 4
@@ -59,10 +60,6 @@ def _stages(p):
             inplanes = planes * EXPANSION
 
 
-def _bn(prefix, c):
-    return {f"{prefix}.{s}": (c,) for s in ("weight", "bias", "running_mean", "running_var")}
-
-
 def _downsample_keys(p):
     """(conv index, BN index) inside ``downsample``: (1, 2) after timm's pool slot."""
     return (1, 2) if p["avg_down"] else (0, 1)
@@ -75,28 +72,28 @@ def expected_keys(arch, num_classes):
     if p["deep_stem"]:
         s = STEM_WIDTH
         keys["conv1.0.weight"] = (s, 3, 3, 3)
-        keys.update(_bn("conv1.1", s))
+        keys.update(bn_keys("conv1.1", s))
         keys["conv1.3.weight"] = (s, s, 3, 3)
-        keys.update(_bn("conv1.4", s))
+        keys.update(bn_keys("conv1.4", s))
         keys["conv1.6.weight"] = (2 * s, s, 3, 3)
-        keys.update(_bn("bn1", 2 * s))
+        keys.update(bn_keys("bn1", 2 * s))
     else:
         keys["conv1.weight"] = (64, 3, 7, 7)
-        keys.update(_bn("bn1", 64))
+        keys.update(bn_keys("bn1", 64))
     scale, card = p["scale"], p["cardinality"]
     for prefix, inplanes, planes, width, _, downsample in _stages(p):
         keys[f"{prefix}.conv1.weight"] = (width * scale, inplanes, 1, 1)
-        keys.update(_bn(f"{prefix}.bn1", width * scale))
+        keys.update(bn_keys(f"{prefix}.bn1", width * scale))
         for i in range(max(1, scale - 1)):
             keys[f"{prefix}.convs.{i}.weight"] = (width, width // card, 3, 3)
         for i in range(max(1, scale - 1)):
-            keys.update(_bn(f"{prefix}.bns.{i}", width))
+            keys.update(bn_keys(f"{prefix}.bns.{i}", width))
         keys[f"{prefix}.conv3.weight"] = (planes * EXPANSION, width * scale, 1, 1)
-        keys.update(_bn(f"{prefix}.bn3", planes * EXPANSION))
+        keys.update(bn_keys(f"{prefix}.bn3", planes * EXPANSION))
         if downsample:
             ci, bi = _downsample_keys(p)
             keys[f"{prefix}.downsample.{ci}.weight"] = (planes * EXPANSION, inplanes, 1, 1)
-            keys.update(_bn(f"{prefix}.downsample.{bi}", planes * EXPANSION))
+            keys.update(bn_keys(f"{prefix}.downsample.{bi}", planes * EXPANSION))
     c_feat = 512 * EXPANSION
     keys["fc.weight"] = (num_classes, c_feat)
     keys["fc.bias"] = (num_classes,)

@@ -27,8 +27,9 @@ max(planes / 2, 64)), ``conv3`` 1x1 + BN to 4 * planes, + shortcut, ReLU.
 A stage's first block has the shortcut ``downsample``: AvgPool(2, ceil,
 count_include_pad=False) then a 1x1 conv + BN (key ``downsample.1``; without
 the pool, at stride 1 and a channel change, ``downsample.0``). Each conv + BN
-is folded into one conv; the activation, and where there is no SE the residual
-add and ReLU, run in the conv's epilogue.
+is folded into one conv; the activation runs in the conv's epilogue, and so do
+the residual add and ReLU in every Bottleneck (its SE comes before conv3) and
+in a BasicBlock without SE.
 
 Official (InplaceABN) checkpoints
 ---------------------------------
@@ -47,16 +48,13 @@ import re
 import numpy as np
 
 from .. import _api
+from ._model import bn_keys
 
 BLOCKS = ("basic", "basic", "bottleneck", "bottleneck")
 USE_SE = (True, True, True, False)
 EXPANSION = {"basic": 1, "bottleneck": 4}
 STEM_SLOPE = 0.01  # nn.LeakyReLU's default, the stem's activation in timm
 BLOCK_SLOPE = 1e-3  # the blocks' LeakyReLU
-
-
-def _bn(prefix, c):
-    return {f"{prefix}.{s}": (c,) for s in ("weight", "bias", "running_mean", "running_var")}
 
 
 def _planes0(p):
@@ -97,20 +95,20 @@ def expected_keys(arch, num_classes):
     p = arch.params
     planes0 = _planes0(p)
     keys = {"body.conv1.conv.weight": (planes0, 48, 3, 3)}
-    keys.update(_bn("body.conv1.bn", planes0))
+    keys.update(bn_keys("body.conv1.bn", planes0))
     for prefix, kind, inplanes, planes, stride, downsample, use_se in _blocks(p):
         out_c = planes * EXPANSION[kind]
         if downsample:
             d = f"{prefix}.downsample.{1 if stride == 2 else 0}"
             keys[f"{d}.conv.weight"] = (out_c, inplanes, 1, 1)
-            keys.update(_bn(f"{d}.bn", out_c))
+            keys.update(bn_keys(f"{d}.bn", out_c))
         if kind == "basic":
             convs = [("conv1", planes, inplanes, 3), ("conv2", planes, planes, 3)]
         else:
             convs = [("conv1", planes, inplanes, 1), ("conv2", planes, planes, 3)]
         for name, c_out, c_in, k in convs:
             keys[f"{prefix}.{name}.conv.weight"] = (c_out, c_in, k, k)
-            keys.update(_bn(f"{prefix}.{name}.bn", c_out))
+            keys.update(bn_keys(f"{prefix}.{name}.bn", c_out))
         if use_se:
             c, rd = _se_channels(kind, planes)
             keys[f"{prefix}.se.fc1.weight"] = (rd, c, 1, 1)
@@ -119,7 +117,7 @@ def expected_keys(arch, num_classes):
             keys[f"{prefix}.se.fc2.bias"] = (c,)
         if kind == "bottleneck":
             keys[f"{prefix}.conv3.conv.weight"] = (out_c, planes, 1, 1)
-            keys.update(_bn(f"{prefix}.conv3.bn", out_c))
+            keys.update(bn_keys(f"{prefix}.conv3.bn", out_c))
     keys["head.fc.weight"] = (num_classes, planes0 * 8 * 4)
     keys["head.fc.bias"] = (num_classes,)
     return keys
@@ -150,7 +148,8 @@ def _block_forward(prefix, kind, stride, downsample, use_se, weights, layers):
     else:
         first = layers.conv(cb("conv1"), act="leaky_relu", slope=BLOCK_SLOPE)
         mid = layers.conv(cb("conv2"), padding=1, act="leaky_relu", slope=BLOCK_SLOPE)
-        last = layers.conv(cb("conv3"), act=None if use_se else "relu")
+        # SE runs before conv3: the residual add and final ReLU always fuse into it.
+        last = layers.conv(cb("conv3"), act="relu")
 
     def forward(x):
         identity = x
@@ -172,10 +171,10 @@ def _block_forward(prefix, kind, stride, downsample, use_se, weights, layers):
             out = mid(out)
             if stride == 2:
                 out = _api.blur_pool2d(out, backend=backend)
-            if se is None:
-                return last(out, residual=identity)
-            out = last(_api.squeeze_excite(out, *se, backend=backend))
-        out += identity  # out is a new array (squeeze_excite's or conv3's own)
+            if se is not None:
+                out = _api.squeeze_excite(out, *se, backend=backend)
+            return last(out, residual=identity)
+        out += identity  # out is squeeze_excite's new array
         return _api.relu(out, backend=backend)
 
     return forward
@@ -250,12 +249,12 @@ def convert_inplace_abn(state_dict, eps: float = 1e-5) -> dict:
     -------
     dict key -> numpy array (new arrays; the input is not modified)
     """
-    if "body.conv1.conv.weight" in state_dict:
-        return dict(state_dict)
     for wrapper in ("model", "state_dict"):
         inner = state_dict.get(wrapper) if hasattr(state_dict, "get") else None
         if hasattr(inner, "items"):
             state_dict = inner
+    if "body.conv1.conv.weight" in state_dict:  # after unwrapping: never convert twice
+        return dict(state_dict)
     out = {}
     for key, value in state_dict.items():
         k = re.sub(r"conv(\d+)\.0.0", lambda m: f"conv{int(m.group(1))}.conv", key)
