@@ -22,7 +22,10 @@ stored in extra_info:
   just before: what the call needs beyond what the process already holds;
 * ``host_rss_mib``: the resident memory before the call (weights, buffers, ...);
 * ``numpy_peak_mib`` (r2n rows): the peak of NumPy allocations during the
-  call (tracemalloc), i.e. the arrays a forward pass allocates anew;
+  call (tracemalloc), i.e. the arrays a forward pass allocates anew, including
+  the Numba kernels' temporaries (Numba allocates through Python's raw
+  allocator, which tracemalloc traces): at batch 1 mostly the max pool's
+  output and the 1x1 convs' per-job row buffers;
 * ``device_peak_mib`` (GPU rows): CuPy's pool / PyTorch's allocator peak
   during the call, above what was in use before it.
 
@@ -85,7 +88,8 @@ def host_peak(fn):
 
 
 def numpy_peak(fn):
-    """Peak bytes of the NumPy arrays (and Python objects) allocated during fn()."""
+    """Peak bytes of the NumPy arrays, Numba temporaries and Python objects
+    allocated during fn()."""
     tracemalloc.start()
     try:
         fn()
