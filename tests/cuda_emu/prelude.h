@@ -68,7 +68,6 @@
 #define __constant__ static
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
-#define __CUDACC_RTC__EMULATED 1
 
 struct uint3 {
     unsigned int x, y, z;
@@ -78,7 +77,8 @@ struct dim3 {
     dim3(unsigned int x_ = 1, unsigned int y_ = 1, unsigned int z_ = 1) : x(x_), y(y_), z(z_) {}
 };
 
-// Vector types (the few kernels use): aligned like CUDA's.
+// Vector types, aligned like CUDA's (no r2n kernel uses them yet; see
+// README.md, "Vector loads and alignment").
 struct __attribute__((aligned(8))) float2 {
     float x, y;
 };
