@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from r2n import Bottle2neckParams, FoldedConv
+from r2n._bench import timing
 
 
 def _r(rng, dtype, *shape):
@@ -133,12 +134,5 @@ def all_arrays(obj):
             yield from all_arrays(v)
 
 
-def map_arrays(obj, fn):
-    """args with ``fn`` applied to every array inside (structure kept)."""
-    if isinstance(obj, np.ndarray):
-        return fn(obj)
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(map_arrays(o, fn) for o in obj)
-    if isinstance(obj, (FoldedConv, Bottle2neckParams)):
-        return type(obj)(**{k: map_arrays(v, fn) for k, v in vars(obj).items()})
-    return obj
+# args with fn applied to every array inside (structure kept): the bench's helper.
+map_arrays = timing.convert

@@ -1,9 +1,9 @@
 """r2n.res2net_chain and r2n.bottle2neck against PyTorch models of the official block.
 
-The PyTorch models (tests/torch_res2net.py) follow the official Res2Net / timm
-``Bottle2neck``, written from that code and not from r2n's. Their random conv + BN
-pairs (eval mode, float64) are folded with ``r2n.fold_batch_norm`` into r2n's
-arguments.
+The PyTorch models (r2n/_bench/torch_blocks.py, via tests/torch_res2net.py) follow
+the official Res2Net / timm ``Bottle2neck``, written from that code and not from
+r2n's. Their random conv + BN pairs (eval mode, float64) are folded with
+``r2n.fold_batch_norm`` into r2n's arguments.
 """
 
 from __future__ import annotations
