@@ -219,7 +219,7 @@ def _fallback_conv2d(
     reuse_output=False,
 ):
     """conv2d + bias (+ residual) (+ activation) through the public ops."""
-    from . import _api
+    from . import _api, _checks
 
     weight, bias = as_kind(weight, kind), as_kind(bias, kind)
 
@@ -234,12 +234,9 @@ def _fallback_conv2d(
             groups=groups,
             backend=backend,
         )
-        if residual is not None:
-            if tuple(residual.shape) != tuple(y.shape):
-                raise ValueError(
-                    f"r2n.conv2d (prepared): residual must have the output's shape "
-                    f"{tuple(y.shape)}, got {tuple(residual.shape)}"
-                )
+        if residual is not None:  # of y's kind and dtype (never cast), y's shape
+            _checks.check_arrays("conv2d", {"output": y, "residual": residual})
+            _checks.check_shape("conv2d", "residual", residual, y.shape, "(N, C_out, Ho, Wo)")
             y += residual  # y is a new array: adding in place modifies no input
         if activation == "relu":
             y = _api.relu(y, backend=backend)

@@ -435,6 +435,11 @@ def test_reference_backend_runs_through_the_fallback(rng):
         ref = r2n.conv2d(x, w, b, stride=2, padding=1, backend="reference") + r
         ref = np.where(ref > 0, ref, 0.1 * ref)
         assert rel_err(out, ref) <= 1e-12
+        # A residual the conv would have to cast or broadcast is refused, on every backend.
+        with pytest.raises(TypeError, match="residual"):
+            layer(x, residual=r.astype(np.float32))
+        with pytest.raises(ValueError, match="residual must have shape"):
+            layer(x, residual=r[:, :, :, :1])
     with pytest.raises(ValueError, match="cannot prepare"):
         _backends.prepare("relu", "cpu", "numpy")
 
