@@ -116,15 +116,20 @@ class PreparedChain:
         self.scale, self.stype, self.stride, self.groups = scale, stype, stride, groups
         self.width = width
         self.nums = max(scale - 1, 1)
-        self.packed = [pack_weights(np.asarray(w, dtype), groups) for w in weights[: self.nums]]
-        self.biases = [
-            vector_or(None if biases is None else biases[i], 0, width, dtype)
-            for i in range(self.nums)
-        ]
         # "stage" convs do not feed each other: all of them run in one launch
-        # on their weights and biases laid end to end.
-        self.packed_all = np.concatenate(self.packed)
-        self.biases_all = np.concatenate(self.biases)
+        # on their weights and biases laid end to end; "normal" convs run one
+        # launch each, on views of the same arrays (the weights are held once).
+        self.packed_all = np.concatenate(
+            [pack_weights(np.asarray(w, dtype), groups) for w in weights[: self.nums]]
+        )
+        self.biases_all = np.concatenate(
+            [
+                vector_or(None if biases is None else biases[i], 0, width, dtype)
+                for i in range(self.nums)
+            ]
+        )
+        self.packed = np.split(self.packed_all, self.nums)
+        self.biases = np.split(self.biases_all, self.nums)
 
     def __call__(self, x, out=None):
         """x (N, scale*width, H, W) contiguous -> out (N, scale*width, H_out, W_out)."""
