@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The GPU check in one device call: environment, the GPU test files, compute-sanitizer
+# memcheck/racecheck over the GPU kernels, and `r2n bench` on the GPU rows.
+#
+# Usage, on a machine with a CUDA GPU, CuPy, numba and PyTorch (run from the repo root):
+#     bash benchmarks/gpu_run.sh [STEP ...]      # steps: env tests memcheck racecheck bench
+# Each step's full log goes to $OUT/<step>.log (OUT defaults to ./gpu-run-out); the
+# last lines of each are printed. A step that runs past its limit is stopped (rc 124)
+# and the next one starts, so one hang cannot cost the others.
+set -u
+OUT=${OUT:-gpu-run-out}
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+PY=${PY:-python3}
+# Every test in the GPU test files, plus the gpu/cupy cases of the mixed files.
+GPU_TESTS="tests/test_gpu_device.py tests/test_gpu_conv_device.py tests/test_gpu_runtime.py
+  tests/test_gpu_review.py tests/test_api.py tests/test_bad_inputs.py tests/test_models.py"
+PYTEST="$PY -m pytest -p no:cacheprovider -q -rfEs --benchmark-disable"
+
+step() {  # step NAME LIMIT_S COMMAND...
+    local name=$1 limit=$2 start rc
+    shift 2
+    start=$(date +%s)
+    timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+    rc=$?
+    echo "== $name: rc=$rc in $(($(date +%s) - start)) s (log $OUT/$name.log)"
+    tail -n "${TAIL:-12}" "$OUT/$name.log"
+}
+
+env_report() {
+    date -u
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem \
+        --format=csv
+    $PY - <<'PY'
+import platform, numpy, numba, cupy, torch
+print("python", platform.python_version(), "numpy", numpy.__version__, "numba",
+      numba.__version__, "cupy", cupy.__version__, "torch", torch.__version__,
+      "cuda runtime", cupy.cuda.runtime.runtimeGetVersion())
+print(cupy.cuda.Device().attributes["MultiProcessorCount"], "SMs,",
+      torch.cuda.get_device_name())
+PY
+    nproc
+}
+
+run_step() {
+    case $1 in
+    env) export -f env_report; export PY; step env 60 bash -c env_report ;;
+    tests) step tests 200 $PYTEST $GPU_TESTS -k "gpu or cupy or Gpu or device" ;;
+    memcheck)
+        step memcheck 150 compute-sanitizer --tool memcheck --error-exitcode 99 \
+            --print-limit 20 $PYTEST -x tests/test_gpu_device.py tests/test_gpu_conv_device.py ;;
+    racecheck)
+        step racecheck 120 compute-sanitizer --tool racecheck --error-exitcode 99 \
+            --print-limit 20 $PYTEST -x tests/test_gpu_conv_device.py -k "chain or bottle" ;;
+    bench) step bench 200 $PY -m r2n bench --backend gpu torch --json "$OUT/bench.json" ;;
+    *) echo "unknown step $1" ;;
+    esac
+}
+
+for s in "${@:-env tests memcheck bench racecheck}"; do
+    for t in $s; do run_step "$t"; done
+done
