@@ -120,18 +120,13 @@ def int32_or_error(op: str, what: str, value: int) -> np.int32:
     return np.int32(value)
 
 
-def check_launch(name_expr, grid, block, args, shared_mem, is_array) -> tuple:
-    """Validate a launch before it happens; shared by both executors.
-
-    Returns
-    -------
-    (grid, block) as 3-tuples of ints.
+def check_config(name_expr, grid, block, shared_mem) -> tuple:
+    """Validate a launch configuration; returns (grid, block) as 3-tuples of ints.
 
     Raises
     ------
-    ValueError : empty or oversized grid/block or shared memory, a
-        non-contiguous array.
-    TypeError : an argument that is neither an array nor an allowed NumPy scalar.
+    ValueError : an empty or oversized grid, block or shared memory.
+    TypeError : a grid or block that is not 1 to 3 ints.
     """
 
     def dims(what, value, limits):
@@ -152,26 +147,52 @@ def check_launch(name_expr, grid, block, args, shared_mem, is_array) -> tuple:
     block = dims("block", block, MAX_BLOCK_DIM)
     if block[0] * block[1] * block[2] > MAX_THREADS_PER_BLOCK:
         raise ValueError(f"r2n.gpu: launching {name_expr}: block {block} has > 1024 threads")
-    if not isinstance(shared_mem, (int, np.integer)) or not (
-        0 <= shared_mem <= MAX_SHARED_PER_BLOCK
+    if (
+        not isinstance(shared_mem, (int, np.integer))
+        or isinstance(shared_mem, bool)
+        or not (0 <= shared_mem <= MAX_SHARED_PER_BLOCK)
     ):
         raise ValueError(
             f"r2n.gpu: launching {name_expr}: shared_mem must be an int in "
             f"0..{MAX_SHARED_PER_BLOCK}, got {shared_mem!r}"
         )
+    return grid, block
+
+
+#: The classes of the allowed scalar arguments (a set lookup on the hot path).
+_SCALAR_CLASSES = frozenset(dtype.type for dtype in SCALAR_TYPES)
+
+
+def check_args(name_expr, args, is_array) -> None:
+    """Validate a launch's arguments: C-contiguous arrays and NumPy scalars of
+    :data:`SCALAR_TYPES` only (ValueError / TypeError otherwise)."""
     if not isinstance(args, tuple):
         raise TypeError(f"r2n.gpu: launching {name_expr}: args must be a tuple")
     for i, a in enumerate(args):
+        if type(a) in _SCALAR_CLASSES:
+            continue
         if is_array(a):
             if not a.flags.c_contiguous:
                 raise ValueError(
                     f"r2n.gpu: launching {name_expr}: argument {i} is not C-contiguous"
                 )
-        elif not (isinstance(a, np.generic) and a.dtype in SCALAR_TYPES):
+        else:
             raise TypeError(
                 f"r2n.gpu: launching {name_expr}: argument {i} must be an array or a NumPy "
                 f"scalar of type {', '.join(map(str, SCALAR_TYPES))}, got {type(a).__name__}"
             )
+
+
+def check_launch(name_expr, grid, block, args, shared_mem, is_array) -> tuple:
+    """Validate a launch before it happens (:func:`check_config` and
+    :func:`check_args`); shared by both executors.
+
+    Returns
+    -------
+    (grid, block) as 3-tuples of ints.
+    """
+    grid, block = check_config(name_expr, grid, block, shared_mem)
+    check_args(name_expr, args, is_array)
     return grid, block
 
 
@@ -193,6 +214,8 @@ class CupyExecutor:
         self._modules: dict[str, object] = {}
         # (file, name expression) -> [RawKernel, dynamic shared memory opted in to]
         self._functions: dict[tuple[str, str], list] = {}
+        # (file, name, grid, block, shared_mem) as passed -> (grid, block) checked
+        self._checked_configs: dict[tuple, tuple] = {}
         self._lock = threading.Lock()
 
     def empty(self, shape, dtype):
@@ -243,18 +266,24 @@ class CupyExecutor:
         shared_mem : bytes of dynamic shared memory
         """
         cupy = self.xp
-        if name_expr not in KERNELS.get(file, ()):
-            raise ValueError(f"r2n.gpu: {name_expr!r} is not registered for {file!r}")
-        grid, block = check_launch(
-            name_expr,
-            grid,
-            block,
-            args,
-            shared_mem,
-            lambda a: isinstance(a, cupy.ndarray),
-        )
+        # The key holds the types too: (1.0,) == (1,) and True == 1 must not pass
+        # for a checked int configuration.
+        try:
+            config = (file, name_expr, grid, block, shared_mem, type(shared_mem))
+            config += (tuple(map(type, grid)), tuple(map(type, block)))
+            checked = self._checked_configs.get(config)
+        except TypeError:  # unhashable or not iterable: check_config says what is wrong
+            config, checked = None, None
+        if checked is None:  # first launch of this configuration: the full checks
+            if name_expr not in KERNELS.get(file, ()):
+                raise ValueError(f"r2n.gpu: {name_expr!r} is not registered for {file!r}")
+            checked = check_config(name_expr, grid, block, shared_mem)
+            if config is not None and len(self._checked_configs) < 4096:  # shapes vary
+                self._checked_configs[config] = checked
+        grid, block = checked
+        check_args(name_expr, args, lambda a: isinstance(a, cupy.ndarray))
         for i, a in enumerate(args):
-            if isinstance(a, cupy.ndarray) and a.device.id != self.device_id:
+            if type(a) not in _SCALAR_CLASSES and a.device.id != self.device_id:
                 raise ValueError(
                     f"r2n.gpu: launching {name_expr} on device {self.device_id}: "
                     f"argument {i} is on device {a.device.id}"

@@ -159,12 +159,7 @@ def launch_conv(
     Every slice and shape is checked here, before the launch, so that no
     combination of arguments can make a kernel index outside its arrays.
     """
-    ctype = _runtime.dtype_name(x.dtype)
     dtype = np.dtype(x.dtype)
-    n_img, x_c_total, h, w = x.shape
-    c_out, c_in_g, kh, kw = weight.shape
-    c_in = c_in_g * groups
-    _, out_c_total, h_out, w_out = out.shape
     arrays = {"x": x, "weight": weight, "out": out, "bias": bias, "add": add}
     arrays["residual"] = residual
     for name, a in arrays.items():
@@ -173,27 +168,115 @@ def launch_conv(
             raise ValueError(
                 f"r2n.{op}: {name} must be a C-contiguous {dtype} array, got {layout} {a.dtype}"
             )
+    key = (
+        variant,
+        dtype,
+        x.shape,
+        weight.shape,
+        out.shape,
+        None if bias is None else bias.shape,
+        None if add is None else add.shape,
+        None if residual is None else residual.shape,
+        tuple(stride),
+        tuple(padding),
+        tuple(dilation),
+        groups,
+        x_c0,
+        add_c0,
+        out_c0,
+        activation,
+        negative_slope,
+        side_mode,
+        side_c0,
+        side_c,
+        op,
+        _LARGE_TILE_MIN_BLOCKS,  # a tunable _plan reads (tests and tuning change it)
+    )
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _plan(*key)
+        if len(_PLANS) < _MAX_PLANS:
+            _PLANS[key] = plan
+    if plan is _EMPTY:
+        return
+    name, grid, block, shared, scalars = plan
+    # scalars[i] is None where the kernel takes an array (see _plan's args).
+    args = (
+        x,
+        scalars[1],
+        scalars[2],
+        x if add is None else add,
+        scalars[4],
+        scalars[5],
+        weight,
+        weight if bias is None else bias,
+        out if residual is None else residual,
+        out,
+    ) + scalars[10:]
+    ex.launch(FILE, name, grid, block, args, shared_mem=shared)
+
+
+#: Launch plans of launch_conv by the shapes and options of a call (every check
+#: in _plan depends on nothing else), so a repeated call skips the checks and
+#: the launch arithmetic: at batch 1 a conv is bound by host time.
+_PLANS: dict[tuple, tuple] = {}
+_MAX_PLANS = 4096
+_EMPTY = ()  # the plan of a call with nothing to compute
+
+
+def _plan(
+    variant,
+    dtype,
+    x_shape,
+    weight_shape,
+    out_shape,
+    bias_shape,
+    add_shape,
+    residual_shape,
+    stride,
+    padding,
+    dilation,
+    groups,
+    x_c0,
+    add_c0,
+    out_c0,
+    activation,
+    negative_slope,
+    side_mode,
+    side_c0,
+    side_c,
+    op,
+    large_tile_min_blocks,
+):
+    """Check one launch_conv call's shapes and options and compute its launch:
+    (name expression, grid, block, shared memory, kernel scalars with None in
+    the array slots), or _EMPTY when there is nothing to compute."""
+    ctype = _runtime.dtype_name(dtype)
+    n_img, x_c_total, h, w = x_shape
+    c_out, c_in_g, kh, kw = weight_shape
+    c_in = c_in_g * groups
+    _, out_c_total, h_out, w_out = out_shape
     if groups < 1 or c_out % groups:
         raise ValueError(f"r2n.{op}: groups={groups} must divide C_out={c_out}")
     if not (0 <= x_c0 and x_c0 + c_in <= x_c_total):
-        raise ValueError(f"r2n.{op}: input channels {x_c0}..{x_c0 + c_in} outside x {x.shape}")
-    if out.shape[0] != n_img or not (0 <= out_c0 and out_c0 + c_out <= out_c_total):
+        raise ValueError(f"r2n.{op}: input channels {x_c0}..{x_c0 + c_in} outside x {x_shape}")
+    if out_shape[0] != n_img or not (0 <= out_c0 and out_c0 + c_out <= out_c_total):
         raise ValueError(
-            f"r2n.{op}: output channels {out_c0}..{out_c0 + c_out} outside out {out.shape}"
+            f"r2n.{op}: output channels {out_c0}..{out_c0 + c_out} outside out {out_shape}"
         )
-    if bias is not None and tuple(bias.shape) != (c_out,):
-        raise ValueError(f"r2n.{op}: bias must have shape ({c_out},), got {bias.shape}")
-    if add is not None and not (
-        add.shape[0] == n_img
-        and tuple(add.shape[2:]) == (h, w)
+    if bias_shape is not None and tuple(bias_shape) != (c_out,):
+        raise ValueError(f"r2n.{op}: bias must have shape ({c_out},), got {bias_shape}")
+    if add_shape is not None and not (
+        add_shape[0] == n_img
+        and tuple(add_shape[2:]) == (h, w)
         and 0 <= add_c0
-        and add_c0 + c_in <= add.shape[1]
+        and add_c0 + c_in <= add_shape[1]
     ):
-        raise ValueError(f"r2n.{op}: add {add.shape} does not cover the input slice")
-    if residual is not None and tuple(residual.shape) != tuple(out.shape):
+        raise ValueError(f"r2n.{op}: add {add_shape} does not cover the input slice")
+    if residual_shape is not None and tuple(residual_shape) != tuple(out_shape):
         raise ValueError(
-            f"r2n.{op}: residual must have the output's shape {tuple(out.shape)}, "
-            f"got {tuple(residual.shape)}"
+            f"r2n.{op}: residual must have the output's shape {tuple(out_shape)}, "
+            f"got {tuple(residual_shape)}"
         )
     # The output size the geometry implies must be out's: the kernels trust it.
     if variant == "avgpool_1x1":
@@ -239,7 +322,7 @@ def launch_conv(
         if stride[0] != stride[1]:
             raise ValueError(f"r2n.{op}: the chain's side job needs equal strides, got {stride}")
     if n_img == 0 or h_out == 0 or w_out == 0:
-        return
+        return _EMPTY
 
     i32 = _runtime.int32_or_error
     k_total = c_in_g * kh * kw
@@ -277,7 +360,7 @@ def launch_conv(
         elif variant == "3_gemm_1x1":
             large = _TILE_LARGE[ctype]
             n_large = _cdiv(plane_out, large[1]) * _cdiv(c_out_g, large[0]) * n_img * groups
-            tile = large if n_large >= _LARGE_TILE_MIN_BLOCKS else _TILE_WIDE
+            tile = large if n_large >= large_tile_min_blocks else _TILE_WIDE
         elif variant == "avgpool_1x1":
             tile = _TILE_WIDE
         else:
@@ -296,29 +379,30 @@ def launch_conv(
         name = _name(_KERNEL_OF_VARIANT[variant], ctype, tile)
         # the two tiles (weight rows padded by one), then two copies of
         # variant 2's 3 * BK ints of decoded im2col rows (conv2d_gemm_body)
-        shared = (bk * (bm + 1) + bk * bn) * dtype.itemsize + 2 * 3 * bk * 4
+        shared = (bk * (bm + 1) + bk * bn) * np.dtype(dtype).itemsize + 2 * 3 * bk * 4
 
     flags = 0
-    if bias is not None:
+    if bias_shape is not None:
         flags |= _FLAG_BIAS
-    if add is not None:
+    if add_shape is not None:
         flags |= _FLAG_ADD
-    if residual is not None:
+    if residual_shape is not None:
         flags |= _FLAG_RESIDUAL
-    scalar = dtype.type
+    scalar = np.dtype(dtype).type
     i64 = np.int64
-    # Absent optional arrays: any valid pointer (never read, the flags say so).
-    args = (
-        x,
+    # None: an array, filled in by launch_conv (an absent optional array is
+    # passed as any valid pointer: never read, the flags say so).
+    scalars = (
+        None,
         i64(x_c_total),
         i64(x_c0),
-        x if add is None else add,
-        i64(x_c_total if add is None else add.shape[1]),
+        None,
+        i64(x_c_total if add_shape is None else add_shape[1]),
         i64(add_c0),
-        weight,
-        weight if bias is None else bias,
-        out if residual is None else residual,
-        out,
+        None,
+        None,
+        None,
+        None,
         i64(out_c_total),
         i64(out_c0),
         i32(op, "N", n_img),
@@ -346,7 +430,7 @@ def launch_conv(
         i32(op, "side channels", side_c),
         i32(op, "side blocks", side_blocks),
     )
-    ex.launch(FILE, name, grid, (block,), args, shared_mem=shared)
+    return name, grid, (block,), shared, scalars
 
 
 def conv2d_fused(
