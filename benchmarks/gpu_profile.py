@@ -14,6 +14,9 @@ at each batch, and for r2n's gpu backend and PyTorch eager on CUDA (cuDNN, TF32 
 * ``graph ms``: the same call captured once in a CUDA graph and replayed: the
   device's own time with (almost) no launch gaps, the floor of that code.
 
+The whole network also gets an ``r2n graph`` row: r2n.gpu.capture's replay
+(input copy, one graph launch, output copy) timed like the others.
+
 ``stream`` close to ``host`` and far above ``graph`` means the call is bound by
 the host (Python, argument checks, launch latency), not by its kernels.
 ``--profile`` adds cProfile's top functions of r2n's batch-1 calls.
@@ -132,6 +135,7 @@ def main(argv=None) -> int:
     import cupy
     import torch
 
+    import r2n.gpu
     from r2n._bench import timing
 
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -146,6 +150,10 @@ def main(argv=None) -> int:
             "r2n gpu": (case.r2n_runner(timing.convert(args32, cupy.asarray), kwargs, "gpu"), 0),
             "torch": (case.torch_runner(args32, kwargs, "eager", "cuda"), 1),
         }
+        if case.op == "res2net50_26w_4s":  # the whole forward replayed as one CUDA graph
+            x_gpu = cupy.asarray(args32[0])
+            forward = r2n.gpu.capture(case._model("gpu", "float32"), x_gpu)
+            runners["r2n graph"] = (lambda forward=forward, x=x_gpu: forward(x), 0)
         for row, (fn, is_torch) in runners.items():
             try:
                 host, stream = host_and_stream_ms(fn, args.repeat)
@@ -160,17 +168,19 @@ def main(argv=None) -> int:
                      graph_ms=graph, gflop=case.flops / 1e9)
             )  # fmt: skip
         sys.stdout.flush()
-        if args.profile and case.label.startswith(("3x3 26->26 N=1", "layer1.1 N=1 256")):
+        profiled = ("3x3 26->26 N=1", "layer1.1 N=1 256", "N=1 3x")
+        if args.profile and case.label.startswith(profiled):
             fn = runners["r2n gpu"][0]
             profiler = cProfile.Profile()
             profiler.enable()
-            for _ in range(200):
+            calls = 20 if case.op == "res2net50_26w_4s" else 200
+            for _ in range(calls):
                 fn()
             profiler.disable()
             cupy.cuda.get_current_stream().synchronize()
             text = io.StringIO()
             pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(18)
-            print(f"--- cProfile, 200 calls of r2n {case.op} {case.label} ---")
+            print(f"--- cProfile, {calls} calls of r2n {case.op} {case.label} ---")
             print("\n".join(text.getvalue().splitlines()[:40]))
     if args.json:
         info = dict(

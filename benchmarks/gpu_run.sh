@@ -14,7 +14,7 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 PY=${PY:-python3}
 # Every test in the GPU test files, plus the gpu/cupy cases of the mixed files.
 GPU_TESTS="tests/test_gpu_device.py tests/test_gpu_conv_device.py tests/test_gpu_runtime.py
-  tests/test_gpu_review.py tests/test_api.py tests/test_bad_inputs.py tests/test_models.py"
+  tests/test_gpu_review.py tests/test_gpu_graph.py tests/test_api.py tests/test_bad_inputs.py tests/test_models.py"
 PYTEST="$PY -m pytest -p no:cacheprovider -q -rfEs --benchmark-disable"
 
 step() {  # step NAME LIMIT_S COMMAND...

@@ -15,6 +15,7 @@ module             ops
                    squeeze_excite
 ``conv``           conv2d (numbered variants)
 ``res2net``        res2net_chain, bottle2neck, fused
+``graph``          :func:`capture`: a whole forward recorded as one CUDA graph
 =================  ==========================================================
 
 Importing r2n (or this package) never imports CuPy: ``_runtime.executor()``
@@ -30,6 +31,8 @@ import importlib.util
 
 from .._checks import array_kind
 from . import conv, elementwise, layers, pool, res2net
+from .graph import CapturedCall as CapturedCall
+from .graph import capture as capture
 
 
 def _on_input_device(impl):
