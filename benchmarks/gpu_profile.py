@@ -157,7 +157,10 @@ def main(argv=None) -> int:
         for row, (fn, is_torch) in runners.items():
             try:
                 host, stream = host_and_stream_ms(fn, args.repeat)
-                graph = torch_graph_ms(fn) if is_torch else cupy_graph_ms(fn)
+                if row == "r2n graph":  # already one graph: nothing to capture again
+                    graph = None
+                else:
+                    graph = torch_graph_ms(fn) if is_torch else cupy_graph_ms(fn)
             except Exception as exc:
                 print(f"{case.op:<17} {case.label:<44} {row:<10} failed: {exc!r}")
                 continue

@@ -323,3 +323,50 @@ def test_conv_launches_fit_their_kernels_launch_bounds(monkeypatch):
     for _, name, block in ex.blocks:
         threads = int(np.prod(block))
         assert threads <= limits.get(name, _runtime.MAX_THREADS_PER_BLOCK), (name, block)
+
+
+# --------------------------------------------------------------------------- #
+# launch_conv's plan cache: a cached plan must not skip a check or go stale
+# --------------------------------------------------------------------------- #
+
+
+class GridRecorder:
+    """Records the grid and arguments of each launch (nothing runs)."""
+
+    def __init__(self):
+        self.grids, self.args = [], []
+
+    def launch(self, file, name_expr, grid, block, args, shared_mem=0):
+        self.grids.append(tuple(grid))
+        self.args.append(args)
+
+
+def _conv_arrays(dtype=np.float32):
+    x = np.zeros((1, 8, 9, 7), dtype)
+    return x, np.zeros((8, 8, 3, 3), dtype), np.zeros((1, 8, 9, 7), dtype)
+
+
+def test_cached_plan_still_checks_every_calls_arrays():
+    ex = GridRecorder()
+    geometry = dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1)
+    x, w, out = _conv_arrays()
+    conv.launch_conv(ex, "2_implicit_gemm", x, w, None, out, **geometry)  # plan cached
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        conv.launch_conv(ex, "2_implicit_gemm", x, w.astype(np.float64), None, out, **geometry)
+    strided = np.zeros((1, 16, 9, 7), np.float32)[:, ::2]
+    with pytest.raises(ValueError, match="non-contiguous"):
+        conv.launch_conv(ex, "2_implicit_gemm", strided, w, None, out, **geometry)
+    # the same shapes with other arrays: the launch passes the new arrays
+    x2, w2, out2 = _conv_arrays()
+    conv.launch_conv(ex, "2_implicit_gemm", x2, w2, None, out2, **geometry)
+    assert ex.args[-1][0] is x2 and ex.args[-1][6] is w2 and ex.args[-1][9] is out2
+
+
+def test_plan_follows_the_launch_limits_it_was_computed_with(monkeypatch):
+    ex = GridRecorder()
+    geometry = dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1)
+    x, w, out = _conv_arrays()
+    conv.launch_conv(ex, "1_direct", x, w, None, out, **geometry)
+    monkeypatch.setattr(_runtime, "MAX_BLOCKS_1D", 1)
+    conv.launch_conv(ex, "1_direct", x, w, None, out, **geometry)
+    assert ex.grids[0][0] > 1 and ex.grids[1] == (1,)

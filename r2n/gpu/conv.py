@@ -30,8 +30,8 @@ add or cat passes.
 go to ``3_gemm_1x1``; convs with fewer than 8 output channels per group
 (depthwise) to ``1_direct``, because a GEMM tile would leave >= 3/4 of its rows
 empty; everything else to ``2_implicit_gemm``. These rules follow from tile
-utilisation; they were not timed on a GPU (none was available when they were
-written).
+utilisation; the first timings on a GPU (an H100) are in
+benchmarks/results/NOTES-gpu.md.
 """
 
 from __future__ import annotations
@@ -190,7 +190,7 @@ def launch_conv(
         side_c0,
         side_c,
         op,
-        _LARGE_TILE_MIN_BLOCKS,  # a tunable _plan reads (tests and tuning change it)
+        _tunables(),
     )
     plan = _PLANS.get(key)
     if plan is None:
@@ -224,6 +224,16 @@ _MAX_PLANS = 4096
 _EMPTY = ()  # the plan of a call with nothing to compute
 
 
+def _tunables() -> tuple:
+    """The module settings a plan depends on (part of its key: tests and tuning
+    change them)."""
+    return (
+        _LARGE_TILE_MIN_BLOCKS,
+        _runtime.MAX_BLOCKS_1D,
+        _runtime.MAX_GRID_DIM,
+    )
+
+
 def _plan(
     variant,
     dtype,
@@ -246,11 +256,12 @@ def _plan(
     side_c0,
     side_c,
     op,
-    large_tile_min_blocks,
+    tunables,
 ):
     """Check one launch_conv call's shapes and options and compute its launch:
     (name expression, grid, block, shared memory, kernel scalars with None in
     the array slots), or _EMPTY when there is nothing to compute."""
+    large_tile_min_blocks, max_blocks_1d, max_grid_dim = tunables
     ctype = _runtime.dtype_name(dtype)
     n_img, x_c_total, h, w = x_shape
     c_out, c_in_g, kh, kw = weight_shape
@@ -348,8 +359,8 @@ def _plan(
 
     if variant == "1_direct":
         block = DIRECT_THREADS
-        conv_blocks = min(_cdiv(n_img * c_out * plane_out, block), _runtime.MAX_BLOCKS_1D)
-        side_blocks = min(_cdiv(side_total, block), _runtime.MAX_BLOCKS_1D)
+        conv_blocks = min(_cdiv(n_img * c_out * plane_out, block), max_blocks_1d)
+        side_blocks = min(_cdiv(side_total, block), max_blocks_1d)
         grid = (conv_blocks + side_blocks,)
         name = _name("conv2d_1_direct", ctype)
         shared = 0
@@ -369,11 +380,11 @@ def _plan(
         threads = (bm // tm) * (bn // tn)
         pixel_tiles = _cdiv(plane_out, bn)
         channel_tiles = _cdiv(c_out_g, bm)
-        if channel_tiles > _runtime.MAX_GRID_DIM[1]:
+        if channel_tiles > max_grid_dim[1]:
             raise ValueError(f"r2n.{op}: {c_out_g} output channels per group is too many")
-        images_groups = min(n_img * groups, _runtime.MAX_GRID_DIM[2])
+        images_groups = min(n_img * groups, max_grid_dim[2])
         per_side_block = threads * channel_tiles * images_groups
-        side_blocks = min(_cdiv(side_total, per_side_block), _runtime.MAX_BLOCKS_1D)
+        side_blocks = min(_cdiv(side_total, per_side_block), max_blocks_1d)
         grid = (pixel_tiles + side_blocks, channel_tiles, images_groups)
         block = threads
         name = _name(_KERNEL_OF_VARIANT[variant], ctype, tile)
