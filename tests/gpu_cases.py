@@ -12,9 +12,11 @@ from __future__ import annotations
 from unittest import mock
 
 import numpy as np
+from helpers import randn
 
 import r2n
 import r2n._backends
+from r2n import _checks
 
 #: Ops with numbered variants: op -> (module attribute holding the variants dict).
 VARIANTS = {
@@ -172,3 +174,45 @@ def normalised(op, args, kwargs):
     with mock.patch.object(r2n._backends, "resolve", lambda *_: capture):
         getattr(r2n, op)(*args, **kwargs)
     return captured["call"]
+
+
+# --------------------------------------------------------------------------- #
+# conv2d and res2net_chain cases (tests/test_gpu_conv_emulated.py and
+# tests/test_gpu_conv_device.py): tuples, so one list reads as a table
+# --------------------------------------------------------------------------- #
+
+
+def conv_id(case) -> str:
+    """Test id of a conv case (n, c_in, h, w, c_out, (kh, kw), stride, padding,
+    dilation, groups)."""
+    n, ci, h, w, co, k, s, p, d, g = case
+    return f"{n}x{ci}x{h}x{w}-{co}-k{k[0]}{k[1]}-s{s[0]}{s[1]}-p{p[0]}{p[1]}-d{d[0]}{d[1]}-g{g}"
+
+
+def conv_inputs(rng, case, dtype):
+    """Host x, weight, bias of a conv case (fresh random values) and its
+    normalised arguments (r2n._checks.conv2d_args)."""
+    n, c_in, h, w, c_out, (kh, kw), stride, padding, dilation, groups = case
+    x = randn(rng, n, c_in, h, w, dtype=dtype)
+    weight = randn(rng, c_out, c_in // groups, kh, kw, dtype=dtype)
+    bias = randn(rng, c_out, dtype=dtype)
+    args = _checks.conv2d_args("conv2d", x, weight, bias, stride, padding, dilation, groups)
+    return x, weight, bias, args
+
+
+def chain_id(case) -> str:
+    """Test id of a chain case (stype, stride, scale, groups, width, n, h, w)."""
+    stype, stride, scale, groups, width, n, h, w = case
+    return f"{stype}-s{stride}-scale{scale}-g{groups}-w{width}-{n}x{h}x{w}"
+
+
+def chain_inputs(rng, case, dtype, biases=True):
+    """Host x, chain weights and biases (None with ``biases=False``) of a chain
+    case and its normalised arguments (r2n._checks.chain_args)."""
+    stype, stride, scale, groups, width, n, h, w = case
+    nums = max(scale - 1, 1)
+    x = randn(rng, n, scale * width, h, w, dtype=dtype)
+    weights = [randn(rng, width, width // groups, 3, 3, dtype=dtype) / 3 for _ in range(nums)]
+    bias = [randn(rng, width, dtype=dtype) for _ in range(nums)] if biases else None
+    args = _checks.chain_args("res2net_chain", x, weights, bias, scale, stype, stride, groups)
+    return x, weights, bias, args

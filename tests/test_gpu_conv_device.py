@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from gpu_cases import chain_id, chain_inputs, conv_id, conv_inputs
 from helpers import DTYPES, assert_close, randn
 
 import r2n
@@ -46,11 +47,6 @@ CONV_CASES = [
 ]
 
 
-def _conv_id(case):
-    n, ci, h, w, co, k, s, p, d, g = case
-    return f"{n}x{ci}x{h}x{w}-{co}-k{k[0]}{k[1]}-s{s[0]}{s[1]}-p{p[0]}{p[1]}-d{d[0]}{d[1]}-g{g}"
-
-
 def _torch_conv(x, weight, bias, args):
     """torch's conv2d on CUDA in float64, or None when torch sees no CUDA."""
     import torch
@@ -72,17 +68,14 @@ def _torch_conv(x, weight, bias, args):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("case", CONV_CASES, ids=[_conv_id(c) for c in CONV_CASES])
+@pytest.mark.parametrize("case", CONV_CASES, ids=[conv_id(c) for c in CONV_CASES])
 def test_conv2d_variants_on_gpu_match_reference_and_torch(rng, case, dtype):
     import cupy
 
     from r2n.gpu import conv as gconv
 
-    n, c_in, h, w, c_out, (kh, kw), stride, padding, dilation, groups = case
-    x = randn(rng, n, c_in, h, w, dtype=dtype)
-    weight = randn(rng, c_out, c_in // groups, kh, kw, dtype=dtype)
-    bias = randn(rng, c_out, dtype=dtype)
-    args = _checks.conv2d_args("conv2d", x, weight, bias, stride, padding, dilation, groups)
+    _, _, _, _, _, (kh, kw), stride, padding, dilation, groups = case
+    x, weight, bias, args = conv_inputs(rng, case, dtype)
     expected = ref.conv2d(*(a.astype(np.float64) for a in (x, weight, bias)), **args)
     torch_out = _torch_conv(x, weight, bias, args)
     if torch_out is not None:
@@ -108,16 +101,12 @@ CHAIN_CASES = [
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("case", CHAIN_CASES, ids=lambda c: "-".join(map(str, c)))
+@pytest.mark.parametrize("case", CHAIN_CASES, ids=[chain_id(c) for c in CHAIN_CASES])
 def test_chain_on_gpu_matches_reference(rng, case, dtype):
     import cupy
 
-    stype, stride, scale, groups, width, n, h, w = case
-    nums = max(scale - 1, 1)
-    x = randn(rng, n, scale * width, h, w, dtype=dtype)
-    weights = [randn(rng, width, width // groups, 3, 3, dtype=dtype) / 3 for _ in range(nums)]
-    biases = [randn(rng, width, dtype=dtype) for _ in range(nums)]
-    args = _checks.chain_args("res2net_chain", x, weights, biases, scale, stype, stride, groups)
+    stype, stride, scale, groups = case[:4]
+    x, weights, biases, args = chain_inputs(rng, case, dtype)
     f64 = [[a.astype(np.float64) for a in seq] for seq in (weights, biases)]
     expected = ref.res2net_chain(x.astype(np.float64), *f64, **args)
     out = r2n.res2net_chain(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from cuda_emu import EmuExecutor
+from gpu_cases import chain_id, chain_inputs, conv_id, conv_inputs
 from helpers import DTYPES, assert_close, randn
 
 from r2n import Bottle2neckParams, FoldedConv, _checks
@@ -63,17 +64,8 @@ CONV_CASES = [
 ]
 
 
-def _conv_id(case):
-    n, ci, h, w, co, k, s, p, d, g = case
-    return f"{n}x{ci}x{h}x{w}-{co}-k{k[0]}{k[1]}-s{s[0]}{s[1]}-p{p[0]}{p[1]}-d{d[0]}{d[1]}-g{g}"
-
-
 def _conv_inputs(rng, case, dtype):
-    n, c_in, h, w, c_out, (kh, kw), stride, padding, dilation, groups = case
-    x = randn(rng, n, c_in, h, w, dtype=dtype)
-    weight = randn(rng, c_out, c_in // groups, kh, kw, dtype=dtype)
-    bias = randn(rng, c_out, dtype=dtype)
-    args = _checks.conv2d_args("conv2d", x, weight, bias, stride, padding, dilation, groups)
+    x, weight, bias, args = conv_inputs(rng, case, dtype)
     return (*_read_only(x, weight, bias), args)
 
 
@@ -83,7 +75,7 @@ def _variants_for(case):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("case", CONV_CASES, ids=[_conv_id(c) for c in CONV_CASES])
+@pytest.mark.parametrize("case", CONV_CASES, ids=[conv_id(c) for c in CONV_CASES])
 def test_every_conv_variant_matches_reference(ex, rng, case, dtype):
     x, weight, bias, args = _conv_inputs(rng, case, dtype)
     x_copy = x.copy()
@@ -322,24 +314,14 @@ CHAIN_CASES = [
 ]
 
 
-def _chain_id(case):
-    stype, stride, scale, groups, width, n, h, w = case
-    return f"{stype}-s{stride}-scale{scale}-g{groups}-w{width}-{n}x{h}x{w}"
-
-
 def _chain_inputs(rng, case, dtype, biases=True):
-    stype, stride, scale, groups, width, n, h, w = case
-    nums = max(scale - 1, 1)
-    x = randn(rng, n, scale * width, h, w, dtype=dtype)
-    weights = [randn(rng, width, width // groups, 3, 3, dtype=dtype) / 3 for _ in range(nums)]
-    bias = [randn(rng, width, dtype=dtype) for _ in range(nums)] if biases else None
-    args = _checks.chain_args("res2net_chain", x, weights, bias, scale, stype, stride, groups)
+    x, weights, bias, args = chain_inputs(rng, case, dtype, biases)
     _read_only(x, *weights, *(bias or []))
     return x, weights, bias, args
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("case", CHAIN_CASES, ids=[_chain_id(c) for c in CHAIN_CASES])
+@pytest.mark.parametrize("case", CHAIN_CASES, ids=[chain_id(c) for c in CHAIN_CASES])
 def test_chain_matches_reference(ex, rng, case, dtype):
     x, weights, biases, args = _chain_inputs(rng, case, dtype)
     x_copy = x.copy()
