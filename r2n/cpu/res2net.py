@@ -40,6 +40,7 @@ from ._jit import kernel, prange
 from .conv import conv_simd, min_input_width, pack_weights
 from .elementwise import vector_or
 from .pool import avg_pool2d
+from .winograd import conv_winograd, transform_weights, use_winograd
 
 
 @kernel
@@ -130,6 +131,16 @@ class PreparedChain:
         )
         self.packed = np.split(self.packed_all, self.nums)
         self.biases = np.split(self.biases_all, self.nums)
+        # Winograd F(2x2, 3x3) weights (U = G g G^T, r2n.cpu.winograd) for the
+        # stride-1 convs of chunks wide enough to use them on some input
+        # (winograd.use_winograd); held beside the direct ones, which shapes
+        # the rule sends to the direct convs still use.
+        self.wino_all = self.wino = None
+        if stride == 1 and use_winograd(width, groups, None, None, None):
+            self.wino_all = np.concatenate(
+                [transform_weights(np.asarray(w, dtype), groups) for w in weights[: self.nums]]
+            )
+            self.wino = np.split(self.wino_all, self.nums)
 
     def __call__(self, x, out=None):
         """x (N, scale*width, H, W) contiguous -> out (N, scale*width, H_out, W_out)."""
@@ -150,6 +161,8 @@ class PreparedChain:
         h_out, w_out = (h - 1) // s + 1, (w - 1) // s + 1
         if out is None:
             out = np.empty((n, c, h_out, w_out), x.dtype)
+        if self.wino is not None and use_winograd(width, self.groups, n, h, w):
+            return self._winograd(x, out)
         stage = self.stype == "stage" or self.scale == 1
         n_pad = nums if stage else 1
         last = nums * width if self.scale > 1 else -1
@@ -218,6 +231,45 @@ class PreparedChain:
             if feeds_next:
                 cur, nxt = nxt, cur
         return out
+
+    def _winograd(self, x, out):
+        """The stride-1 chain with Winograd convs (r2n.cpu.winograd.conv_winograd).
+
+        The convs read the unpadded chunks (their input transform pads), so
+        the prologue only passes the last chunk through (or pools it, for
+        "stage"). "normal": conv i > 0 reads output chunk i - 1 plus input
+        chunk i, added in its input transform. "stage": one launch for all.
+        """
+        width, nums, groups = self.width, self.nums, self.groups
+        stage = self.stype == "stage" or self.scale == 1
+        if self.scale > 1:
+            _chain_prologue(
+                x, width, 0, self.stype == "stage", 1, nums * width, _no_pad(x.dtype), out,
+                nums * width,
+            )  # fmt: skip
+        common = dict(c_in_g=width // groups, relu=True, scratch=scratch)
+        if stage:
+            conv_winograd(
+                x, self.wino_all, width, groups, (1, 1), self.biases_all, out,
+                n_conv=nums, a_conv_step=width, **common,
+            )  # fmt: skip
+            return out
+        for i in range(nums):
+            conv_winograd(
+                x if i == 0 else out, self.wino[i], width, groups, (1, 1), self.biases[i], out,
+                a_c0=0 if i == 0 else (i - 1) * width, b=None if i == 0 else x, b_c0=i * width,
+                out_c0=i * width, **common,
+            )  # fmt: skip
+        return out
+
+
+_NO_PAD = {}  # dtype -> a (1, 1, 1, 1) array: the prologue's xp when it pads nothing
+
+
+def _no_pad(dtype):
+    if dtype not in _NO_PAD:
+        _NO_PAD[dtype] = np.zeros((1, 1, 1, 1), dtype)
+    return _NO_PAD[dtype]
 
 
 _SCRATCH = threading.local()

@@ -1,0 +1,189 @@
+"""Winograd F(2x2, 3x3) on the CPU: conv2d variant 4_winograd and the fused chain's use of it.
+
+The variant runs against the float64 reference on odd shapes (odd and tiny
+images, partial edge tiles, groups, channel counts that leave a partial
+register block); the chain runs through the Winograd path (checked: the
+tests count its launches) against the reference and PyTorch, and the
+layer3.1 shape of Res2Net-50 must take that path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import DTYPES, assert_close, randn
+from torch_res2net import TorchChain, chain_arrays, randomize, torch_out
+
+import r2n
+from r2n import _checks
+from r2n.cpu import conv, res2net, winograd
+
+# n, c_in, c_out, h, w, padding, groups
+CASES = [
+    (1, 26, 26, 7, 9, 1, 1),  # odd image: partial tiles on two edges
+    (2, 15, 6, 7, 9, 1, 3),  # 3 groups of 5 channels
+    (1, 8, 40, 5, 5, 1, 1),  # 40 = 32 + 8: a partial channel block
+    (3, 4, 33, 1, 1, 1, 1),  # 1x1 image: one tile, 3 of its 4 outputs dropped
+    (1, 5, 7, 2, 3, 1, 1),  # 2x3 image
+    (2, 104, 104, 14, 14, 1, 1),  # the layer3.1 conv
+    (1, 6, 9, 6, 8, 0, 3),  # no padding
+    (2, 5, 5, 9, 7, 2, 1),  # padding 2
+]
+
+
+def _case(rng, case, dtype):
+    n, c_in, c_out, h, w, p, g = case
+    x = randn(rng, n, c_in, h, w, dtype=dtype)
+    weight = randn(rng, c_out, c_in // g, 3, 3, dtype=dtype)
+    bias = randn(rng, c_out, dtype=dtype)
+    return x, weight, bias, dict(stride=1, padding=p, dilation=1, groups=g)
+
+
+def _reference_conv(x, weight, bias, **kw):
+    to64 = [a.astype(np.float64) for a in (x, weight, bias)]
+    return r2n.conv2d(*to64, backend="reference", **kw)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_winograd_variant_matches_the_reference(rng, case, dtype):
+    x, weight, bias, kw = _case(rng, case, dtype)
+    before = [a.copy() for a in (x, weight, bias)]
+    args = _checks.conv2d_args("conv2d", x, weight, bias, **kw)
+    out = conv.VARIANTS["4_winograd"](x, weight, bias, **args)
+    ref = _reference_conv(x, weight, bias, **kw)
+    assert out.dtype == dtype and out.shape == ref.shape and out.flags.c_contiguous
+    assert_close(out, ref)
+    for a, copy in zip((x, weight, bias), before, strict=True):
+        np.testing.assert_array_equal(a, copy)
+
+
+@pytest.mark.parametrize(
+    "kernel, stride, dilation",
+    [((3, 3), 2, 1), ((3, 3), 1, 2), ((5, 5), 1, 1), ((1, 1), 1, 1), ((3, 1), 1, 1)],
+)
+def test_winograd_variant_rejects_what_it_does_not_compute(rng, kernel, stride, dilation):
+    x = randn(rng, 1, 4, 9, 9, dtype=np.float32)
+    weight = randn(rng, 4, 4, *kernel, dtype=np.float32)
+    kw = dict(stride=stride, padding=1, dilation=dilation, groups=1)
+    args = _checks.conv2d_args("conv2d", x, weight, None, **kw)
+    with pytest.raises(ValueError, match="4_winograd: needs a 3x3 kernel, stride 1"):
+        conv.VARIANTS["4_winograd"](x, weight, None, **args)
+
+
+def test_job_split_does_not_change_the_result(rng):
+    # Batch 1 on 2 threads splits the tile rows into 2 jobs, 1 thread runs
+    # one job; each tile's arithmetic is the same, so the bits must be too.
+    x, weight, bias, kw = _case(rng, (1, 40, 40, 13, 11, 1, 1), np.float32)
+    args = _checks.conv2d_args("conv2d", x, weight, bias, **kw)
+    before = r2n.get_num_threads()
+    results = []
+    try:
+        for threads in sorted({1, min(2, before)}):
+            r2n.set_num_threads(threads)
+            results.append(conv.VARIANTS["4_winograd"](x, weight, bias, **args))
+    finally:
+        r2n.set_num_threads(before)
+    for out in results[1:]:
+        np.testing.assert_array_equal(out, results[0])
+    assert_close(results[0], _reference_conv(x, weight, bias, **kw))
+
+
+# --------------------------------------------------------------------------- #
+# The fused chain
+# --------------------------------------------------------------------------- #
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """Counts the chain's launches of each kind: {"winograd": n, "direct": n}."""
+    counts = {"winograd": 0, "direct": 0}
+
+    def counting(kind, fn):
+        def run(*args, **kwargs):
+            counts[kind] += 1
+            return fn(*args, **kwargs)
+
+        return run
+
+    monkeypatch.setattr(res2net, "conv_winograd", counting("winograd", res2net.conv_winograd))
+    monkeypatch.setattr(res2net, "conv_simd", counting("direct", res2net.conv_simd))
+    return counts
+
+
+# stype, scale, groups, width, batch, H, W
+CHAIN_CASES = [
+    ("normal", 4, 1, 40, 2, 7, 9),  # odd image, 40 = 32 + 8 channels
+    ("normal", 2, 1, 32, 1, 8, 8),
+    ("normal", 3, 2, 64, 1, 9, 7),  # 2 groups of 32
+    ("stage", 4, 1, 36, 2, 9, 7),  # stage: one launch, last chunk pooled
+    ("stage", 1, 1, 32, 1, 7, 7),  # scale 1: one conv, no passed-through chunk
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CHAIN_CASES, ids=str)
+def test_chain_through_winograd_matches_the_reference(rng, launches, case, dtype):
+    stype, scale, groups, width, n, h, w = case
+    assert winograd.use_winograd(width, groups, n, h, w)
+    nums = max(scale - 1, 1)
+    x = randn(rng, n, scale * width, h, w, dtype=dtype)
+    weights = [randn(rng, width, width // groups, 3, 3, dtype=dtype) for _ in range(nums)]
+    biases = [randn(rng, width, dtype=dtype) for _ in range(nums)]
+    before = [a.copy() for a in (x, *weights, *biases)]
+    kw = dict(scale=scale, stype=stype, stride=1, groups=groups)
+
+    out = r2n.res2net_chain(x, weights, biases, backend="cpu", **kw)
+
+    assert launches == {"winograd": 1 if stype == "stage" else nums, "direct": 0}
+    to64 = [[a.astype(np.float64) for a in arrays] for arrays in (weights, biases)]
+    ref = r2n.res2net_chain(x.astype(np.float64), *to64, backend="reference", **kw)
+    assert out.dtype == dtype and out.flags.c_contiguous
+    assert_close(out, ref)
+    for a, copy in zip((x, *weights, *biases), before, strict=True):
+        np.testing.assert_array_equal(a, copy)
+
+
+@pytest.mark.parametrize("stype", ["normal", "stage"])
+def test_chain_through_winograd_matches_torch(rng, launches, stype):
+    chain = randomize(TorchChain(32, 4, stype, 1), rng)
+    x = randn(rng, 2, 4 * 32, 9, 7, dtype=np.float32)
+    weights, biases = chain_arrays(chain, np.float32)
+    out = r2n.res2net_chain(x, weights, biases, scale=4, stype=stype, stride=1)
+    assert launches["winograd"] > 0 and launches["direct"] == 0
+    assert_close(out, torch_out(chain, x))
+
+
+def test_layer3_1_chain_takes_the_winograd_path(rng, launches):
+    # Res2Net-50's layer3.1 chain (26w x 4s: width 104, 14x14), whose target
+    # needs Winograd's fewer multiplies: the dispatch must keep choosing it.
+    assert winograd.use_winograd(104, 1, 8, 14, 14)
+    x = randn(rng, 1, 4 * 104, 14, 14, dtype=np.float32)
+    weights = [randn(rng, 104, 104, 3, 3, dtype=np.float32) for _ in range(3)]
+    biases = [randn(rng, 104, dtype=np.float32) for _ in range(3)]
+    chain = res2net.PreparedChain(
+        weights, biases, scale=4, stype="normal", stride=1, groups=1, width=104,
+        dtype=np.float32,
+    )  # fmt: skip
+    out = chain(x)
+    assert launches == {"winograd": 3, "direct": 0}
+    to64 = [[a.astype(np.float64) for a in arrays] for arrays in (weights, biases)]
+    ref = r2n.res2net_chain(x.astype(np.float64), *to64, scale=4, backend="reference")
+    assert_close(out, ref)
+
+
+def test_narrow_chunks_small_images_and_strides_take_the_direct_convs(rng, launches):
+    min_c, min_hw = winograd.WINOGRAD_MIN_CHANNELS, winograd.WINOGRAD_MIN_SIZE
+    assert not winograd.use_winograd(min_c - 1, 1, 8, 56, 56)
+    assert not winograd.use_winograd(2 * min_c - 2, 2, 8, 56, 56)  # per group
+    assert not winograd.use_winograd(min_c, 1, 8, min_hw - 1, 56)
+    assert not winograd.use_winograd(min_c, 1, 8, 56, min_hw - 1)
+    x = randn(rng, 1, 4 * min_c, 9, 9, dtype=np.float32)
+    weights = [randn(rng, min_c, min_c, 3, 3, dtype=np.float32) for _ in range(3)]
+    out = r2n.res2net_chain(x, weights, None, scale=4, stype="stage", stride=2)
+    assert launches == {"winograd": 0, "direct": 1}
+    to64 = [a.astype(np.float64) for a in weights]
+    ref = r2n.res2net_chain(
+        x.astype(np.float64), to64, None, scale=4, stype="stage", stride=2, backend="reference"
+    )
+    assert_close(out, ref)
