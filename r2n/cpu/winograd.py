@@ -68,9 +68,12 @@ SCRATCH_BYTES = 512 * 2**10
 # they cost ~25 cycles each, 24 calls per input channel and tile block).
 _inline = numba.njit(inline="always", fastmath=FASTMATH)
 
-#: use_winograd's lines: input channels per group, and image height and width.
-WINOGRAD_MIN_CHANNELS = 32
+#: use_winograd's lines: input channels per group, image height and width,
+#: and for wide groups, 2x2 output tiles in the batch.
+WINOGRAD_MIN_CHANNELS = 16
 WINOGRAD_MIN_SIZE = 7
+WIDE_CHANNELS = 128
+WIDE_MIN_TILES = 64
 
 # Weight transform G (4x3) of F(2x2, 3x3).
 _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
@@ -85,16 +88,32 @@ def use_winograd(width, groups, n, h, w) -> bool:
     """Whether the fused chain runs its 3x3 stride-1 convs as Winograd.
 
     A deterministic function of the chunk conv's shape: ``width`` channels in
-    ``groups`` groups, batch ``n``, ``h`` x ``w`` images (None: not known yet;
-    the chain asks at prepare time with the channels only, to decide whether
-    to transform its weights). Winograd pays when the GEMMs are long enough
-    to hide the transforms (measured, NOTES.md "Winograd F(2x2,3x3) (v6)").
+    ``groups`` groups, batch ``n``, ``h`` x ``w`` images (n, h, w None: not
+    known yet; the chain asks at prepare time, to decide whether to transform
+    its weights). Winograd when
+
+    * each group has >= WINOGRAD_MIN_CHANNELS input channels (shorter GEMMs
+      do not pay for the transforms; 26 channels still gain 1.2x),
+    * the images are >= WINOGRAD_MIN_SIZE on both sides, and
+    * groups of >= WIDE_CHANNELS channels, whose U (16 x C_in x C_out
+      floats, >= 1 MiB) does not stay in L2 and is streamed again by every
+      job, have >= WIDE_MIN_TILES 2x2 output tiles in the batch.
+
+    Measured on the 2-core Zen 4 (benchmarks/results/NOTES.md "Winograd
+    F(2x2,3x3) (v6)"): at 1 and 2 threads Winograd won on every Res2Net-50
+    chain shape at batch 1 and 8 (26 ch 56x56 1.13-1.26x, 52 ch 28x28
+    1.34-1.56x, 104 ch 14x14 1.48-1.91x) except 208 ch at 7x7 below batch 4
+    (2 threads: 0.80x at batch 1, 0.94x at 2, 0.84x at 3; 1.10x at 4).
     """
-    if width // groups < WINOGRAD_MIN_CHANNELS:
+    c_in_g = width // groups
+    if c_in_g < WINOGRAD_MIN_CHANNELS:
         return False
-    if h is None:
+    if n is None:
         return True
-    return h >= WINOGRAD_MIN_SIZE and w >= WINOGRAD_MIN_SIZE
+    if h < WINOGRAD_MIN_SIZE or w < WINOGRAD_MIN_SIZE:
+        return False
+    tiles = n * ((h + 1) // 2) * ((w + 1) // 2)
+    return c_in_g < WIDE_CHANNELS or tiles >= WIDE_MIN_TILES
 
 
 def transform_weights(weight, groups):
@@ -386,21 +405,26 @@ def _winograd_kernel(
 def plan(n_jobs_outer, c_in, h_out, w_out, itemsize, workers):
     """(rows_per_block, n_row_blocks, tbp): how a conv's tile rows split into jobs.
 
-    Rows per block: as many as keep V (16 x c_in per tile) and M (16 x one
-    channel block per tile) within SCRATCH_BYTES, then fewer if that leaves
-    fewer jobs than workers (batch 1 on 2 threads); blocks of nearly equal
-    size. ``tbp``: V's row pitch, the block's flat tile numbers (rows x
-    (ntx + 1)) plus a micro-kernel call of slack.
+    Blocks of tile rows no larger than keeps V (16 x c_in per tile) and M (16
+    x one channel block per tile) within SCRATCH_BYTES; among those sizes,
+    the one whose busiest worker has the fewest tile rows to do (counting
+    half a row per job for its fixed costs): 7 blocks on 2 workers leave
+    one idle an eighth of the time, so batch 1 takes 10 blocks there.
+    ``tbp``: V's row pitch, the block's flat tile numbers (rows x (ntx + 1))
+    plus a micro-kernel call of slack.
     """
     nty, ntx = (h_out + 1) // 2, (w_out + 1) // 2
     blk = VECTOR_BYTES * TILE_VECTORS // itemsize
     per_row = 16 * (c_in + blk) * (ntx + 1) * itemsize
     max_rows = max(1, min(nty, SCRATCH_BYTES // per_row))
-    n_blocks = -(-nty // max_rows)
-    want = -(-workers // n_jobs_outer)  # blocks per image for every worker to have a job
-    n_blocks = min(nty, max(n_blocks, want))
-    rows = -(-nty // n_blocks)
-    n_blocks = -(-nty // rows)
+    best = None
+    for rows in range(max_rows, 0, -1):
+        n_blocks = -(-nty // rows)
+        jobs = n_jobs_outer * n_blocks
+        cost = -(-jobs // workers) * (2 * rows + 1)  # in half rows
+        if best is None or cost < best[0]:
+            best = (cost, rows, n_blocks)
+    _, rows, n_blocks = best
     tbp = rows * (ntx + 1) + TILE_PIXELS
     return rows, n_blocks, tbp
 
