@@ -94,6 +94,15 @@ def test_job_split_does_not_change_the_result(rng):
 # --------------------------------------------------------------------------- #
 
 
+def _prepared_chain(weights, biases, *, dtype, scale, stype, stride, groups):
+    """The chain as models and benchmarks run it: weights prepared once."""
+    width = weights[0].shape[0]
+    return res2net.PreparedChain(
+        weights, biases, scale=scale, stype=stype, stride=stride, groups=groups,
+        width=width, dtype=dtype,
+    )  # fmt: skip
+
+
 @pytest.fixture
 def launches(monkeypatch):
     """Counts the chain's launches of each kind: {"winograd": n, "direct": n}."""
@@ -133,7 +142,7 @@ def test_chain_through_winograd_matches_the_reference(rng, launches, case, dtype
     before = [a.copy() for a in (x, *weights, *biases)]
     kw = dict(scale=scale, stype=stype, stride=1, groups=groups)
 
-    out = r2n.res2net_chain(x, weights, biases, backend="cpu", **kw)
+    out = _prepared_chain(weights, biases, dtype=dtype, **kw)(x)
 
     assert launches == {"winograd": 1 if stype == "stage" else nums, "direct": 0}
     to64 = [[a.astype(np.float64) for a in arrays] for arrays in (weights, biases)]
@@ -149,9 +158,24 @@ def test_chain_through_winograd_matches_torch(rng, launches, stype):
     chain = randomize(TorchChain(32, 4, stype, 1), rng)
     x = randn(rng, 2, 4 * 32, 9, 7, dtype=np.float32)
     weights, biases = chain_arrays(chain, np.float32)
-    out = r2n.res2net_chain(x, weights, biases, scale=4, stype=stype, stride=1)
+    kw = dict(scale=4, stype=stype, stride=1, groups=1)
+    out = _prepared_chain(weights, biases, dtype=np.float32, **kw)(x)
     assert launches["winograd"] > 0 and launches["direct"] == 0
     assert_close(out, torch_out(chain, x))
+
+
+def test_one_call_ops_keep_the_direct_convs(rng, launches):
+    # r2n.res2net_chain prepares its weights on every call: a Winograd
+    # transform there would cost more than it saves, so it is not made.
+    x = randn(rng, 1, 4 * 32, 9, 7, dtype=np.float32)
+    weights = [randn(rng, 32, 32, 3, 3, dtype=np.float32) for _ in range(3)]
+    assert winograd.use_winograd(32, 1, 1, 9, 7)
+    out = r2n.res2net_chain(x, weights, None, scale=4, backend="cpu")
+    assert launches == {"winograd": 0, "direct": 3}
+    prepared = _prepared_chain(weights, None, dtype=np.float32, scale=4, stype="normal",
+                               stride=1, groups=1)(x)  # fmt: skip
+    assert launches == {"winograd": 3, "direct": 3}
+    assert_close(prepared, out.astype(np.float64), dtype=np.float32)
 
 
 def test_layer3_1_chain_takes_the_winograd_path(rng, launches):
@@ -183,7 +207,10 @@ def test_narrow_chunks_small_images_and_strides_take_the_direct_convs(rng, launc
     assert winograd.use_winograd(208, 1, 4, 7, 7)
     x = randn(rng, 1, 4 * min_c, 9, 9, dtype=np.float32)
     weights = [randn(rng, min_c, min_c, 3, 3, dtype=np.float32) for _ in range(3)]
-    out = r2n.res2net_chain(x, weights, None, scale=4, stype="stage", stride=2)
+    chain = _prepared_chain(weights, None, dtype=np.float32, scale=4, stype="stage", stride=2,
+                            groups=1)  # fmt: skip
+    assert chain.wino is None  # stride 2: no Winograd weights prepared
+    out = chain(x)
     assert launches == {"winograd": 0, "direct": 1}
     to64 = [a.astype(np.float64) for a in weights]
     ref = r2n.res2net_chain(

@@ -18,8 +18,17 @@ memory: split, conv, BN, ReLU, add, conv, BN, ReLU, add, ..., pool, cat. Here:
 the shortcut conv (after the "d" variant's average pool, if any), and conv3
 whose epilogue adds the shortcut and applies the final ReLU.
 
+Prepared chains run their 3x3 stride-1 convs as Winograd F(2x2, 3x3)
+(r2n.cpu.winograd) where ``winograd.use_winograd`` says so: 2.25x fewer
+multiplies, the BN-folded weights transformed once (U = G g G^T), the input
+transform reading the unpadded chunks (for "normal": adding sp + x_{i+1} on
+the read), bias and ReLU in the output transform, each conv writing its
+channel slice of the output.
+
 ``PreparedChain`` / ``PreparedBottle2neck`` pack the weights once; the public
-ops prepare on every call (packing is O(weights), small next to the convs).
+ops prepare on every call (packing is O(weights), small next to the convs)
+and use the direct convs only (a Winograd weight transform per call would
+cost more than it saves).
 Their intermediate buffers (padded chunks, t1, the chain's output, the
 shortcut) come from :func:`scratch`, a per-thread cache keyed by role and
 shape: repeated calls on one shape (a model's forward passes) allocate only
@@ -111,9 +120,13 @@ class PreparedChain:
     """Packed weights of one Res2Net chain, reusable across calls.
 
     Parameters as r2n.res2net_chain (weights and biases BN-folded).
+    ``winograd``: also prepare Winograd weights, for the shapes
+    ``winograd.use_winograd`` sends there (False: direct convs only).
     """
 
-    def __init__(self, weights, biases, *, scale, stype, stride, groups, width, dtype):
+    def __init__(
+        self, weights, biases, *, scale, stype, stride, groups, width, dtype, winograd=True
+    ):
         self.scale, self.stype, self.stride, self.groups = scale, stype, stride, groups
         self.width = width
         self.nums = max(scale - 1, 1)
@@ -136,7 +149,7 @@ class PreparedChain:
         # (winograd.use_winograd); held beside the direct ones, which shapes
         # the rule sends to the direct convs still use.
         self.wino_all = self.wino = None
-        if stride == 1 and use_winograd(width, groups, None, None, None):
+        if winograd and stride == 1 and use_winograd(width, groups, None, None, None):
             self.wino_all = np.concatenate(
                 [transform_weights(np.asarray(w, dtype), groups) for w in weights[: self.nums]]
             )
@@ -306,7 +319,12 @@ def clear_scratch():
 
 
 def res2net_chain(x, weights, biases, *, scale, stype, stride, groups, width, out_shape):
-    """The fused chain. x (N, scale*width, H, W) -> (N, scale*width, H_out, W_out)."""
+    """The fused chain. x (N, scale*width, H, W) -> (N, scale*width, H_out, W_out).
+
+    One call, direct convs: transforming the weights for Winograd (~2 ms for
+    three 104-channel convs, against ~0.5 ms it saves at batch 1) pays only
+    when the weights are prepared once (PreparedChain, r2n.prepare).
+    """
     x = np.ascontiguousarray(x)
     chain = PreparedChain(
         weights,
@@ -317,6 +335,7 @@ def res2net_chain(x, weights, biases, *, scale, stype, stride, groups, width, ou
         groups=groups,
         width=width,
         dtype=x.dtype,
+        winograd=False,
     )
     return chain(x, np.empty(out_shape, x.dtype))
 
@@ -326,10 +345,10 @@ class PreparedBottle2neck:
 
     ``params`` is an r2n.Bottle2neckParams; ``args`` the normalised arguments
     from r2n._checks.bottle2neck_args for the inputs ``__call__`` will get;
-    :meth:`run` takes those of another input shape.
+    :meth:`run` takes those of another input shape. ``winograd``: as PreparedChain.
     """
 
-    def __init__(self, params, args, dtype):
+    def __init__(self, params, args, dtype, winograd=True):
         self.args = args
         self.c1 = params.conv1.weight.shape[0]
         self.conv1 = (
@@ -340,6 +359,7 @@ class PreparedBottle2neck:
             params.chain_weights,
             params.chain_biases,
             dtype=dtype,
+            winograd=winograd,
             **{k: args["chain"][k] for k in ("scale", "stype", "stride", "groups", "width")},
         )
         self.c3 = params.conv3.weight.shape[0]
@@ -420,7 +440,10 @@ class PreparedBottle2neck:
 
 
 def bottle2neck(x, params, *, conv1, chain, conv3, shortcut, out_shape):
-    """The fused bottleneck. x (N, C_in, H, W) -> (N, C_out, H_out, W_out)."""
+    """The fused bottleneck. x (N, C_in, H, W) -> (N, C_out, H_out, W_out).
+
+    One call: direct convs in the chain (see res2net_chain).
+    """
     x = np.ascontiguousarray(x)
     args = dict(conv1=conv1, chain=chain, conv3=conv3, shortcut=shortcut, out_shape=out_shape)
-    return PreparedBottle2neck(params, args, x.dtype)(x)
+    return PreparedBottle2neck(params, args, x.dtype, winograd=False)(x)
