@@ -518,8 +518,10 @@ def conv_winograd(
     workers = max(1, min(workers, n_conv * n * n_blocks))
     ntx = (w_out + 1) // 2
     make = scratch or (lambda role, shape, dtype, fill=np.zeros: fill(shape, dtype))
-    # Zero-filled: columns past a block's tiles are computed, never used, and
-    # stay finite. The row buffers are rewritten for every tile row.
+    # Columns past a block's tiles (and channels past its outputs) are
+    # computed from whatever the buffers hold and never used: every tile's
+    # values depend on its own column of V only. The parity planes are
+    # rewritten for every input channel, S and Y for every tile row.
     v_scr = make("wino.v", (workers, 16 * c_in * tbp), dt, np.zeros)
     m_scr = make("wino.m", (workers, 16 * tbp * blk), dt, np.zeros)
     y_scr = make("wino.y", (workers, 12 * (ntx + 1) * blk), dt, np.zeros)
