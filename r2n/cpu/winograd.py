@@ -66,6 +66,7 @@ from .conv import (
     block_layout,
     pack_weights,
 )
+from .elementwise import kernel_input, vector_or
 
 #: Target size of a worker's V and M scratch (16 x (C_in + 32) floats per
 #: tile): a job's tile rows are chosen so that both stay in the 1 MiB L2.
@@ -527,14 +528,16 @@ def conv_winograd(
     y_scr = make("wino.y", (workers, 12 * (ntx + 1) * blk), dt, np.zeros)
     p_len, t_len = (rows + 1) * (ntx + 1), rows * (ntx + 1) + 1
     p_scr = make("wino.planes", (workers, 4 * p_len + 8 * t_len), dt, np.zeros)
-    offs = np.arange(c_in_g, dtype=np.int64) * tbp
+    offs = kernel_input(np.arange(c_in_g, dtype=np.int64) * tbp)
     b_arr = a if b is None else b
+    # Inputs read-only (kernel_input): one compiled signature per dtype, whether
+    # the caller's arrays are writeable (the chain) or not (vector_or's bias).
     _winograd_kernel(
-        a.reshape(-1),
+        kernel_input(a.reshape(-1)),
         a[0].size,
         a_c0,
         a_conv_step,
-        b_arr.reshape(-1),
+        kernel_input(b_arr.reshape(-1)),
         b_arr[0].size,
         b_c0,
         b_conv_step,
@@ -543,13 +546,13 @@ def conv_winograd(
         w,
         ph,
         pw,
-        packed_u,
+        kernel_input(packed_u),
         per_conv,
         offs,
         c_in_g,
         groups,
         c_out // groups,
-        bias,
+        kernel_input(bias),
         out.reshape(-1),
         out[0].size,
         out_c0,
@@ -573,8 +576,6 @@ def conv2d_4_winograd(x, weight, bias, *, stride, padding, dilation, groups, out
 
     x (N, C_in, H, W), weight (C_out, C_in/groups, 3, 3) -> (N, C_out, H_out, W_out)
     """
-    from .elementwise import vector_or
-
     c_out, _, kh, kw = weight.shape
     if not applicable((kh, kw), stride, dilation):
         raise ValueError(
