@@ -58,6 +58,18 @@ def test_winograd_variant_matches_the_reference(rng, case, dtype):
         np.testing.assert_array_equal(a, copy)
 
 
+def test_winograd_variant_without_input_channels_gives_the_bias(rng):
+    # C_in = 0 is a valid conv (r2n.conv2d and variant 3 give the bias): V is
+    # empty, every GEMM a sum of nothing.
+    x = np.empty((2, 0, 5, 4), np.float32)
+    weight = np.empty((6, 0, 3, 3), np.float32)
+    bias = randn(rng, 6, dtype=np.float32)
+    kw = dict(stride=1, padding=1, dilation=1, groups=1)
+    args = _checks.conv2d_args("conv2d", x, weight, bias, **kw)
+    out = conv.VARIANTS["4_winograd"](x, weight, bias, **args)
+    np.testing.assert_array_equal(out, np.broadcast_to(bias[:, None, None], out.shape))
+
+
 @pytest.mark.parametrize(
     "kernel, stride, dilation",
     [((3, 3), 2, 1), ((3, 3), 1, 2), ((5, 5), 1, 1), ((1, 1), 1, 1), ((3, 1), 1, 1)],

@@ -208,6 +208,7 @@ def _winograd_kernel(
     n_conv,
     rows_per_block,
     n_row_blocks,  # jobs
+    tbp,  # V's row pitch (plan)
     v_scr,
     m_scr,
     y_scr,
@@ -224,8 +225,8 @@ def _winograd_kernel(
     Layouts. A job's tiles are numbered ``idx = lt * R + tx`` (local tile row
     lt, column tx, R = ntx + 1: one unused column per row, so that every
     transform is a flat loop over the block). V[xi][c][idx] has the row pitch
-    TBP (v_scr's, >= rows * R + TILE_PIXELS: a micro-kernel call may run past
-    the block), M[xi][idx][channel of the block]; per tile row, S (8 rows)
+    TBP (the argument ``tbp``, >= rows * R + TILE_PIXELS: a micro-kernel call
+    may run past the block), M[xi][idx][channel of the block]; per tile row, S (8 rows)
     and Y (4 rows) of R x bw. The input of one channel: the parity planes
     P[ri][cj][pr * R + k] = padded[2 pr + ri][2 k + cj] (rows+1 rows of R),
     so that the 4 rows of tile row lt are P[0] and P[1] at row lt and lt + 1
@@ -244,7 +245,6 @@ def _winograd_kernel(
     n_workers = v_scr.shape[0]
     c_in = groups * c_in_g
     c_out = groups * c_out_g
-    tbp = v_scr.shape[1] // (16 * c_in)
     blk = TILE_VECTORS * (VECTOR_BYTES // u.itemsize)  # = conv.block_channels(dtype)
     full, tail = block_layout(c_out_g, blk)
     blocks = full + tail
@@ -563,6 +563,7 @@ def conv_winograd(
         n_conv,
         rows,
         n_blocks,
+        tbp,
         v_scr,
         m_scr,
         y_scr,
