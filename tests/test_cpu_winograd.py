@@ -176,6 +176,33 @@ def test_chain_through_winograd_matches_torch(rng, launches, stype):
     assert_close(out, torch_out(chain, x))
 
 
+@pytest.mark.parametrize("winograd_path", [True, False], ids=["winograd", "direct"])
+@pytest.mark.parametrize(
+    "bad_out", ["float64", "strided", "channels", "height", "batch", "is_x"], ids=str
+)
+def test_chain_rejects_an_out_it_cannot_write(rng, winograd_path, bad_out):
+    # The kernels write raw buffers (and the Winograd path's prologue runs
+    # before its convs): a wrong ``out`` must be refused before any launch.
+    x = randn(rng, 2, 4 * 16, 8 if winograd_path else 5, 9, dtype=np.float32)
+    weights = [randn(rng, 16, 16, 3, 3, dtype=np.float32) for _ in range(3)]
+    chain = _prepared_chain(weights, None, dtype=np.float32, scale=4, stype="normal",
+                            stride=1, groups=1)  # fmt: skip
+    assert winograd.use_winograd(16, 1, *x.shape[:1], *x.shape[2:]) == winograd_path
+    n, c, h, w = x.shape
+    out = {
+        "float64": lambda: np.empty(x.shape, np.float64),
+        "strided": lambda: np.empty((n, c, h, 2 * w), np.float32)[..., ::2],
+        "channels": lambda: np.empty((n, c - 16, h, w), np.float32),
+        "height": lambda: np.empty((n, c, h + 1, w), np.float32),
+        "batch": lambda: np.empty((n - 1, c, h, w), np.float32),
+        "is_x": lambda: x,
+    }[bad_out]()
+    before = x.copy()
+    with pytest.raises(ValueError, match=r"PreparedChain: out must be .* got"):
+        chain(x, out)
+    np.testing.assert_array_equal(x, before)
+
+
 def test_one_call_ops_keep_the_direct_convs(rng, launches):
     # r2n.res2net_chain prepares its weights on every call: a Winograd
     # transform there would cost more than it saves, so it is not made.

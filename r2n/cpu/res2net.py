@@ -156,7 +156,10 @@ class PreparedChain:
             self.wino = np.split(self.wino_all, self.nums)
 
     def __call__(self, x, out=None):
-        """x (N, scale*width, H, W) contiguous -> out (N, scale*width, H_out, W_out)."""
+        """x (N, scale*width, H, W) contiguous -> out (N, scale*width, H_out, W_out).
+
+        ``out``, if given: C-contiguous, x's dtype, not overlapping x (else ValueError).
+        """
         # The kernels index raw buffers: refuse what the chain was not prepared
         # for (the public ops run r2n._checks before they get here).
         expected = self.scale * self.width
@@ -174,6 +177,19 @@ class PreparedChain:
         h_out, w_out = (h - 1) // s + 1, (w - 1) // s + 1
         if out is None:
             out = np.empty((n, c, h_out, w_out), x.dtype)
+        elif (
+            out.shape != (n, c, h_out, w_out) or out.dtype != x.dtype
+            or not out.flags.c_contiguous or np.may_share_memory(out, x)
+        ):  # fmt: skip
+            # The launches below write out's raw buffer (the Winograd path's
+            # prologue before its convs check anything). Both arrays are
+            # contiguous here, so may_share_memory is exact.
+            raise ValueError(
+                f"PreparedChain: out must be a C-contiguous {x.dtype} array of shape "
+                f"{(n, c, h_out, w_out)} not overlapping x, got {out.dtype} {out.shape}"
+                + ("" if out.flags.c_contiguous else ", not C-contiguous")
+                + (", overlapping x" if np.may_share_memory(out, x) else "")
+            )
         if self.wino is not None and use_winograd(width, self.groups, n, h, w):
             return self._winograd(x, out)
         stage = self.stype == "stage" or self.scale == 1
