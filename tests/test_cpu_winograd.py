@@ -83,6 +83,39 @@ def test_winograd_variant_rejects_what_it_does_not_compute(rng, kernel, stride, 
         conv.VARIANTS["4_winograd"](x, weight, None, **args)
 
 
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(out=np.empty((1, 8, 7, 7))), r"out must be a C-contiguous float32 .*got float64"),
+        (
+            dict(out=np.empty((1, 8, 7, 14), np.float32)[..., ::2]),
+            r"out must be a C-contiguous float32 .*got float32, not C-contiguous",
+        ),
+        (dict(b=np.empty((1, 8, 7, 7))), r"b must be a C-contiguous float32 .*got float64"),
+        (dict(packed_u="float64"), r"packed_u and bias must be float32, got float64 and float32"),
+        (dict(bias=np.zeros(8)), r"packed_u and bias must be float32, got float32 and float64"),
+        (dict(a_c0=1), r"the convs read channels 1 \.\. 8 of a, which has 8"),
+        (dict(out_c0=2), r"the convs write channels 2 \.\. 9 of out, which has 8"),
+    ],
+    ids=["out-dtype", "out-strided", "b-dtype", "u-dtype", "bias-dtype", "a-channels", "out-c"],
+)
+def test_conv_winograd_says_what_it_expected_and_what_came(rng, change, message):
+    args = dict(
+        a=randn(rng, 1, 8, 7, 7, dtype=np.float32),
+        packed_u=winograd.transform_weights(randn(rng, 8, 8, 3, 3, dtype=np.float32), 1),
+        bias=np.zeros(8, np.float32),
+        out=np.empty((1, 8, 7, 7), np.float32),
+    )
+    if change.get("packed_u") == "float64":
+        change = dict(packed_u=args["packed_u"].astype(np.float64))
+    args.update(change)
+    with pytest.raises(ValueError, match="conv_winograd: " + message):
+        winograd.conv_winograd(
+            args.pop("a"), args.pop("packed_u"), 8, 1, (1, 1), args.pop("bias"), args.pop("out"),
+            **args,
+        )  # fmt: skip
+
+
 def test_job_split_does_not_change_the_result(rng):
     # Batch 1 on 2 threads splits the tile rows into 2 jobs, 1 thread runs
     # one job; each tile's arithmetic is the same, so the bits must be too.

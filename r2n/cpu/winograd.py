@@ -494,17 +494,31 @@ def conv_winograd(
         )
     if n == 0 or h_out <= 0 or w_out <= 0:
         return out
-    if a_c0 + (n_conv - 1) * a_conv_step + c_in > c_a:
-        raise ValueError(f"conv_winograd: a has {c_a} channels, the convs read past them")
-    if out_c0 + n_conv * c_out > out.shape[1]:
-        raise ValueError(f"conv_winograd: out has {out.shape[1]} channels, the convs write past")
     if b is not None and (b.shape[0] != n or b.shape[2:] != (h, w)):
         raise ValueError(f"conv_winograd: b must be (N={n}, C, {h}, {w}), got {b.shape}")
-    if b is not None and b_c0 + (n_conv - 1) * b_conv_step + c_in > b.shape[1]:
-        raise ValueError(f"conv_winograd: b has {b.shape[1]} channels, the convs read past them")
-    for name, arr in (("a", a), ("b", b), ("out", out)):
-        if arr is not None and (not arr.flags.c_contiguous or arr.dtype != a.dtype):
-            raise ValueError(f"conv_winograd: {name} must be C-contiguous {a.dtype}")
+    for name, arr, c0, step, verb in (
+        ("a", a, a_c0, a_conv_step, "read"),
+        ("b", b, b_c0, b_conv_step, "read"),
+        ("out", out, out_c0, c_out, "write"),
+    ):
+        if arr is None:
+            continue
+        if not arr.flags.c_contiguous or arr.dtype != a.dtype:
+            raise ValueError(
+                f"conv_winograd: {name} must be a C-contiguous {a.dtype} array, got {arr.dtype}"
+                + ("" if arr.flags.c_contiguous else ", not C-contiguous")
+            )
+        last = c0 + (n_conv - 1) * step + (c_in if name != "out" else c_out) - 1
+        if last >= arr.shape[1]:
+            raise ValueError(
+                f"conv_winograd: the convs {verb} channels {c0} .. {last} of {name}, which "
+                f"has {arr.shape[1]}"
+            )
+    if packed_u.dtype != a.dtype or bias.dtype != a.dtype:
+        raise ValueError(
+            f"conv_winograd: packed_u and bias must be {a.dtype}, got {packed_u.dtype} and "
+            f"{bias.dtype}"
+        )
     dt = a.dtype
     blk = block_channels(dt)
     full, tail = block_layout(c_out // groups, blk)
