@@ -116,19 +116,24 @@ def test_conv_winograd_says_what_it_expected_and_what_came(rng, change, message)
         )  # fmt: skip
 
 
-def test_job_split_does_not_change_the_result(rng):
-    # Batch 1 on 2 threads splits the tile rows into 2 jobs, 1 thread runs
-    # one job; each tile's arithmetic is the same, so the bits must be too.
+def test_job_split_does_not_change_the_result(rng, monkeypatch):
+    # Jobs are blocks of tile rows: 1 or 2 threads, and scratch sizes that
+    # give one block, blocks of a few rows, or a row per block (plan). Each
+    # tile's arithmetic is the same in every split, so the bits must be too.
     x, weight, bias, kw = _case(rng, (1, 40, 40, 13, 11, 1, 1), np.float32)
     args = _checks.conv2d_args("conv2d", x, weight, bias, **kw)
     before = r2n.get_num_threads()
-    results = []
+    results, splits = [], set()
     try:
-        for threads in sorted({1, min(2, before)}):
-            r2n.set_num_threads(threads)
-            results.append(conv.VARIANTS["4_winograd"](x, weight, bias, **args))
+        for scratch_bytes in (winograd.SCRATCH_BYTES, 100 * 2**10, 1):
+            monkeypatch.setattr(winograd, "SCRATCH_BYTES", scratch_bytes)
+            for threads in sorted({1, min(2, before)}):
+                r2n.set_num_threads(threads)
+                splits.add(winograd.plan(1, 40, 13, 11, 4, threads)[:2])
+                results.append(conv.VARIANTS["4_winograd"](x, weight, bias, **args))
     finally:
         r2n.set_num_threads(before)
+    assert {(7, 1), (1, 7)} <= splits and len(splits) >= 3  # rows per block, blocks
     for out in results[1:]:
         np.testing.assert_array_equal(out, results[0])
     assert_close(results[0], _reference_conv(x, weight, bias, **kw))
@@ -172,6 +177,7 @@ CHAIN_CASES = [
     ("normal", 3, 2, 64, 1, 9, 7),  # 2 groups of 32
     ("stage", 4, 1, 36, 2, 9, 7),  # stage: one launch, last chunk pooled
     ("stage", 1, 1, 32, 1, 7, 7),  # scale 1: one conv, no passed-through chunk
+    ("normal", 8, 1, 16, 1, 7, 7),  # scale 8, 16 channels (the fewest Winograd takes), no biases
 ]
 
 
@@ -183,18 +189,19 @@ def test_chain_through_winograd_matches_the_reference(rng, launches, case, dtype
     nums = max(scale - 1, 1)
     x = randn(rng, n, scale * width, h, w, dtype=dtype)
     weights = [randn(rng, width, width // groups, 3, 3, dtype=dtype) for _ in range(nums)]
-    biases = [randn(rng, width, dtype=dtype) for _ in range(nums)]
-    before = [a.copy() for a in (x, *weights, *biases)]
+    biases = None if scale == 8 else [randn(rng, width, dtype=dtype) for _ in range(nums)]
+    before = [a.copy() for a in (x, *weights, *(biases or []))]
     kw = dict(scale=scale, stype=stype, stride=1, groups=groups)
 
     out = _prepared_chain(weights, biases, dtype=dtype, **kw)(x)
 
     assert launches == {"winograd": 1 if stype == "stage" else nums, "direct": 0}
-    to64 = [[a.astype(np.float64) for a in arrays] for arrays in (weights, biases)]
-    ref = r2n.res2net_chain(x.astype(np.float64), *to64, backend="reference", **kw)
+    to64 = [a.astype(np.float64) for a in weights]
+    b64 = None if biases is None else [a.astype(np.float64) for a in biases]
+    ref = r2n.res2net_chain(x.astype(np.float64), to64, b64, backend="reference", **kw)
     assert out.dtype == dtype and out.flags.c_contiguous
     assert_close(out, ref)
-    for a, copy in zip((x, *weights, *biases), before, strict=True):
+    for a, copy in zip((x, *weights, *(biases or [])), before, strict=True):
         np.testing.assert_array_equal(a, copy)
 
 
@@ -289,3 +296,23 @@ def test_narrow_chunks_small_images_and_strides_take_the_direct_convs(rng, launc
         x.astype(np.float64), to64, None, scale=4, stype="stage", stride=2, backend="reference"
     )
     assert_close(out, ref)
+
+
+@pytest.mark.parametrize("stype", ["normal", "stage"])
+def test_prepared_chain_runs_direct_convs_where_the_rule_says_so(rng, launches, stype):
+    # Winograd weights are prepared (16 channels per group), but images
+    # smaller than WINOGRAD_MIN_SIZE go to the direct convs, call by call.
+    min_c, min_hw = winograd.WINOGRAD_MIN_CHANNELS, winograd.WINOGRAD_MIN_SIZE
+    weights = [randn(rng, min_c, min_c, 3, 3, dtype=np.float64) for _ in range(3)]
+    biases = [randn(rng, min_c, dtype=np.float64) for _ in range(3)]
+    kw = dict(scale=4, stype=stype, stride=1, groups=1)
+    chain = _prepared_chain(weights, biases, dtype=np.float64, **kw)
+    assert chain.wino is not None
+    for h, w, path in [(min_hw - 1, 9, "direct"), (min_hw, min_hw, "winograd")]:
+        x = randn(rng, 2, 4 * min_c, h, w, dtype=np.float64)
+        expected = dict(launches)
+        expected[path] += 1 if stype == "stage" else 3
+        out = chain(x)
+        assert launches == expected
+        ref = r2n.res2net_chain(x, weights, biases, backend="reference", **kw)
+        assert_close(out, ref)
