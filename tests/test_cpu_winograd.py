@@ -129,7 +129,7 @@ def test_job_split_does_not_change_the_result(rng, monkeypatch):
             monkeypatch.setattr(winograd, "SCRATCH_BYTES", scratch_bytes)
             for threads in sorted({1, min(2, before)}):
                 r2n.set_num_threads(threads)
-                splits.add(winograd.plan(1, 40, 13, 11, 4, threads)[:2])
+                splits.add(winograd.plan(1, 40, 13, 11, np.float32, threads)[:2])
                 results.append(conv.VARIANTS["4_winograd"](x, weight, bias, **args))
     finally:
         r2n.set_num_threads(before)

@@ -46,7 +46,7 @@ import numba
 import numpy as np
 
 from ._jit import kernel, prange
-from .conv import conv_simd, min_input_width, pack_weights
+from .conv import _none, conv_simd, min_input_width, pack_weights
 from .elementwise import vector_or
 from .pool import avg_pool2d
 from .winograd import conv_winograd, transform_weights, use_winograd
@@ -272,9 +272,9 @@ class PreparedChain:
         width, nums, groups = self.width, self.nums, self.groups
         stage = self.stype == "stage" or self.scale == 1
         if self.scale > 1:
+            no_pad = _none(x.dtype).reshape(0, 0, 0, 0)  # the prologue pads no chunk here
             _chain_prologue(
-                x, width, 0, self.stype == "stage", 1, nums * width, _no_pad(x.dtype), out,
-                nums * width,
+                x, width, 0, self.stype == "stage", 1, nums * width, no_pad, out, nums * width
             )  # fmt: skip
         common = dict(c_in_g=width // groups, relu=True, scratch=scratch)
         if stage:
@@ -290,15 +290,6 @@ class PreparedChain:
                 out_c0=i * width, **common,
             )  # fmt: skip
         return out
-
-
-_NO_PAD = {}  # dtype -> a (1, 1, 1, 1) array: the prologue's xp when it pads nothing
-
-
-def _no_pad(dtype):
-    if dtype not in _NO_PAD:
-        _NO_PAD[dtype] = np.zeros((1, 1, 1, 1), dtype)
-    return _NO_PAD[dtype]
 
 
 _SCRATCH = threading.local()

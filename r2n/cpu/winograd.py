@@ -418,8 +418,11 @@ def _winograd_kernel(
                                     out[o_row + np.uint64(2 * pairs)] = v0
 
 
-def plan(n_jobs_outer, c_in, h_out, w_out, itemsize, workers):
+def plan(n_jobs_outer, c_in, h_out, w_out, dtype, workers):
     """(rows_per_block, n_row_blocks, tbp): how a conv's tile rows split into jobs.
+
+    ``n_jobs_outer`` (convs x images) jobs of ``c_in`` input channels and
+    h_out x w_out outputs in ``dtype``, on ``workers`` threads.
 
     Blocks of tile rows no larger than keeps V (16 x c_in per tile) and M (16
     x one channel block per tile) within SCRATCH_BYTES; among those sizes,
@@ -430,8 +433,8 @@ def plan(n_jobs_outer, c_in, h_out, w_out, itemsize, workers):
     plus a micro-kernel call of slack.
     """
     nty, ntx = (h_out + 1) // 2, (w_out + 1) // 2
-    blk = VECTOR_BYTES * TILE_VECTORS // itemsize
-    per_row = 16 * (c_in + blk) * (ntx + 1) * itemsize
+    dtype = np.dtype(dtype)
+    per_row = 16 * (c_in + block_channels(dtype)) * (ntx + 1) * dtype.itemsize
     max_rows = max(1, min(nty, SCRATCH_BYTES // per_row))
     best = None
     for rows in range(max_rows, 0, -1):
@@ -529,7 +532,7 @@ def conv_winograd(
             f"not fit {n_conv} conv(s) of {c_in} -> {c_out} channels in {groups} groups"
         )
     workers = numba.get_num_threads()
-    rows, n_blocks, tbp = plan(n_conv * n, c_in, h_out, w_out, dt.itemsize, workers)
+    rows, n_blocks, tbp = plan(n_conv * n, c_in, h_out, w_out, dt, workers)
     workers = max(1, min(workers, n_conv * n * n_blocks))
     ntx = (w_out + 1) // 2
     make = scratch or (lambda role, shape, dtype, fill=np.zeros: fill(shape, dtype))
