@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from helpers import DTYPES, assert_close, randn
+from hypothesis import given
+from hypothesis import strategies as st
 from torch_res2net import TorchChain, chain_arrays, randomize, torch_out
 
 import r2n
@@ -81,6 +83,41 @@ def test_winograd_variant_rejects_what_it_does_not_compute(rng, kernel, stride, 
     args = _checks.conv2d_args("conv2d", x, weight, None, **kw)
     with pytest.raises(ValueError, match="4_winograd: needs a 3x3 kernel, stride 1"):
         conv.VARIANTS["4_winograd"](x, weight, None, **args)
+
+
+@given(
+    n=st.integers(1, 2),
+    groups=st.integers(1, 3),
+    c_in_g=st.integers(1, 20),
+    c_out_g=st.integers(1, 40),
+    h=st.integers(1, 12),
+    w=st.integers(1, 12),
+    padding=st.tuples(st.integers(0, 2), st.integers(0, 2)),
+    row_per_job=st.booleans(),
+    dtype=st.sampled_from(DTYPES),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_winograd_variant_matches_the_reference_on_drawn_arguments(
+    n, groups, c_in_g, c_out_g, h, w, padding, row_per_job, dtype, seed
+):
+    # Partial edge tiles on either side, padding 0-2, channel counts around
+    # the register blocks (16 / 32 lanes), and one tile row per job (several
+    # jobs per image) or the default split.
+    if h + 2 * padding[0] < 3 or w + 2 * padding[1] < 3:
+        return  # no output: the shared checks reject it
+    rng = np.random.default_rng(seed)
+    x, weight, bias, kw = _case(
+        rng, (n, groups * c_in_g, groups * c_out_g, h, w, 0, groups), dtype
+    )
+    kw["padding"] = padding
+    args = _checks.conv2d_args("conv2d", x, weight, bias, **kw)
+    scratch_bytes = 1 if row_per_job else winograd.SCRATCH_BYTES
+    saved, winograd.SCRATCH_BYTES = winograd.SCRATCH_BYTES, scratch_bytes
+    try:
+        out = conv.VARIANTS["4_winograd"](x, weight, bias, **args)
+    finally:
+        winograd.SCRATCH_BYTES = saved
+    assert_close(out, _reference_conv(x, weight, bias, **kw))
 
 
 @pytest.mark.parametrize(
