@@ -1,4 +1,4 @@
-"""conv2d on the CPU, in three numbered variants.
+"""conv2d on the CPU, in four numbered variants.
 
 =====================  ====================================================  =========
 variant                what changes                                          GFLOP/s*
@@ -21,15 +21,28 @@ variant                what changes                                          GFL
                        loads. Bias, residual add, ReLU and the write into a
                        channel slice of a larger tensor happen in the
                        epilogue, so fused blocks need no extra passes.
+``4_winograd``         Winograd F(2x2, 3x3) (r2n.cpu.winograd; 3x3, stride   ~157**
+                       1, dilation 1 only, else ValueError): 2x2 output
+                       tiles cost 16 multiplies per (c_in, c_out) instead
+                       of 36. Per job (a block of tile rows, in L2): the
+                       input transform, 16 GEMMs (C_out x C_in) @ (C_in x
+                       tiles) through variant 3's micro-kernel, and the
+                       output transform with bias and ReLU. 2.25x fewer
+                       FMAs, paid for with the transforms (O(C x pixels)).
 =====================  ====================================================  =========
 
 \\* one thread, float32, 32 -> 32 channels, 3x3, 56x56, on the 2-core Zen 5
 development machine, best of repeated runs (PyTorch 2.13's oneDNN: 149). Measured numbers per shape
 are in benchmarks/results/.
+\\*\\* direct-conv FLOPs / time, one thread, float32, 104 -> 104 channels, 14x14,
+batch 8, on the 2-core Zen 4 machine (117.4 GFLOP/s FMA peak; variant 3 runs
+this conv at ~90 there). See NOTES.md "Winograd F(2x2,3x3) (v6)".
 
 ``conv2d`` (the backend's op) always uses ``3_simd``: even depthwise convs,
 which fill 1 of 16 lanes, run faster there than in ``2_rows`` (64 channels at
 56x56, one thread: 0.75 vs 1.0 ms; groups of 8 channels: 0.52 vs 5.3 ms).
+The fused Res2Net chain (r2n.cpu.res2net) runs its 3x3 stride-1 convs as
+``4_winograd`` where ``winograd.use_winograd`` says so.
 ``VARIANTS`` maps names to implementations for tests and
 benchmarks. Arguments arrive checked and normalised by r2n._checks.conv2d_args.
 """
@@ -560,10 +573,28 @@ def conv2d_3_simd(x, weight, bias, *, stride, padding, dilation, groups, out_sha
     return out
 
 
+def conv2d_4_winograd(x, weight, bias, *, stride, padding, dilation, groups, out_shape):
+    """Variant 4: Winograd F(2x2, 3x3) (r2n.cpu.winograd); 3x3 / stride 1 / dilation 1
+    only, anything else raises ValueError."""
+    from .winograd import conv2d_4_winograd as winograd_conv
+
+    return winograd_conv(
+        x,
+        weight,
+        bias,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        out_shape=out_shape,
+    )
+
+
 VARIANTS = {
     "1_naive": conv2d_1_naive,
     "2_rows": conv2d_2_rows,
     "3_simd": conv2d_3_simd,
+    "4_winograd": conv2d_4_winograd,
 }
 
 

@@ -18,8 +18,17 @@ memory: split, conv, BN, ReLU, add, conv, BN, ReLU, add, ..., pool, cat. Here:
 the shortcut conv (after the "d" variant's average pool, if any), and conv3
 whose epilogue adds the shortcut and applies the final ReLU.
 
+Prepared chains run their 3x3 stride-1 convs as Winograd F(2x2, 3x3)
+(r2n.cpu.winograd) where ``winograd.use_winograd`` says so: 2.25x fewer
+multiplies, the BN-folded weights transformed once (U = G g G^T), the input
+transform reading the unpadded chunks (for "normal": adding sp + x_{i+1} on
+the read), bias and ReLU in the output transform, each conv writing its
+channel slice of the output.
+
 ``PreparedChain`` / ``PreparedBottle2neck`` pack the weights once; the public
-ops prepare on every call (packing is O(weights), small next to the convs).
+ops prepare on every call (packing is O(weights), small next to the convs)
+and use the direct convs only (a Winograd weight transform per call would
+cost more than it saves).
 Their intermediate buffers (padded chunks, t1, the chain's output, the
 shortcut) come from :func:`scratch`, a per-thread cache keyed by role and
 shape: repeated calls on one shape (a model's forward passes) allocate only
@@ -37,9 +46,10 @@ import numba
 import numpy as np
 
 from ._jit import kernel, prange
-from .conv import conv_simd, min_input_width, pack_weights
+from .conv import _none, conv_simd, min_input_width, pack_weights
 from .elementwise import vector_or
 from .pool import avg_pool2d
+from .winograd import conv_winograd, transform_weights, use_winograd
 
 
 @kernel
@@ -110,9 +120,13 @@ class PreparedChain:
     """Packed weights of one Res2Net chain, reusable across calls.
 
     Parameters as r2n.res2net_chain (weights and biases BN-folded).
+    ``winograd``: also prepare Winograd weights, for the shapes
+    ``winograd.use_winograd`` sends there (False: direct convs only).
     """
 
-    def __init__(self, weights, biases, *, scale, stype, stride, groups, width, dtype):
+    def __init__(
+        self, weights, biases, *, scale, stype, stride, groups, width, dtype, winograd=True
+    ):
         self.scale, self.stype, self.stride, self.groups = scale, stype, stride, groups
         self.width = width
         self.nums = max(scale - 1, 1)
@@ -130,9 +144,22 @@ class PreparedChain:
         )
         self.packed = np.split(self.packed_all, self.nums)
         self.biases = np.split(self.biases_all, self.nums)
+        # Winograd F(2x2, 3x3) weights (U = G g G^T, r2n.cpu.winograd) for the
+        # stride-1 convs of chunks wide enough to use them on some input
+        # (winograd.use_winograd); held beside the direct ones, which shapes
+        # the rule sends to the direct convs still use.
+        self.wino_all = self.wino = None
+        if winograd and stride == 1 and use_winograd(width, groups, None, None, None):
+            self.wino_all = np.concatenate(
+                [transform_weights(np.asarray(w, dtype), groups) for w in weights[: self.nums]]
+            )
+            self.wino = np.split(self.wino_all, self.nums)
 
     def __call__(self, x, out=None):
-        """x (N, scale*width, H, W) contiguous -> out (N, scale*width, H_out, W_out)."""
+        """x (N, scale*width, H, W) contiguous -> out (N, scale*width, H_out, W_out).
+
+        ``out``, if given: C-contiguous, x's dtype, not overlapping x (else ValueError).
+        """
         # The kernels index raw buffers: refuse what the chain was not prepared
         # for (the public ops run r2n._checks before they get here).
         expected = self.scale * self.width
@@ -150,6 +177,21 @@ class PreparedChain:
         h_out, w_out = (h - 1) // s + 1, (w - 1) // s + 1
         if out is None:
             out = np.empty((n, c, h_out, w_out), x.dtype)
+        elif (
+            out.shape != (n, c, h_out, w_out) or out.dtype != x.dtype
+            or not out.flags.c_contiguous or np.may_share_memory(out, x)
+        ):  # fmt: skip
+            # The launches below write out's raw buffer (the Winograd path's
+            # prologue before its convs check anything). Both arrays are
+            # contiguous here, so may_share_memory is exact.
+            raise ValueError(
+                f"PreparedChain: out must be a C-contiguous {x.dtype} array of shape "
+                f"{(n, c, h_out, w_out)} not overlapping x, got {out.dtype} {out.shape}"
+                + ("" if out.flags.c_contiguous else ", not C-contiguous")
+                + (", overlapping x" if np.may_share_memory(out, x) else "")
+            )
+        if self.wino is not None and use_winograd(width, self.groups, n, h, w):
+            return self._winograd(x, out)
         stage = self.stype == "stage" or self.scale == 1
         n_pad = nums if stage else 1
         last = nums * width if self.scale > 1 else -1
@@ -219,6 +261,36 @@ class PreparedChain:
                 cur, nxt = nxt, cur
         return out
 
+    def _winograd(self, x, out):
+        """The stride-1 chain with Winograd convs (r2n.cpu.winograd.conv_winograd).
+
+        The convs read the unpadded chunks (their input transform pads), so
+        the prologue only passes the last chunk through (or pools it, for
+        "stage"). "normal": conv i > 0 reads output chunk i - 1 plus input
+        chunk i, added in its input transform. "stage": one launch for all.
+        """
+        width, nums, groups = self.width, self.nums, self.groups
+        stage = self.stype == "stage" or self.scale == 1
+        if self.scale > 1:
+            no_pad = _none(x.dtype).reshape(0, 0, 0, 0)  # the prologue pads no chunk here
+            _chain_prologue(
+                x, width, 0, self.stype == "stage", 1, nums * width, no_pad, out, nums * width
+            )  # fmt: skip
+        common = dict(c_in_g=width // groups, relu=True, scratch=scratch)
+        if stage:
+            conv_winograd(
+                x, self.wino_all, width, groups, (1, 1), self.biases_all, out,
+                n_conv=nums, a_conv_step=width, **common,
+            )  # fmt: skip
+            return out
+        for i in range(nums):
+            conv_winograd(
+                x if i == 0 else out, self.wino[i], width, groups, (1, 1), self.biases[i], out,
+                a_c0=0 if i == 0 else (i - 1) * width, b=None if i == 0 else x, b_c0=i * width,
+                out_c0=i * width, **common,
+            )  # fmt: skip
+        return out
+
 
 _SCRATCH = threading.local()
 #: Buffers kept per thread (least recently used ones go first). Res2Net-50
@@ -254,7 +326,12 @@ def clear_scratch():
 
 
 def res2net_chain(x, weights, biases, *, scale, stype, stride, groups, width, out_shape):
-    """The fused chain. x (N, scale*width, H, W) -> (N, scale*width, H_out, W_out)."""
+    """The fused chain. x (N, scale*width, H, W) -> (N, scale*width, H_out, W_out).
+
+    One call, direct convs: transforming the weights for Winograd (~2 ms for
+    three 104-channel convs, against ~0.5 ms it saves at batch 1) pays only
+    when the weights are prepared once (PreparedChain, r2n.prepare).
+    """
     x = np.ascontiguousarray(x)
     chain = PreparedChain(
         weights,
@@ -265,6 +342,7 @@ def res2net_chain(x, weights, biases, *, scale, stype, stride, groups, width, ou
         groups=groups,
         width=width,
         dtype=x.dtype,
+        winograd=False,
     )
     return chain(x, np.empty(out_shape, x.dtype))
 
@@ -274,10 +352,10 @@ class PreparedBottle2neck:
 
     ``params`` is an r2n.Bottle2neckParams; ``args`` the normalised arguments
     from r2n._checks.bottle2neck_args for the inputs ``__call__`` will get;
-    :meth:`run` takes those of another input shape.
+    :meth:`run` takes those of another input shape. ``winograd``: as PreparedChain.
     """
 
-    def __init__(self, params, args, dtype):
+    def __init__(self, params, args, dtype, winograd=True):
         self.args = args
         self.c1 = params.conv1.weight.shape[0]
         self.conv1 = (
@@ -288,6 +366,7 @@ class PreparedBottle2neck:
             params.chain_weights,
             params.chain_biases,
             dtype=dtype,
+            winograd=winograd,
             **{k: args["chain"][k] for k in ("scale", "stype", "stride", "groups", "width")},
         )
         self.c3 = params.conv3.weight.shape[0]
@@ -368,7 +447,10 @@ class PreparedBottle2neck:
 
 
 def bottle2neck(x, params, *, conv1, chain, conv3, shortcut, out_shape):
-    """The fused bottleneck. x (N, C_in, H, W) -> (N, C_out, H_out, W_out)."""
+    """The fused bottleneck. x (N, C_in, H, W) -> (N, C_out, H_out, W_out).
+
+    One call: direct convs in the chain (see res2net_chain).
+    """
     x = np.ascontiguousarray(x)
     args = dict(conv1=conv1, chain=chain, conv3=conv3, shortcut=shortcut, out_shape=out_shape)
-    return PreparedBottle2neck(params, args, x.dtype)(x)
+    return PreparedBottle2neck(params, args, x.dtype, winograd=False)(x)

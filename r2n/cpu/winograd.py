@@ -1,0 +1,614 @@
+"""Winograd F(2x2, 3x3) convolution on the CPU (conv2d variant ``4_winograd``).
+
+What it computes
+----------------
+A 3x3, stride-1, dilation-1 convolution, cut into 2x2 output tiles. Each tile
+reads a 4x4 input window ``d`` and, per (input channel, output channel), needs
+16 multiplications instead of 36 (Lavin & Gray, 2015)::
+
+    V = B^T d B        (input transform, per input channel and tile)
+    U = G g G^T        (weight transform, once per weight tensor)
+    M[xi] = U[xi] @ V[xi]   for each of the 16 positions xi of the 4x4 tile:
+                            a GEMM (C_out x C_in) @ (C_in x tiles)
+    Y = A^T M A        (output transform: 2x2 outputs per tile)
+
+So the multiply-adds drop by 36/16 = 2.25x; the price is the two transforms
+(additions only, O(C x pixels) instead of O(C^2 x pixels)) and larger float
+error: the transforms' +-1/2 coefficients add a few ulps per term (measured
+below the 1e-5 float32 tolerance on 104-channel convs, tests/test_cpu_winograd.py).
+
+How it runs
+-----------
+One parallel launch per conv (or per ``n_conv`` independent convs). A job is
+(conv, image, block of tile rows); each worker thread takes a contiguous range
+of jobs and owns scratch buffers sized for L2 (``SCRATCH_BYTES``, ``plan``):
+
+1. input transform into ``V[16][C_in][tiles]``, one input channel at a time:
+   the block's padded input rows are split by row and column parity (a
+   stride-2 read, optionally of the sum of two sources: the Res2Net "normal"
+   chain's ``sp + x_{i+1}``, added on the read instead of written out
+   first); B^T d and (B^T d) B are then 8 + 16 flat loops of one subtraction
+   or addition over the block's tiles. Zero padding and partial edge tiles
+   (odd sizes) come from zero-filled parity rows: nothing outside the input
+   is read.
+2. per group and output-channel block (32 float32 / 16 float64 channels, as in
+   variant 3): 16 GEMMs ``M[xi] = U[xi] @ V[xi]`` through the register-tiled
+   micro-kernel of ``_simd`` (7 tiles x 32 channels per call, the reduction
+   over the group's input channels), U packed like ``conv.pack_weights``
+   per ``xi``.
+3. the output transform of that block, a tile row at a time while M is in
+   L2: A^T M A as 12 flat loops (vectorised over tiles x channels), then the
+   transpose from channels-in-lanes to rows of pixels, with bias and ReLU,
+   into the output's channel slice; outputs past an odd edge are not written.
+
+Measured on the 2-core Zen 4 (one thread, batch 8, float32): 104 ch 14x14
+1.86 ms per conv (input transform 0.31, GEMMs 1.30 = 94% of the peak on the
+FMAs issued, output 0.24) vs 3.4-3.7 ms for variant 3; 26 ch 56x56 3.55 ms
+(0.85 + 1.49 + 0.68) vs 3.9-4.3.
+
+``use_winograd`` is the rule the fused chain dispatches on (measured,
+benchmarks/results/NOTES.md "Winograd F(2x2,3x3) (v6)").
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from ._jit import FASTMATH, kernel, prange
+from ._simd import VECTOR_BYTES
+from .conv import (
+    TILE_PIXELS,
+    TILE_VECTORS,
+    _tile,
+    _tile_half,
+    block_channels,
+    block_layout,
+    pack_weights,
+)
+from .elementwise import kernel_input, vector_or
+
+#: Target size of a worker's V and M scratch (16 x (C_in + 32) floats per
+#: tile): a job's tile rows are chosen so that both stay in the 1 MiB L2.
+SCRATCH_BYTES = 512 * 2**10
+
+# The transforms' loop helpers, inlined into the kernel by Numba (as calls
+# they cost ~25 cycles each, 24 calls per input channel and tile block).
+_inline = numba.njit(inline="always", fastmath=FASTMATH)
+
+#: use_winograd's lines: input channels per group, image height and width,
+#: and for wide groups, 2x2 output tiles in the batch.
+WINOGRAD_MIN_CHANNELS = 16
+WINOGRAD_MIN_SIZE = 7
+WIDE_CHANNELS = 128
+WIDE_MIN_TILES = 64
+
+# Weight transform G (4x3) of F(2x2, 3x3).
+_G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+
+
+def applicable(kernel_hw, stride, dilation) -> bool:
+    """True for the convs F(2x2, 3x3) computes: 3x3, stride 1, dilation 1."""
+    return tuple(kernel_hw) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
+
+
+def use_winograd(width, groups, n, h, w) -> bool:
+    """Whether the fused chain runs its 3x3 stride-1 convs as Winograd.
+
+    A deterministic function of the chunk conv's shape: ``width`` channels in
+    ``groups`` groups, batch ``n``, ``h`` x ``w`` images (n, h, w None: not
+    known yet; the chain asks at prepare time, to decide whether to transform
+    its weights). Winograd when
+
+    * each group has >= WINOGRAD_MIN_CHANNELS input channels (shorter GEMMs
+      do not pay for the transforms; 26 channels still gain 1.2x),
+    * the images are >= WINOGRAD_MIN_SIZE on both sides, and
+    * groups of >= WIDE_CHANNELS channels, whose U (16 x C_in x C_out
+      floats, >= 1 MiB) does not stay in L2 and is streamed again by every
+      job, have >= WIDE_MIN_TILES 2x2 output tiles in the batch.
+
+    Measured on the 2-core Zen 4 (benchmarks/results/NOTES.md "Winograd
+    F(2x2,3x3) (v6)"): at 1 and 2 threads Winograd won on every Res2Net-50
+    chain shape at batch 1 and 8 (26 ch 56x56 1.13-1.26x, 52 ch 28x28
+    1.34-1.56x, 104 ch 14x14 1.48-1.91x) except 208 ch at 7x7 below batch 4
+    (2 threads: 0.80x at batch 1, 0.94x at 2, 0.84x at 3; 1.10x at 4).
+    """
+    c_in_g = width // groups
+    if c_in_g < WINOGRAD_MIN_CHANNELS:
+        return False
+    if n is None:
+        return True
+    if h < WINOGRAD_MIN_SIZE or w < WINOGRAD_MIN_SIZE:
+        return False
+    tiles = n * ((h + 1) // 2) * ((w + 1) // 2)
+    return c_in_g < WIDE_CHANNELS or tiles >= WIDE_MIN_TILES
+
+
+def transform_weights(weight, groups):
+    """U = G g G^T of every (C_out, C_in/g) 3x3 kernel, packed for the micro-kernel.
+
+    weight (C_out, C_in/groups, 3, 3) -> 1-D array of 16 consecutive parts, one
+    per tile position xi = 4 * row + col, each ``conv.pack_weights`` of the
+    (C_out, C_in/groups, 1, 1) matrix U[:, :, row, col]. Computed in float64,
+    then cast to the weight's dtype.
+    """
+    weight = np.asarray(weight)
+    if weight.ndim != 4 or weight.shape[2:] != (3, 3):
+        raise ValueError(f"winograd: weight must be (C_out, C_in/g, 3, 3), got {weight.shape}")
+    c_out, c_in_g = weight.shape[:2]
+    kernels = c_out * c_in_g
+    # G g G^T for all kernels at once, as matrix products on (row, col,
+    # kernel)-ordered arrays, every step contiguous (batched 4x3 @ 3x3
+    # products, or arithmetic on strided views, took 2-3 ms for 104 x 104).
+    g = np.ascontiguousarray(weight.transpose(2, 3, 0, 1), dtype=np.float64)  # (i, j, K)
+    rows = (_G @ g.reshape(3, 3 * kernels)).reshape(4, 3, kernels)  # (a, j, K)
+    u = _G @ rows  # U[a, b, K]
+    # The 16 matrices as one conv of 16 x groups groups, [xi][g][C_out/g] in
+    # that order: pack_weights lays them out [xi][g][channel blocks].
+    u = u.astype(weight.dtype).reshape(16 * c_out, c_in_g, 1, 1)
+    return pack_weights(u, 16 * groups)
+
+
+@_inline
+def _pair_sum(dst, d0, src, x0, x1, y0, y1, kind, count, one):
+    """One of the 4 sums of the input transform, over ``count`` elements:
+    dst[d0 + i] = (x0 - x1, y0 + x1, x1 - y0, y0 - y1)[kind] where x0 stands
+    for src[x0 + i] and so on (offsets >= 0). Written as x + sign * y, which
+    is exact for sign = +-1, so that one loop serves all 4."""
+    x = x0 if kind == 0 else (x1 if kind == 2 else y0)
+    y = x1 if kind <= 1 else (y0 if kind == 2 else y1)
+    sign = one if kind == 1 else -one
+    ux = np.uint64(x)
+    uy = np.uint64(y)
+    for i in range(count):
+        dst[d0 + i] = src[ux + i] + sign * src[uy + i]
+
+
+@_inline
+def _triple_sum(dst, d0, src, x0, step, negate, count, one):
+    """One sum of the output transform, over ``count`` elements:
+    dst[d0 + i] = x + y + z (negate 0) or x - y - z (negate 1), where x, y, z
+    are src at x0 + i, x0 + step + i, x0 + 2 step + i."""
+    sign = -one if negate else one
+    y0 = x0 + step
+    z0 = y0 + step
+    for i in range(count):
+        dst[d0 + i] = src[x0 + i] + sign * src[y0 + i] + sign * src[z0 + i]
+
+
+@kernel
+def _winograd_kernel(
+    a,
+    a_img,
+    a_c0,
+    a_conv_step,  # input source (flattened N, C, H, W)
+    b,
+    b_img,
+    b_c0,
+    b_conv_step,
+    has_b,  # optional second source, added on the read
+    h,
+    w,
+    ph,
+    pw,  # input size and padding
+    u,
+    u_conv_stride,
+    offs,
+    c_in_g,
+    groups,
+    c_out_g,
+    bias,  # transformed packed weights, (n_conv * C_out,) bias
+    out,
+    out_img,
+    out_c0,
+    h_out,
+    w_out,
+    relu,  # output (flattened)
+    n_img,
+    n_conv,
+    rows_per_block,
+    n_row_blocks,  # jobs
+    tbp,  # V's row pitch (plan)
+    v_scr,
+    m_scr,
+    y_scr,
+    p_scr,  # per-worker scratch: V, M, S and Y, the input rows and T
+):
+    """One launch of ``n_conv`` Winograd convs (see the module docstring).
+
+    For conv i, image n and output channel ch = g * c_out_g + c:
+
+        s = a[n, a_c0 + i*a_conv_step + C_in-slice] (+ b[n, b_c0 + i*b_conv_step + ...])
+        v = conv3x3(s zero-padded by (ph, pw))[ch] + bias[i * C_out + ch]
+        out[n, out_c0 + i * C_out + ch] = max(v, 0) if relu else v   (NaN kept)
+
+    Layouts. A job's tiles are numbered ``idx = lt * R + tx`` (local tile row
+    lt, column tx, R = ntx + 1: one unused column per row, so that every
+    transform is a flat loop over the block). V[xi][c][idx] has the row pitch
+    TBP (the argument ``tbp``, >= rows * R + TILE_PIXELS: a micro-kernel call
+    may run past the block), M[xi][idx][channel of the block]; per tile row, S (8 rows)
+    and Y (4 rows) of R x bw. The input of one channel: the parity planes
+    P[ri][cj][pr * R + k] = padded[2 pr + ri][2 k + cj] (rows+1 rows of R),
+    so that the 4 rows of tile row lt are P[0] and P[1] at row lt and lt + 1
+    and its 4 columns P[.][0] and P[.][1] at k = tx and tx + 1; then the 8
+    vertical sums T[a][cj][idx]. ``offs[k] = k * TBP``.
+
+    What made it fast (each measured): loops that store one array (a loop
+    storing 4 needs more runtime alias checks than LLVM allows and stays
+    scalar); unsigned offsets in them (a signed ``i + offset`` index gets
+    Numba's wraparound select, which stops LLVM's vectoriser; a stride-2 read
+    vectorises only when both parities are read); no slices in the loops
+    (each one costs ~30 cycles here, where Numba keeps their reference
+    counts); the transforms' 36 loops as 4 loops over tables of rows,
+    inlined (written out, they took 30 s more to compile).
+    """
+    n_workers = v_scr.shape[0]
+    c_in = groups * c_in_g
+    c_out = groups * c_out_g
+    blk = TILE_VECTORS * (VECTOR_BYTES // u.itemsize)  # = conv.block_channels(dtype)
+    full, tail = block_layout(c_out_g, blk)
+    blocks = full + tail
+    group_stride = c_in_g * (full * blk + tail * (blk // 2))
+    xi_stride = groups * group_stride
+    plane = h * w
+    plane_out = h_out * w_out
+    nty = (h_out + 1) // 2
+    ntx = (w_out + 1) // 2
+    pitch = ntx + 1  # R
+    p_len = (rows_per_block + 1) * pitch  # one parity plane
+    t_len = rows_per_block * pitch + 1  # one vertical sum (+1: read at idx + 1)
+    m_step = tbp * blk  # M[xi] stride
+    zero = out.dtype.type(0)
+    jobs = n_conv * n_img * n_row_blocks
+    # Unsigned copies of the offsets the flat loops add to their counter.
+    one = np.uint64(1)
+    two = np.uint64(2)
+    u_m_step = np.uint64(m_step)
+    m_rows4 = np.uint64(4 * m_step)  # M[xi] to M[xi + 4]: one row of the 4x4 tile
+    one_f = out.dtype.type(1)
+    # Trip counts of the transforms' table loops (2 and 4 row pairs), read
+    # from an array so that LLVM does not unroll them into copies of the loop.
+    n_pairs = np.array([2, 4])
+    # Columns k whose two padded pixels 2k + cj - pw (cj = 0, 1) are both inside a row.
+    k_a = (pw + 1) // 2
+    k_b = max(k_a, min(pitch, (w + pw) // 2))
+    # Micro-kernel calls: per tile row (skips the unused column) or, for
+    # rows shorter than a call, straight over the flat tile numbering.
+    calls_per_row = (ntx + TILE_PIXELS - 1) // TILE_PIXELS
+    for wk in prange(n_workers):
+        v = v_scr[wk]
+        m = m_scr[wk]
+        ys = y_scr[wk]  # one tile row: S (8 rows of (ntx + 1) x bw), then Y (4)
+        ps = p_scr[wk]  # the parity planes P, then T
+        for job in range(wk * jobs // n_workers, (wk + 1) * jobs // n_workers):
+            rb = job % n_row_blocks
+            rest = job // n_row_blocks
+            n = rest % n_img
+            conv_i = rest // n_img
+            ty0 = rb * rows_per_block
+            rows = min(nty, ty0 + rows_per_block) - ty0
+            span = rows * pitch  # flat tile numbers of this block
+            u_span = np.uint64(span)
+            # 1. Input transform, one input channel at a time.
+            for c in range(c_in):
+                a_base = n * a_img + (a_c0 + conv_i * a_conv_step + c) * plane
+                b_base = n * b_img + (b_c0 + conv_i * b_conv_step + c) * plane
+                # The padded rows 2l + ri, split by column parity:
+                # P[ri][cj][pr * R + k] = padded[2 pr + ri][2k + cj].
+                for ri in range(2):
+                    for pr in range(rows + 1):
+                        iy = 2 * (ty0 + pr) + ri - ph
+                        pe = (2 * ri) * p_len + pr * pitch
+                        po = pe + p_len
+                        if iy < 0 or iy >= h:
+                            for k in range(pitch):
+                                ps[pe + k] = zero
+                                ps[po + k] = zero
+                            continue
+                        row = a_base + iy * w
+                        row_b = b_base + iy * w
+                        for kk in range(pitch - (k_b - k_a)):  # the edges, one at a time
+                            k = kk if kk < k_a else kk + k_b - k_a
+                            for cj in range(2):
+                                ix = 2 * k + cj - pw
+                                val = zero
+                                if 0 <= ix < w:
+                                    val = a[row + ix]
+                                    if has_b:
+                                        val += b[row_b + ix]
+                                ps[pe + cj * p_len + k] = val
+                        # the interior, both parities in one loop (a stride-2
+                        # read that vectorises)
+                        src = np.uint64(row + 2 * k_a - pw)
+                        src_b = np.uint64(row_b + 2 * k_a - pw)
+                        de = np.uint64(pe + k_a)
+                        do = np.uint64(po + k_a)
+                        if has_b:  # the chain's sp + x_{i+1}, added on the read
+                            for j in range(np.uint64(k_b - k_a)):
+                                ps[de + j] = a[src + two * j] + b[src_b + two * j]
+                                ps[do + j] = a[src + two * j + one] + b[src_b + two * j + one]
+                        else:
+                            for j in range(np.uint64(k_b - k_a)):
+                                ps[de + j] = a[src + two * j]
+                                ps[do + j] = a[src + two * j + one]
+                # B^T d, per column parity cj: rows 2l .. 2l+3 of tile row l are
+                # P[0] row l, P[1] row l, P[0] row l+1, P[1] row l+1. Then
+                # (B^T d) B: columns 2tx .. 2tx+3 are (even tx, odd tx, even
+                # tx+1, odd tx+1). Both are 4 sums of the same form
+                #     (x0 - x1, y0 + x1, x1 - y0, y0 - y1)
+                # over 2 and 4 pairs of rows: one loop each, over a table of
+                # rows (24 written-out loops took ~30 s to compile).
+                for q in range(n_pairs[0] * 4):
+                    x0 = (q >> 2) * p_len  # P[0][cj], P[0][cj] next row, P[1][cj], ...
+                    x1 = x0 + pitch
+                    y0 = x0 + 2 * p_len
+                    y1 = y0 + pitch
+                    dst = np.uint64(4 * p_len + (2 * (q & 3) + (q >> 2)) * t_len)
+                    _pair_sum(ps, dst, ps, x0, x1, y0, y1, q & 3, u_span, one_f)
+                for q in range(n_pairs[1] * 4):
+                    x0 = 4 * p_len + 2 * (q >> 2) * t_len  # T[a][0], T[a][0] shifted, T[a][1], ...
+                    x1 = x0 + 1
+                    y0 = x0 + t_len
+                    y1 = y0 + 1
+                    dst = np.uint64((q * c_in + c) * tbp)
+                    _pair_sum(v, dst, ps, x0, x1, y0, y1, q & 3, u_span, one_f)
+            # 2.-3. Per group and channel block: 16 GEMMs, then the output transform.
+            per_row = rows * calls_per_row <= (span + TILE_PIXELS - 1) // TILE_PIXELS
+            n_calls = rows * calls_per_row if per_row else (span + TILE_PIXELS - 1) // TILE_PIXELS
+            for g in range(groups):
+                for ob in range(blocks):
+                    bw = blk if ob < full else blk // 2
+                    for xi in range(16):
+                        u_base = conv_i * u_conv_stride + xi * xi_stride + g * group_stride
+                        u_base += ob * c_in_g * blk
+                        x_base = (xi * c_in + g * c_in_g) * tbp
+                        for call in range(n_calls):
+                            if per_row:
+                                i0 = (call // calls_per_row) * pitch
+                                i0 += (call % calls_per_row) * TILE_PIXELS
+                            else:
+                                i0 = call * TILE_PIXELS
+                            dst_m = m[xi * m_step + i0 * bw :]
+                            if bw == blk:
+                                _tile(u, u_base, v, x_base + i0, offs, c_in_g, 1, dst_m)
+                            else:
+                                _tile_half(u, u_base, v, x_base + i0, offs, c_in_g, 1, dst_m)
+                    # Y = A^T M A, a tile row at a time (S and Y stay in L1; the
+                    # unused tile and channels too: flat loops) ...
+                    el = np.uint64(pitch * bw)
+                    ch0 = g * c_out_g + ob * blk
+                    n_ch = min(bw, c_out_g - ob * blk)
+                    pairs = w_out // 2  # tiles whose 2 columns are inside
+                    u_bw = np.uint64(bw)
+                    for lt in range(rows):
+                        mr = np.uint64(lt * pitch * bw)
+                        for q in range(n_pairs[1] * 2):  # S = A^T M, 2 x 4
+                            col, second = q & 3, q >> 2
+                            m_at = mr + np.uint64(col + 4 * second) * u_m_step
+                            s_at = np.uint64(col + 4 * second) * el
+                            _triple_sum(ys, s_at, m, m_at, m_rows4, second, el, one_f)
+                        for q in range(n_pairs[1]):  # Y = S A, 2 x 2
+                            row, second = q >> 1, q & 1
+                            s_at = np.uint64(4 * row + second) * el
+                            y_at = np.uint64(8 + 2 * row + second) * el
+                            _triple_sum(ys, y_at, ys, s_at, el, second, el, one_f)
+                        # ... then channel by channel into the output rows, with
+                        # bias and ReLU (the transpose; outputs past an odd edge
+                        # are not written).
+                        oy = 2 * (ty0 + lt)
+                        for c in range(n_ch):
+                            o_c = n * out_img + (out_c0 + conv_i * c_out + ch0 + c) * plane_out
+                            bc = bias[conv_i * c_out + ch0 + c]
+                            for half in range(2 if oy + 1 < h_out else 1):
+                                o_row = np.uint64(o_c + (oy + half) * w_out)
+                                ye = np.uint64(8 + 2 * half) * el + np.uint64(c)
+                                yo = ye + el
+                                for tx in range(np.uint64(pairs)):
+                                    v0 = ys[ye + tx * u_bw] + bc
+                                    v1 = ys[yo + tx * u_bw] + bc
+                                    if relu:  # NaN stays NaN, as in PyTorch
+                                        v0 = zero if v0 < zero else v0
+                                        v1 = zero if v1 < zero else v1
+                                    out[o_row + two * tx] = v0
+                                    out[o_row + two * tx + one] = v1
+                                if pairs < ntx:  # odd width: the last column
+                                    v0 = ys[ye + np.uint64(pairs) * u_bw] + bc
+                                    if relu:
+                                        v0 = zero if v0 < zero else v0
+                                    out[o_row + np.uint64(2 * pairs)] = v0
+
+
+def plan(n_jobs_outer, c_in, h_out, w_out, dtype, workers):
+    """(rows_per_block, n_row_blocks, tbp): how a conv's tile rows split into jobs.
+
+    ``n_jobs_outer`` (convs x images) jobs of ``c_in`` input channels and
+    h_out x w_out outputs in ``dtype``, on ``workers`` threads.
+
+    Blocks of tile rows no larger than keeps V (16 x c_in per tile) and M (16
+    x one channel block per tile) within SCRATCH_BYTES; among those sizes,
+    the one whose busiest worker has the fewest tile rows to do (counting
+    half a row per job for its fixed costs): 7 blocks on 2 workers leave
+    one idle an eighth of the time, so batch 1 takes 10 blocks there.
+    ``tbp``: V's row pitch, the block's flat tile numbers (rows x (ntx + 1))
+    plus a micro-kernel call of slack.
+    """
+    nty, ntx = (h_out + 1) // 2, (w_out + 1) // 2
+    dtype = np.dtype(dtype)
+    per_row = 16 * (c_in + block_channels(dtype)) * (ntx + 1) * dtype.itemsize
+    max_rows = max(1, min(nty, SCRATCH_BYTES // per_row))
+    best = None
+    for rows in range(max_rows, 0, -1):
+        n_blocks = -(-nty // rows)
+        jobs = n_jobs_outer * n_blocks
+        cost = -(-jobs // workers) * (2 * rows + 1)  # in half rows
+        if best is None or cost < best[0]:
+            best = (cost, rows, n_blocks)
+    _, rows, n_blocks = best
+    tbp = rows * (ntx + 1) + TILE_PIXELS
+    return rows, n_blocks, tbp
+
+
+def conv_winograd(
+    a,
+    packed_u,
+    c_out,
+    groups,
+    padding,
+    bias,
+    out,
+    *,
+    a_c0=0,
+    c_in_g=None,
+    b=None,
+    b_c0=0,
+    out_c0=0,
+    relu=False,
+    n_conv=1,
+    a_conv_step=0,
+    b_conv_step=0,
+    scratch=None,
+):
+    """Launch the Winograd kernel on prepared arguments (the chain's building block).
+
+    Parameters
+    ----------
+    a : (N, C_a, H, W) C-contiguous input; the conv reads channels
+        a_c0 .. a_c0 + groups * c_in_g (plus i * a_conv_step for conv i)
+    packed_u : transform_weights(weight, groups) (n_conv of them concatenated)
+    c_out : output channels of one conv ; groups : int ; padding : (ph, pw)
+    bias : (n_conv * c_out,) contiguous
+    out : (N, C_tot, H + 2*ph - 2, W + 2*pw - 2) C-contiguous; conv i writes
+        channels out_c0 + i * c_out .. out_c0 + (i + 1) * c_out
+    b : optional array shaped like ``a``: conv i reads a + b, b's channels from
+        b_c0 + i * b_conv_step
+    relu : ReLU after the bias
+    scratch : optional ``scratch(role, shape, dtype, make)`` supplying reusable
+        buffers (r2n.cpu.res2net.scratch); default: new zero-filled arrays
+    """
+    n, c_a, h, w = a.shape
+    c_in_g = c_a // groups if c_in_g is None else c_in_g
+    c_in = groups * c_in_g
+    ph, pw = padding
+    h_out, w_out = out.shape[2], out.shape[3]
+    if (h_out, w_out) != (h + 2 * ph - 2, w + 2 * pw - 2) or out.shape[0] != n:
+        raise ValueError(
+            f"conv_winograd: out must be (N={n}, C, {h + 2 * ph - 2}, {w + 2 * pw - 2}), "
+            f"got {out.shape}"
+        )
+    if n == 0 or h_out <= 0 or w_out <= 0:
+        return out
+    if b is not None and (b.shape[0] != n or b.shape[2:] != (h, w)):
+        raise ValueError(f"conv_winograd: b must be (N={n}, C, {h}, {w}), got {b.shape}")
+    for name, arr, c0, step, verb in (
+        ("a", a, a_c0, a_conv_step, "read"),
+        ("b", b, b_c0, b_conv_step, "read"),
+        ("out", out, out_c0, c_out, "write"),
+    ):
+        if arr is None:
+            continue
+        if not arr.flags.c_contiguous or arr.dtype != a.dtype:
+            raise ValueError(
+                f"conv_winograd: {name} must be a C-contiguous {a.dtype} array, got {arr.dtype}"
+                + ("" if arr.flags.c_contiguous else ", not C-contiguous")
+            )
+        last = c0 + (n_conv - 1) * step + (c_in if name != "out" else c_out) - 1
+        if last >= arr.shape[1]:
+            raise ValueError(
+                f"conv_winograd: the convs {verb} channels {c0} .. {last} of {name}, which "
+                f"has {arr.shape[1]}"
+            )
+    if packed_u.dtype != a.dtype or bias.dtype != a.dtype:
+        raise ValueError(
+            f"conv_winograd: packed_u and bias must be {a.dtype}, got {packed_u.dtype} and "
+            f"{bias.dtype}"
+        )
+    dt = a.dtype
+    blk = block_channels(dt)
+    full, tail = block_layout(c_out // groups, blk)
+    per_conv = 16 * groups * c_in_g * (full * blk + tail * (blk // 2))
+    if packed_u.size != n_conv * per_conv or bias.size != n_conv * c_out:
+        raise ValueError(
+            f"conv_winograd: packed_u / bias of {packed_u.size} / {bias.size} elements do "
+            f"not fit {n_conv} conv(s) of {c_in} -> {c_out} channels in {groups} groups"
+        )
+    workers = numba.get_num_threads()
+    rows, n_blocks, tbp = plan(n_conv * n, c_in, h_out, w_out, dt, workers)
+    workers = max(1, min(workers, n_conv * n * n_blocks))
+    ntx = (w_out + 1) // 2
+    make = scratch or (lambda role, shape, dtype, fill=np.zeros: fill(shape, dtype))
+    # Columns past a block's tiles (and channels past its outputs) are
+    # computed from whatever the buffers hold and never used: every tile's
+    # values depend on its own column of V only. The parity planes are
+    # rewritten for every input channel, S and Y for every tile row.
+    v_scr = make("wino.v", (workers, 16 * c_in * tbp), dt, np.zeros)
+    m_scr = make("wino.m", (workers, 16 * tbp * blk), dt, np.zeros)
+    y_scr = make("wino.y", (workers, 12 * (ntx + 1) * blk), dt, np.zeros)
+    p_len, t_len = (rows + 1) * (ntx + 1), rows * (ntx + 1) + 1
+    p_scr = make("wino.planes", (workers, 4 * p_len + 8 * t_len), dt, np.zeros)
+    offs = kernel_input(np.arange(c_in_g, dtype=np.int64) * tbp)
+    b_arr = a if b is None else b
+    # Inputs read-only (kernel_input): one compiled signature per dtype, whether
+    # the caller's arrays are writeable (the chain) or not (vector_or's bias).
+    _winograd_kernel(
+        kernel_input(a.reshape(-1)),
+        a[0].size,
+        a_c0,
+        a_conv_step,
+        kernel_input(b_arr.reshape(-1)),
+        b_arr[0].size,
+        b_c0,
+        b_conv_step,
+        b is not None,
+        h,
+        w,
+        ph,
+        pw,
+        kernel_input(packed_u),
+        per_conv,
+        offs,
+        c_in_g,
+        groups,
+        c_out // groups,
+        kernel_input(bias),
+        out.reshape(-1),
+        out[0].size,
+        out_c0,
+        h_out,
+        w_out,
+        relu,
+        n,
+        n_conv,
+        rows,
+        n_blocks,
+        tbp,
+        v_scr,
+        m_scr,
+        y_scr,
+        p_scr,
+    )
+    return out
+
+
+def conv2d_4_winograd(x, weight, bias, *, stride, padding, dilation, groups, out_shape):
+    """Variant 4: Winograd F(2x2, 3x3). 3x3, stride 1, dilation 1 only (else ValueError).
+
+    x (N, C_in, H, W), weight (C_out, C_in/groups, 3, 3) -> (N, C_out, H_out, W_out)
+    """
+    c_out, _, kh, kw = weight.shape
+    if not applicable((kh, kw), stride, dilation):
+        raise ValueError(
+            "conv2d variant 4_winograd: needs a 3x3 kernel, stride 1 and dilation 1, got "
+            f"kernel {(kh, kw)}, stride {tuple(stride)}, dilation {tuple(dilation)}"
+        )
+    x = np.ascontiguousarray(x)
+    out = np.empty(out_shape, x.dtype)
+    conv_winograd(
+        x,
+        transform_weights(np.ascontiguousarray(weight), groups),
+        c_out,
+        groups,
+        tuple(padding),
+        vector_or(bias, 0, c_out, x.dtype),
+        out,
+    )
+    return out
