@@ -251,28 +251,9 @@ def _fallback_bottle2neck(
     backend, kind, params, *, scale, stype, stride, groups, reuse_output=False
 ):
     """r2n.bottle2neck through the public op, on params moved to ``kind`` once."""
-    import dataclasses
-
     from . import _api
-    from .params import FoldedConv
 
-    def move(conv):
-        return (
-            None
-            if conv is None
-            else FoldedConv(as_kind(conv.weight, kind), as_kind(conv.bias, kind))
-        )
-
-    params = dataclasses.replace(
-        params,
-        conv1=move(params.conv1),
-        conv3=move(params.conv3),
-        shortcut=move(params.shortcut),
-        chain_weights=[as_kind(w, kind) for w in params.chain_weights],
-        chain_biases=None
-        if params.chain_biases is None
-        else [as_kind(b, kind) for b in params.chain_biases],
-    )
+    params = params.map(lambda a: as_kind(a, kind))
 
     def bottle2neck_prepared(x):
         return _api.bottle2neck(

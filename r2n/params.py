@@ -9,7 +9,8 @@ use. Build them from a checkpoint's conv + BN tensors with
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,3 +77,25 @@ class Bottle2neckParams:
     conv3: FoldedConv
     shortcut: FoldedConv | None = None
     shortcut_avg_pool: bool = False
+
+    def map(self, fn: Callable[[Any], Any]) -> Bottle2neckParams:
+        """The same parameters with ``fn`` applied to every array (weights and
+        biases; absent ones stay None), e.g. to move them to another device
+        or dtype: ``params.map(cupy.asarray)``."""
+
+        def opt(a):
+            return None if a is None else fn(a)
+
+        def conv(c):
+            return None if c is None else FoldedConv(fn(c.weight), opt(c.bias))
+
+        return dataclasses.replace(
+            self,
+            conv1=conv(self.conv1),
+            conv3=conv(self.conv3),
+            shortcut=conv(self.shortcut),
+            chain_weights=[fn(w) for w in self.chain_weights],
+            chain_biases=(
+                None if self.chain_biases is None else [opt(b) for b in self.chain_biases]
+            ),
+        )

@@ -212,3 +212,23 @@ def test_sigmoid_saturates_without_overflow_warnings():
 def test_activations_of_a_0d_array_return_a_0d_array(op, backend):
     out = getattr(r2n, op)(np.array(-2.0), backend=backend)
     assert type(out) is np.ndarray and out.shape == ()
+
+
+def test_bottle2neck_params_map_applies_to_every_array_and_keeps_the_rest(rng):
+    conv = r2n.FoldedConv(rng.standard_normal((8, 4, 1, 1)), rng.standard_normal(8))
+    params = r2n.Bottle2neckParams(
+        conv1=conv,
+        chain_weights=[rng.standard_normal((2, 2, 3, 3)) for _ in range(3)],
+        chain_biases=None,
+        conv3=r2n.FoldedConv(rng.standard_normal((8, 8, 1, 1)), None),
+        shortcut=None,
+        shortcut_avg_pool=True,
+    )
+    seen = []
+    mapped = params.map(lambda a: seen.append(a.shape) or a.astype(np.float32))
+    assert len(seen) == 2 + 3 + 1  # conv1 weight and bias, 3 chain weights, conv3 weight
+    assert mapped.conv1.weight.dtype == mapped.chain_weights[2].dtype == np.float32
+    assert mapped.conv3.bias is None and mapped.chain_biases is None and mapped.shortcut is None
+    assert mapped.shortcut_avg_pool is True
+    np.testing.assert_array_equal(mapped.conv1.bias, params.conv1.bias.astype(np.float32))
+    assert params.conv1.weight.dtype == np.float64  # the original is not changed

@@ -147,25 +147,12 @@ def test_bottle2neck_on_gpu_matches_reference(rng, kind, dtype):
     )
     x = randn(rng, 2, c_in, 28, 28, dtype=dtype)
 
-    def on(xp_asarray, p):
-        def f(c):
-            return None if c is None else FoldedConv(xp_asarray(c.weight), xp_asarray(c.bias))
-
-        return Bottle2neckParams(
-            f(p.conv1),
-            [xp_asarray(a) for a in p.chain_weights],
-            [xp_asarray(a) for a in p.chain_biases],
-            f(p.conv3),
-            f(p.shortcut),
-            p.shortcut_avg_pool,
-        )
-
     args = _checks.bottle2neck_args("bottle2neck", x, params, scale, stype, stride, 1)
     expected = ref.bottle2neck(
-        x.astype(np.float64), on(lambda a: a.astype(np.float64), params), **args
+        x.astype(np.float64), params.map(lambda a: a.astype(np.float64)), **args
     )
     kw = dict(scale=scale, stype=stype, stride=stride)
-    out = r2n.bottle2neck(cupy.asarray(x), on(cupy.asarray, params), **kw)
+    out = r2n.bottle2neck(cupy.asarray(x), params.map(cupy.asarray), **kw)
     assert_close(cupy.asnumpy(out), expected)
     from r2n.gpu.res2net import prepare_bottle2neck
 

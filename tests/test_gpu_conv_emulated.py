@@ -410,17 +410,7 @@ def _block(rng, case, dtype):
 
 
 def _params_f64(p):
-    def f(c):
-        return None if c is None else FoldedConv(_f64(c.weight), _f64(c.bias))
-
-    return Bottle2neckParams(
-        f(p.conv1),
-        [_f64(w) for w in p.chain_weights],
-        [_f64(b) for b in p.chain_biases],
-        f(p.conv3),
-        f(p.shortcut),
-        p.shortcut_avg_pool,
-    )
+    return p.map(_f64)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
