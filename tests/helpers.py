@@ -37,3 +37,14 @@ def assert_close(out, ref, dtype=None) -> None:
 def randn(rng, *shape, dtype=np.float64):
     """Standard-normal array of ``shape`` and ``dtype``."""
     return rng.standard_normal(shape).astype(dtype)
+
+
+def gpu_count() -> int:
+    """GPUs CuPy sees; 0 without CuPy, without a driver or without a device
+    (the GPU-only tests skip themselves on 0)."""
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount()
+    except Exception:  # ImportError, or CUDARuntimeError without a driver
+        return 0

@@ -13,23 +13,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from gpu_cases import chain_id, chain_inputs, conv_id, conv_inputs
-from helpers import DTYPES, assert_close, randn
+from helpers import DTYPES, assert_close, gpu_count, randn
 
 import r2n
 from r2n import Bottle2neckParams, FoldedConv, _checks
 from r2n import reference as ref
 
-
-def _gpu_count() -> int:
-    try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount()
-    except Exception:  # no CuPy, no driver, no device
-        return 0
-
-
-pytestmark = pytest.mark.skipif(_gpu_count() == 0, reason="needs CuPy and a CUDA GPU")
+pytestmark = pytest.mark.skipif(gpu_count() == 0, reason="needs CuPy and a CUDA GPU")
 
 DTYPE_IDS = ["f64", "f32"]
 

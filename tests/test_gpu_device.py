@@ -12,23 +12,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from gpu_cases import CASES, VARIANTS, cast, normalised
-from helpers import DTYPES, assert_close
+from helpers import DTYPES, assert_close, gpu_count
 
 import r2n
 import r2n.gpu
 from r2n import reference
 
-
-def _gpu_count() -> int:
-    try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount()
-    except Exception:  # ImportError, or CUDARuntimeError without a driver
-        return 0
-
-
-pytestmark = pytest.mark.skipif(_gpu_count() == 0, reason="CuPy sees no GPU")
+pytestmark = pytest.mark.skipif(gpu_count() == 0, reason="CuPy sees no GPU")
 
 
 def _variants(op):
@@ -178,7 +168,7 @@ def test_launches_run_on_the_current_stream(rng):
     np.testing.assert_array_equal(cupy.asnumpy(out), ref)
 
 
-@pytest.mark.skipif(_gpu_count() < 2, reason="needs two GPUs")
+@pytest.mark.skipif(gpu_count() < 2, reason="needs two GPUs")
 def test_outputs_stay_on_the_inputs_device(rng):
     import cupy
 

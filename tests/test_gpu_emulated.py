@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from cuda_emu import EmuExecutor
 from gpu_cases import CASES, VARIANTS, cast, normalised
-from helpers import DTYPES, assert_close
+from helpers import DTYPES, assert_close, gpu_count
 
 import r2n
 import r2n.gpu
@@ -196,16 +196,7 @@ def test_python_scalars_are_refused_at_launch(ex):
 # --------------------------------------------------------------------------- #
 
 
-def _gpu_count() -> int:
-    try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount()
-    except Exception:
-        return 0
-
-
-@pytest.mark.skipif(_gpu_count() > 0, reason="a GPU is present")
+@pytest.mark.skipif(gpu_count() > 0, reason="a GPU is present")
 def test_executor_without_a_gpu_is_a_clear_error():
     pytest.importorskip("cupy")
     with pytest.raises(RuntimeError, match="needs a CUDA GPU"):

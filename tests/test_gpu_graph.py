@@ -8,22 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import rel_err
+from helpers import gpu_count, rel_err
 
 import r2n
 import r2n.gpu
 
-
-def _gpu_count() -> int:
-    try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount()
-    except Exception:  # ImportError, or CUDARuntimeError without a driver
-        return 0
-
-
-needs_gpu = pytest.mark.skipif(_gpu_count() == 0, reason="CuPy sees no GPU")
+needs_gpu = pytest.mark.skipif(gpu_count() == 0, reason="CuPy sees no GPU")
 
 
 def _small_model(name="res2net50_26w_4s"):

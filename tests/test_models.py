@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from helpers import rel_err
+from helpers import gpu_count, rel_err
 from safetensors.numpy import save_file
 
 import r2n
@@ -50,19 +50,10 @@ REDUCED = {
 WHOLE_NET_TOL = 1e-4  # float32 logits vs float64 timm
 
 
-def _gpu_present() -> bool:
-    try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:
-        return False
-
-
 BACKENDS = [
     "reference",
     "cpu",
-    pytest.param("gpu", marks=pytest.mark.skipif(not _gpu_present(), reason="no GPU")),
+    pytest.param("gpu", marks=pytest.mark.skipif(gpu_count() == 0, reason="no GPU")),
 ]
 
 
