@@ -373,6 +373,11 @@ def test_prepared_chain_refuses_other_inputs(ex, rng):
         chain(x[:, :15].copy())
     with pytest.raises(ValueError, match="float32"):
         chain(x.astype(np.float64))
+    x = x.copy()  # writable, for use as an (illegal) output
+    with pytest.raises(ValueError, match="overlapping x"):
+        chain(x, out=x)  # same shape at stride 1: only the overlap is wrong
+    with pytest.raises(ValueError, match=r"\(1, 20, 7, 9\)"):
+        chain(x, out=np.empty((1, 20, 7, 8), np.float32))
 
 
 # --------------------------------------------------------------------------- #

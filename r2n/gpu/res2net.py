@@ -86,7 +86,8 @@ class PreparedChain:
 
     def __call__(self, x, out=None):
         """x (N, scale*width, H, W) -> out (N, scale*width, H_out, W_out), a new array
-        unless ``out`` (C-contiguous, that shape, x's dtype) is given."""
+        unless ``out`` (C-contiguous, that shape, x's dtype, not overlapping x: the
+        convs read x while others write out) is given."""
         channels = self.scale * self.width
         ok = (
             x.ndim == 4
@@ -108,10 +109,15 @@ class PreparedChain:
         out_shape = (n, channels, h_out, w_out)
         if out is None:
             out = self.ex.empty(out_shape, x.dtype)
-        elif tuple(out.shape) != out_shape or np.dtype(out.dtype) != self.dtype:
+        elif (
+            tuple(out.shape) != out_shape
+            or np.dtype(out.dtype) != self.dtype
+            or self.ex.xp.may_share_memory(out, x)
+        ):
+            overlap = ", overlapping x" if self.ex.xp.may_share_memory(out, x) else ""
             raise ValueError(
-                f"r2n.res2net_chain: out must be {self.dtype} {out_shape}, "
-                f"got {out.dtype} {tuple(out.shape)}"
+                f"r2n.res2net_chain: out must be {self.dtype} {out_shape} not overlapping x, "
+                f"got {out.dtype} {tuple(out.shape)}{overlap}"
             )
         stage = self.stype == "stage"
         for i in range(nums):
