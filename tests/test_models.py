@@ -255,6 +255,28 @@ def test_bad_inputs_raise_clear_errors(rng):
         _small("tresnet_m")(np.ones((1, 3, 30, 32), np.float32))
 
 
+@pytest.mark.parametrize("name", ["res2net50_26w_4s", "tresnet_m"])
+@pytest.mark.parametrize("container", ["numpy", "torch"])
+def test_a_model_never_aliases_the_callers_arrays(name, container, rng):
+    """Editing the state_dict after create() changes nothing: not the fc (or
+    TResNet's SE) weights, which used to be shared, nor any other array."""
+    params = {"layers": (1, 1, 1, 1)}
+    state = r2n.models.random_state_dict(_reduced_keys(params, name), seed=5)
+    if container == "torch":
+        state = {k: torch.from_numpy(v) for k, v in state.items()}  # .numpy() is a view
+    x = rng.standard_normal((1, 3, 32, 32)).astype(np.float32)
+    model = r2n.models.create(name, state, _params=params, backend="cpu")
+    before = model(x)
+    for v in state.values():
+        v += 0.01  # in place, NumPy or torch
+    assert np.array_equal(model(x), before)
+    # A model prepared for another backend later reads its own copy too.
+    other = r2n.models.create(name, state, _params=params, backend="reference")
+    assert not np.allclose(other(x), before)  # the edit is seen by a new model...
+    model._forward.clear()  # ...but never by one created before it
+    assert rel_err(model(x), before) <= 1e-6
+
+
 def test_unknown_model_lists_the_known_ones():
     with pytest.raises(ValueError, match="res2net50_26w_4s.*tresnet_xl"):
         r2n.models.create("resnet50")
@@ -496,12 +518,13 @@ def test_state_dict_of_array_likes(wrap, rng):
     assert np.array_equal(out, ref)
 
 
-def _reduced_keys(params):
-    from r2n.models import ARCHS, res2net
+def _reduced_keys(params, name="res2net50_26w_4s"):
+    from r2n.models import ARCHS, res2net, tresnet
     from r2n.models._model import Arch
 
-    arch = ARCHS["res2net50_26w_4s"]
-    return res2net.expected_keys(Arch(arch.name, arch.family, {**arch.params, **params}, {}), 1000)
+    arch = ARCHS[name]
+    family = {"res2net": res2net, "tresnet": tresnet}[arch.family]
+    return family.expected_keys(Arch(arch.name, arch.family, {**arch.params, **params}, {}), 1000)
 
 
 # kernel, stride, padding, groups, (H, W)

@@ -149,6 +149,11 @@ def to_numpy(value, key: str) -> np.ndarray:
 def check_state_dict(state_dict, expected: Mapping[str, tuple], model: str) -> dict:
     """Check keys and shapes; return {key: numpy array} for the expected keys.
 
+    The returned arrays are the model's own copies: a model never shares
+    memory with the caller's arrays (NumPy arrays, or torch tensors whose
+    ``.numpy()`` would be a view), so editing them after ``create`` cannot
+    change its logits, on any backend, however late it is prepared.
+
     Parameters
     ----------
     state_dict : mapping key -> array
@@ -177,7 +182,7 @@ def check_state_dict(state_dict, expected: Mapping[str, tuple], model: str) -> d
         elif not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
             mismatched.append(f"{key}: dtype {a.dtype} is not a number type")
         else:
-            arrays[key] = a
+            arrays[key] = np.array(a, order="C")  # a copy, never the caller's memory
     if missing or unexpected or mismatched:
         raise StateDictError(model, missing, unexpected, mismatched)
     return arrays
