@@ -319,7 +319,7 @@ def test_load_state_dict_refuses_pickles_and_unknown_files(tmp_path):
         r2n.load_state_dict(bad)
     obj = tmp_path / "obj.npz"
     np.savez(obj, a=np.array([{"x": 1}], dtype=object))
-    with pytest.raises(ValueError, match="cannot read"):
+    with pytest.raises(ValueError, match="member 'a' is not a numeric array"):
         r2n.load_state_dict(obj)
     with pytest.raises(FileNotFoundError):
         r2n.load_state_dict(tmp_path / "missing.safetensors")
@@ -344,12 +344,52 @@ def test_pth_is_loaded_with_weights_only(tmp_path):
 
     path = tmp_path / "evil.pth"
     torch.save({"w": torch.zeros(2), "obj": _Unpicklable()}, path)
-    with pytest.raises(ValueError, match="cannot read"):
+    with pytest.raises(ValueError, match="needs pickled code"):
         r2n.load_state_dict(path)
 
 
 class _Unpicklable:
     """Any custom class: weights_only loading must refuse to rebuild it."""
+
+
+def test_pth_needing_code_fails_in_one_line_naming_the_file(tmp_path):
+    """Not torch's multi-line advice to set weights_only=False (which would
+    run the file's code), and no chained exception that repeats it."""
+    path = tmp_path / "needs_code.pth"
+    torch.save({"w": torch.zeros(2), "obj": _Unpicklable()}, path)
+    with pytest.raises(ValueError) as info:
+        r2n.load_state_dict(path)
+    msg = str(info.value)
+    assert "\n" not in msg and repr(str(path)) in msg, msg
+    assert "pickled code" in msg and "_Unpicklable" in msg
+    assert "weights_only" not in msg
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+@pytest.mark.parametrize(
+    "member, why",
+    [
+        (np.array([{"x": 1}], dtype=object), r"member 'bad' is not a numeric array"),
+        (np.array(["abc"]), r"member 'bad' has dtype <U3, not a number type"),
+        (np.zeros(2, dtype=[("a", "f4"), ("b", "i4")]), r"member 'bad' has dtype .*not a number"),
+        (np.array(["2020-01-01"], dtype="datetime64[D]"), r"member 'bad' has dtype datetime64"),
+    ],
+    ids=["object", "str", "structured", "datetime"],
+)
+def test_npz_members_that_are_not_numeric_arrays_are_refused_by_key(tmp_path, member, why):
+    path = tmp_path / "w.npz"
+    np.savez(path, good=np.zeros(3, np.float32), bad=member)
+    with pytest.raises(ValueError, match=why) as info:
+        r2n.load_state_dict(path)
+    assert "\n" not in str(info.value) and repr(str(path)) in str(info.value)
+
+
+def test_pytorch_model_bin_loads_as_a_torch_file(tmp_path):
+    state = {"a.weight": torch.randn(3, 2), "a.bias": torch.randn(3)}
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    loaded = r2n.load_state_dict(tmp_path / "pytorch_model.bin")
+    assert loaded.keys() == state.keys()
+    assert all(np.array_equal(loaded[k], state[k].numpy()) for k in state)
 
 
 # --------------------------------------------------------------------------- #
