@@ -12,13 +12,14 @@ For a model's config (``input_size`` (3, S, S), ``crop_pct``,
 3. center-crop S x S (offsets rounded as torchvision's ``CenterCrop``);
 4. scale to [0, 1], subtract mean, divide by std; HWC -> CHW, float32.
 
-Up to an aspect ratio of 4:1 this is exactly timm's result. A more elongated
-image is not resized whole: resizing a 1 x 8000 image's short side to 256
-would make a 256 x 2,048,000 image (1.5 GB). Only the region of the source
-that survives the crop is resampled (``Image.resize(box=...)``, the same
-filter taps; Pillow keeps the box in float32, so a few pixels may differ from
-timm's by one 8-bit level), and the work is bounded by that region and the
-S x S output.
+This is exactly timm's result while the resized image of step 2 has at most
+:data:`FULL_RESIZE_MAX_PIXELS` (8 Mpixel: aspect ratios up to about 128:1 at
+224 px). A more elongated image is not resized whole (a 1 x 8000 image's short
+side to 256 would make a 256 x 2,048,000 image, 1.5 GB): only the region of
+the source that survives the crop is resampled (``Image.crop`` to whole
+pixels, then ``Image.resize(box=...)``, the same filter taps), so the work is
+bounded by that region and the S x S output; a few pixels may then differ
+from timm's by a level or so (Pillow's float32 box and pass order).
 
 Images are bounded before they are decoded: :func:`load_image` reads the size
 from the header and refuses more than ``max_pixels`` pixels, and Pillow's
@@ -49,10 +50,10 @@ CROP_MODES = ("center", "squash")
 #: (about 9459 x 9459), above which Pillow only warns.
 DEFAULT_MAX_PIXELS = 89_478_485
 
-#: Resize-then-crop (exact) while the resized image has at most this many
-#: times scale**2 pixels (aspect ratio up to 4:1); beyond, resample only the
-#: crop's box (bounded work; see :func:`preprocess`).
-_EXACT_RESIZE_FACTOR = 4
+#: Resize-then-crop (timm's pixels exactly) while the resized image has at
+#: most this many pixels (24 MiB of RGB; aspect ratios up to 128:1 at
+#: 224 px); beyond, resample only the crop's box (see :func:`preprocess`).
+FULL_RESIZE_MAX_PIXELS = 1 << 23
 
 #: Largest accepted input_size (a config from a file must not ask for more).
 _MAX_INPUT_SIZE = 4096
@@ -101,6 +102,10 @@ def load_image(path, max_pixels: int = DEFAULT_MAX_PIXELS):
         raise ImageError(f"image {path!r} refused: {_one_line(e)}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageError(f"cannot decode image {path!r}: {_one_line(e)}") from e
+    except Exception as e:  # Pillow's decoders raise more (struct.error, IndexError...)
+        raise ImageError(
+            f"cannot decode image {path!r}: {type(e).__name__}: {_one_line(e)}"
+        ) from e
 
 
 def _one_line(e) -> str:
@@ -219,9 +224,8 @@ def preprocess(image, config) -> np.ndarray:
     w, h = image.size
     if config["crop_mode"] == "squash":
         new_w = new_h = scale
-    elif (
-        w <= h
-    ):  # torchvision: the short side becomes `scale`, the long one int(scale * long / short)
+    elif w <= h:
+        # torchvision: the short side becomes `scale`, the long one int(scale * long / short)
         new_w, new_h = scale, int(scale * h / w)
     else:
         new_w, new_h = int(scale * w / h), scale
@@ -229,19 +233,29 @@ def preprocess(image, config) -> np.ndarray:
     top = int(round((new_h - size) / 2.0))
     left = int(round((new_w - size) / 2.0))
     resample = getattr(Image.Resampling, _FILTERS[config["interpolation"]])
-    if new_w * new_h <= _EXACT_RESIZE_FACTOR * scale * scale:
+    if new_w * new_h <= FULL_RESIZE_MAX_PIXELS:
         # Resize, then crop: timm's pixels exactly.
         image = image.resize((new_w, new_h), resample)
         image = image.crop((left, top, left + size, top + size))
     else:
-        # A very elongated image: resample only the box of the source that
-        # the crop keeps. Pillow maps output pixel i to the source centre
-        # box_origin + (i + 0.5) * box_size / out, the same taps as the full
-        # resize, but with the box in float32: a tap may move by ~1e-5 px,
-        # which changes a few pixels by one 8-bit level.
+        # A degenerate aspect ratio (a 1 x 8000 image would be resized to
+        # 256 x 2,048,000): resample only the part of the source the crop
+        # keeps, cut to whole pixels (plus the widest filter's reach) so that
+        # the box, which Pillow holds in float32, has small coordinates. The
+        # taps are the full resize's; what may differ is Pillow's choice of
+        # which pass runs first (it depends on the sizes), and the float32
+        # box: a few pixels by a level or so.
         sx, sy = w / new_w, h / new_h
         box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
-        image = image.resize((size, size), resample, box=box)
+        reach_x = math.ceil(3 * max(sx, 1.0)) + 1
+        reach_y = math.ceil(3 * max(sy, 1.0)) + 1
+        x0 = max(math.floor(box[0]) - reach_x, 0)
+        y0 = max(math.floor(box[1]) - reach_y, 0)
+        x1 = min(math.ceil(box[2]) + reach_x, w)
+        y1 = min(math.ceil(box[3]) + reach_y, h)
+        region = image.crop((x0, y0, x1, y1))
+        local_box = (box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0)
+        image = region.resize((size, size), resample, box=local_box)
     a = np.asarray(image, dtype=np.float32) / np.float32(255)  # S, S, 3
     mean = np.asarray(config["mean"], np.float32)
     std = np.asarray(config["std"], np.float32)
