@@ -362,3 +362,9 @@ def main(args) -> int:
     except CliError as e:
         print(f"r2n classify: error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, as Python's docs advise:
+        # point stdout at devnull so that the interpreter's final flush cannot fail.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1

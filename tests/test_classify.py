@@ -553,6 +553,14 @@ def test_exit_codes_as_a_program(hub, album):
     assert bad.stdout.splitlines()[0] == album["images"][0]
     good = subprocess.run([*base, album["images"][0]], capture_output=True, text=True)
     assert good.returncode == 0 and good.stderr == ""
+    # A reader that went away (`| head`): status 1, no traceback.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        gone = subprocess.run([*base, *album["images"]], stdout=write_end, stderr=subprocess.PIPE)
+    finally:
+        os.close(write_end)
+    assert gone.returncode == 1 and gone.stderr == b"", gone.stderr
 
 
 def test_hub_directory_and_weights_do_not_mix(hub, files):
