@@ -113,9 +113,14 @@ def expand_inputs(inputs, stdin=None) -> tuple[list[str], list[str]]:
         elif os.path.isdir(item):
             if extensions is None:
                 extensions = _image_extensions()
+            try:
+                names = os.listdir(item)
+            except OSError as e:
+                problems.append(f"cannot list directory {item!r}: {e.strerror or e}")
+                continue
             found = sorted(
                 os.path.join(item, name)
-                for name in os.listdir(item)
+                for name in names
                 if not name.startswith(".")
                 and os.path.splitext(name)[1].lower() in extensions
                 and os.path.isfile(os.path.join(item, name))

@@ -546,6 +546,7 @@ def test_progress_bar_on_a_terminal_only(hub, album):
 def test_exit_codes_as_a_program(hub, album):
     """A bad image: the others are printed, exit code 1; all good: 0."""
     base = [sys.executable, "-m", "r2n", "classify", "--model", hub["dir"], "--topk", "1"]
+    base += ["--backend", "reference"]  # no Numba compile in each new process
     bad = subprocess.run(
         [*base, album["images"][0], album["broken"]], capture_output=True, text=True
     )

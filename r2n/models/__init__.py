@@ -8,7 +8,9 @@ Every model has timm's hyper-parameters, layer structure and state_dict keys
 (the official Res2Net checkpoints use the same keys; official TResNet
 checkpoints convert with :func:`convert_inplace_abn`). ``num_batches_tracked``
 entries are ignored. Without a state_dict the weights are deterministic random
-draws (BN statistics included).
+draws (BN statistics included). :func:`create` also takes timm's tagged names
+(``"tresnet_m.miil_in1k_448"``) and local Hugging Face Hub checkpoint
+directories (``config.json`` + ``model.safetensors``), offline (``_hub.py``).
 
 A model prepares once, when created: every BatchNorm is folded into its conv
 (in float64, then cast), and each conv and Res2Net block is prepared through
@@ -104,7 +106,9 @@ def expected_keys(name: str, num_classes: int | None = None) -> dict[str, tuple]
     tag's (1000 for most).
     """
     arch, default_classes = _arch(name)
-    return _FAMILIES[arch.family].expected_keys(arch, num_classes or default_classes)
+    return _FAMILIES[arch.family].expected_keys(
+        arch, default_classes if num_classes is None else num_classes
+    )
 
 
 def create(
