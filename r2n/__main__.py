@@ -4,8 +4,8 @@
 Res2Net-50 shapes and prints a table of errors and median times (PyTorch too,
 when installed). Exit code 0 when every implemented backend agrees.
 
-``classify`` prints the top-k classes of images with a whole model and its
-weights (see r2n/_classify_cli.py).
+``classify`` prints the top-k classes of images (files, directories, globs,
+@lists) with a whole model and its weights (see r2n/_classify_cli.py).
 
 ``bench`` checks and times every backend side by side, with this machine's
 peaks, the Res2Net speedup model and optional JSON and PNG output (see
@@ -28,17 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--op", nargs="+", metavar="OP", help="only these ops")
     check.add_argument("--seed", type=int, default=0, help="random seed of the inputs")
     classify = sub.add_parser(
-        "classify", help="top-k ImageNet classes of images with a whole model (r2n.models)"
+        "classify",
+        help="top-k classes of images, directories, globs or @lists with a whole model",
     )
-    classify.add_argument("--model", required=True, help="a name from r2n.models.list_models()")
-    classify.add_argument(
-        "--weights", required=True, help="checkpoint: .safetensors, .npz or (torch) .pth"
-    )
-    classify.add_argument(
-        "--backend", choices=("reference", "cpu", "gpu"), default=None, help="force a backend"
-    )
-    classify.add_argument("--topk", type=int, default=5, help="classes shown per image")
-    classify.add_argument("images", nargs="+", metavar="IMAGE")
+    from . import _classify_cli
+
+    _classify_cli.add_arguments(classify)
     from . import _bench_cli
 
     bench = sub.add_parser(
@@ -49,11 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bench":
         return _bench_cli.run(args)
     if args.command == "classify":
-        from . import _classify_cli
-
-        return _classify_cli.main(
-            args.model, args.weights, args.images, backend=args.backend, topk=args.topk
-        )
+        return _classify_cli.main(args)
     from . import _check_cli
 
     if args.command in (None, "check"):

@@ -18,9 +18,13 @@ from __future__ import annotations
 from . import _backends, _checks
 
 
-def _kind(op: str, arrays: dict) -> str:
-    """Step 1: check the arrays' kind and dtype; return "numpy" or "cupy"."""
-    kind, _ = _checks.check_arrays(op, arrays)
+def _kind(op: str, arrays: dict, optional=()) -> str:
+    """Step 1: check the arrays' kind and dtype; return "numpy" or "cupy".
+
+    ``optional`` names the arguments that may be None; None for any other is a
+    TypeError naming it.
+    """
+    kind, _ = _checks.check_arrays(op, arrays, optional)
     return kind
 
 
@@ -47,7 +51,7 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, b
     (N, C_out, H_out, W_out) with
     ``H_out = (H + 2*padding - dilation*(kH - 1) - 1) // stride + 1``.
     """
-    kind = _kind("conv2d", {"x": x, "weight": weight, "bias": bias})
+    kind = _kind("conv2d", {"x": x, "weight": weight, "bias": bias}, optional=("bias",))
     args = _checks.conv2d_args("conv2d", x, weight, bias, stride, padding, dilation, groups)
     return _backends.resolve("conv2d", backend, kind)(x, weight, bias, **args)
 
@@ -65,7 +69,7 @@ def linear(x, weight, bias=None, *, backend=None):
     -------
     (..., out_features)
     """
-    kind = _kind("linear", {"x": x, "weight": weight, "bias": bias})
+    kind = _kind("linear", {"x": x, "weight": weight, "bias": bias}, optional=("bias",))
     args = _checks.linear_args("linear", x, weight, bias)
     return _backends.resolve("linear", backend, kind)(x, weight, bias, **args)
 
@@ -92,7 +96,7 @@ def batch_norm(x, mean, var, weight=None, bias=None, *, eps=1e-5, backend=None):
     Array shaped like x.
     """
     arrays = {"x": x, "mean": mean, "var": var, "weight": weight, "bias": bias}
-    kind = _kind("batch_norm", arrays)
+    kind = _kind("batch_norm", arrays, optional=("weight", "bias"))
     args = _checks.batch_norm_args("batch_norm", x, mean, var, weight, bias, eps)
     return _backends.resolve("batch_norm", backend, kind)(x, mean, var, weight, bias, **args)
 
@@ -123,7 +127,7 @@ def fold_batch_norm(
         "weight": weight,
         "bias": bias,
     }
-    kind = _kind("fold_batch_norm", arrays)
+    kind = _kind("fold_batch_norm", arrays, optional=("conv_bias", "weight", "bias"))
     args = _checks.fold_batch_norm_args(
         "fold_batch_norm", conv_weight, conv_bias, mean, var, weight, bias, eps
     )
@@ -144,8 +148,8 @@ def relu(x, *, backend=None):
 
 def leaky_relu(x, negative_slope=0.01, *, backend=None):
     """``x if x > 0 else negative_slope * x`` elementwise. Any shape; new array."""
-    kind = _kind("leaky_relu", {"x": x})
-    slope = _checks.as_float("leaky_relu", "negative_slope", negative_slope)
+    kind, dtype = _checks.check_arrays("leaky_relu", {"x": x}, optional=())
+    slope = _checks.as_float("leaky_relu", "negative_slope", negative_slope, dtype=dtype)
     return _backends.resolve("leaky_relu", backend, kind)(x, negative_slope=slope)
 
 
@@ -282,7 +286,7 @@ def squeeze_excite(x, w1, b1, w2, b2, *, backend=None):
     (N, C, H, W)
     """
     op = "squeeze_excite"
-    kind = _kind(op, {"x": x, "w1": w1, "b1": b1, "w2": w2, "b2": b2})
+    kind = _kind(op, {"x": x, "w1": w1, "b1": b1, "w2": w2, "b2": b2}, optional=("b1", "b2"))
     args = _checks.squeeze_excite_args(op, x, w1, b1, w2, b2)
     return _backends.resolve(op, backend, kind)(x, w1, b1, w2, b2, **args)
 
@@ -348,6 +352,6 @@ def bottle2neck(x, params, *, scale, stype="normal", stride=1, groups=1, backend
     (N, C_out, H_out, W_out)
     """
     op = "bottle2neck"
-    kind = _kind(op, _checks.bottle2neck_arrays(op, x, params))
+    kind = _kind(op, _checks.bottle2neck_arrays(op, x, params), _checks.BOTTLE2NECK_OPTIONAL)
     args = _checks.bottle2neck_args(op, x, params, scale, stype, stride, groups)
     return _backends.resolve(op, backend, kind)(x, params, **args)

@@ -13,7 +13,7 @@ reads ``.shape``, ``.ndim`` and ``.dtype``, which both libraries provide.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 
@@ -43,15 +43,21 @@ def _type_name(a) -> str:
     return t.__name__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__name__}"
 
 
-def check_arrays(op: str, arrays: dict[str, object]) -> tuple[str, np.dtype]:
+def check_arrays(
+    op: str, arrays: dict[str, object], optional: Collection[str] | None = None
+) -> tuple[str, np.dtype]:
     """Check that every array argument is a float32/float64 array of one kind.
 
     Parameters
     ----------
     op : name of the public op, for messages.
-    arrays : argument name -> array, in signature order; ``None`` entries are
-        optional arguments that were not given and are skipped. The first entry
-        is the data tensor whose dtype the others must match.
+    arrays : argument name -> array, in signature order. The first entry is
+        the data tensor whose dtype the others must match.
+    optional : the names that may be ``None`` (an optional argument not
+        given: skipped); ``None`` anywhere else is a TypeError naming the
+        argument. The public ops always list them; ``optional=None`` lets
+        every entry be ``None``, for a backend re-checking arrays that the
+        public op has already checked.
 
     Returns
     -------
@@ -61,7 +67,11 @@ def check_arrays(op: str, arrays: dict[str, object]) -> tuple[str, np.dtype]:
     first_kind_name = first_dtype_name = None
     for name, a in arrays.items():
         if a is None:
-            continue
+            if optional is None or name in optional:
+                continue
+            raise TypeError(
+                f"r2n.{op}: {name} is required: expected a numpy.ndarray or cupy.ndarray, got None"
+            )
         k = array_kind(a)
         if k is None:
             raise TypeError(
@@ -135,14 +145,24 @@ def as_pair(op: str, name: str, value, minimum: int) -> tuple[int, int]:
     return (v, v)
 
 
-def as_float(op: str, name: str, value, *, nonnegative: bool = False) -> float:
-    """A finite Python float (>= 0 if asked)."""
+def as_float(op: str, name: str, value, *, nonnegative: bool = False, dtype=None) -> float:
+    """A finite Python float (>= 0 if asked; finite in ``dtype`` if given).
+
+    A scalar the kernels cast to the arrays' dtype must stay finite there:
+    a float32 slope of 1e300 would be inf, and inf * 0 a NaN.
+    """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"r2n.{op}: {name} must be a real number, got {value!r}")
     value = float(value)
     if not np.isfinite(value) or (nonnegative and value < 0):
         need = "a finite number >= 0" if nonnegative else "a finite number"
         raise ValueError(f"r2n.{op}: {name} must be {need}, got {value!r}")
+    largest = None if dtype is None else float(np.finfo(dtype).max)
+    if largest is not None and abs(value) > largest:
+        raise ValueError(
+            f"r2n.{op}: {name}={value!r} does not fit the arrays' dtype {np.dtype(dtype)} "
+            f"(|{name}| <= {largest:g})"
+        )
     return value
 
 
@@ -526,8 +546,16 @@ def bottle2neck_args(op: str, x, params, scale, stype, stride, groups) -> dict:
     return dict(conv1=conv1, chain=chain, conv3=conv3, shortcut=shortcut, out_shape=out_shape)
 
 
+#: The arrays of a bottleneck call that may be None (see :func:`bottle2neck_arrays`).
+BOTTLE2NECK_OPTIONAL = ("params.conv1.bias", "params.conv3.bias", "params.shortcut.bias")
+
+
 def bottle2neck_arrays(op: str, x, params) -> dict:
-    """Every array of a bottleneck call by name, for :func:`check_arrays`."""
+    """Every array of a bottleneck call by name, for :func:`check_arrays`.
+
+    The biases may be None (:data:`BOTTLE2NECK_OPTIONAL`; ``params.chain_biases``
+    as a whole); the weights, and each entry of a given ``chain_biases``, may not.
+    """
     convs = ["conv1", "conv3"]
     if getattr(params, "shortcut", None) is not None:
         convs.append("shortcut")
@@ -546,7 +574,14 @@ def bottle2neck_arrays(op: str, x, params) -> dict:
         "params.conv1.weight": params.conv1.weight,
         "params.conv1.bias": params.conv1.bias,
     }
-    arrays.update(chain_arrays(params.chain_weights, params.chain_biases))
+    arrays.update(
+        chain_arrays(
+            params.chain_weights,
+            params.chain_biases,
+            "params.chain_weights",
+            "params.chain_biases",
+        )
+    )
     arrays["params.conv3.weight"] = params.conv3.weight
     arrays["params.conv3.bias"] = params.conv3.bias
     if params.shortcut is not None:
@@ -555,14 +590,17 @@ def bottle2neck_arrays(op: str, x, params) -> dict:
     return arrays
 
 
-def chain_arrays(weights, biases) -> dict:
+def chain_arrays(
+    weights, biases, weights_name: str = "weights", biases_name: str = "biases"
+) -> dict:
     """The chain's weight and bias arrays by name, for :func:`check_arrays`.
 
     Non-sequences are passed through under their own name so that the type
-    check reports them.
+    check reports them. ``biases=None`` adds nothing (no biases); a None inside
+    either sequence stays, so that the check names it.
     """
     arrays = {}
-    for name, seq in (("weights", weights), ("biases", biases)):
+    for name, seq in ((weights_name, weights), (biases_name, biases)):
         if seq is None:
             continue
         if isinstance(seq, Sequence) or array_kind(seq) is not None:

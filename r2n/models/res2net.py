@@ -189,3 +189,8 @@ PREPROCESS = dict(
     mean=(0.485, 0.456, 0.406),
     std=(0.229, 0.224, 0.225),
 )
+
+#: timm's pretrained tags (``name.tag``, timm 1.0) and what each changes in
+#: the default config above (``input_size``, ``num_classes``): one ImageNet-1k
+#: checkpoint per architecture.
+PRETRAINED_TAGS = {name: {"in1k": {}} for name in ARCHS}

@@ -229,6 +229,21 @@ PREPROCESS = dict(
 )
 
 
+#: timm's pretrained tags (``name.tag``, timm 1.0) and what each changes in
+#: the default config above: the 448 px fine-tunes, and ImageNet-21k-P's
+#: 11221 classes (the first tag is timm's default for the bare name).
+PRETRAINED_TAGS = {
+    "tresnet_m": {
+        "miil_in21k_ft_in1k": {},
+        "miil_in21k": {"num_classes": 11221},
+        "miil_in1k": {},
+        "miil_in1k_448": {"input_size": (3, 448, 448)},
+    },
+    "tresnet_l": {"miil_in1k": {}, "miil_in1k_448": {"input_size": (3, 448, 448)}},
+    "tresnet_xl": {"miil_in1k": {}, "miil_in1k_448": {"input_size": (3, 448, 448)}},
+}
+
+
 def convert_inplace_abn(state_dict, eps: float = 1e-5) -> dict:
     """An official (InplaceABN) TResNet state_dict in timm's layout.
 
