@@ -121,7 +121,7 @@ def expand_includes(text: str, name: str = "<source>", _done: set | None = None)
         if "/" in header or not path.is_file():
             raise ValueError(f"r2n.gpu: {name} includes {header!r}, not a file in {KERNEL_DIR}")
         if header in done:
-            return f"// (#include \"{header}\": already included)"
+            return f'// (#include "{header}": already included)'
         done.add(header)
         body = expand_includes(_read(str(path)), header, done)
         return f"// ---- {header} ----\n{body}\n// ---- end of {header} ----"
