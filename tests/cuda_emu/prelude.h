@@ -804,6 +804,16 @@ inline int __float_as_int(float f) {
     memcpy(&i, &f, 4);
     return i;
 }
+inline float __uint_as_float(unsigned u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+inline unsigned __float_as_uint(float f) {
+    unsigned u;
+    memcpy(&u, &f, 4);
+    return u;
+}
 inline double __longlong_as_double(long long i) {
     double d;
     memcpy(&d, &i, 8);
