@@ -530,9 +530,12 @@ def conv2d_fused(
     residual = None if residual is None else xp.ascontiguousarray(residual)
     if activation not in ACTIVATIONS:
         raise ValueError(f"r2n.conv2d: activation must be one of {list(ACTIVATIONS)}")
+    _checks.precision_arg("conv2d", precision, "cupy", x.dtype)
     if variant is None:
         c_out_g = weight.shape[0] // groups
         variant = pick_variant(weight.shape[2:], stride, padding, c_out_g, precision)
+        if precision not in VARIANT_PRECISIONS[variant]:
+            precision = "fp32"  # a conv tensor cores do not speed up (pick_variant)
     elif variant not in VARIANTS:
         raise ValueError(f"r2n.conv2d: variant must be one of {list(VARIANTS)}, got {variant!r}")
     out = ex.empty(out_shape, x.dtype)

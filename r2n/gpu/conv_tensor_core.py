@@ -35,9 +35,12 @@ holds per element. Norm-wise, on data whose rounding errors are independent
 ||y_computed - y|| / ||y|| is about 0.6 u (the rms relative rounding error of
 one operand is 0.42 u; two operands: x sqrt(2)), whatever K is. The tests
 assert 2 u per conv (:func:`tolerance`), and the element-wise bound above
-exactly (``|W| * |X|`` computed by the float64 reference). Layers compound:
-a chain of c convs or a bottleneck is tested at 4 u, a whole network at
-``tolerance(..., layers=depth)``.
+exactly (``|W| * |X|`` computed by the float64 reference). Through layers the
+errors of independent roundings add up as a random walk: a chain whose c convs
+feed each other, a bottleneck (conv1, chain, conv3) and a network are tested
+at ``tolerance(precision, layers)`` = 2 u sqrt(layers), layers = the convs on
+the longest dependent path (measured: about a third of it for chains, a
+seventh for bottlenecks, under the emulator).
 """
 
 from __future__ import annotations
