@@ -8,11 +8,14 @@
 //   local variables are per thread, as registers are on a GPU;
 // * the fibers of a block run one at a time, each until it reaches a barrier
 //   (__syncthreads), a warp-synchronous call (__shfl_*_sync, __syncwarp,
-//   __ballot_sync, ...) or its end; then the next one in *order* runs. The
-//   order is ascending thread index (forward run) or descending (reverse run).
-//   Switching only at barriers makes each run deterministic, and a kernel
-//   whose result depends on the order (a data race, a missing __syncthreads)
-//   gives different outputs in the two runs, which emulator.py reports;
+//   __ballot_sync, mma.sync, ...) or its end; then the next one in *order*
+//   runs. Warps go one after another, each as far as it can before the next
+//   __syncthreads (its lanes in order, its warp calls completed as soon as
+//   all its lanes wait at them). The order is ascending thread index (forward
+//   run) or descending (reverse run). Switching only at barriers makes each
+//   run deterministic, and a kernel whose result depends on the order (a data
+//   race between threads or between warps, a missing __syncthreads) gives
+//   different outputs in the two runs, which emulator.py reports;
 // * __shared__ variables are function-local statics (one copy, shared by the
 //   fibers; blocks run one after another); dynamic shared memory
 //   (R2N_DYNAMIC_SHARED) is a buffer poisoned at the start of every block
@@ -596,28 +599,38 @@ inline bool run_block(bool reverse, unsigned char poison_byte) {
     }
     const int warps = (n + 31) / 32;
     for (;;) {
-        for (int k = 0; k < n; ++k) {
-            Thread& t = r.threads[reverse ? n - 1 - k : k];
-            if (t.state != READY) continue;
-            r.current = &t;
-            swapcontext(&r.scheduler, &t.ctx);
-            if (r.fault_kind != NO_FAULT && r.error.empty()) {
-                // the details go to emulator.py through r2n_emu_launch's `fault`
-                char where[160];
-                snprintf(where, sizeof where, "block (%u,%u,%u), thread (%u,%u,%u)",
-                         r.block_idx.x, r.block_idx.y, r.block_idx.z, t.idx.x, t.idx.y, t.idx.z);
-                r.error = where;
+        // Warp by warp (descending in the reverse run), each as far as it can
+        // go: its lanes run in order until each waits at a barrier, a warp
+        // call or its end, the warp call is completed, and so on. A warp thus
+        // runs ahead of the others up to the next __syncthreads (as a GPU may
+        // let it), so a shared-memory hazard between warps in one phase shows
+        // up as a difference between the two runs, not only between threads.
+        for (int wi = 0; wi < warps; ++wi) {
+            const int w = reverse ? warps - 1 - wi : wi;
+            const int first = w * 32, last = std::min(n, first + 32);
+            for (;;) {
+                for (int k = 0; k < last - first; ++k) {
+                    Thread& t = r.threads[reverse ? last - 1 - k : first + k];
+                    if (t.state != READY) continue;
+                    r.current = &t;
+                    swapcontext(&r.scheduler, &t.ctx);
+                    if (r.fault_kind != NO_FAULT && r.error.empty()) {
+                        // the details go to emulator.py through r2n_emu_launch's `fault`
+                        char where[160];
+                        snprintf(where, sizeof where, "block (%u,%u,%u), thread (%u,%u,%u)",
+                                 r.block_idx.x, r.block_idx.y, r.block_idx.z, t.idx.x, t.idx.y,
+                                 t.idx.z);
+                        r.error = where;
+                    }
+                    r.current = nullptr;
+                    if (!r.error.empty()) return false;
+                }
+                // no lane of the warp can run: complete its warp call, if any
+                const bool released = release_warp(w, r.error);
+                if (!r.error.empty()) return false;
+                if (!released) break;
             }
-            r.current = nullptr;
-            if (!r.error.empty()) return false;
         }
-        // nobody is ready: complete warp calls, then the block barrier
-        bool released = false;
-        for (int w = 0; w < warps; ++w) {
-            if (release_warp(w, r.error)) released = true;
-            if (!r.error.empty()) return false;
-        }
-        if (released) continue;
         int done = 0, at_barrier = 0;
         const void* site = nullptr;
         int line = 0;
