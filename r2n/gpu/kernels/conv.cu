@@ -56,6 +56,8 @@
 //                    enough tiles to fill the GPU, else the 4 x 4 tile.
 //   (avgpool_gemm_1x1, not a conv2d variant: the "d" bottleneck shortcut,
 //    a ceil-mode average pool folded into variant 3's loads.)
+//   4_tensor_core    in conv_tensor_core.cu: variant 2 on warp-level mma.sync
+//                    with TF32 or bf16 operands (precision="tf32" / "bf16").
 //
 // None of these choices has been timed yet: no GPU was available when they
 // were written (each is verified for correctness under tests/cuda_emu and
