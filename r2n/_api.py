@@ -28,12 +28,30 @@ def _kind(op: str, arrays: dict, optional=()) -> str:
     return kind
 
 
+def _precision(op: str, precision, kind: str, x, args: dict) -> None:
+    """Check ``precision=`` (r2n._checks.precision_arg) and pass it on to the
+    backend when it is not the default "fp32" (only the gpu backend takes it)."""
+    if _checks.precision_arg(op, precision, kind, x.dtype) != "fp32":
+        args["precision"] = precision
+
+
 # --------------------------------------------------------------------------- #
 # Convolution and linear
 # --------------------------------------------------------------------------- #
 
 
-def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, backend=None):
+def conv2d(
+    x,
+    weight,
+    bias=None,
+    *,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    precision="fp32",
+    backend=None,
+):
     """2-D convolution (cross-correlation, as PyTorch's ``conv2d``), NCHW.
 
     Parameters
@@ -44,6 +62,12 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, b
     stride, dilation : int >= 1 or (h, w) pair
     padding : int >= 0 or (h, w) pair, zeros on both sides
     groups : int dividing C_in and C_out (groups == C_in is depthwise)
+    precision : "fp32" (default: float32 / float64 arithmetic throughout), or
+        "tf32" / "bf16": float32 CuPy arrays only, multiplied on the GPU's tensor
+        cores with both operands rounded to TF32 (10 mantissa bits) or bfloat16
+        (7 bits), accumulated in float32; the error bounds are in
+        ``r2n.gpu.conv_tensor_core`` (about 0.6 * 2^-11 or 0.6 * 2^-8 relative,
+        norm-wise, on random data). Anything else is a ValueError.
     backend : None, "reference", "cpu" or "gpu" (see ``r2n._backends``)
 
     Returns
@@ -53,6 +77,7 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, b
     """
     kind = _kind("conv2d", {"x": x, "weight": weight, "bias": bias}, optional=("bias",))
     args = _checks.conv2d_args("conv2d", x, weight, bias, stride, padding, dilation, groups)
+    _precision("conv2d", precision, kind, x, args)
     return _backends.resolve("conv2d", backend, kind)(x, weight, bias, **args)
 
 
@@ -297,7 +322,16 @@ def squeeze_excite(x, w1, b1, w2, b2, *, backend=None):
 
 
 def res2net_chain(
-    x, weights, biases=None, *, scale, stype="normal", stride=1, groups=1, backend=None
+    x,
+    weights,
+    biases=None,
+    *,
+    scale,
+    stype="normal",
+    stride=1,
+    groups=1,
+    precision="fp32",
+    backend=None,
 ):
     """The hierarchical residual connections of a Res2Net bottleneck.
 
@@ -321,6 +355,8 @@ def res2net_chain(
     stype : "normal" (stride must be 1) or "stage"
     stride : int >= 1
     groups : int dividing width (Res2NeXt's cardinality)
+    precision : "fp32" (default), "tf32" or "bf16": the convs on tensor cores,
+        as :func:`conv2d`
 
     Returns
     -------
@@ -329,10 +365,13 @@ def res2net_chain(
     op = "res2net_chain"
     kind = _kind(op, {"x": x, **_checks.chain_arrays(weights, biases)})
     args = _checks.chain_args(op, x, weights, biases, scale, stype, stride, groups)
+    _precision(op, precision, kind, x, args)
     return _backends.resolve(op, backend, kind)(x, weights, biases, **args)
 
 
-def bottle2neck(x, params, *, scale, stype="normal", stride=1, groups=1, backend=None):
+def bottle2neck(
+    x, params, *, scale, stype="normal", stride=1, groups=1, precision="fp32", backend=None
+):
     """One Res2Net bottleneck block (inference, BN folded).
 
     ``relu(conv3(chain(relu(conv1(x)))) + shortcut(x))`` where conv1 and conv3
@@ -346,6 +385,8 @@ def bottle2neck(x, params, *, scale, stype="normal", stride=1, groups=1, backend
     x : (N, C_in, H, W)
     params : r2n.Bottle2neckParams (see its docstring for every shape)
     scale, stype, stride, groups : as :func:`res2net_chain`
+    precision : "fp32" (default), "tf32" or "bf16": the block's convs on tensor
+        cores, as :func:`conv2d` (the "d" shortcut's pooled 1x1 conv stays float32)
 
     Returns
     -------
@@ -354,4 +395,5 @@ def bottle2neck(x, params, *, scale, stype="normal", stride=1, groups=1, backend
     op = "bottle2neck"
     kind = _kind(op, _checks.bottle2neck_arrays(op, x, params), _checks.BOTTLE2NECK_OPTIONAL)
     args = _checks.bottle2neck_args(op, x, params, scale, stype, stride, groups)
+    _precision(op, precision, kind, x, args)
     return _backends.resolve(op, backend, kind)(x, params, **args)

@@ -49,6 +49,11 @@ residual (N, C_out, H_out, W_out) or None.
 reuse_output)`` with params an ``r2n.Bottle2neckParams`` of NumPy arrays.
 Returns ``f(x) -> y`` as :func:`r2n.bottle2neck`.
 
+Both take ``precision`` too (``"fp32"`` when not given): :func:`prepare` checks
+it (``r2n._checks.precision_arg``: ``"tf32"`` / ``"bf16"`` need the gpu backend
+and float32 weights) and passes it to the factory only when it is not
+``"fp32"``, so factories of backends without tensor cores never see it.
+
 ``reuse_output=True`` allows (does not require) the callable to return a buffer
 it owns and overwrites on its next call with an input of the same shape; the
 caller must be done with ``y`` by then. With False every call returns a new
@@ -183,7 +188,8 @@ def prepare(op: str, backend: str | None, kind: str, *arrays, **options) -> Call
     op : one of PREPARABLE.
     backend : None (pick by ``kind`` as :func:`resolve`), "reference", "cpu", "gpu".
     kind : "numpy" or "cupy": the kind of the inputs the callable will receive.
-    *arrays, **options : the op's weights and normalised options (module docstring).
+    *arrays, **options : the op's weights and normalised options (module docstring),
+        ``precision`` among them (default "fp32").
 
     Returns
     -------
@@ -194,6 +200,13 @@ def prepare(op: str, backend: str | None, kind: str, *arrays, **options) -> Call
         raise ValueError(f"r2n: cannot prepare {op!r}; preparable ops: {', '.join(PREPARABLE)}")
     name = pick(op, backend, kind)
     resolve(op, name, kind)  # the same errors as a direct call (unknown, wrong kind, missing)
+    precision = options.pop("precision", "fp32")
+    if precision != "fp32":
+        from . import _checks
+
+        weight = arrays[0] if op == "conv2d" else arrays[0].conv1.weight
+        _checks.precision_arg(op, precision, kind_of(name), weight.dtype)
+        options["precision"] = precision
     if op == "conv2d" and options.get("activation") not in _ACTIVATIONS:
         raise ValueError(
             f"r2n: activation must be one of {_ACTIVATIONS}, got {options.get('activation')!r}"

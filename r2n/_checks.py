@@ -220,6 +220,37 @@ def pool_output_size(
     return out
 
 
+#: The arithmetic of the conv-bearing ops (``precision=``): float32 throughout,
+#: or operands rounded to TF32 / bfloat16 on tensor cores (r2n.gpu.conv_tensor_core).
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+def precision_arg(op: str, precision, kind: str, dtype) -> str:
+    """Check ``precision=`` of a conv-bearing op and return it.
+
+    ``"fp32"`` runs anywhere; ``"tf32"`` and ``"bf16"`` round float32 data on
+    the GPU's tensor cores, so they need CuPy arrays (kind ``"cupy"``) of
+    dtype float32. Anything else is a ValueError saying what is needed.
+    """
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise ValueError(
+            f"r2n.{op}: precision must be one of {', '.join(map(repr, PRECISIONS))}, "
+            f"got {precision!r}"
+        )
+    if precision != "fp32":
+        if kind != "cupy":
+            raise ValueError(
+                f"r2n.{op}: precision={precision!r} runs on the tensor cores of the gpu backend "
+                f"(CuPy arrays); {kind or 'these'} arrays compute in precision='fp32' only"
+            )
+        if np.dtype(dtype) != np.float32:
+            raise ValueError(
+                f"r2n.{op}: precision={precision!r} rounds float32 data; {np.dtype(dtype)} has "
+                "no tensor-core path (pass float32 arrays, or precision='fp32')"
+            )
+    return precision
+
+
 def conv2d_args(
     op: str, x, weight, bias, stride, padding, dilation, groups, prefix: str = ""
 ) -> dict:

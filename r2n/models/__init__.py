@@ -28,7 +28,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .. import _backends
+from .. import _backends, _checks
 from . import _hub, _preprocess, res2net, tresnet
 from ._model import Arch, Model, make_model, random_state_dict
 from ._weights import StateDictError, check_state_dict, load_state_dict
@@ -119,6 +119,7 @@ def create(
     backend: str | None = None,
     dtype="float32",
     seed: int | None = None,
+    precision: str = "fp32",
     _params: dict | None = None,
 ) -> Model:
     """Build and prepare a model.
@@ -142,6 +143,12 @@ def create(
     backend : None (NumPy inputs on "cpu", or "reference" without Numba; CuPy
         inputs on "gpu"), or one of r2n.BACKENDS to force one
     dtype : "float32" (default) or "float64"
+    precision : "fp32" (default), or "tf32" / "bf16": every conv with at least
+        8 output channels per group runs on the GPU's tensor cores with its
+        operands rounded (r2n.conv2d's ``precision``; bounds in
+        r2n.gpu.conv_tensor_core). Needs float32, CuPy inputs and the gpu
+        backend (None or "gpu"); the model is prepared on the current GPU when
+        created.
 
     Returns
     -------
@@ -197,7 +204,10 @@ def create(
     dt = np.dtype(dtype)
     if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise TypeError(f"r2n.models.create: dtype must be float32 or float64, got {dt}")
-    return make_model(arch, _FAMILIES[arch.family], state_dict, num_classes, backend, dt, seed)
+    kind = "cupy" if backend in (None, "gpu") else _backends.kind_of(backend)
+    _checks.precision_arg("models.create", precision, kind, dt)
+    family = _FAMILIES[arch.family]
+    return make_model(arch, family, state_dict, num_classes, backend, dt, seed, precision)
 
 
 def hub_checkpoint(path) -> _hub.HubCheckpoint:

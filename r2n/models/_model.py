@@ -97,12 +97,14 @@ class Layers:
 
     Intermediate layers may reuse their outputs (``reuse_output=True``): each
     prepared layer runs once per forward pass, and every value it returns is
-    consumed before that layer runs again.
+    consumed before that layer runs again. ``precision`` goes to every conv and
+    bottleneck (r2n._backends.prepare checks it).
     """
 
-    def __init__(self, backend, kind):
+    def __init__(self, backend, kind, precision="fp32"):
         self.backend = backend
         self.kind = kind
+        self.precision = precision
 
     def conv(self, folded: FoldedConv, *, stride=1, padding=0, groups=1, act=None, slope=0.01):
         """A prepared conv2d + bias (+ residual) (+ act): ``f(x, residual=None)``."""
@@ -119,6 +121,7 @@ class Layers:
             activation=act,
             negative_slope=slope,
             reuse_output=True,
+            precision=self.precision,
         )
 
     def bottle2neck(self, params: Bottle2neckParams, *, scale, stype, stride, groups):
@@ -133,6 +136,7 @@ class Layers:
             stride=stride,
             groups=groups,
             reuse_output=True,
+            precision=self.precision,
         )
 
     def arr(self, a):
@@ -173,6 +177,7 @@ class Model:
     Attributes
     ----------
     name, num_classes, backend (None: by the input's kind), dtype
+    precision : "fp32", or "tf32" / "bf16" (convs on tensor cores; CuPy inputs only)
     preprocess : timm's default eval config (see r2n.models.preprocess)
 
     Notes
@@ -181,24 +186,28 @@ class Model:
     must not be called from two threads at once.
     """
 
-    def __init__(self, arch: Arch, build: Callable, weights: Weights, num_classes, backend):
+    def __init__(
+        self, arch: Arch, build: Callable, weights: Weights, num_classes, backend, precision="fp32"
+    ):
         self.name = arch.name
         self.arch = arch
         self.num_classes = num_classes
         self.backend = backend
         self.dtype = weights.dtype
+        self.precision = precision
         self.preprocess = dict(arch.preprocess)
         self._build = build
         self._weights = weights
         self._forward = {}  # kind -> forward(x)
-        # Prepare now for the kind the backend computes on (host if not forced).
+        # Prepare now for the kind the backend computes on (host if not forced;
+        # the device for tf32 / bf16, which only the gpu backend computes in).
         kind = "numpy" if backend is None else _backends.kind_of(backend)
-        self._prepared(kind)
+        self._prepared("cupy" if precision != "fp32" else kind)
 
     def _prepared(self, kind):
         forward = self._forward.get(kind)
         if forward is None:
-            layers = Layers(self.backend, kind)
+            layers = Layers(self.backend, kind, self.precision)
             forward = self._forward[kind] = self._build(self.arch, self._weights, layers)
         return forward
 
@@ -229,17 +238,18 @@ class Model:
 
     def __repr__(self):
         backend = self.backend or "auto"
+        precision = "" if self.precision == "fp32" else f", precision={self.precision!r}"
         return (
             f"r2n.models.Model({self.name!r}, num_classes={self.num_classes}, "
-            f"backend={backend!r}, dtype={self.dtype})"
+            f"backend={backend!r}, dtype={self.dtype}{precision})"
         )
 
 
-def make_model(arch, family, state_dict, num_classes, backend, dtype, seed):
+def make_model(arch, family, state_dict, num_classes, backend, dtype, seed, precision="fp32"):
     """Check or draw the weights, fold them, and prepare the model."""
     expected = family.expected_keys(arch, num_classes)
     if state_dict is None:
         seed = zlib.crc32(arch.name.encode()) if seed is None else seed
         state_dict = random_state_dict(expected, seed)
     arrays = check_state_dict(state_dict, expected, arch.name)
-    return Model(arch, family.build, Weights(arrays, dtype), num_classes, backend)
+    return Model(arch, family.build, Weights(arrays, dtype), num_classes, backend, precision)
