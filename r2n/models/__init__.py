@@ -25,7 +25,9 @@ import numpy as np
 
 from .. import _backends
 from . import res2net, tresnet
+from ._dask import classify_on_dask
 from ._model import Arch, Model, make_model, random_state_dict
+from ._predictor import Prediction, Predictor
 from ._weights import StateDictError, check_state_dict, load_state_dict
 from .tresnet import convert_inplace_abn
 
@@ -122,4 +124,7 @@ __all__ = [
     "random_state_dict",
     "Model",
     "StateDictError",
+    "Predictor",
+    "Prediction",
+    "classify_on_dask",
 ]
