@@ -18,7 +18,7 @@ measured peak so that CPUs and GPUs of different speeds compare::
 
     python benchmarks/report.py --merge epyc=r2n-bench-epyc.json h100=r2n-bench-h100.json
     python benchmarks/report.py --merge zen4=pytest-bench.json zen4=r2n-bench-zen4.json \
-        [--peak "zen5=1t:235,2t:470"] [--rows cpu,torch]
+        [--peak "zen4=1t:117.4"] [--rows cpu,torch] [--only res2net50]
 
 Each input is ``[LABEL=]FILE`` (r2n bench or pytest-benchmark JSON; LABEL
 defaults to the file's machine: CPU, core count, GPU). Files with the same
@@ -368,8 +368,11 @@ def merge(inputs: list[str], peaks: list[str] = ()) -> list[Machine]:
     return list(machines.values())
 
 
-def merged_markdown(machines: list[Machine], keep_rows=None) -> str:
-    """One table: a row per (benchmark, row), a column per machine, "% of peak (ms)"."""
+def merged_markdown(machines: list[Machine], keep_rows=None, only=None) -> str:
+    """One table: a row per (benchmark, row), a column per machine, "% of peak (ms)".
+
+    ``keep_rows``: row-name prefixes to keep; ``only``: keep benchmarks whose
+    name contains this text."""
     keys = list(dict.fromkeys(k for m in machines for k in m.rows))
     keys.sort(key=lambda k: (_natural(k[0]), _natural(k[1])))
     out = [m.describe() for m in machines]
@@ -380,6 +383,8 @@ def merged_markdown(machines: list[Machine], keep_rows=None) -> str:
     ]
     for key in keys:
         if keep_rows and not any(key[1].startswith(k) for k in keep_rows):
+            continue
+        if only and only not in key[0]:
             continue
         cells = []
         for m in machines:
@@ -415,6 +420,7 @@ def main(argv=None) -> None:
         metavar="LABEL=1t:G[,Nt:G][,gpu:G]",
         help="--merge: sgemm GFLOP/s of a machine with no r2n bench file",
     )
+    parser.add_argument("--only", metavar="TEXT", help="--merge: benchmarks whose name has TEXT")
     parser.add_argument("--baseline", default="torch-eager")
     parser.add_argument("--rows", help="comma-separated rows to show (default: all)")
     parser.add_argument("--threads", type=int, help="only rows with this thread count")
@@ -425,7 +431,7 @@ def main(argv=None) -> None:
     keep_rows = args.rows.split(",") if args.rows else None
     if args.merge:
         inputs = ([args.json_file] if args.json_file else []) + args.merge
-        print(merged_markdown(merge(inputs, args.peak), keep_rows))
+        print(merged_markdown(merge(inputs, args.peak), keep_rows, args.only))
         return
     if not args.json_file:
         parser.error("give a JSON file, or several with --merge")

@@ -213,6 +213,9 @@ def test_command_line_merges_the_saved_runs_of_two_machines(capsys):
     epyc, h100 = table[("conv2d 3x3 26->26 N=1 56x56", "torch eager all threads")]
     assert epyc == "45% (0.397)" and h100 == "16% (0.219)"  # 2 and 16 threads
     assert table[("conv2d 3x3 26->26 N=1 56x56", "gpu")] == ["", "0.8% (0.097)"]
+    report.main(["--merge", f"{results}/2026-11-25-r2n-bench-h100-v2.json", "--only", "res2net50"])
+    table = _table(capsys.readouterr().out)
+    assert table and all(benchmark.startswith("res2net50_26w_4s") for benchmark, _ in table)
 
 
 def test_an_unknown_file_format_is_an_error(tmp_path):
