@@ -223,7 +223,9 @@ class Predictor:
         """Logits as float64 NumPy, with this Predictor's device and threads."""
         if self.backend == "gpu":
             x = _backends.as_kind(x, "cupy")
-        if self.threads is None or self.backend == "gpu" or not _cpu_available():
+        # Threads are the cpu backend's (Numba's): leave them alone where it is absent.
+        host_threads = self.backend != "gpu" and _backends.implements("cpu", "conv2d")
+        if self.threads is None or not host_threads:
             logits = model(x)
         else:
             import numba
@@ -305,9 +307,3 @@ def _file_stamp(path):
         return (st.st_size, st.st_mtime_ns)
     except OSError:
         return None  # load_state_dict reports the missing file
-
-
-def _cpu_available() -> bool:
-    from .. import cpu
-
-    return cpu.available()
