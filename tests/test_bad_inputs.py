@@ -146,10 +146,11 @@ def test_a_list_is_not_an_array():
         r2n.relu([1.0, -1.0])
 
 
-def test_a_torch_tensor_is_not_an_array():
+def test_a_float16_torch_tensor_is_a_type_error_naming_it():
+    # torch tensors of float32/float64 are arrays through DLPack (tests/test_dlpack.py)
     torch = pytest.importorskip("torch")
-    with pytest.raises(TypeError, match=r"got torch.Tensor"):
-        r2n.conv2d(torch.zeros(1, 6, 7, 9, dtype=torch.float64), W3)
+    with pytest.raises(TypeError, match=r"x is a torch.Tensor of dtype float16"):
+        r2n.conv2d(torch.zeros(1, 6, 7, 9, dtype=torch.float16), W3)
 
 
 # --------------------------------------------------------------------------- #

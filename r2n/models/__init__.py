@@ -30,7 +30,9 @@ import numpy as np
 
 from .. import _backends, _checks
 from . import _hub, _preprocess, res2net, tresnet
+from ._dask import classify_on_dask
 from ._model import Arch, Model, make_model, random_state_dict
+from ._predictor import Prediction, Predictor
 from ._weights import StateDictError, check_state_dict, load_state_dict
 from .tresnet import convert_inplace_abn
 
@@ -228,4 +230,7 @@ __all__ = [
     "random_state_dict",
     "Model",
     "StateDictError",
+    "Predictor",
+    "Prediction",
+    "classify_on_dask",
 ]

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .. import _api, _backends, _checks
+from .. import _api, _backends, _checks, _interop
 from ..params import Bottle2neckParams, FoldedConv
 from ._weights import check_state_dict
 
@@ -211,8 +211,13 @@ class Model:
             forward = self._forward[kind] = self._build(self.arch, self._weights, layers)
         return forward
 
+    @_interop.accepts_dlpack(where=lambda args: f"r2n model {args[0].name}")
     def __call__(self, x):
-        """x (N, 3, H, W) -> logits (N, num_classes)."""
+        """x (N, 3, H, W) -> logits (N, num_classes).
+
+        x may also be any DLPack array (a torch tensor, a JAX array): the
+        logits then come back as that kind, on its device (r2n/_interop.py).
+        """
         kind = _checks.array_kind(x)
         if kind is None:
             raise TypeError(

@@ -1,0 +1,274 @@
+"""r2n.models.Predictor and classify_on_dask: one model per process, results in
+input order, identical to a single-process run, bad images reported, not fatal.
+
+The cluster test starts a real dask.distributed LocalCluster of 2 worker
+processes x 1 thread on generated images and a scaled-down Res2Net (one
+block per stage, 10 classes) whose weights are written to tmp_path.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+import r2n
+import r2n.models
+from r2n.models import Prediction, Predictor, _dask, _predictor
+from r2n.models._model import Arch
+from r2n.models._preprocess import load_image, preprocess
+
+NAME = "res2net50_26w_4s"
+SMALL = {"layers": (1, 1, 1, 1)}
+NUM_CLASSES = 10
+
+
+def _small_state(seed):
+    arch = r2n.models.ARCHS[NAME]
+    small = Arch(arch.name, arch.family, {**arch.params, **SMALL}, arch.preprocess)
+    return r2n.models.random_state_dict(r2n.models.res2net.expected_keys(small, NUM_CLASSES), seed)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    path = tmp_path_factory.mktemp("weights") / "small.npz"
+    np.savez(path, **_small_state(seed=1))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """8 random images of different sizes and formats, then a file that is not an
+    image and a path that does not exist."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(7)
+    paths = []
+    for i, (w, h) in enumerate([(300, 260), (240, 320), (256, 256), (500, 300)] * 2):
+        pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        path = folder / f"image{i}.{'png' if i % 2 else 'jpg'}"
+        Image.fromarray(pixels).save(path)
+        paths.append(str(path))
+    bad = folder / "not_an_image.jpg"
+    bad.write_text("this is text")
+    return paths, str(bad), str(folder / "missing.png")
+
+
+def _make(weights, **options):
+    return Predictor(NAME, weights, _params=SMALL, **options)
+
+
+def _same(a: list[Prediction], b: list[Prediction]) -> None:
+    assert [p.path for p in a] == [p.path for p in b]
+    for p, q in zip(a, b, strict=True):
+        assert p.error == q.error
+        if p.error is None:
+            np.testing.assert_array_equal(p.classes, q.classes)
+            np.testing.assert_array_equal(p.probabilities, q.probabilities)
+
+
+# --------------------------------------------------------------------------- #
+# Predictor, in one process
+# --------------------------------------------------------------------------- #
+
+
+def test_predictor_gives_the_models_softmax_top_k(weights, images):
+    paths = images[0][:5]
+    predictor = _make(weights, batch_size=2, topk=3)
+    classes, probabilities = predictor(paths)
+
+    model = r2n.models.create(NAME, r2n.load_state_dict(weights), num_classes=10, _params=SMALL)
+    config = r2n.models.ARCHS[NAME].preprocess
+    logits = model(np.stack([preprocess(load_image(p), config) for p in paths])).astype(np.float64)
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    assert classes.shape == probabilities.shape == (5, 3)
+    for row in range(5):
+        order = sorted(range(NUM_CLASSES), key=lambda c: (-p[row, c], c))[:3]
+        assert classes[row].tolist() == order
+        np.testing.assert_allclose(probabilities[row], p[row, order], rtol=1e-12)
+
+
+def test_predictor_pickles_small_and_shares_the_process_model(weights):
+    predictor = _make(weights)
+    blob = pickle.dumps(predictor)
+    assert len(blob) < 1000  # name, path and options: no arrays travel
+    copy = pickle.loads(blob)
+    assert copy == predictor
+    assert copy.model() is predictor.model()  # built once per process
+
+
+def test_a_rewritten_weights_file_is_read_again(tmp_path, images):
+    path = tmp_path / "w.npz"
+    np.savez(path, **_small_state(seed=1))
+    predictor = _make(str(path))
+    first = predictor.model()
+    before = predictor(images[0][:2])
+    np.savez(path, **_small_state(seed=2))
+    os.utime(path, ns=(1, 1))  # a different stamp even within one clock tick
+    assert predictor.model() is not first
+    after = predictor(images[0][:2])
+    assert not np.array_equal(before[1], after[1])
+    predictor.release()
+    assert predictor._identity() not in _predictor._MODELS
+
+
+def test_bad_images_are_reported_and_the_others_still_run(weights, images):
+    good, bad, missing = images
+    predictor = _make(weights, batch_size=3)
+    mixed = [good[0], bad, good[1], missing, good[2]]
+    results = predictor.predict_paths(mixed)
+    assert [p.path for p in results] == mixed
+    assert "cannot decode image" in results[1].error and results[1].classes is None
+    assert "no such image file" in results[3].error
+    _same([results[i] for i in (0, 2, 4)], predictor.predict_paths([good[0], good[1], good[2]]))
+
+
+def test_predictor_sets_kernel_threads_for_its_calls_only(weights, images, monkeypatch):
+    pytest.importorskip("numba")
+    predictor = _make(weights, threads=1)
+    model = predictor.model()
+    seen = []
+    original = model._prepared
+
+    def spy(kind):
+        seen.append(r2n.get_num_threads())
+        return original(kind)
+
+    monkeypatch.setattr(model, "_prepared", spy)
+    before = r2n.get_num_threads()
+    predictor(images[0][:1])
+    assert seen == [1] and r2n.get_num_threads() == before
+
+
+def test_predict_batch_is_table_shaped(weights, images):
+    good, bad, _ = images
+    predictor = _make(weights, topk=2)
+    out = predictor.predict_batch({"path": np.array([good[0], bad], dtype=object)})
+    assert out["classes"].shape == out["probabilities"].shape == (2, 2)
+    expected = predictor.predict_paths([good[0]])[0]
+    np.testing.assert_array_equal(out["classes"][0], expected.classes)
+    assert out["error"][0] == "" and "cannot decode" in out["error"][1]
+    assert (out["classes"][1] == -1).all() and np.isnan(out["probabilities"][1]).all()
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(batch_size=0), "batch_size must be an int >= 1"),
+        (dict(topk=1.5), "topk must be an int >= 1"),
+        (dict(threads=0), "threads must be an int >= 1"),
+        (dict(backend="tpu"), "backend must be None or one of"),
+    ],
+)
+def test_bad_predictor_options_are_value_errors(options, message):
+    with pytest.raises(ValueError, match=message):
+        Predictor(NAME, None, **options)
+    with pytest.raises(ValueError, match="unknown model 'resnet50'"):
+        Predictor("resnet50", None)
+
+
+# --------------------------------------------------------------------------- #
+# Dask
+# --------------------------------------------------------------------------- #
+
+
+class FakeClient:
+    def __init__(self, facts):
+        self.facts = facts
+
+    def run(self, fn):
+        return dict(self.facts)
+
+
+def test_kernel_threads_share_each_machines_cores_between_its_workers():
+    client = FakeClient(
+        {
+            "tcp://a:1": ("node-a", 16),
+            "tcp://a:2": ("node-a", 16),
+            "tcp://a:3": ("node-a", 16),
+            "tcp://b:1": ("node-b", 32),
+            "tcp://c:1": ("node-c", 2),
+            "tcp://c:2": ("node-c", 2),
+            "tcp://c:3": ("node-c", 2),
+        }
+    )
+    threads = _dask.kernel_threads_per_worker(client)
+    assert threads == {
+        "tcp://a:1": 5,
+        "tcp://a:2": 5,
+        "tcp://a:3": 5,
+        "tcp://b:1": 32,
+        "tcp://c:1": 1,  # 3 workers on 2 cores: at least 1 each
+        "tcp://c:2": 1,
+        "tcp://c:3": 1,
+    }
+
+
+@pytest.fixture(scope="module")
+def client():
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    )
+    with distributed.Client(cluster) as client:
+        yield client
+    cluster.close()
+
+
+def test_dask_results_are_those_of_one_process_in_input_order(weights, images, client):
+    good, bad, missing = images
+    paths = good[:3] + [bad] + good[3:] + [missing]
+    predictor = _make(weights, batch_size=2)
+    expected = predictor.predict_paths(paths)  # one process, the same batches
+
+    streamed = r2n.models.classify_on_dask(paths, predictor, client, max_in_flight=2)
+    _same(list(streamed), expected)
+
+    # One model per worker process, and the kernel threads split the cores.
+    models = client.run(lambda: len(_predictor._MODELS))
+    assert set(models.values()) <= {0, 1} and sum(models.values()) >= 1
+    cores = client.run(_dask._usable_cores)
+    threads = _dask.kernel_threads_per_worker(client)
+    assert threads == {addr: max(1, n // 2) for addr, n in cores.items()}
+
+
+def test_dask_stops_cleanly_when_the_consumer_stops(weights, images, client):
+    predictor = _make(weights, batch_size=1)
+    stream = r2n.models.classify_on_dask(images[0], predictor, client, max_in_flight=3)
+    first = next(stream)
+    assert first.path == images[0][0] and first.error is None
+    stream.close()  # the submitted batches are cancelled, nothing hangs
+
+
+# --------------------------------------------------------------------------- #
+# Ray Data (only where ray is installed; not in CI)
+# --------------------------------------------------------------------------- #
+
+
+def test_ray_data_map_batches_gives_the_same_results(weights, images):
+    ray = pytest.importorskip("ray")
+    good, bad, _ = images
+    paths = good + [bad]
+    predictor = _make(weights, batch_size=4)
+    expected = predictor.predict_paths(paths)
+    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
+    try:
+        ds = ray.data.from_items([{"path": p} for p in paths])
+        rows = ds.map_batches(predictor.predict_batch, batch_size=4).take_all()
+    finally:
+        ray.shutdown()
+    by_path = {row["path"]: row for row in rows}
+    counts = collections.Counter(row["path"] for row in rows)
+    assert set(counts.values()) == {1} and set(by_path) == set(paths)
+    for p in expected:
+        row = by_path[p.path]
+        if p.error is None:
+            np.testing.assert_array_equal(row["classes"], p.classes)
+            np.testing.assert_array_equal(row["probabilities"], p.probabilities)
+        else:
+            assert row["error"] == p.error
