@@ -9,6 +9,7 @@ block per stage, 10 classes) whose weights are written to tmp_path.
 from __future__ import annotations
 
 import collections
+import json
 import os
 import pickle
 
@@ -37,6 +38,34 @@ def weights(tmp_path_factory):
     path = tmp_path_factory.mktemp("weights") / "small.npz"
     np.savez(path, **_small_state(seed=1))
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def hub_dir(tmp_path_factory):
+    """The scaled-down Res2Net as a Hub checkpoint directory: config.json (one
+    block per stage as timm's model_args, 10 classes with names, 96 px bicubic
+    preprocessing with its own mean and std) and model.safetensors."""
+    from safetensors.numpy import save_file
+
+    folder = tmp_path_factory.mktemp("hub") / "small.in1k"
+    folder.mkdir()
+    save_file(_small_state(seed=3), str(folder / "model.safetensors"))
+    config = {
+        "architecture": NAME,
+        "num_classes": NUM_CLASSES,
+        "model_args": {"layers": list(SMALL["layers"])},
+        "label_names": [f"class{i}" for i in range(NUM_CLASSES)],
+        "pretrained_cfg": {
+            "tag": "in1k",
+            "input_size": [3, 96, 96],
+            "crop_pct": 0.9,
+            "interpolation": "bicubic",
+            "mean": [0.5, 0.45, 0.4],
+            "std": [0.25, 0.2, 0.3],
+        },
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    return str(folder)
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +185,45 @@ def test_predict_batch_is_table_shaped(weights, images):
     assert (out["classes"][1] == -1).all() and np.isnan(out["probabilities"][1]).all()
 
 
+def test_a_hub_directory_predicts_with_its_config_and_names(hub_dir, images, tmp_path):
+    predictor = Predictor(hub_dir, None, batch_size=3, topk=4)
+    assert predictor.name == "local-dir:" + os.path.abspath(hub_dir)
+    assert pickle.loads(pickle.dumps(predictor)) == predictor
+    assert predictor.labels() == [f"class{i}" for i in range(NUM_CLASSES)]
+    model = r2n.models.create(hub_dir)
+    assert model.preprocess["input_size"] == (3, 96, 96)
+    paths = images[0][:4]
+    x = np.stack([preprocess(load_image(p), model.preprocess) for p in paths])
+    expected = _predictor.top_k(np.asarray(model(x), np.float64), 4)
+    classes, probabilities = predictor(paths)
+    np.testing.assert_array_equal(classes, expected[0])
+    np.testing.assert_array_equal(probabilities, expected[1])
+    assert predictor.load(paths[0]).shape == (3, 96, 96)
+    with pytest.raises(ValueError, match="is a checkpoint directory, which holds its own"):
+        Predictor(hub_dir, "w.safetensors")
+    # A directory that is not here may be one on the workers: refused when built.
+    elsewhere = Predictor(f"local-dir:{tmp_path / 'absent'}", None)
+    with pytest.raises(FileNotFoundError, match="no such checkpoint directory"):
+        elsewhere.model()
+
+
+def test_a_tagged_name_uses_its_tags_preprocessing_and_classes(weights):
+    tresnet = Predictor("tresnet_m.miil_in1k_448", None, _params={"layers": (1, 1, 1, 1)})
+    assert tresnet.model().preprocess["input_size"] == (3, 448, 448)
+    assert len(tresnet.labels()) == 1000  # ImageNet's names
+    res2net = _make(weights)  # 10 classes from the checkpoint: no names
+    assert res2net.model().num_classes == NUM_CLASSES and res2net.labels() is None
+    with pytest.raises(ValueError, match="unknown tag 'in21k' of res2net50_26w_4s"):
+        Predictor("res2net50_26w_4s.in21k", None)
+
+
+def test_max_pixels_refuses_larger_images(weights, images):
+    path = images[0][0]  # 300 x 260
+    results = _make(weights, max_pixels=300 * 260 - 1).predict_paths([path, images[0][1]])
+    assert "above the limit of 77,999" in results[0].error and results[1].error is None
+    assert _make(weights, max_pixels=300 * 260).predict_paths([path])[0].error is None
+
+
 @pytest.mark.parametrize(
     "options, message",
     [
@@ -163,6 +231,7 @@ def test_predict_batch_is_table_shaped(weights, images):
         (dict(topk=1.5), "topk must be an int >= 1"),
         (dict(threads=0), "threads must be an int >= 1"),
         (dict(backend="tpu"), "backend must be None or one of"),
+        (dict(max_pixels=0), "max_pixels must be an int >= 1"),
     ],
 )
 def test_bad_predictor_options_are_value_errors(options, message):
