@@ -24,21 +24,26 @@ matches nothing) print one line on stderr and the run goes on; the exit code
 is then 1. Problems with the model or weights end the run at once with one
 line and exit code 1, never a traceback. A progress bar is drawn on stderr
 only when stderr is a terminal.
+
+The model is an :class:`r2n.models.Predictor`: it runs here, or with
+``--dask ADDRESS`` on a dask.distributed cluster through
+:func:`r2n.models.classify_on_dask` (one model per worker process, the
+batches spread over the workers, results in input order), printed the same
+way. The images and weights must then be readable by the workers at the same
+paths.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob
+import itertools
 import json
 import os
 import sys
 import time
 
-import numpy as np
-
-#: The classifier's weight key per model family (gives num_classes).
-_CLASSIFIER = {"res2net": "fc.weight", "tresnet": "head.fc.weight"}
 FORMATS = ("table", "csv", "jsonl")
 _GLOB_CHARS = set("*?[")
 
@@ -74,6 +79,12 @@ def add_arguments(parser) -> None:
         type=int,
         default=DEFAULT_MAX_PIXELS,
         help=f"refuse images with more pixels, before decoding ({DEFAULT_MAX_PIXELS:,})",
+    )
+    parser.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="classify on a dask.distributed cluster: its scheduler's address "
+        "(tcp://host:8786); images and weights at the same paths on the workers",
     )
     parser.add_argument(
         "inputs",
@@ -217,53 +228,55 @@ class _Progress:
 # --------------------------------------------------------------------------- #
 
 
-def _softmax(logits):
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+@contextlib.contextmanager
+def _model_problems(model_arg):
+    """A problem with the model or its weights (here or on a Dask worker,
+    whose errors come back as they were raised) -> CliError, one line."""
+    from r2n.models import StateDictError
 
-
-def _load_model(model_arg, weights, backend):
-    """(model, class names or None) from --model / --weights; CliError otherwise."""
-    import r2n
-    import r2n.models
-    from r2n.models import _hub, _preprocess
-
-    base = _hub.split_name(model_arg)[0]
-    directory = None if base in r2n.models.ARCHS else _hub.hub_dir_of(model_arg)
     try:
-        if directory is None:
-            r2n.models.expected_keys(model_arg)  # an unknown name or tag fails first
-            if weights is None:
-                raise CliError(
-                    f"--weights is required with a model name ({model_arg!r}); or give a "
-                    f"Hub checkpoint directory as --model"
-                )
-            try:
-                state = r2n.load_state_dict(weights)
-            except (FileNotFoundError, ValueError, ImportError) as e:
-                raise CliError(f"cannot load weights: {e}") from e
-            fc = state.get(_CLASSIFIER[r2n.models.ARCHS[base].family])
-            num_classes = int(fc.shape[0]) if getattr(fc, "ndim", 0) == 2 else None
-            model = r2n.models.create(model_arg, state, num_classes=num_classes, backend=backend)
-            names = None
-        else:
-            if weights is not None:
-                raise CliError(
-                    f"--weights is not used with a checkpoint directory ({model_arg!r} "
-                    f"holds its weights)"
-                )
-            model = r2n.models.create(model_arg, backend=backend)
-            names = r2n.models.hub_checkpoint(directory).label_names
-    except r2n.models.StateDictError as e:
+        yield
+    except StateDictError as e:
         raise CliError(f"weights do not fit {model_arg}: {e.summary()}") from e
-    except (ValueError, TypeError, FileNotFoundError, ImportError) as e:
-        raise CliError(" ".join(str(e).split())) from e
-    except (NotImplementedError, RuntimeError) as e:
-        raise CliError(str(e)) from e
-    if names is None and model.num_classes == 1000:
-        names = _preprocess.class_names()
-    return model, names
+    except (
+        ValueError,
+        TypeError,
+        FileNotFoundError,
+        ImportError,
+        NotImplementedError,
+        RuntimeError,
+    ) as e:
+        message = " ".join(str(e).split()) or type(e).__name__
+        if message.startswith("r2n.load_state_dict:"):
+            message = f"cannot load weights: {message}"
+        raise CliError(message) from e
+
+
+def _predictor(model_arg, weights, backend, topk, batch_size, max_pixels):
+    """The Predictor of --model / --weights and the options; CliError otherwise."""
+    import r2n.models
+    from r2n.models import _directory_of
+
+    directory = _directory_of(model_arg)
+    if directory is not None and weights is not None:
+        raise CliError(
+            f"--weights is not used with a checkpoint directory ({model_arg!r} holds its weights)"
+        )
+    with _model_problems(model_arg):  # an unknown name or tag fails first
+        predictor = r2n.models.Predictor(
+            model_arg,
+            weights,
+            backend=backend,
+            batch_size=batch_size,
+            topk=topk,
+            max_pixels=max_pixels,
+        )
+    if directory is None and weights is None:
+        raise CliError(
+            f"--weights is required with a model name ({model_arg!r}); or give a "
+            f"Hub checkpoint directory as --model"
+        )
+    return predictor
 
 
 def run(
@@ -276,13 +289,16 @@ def run(
     batch_size=8,
     fmt="table",
     max_pixels=None,
+    dask=None,
     out=None,
     err=None,
     stdin=None,
 ) -> int:
     """Classify every image of ``inputs``; 0 when all succeeded, else 1.
 
-    Raises CliError for problems that end the run (model, weights, options).
+    ``dask``: a scheduler address; the images then run on that cluster (same
+    output). Raises CliError for problems that end the run (model, weights,
+    options, the cluster).
     """
     from r2n.models import _preprocess
 
@@ -296,52 +312,92 @@ def run(
         raise CliError(f"--max-pixels must be >= 1, got {max_pixels}")
     if fmt not in FORMATS:
         raise CliError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    net, names = _load_model(model, weights, backend)
+    predictor = _predictor(model, weights, backend, topk, batch_size, max_pixels)
+    if dask is None:
+        with _model_problems(model):
+            names = predictor.labels()  # builds the model: its problems end the run now
+            return _classify_all(inputs, stdin, names, predictor, None, fmt, out, err)
+    try:
+        import distributed
+    except ImportError:
+        raise CliError(
+            '--dask needs dask.distributed: pip install "r2n[dask]" '
+            '(in a checkout: pip install -e ".[dask]")'
+        ) from None
+    try:
+        client = distributed.Client(dask)
+    except (OSError, ValueError, TypeError) as e:
+        raise CliError(f"cannot reach the Dask scheduler {dask!r}: {_one_line(e)}") from e
+    with client, _model_problems(model):
+        try:
+            # One worker builds the model first: a model or weights problem ends
+            # the run before any image is sent, as it does here.
+            names = client.submit(predictor.labels, pure=False).result()
+            return _classify_all(inputs, stdin, names, predictor, client, fmt, out, err)
+        except distributed.KilledWorker as e:
+            raise CliError(f"a Dask worker died: {_one_line(e)}") from e
+
+
+def _classify_all(inputs, stdin, names, predictor, client, fmt, out, err) -> int:
+    """Expand ``inputs``, classify them (here, or on ``client``'s cluster),
+    print each batch as it comes; 0 when every input and image succeeded."""
+    from r2n.models import classify_on_dask
+
     paths, problems = expand_inputs(inputs, stdin)
     for problem in problems:
         print(f"r2n classify: error: {problem}", file=err)
     if not paths:
         raise CliError("no images to classify")
+    if client is None:
+        predictions = _predict_here(predictor, paths)
+    else:
+        predictions = classify_on_dask(paths, predictor, client)
+    with contextlib.closing(predictions):  # stopped early: cancel what is in flight
+        failed = _print_all(paths, predictions, names, fmt, predictor.batch_size, out, err)
+    return 1 if failed or problems else 0
+
+
+def _predict_here(predictor, paths):
+    """One Prediction per path, in order, a batch at a time in this process."""
+    size = predictor.batch_size
+    for start in range(0, len(paths), size):
+        yield from predictor.predict_paths(paths[start : start + size])
+
+
+def _print_all(paths, predictions, names, fmt, batch_size, out, err) -> int:
+    """Print the Predictions of ``paths`` (as given: a Dask run's are made
+    absolute) a batch at a time, errors on ``err``; the number that failed."""
     writer = _Writer(fmt, out, names)
     progress = _Progress(len(paths), err) if _isatty(err) else None
-    k = min(topk, net.num_classes)
+    results = zip(paths, predictions, strict=True)
     failed = 0
-    for start in range(0, len(paths), batch_size):
-        batch, images = paths[start : start + batch_size], []
-        errors = []
-        for path in batch:
-            try:
-                image = _preprocess.load_image(path, max_pixels)
-                images.append((path, _preprocess.preprocess(image, net.preprocess)))
-            except (FileNotFoundError, _preprocess.ImageError, OSError) as e:
-                errors.append(str(e))
-        probs = _classify(net, [x for _, x in images], backend) if images else []
+    while batch := list(itertools.islice(results, batch_size)):
         if progress:
             progress.clear()
-        for message in errors:
-            print(f"r2n classify: error: {message}", file=err)
-        for (path, _), p in zip(images, probs, strict=True):
-            top = np.argsort(-p, kind="stable")[:k]
-            writer.write(path, [(int(c), float(p[c])) for c in top])
+        errors = 0
+        for path, p in batch:
+            if p.error is None:
+                writer.write(
+                    path, list(zip(p.classes.tolist(), p.probabilities.tolist(), strict=True))
+                )
+            else:
+                # A Dask worker saw the path made absolute: name it as given.
+                message = p.error.replace(repr(p.path), repr(path))
+                print(f"r2n classify: error: {message}", file=err)
+                errors += 1
         out.flush()
-        failed += len(errors)
+        failed += errors
         if progress:
-            progress.update(len(batch), len(errors))
+            progress.update(len(batch), errors)
     if progress:
         progress.clear()
     if failed and len(paths) > 1:
         print(f"r2n classify: {failed} of {len(paths)} images failed", file=err)
-    return 1 if failed or problems else 0
+    return failed
 
 
-def _classify(model, arrays, backend):
-    """Softmax probabilities (N, num_classes) float64 of preprocessed images."""
-    x = np.stack(arrays)  # N, 3, S, S
-    if backend == "gpu":
-        import cupy
-
-        return _softmax(cupy.asnumpy(model(cupy.asarray(x))).astype(np.float64))
-    return _softmax(model(x).astype(np.float64))
+def _one_line(e) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def _isatty(stream) -> bool:
@@ -363,6 +419,7 @@ def main(args) -> int:
             batch_size=args.batch_size,
             fmt=args.format,
             max_pixels=args.max_pixels,
+            dask=args.dask,
         )
     except CliError as e:
         print(f"r2n classify: error: {e}", file=sys.stderr)

@@ -122,6 +122,7 @@ def _classify(argv, stdin=None):
             batch_size=args.batch_size,
             fmt=args.format,
             max_pixels=args.max_pixels,
+            dask=args.dask,
             out=out,
             err=err,
             stdin=stdin,

@@ -1,22 +1,29 @@
-"""r2n.models.Predictor and classify_on_dask: one model per process, results in
-input order, identical to a single-process run, bad images reported, not fatal.
+"""r2n.models.Predictor, classify_on_dask and ``r2n classify --dask``: one
+model per process, results in input order, identical to a single-process
+run, bad images reported, not fatal.
 
-The cluster test starts a real dask.distributed LocalCluster of 2 worker
-processes x 1 thread on generated images and a scaled-down Res2Net (one
-block per stage, 10 classes) whose weights are written to tmp_path.
+The cluster tests start one real dask.distributed LocalCluster of 2 worker
+processes x 1 thread for the module, on generated images and a scaled-down
+Res2Net (one block per stage, 10 classes) whose weights are written to
+tmp_path (an .npz, and a Hub checkpoint directory for the command line).
 """
 
 from __future__ import annotations
 
 import collections
+import io
+import json
 import os
 import pickle
+import sys
 
 import numpy as np
 import pytest
 
 import r2n
 import r2n.models
+from r2n import _classify_cli
+from r2n.__main__ import main
 from r2n.models import Prediction, Predictor, _dask, _predictor
 from r2n.models._model import Arch
 from r2n.models._preprocess import load_image, preprocess
@@ -37,6 +44,34 @@ def weights(tmp_path_factory):
     path = tmp_path_factory.mktemp("weights") / "small.npz"
     np.savez(path, **_small_state(seed=1))
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def hub_dir(tmp_path_factory):
+    """The scaled-down Res2Net as a Hub checkpoint directory: config.json (one
+    block per stage as timm's model_args, 10 classes with names, 96 px bicubic
+    preprocessing with its own mean and std) and model.safetensors."""
+    from safetensors.numpy import save_file
+
+    folder = tmp_path_factory.mktemp("hub") / "small.in1k"
+    folder.mkdir()
+    save_file(_small_state(seed=3), str(folder / "model.safetensors"))
+    config = {
+        "architecture": NAME,
+        "num_classes": NUM_CLASSES,
+        "model_args": {"layers": list(SMALL["layers"])},
+        "label_names": [f"class{i}" for i in range(NUM_CLASSES)],
+        "pretrained_cfg": {
+            "tag": "in1k",
+            "input_size": [3, 96, 96],
+            "crop_pct": 0.9,
+            "interpolation": "bicubic",
+            "mean": [0.5, 0.45, 0.4],
+            "std": [0.25, 0.2, 0.3],
+        },
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    return str(folder)
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +191,45 @@ def test_predict_batch_is_table_shaped(weights, images):
     assert (out["classes"][1] == -1).all() and np.isnan(out["probabilities"][1]).all()
 
 
+def test_a_hub_directory_predicts_with_its_config_and_names(hub_dir, images, tmp_path):
+    predictor = Predictor(hub_dir, None, batch_size=3, topk=4)
+    assert predictor.name == "local-dir:" + os.path.abspath(hub_dir)
+    assert pickle.loads(pickle.dumps(predictor)) == predictor
+    assert predictor.labels() == [f"class{i}" for i in range(NUM_CLASSES)]
+    model = r2n.models.create(hub_dir)
+    assert model.preprocess["input_size"] == (3, 96, 96)
+    paths = images[0][:4]
+    x = np.stack([preprocess(load_image(p), model.preprocess) for p in paths])
+    expected = _predictor.top_k(np.asarray(model(x), np.float64), 4)
+    classes, probabilities = predictor(paths)
+    np.testing.assert_array_equal(classes, expected[0])
+    np.testing.assert_array_equal(probabilities, expected[1])
+    assert predictor.load(paths[0]).shape == (3, 96, 96)
+    with pytest.raises(ValueError, match="is a checkpoint directory, which holds its own"):
+        Predictor(hub_dir, "w.safetensors")
+    # A directory that is not here may be one on the workers: refused when built.
+    elsewhere = Predictor(f"local-dir:{tmp_path / 'absent'}", None)
+    with pytest.raises(FileNotFoundError, match="no such checkpoint directory"):
+        elsewhere.model()
+
+
+def test_a_tagged_name_uses_its_tags_preprocessing_and_classes(weights):
+    tresnet = Predictor("tresnet_m.miil_in1k_448", None, _params={"layers": (1, 1, 1, 1)})
+    assert tresnet.model().preprocess["input_size"] == (3, 448, 448)
+    assert len(tresnet.labels()) == 1000  # ImageNet's names
+    res2net = _make(weights)  # 10 classes from the checkpoint: no names
+    assert res2net.model().num_classes == NUM_CLASSES and res2net.labels() is None
+    with pytest.raises(ValueError, match="unknown tag 'in21k' of res2net50_26w_4s"):
+        Predictor("res2net50_26w_4s.in21k", None)
+
+
+def test_max_pixels_refuses_larger_images(weights, images):
+    path = images[0][0]  # 300 x 260
+    results = _make(weights, max_pixels=300 * 260 - 1).predict_paths([path, images[0][1]])
+    assert "above the limit of 77,999" in results[0].error and results[1].error is None
+    assert _make(weights, max_pixels=300 * 260).predict_paths([path])[0].error is None
+
+
 @pytest.mark.parametrize(
     "options, message",
     [
@@ -163,6 +237,7 @@ def test_predict_batch_is_table_shaped(weights, images):
         (dict(topk=1.5), "topk must be an int >= 1"),
         (dict(threads=0), "threads must be an int >= 1"),
         (dict(backend="tpu"), "backend must be None or one of"),
+        (dict(max_pixels=0), "max_pixels must be an int >= 1"),
     ],
 )
 def test_bad_predictor_options_are_value_errors(options, message):
@@ -272,3 +347,101 @@ def test_ray_data_map_batches_gives_the_same_results(weights, images):
             np.testing.assert_array_equal(row["probabilities"], p.probabilities)
         else:
             assert row["error"] == p.error
+
+
+# --------------------------------------------------------------------------- #
+# r2n classify --dask
+# --------------------------------------------------------------------------- #
+
+
+def _command(argv, capsys):
+    """``r2n classify ARGV`` in this process: (exit status, stdout, stderr)."""
+    code = main(["classify", *argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("fmt", ["table", "csv", "jsonl"])
+def test_classify_dask_prints_what_a_local_run_prints(
+    hub_dir, images, client, capsys, monkeypatch, fmt
+):
+    """A folder (8 images and one that is not) given relative to the current
+    directory, as a Hub directory's scaled-down model: the same bytes on
+    stdout and stderr, bad image skipped, exit status 1, with and without
+    --dask."""
+    folder = os.path.dirname(images[1])  # not_an_image.jpg is in it
+    monkeypatch.chdir(os.path.dirname(folder))
+    argv = ["--model", hub_dir, "--format", fmt, "--batch-size", "3", "--topk", "3"]
+    argv.append(os.path.basename(folder))
+    local = _command(argv, capsys)
+    on_dask = _command([*argv, "--dask", client.scheduler.address], capsys)
+    assert on_dask == local
+    # It ran on the workers: their per-process caches hold the directory's model.
+    cached = client.run(lambda: [key[0] for key in _predictor._MODELS])
+    assert "local-dir:" + os.path.abspath(hub_dir) in sum(cached.values(), [])
+    code, out, err = on_dask
+    assert code == 1
+    bad = os.path.join(os.path.basename(folder), "not_an_image.jpg")
+    assert err.splitlines() == [
+        f"r2n classify: error: cannot decode image {bad!r}: cannot identify image file {bad!r}",
+        "r2n classify: 1 of 9 images failed",
+    ]
+    if fmt == "jsonl":  # the label names are the directory's
+        records = [json.loads(line) for line in out.splitlines()]
+        assert len(records) == 8 and bad not in [r["image"] for r in records]
+        assert all(t["label"] == f"class{t['class']}" for r in records for t in r["top"])
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_classify_dask_draws_the_progress_bar_on_a_terminal(hub_dir, images, client):
+    err, out = _Terminal(), io.StringIO()
+    paths = images[0][:4]
+    address = client.scheduler.address
+    code = _classify_cli.run(hub_dir, paths, batch_size=2, dask=address, out=out, err=err)
+    assert code == 0 and out.getvalue().count("\n  1.") == 4
+    bar = err.getvalue()
+    assert "\r[" + "#" * 15 + "-" * 15 + "] 2/4 images" in bar and "4/4 images" in bar
+    assert bar.endswith("\r\033[K")
+
+
+@pytest.mark.parametrize("case", ["wrong_weights", "missing_weights"])
+def test_classify_dask_model_problems_are_the_local_one_line(
+    case, weights, images, client, capsys, tmp_path
+):
+    """Raised on a worker, reported as here: one line, status 1, nothing printed."""
+    if case == "wrong_weights":  # the one-block-per-stage checkpoint, for the full model
+        argv = ["--model", NAME, "--weights", weights]
+        message = "weights do not fit res2net50_26w_4s: 300 missing keys"
+    else:
+        argv = ["--model", NAME, "--weights", str(tmp_path / "nope.safetensors")]
+        message = "cannot load weights: r2n.load_state_dict: no such file"
+    argv.append(images[0][0])
+    local = _command(argv, capsys)
+    on_dask = _command([*argv, "--dask", client.scheduler.address], capsys)
+    assert on_dask == local
+    code, out, err = on_dask
+    assert code == 1 and out == "" and len(err.splitlines()) == 1
+    assert err.startswith(f"r2n classify: error: {message}"), err
+
+
+def test_classify_dask_without_distributed_names_the_extra(hub_dir, images, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed fails
+    code, out, err = _command(
+        ["--model", hub_dir, images[0][0], "--dask", "tcp://127.0.0.1:8786"], capsys
+    )
+    assert code == 1 and out == ""
+    assert err.splitlines() == [
+        'r2n classify: error: --dask needs dask.distributed: pip install "r2n[dask]" '
+        '(in a checkout: pip install -e ".[dask]")'
+    ]
+
+
+def test_classify_dask_bad_address_is_one_line(hub_dir, images, capsys):
+    pytest.importorskip("distributed")
+    code, out, err = _command(["--model", hub_dir, images[0][0], "--dask", "udp://x:1"], capsys)
+    assert code == 1 and out == "" and len(err.splitlines()) == 1
+    assert err.startswith("r2n classify: error: cannot reach the Dask scheduler 'udp://x:1'")

@@ -297,6 +297,17 @@ def test_state_dict_errors_list_every_problem():
     assert "layer1.0.conv1.weight: checkpoint (104, 64, 3, 3), model (104, 64, 1, 1)" in msg
     assert "num_batches_tracked" not in msg
     assert isinstance(info.value, ValueError)
+    # It pickles whole (a Dask worker's error travels to the client this way).
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert type(copy) is r2n.models.StateDictError and str(copy) == msg
+    assert (copy.missing, copy.unexpected, copy.mismatched) == (
+        info.value.missing,
+        info.value.unexpected,
+        info.value.mismatched,
+    )
+    assert copy.summary() == info.value.summary()
 
 
 def test_wrong_num_classes_is_a_shape_mismatch():

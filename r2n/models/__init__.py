@@ -113,6 +113,24 @@ def expected_keys(name: str, num_classes: int | None = None) -> dict[str, tuple]
     )
 
 
+def _directory_of(name) -> str | None:
+    """The Hub checkpoint directory ``name`` names (a path, ``pathlib.Path`` or
+    ``"local-dir:PATH"``), or None for a model name: names are looked up first,
+    so a directory that happens to share a model's name is never taken for it."""
+    if isinstance(name, str) and _hub.split_name(name)[0] in ARCHS:
+        return None
+    return _hub.hub_dir_of(name)
+
+
+def _num_classes_in(name: str, state_dict: Mapping) -> int | None:
+    """The classes of a checkpoint for model ``name`` (tagged or not): the rows
+    of its family's classifier weight; None where that is not a 2-D array
+    (:func:`create` then names the missing or mis-shaped key)."""
+    arch, _ = _arch(name)
+    fc = state_dict.get(f"{_FAMILIES[arch.family].CLASSIFIER}.weight")
+    return int(fc.shape[0]) if getattr(fc, "ndim", 0) == 2 else None
+
+
 def create(
     name,
     state_dict: Mapping | None = None,
@@ -164,9 +182,7 @@ def create(
     directory without config.json or weights; r2n.models.StateDictError (a
     ValueError) listing every missing, unexpected and mis-shaped key.
     """
-    path = None
-    if not (isinstance(name, str) and _hub.split_name(name)[0] in ARCHS):
-        path = _hub.hub_dir_of(name)
+    path = _directory_of(name)
     if path is None:
         arch, default_classes = _arch(name)
         if seed is None and state_dict is None:  # a tag does not change the random draw

@@ -1,16 +1,19 @@
 """A picklable classifier: model name, weights path and options in, top-k out.
 
-:class:`Predictor` holds only what it takes to build a model (the name, the
-weights path, the options), so it pickles in a few hundred bytes and can be
-shipped to other processes (Dask workers, Ray actors, ``multiprocessing``).
-Each process builds and prepares the model on its first call and keeps it in
-a per-process cache, keyed on everything that decides the model's contents
-(name, weights path and the file's size and modification time, backend,
-dtype, number of classes, seed): later calls and later pickled copies of an
-equal Predictor reuse it, and a rewritten weights file is read again.
+:class:`Predictor` holds only what it takes to build a model (the name or
+Hub checkpoint directory, the weights path, the options), so it pickles in a
+few hundred bytes and can be shipped to other processes (Dask workers, Ray
+actors, ``multiprocessing``). Each process builds and prepares the model on
+its first call and keeps it in a per-process cache, keyed on everything that
+decides the model's contents (name, weights path and the file's size and
+modification time, or the directory's files', backend, dtype, number of
+classes, seed): later calls and later pickled copies of an equal Predictor
+reuse it, and a rewritten weights file is read again.
 
-Images are decoded and preprocessed by ``r2n.models._preprocess`` (timm's
-eval transform), as ``r2n classify`` does; probabilities are the softmax of
+``r2n classify`` runs on a Predictor, in its own process or (``--dask``) on
+a cluster through :func:`r2n.models.classify_on_dask`. Images are decoded and
+preprocessed by ``r2n.models._preprocess`` (timm's eval transform, with the
+model's config: a tag's or a directory's); probabilities are the softmax of
 the logits in float64, and the top-k classes are sorted by probability
 (ties: the lower class index first).
 """
@@ -26,10 +29,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import _backends
-from . import _preprocess
-
-#: The classifier's weight key per model family (its rows give num_classes).
-_CLASSIFIER = {"res2net": "fc.weight", "tresnet": "head.fc.weight"}
+from . import _hub, _preprocess
 
 # Per-process cache: Predictor._identity() -> (weights file stamp, prepared model,
 # the lock serialising its calls).
@@ -61,11 +61,17 @@ class Predictor:
 
     Parameters
     ----------
-    name : one of :func:`r2n.models.list_models`
+    name : one of :func:`r2n.models.list_models`, timm's tagged name of one
+        (``"tresnet_m.miil_in1k_448"``: the tag's input size and classes), or a
+        Hub checkpoint directory (a path, ``pathlib.Path`` or
+        ``"local-dir:PATH"``; config.json gives the architecture, classes,
+        preprocessing and class names, and the directory holds the weights),
+        readable where the Predictor runs; stored as ``"local-dir:PATH"``,
+        absolute when the directory exists here.
     weights : path of a checkpoint :func:`r2n.load_state_dict` reads, readable
         where the Predictor runs (on a cluster: a shared filesystem); a path
-        that exists here is made absolute. None: deterministic random weights
-        (``seed``), for demos and tests.
+        that exists here is made absolute. None: a directory's own weights, or
+        for a name deterministic random weights (``seed``), for demos and tests.
     backend : None (host: "cpu", or "reference" without Numba), "reference",
         "cpu" or "gpu" (images are moved to the GPU, results come back)
     batch_size : images per model call
@@ -73,9 +79,12 @@ class Predictor:
         the calling thread's setting (``classify_on_dask`` then picks one per
         worker so that the workers of a machine share its cores)
     topk : classes returned per image (at most num_classes)
-    num_classes : None: from the checkpoint's classifier (1000 without weights)
+    num_classes : None: from the checkpoint's classifier (a directory's
+        config.json; without weights the tag's, 1000 for most)
     dtype : "float32" or "float64"
     seed : random weights' seed when ``weights`` is None
+    max_pixels : images with more pixels are refused before they are decoded
+        (an error in their :class:`Prediction`)
 
     Examples
     --------
@@ -92,15 +101,25 @@ class Predictor:
     num_classes: int | None = None
     dtype: str = "float32"
     seed: int | None = None
+    max_pixels: int = _preprocess.DEFAULT_MAX_PIXELS
     _params: tuple = ()  # scaled-down variants for tests: create(..., _params=dict(...))
 
     def __post_init__(self):
-        from . import ARCHS
+        from . import _arch, _directory_of
 
-        if self.name not in ARCHS:
-            raise ValueError(
-                f"r2n.models.Predictor: unknown model {self.name!r}; known: {', '.join(ARCHS)}"
-            )
+        directory = _directory_of(self.name)
+        if directory is None:
+            _arch(self.name)  # an unknown name or tag: ValueError now, not on a worker
+        else:
+            if self.weights is not None:
+                raise ValueError(
+                    f"r2n.models.Predictor: {directory!r} is a checkpoint directory, which "
+                    f"holds its own weights; pass weights=None"
+                )
+            if os.path.isdir(directory):
+                directory = os.path.abspath(directory)  # workers may start elsewhere
+            # The prefix keeps it a directory on a machine where it does not exist.
+            object.__setattr__(self, "name", _hub.LOCAL_DIR_PREFIX + directory)
         if self.weights is not None:
             weights = os.fspath(self.weights)
             if os.path.exists(weights):
@@ -111,7 +130,7 @@ class Predictor:
                 f"r2n.models.Predictor: backend must be None or one of "
                 f"{', '.join(map(repr, _backends.BACKENDS))}, got {self.backend!r}"
             )
-        for field, minimum in (("batch_size", 1), ("topk", 1), ("threads", 1)):
+        for field, minimum in (("batch_size", 1), ("topk", 1), ("threads", 1), ("max_pixels", 1)):
             value = getattr(self, field)
             if field == "threads" and value is None:
                 continue
@@ -143,7 +162,7 @@ class Predictor:
         return self._cached()[0]
 
     def _cached(self):
-        identity, stamp = self._identity(), _file_stamp(self.weights)
+        identity, stamp = self._identity(), _file_stamp(self._directory() or self.weights)
         with _MODELS_LOCK:  # one build per process, even with several task threads
             entry = _MODELS.get(identity)
             if entry is None or entry[0] != stamp:  # new, or the file was rewritten
@@ -151,24 +170,37 @@ class Predictor:
         return entry[1:]
 
     def _build(self):
-        import r2n
-        import r2n.models
+        from . import _num_classes_in, create, load_state_dict
 
         state, num_classes = None, self.num_classes
         if self.weights is not None:
-            state = r2n.load_state_dict(self.weights)
+            state = load_state_dict(self.weights)
             if num_classes is None:
-                fc = state.get(_CLASSIFIER[r2n.models.ARCHS[self.name].family])
-                num_classes = int(fc.shape[0]) if getattr(fc, "ndim", 0) == 2 else None
-        return r2n.models.create(
+                num_classes = _num_classes_in(self.name, state)
+        return create(
             self.name,
             state,
-            num_classes=num_classes or 1000,
+            num_classes=num_classes,  # None: the directory's, the tag's or 1000
             backend=self.backend,
             dtype=self.dtype,
             seed=self.seed,
             _params=dict(self._params) or None,
         )
+
+    def _directory(self) -> str | None:
+        return _hub.hub_dir_of(self.name)
+
+    def labels(self) -> list[str] | None:
+        """Class names by index: a Hub directory's ``label_names``, else the
+        ImageNet-1k names when the model has 1000 classes, else None. Builds
+        the model (in this process) when it is not built yet."""
+        from . import hub_checkpoint
+
+        directory = self._directory()
+        names = hub_checkpoint(directory).label_names if directory else None
+        if names is None and self.model().num_classes == 1000:
+            names = _preprocess.class_names()
+        return names
 
     def release(self) -> None:
         """Drop this process's cached model (the next call builds it again)."""
@@ -180,12 +212,14 @@ class Predictor:
     # ------------------------------------------------------------------ #
 
     def load(self, image) -> np.ndarray:
-        """One image (a path or a PIL image) -> (3, S, S) float32, timm's eval transform."""
-        from . import ARCHS
+        """One image (a path or a PIL image) -> (3, S, S) float32, timm's eval
+        transform with the model's config (building the model if needed)."""
+        return self._load(image, self.model().preprocess)
 
+    def _load(self, image, config) -> np.ndarray:
         if not hasattr(image, "convert"):  # a path, not a PIL image
-            image = _preprocess.load_image(image)
-        return _preprocess.preprocess(image, ARCHS[self.name].preprocess)
+            image = _preprocess.load_image(image, self.max_pixels)
+        return _preprocess.preprocess(image, config)
 
     def __call__(self, images) -> tuple[np.ndarray, np.ndarray]:
         """Top-k classes of a batch of images.
@@ -211,7 +245,7 @@ class Predictor:
         for start in range(0, n, self.batch_size):
             chunk = images[start : start + self.batch_size]
             if not hasattr(chunk, "shape"):
-                chunk = np.stack([self.load(image) for image in chunk])
+                chunk = np.stack([self._load(image, model.preprocess) for image in chunk])
             with lock:  # a model's buffers serve one call at a time
                 logits = self._run(model, chunk)
             c, p = top_k(logits, k)
@@ -245,13 +279,14 @@ class Predictor:
     def predict_paths(self, paths: Sequence) -> list[Prediction]:
         """One :class:`Prediction` per path, in order; an image that cannot be
         read or decoded gets its ``error`` set and the others still run."""
+        config = self.model().preprocess
         images, good = [], []
         results: list[Prediction | None] = [None] * len(paths)
         for i, path in enumerate(paths):
             try:
-                images.append(self.load(path))
+                images.append(self._load(path, config))
                 good.append(i)
-            except (FileNotFoundError, _preprocess.ImageError) as e:
+            except (OSError, _preprocess.ImageError) as e:  # OSError: e.g. no permission
                 results[i] = Prediction(os.fspath(path), None, None, str(e))
         if images:
             classes, probabilities = self(np.stack(images))

@@ -34,6 +34,11 @@ class StateDictError(ValueError):
         self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
         super().__init__(f"state_dict does not fit {model}: " + self._parts(None))
 
+    def __reduce__(self):
+        # Pickled with its lists (Exception's default would pass only the message
+        # to __init__): a Dask worker's error reaches the client whole.
+        return type(self), (self.model, self.missing, self.unexpected, self.mismatched)
+
     def _parts(self, limit):
         parts = []
         for title, items in (

@@ -45,6 +45,8 @@ from ._model import bn_keys
 
 STEM_WIDTH = 32  # the deep stem's first two convs (timm's stem_width)
 EXPANSION = 4
+#: The classifier's key prefix: fc.weight (num_classes, features) and fc.bias.
+CLASSIFIER = "fc"
 
 
 def _stages(p):
@@ -95,8 +97,8 @@ def expected_keys(arch, num_classes):
             keys[f"{prefix}.downsample.{ci}.weight"] = (planes * EXPANSION, inplanes, 1, 1)
             keys.update(bn_keys(f"{prefix}.downsample.{bi}", planes * EXPANSION))
     c_feat = 512 * EXPANSION
-    keys["fc.weight"] = (num_classes, c_feat)
-    keys["fc.bias"] = (num_classes,)
+    keys[f"{CLASSIFIER}.weight"] = (num_classes, c_feat)
+    keys[f"{CLASSIFIER}.bias"] = (num_classes,)
     return keys
 
 
@@ -142,8 +144,8 @@ def build(arch, weights, layers):
         blocks.append(
             layers.bottle2neck(params, scale=scale, stype=stype, stride=stride, groups=card)
         )
-    fc_w = layers.arr(weights.array("fc.weight"))
-    fc_b = layers.arr(weights.array("fc.bias"))
+    fc_w = layers.arr(weights.array(f"{CLASSIFIER}.weight"))
+    fc_b = layers.arr(weights.array(f"{CLASSIFIER}.bias"))
 
     def forward(x):
         for conv in stem:

@@ -55,6 +55,8 @@ USE_SE = (True, True, True, False)
 EXPANSION = {"basic": 1, "bottleneck": 4}
 STEM_SLOPE = 0.01  # nn.LeakyReLU's default, the stem's activation in timm
 BLOCK_SLOPE = 1e-3  # the blocks' LeakyReLU
+#: The classifier's key prefix: head.fc.weight (num_classes, features), head.fc.bias.
+CLASSIFIER = "head.fc"
 
 
 def _planes0(p):
@@ -118,8 +120,8 @@ def expected_keys(arch, num_classes):
         if kind == "bottleneck":
             keys[f"{prefix}.conv3.conv.weight"] = (out_c, planes, 1, 1)
             keys.update(bn_keys(f"{prefix}.conv3.bn", out_c))
-    keys["head.fc.weight"] = (num_classes, planes0 * 8 * 4)
-    keys["head.fc.bias"] = (num_classes,)
+    keys[f"{CLASSIFIER}.weight"] = (num_classes, planes0 * 8 * 4)
+    keys[f"{CLASSIFIER}.bias"] = (num_classes,)
     return keys
 
 
@@ -194,8 +196,8 @@ def build(arch, weights, layers):
         _block_forward(prefix, kind, stride, downsample, use_se, weights, layers)
         for prefix, kind, _, _, stride, downsample, use_se in _blocks(p)
     ]
-    fc_w = layers.arr(weights.array("head.fc.weight"))
-    fc_b = layers.arr(weights.array("head.fc.bias"))
+    fc_w = layers.arr(weights.array(f"{CLASSIFIER}.weight"))
+    fc_b = layers.arr(weights.array(f"{CLASSIFIER}.bias"))
 
     def forward(x):
         if x.shape[2] % 4 or x.shape[3] % 4:
