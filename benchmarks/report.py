@@ -13,6 +13,11 @@ keeps rows whose label starts with one of the given names, ``--threads`` keeps
 host rows of that thread count and GPU rows), and the speedup model;
 ``--plot PNG`` redraws the run's figure from the file.
 
+``benchmarks/bench_engines.py --json`` files (``"tool": "bench_engines"``):
+the machine, the measured FMA peak, each cell's time per engine with r2n vs
+the faster of ONNX Runtime and OpenVINO, and each engine's GFLOP/s and % of
+the FMA peak (``bench_engines.markdown``).
+
 The README's and NOTES.md's tables are produced by this script, not typed.
 """
 
@@ -162,6 +167,11 @@ def main(argv=None) -> None:
     keep_rows = args.rows.split(",") if args.rows else None
     with open(args.json_file) as f:
         data = json.load(f)
+    if data.get("tool") == "bench_engines":
+        import bench_engines  # beside this script
+
+        print(bench_engines.markdown(data))
+        return
     if data.get("tool") == "r2n bench":
         print(bench_markdown(data, keep_rows, args.threads))
         if args.plot:
