@@ -110,13 +110,18 @@ def _load_safetensors(path):
     from safetensors.numpy import load_file
 
     try:
-        return dict(load_file(path))
+        arrays = dict(load_file(path))
     except TypeError:  # e.g. "data type 'bfloat16' not understood"
         try:
             from safetensors.torch import load_file as load_torch
         except ImportError:
             raise
         return {k: _torch_to_numpy(v) for k, v in load_torch(path).items()}
+    # With ml_dtypes installed (onnx, jax, tensorflow bring it) NumPy's loader
+    # returns bfloat16 arrays of ml_dtypes' type: float32, as torch's path gives.
+    return {
+        k: a.astype(np.float32) if a.dtype.name == "bfloat16" else a for k, a in arrays.items()
+    }
 
 
 def _torch_to_numpy(t) -> np.ndarray:
