@@ -18,8 +18,9 @@ from helpers import rel_err
 
 import r2n
 from r2n import _bench_cli
-from r2n._bench import model, timing, torch_models
+from r2n._bench import engines, model, timing, torch_models
 from r2n._bench.cases import block_case, chain_case, conv_case
+from r2n._bench.engines import ENGINES
 
 pytest.importorskip("numba")
 
@@ -151,11 +152,12 @@ def test_predicted_speedups_on_known_numbers():
 
 
 def _fake_row(row, device, threads, ms, flops=2e9):
+    engine = row.split()[0]
     return dict(
         op="conv2d",
         case="c",
         row=row,
-        engine="torch" if row.startswith("torch") else "r2n",
+        engine="torch" if row.startswith("torch") else engine if engine in ENGINES else "r2n",
         backend=row.split()[0],
         device=device,
         threads=threads,
@@ -197,6 +199,63 @@ def test_derived_columns_and_table_from_fake_timings():
     assert low["roofline_gflops"] == 20.0 and low["pct_peak"] == pytest.approx(500.0)
     table = _bench_cli.format_table(rows)
     assert "8.00x" in table and "WRONG" in table and "50%" in table
+
+
+def test_vs_best_engine_is_the_fastest_other_engine_at_the_same_threads():
+    rows = [
+        _fake_row("cpu 1t", "cpu", 1, 20.0),
+        _fake_row("cpu 2t", "cpu", 2, 10.0),
+        _fake_row("torch eager 1t", "cpu", 1, 30.0),
+        _fake_row("torch folded 1t", "cpu", 1, 28.0),
+        _fake_row("onnxruntime 1t", "cpu", 1, 16.0),
+        _fake_row("openvino 1t", "cpu", 1, 18.0),
+        _fake_row("torch eager 2t", "cpu", 2, 20.0),
+        _fake_row("openvino 2t", "cpu", 2, 12.5),
+        dict(_fake_row("onnxruntime 2t", "cpu", 2, None), status="WRONG"),
+    ]
+    peaks = {"sgemm_gflops": {"1": 200.0, "2": 400.0}, "copy_gbs": {"1": 10, "2": 20}}
+    _bench_cli.derive(rows, peaks, None)
+    by = {r["row"]: r for r in rows}
+    assert by["cpu 1t"]["vs_best_engine"] == pytest.approx(16.0 / 20.0)  # onnxruntime
+    assert by["cpu 2t"]["vs_best_engine"] == pytest.approx(12.5 / 10.0)  # openvino; ORT wrong
+    assert by["cpu 1t"]["vs_torch"] == pytest.approx(1.5)
+    assert by["onnxruntime 1t"]["vs_best_engine"] == pytest.approx(1.0)
+    assert by["openvino 1t"]["vs_torch"] == pytest.approx(30.0 / 18.0)
+    table = _bench_cli.format_table(rows)
+    assert "vs best engine" in table and "0.80x" in table and "1.25x" in table
+
+
+def test_missing_engines_give_no_rows_and_say_why(monkeypatch):
+    monkeypatch.setattr(engines, "missing", lambda e: f"{e} is not installed (pip)")
+    env = _bench_cli.Env({"cpu", "onnxruntime", "openvino"})
+    specs = _bench_cli.row_specs(env, {"cpu", "onnxruntime", "openvino"})
+    assert all(spec.engine == "r2n" for spec in specs)
+    notes = env.notes()
+    assert "onnxruntime: no rows (onnxruntime is not installed (pip))" in notes
+    assert "openvino: no rows (openvino is not installed (pip))" in notes
+
+
+@pytest.mark.skipif(
+    any(engines.missing(e) for e in ENGINES), reason="needs onnxruntime and openvino (r2n[bench])"
+)
+def test_engine_rows_run_the_network_only_and_agree(tmp_path, monkeypatch):
+    monkeypatch.setenv("R2N_BENCH_CACHE", str(tmp_path / "cache"))
+    code, report = _run(
+        tmp_path, "--op", "res2net50_26w_4s", "--backend", "cpu", "onnxruntime", "openvino"
+    )
+    assert code == 0
+    rows = {r["row"]: r for r in report["rows"]}
+    for engine in ENGINES:
+        for t in {1, report["threads_all"]}:
+            r = rows[f"{engine} {t}t"]
+            assert r["status"] == "ok" and r["rel_err"] <= 1e-4 and r["ms"] > 0, r
+            assert r["vs_best_engine"] <= 1.0 + 1e-12
+        assert report["machine"][engine] == engines.versions()[engine]
+    cpu = rows["cpu 1t"]
+    best = min(rows[f"{e} 1t"]["ms"] for e in ENGINES)
+    assert cpu["vs_best_engine"] == pytest.approx(best / cpu["ms"])
+    # the ONNX file was exported once into the cache, for batch 1 at 112x112
+    assert len(list((tmp_path / "cache").glob("res2net50_26w_4s-*-n1-112px-*.onnx"))) == 1
 
 
 def test_model_text_from_fake_result():
