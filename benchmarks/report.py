@@ -18,6 +18,10 @@ the machine, the measured FMA peak, each cell's time per engine with r2n vs
 the faster of ONNX Runtime and OpenVINO, and each engine's GFLOP/s and % of
 the FMA peak (``bench_engines.markdown``).
 
+``r2n profile --json`` files (``"tool": "r2n profile"``): the time by role
+against the floors, and the ``--top`` layers with the most time above their
+floor, beside ONNX Runtime's when profiled (``r2n._profile_cli.markdown``).
+
 The README's and NOTES.md's tables are produced by this script, not typed.
 """
 
@@ -165,12 +169,20 @@ def main(argv=None) -> None:
     parser.add_argument("--rows", help="comma-separated rows to show (default: all)")
     parser.add_argument("--threads", type=int, help="only rows with this thread count")
     parser.add_argument(
+        "--top", type=int, default=10, help="r2n profile files: layers listed (0: none)"
+    )
+    parser.add_argument(
         "--plot", metavar="PNG", help="r2n bench files: also redraw the PNG of r2n bench --plot"
     )
     args = parser.parse_args(argv)
     keep_rows = args.rows.split(",") if args.rows else None
     with open(args.json_file) as f:
         data = json.load(f)
+    if data.get("tool") == "r2n profile":
+        from r2n import _profile_cli
+
+        print(_profile_cli.markdown(data, top=args.top))
+        return
     if data.get("tool") == "bench_engines":
         import bench_engines  # beside this script
 

@@ -279,3 +279,63 @@ def format_report(report: dict) -> str:
     by_role = _table(header, rows, set(range(1, len(header))))
     lines += ["", "By role (sorted by time):", "", by_role]
     return "\n".join(lines)
+
+
+def markdown(report: dict, top: int = 10) -> str:
+    """Markdown of a saved profile (``benchmarks/report.py`` prints it): the
+    header, the roles table, and the ``top`` layers with the most time above
+    their floor (with ONNX Runtime's time for the same layer when profiled)."""
+    ort = report.get("onnxruntime") or {}
+    ort_layers = ort.get("layers") if ort.get("status") == "ok" else None
+    peak = report["fma_peak_gflops"]
+    lines = [
+        f"{report['model']}, batch {report['batch']}, {report['size']}x{report['size']}, "
+        f"{report['threads']} thread(s), {report['backend']} backend, run "
+        f"{report['datetime']}: {report['flops'] / 1e9:.2f} GFLOP; FMA peak "
+        f"{_fmt(peak, '.1f') or 'n/a'} GFLOP/s per core. Plain forward "
+        f"{report['forward_ms']:.1f} ms, layers' sum {report['total_ms']:.1f} ms "
+        f"({100 * report['overhead']:+.1f}%)"
+        + (
+            f"; ONNX Runtime {ort['version']} run {ort['run_ms']:.1f} ms "
+            f"(per-node sum {ort['total_ms']:.1f} ms)."
+            if ort_layers is not None
+            else "."
+        ),
+        "",
+    ]
+    role_of = {r["name"]: r["role"] for r in report["layers"]}
+    by_role_ort: dict[str, float] = {}
+    for name, ms in (ort_layers or {}).items():
+        by_role_ort[role_of.get(name, "?")] = by_role_ort.get(role_of.get(name, "?"), 0.0) + ms
+    head = "| role | layers | ms | share | GFLOP/s | % peak | floor ms | above floor |"
+    rule = "|---|---:|---:|---:|---:|---:|---:|---:|"
+    if ort_layers is not None:
+        head, rule = head + " ONNX Runtime ms |", rule + "---:|"
+    lines += [head, rule]
+    for g in report["roles"]:
+        line = (
+            f"| {g['role']} | {g['layers']} | {g['ms']:.2f} | {100 * g['share']:.1f}% | "
+            f"{g['gflops']:.1f} | {_fmt(g['pct_peak'], '.0f', '%')} | "
+            f"{_fmt(g['floor_ms'], '.2f')} | {_fmt(g['above_floor_ms'], '.2f')} |"
+        )
+        if ort_layers is not None:
+            line += f" {_fmt(by_role_ort.get(g['role']), '.2f')} |"
+        lines.append(line)
+    if top:
+        rows = sorted(report["layers"], key=lambda r: -(r["ms"] - (r["floor_ms"] or 0.0)))[:top]
+        head = "| layer | op | in -> out | ms | % peak | floor ms |"
+        rule = "|---|---|---|---:|---:|---:|"
+        if ort_layers is not None:
+            head, rule = head + " ONNX Runtime ms |", rule + "---:|"
+        lines += ["", f"The {len(rows)} layers with the most time above their floor:", ""]
+        lines += [head, rule]
+        for r in rows:
+            line = (
+                f"| {r['name']} | {r['op']} | {_shape(r['in_shape'])} -> "
+                f"{_shape(r['out_shape'])} | {r['ms']:.2f} | {_fmt(r['pct_peak'], '.0f', '%')} | "
+                f"{_fmt(r['floor_ms'], '.2f')} |"
+            )
+            if ort_layers is not None:
+                line += f" {_fmt(ort_layers.get(r['name']), '.2f')} |"
+            lines.append(line)
+    return "\n".join(lines)

@@ -165,6 +165,10 @@ def test_cli_prints_the_table_and_writes_json(tmp_path, capsys):
     assert report["fma_peak_gflops"] > 0
     assert len(report["layers"]) == 2 + 16 * 3 + 4 + 2  # stem, pool; 16 blocks; 4 shortcuts
     assert report["flops"] == sum(r["flops"] for r in report["layers"])
+    text = _profile_cli.markdown(report, top=3)  # what benchmarks/report.py prints
+    assert "| chain | 16 |" in text
+    top = text.split("The 3 layers with the most time above their floor:")[1]
+    assert len([line for line in top.splitlines() if line.startswith("| ")]) == 2 + 3
 
 
 def test_cli_usage_errors_exit_2():
