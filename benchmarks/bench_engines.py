@@ -33,7 +33,12 @@ What it does, per model:
    ``--warmup`` untimed calls, then at least ``--min-reps`` timed calls and
    more while the total is under ``--min-time`` seconds; the cell's time is
    the median. Each process also measures how busy other processes kept the
-   CPUs while it timed (``r2n._bench.machine.OtherLoad``).
+   CPUs while it timed (``r2n._bench.machine.OtherLoad``), and the CPU time
+   of each call (``time.process_time``, all threads of the process): in a
+   1-thread cell that is the call's work without the time other processes
+   held the core, the figure to compare on a busy machine (on a quiet one it
+   is the wall time; with more threads it also counts workers spinning
+   between calls, so it is kept but not compared).
 3. **Rounds**: ``--rounds`` passes over every cell, the engines in one order
    in even rounds and reversed in odd ones; a cell's figure is its best
    median over the rounds (the least disturbed one on a shared machine).
@@ -265,20 +270,27 @@ def measure(spec: dict) -> dict:
     if not (result["rel_err"] <= TOLERANCE and result["top1_agrees"]):
         result["status"] = "WRONG"
         return result
-    budget = timing.Budget(
-        min_time=spec["min_time"],
-        min_reps=spec["min_reps"],
-        max_reps=spec["max_reps"],
-        warmup=spec["warmup"],
-    )
+    for _ in range(spec["warmup"]):
+        fn(x)
     load = machine.OtherLoad()
     load.start()
-    times = timing.time_host(lambda: fn(x), budget)
+    times, cpu_times = [], []
+    start = time.perf_counter()
+    while len(times) < spec["min_reps"] or (
+        time.perf_counter() - start < spec["min_time"] and len(times) < spec["max_reps"]
+    ):
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn(x)
+        t1, c1 = time.perf_counter(), time.process_time()
+        times.append(t1 - t0)
+        cpu_times.append(c1 - c0)
     result["other_load"] = load.stop()
     result.update(
         status="ok",
         median_ms=timing.median_ms(times),
         times_ms=[1e3 * t for t in times],
+        cpu_median_ms=timing.median_ms(cpu_times),
+        cpu_times_ms=[1e3 * t for t in cpu_times],
     )
     return result
 
@@ -514,6 +526,8 @@ def derive(cell: dict, peak: float | None) -> None:
         if ok:
             best = min(r["median_ms"] for r in ok)
             entry.update(ms=best, medians_ms=[r["median_ms"] for r in ok])
+            if all("cpu_median_ms" in r for r in ok):
+                entry["cpu_ms"] = min(r["cpu_median_ms"] for r in ok)
             entry["rel_err"] = max(r["rel_err"] for r in ok)
             if cell.get("flops"):
                 entry["gflops"] = cell["flops"] / best / 1e6
@@ -532,6 +546,12 @@ def derive(cell: dict, peak: float | None) -> None:
             cell["r2n_vs_faster_engine"] = min(others) / ms["r2n"]
         if ms.get("torch"):
             cell["r2n_vs_torch"] = ms["torch"] / ms["r2n"]
+    # The same by CPU time per call (1-thread cells: robust to other processes).
+    cpu = {e: s.get("cpu_ms") for e, s in summary.items() if s["status"] == "ok"}
+    cpu_others = [cpu[e] for e in engines.ENGINES if cpu.get(e)]
+    cell["r2n_vs_faster_engine_cpu"] = None
+    if cpu.get("r2n") and cpu_others and cell["threads"] == 1:
+        cell["r2n_vs_faster_engine_cpu"] = min(cpu_others) / cpu["r2n"]
 
 
 # --------------------------------------------------------------------------- #
@@ -579,6 +599,31 @@ def markdown(data: dict) -> str:
             row.append(_f(s.get("ms"), ".1f") if s.get("status") == "ok" else s.get("status"))
         row += [_f(cell["r2n_vs_faster_engine"], ".2f", "x"), _f(cell["r2n_vs_torch"], ".2f", "x")]
         out.append("| " + " | ".join(row) + " |")
+    one = [c for c in data["cells"] if c["threads"] == 1 and _has_cpu(c)]
+    if one:
+        head = ["model", "batch"] + [engines.TITLES[e] + " CPU ms" for e in names]
+        head += ["r2n vs the faster engine (CPU time)"]
+        out += [
+            "",
+            "1-thread cells by CPU time per call (process time, best median of the rounds; "
+            "% of the FMA peak in brackets): the work without the time other processes "
+            "held the core.",
+            "",
+            "| " + " | ".join(head) + " |",
+            "|---|---:|" + "---:|" * (len(head) - 2),
+        ]
+        for cell in sorted(one, key=lambda c: (c["model"], c["batch"])):
+            row = [cell["model"], str(cell["batch"])]
+            for e in names:
+                s = cell["summary"].get(e, {})
+                ok = s.get("status") == "ok"
+                text = _f(s.get("cpu_ms"), ".1f") if ok else s.get("status")
+                if ok and s.get("cpu_ms") and cell.get("flops") and data.get("fma_peak_gflops"):
+                    pct = cell["flops"] / s["cpu_ms"] / 1e6 / data["fma_peak_gflops"]
+                    text += f" ({100 * pct:.0f}%)"
+                row.append(text)
+            row.append(_f(cell.get("r2n_vs_faster_engine_cpu"), ".2f", "x"))
+            out.append("| " + " | ".join(row) + " |")
     head = ["model", "threads", "batch", "GFLOP"] + [engines.TITLES[e] for e in names]
     out += [
         "",
@@ -598,6 +643,10 @@ def markdown(data: dict) -> str:
             row.append(text)
         out.append("| " + " | ".join(row) + " |")
     return "\n".join(out)
+
+
+def _has_cpu(cell) -> bool:
+    return any(s.get("cpu_ms") for s in cell["summary"].values())
 
 
 def main(argv=None) -> int:
@@ -654,6 +703,7 @@ def test_quick_run_checks_every_engine(tmp_path):
         assert result["median_ms"] == float(np.median(result["times_ms"]))
         s = cell["summary"][engine]
         assert s["ms"] == result["median_ms"] and s["pct_peak"] > 0
+        assert result["cpu_median_ms"] == float(np.median(result["cpu_times_ms"])) > 0
     if set(engines.ENGINES) & set(installed):
         others = min(cell["summary"][e]["ms"] for e in engines.ENGINES if e in installed)
         assert cell["r2n_vs_faster_engine"] == others / cell["summary"]["r2n"]["ms"]

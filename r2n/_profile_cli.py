@@ -47,6 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--min-time", type=float, default=2.0, help="seconds of alternating forwards"
     )
     parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="cpu: the calling thread's CPU time (1 thread only; robust to other processes)",
+    )
+    parser.add_argument(
         "--onnxruntime",
         action="store_true",
         help="beside ONNX Runtime's per-node profile of the same model (needs r2n[bench])",
@@ -82,6 +88,8 @@ def run(opts: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
 
         backend = _backends.pick("bottle2neck", None, "numpy")
     threads = _set_threads(backend, opts.threads, usage)
+    if opts.clock == "cpu" and threads != 1:
+        usage("--clock cpu needs --threads 1 (it reads the calling thread's CPU time)")
     state = None
     if opts.weights:
         from .models import load_state_dict
@@ -106,6 +114,7 @@ def run(opts: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
             peak_gflops=peak,
             fused_blocks=opts.fused_blocks,
             min_time=opts.min_time,
+            clock=opts.clock,
         )
     except RuntimeError as exc:
         print(f"r2n profile: error: {exc}", file=sys.stderr)
@@ -218,7 +227,7 @@ def format_report(report: dict) -> str:
     lines = [
         f"{report['model']}: batch {report['batch']}, {report['size']}x{report['size']}, "
         f"{report['backend']} backend, {report['threads']} thread(s); "
-        f"{report['flops'] / 1e9:.2f} GFLOP per forward",
+        f"{report['flops'] / 1e9:.2f} GFLOP per forward; clock: {report.get('clock', 'wall')}",
         f"FMA peak {_fmt(peak, '.1f') or 'n/a'} GFLOP/s per core (x {report['threads']} "
         f"threads for % peak and the floors)",
         f"plain forward {report['forward_ms']:.2f} ms; the layers below sum to "
@@ -228,8 +237,9 @@ def format_report(report: dict) -> str:
     ]
     if ort.get("status") == "ok":
         lines.append(
-            f"onnxruntime {ort['version']}: run {_fmt(ort['run_ms'], '.2f')} ms, per-node sum "
-            f"{ort['total_ms']:.2f} ms ({ort['other_ms']:.2f} ms in nodes of no r2n layer)"
+            f"onnxruntime {ort['version']}: run {_fmt(ort['run_ms'], '.2f')} ms (CPU time "
+            f"{_fmt(ort.get('run_cpu_ms'), '.2f')} ms), per-node sum {ort['total_ms']:.2f} ms "
+            f"({ort['other_ms']:.2f} ms in nodes of no r2n layer)"
         )
     elif ort:
         lines.append(f"onnxruntime: not run ({ort['status']})")
@@ -291,13 +301,15 @@ def markdown(report: dict, top: int = 10) -> str:
     lines = [
         f"{report['model']}, batch {report['batch']}, {report['size']}x{report['size']}, "
         f"{report['threads']} thread(s), {report['backend']} backend, run "
-        f"{report['datetime']}: {report['flops'] / 1e9:.2f} GFLOP; FMA peak "
+        f"{report['datetime']}, clock {report.get('clock', 'wall')}: "
+        f"{report['flops'] / 1e9:.2f} GFLOP; FMA peak "
         f"{_fmt(peak, '.1f') or 'n/a'} GFLOP/s per core. Plain forward "
         f"{report['forward_ms']:.1f} ms, layers' sum {report['total_ms']:.1f} ms "
         f"({100 * report['overhead']:+.1f}%)"
         + (
-            f"; ONNX Runtime {ort['version']} run {ort['run_ms']:.1f} ms "
-            f"(per-node sum {ort['total_ms']:.1f} ms)."
+            f"; ONNX Runtime {ort['version']} run {ort['run_ms']:.1f} ms wall, "
+            f"{_fmt(ort.get('run_cpu_ms'), '.1f')} ms CPU (per-node sum {ort['total_ms']:.1f} ms"
+            + ")."
             if ort_layers is not None
             else "."
         ),

@@ -62,9 +62,18 @@ def test_plain_layers_ignore_names_and_return_steps_unchanged():
 def test_res2net_profile_has_every_layer_once_and_shares_sum_to_one(rng, fused):
     model = _small("res2net50_26w_4s")
     x = _images(rng, 2, 32)
+    clock = "cpu" if fused else "wall"  # both clocks
     out = profile.profile(
-        model, x, threads=1, peak_gflops=100.0, fused_blocks=fused, min_time=0, min_reps=3
+        model,
+        x,
+        threads=1,
+        peak_gflops=100.0,
+        fused_blocks=fused,
+        min_time=0,
+        min_reps=3,
+        clock=clock,
     )
+    assert out["clock"] == clock
     names = [r["name"] for r in out["layers"]]
     assert names == _expected_res2net(fused=fused)  # forward order, each once
     assert out["check_rel_err"] <= profile.CHECK_TOL and out["reps"] == 3
@@ -168,7 +177,7 @@ def test_cli_prints_the_table_and_writes_json(tmp_path, capsys):
     text = _profile_cli.markdown(report, top=3)  # what benchmarks/report.py prints
     assert "| chain | 16 |" in text
     top = text.split("The 3 layers with the most time above their floor:")[1]
-    assert len([line for line in top.splitlines() if line.startswith("| ")]) == 2 + 3
+    assert len([line for line in top.splitlines() if line.startswith("| ")]) == 1 + 3  # header + 3
 
 
 def test_cli_usage_errors_exit_2():
@@ -177,6 +186,9 @@ def test_cli_usage_errors_exit_2():
     assert info.value.code == 2
     with pytest.raises(SystemExit) as info:
         _profile_cli.main(["tresnet_m", "--threads", "0"])
+    assert info.value.code == 2
+    with pytest.raises(SystemExit) as info:  # the thread CPU clock needs one thread
+        _profile_cli.main(["tresnet_m", "--threads", "2", "--clock", "cpu"])
     assert info.value.code == 2
 
 

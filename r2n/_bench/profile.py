@@ -93,21 +93,31 @@ class Record:
         return m.group(1) if m else ""
 
 
-class Recorder:
-    """Collects the timed calls of one profiled forward pass after another."""
+#: The clocks a profile can read: wall time, or the calling thread's CPU time
+#: (at 1 thread the layer's work without the time other processes held the core).
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
 
-    def __init__(self):
+
+class Recorder:
+    """Collects the timed calls of one profiled forward pass after another.
+
+    ``clock``: "wall" (default) or "cpu" (see CLOCKS)."""
+
+    def __init__(self, clock: str = "wall"):
         self.records: dict[str, Record] = {}
         self.recording = False
+        self.clock = CLOCKS[clock]
 
     def timed(self, name: str, op: str, fn, describe):
         """``fn`` under a timer named ``name``; ``describe(args, kwargs, y)`` ->
         dict of Record fields, called on the first recorded call."""
 
+        clock = self.clock
+
         def run(*args, **kwargs):
-            start = time.perf_counter()
+            start = clock()
             y = fn(*args, **kwargs)
-            elapsed = time.perf_counter() - start
+            elapsed = clock() - start
             if self.recording:
                 record = self.records.get(name)
                 if record is None:
@@ -380,6 +390,7 @@ def profile(
     min_time: float = 2.0,
     min_reps: int = 5,
     max_reps: int = 200,
+    clock: str = "wall",
 ) -> dict:
     """Profile ``model`` (an r2n.models.Model on a host backend) on images ``x``.
 
@@ -391,6 +402,9 @@ def profile(
     peak_gflops : one core's FMA peak (None: no % of peak)
     fused_blocks : each Res2Net block as one row (see :class:`ProfilingLayers`)
     min_time, min_reps, max_reps : how long to alternate the two forwards
+    clock : "wall", or "cpu": the calling thread's CPU time (meaningful at 1
+        thread, where that thread does all the work; on a busy machine it
+        leaves out the time other processes held the core)
 
     Returns
     -------
@@ -400,7 +414,8 @@ def profile(
     sum), forward_ms (the plain forward's median), profiled_forward_ms,
     overhead (total_ms / forward_ms - 1), check_rel_err, reps.
     """
-    recorder = Recorder()
+    recorder = Recorder(clock)
+    tick = CLOCKS[clock]
     layers = ProfilingLayers(model.backend, "numpy", recorder, fused_blocks=fused_blocks)
     forward = model._build(model.arch, model._weights, layers)
     plain = np.asarray(model(x))  # also checks x as a model call does
@@ -417,11 +432,11 @@ def profile(
     while len(plain_times) < min_reps or (
         time.perf_counter() - start < min_time and len(plain_times) < max_reps
     ):
-        t0 = time.perf_counter()
+        t0 = tick()
         model(x)
-        t1 = time.perf_counter()
+        t1 = tick()
         forward(x)
-        t2 = time.perf_counter()
+        t2 = tick()
         plain_times.append(t1 - t0)
         profiled_times.append(t2 - t1)
     rows = [_row(r, peak_gflops, threads) for r in recorder.records.values()]
@@ -439,6 +454,7 @@ def profile(
         "check_rel_err": err,
         "reps": len(plain_times),
         "flops": sum(r["flops"] for r in rows),
+        "clock": clock,
     }
 
 
@@ -560,8 +576,12 @@ def onnxruntime_profile(path: str, x, threads: int, layers: list[dict], runs: in
 
     Returns {"layers": {r2n layer: ms}, "other_ms": ms of nodes mapped to no
     layer, "total_ms": the sum, "run_ms": median of ONNX Runtime's whole-run
-    events, "nodes": [(node, op, ms, layer)] }. Each node's ms is its median
-    over ``runs`` runs (after a first run, which is dropped: it allocates)."""
+    events, "run_cpu_ms": median process CPU time of a run, "nodes": [(node,
+    op, ms, layer)] }. Each node's ms is its median over ``runs`` runs (after
+    a first run, which is dropped: it allocates). ONNX Runtime's profiler
+    reads wall time; a median per node leaves out the runs in which another
+    process took the core during that node, so on a busy machine the sum
+    stays near the run's CPU time while the whole run's wall time does not."""
     import onnx
 
     from . import engines
@@ -572,8 +592,11 @@ def onnxruntime_profile(path: str, x, threads: int, layers: list[dict], runs: in
     with tempfile.TemporaryDirectory(prefix="r2n-ort-profile-") as tmp:
         session = engines.onnxruntime_session(path, threads, os.path.join(tmp, "ort"))
         input_name = session.get_inputs()[0].name
+        cpu_ms = []
         for _ in range(runs + 1):
+            c0 = time.process_time()
             session.run(None, {input_name: x})
+            cpu_ms.append(1e3 * (time.process_time() - c0))
         with open(session.end_profiling()) as f:
             events = json.load(f)
     runs_ms = [e["dur"] / 1e3 for e in events if e.get("name") == "model_run"]
@@ -614,5 +637,6 @@ def onnxruntime_profile(path: str, x, threads: int, layers: list[dict], runs: in
         "other_ms": other,
         "total_ms": sum(per_layer.values()) + other,
         "run_ms": statistics.median(runs_ms[1:]) if len(runs_ms) > 1 else None,
+        "run_cpu_ms": statistics.median(cpu_ms[1:]),
         "nodes": rows,
     }
