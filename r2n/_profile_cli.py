@@ -55,7 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--onnxruntime",
         action="store_true",
-        help="beside ONNX Runtime's per-node profile of the same model (needs r2n[bench])",
+        help="beside ONNX Runtime's per-node profile of the same model (needs r2n[bench]); "
+        "with --clock cpu its nodes' wall times are scaled to sum to its run's CPU time",
     )
     parser.add_argument("--json", metavar="PATH", help="write every figure to this JSON file")
 
@@ -181,7 +182,16 @@ def _onnxruntime(opts, state, x, threads, layers) -> dict:
         return {"status": why}
     path, info = engines.cached_onnx(opts.model, state, opts.batch, opts.size)
     out = profile.onnxruntime_profile(path, x, threads, layers)
-    out.update(status="ok", onnx=info, version=engines.versions()["onnxruntime"])
+    out.update(status="ok", onnx=info, version=engines.versions()["onnxruntime"], scale=1.0)
+    if opts.clock == "cpu" and out["total_ms"] > 0:
+        # ONNX Runtime's profiler reads wall time, which on a busy machine
+        # holds the time other processes took the core. On r2n's clock: each
+        # layer's share of the per-node sum x the run's CPU time (1 thread).
+        out["scale"] = out["run_cpu_ms"] / out["total_ms"]
+        out["layers_wall"] = dict(out["layers"])
+        out["layers"] = {k: v * out["scale"] for k, v in out["layers"].items()}
+        out["other_ms"] *= out["scale"]
+        out["total_ms"] *= out["scale"]
     return out
 
 
@@ -240,6 +250,11 @@ def format_report(report: dict) -> str:
             f"onnxruntime {ort['version']}: run {_fmt(ort['run_ms'], '.2f')} ms (CPU time "
             f"{_fmt(ort.get('run_cpu_ms'), '.2f')} ms), per-node sum {ort['total_ms']:.2f} ms "
             f"({ort['other_ms']:.2f} ms in nodes of no r2n layer)"
+            + (
+                f"; its nodes' wall times x {ort['scale']:.2f} (the run's CPU time / their sum)"
+                if ort.get("scale", 1.0) != 1.0
+                else ""
+            )
         )
     elif ort:
         lines.append(f"onnxruntime: not run ({ort['status']})")
@@ -309,6 +324,11 @@ def markdown(report: dict, top: int = 10) -> str:
         + (
             f"; ONNX Runtime {ort['version']} run {ort['run_ms']:.1f} ms wall, "
             f"{_fmt(ort.get('run_cpu_ms'), '.1f')} ms CPU (per-node sum {ort['total_ms']:.1f} ms"
+            + (
+                f": its nodes' wall times x {ort['scale']:.2f}, the run's CPU time / their sum"
+                if ort.get("scale", 1.0) != 1.0
+                else ""
+            )
             + ")."
             if ort_layers is not None
             else "."
