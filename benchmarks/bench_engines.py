@@ -1,6 +1,6 @@
 """Whole networks on four CPU engines: r2n, PyTorch eager, ONNX Runtime, OpenVINO.
 
-    # the full run (~30-60 min on 2 cores): 3 models x batch 1, 8 x 1 and all threads
+    # the full run (28 min on 2 busy cores): 3 models x batch 1, 8 x 1 and all threads
     python benchmarks/bench_engines.py --json benchmarks/results/$(date +%F)-engines-<machine>.json
     # one model
     python benchmarks/bench_engines.py --models res2net50_26w_4s --json FILE.json
