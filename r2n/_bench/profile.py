@@ -86,12 +86,6 @@ class Record:
     aliases: tuple = ()
     times: list = dataclasses.field(default_factory=list)
 
-    @property
-    def block(self) -> str:
-        """The block this layer belongs to (``layer1.0``), "" outside blocks."""
-        m = re.match(r"(.*layer\d+\.\d+)\.", self.name)
-        return m.group(1) if m else ""
-
 
 #: The clocks a profile can read: wall time, or the calling thread's CPU time
 #: (at 1 thread the layer's work without the time other processes held the core).
