@@ -25,6 +25,12 @@ from r2n._bench.engines import ENGINES
 pytest.importorskip("numba")
 
 
+@pytest.fixture(autouse=True)
+def _onnx_cache(tmp_path, monkeypatch):
+    """ONNX exports of the engine rows go to the test's directory, not ~/.cache."""
+    monkeypatch.setenv("R2N_BENCH_CACHE", str(tmp_path / "onnx-cache"))
+
+
 def _run(tmp_path, *argv):
     path = tmp_path / "bench.json"
     code = _bench_cli.main(["--quick", "--json", str(path), *argv])
@@ -61,6 +67,23 @@ def test_quick_run_end_to_end_writes_every_figure_and_a_plot(tmp_path):
         assert r["gflops"] == pytest.approx(r["flops"] / r["ms"] / 1e6)
         assert r["pct_peak"] > 0 and r["vs_serial"] > 0 and r["vs_torch"] > 0
         assert r["intensity"] == pytest.approx(r["flops"] / r["min_bytes"])
+    # The other engines: network rows only, at 1 and all threads, when installed.
+    installed = [e for e in ENGINES if engines.missing(e) is None]
+    for engine in ENGINES:
+        rows_of = [r for r in rows if r["engine"] == engine]
+        if engine not in installed:
+            assert not rows_of and any(n.startswith(f"{engine}: no rows") for n in report["notes"])
+            continue
+        assert {r["op"] for r in rows_of} == {"res2net50_26w_4s"}
+        assert {r["threads"] for r in rows_of} == {1, report["threads_all"]}
+        assert all(r["vs_best_engine"] <= 1.0 + 1e-12 for r in rows_of)
+        assert report["machine"][engine] == engines.versions()[engine]
+    network = {r["row"]: r for r in rows if r["op"] == "res2net50_26w_4s"}
+    if installed and "cpu 1t" in network and network["cpu 1t"]["ms"]:
+        best = min(r["ms"] for r in network.values() if r["engine"] != "r2n" and r["threads"] == 1)
+        assert network["cpu 1t"]["vs_best_engine"] == pytest.approx(best / network["cpu 1t"]["ms"])
+        exported = list((tmp_path / "onnx-cache").glob("res2net50_26w_4s-*-n1-112px-*.onnx"))
+        assert len(exported) == 1  # exported once, shared by the engine rows
     # The model: one bottleneck, cpu on all threads (no GPU here).
     (m,) = report["model"]
     assert m["status"] == "ok" and m["parallel"].startswith("cpu")
@@ -233,29 +256,6 @@ def test_missing_engines_give_no_rows_and_say_why(monkeypatch):
     notes = env.notes()
     assert "onnxruntime: no rows (onnxruntime is not installed (pip))" in notes
     assert "openvino: no rows (openvino is not installed (pip))" in notes
-
-
-@pytest.mark.skipif(
-    any(engines.missing(e) for e in ENGINES), reason="needs onnxruntime and openvino (r2n[bench])"
-)
-def test_engine_rows_run_the_network_only_and_agree(tmp_path, monkeypatch):
-    monkeypatch.setenv("R2N_BENCH_CACHE", str(tmp_path / "cache"))
-    code, report = _run(
-        tmp_path, "--op", "res2net50_26w_4s", "--backend", "cpu", "onnxruntime", "openvino"
-    )
-    assert code == 0
-    rows = {r["row"]: r for r in report["rows"]}
-    for engine in ENGINES:
-        for t in {1, report["threads_all"]}:
-            r = rows[f"{engine} {t}t"]
-            assert r["status"] == "ok" and r["rel_err"] <= 1e-4 and r["ms"] > 0, r
-            assert r["vs_best_engine"] <= 1.0 + 1e-12
-        assert report["machine"][engine] == engines.versions()[engine]
-    cpu = rows["cpu 1t"]
-    best = min(rows[f"{e} 1t"]["ms"] for e in ENGINES)
-    assert cpu["vs_best_engine"] == pytest.approx(best / cpu["ms"])
-    # the ONNX file was exported once into the cache, for batch 1 at 112x112
-    assert len(list((tmp_path / "cache").glob("res2net50_26w_4s-*-n1-112px-*.onnx"))) == 1
 
 
 def test_model_text_from_fake_result():
