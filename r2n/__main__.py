@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     from . import _profile_cli
 
     profile = sub.add_parser(
-        "profile", help="a whole model layer by layer: ms, GFLOP/s, % of the FMA peak"
+        "profile", help="a whole model layer by layer: ms, GFLOP/s, %% of the FMA peak"
     )
     _profile_cli.add_arguments(profile)
     args = parser.parse_args(argv)

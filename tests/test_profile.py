@@ -180,6 +180,14 @@ def test_cli_prints_the_table_and_writes_json(tmp_path, capsys):
     assert len([line for line in top.splitlines() if line.startswith("| ")]) == 1 + 3  # header + 3
 
 
+def test_r2n_help_lists_profile(capsys):
+    from r2n.__main__ import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])  # argparse formats every sub-command's help ("%" must be "%%")
+    assert info.value.code == 0 and "profile" in capsys.readouterr().out
+
+
 def test_cli_usage_errors_exit_2():
     with pytest.raises(SystemExit) as info:
         _profile_cli.main(["not_a_model"])
