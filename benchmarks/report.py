@@ -40,6 +40,15 @@ rows are marked "[pytest]": the suite times prepared forms, r2n bench the
 one-call ops. Two files of one label with the same row are an error (give
 repeated runs of one machine different labels: they become two columns).
 
+``benchmarks/bench_engines.py --json`` files (``"tool": "bench_engines"``):
+the machine, the measured FMA peak, each cell's time per engine with r2n vs
+the faster of ONNX Runtime and OpenVINO, and each engine's GFLOP/s and % of
+the FMA peak (``bench_engines.markdown``).
+
+``r2n profile --json`` files (``"tool": "r2n profile"``): the time by role
+against the floors, and the ``--top`` layers with the most time above their
+floor, beside ONNX Runtime's when profiled (``r2n._profile_cli.markdown``).
+
 The README's and NOTES.md's tables are produced by this script, not typed.
 """
 
@@ -134,10 +143,13 @@ def bench_markdown(data: dict, keep_rows=None, keep_threads=None) -> str:
             f"GPU {gpu['name']}: sgemm {gpu['sgemm_gflops']:.0f} GFLOP/s, copy "
             f"{gpu['copy_gbs']:.0f} GB/s."
         )
+    # Runs before the other engines' rows (issue 13) have no "vs best engine".
+    engines = any("vs_best_engine" in r for r in data["rows"])
     out += [
         "",
-        "| op | shape | row | status | rel. err | ms | GFLOP/s | % peak | vs serial | vs torch |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| op | shape | row | status | rel. err | ms | GFLOP/s | % peak | vs serial | vs torch |"
+        + (" vs best engine |" if engines else ""),
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if engines else ""),
     ]
     for r in data["rows"]:
         if keep_rows and not any(r["row"].startswith(k) for k in keep_rows):
@@ -151,6 +163,7 @@ def bench_markdown(data: dict, keep_rows=None, keep_threads=None) -> str:
             f"{_f(r.get('rel_err'), '.1e')} | {_f(r.get('ms'), '.3f')} | "
             f"{_f(r.get('gflops'), '.1f')} | {_f(r.get('pct_peak'), '.0f', '%')} | "
             f"{_f(r.get('vs_serial'), '.2f', 'x')} | {_f(r.get('vs_torch'), '.2f', 'x')} |"
+            + (f" {_f(r.get('vs_best_engine'), '.2f', 'x')} |" if engines else "")
         )
     models = [r for r in data.get("model", []) if r.get("status") == "ok"]
     if models:
@@ -425,6 +438,9 @@ def main(argv=None) -> None:
     parser.add_argument("--rows", help="comma-separated rows to show (default: all)")
     parser.add_argument("--threads", type=int, help="only rows with this thread count")
     parser.add_argument(
+        "--top", type=int, default=10, help="r2n profile files: layers listed (0: none)"
+    )
+    parser.add_argument(
         "--plot", metavar="PNG", help="r2n bench files: also redraw the PNG of r2n bench --plot"
     )
     args = parser.parse_args(argv)
@@ -437,6 +453,16 @@ def main(argv=None) -> None:
         parser.error("give a JSON file, or several with --merge")
     with open(args.json_file) as f:
         data = json.load(f)
+    if data.get("tool") == "r2n profile":
+        from r2n import _profile_cli
+
+        print(_profile_cli.markdown(data, top=args.top))
+        return
+    if data.get("tool") == "bench_engines":
+        import bench_engines  # beside this script
+
+        print(bench_engines.markdown(data))
+        return
     if data.get("tool") == "r2n bench":
         print(bench_markdown(data, keep_rows, args.threads))
         if args.plot:

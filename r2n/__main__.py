@@ -1,4 +1,4 @@
-"""Command line: ``r2n check``, ``r2n bench`` and ``r2n classify`` (also ``python -m r2n ...``).
+"""Command line: ``r2n check``, ``bench``, ``profile``, ``classify`` (also ``python -m r2n ...``).
 
 ``check`` runs every available backend against the float64 reference on
 Res2Net-50 shapes and prints a table of errors and median times (PyTorch too,
@@ -10,6 +10,10 @@ when installed). Exit code 0 when every implemented backend agrees.
 ``bench`` checks and times every backend side by side, with this machine's
 peaks, the Res2Net speedup model and optional JSON and PNG output (see
 ``r2n._bench_cli``).
+
+``profile`` times a whole model layer by layer against this machine's FMA
+peak, optionally beside ONNX Runtime's per-node profile (see
+``r2n._profile_cli``).
 """
 
 from __future__ import annotations
@@ -40,9 +44,17 @@ def main(argv: list[str] | None = None) -> int:
         "bench", help="check and time every backend side by side; the speedup model; plots"
     )
     _bench_cli.add_arguments(bench)
+    from . import _profile_cli
+
+    profile = sub.add_parser(
+        "profile", help="a whole model layer by layer: ms, GFLOP/s, %% of the FMA peak"
+    )
+    _profile_cli.add_arguments(profile)
     args = parser.parse_args(argv)
     if args.command == "bench":
         return _bench_cli.run(args)
+    if args.command == "profile":
+        return _profile_cli.run(args, profile)
     if args.command == "classify":
         return _classify_cli.main(args)
     from . import _check_cli

@@ -41,6 +41,7 @@ class BenchCase:
     make : rng -> (args, kwargs) of the r2n op, float64 NumPy arrays
     torch_forms : PyTorch rows: ("eager",) or ("eager", "folded")
     tol : relative-error tolerance of float32 rows against the float64 reference
+    engines : other engines with a runner for this case ("onnxruntime", "openvino")
     """
 
     op: str
@@ -51,6 +52,7 @@ class BenchCase:
     torch_forms: tuple = ("eager",)
     tol: float = 1e-5
     extra: dict = field(default_factory=dict)
+    engines: tuple = ()
 
     @property
     def intensity(self) -> float:
@@ -90,6 +92,10 @@ class BenchCase:
             module = torch_models.eager_bottle2neck(args32[1], **kwargs).to(device)
             return _no_grad(torch, lambda: module(x))
         raise ValueError(f"no PyTorch form {form!r} of {self.op}")
+
+    def engine_runner(self, args32, engine: str, threads: int) -> Callable:
+        """() -> output of another engine (see ``engines``) at ``threads`` threads."""
+        raise Skip(f"{engine}: no runner for {self.op}")
 
 
 def _to_torch(args, torch, device):

@@ -99,6 +99,12 @@ class Layers:
     prepared layer runs once per forward pass, and every value it returns is
     consumed before that layer runs again. ``precision`` goes to every conv and
     bottleneck (r2n._backends.prepare checks it).
+
+    Every layer has a ``name`` (timm's module path: ``layer1.0.conv1``), and
+    the forward steps that are not prepared layers (pools, SE, the fc) go
+    through :meth:`step`. Here names are ignored and steps returned as they
+    are; ``r2n profile``'s subclass (r2n._bench.profile) wraps each with a
+    named timer.
     """
 
     def __init__(self, backend, kind, precision="fp32"):
@@ -106,7 +112,9 @@ class Layers:
         self.kind = kind
         self.precision = precision
 
-    def conv(self, folded: FoldedConv, *, stride=1, padding=0, groups=1, act=None, slope=0.01):
+    def conv(
+        self, folded: FoldedConv, *, stride=1, padding=0, groups=1, act=None, slope=0.01, name=""
+    ):
         """A prepared conv2d + bias (+ residual) (+ act): ``f(x, residual=None)``."""
         return _backends.prepare(
             "conv2d",
@@ -124,7 +132,7 @@ class Layers:
             precision=self.precision,
         )
 
-    def bottle2neck(self, params: Bottle2neckParams, *, scale, stype, stride, groups):
+    def bottle2neck(self, params: Bottle2neckParams, *, scale, stype, stride, groups, name=""):
         """A prepared r2n.bottle2neck: ``f(x)``."""
         return _backends.prepare(
             "bottle2neck",
@@ -138,6 +146,11 @@ class Layers:
             reuse_output=True,
             precision=self.precision,
         )
+
+    def step(self, name: str, op: str, fn: Callable, weights=()) -> Callable:
+        """A forward step that is not a prepared layer (``op``: the r2n op it
+        runs; ``weights``: its matrices, for the profile's FLOPs): ``fn`` itself."""
+        return fn
 
     def arr(self, a):
         """A host array moved to this kind (once, at preparation)."""
