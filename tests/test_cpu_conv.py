@@ -154,6 +154,19 @@ def test_prepared_chain_gives_the_same_result_on_every_call(rng):
     assert_close(first, expected)
 
 
+def test_a_narrower_image_after_a_wider_one_gives_the_reference(rng):
+    # The reproducer: widths 7 and 4 pad to the same scratch width,
+    # and the wider call left its columns in the "normal" chain's second
+    # padded buffer, read back as the narrower image's zero padding.
+    weights = [randn(rng, 3, 3, 3, 3, dtype=np.float32) for _ in range(3)]
+    wide = randn(rng, 1, 12, 6, 7, dtype=np.float32)
+    narrow = randn(rng, 1, 12, 6, 4, dtype=np.float32)
+    w64 = [a.astype(np.float64) for a in weights]
+    expected = r2n.res2net_chain(narrow.astype(np.float64), w64, scale=4, backend="reference")
+    r2n.res2net_chain(wide, weights, scale=4, backend="cpu")
+    assert_close(r2n.res2net_chain(narrow, weights, scale=4, backend="cpu"), expected)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_a_large_stage_batch_runs_in_sub_batches_with_the_same_result(rng, monkeypatch, threads):
     # Every batch counts as large: 5 images run 1 or 2 at a time (2 + 2 + 1).
