@@ -26,7 +26,7 @@ from ._api import (
     squeeze_excite,
 )
 from ._backends import BACKENDS, available_backends, implements
-from .cpu import get_num_threads, set_num_threads
+from .cpu import clear_scratch, get_num_threads, set_num_threads
 from .models._weights import load_state_dict
 from .params import Bottle2neckParams, FoldedConv
 
@@ -76,5 +76,6 @@ __all__ = [
     "implements",
     "set_num_threads",
     "get_num_threads",
+    "clear_scratch",
     "__version__",
 ]
