@@ -45,7 +45,7 @@ import numpy as np
 
 from ._jit import kernel, prange
 from ._scratch import clear_scratch, scratch  # noqa: F401  (clear_scratch: re-exported)
-from .conv import _none, conv_simd, min_input_width, pack_weights
+from .conv import _none, conv_simd, input_layout, pack_weights
 from .elementwise import vector_or
 from .pool import avg_pool2d
 from .winograd import conv_winograd, transform_weights, use_winograd
@@ -142,6 +142,8 @@ class PreparedChain:
     def __init__(
         self, weights, biases, *, scale, stype, stride, groups, width, dtype, winograd=True
     ):
+        if stype == "normal" and stride != 1:  # as r2n._checks.chain_args
+            raise ValueError(f"PreparedChain: stype 'normal' needs stride 1, got {stride}")
         self.scale, self.stype, self.stride, self.groups = scale, stype, stride, groups
         self.width = width
         self.nums = max(scale - 1, 1)
@@ -210,8 +212,13 @@ class PreparedChain:
         stage = self.stype == "stage" or self.scale == 1
         n_pad = nums if stage else 1
         last = nums * width if self.scale > 1 else -1
+        layout = input_layout(h, w, h_out, w_out, (3, 3), (s, s), (1, 1), (1, 1))
+        if layout.rows is not None or layout.cols is not None:
+            # Stride > 3 (stage chains only): padded chunks with slack columns
+            # would grow with the stride; conv_simd gathers what the convs read.
+            return self._gathered(x, out)
         # Padded chunks, with slack columns if rows are narrower than a tile.
-        wp = max(w + 2, min_input_width(w_out, 3, s, 1))
+        wp = layout.shape[1]
         if stage and n > numba.get_num_threads():
             # A large stage batch runs a few images at a time, so that its input
             # and padded chunks stay in the last-level cache between the prologue
@@ -280,6 +287,22 @@ class PreparedChain:
             )
             if feeds_next:
                 cur, nxt = nxt, cur
+        return out
+
+    def _gathered(self, x, out):
+        """The stage chain for strides whose padded chunks would outgrow the
+        input (r2n.cpu.conv.input_layout): the prologue pools the last chunk,
+        then one launch runs every conv, on a copy of x holding only the rows
+        and columns they read."""
+        width, nums = self.width, self.nums
+        no_pad = _none(x.dtype).reshape(0, 0, 0, 0)
+        last = nums * width if self.scale > 1 else -1
+        _chain_prologue(x, width, 0, True, self.stride, last, no_pad, no_pad, out, nums * width)
+        conv_simd(
+            x, self.packed_all, width, self.groups, (3, 3), (self.stride, self.stride), (1, 1),
+            (1, 1), self.biases_all, out, relu=True, c_in_g=width // self.groups,
+            n_conv=nums, x_conv_step=width, scratch=scratch,
+        )  # fmt: skip
         return out
 
     def _winograd(self, x, out):
@@ -376,8 +399,31 @@ class PreparedBottle2neck:
 
     def run(self, x, args, out=None):
         """x (N, C_in, H, W) contiguous, ``args`` = bottle2neck_args for x ->
-        ``out`` (N, C_out, H_out, W_out), allocated if None."""
+        ``out`` (N, C_out, H_out, W_out), allocated if None.
+
+        ``out``, if given: C-contiguous, x's dtype, args' output shape, and not
+        overlapping x (else ValueError): conv3 writes it while the shortcut
+        (x itself, for an identity shortcut) is still being read.
+        """
         n, _, h, w = x.shape
+        if args["conv1"]["out_shape"] != (n, self.c1, h, w) or not x.flags.c_contiguous:
+            raise ValueError(
+                f"PreparedBottle2neck.run: x must be C-contiguous and of the shape args were "
+                f"made for, (N, C_in, H, W) with N, H, W = "
+                f"{tuple(args['conv1']['out_shape'][i] for i in (0, 2, 3))}, got {x.shape}"
+            )
+        if out is not None and (
+            out.shape != tuple(args["out_shape"]) or out.dtype != x.dtype
+            or not out.flags.c_contiguous or np.may_share_memory(out, x)
+        ):  # fmt: skip
+            # Both contiguous (else refused here): may_share_memory is exact.
+            raise ValueError(
+                f"PreparedBottle2neck.run: out must be a C-contiguous {x.dtype} array of "
+                f"shape {tuple(args['out_shape'])} not overlapping x, got {out.dtype} "
+                f"{out.shape}"
+                + ("" if out.flags.c_contiguous else ", not C-contiguous")
+                + (", overlapping x" if np.may_share_memory(out, x) else "")
+            )
         t1 = scratch("block.t1", (n, self.c1, h, w), x.dtype)
         t2 = scratch("block.t2", args["chain"]["out_shape"], x.dtype)
         identity = None
