@@ -50,10 +50,13 @@ reuse_output)`` with params an ``r2n.Bottle2neckParams`` of NumPy arrays.
 Returns ``f(x) -> y`` as :func:`r2n.bottle2neck`.
 
 ``reuse_output=True`` allows (does not require) the callable to return a buffer
-it owns and overwrites on its next call with an input of the same shape; the
-caller must be done with ``y`` by then. With False every call returns a new
-array. Inputs are never modified. Prepared callables check x (kind, dtype,
-shape) on each call and raise the public op's errors.
+it owns and overwrites on its next call, in the same thread, with an input of
+the same shape; the caller must be done with ``y`` by then (passing ``y``
+back in as the input is fine: that call writes elsewhere). With False every
+call returns a new array. Inputs are never modified. Prepared callables check
+x (kind, dtype, shape) on each call and raise the public op's errors, and may
+be called from several threads at once (nothing one thread's call writes is
+read by another's).
 """
 
 from __future__ import annotations

@@ -430,7 +430,9 @@ def _conv_simd_kernel(
                     q_row[i] = o_row[i] + s_row[i]
 
 
-_NONE = {}  # dtype -> empty 1-D array standing in for an unused optional buffer
+# dtype -> empty 1-D array standing in for an unused optional buffer. Shared by
+# every call and thread: it has no element, so it can hold no state.
+_NONE = {}
 
 
 def _none(dtype):

@@ -424,6 +424,9 @@ class PreparedBottle2neck:
                 + ("" if out.flags.c_contiguous else ", not C-contiguous")
                 + (", overlapping x" if np.may_share_memory(out, x) else "")
             )
+        # Per-thread buffers (r2n.cpu._scratch), each written in full before it
+        # is read: t1 by conv1, t2 by the chain (every channel: its convs and
+        # the last chunk), identity by the shortcut conv; conv3 reads them.
         t1 = scratch("block.t1", (n, self.c1, h, w), x.dtype)
         t2 = scratch("block.t2", args["chain"]["out_shape"], x.dtype)
         identity = None
