@@ -465,9 +465,12 @@ class InputLayout(NamedTuple):
     cols: np.ndarray | None
 
 
+@functools.lru_cache(maxsize=256)
 def input_layout(h, w, h_out, w_out, kernel_hw, stride, padding, dilation):
     """How conv_simd lays out its input: None to read x in place, else the
-    :class:`InputLayout` of the buffer to copy it into.
+    :class:`InputLayout` of the buffer to copy it into. (Memoized, as the
+    tap offsets: a function of its arguments alone, index arrays read-only;
+    r2n.clear_scratch empties it. Arguments: ints and tuples of ints.)
 
     x is read in place when it needs no padding and its rows are as wide as
     the tiles read (:func:`min_input_width`). Otherwise each axis is either
@@ -504,6 +507,9 @@ def input_layout(h, w, h_out, w_out, kernel_hw, stride, padding, dilation):
     return InputLayout((shape_h, shape_w), (sh, sw), (dh, dw), (ph, pw), rows, cols)
 
 
+_scratch.on_clear(input_layout.cache_clear)
+
+
 def _gather_index(n_out, k, s, p, d, size):
     """index[o * k + i] = o * s - p + i * d (the input position output o's
     tap i reads), or -1 where that lies in the padding: (n_out * k,) int64."""
@@ -511,6 +517,7 @@ def _gather_index(n_out, k, s, p, d, size):
     i = np.arange(k, dtype=np.int64)[None, :]
     index = (o * s - p + i * d).reshape(-1)
     index[(index < 0) | (index >= size)] = -1
+    index.flags.writeable = False
     return index
 
 
@@ -629,7 +636,8 @@ def conv_simd(
         xp, rows, cols, row_step = x, 1, h * w, 0  # the plane is one long row: a GEMM
         in_row, in_plane = h * w, h * w
     else:
-        layout = input_layout(h, w, h_out, w_out, kernel_hw, stride, padding, dilation)
+        geometry = tuple(kernel_hw), tuple(stride), tuple(padding), tuple(dilation)
+        layout = input_layout(h, w, h_out, w_out, *geometry)
         xp = x
         if layout is not None:
             xp = read_layout(x, layout, np.empty if scratch is None else _role(scratch))
