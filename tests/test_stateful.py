@@ -555,3 +555,17 @@ class TestReference(HostMachine.TestCase):
 
 class TestEmulatedGpu(EmulatedGpuMachine.TestCase):
     settings = _machine_settings(60, 10)
+
+
+@pytest.mark.skipif(not r2n.implements("cpu", "conv2d"), reason="needs numba")
+def test_res2net50_on_a_sequence_of_image_sizes():
+    """The issue's model case, at sizes the test can afford: the full
+    res2net50_26w_4s on 64x128 and then 64x64 images was 15-48% off (layer4's
+    2x4 and 2x2 chunks pad to the same scratch width)."""
+    model = r2n.models.create("res2net50_26w_4s", backend="cpu")
+    reference = r2n.models.create("res2net50_26w_4s", backend="reference", dtype="float64")
+    rng = np.random.default_rng(0)
+    for h, w in [(64, 128), (64, 64), (40, 96), (40, 36)]:
+        x = rng.standard_normal((1, 3, h, w)).astype(np.float32)
+        _check(f"res2net50_26w_4s on {x.shape}", model(x), reference(x.astype(np.float64)),
+               NETWORK_TOL)  # fmt: skip
