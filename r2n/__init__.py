@@ -11,7 +11,7 @@ from __future__ import annotations
 from . import _api
 from ._backends import BACKENDS, available_backends, implements
 from ._interop import accepts_dlpack as _accepts_dlpack
-from .cpu import get_num_threads, set_num_threads
+from .cpu import clear_scratch, get_num_threads, set_num_threads
 from .models._weights import load_state_dict
 from .params import Bottle2neckParams, FoldedConv
 
@@ -79,5 +79,6 @@ __all__ = [
     "implements",
     "set_num_threads",
     "get_num_threads",
+    "clear_scratch",
     "__version__",
 ]

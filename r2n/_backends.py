@@ -55,10 +55,13 @@ and float32 weights) and passes it to the factory only when it is not
 ``"fp32"``, so factories of backends without tensor cores never see it.
 
 ``reuse_output=True`` allows (does not require) the callable to return a buffer
-it owns and overwrites on its next call with an input of the same shape; the
-caller must be done with ``y`` by then. With False every call returns a new
-array. Inputs are never modified. Prepared callables check x (kind, dtype,
-shape) on each call and raise the public op's errors.
+it owns and overwrites on its next call, in the same thread, with an input of
+the same shape; the caller must be done with ``y`` by then (passing ``y``
+back in as the input is fine: that call writes elsewhere). With False every
+call returns a new array. Inputs are never modified. Prepared callables check
+x (kind, dtype, shape) on each call and raise the public op's errors, and may
+be called from several threads at once (nothing one thread's call writes is
+read by another's).
 """
 
 from __future__ import annotations

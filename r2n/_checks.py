@@ -177,10 +177,17 @@ def conv_output_size(
     """Output length of a convolution along one axis.
 
     ``floor((size + 2*padding - dilation*(kernel-1) - 1) / stride) + 1``; the
-    dilated kernel must fit in the padded input.
+    dilated kernel must fit in the padded input, and the padded input must
+    have fewer than 2**31 rows / columns (the GPU kernels index them with
+    32-bit ints; every backend accepts the same arguments).
     """
     extent = dilation * (kernel - 1) + 1
     padded = size + 2 * padding
+    if padded >= 2**31:
+        raise ValueError(
+            f"r2n.{op}: padding along {axis} is too large: input {size} + 2 * padding "
+            f"{padding} = {padded}, must be below 2**31"
+        )
     if extent > padded:
         raise ValueError(
             f"r2n.{op}: the kernel is larger than the padded input along {axis}: "

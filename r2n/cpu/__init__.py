@@ -19,6 +19,8 @@ module             ops
 Numba is imported only when a CPU kernel first runs: ``import r2n`` works
 without it. Kernels compile on first use per dtype (cached on disk with
 ``cache=True``); ``r2n.set_num_threads`` sets the thread count of every kernel.
+Buffers kept between calls live in ``_scratch`` (per thread, bounded, freed
+by ``r2n.clear_scratch``).
 """
 
 from __future__ import annotations
@@ -103,6 +105,17 @@ def set_num_threads(n: int) -> None:
             f"r2n.set_num_threads: n must be an int from 1 to NUMBA_NUM_THREADS={limit}, got {n!r}"
         )
     numba.set_num_threads(int(n))
+
+
+def clear_scratch() -> None:
+    """Free every buffer the CPU backend keeps between calls, in every thread:
+    intermediates of the fused blocks, padded inputs, and the outputs that
+    prepared layers (and so models) reuse. Later calls allocate them again.
+    (The GPU backend keeps none: its arrays come from CuPy's memory pool.)
+    Imports neither Numba nor CuPy."""
+    from ._scratch import clear_scratch as clear
+
+    clear()
 
 
 def get_num_threads() -> int:

@@ -92,7 +92,7 @@ def names_of(file: str) -> list[str]:
     return list(KERNELS[file])
 
 
-@functools.cache
+@functools.cache  # a source file of the installed package: constant while r2n runs
 def _read(path: str) -> str:
     return pathlib.Path(path).read_text()
 
@@ -237,6 +237,13 @@ class CupyExecutor:
     One instance per device; modules are compiled once per (device, file) and
     memoized (CuPy also caches the binary on disk), and so are the kernel
     objects and their shared-memory opt-ins, so a launch does no lookups.
+
+    What it keeps, and why that is safe across calls and threads: each cache
+    is keyed on everything its value is computed from (a module on its file,
+    whose source is constant; a kernel on (file, name); a checked launch
+    configuration on the configuration as passed, types included) and holds
+    no array; compiles and opt-ins happen under ``_lock``; other entries are
+    plain dict get / set (atomic), so two threads at most compute one twice.
     """
 
     def __init__(self, device_id: int, cupy_module=None):
@@ -344,7 +351,7 @@ class CupyExecutor:
             func(grid, block, args, shared_mem=int(shared_mem))
 
 
-_executors: dict[int, CupyExecutor] = {}
+_executors: dict[int, CupyExecutor] = {}  # device id -> its executor (under the lock)
 _executors_lock = threading.Lock()
 
 

@@ -233,6 +233,12 @@ def launch_conv(
 #: Launch plans of launch_conv by the shapes and options of a call (every check
 #: in _plan depends on nothing else), so a repeated call skips the checks and
 #: the launch arithmetic: at batch 1 a conv is bound by host time.
+#: Why no call sees another's state: a plan is a pure function of its key
+#: (every _plan argument, the module's tunables included), holds no array (the
+#: arrays of each call are passed at launch), and is never changed once
+#: stored; two threads computing one plan store equal values (dict get / set
+#: are atomic). At most _MAX_PLANS are kept (later shapes are planned every
+#: call); tests/test_stateful.py interleaves shapes and drops them.
 _PLANS: dict[tuple, tuple] = {}
 _MAX_PLANS = 4096
 _EMPTY = ()  # the plan of a call with nothing to compute

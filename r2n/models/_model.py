@@ -97,8 +97,10 @@ class Layers:
 
     Intermediate layers may reuse their outputs (``reuse_output=True``): each
     prepared layer runs once per forward pass, and every value it returns is
-    consumed before that layer runs again. ``precision`` goes to every conv and
-    bottleneck (r2n._backends.prepare checks it).
+    consumed before that layer runs again in the same thread (the cpu
+    backend keeps a reused output per thread, so threads do not share them).
+    ``precision`` goes to every conv and bottleneck (r2n._backends.prepare
+    checks it).
 
     Every layer has a ``name`` (timm's module path: ``layer1.0.conv1``), and
     the forward steps that are not prepared layers (pools, SE, the fc) go
@@ -195,8 +197,10 @@ class Model:
 
     Notes
     -----
-    Layers reuse their buffers between calls on one input shape, so a model
-    must not be called from two threads at once.
+    A model may be called from several threads at once, on any shapes: the
+    weights are only read, and the buffers its layers reuse between calls
+    (per input shape, a bounded LRU; ``r2n.clear_scratch()`` frees them) are
+    the calling thread's own on the cpu backend; the gpu backend keeps none.
     """
 
     def __init__(
@@ -211,7 +215,9 @@ class Model:
         self.preprocess = dict(arch.preprocess)
         self._build = build
         self._weights = weights
-        self._forward = {}  # kind -> forward(x)
+        # kind -> forward(x): built once per array kind from the fixed weights;
+        # two threads may build one twice (an equal value; dict set is atomic).
+        self._forward = {}
         # Prepare now for the kind the backend computes on (host if not forced;
         # the device for tf32 / bf16, which only the gpu backend computes in).
         kind = "numpy" if backend is None else _backends.kind_of(backend)
