@@ -47,7 +47,7 @@ the FMA peak (``bench_engines.markdown``).
 
 ``r2n profile --json`` files (``"tool": "r2n profile"``): the time by role
 against the floors, and the ``--top`` layers with the most time above their
-floor, beside ONNX Runtime's when profiled (``r2n._profile_cli.markdown``).
+floor, beside ONNX Runtime's when profiled (``r2n.cli.profile.markdown``).
 
 The README's and NOTES.md's tables are produced by this script, not typed.
 """
@@ -454,9 +454,9 @@ def main(argv=None) -> None:
     with open(args.json_file) as f:
         data = json.load(f)
     if data.get("tool") == "r2n profile":
-        from r2n import _profile_cli
+        from r2n.cli import profile as profile_cli
 
-        print(_profile_cli.markdown(data, top=args.top))
+        print(profile_cli.markdown(data, top=args.top))
         return
     if data.get("tool") == "bench_engines":
         import bench_engines  # beside this script

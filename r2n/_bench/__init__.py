@@ -1,4 +1,4 @@
-"""Helpers of ``r2n bench`` (see :mod:`r2n._bench_cli`).
+"""Helpers of ``r2n bench`` (see :mod:`r2n.cli.bench`).
 
 =================  ==========================================================
 module             what

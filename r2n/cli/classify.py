@@ -54,7 +54,7 @@ class CliError(Exception):
 
 def add_arguments(parser) -> None:
     """The ``classify`` subcommand's options."""
-    from .models._preprocess import DEFAULT_MAX_PIXELS
+    from ..models._preprocess import DEFAULT_MAX_PIXELS
 
     parser.add_argument(
         "--model",

@@ -38,10 +38,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import __version__, _backends
-from ._bench import cases as bench_cases
-from ._bench import engines, machine, timing, torch_models
-from ._bench.cases import Skip
+from .. import __version__, _backends
+from .._bench import cases as bench_cases
+from .._bench import engines, machine, timing, torch_models
+from .._bench.cases import Skip
 
 BACKEND_CHOICES = ("reference", "cpu", "gpu", "torch") + engines.ENGINES
 OP_CHOICES = bench_cases.OPS + ("model",)
@@ -132,7 +132,7 @@ class Env:
         """Host threads of r2n's cpu kernels and of torch (None: all threads)."""
         n = self.all_threads if n is None else n
         if self.has_cpu:
-            from . import cpu
+            from .. import cpu
 
             cpu.set_num_threads(n)
         if self.torch is not None:
@@ -201,7 +201,7 @@ def _runner(case, spec: RowSpec, args32, kwargs, env: Env):
 
 
 def _backends_ops():
-    from . import OPS
+    from .. import OPS
 
     return OPS
 
@@ -403,7 +403,7 @@ class Progress:
 
 def _run_model(report, env, case, budget, progress) -> None:
     """The speedup model on one bottleneck case (cpu all threads; gpu if present)."""
-    from ._bench import model
+    from .._bench import model
 
     rng = np.random.default_rng(report["seed"])
     args64, kwargs = case.make(rng)
@@ -588,7 +588,7 @@ def _finish(report: dict, opts) -> int:
     if report["rows"]:
         print(format_table(report["rows"]))
     if report["model"]:
-        from ._bench import model
+        from .._bench import model
 
         print()
         print(
@@ -615,7 +615,7 @@ def _finish(report: dict, opts) -> int:
         print(f"wrote {opts.json}")
     if opts.plot and report["rows"]:
         try:
-            from ._bench import plot
+            from .._bench import plot
 
             plot.plot(report, opts.plot)
             print(f"wrote {opts.plot}")
