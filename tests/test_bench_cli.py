@@ -17,9 +17,10 @@ import pytest
 from helpers import rel_err
 
 import r2n
-from r2n._bench import engines, model, timing, torch_models
+from r2n._bench import engines, model, timing
 from r2n._bench.cases import block_case, chain_case, conv_case
 from r2n._bench.engines import ENGINES
+from r2n._bench.torch_import import import_torch
 from r2n.cli import bench as bench_cli
 
 pytest.importorskip("numba")
@@ -329,7 +330,7 @@ def test_no_gpu_means_no_gpu_rows_and_nothing_fails():
         pytest.skip("this machine has a GPU")
     assert all(spec.device != "cuda" for spec in bench_cli.row_specs(env, {"gpu", "torch"}))
     assert any("gpu" in note for note in env.notes())
-    assert torch_models.import_torch() is not None
+    assert import_torch() is not None
 
 
 def test_report_renders_a_saved_bench_json(tmp_path, monkeypatch):

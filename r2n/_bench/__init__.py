@@ -9,12 +9,14 @@ module             what
                    NumPy's BLAS thread count; how busy other processes are
 ``residual``       the residual-connection steps (split, add, concatenate)
                    as parallel Numba kernels, for the speedup model
+``torch_import``   torch, imported once with idle OpenMP workers passive
 ``torch_models``   PyTorch versions of the chain and bottleneck (eager with
                    BatchNorm, and BN-folded), shared with ``r2n check``
 ``torch_blocks``   the official Res2Net / timm Bottle2neck as torch modules
                    (the eager rows; the tests' oracles too)
 ``cases``          the benchmark shapes, their FLOPs and minimal bytes
 ``network``        the whole res2net50_26w_4s (r2n.models against timm)
+``suite``          the cases ``r2n bench`` runs (op cases and the network)
 ``model``          the Res2Net-accelerator speedup model
 ``plot``           the PNG: speedup bars and a roofline chart
 =================  ==========================================================

@@ -16,6 +16,7 @@ import numpy as np
 from .. import _api
 from ..params import Bottle2neckParams, FoldedConv
 from . import torch_models
+from .torch_import import import_torch
 
 FLOAT32_BYTES = 4
 
@@ -70,7 +71,7 @@ class BenchCase:
 
     def torch_runner(self, args32, kwargs, form: str, device: str) -> Callable:
         """() -> tensor: PyTorch ``form`` ("eager"/"folded") on ``device``."""
-        torch = torch_models.import_torch()
+        torch = import_torch()
         t = _to_torch(args32, torch, device)
         if self.op == "conv2d":
             import torch.nn.functional as F
@@ -268,25 +269,3 @@ def res2net50_flops(n: int, hw: int, base_width=26, scale=4, classes=1000) -> in
             h = (h - 1) // stride + 1
             c_in = 4 * planes
     return flops + 2 * n * c_in * classes
-
-
-def cases(quick: bool) -> list[BenchCase]:
-    """The benchmark cases (batch 1). --quick: 28x28 maps and a 112x112 network;
-    default: 56x56 maps (layer1), the stride-2 stage blocks of layer2.0 too,
-    and the 224x224 network."""
-    from . import network
-
-    hw = 28 if quick else 56
-    out = [
-        conv_case(1, 26, 26, 3, hw),
-        conv_case(1, 256, 104, 1, hw),
-        conv_case(1, 64, 64, 3, hw // 2, groups=8),
-        chain_case(1, 26, 4, hw, "normal", 1, "layer1.1"),
-    ]
-    if not quick:
-        out.append(chain_case(1, 52, 4, hw, "stage", 2, "layer2.0"))
-    out.append(block_case(1, 256, 64, 26, 4, hw, "normal", 1, "layer1.1"))
-    if not quick:
-        out.append(block_case(1, 256, 128, 52, 4, hw, "stage", 2, "layer2.0"))
-    out.append(network.network_case(1, 112 if quick else 224))
-    return out

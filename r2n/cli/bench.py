@@ -7,7 +7,7 @@ Steps, in order:
    roofline chart are relative to them.
 2. **Check, then time.** For every case (conv2d 3x3, 1x1 and grouped; the
    Res2Net chain; the bottleneck; the whole res2net50_26w_4s; see
-   :mod:`r2n._bench.cases`) the float64 reference result is the truth. Every
+   :mod:`r2n._bench.suite`) the float64 reference result is the truth. Every
    row runs the same float32 inputs once and is compared with it (relative
    error within 1e-5 per op, 1e-4 for the network); a row that disagrees is
    reported ``WRONG`` and not timed. Rows: ``reference`` (1 thread, its BLAS
@@ -40,8 +40,9 @@ import numpy as np
 
 from .. import __version__, _backends
 from .._bench import cases as bench_cases
-from .._bench import engines, machine, timing, torch_models
+from .._bench import engines, machine, suite, timing
 from .._bench.cases import Skip
+from .._bench.torch_import import import_torch
 
 BACKEND_CHOICES = ("reference", "cpu", "gpu", "torch") + engines.ENGINES
 OP_CHOICES = bench_cases.OPS + ("model",)
@@ -122,7 +123,7 @@ class Env:
     def __init__(self, backends: set[str]):
         self.all_threads = machine.all_threads()
         self.has_cpu = _backends.implements("cpu", "conv2d")
-        self.torch = torch_models.import_torch() if "torch" in backends else None
+        self.torch = import_torch() if "torch" in backends else None
         self.cupy = machine.cupy_with_gpu() if "gpu" in backends else None
         self.torch_cuda = bool(self.torch is not None and self.torch.cuda.is_available())
         # engine -> None (runs) or why it cannot, for the selected other engines
@@ -485,7 +486,7 @@ def run(opts: argparse.Namespace) -> int:
     for engine, why in env.engines.items():
         if why is None:
             report["machine"][engine] = engines.versions()[engine]
-    all_cases = bench_cases.cases(opts.quick)
+    all_cases = suite.bench_cases(opts.quick)
     selected = [c for c in all_cases if c.op in ops]
     model_cases = []
     if "model" in ops and "cpu" in backends and env.has_cpu:

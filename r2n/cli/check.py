@@ -18,6 +18,7 @@ import numpy as np
 from .. import _api, _backends
 from .._bench import cases as bench_cases
 from .._bench import timing, torch_models
+from .._bench.torch_import import import_torch
 
 TOLERANCE = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-10}
 
@@ -208,7 +209,7 @@ def _gpu_status(case, args32, kwargs, ref, backend) -> dict:
     }
 
 
-_torch = torch_models.import_torch  # torch or None, OMP_WAIT_POLICY=PASSIVE first
+_torch = import_torch  # torch or None, OMP_WAIT_POLICY=PASSIVE first
 
 
 def format_table(rows: list[dict]) -> str:
