@@ -202,3 +202,40 @@ def test_importing_alone_catches_an_import_time_cycle(tmp_path):
     done = _import_each_alone("cyclic", ["cyclic.a", "cyclic.b"], tmp_path)
     assert done.returncode == 1
     assert "cyclic.a: ImportError" in done.stdout and "cyclic.b: ImportError" in done.stdout
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "leaky_relu"])
+def test_prepares_fallback_runs_the_backends_ops_not_the_public_ones(monkeypatch, activation):
+    """r2n._backends sits below r2n._api: its prepare fallback (the reference
+    backend has no PREPARE) must work with every public op broken, and give
+    the public ops' result and errors."""
+    import numpy as np
+
+    from r2n import _api, _backends
+
+    rng = np.random.default_rng(5)
+    x, r = rng.standard_normal((1, 6, 7, 9)), rng.standard_normal((1, 4, 4, 5))
+    w, b = rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
+    options = dict(stride=(2, 2), padding=(1, 1), dilation=(1, 1), groups=2)
+    expected = _api.conv2d(x, w, b, **options) + r
+    if activation == "relu":
+        expected = np.maximum(expected, 0)
+    elif activation == "leaky_relu":
+        expected = np.where(expected > 0, expected, 0.2 * expected)
+    for name in ("conv2d", "relu", "leaky_relu"):
+        monkeypatch.setattr(_api, name, lambda *a, **k: pytest.fail("called r2n._api"))
+    layer = _backends.prepare(
+        "conv2d",
+        "reference",
+        "numpy",
+        w,
+        b,
+        activation=activation,
+        negative_slope=0.2,
+        **options,
+    )
+    np.testing.assert_allclose(layer(x, residual=r), expected, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match=r"r2n.conv2d: weight has 3 input channels per group"):
+        layer(x[:, :4])
+    with pytest.raises(TypeError, match="float32"):
+        layer(x.astype(np.float32))
