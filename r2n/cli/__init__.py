@@ -1,4 +1,4 @@
-"""Command line: ``r2n check``, ``bench``, ``profile``, ``classify``
+"""Command line: ``r2n check``, ``bench``, ``ladder``, ``profile``, ``classify``
 (also ``python -m r2n ...``).
 
 One module per command, each with ``add_arguments(parser)`` and the function
@@ -12,6 +12,8 @@ module         command
                installed); exit code 0 when every implemented backend agrees
 ``bench``      every backend checked and timed side by side, with this
                machine's peaks, the Res2Net speedup model, JSON and PNG
+``ladder``     every numbered variant (step) of one op checked and timed side
+               by side against the roofline, the library last (``r2n._ladder``)
 ``profile``    a whole model layer by layer against this machine's FMA peak,
                optionally beside ONNX Runtime's per-node profile
 ``classify``   the top-k classes of images (files, directories, globs,
@@ -33,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` (default: ``sys.argv[1:]``), run the command, return its exit code.
 
     No command runs ``r2n check``."""
-    from . import bench, check, classify, profile
+    from . import bench, check, classify, ladder, profile
 
     parser = argparse.ArgumentParser(prog="r2n", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command")
@@ -53,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
             "bench", help="check and time every backend side by side; the speedup model; plots"
         )
     )
+    ladder_parser = sub.add_parser(
+        "ladder",
+        help="every numbered variant of an op, checked and timed against the roofline",
+        description=ladder.DESCRIPTION,
+    )
+    ladder.add_arguments(ladder_parser)
     profile_parser = sub.add_parser(
         "profile", help="a whole model layer by layer: ms, GFLOP/s, %% of the FMA peak"
     )
@@ -60,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "bench":
         return bench.run(args)
+    if args.command == "ladder":
+        return ladder.run(args, ladder_parser)
     if args.command == "profile":
         return profile.run(args, profile_parser)
     if args.command == "classify":

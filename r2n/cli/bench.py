@@ -277,16 +277,14 @@ def derive(rows: list[dict], peaks: dict, gpu_peaks: dict | None) -> None:
             continue
         r["gflops"] = r["flops"] / (r["ms"] * 1e6)
         if r["device"] == "cuda":
-            flops_peak = (gpu_peaks or {}).get("sgemm_gflops")
-            bandwidth = (gpu_peaks or {}).get("copy_gbs")
+            gpu = gpu_peaks or {}
+            roof = machine.roofline_gflops(
+                gpu.get("sgemm_gflops"), gpu.get("copy_gbs"), r["intensity"]
+            )
             torch_label = "torch-cuda eager"
         else:
-            flops_peak = peaks["sgemm_gflops"].get(str(r["threads"]))
-            bandwidth = peaks["copy_gbs"].get(str(r["threads"]))
+            roof = machine.host_roofline_gflops(peaks, r["threads"], r["intensity"])
             torch_label = f"torch eager {r['threads']}t"
-        roof = flops_peak
-        if flops_peak and bandwidth:
-            roof = min(flops_peak, bandwidth * r["intensity"])
         r["roofline_gflops"] = roof
         r["pct_peak"] = None if not roof else 100 * r["gflops"] / roof
         r["vs_serial"] = serial["ms"] / r["ms"] if serial else None
@@ -541,7 +539,7 @@ def run(opts: argparse.Namespace) -> int:
         if env.has_cpu:
             import numba
 
-            report["machine"]["numba_threading_layer"] = _threading_layer(numba)
+            report["machine"]["numba_threading_layer"] = threading_layer(numba)
     return _finish(report, opts)
 
 
@@ -566,7 +564,8 @@ def _row(case, spec: RowSpec, status=None) -> dict:
     )
 
 
-def _threading_layer(numba) -> str | None:
+def threading_layer(numba) -> str | None:
+    """Numba's threading layer ("omp", "tbb", "workqueue"), None before any parallel run."""
     try:
         return numba.threading_layer()
     except ValueError:  # no parallel kernel has run yet
@@ -612,7 +611,7 @@ def _finish(report: dict, opts) -> int:
     elif not report["interrupted"]:
         print("every row agrees with the reference")
     if opts.json:
-        _write_json(report, opts.json)
+        write_json(report, opts.json)
         print(f"wrote {opts.json}")
     if opts.plot and report["rows"]:
         try:
@@ -625,7 +624,8 @@ def _finish(report: dict, opts) -> int:
     return code
 
 
-def _write_json(report: dict, path: str) -> None:
+def write_json(report: dict, path: str) -> None:
+    """``report`` as indented JSON at ``path`` (written whole, then renamed into place)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     tmp = f"{path}.tmp"
