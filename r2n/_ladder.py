@@ -46,10 +46,10 @@ class Step:
         ``r2n ladder`` skips it elsewhere, giving the first line of
         ``applies.__doc__`` as the reason
     source : where the step lives (a module or a kernel file), for readers
-    tolerance : None (float32's 1e-5, float64's 1e-10: every step computes in
-        the data's precision), or the bound on ``||out - ref|| / ||ref||``
-        against the float64 reference of a step that rounds float32 data
-        further (tensor cores: TF32, bf16)
+    tolerance : None (float32's 1e-5: ``r2n ladder`` runs every step on
+        float32 data), or the bound on ``||out - ref|| / ||ref||`` against the
+        float64 reference of a step that rounds the data further (tensor
+        cores: TF32, bf16; e.g. r2n.gpu.conv_tensor_core.tolerance("tf32"))
     """
 
     name: str
