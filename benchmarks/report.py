@@ -1,4 +1,5 @@
-"""Markdown tables from a saved pytest-benchmark JSON file or ``r2n bench --json`` file.
+"""Markdown tables from a saved pytest-benchmark JSON file or an ``r2n bench`` /
+``r2n ladder`` / ``r2n profile`` / ``bench_engines.py`` ``--json`` file.
 
     python benchmarks/report.py benchmarks/results/FILE.json [--baseline torch-eager]
         [--rows cpu,torch-eager] [--threads 2]
@@ -45,9 +46,15 @@ the machine, the measured FMA peak, each cell's time per engine with r2n vs
 the faster of ONNX Runtime and OpenVINO, and each engine's GFLOP/s and % of
 the FMA peak (``bench_engines.markdown``).
 
+``r2n ladder --json`` files (``"tool": "r2n ladder"``): the machine, its peaks at
+the run's thread count, and per ladder (op and shape) one row per step, the
+library last: ms, GFLOP/s, % of the roofline at the op's arithmetic
+intensity, the speedup over the previous step and over step 1 (the README's
+"Kernel ladders" tables); ``--plot PNG`` redraws the bars.
+
 ``r2n profile --json`` files (``"tool": "r2n profile"``): the time by role
 against the floors, and the ``--top`` layers with the most time above their
-floor, beside ONNX Runtime's when profiled (``r2n._profile_cli.markdown``).
+floor, beside ONNX Runtime's when profiled (``r2n.cli.profile.markdown``).
 
 The README's and NOTES.md's tables are produced by this script, not typed.
 """
@@ -185,6 +192,84 @@ def bench_markdown(data: dict, keep_rows=None, keep_threads=None) -> str:
                 f"{r['predicted_vs_torch_style']:.2f}x | {r['measured_r2n_vs_serial']:.2f}x | "
                 f"{_f(r.get('measured_torch_vs_serial'), '.2f', 'x')} | "
                 f"{_f(r.get('measured_r2n_vs_torch'), '.2f', 'x')} |"
+            )
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- #
+# r2n ladder: one table per ladder
+# --------------------------------------------------------------------------- #
+
+
+def _flops(value: float) -> str:
+    """FLOPs with a unit: "38.2 MFLOP", "2.9 kFLOP"."""
+    for unit, scale in (("GFLOP", 1e9), ("MFLOP", 1e6), ("kFLOP", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.1f} {unit}"
+    return f"{value:.0f} FLOP"
+
+
+def _rate(value) -> str:
+    """GFLOP/s: one decimal, more digits below 1 (tiny shapes, memory-bound ops)."""
+    return "" if value is None else f"{value:.{1 if value >= 1 else 3}f}"
+
+
+def _pct(value) -> str:
+    return "" if value is None else f"{value:.{1 if value < 10 else 0}f}%"
+
+
+def ladder_markdown(data: dict) -> str:
+    """Markdown of an ``r2n ladder --json`` report: the machine and its peaks, then
+    per ladder (op and shape) one row per step, the library last. A step that was
+    not timed shows its status (WRONG, ERROR, skipped: why) in the ms column."""
+    m = data.get("machine", {})
+    versions = ", ".join(f"{k} {m[k]}" for k in ("numpy", "numba", "torch") if m.get(k))
+    threads = data.get("threads")
+    if data.get("backend") == "gpu":
+        g = data.get("gpu_peaks") or {}
+        where = f"GPU {data.get('device')}"
+        peaks = f"sgemm {_f(g.get('sgemm_gflops'), '.0f')} GFLOP/s, "
+        peaks += f"copy {_f(g.get('copy_gbs'), '.0f')} GB/s"
+    else:
+        p = data.get("peaks") or {}
+        t = str(threads)
+        where = f"{threads} thread{'s' if threads != 1 else ''} of {m.get('cpu_count', '?')}"
+        peaks = (
+            f"sgemm {_f(p.get('sgemm_gflops', {}).get(t), '.0f')} GFLOP/s, "
+            f"copy {_f(p.get('copy_gbs', {}).get(t), '.1f')} GB/s"
+        )
+    out = [
+        f"Machine: {m.get('cpu', '?')}, {where}; {versions}; run {data.get('datetime')}"
+        f"{' (--quick)' if data.get('quick') else ''}; steps from {data.get('ladders_from')}.",
+        f"Measured at that thread count: {peaks}.",
+    ]
+    if data.get("other_load") is not None:
+        out.append(
+            f"Other processes kept {100 * data['other_load']:.0f}% of the CPUs busy during "
+            "the run."
+        )
+    out += [f"Note: {note}" for note in data.get("notes", [])]
+    for lad in data["ladders"]:
+        out += [
+            "",
+            f"**{lad['op']} {lad['case']}** ({lad['origin']}): {_flops(lad['flops'])}, "
+            f"{lad['intensity']:.2f} FLOP/byte, roofline {_rate(lad['roofline_gflops'])} "
+            "GFLOP/s",
+            "",
+            "| step | what it changes | ms | GFLOP/s | % of roofline | vs previous | vs step 1 |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for r in lad["rows"]:
+            ms = _f(r.get("ms"), ".3f")
+            if r["status"] == "skipped":
+                ms = f"skipped: {r.get('reason', '')}"
+            elif r["status"] != "ok":
+                ms = r["status"]
+            step = f"`{r['step']}`" if r["kind"] == "step" else r["step"]
+            out.append(
+                f"| {step} | {r.get('summary') or ''} | {ms} | {_rate(r.get('gflops'))} | "
+                f"{_pct(r.get('pct_roofline'))} | {_f(r.get('x_previous'), '.2f', 'x')} | "
+                f"{_f(r.get('x_step1'), '.2f', 'x')} |"
             )
     return "\n".join(out)
 
@@ -454,14 +539,21 @@ def main(argv=None) -> None:
     with open(args.json_file) as f:
         data = json.load(f)
     if data.get("tool") == "r2n profile":
-        from r2n import _profile_cli
+        from r2n.cli import profile as profile_cli
 
-        print(_profile_cli.markdown(data, top=args.top))
+        print(profile_cli.markdown(data, top=args.top))
         return
     if data.get("tool") == "bench_engines":
         import bench_engines  # beside this script
 
         print(bench_engines.markdown(data))
+        return
+    if data.get("tool") == "r2n ladder":
+        print(ladder_markdown(data))
+        if args.plot:
+            from r2n._bench import plot
+
+            plot.plot_ladders(data, args.plot)
         return
     if data.get("tool") == "r2n bench":
         print(bench_markdown(data, keep_rows, args.threads))

@@ -38,7 +38,8 @@ def array_kind(a) -> str | None:
     return None
 
 
-def _type_name(a) -> str:
+def type_name(a) -> str:
+    """The name of ``a``'s type for error messages: ``"list"``, ``"torch.Tensor"``."""
     t = type(a)
     return t.__name__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__name__}"
 
@@ -75,14 +76,14 @@ def check_arrays(
         k = array_kind(a)
         if k is None:
             raise TypeError(
-                f"r2n.{op}: {name} must be a numpy.ndarray or cupy.ndarray, got {_type_name(a)}"
+                f"r2n.{op}: {name} must be a numpy.ndarray or cupy.ndarray, got {type_name(a)}"
             )
         if kind is None:
             kind, first_kind_name = k, name
         elif k != kind:
             raise TypeError(
                 f"r2n.{op}: cannot mix NumPy and CuPy arrays: {first_kind_name} is "
-                f"{_type_name(arrays[first_kind_name])} but {name} is {_type_name(a)}"
+                f"{type_name(arrays[first_kind_name])} but {name} is {type_name(a)}"
             )
         d = np.dtype(a.dtype)
         if dtype is None:
@@ -479,7 +480,7 @@ def _check_sequence(op: str, name: str, seq, length: int, scale: int) -> None:
     if not isinstance(seq, Sequence) and array_kind(seq) is None:
         raise TypeError(
             f"r2n.{op}: {name} must be a sequence of arrays (or one stacked array), "
-            f"got {_type_name(seq)}"
+            f"got {type_name(seq)}"
         )
     if len(seq) != length:
         raise ValueError(
@@ -488,7 +489,7 @@ def _check_sequence(op: str, name: str, seq, length: int, scale: int) -> None:
         )
 
 
-class _ShapeOnly:
+class ShapeOnly:
     """Stands in for an intermediate tensor whose shape is known but which does
     not exist yet, so the checks of a block's inner ops can run up front."""
 
@@ -518,7 +519,7 @@ def bottle2neck_args(op: str, x, params, scale, stype, stride, groups) -> dict:
     conv1 = conv2d_args(op, x, w1, params.conv1.bias, 1, 0, 1, 1, "params.conv1.")
     chain = chain_args(
         op,
-        _ShapeOnly(conv1["out_shape"]),
+        ShapeOnly(conv1["out_shape"]),
         params.chain_weights,
         params.chain_biases,
         scale,
@@ -526,7 +527,7 @@ def bottle2neck_args(op: str, x, params, scale, stype, stride, groups) -> dict:
         stride,
         groups,
     )
-    chain_out = _ShapeOnly(chain["out_shape"])
+    chain_out = ShapeOnly(chain["out_shape"])
     w3 = params.conv3.weight
     check_ndim(op, "params.conv3.weight", w3, 4, "(C_out, width * scale, 1, 1)")
     check_shape(
@@ -562,7 +563,7 @@ def bottle2neck_args(op: str, x, params, scale, stype, stride, groups) -> dict:
             pool["count_include_pad"] = False
             conv = conv2d_args(
                 op,
-                _ShapeOnly(pool["out_shape"]),
+                ShapeOnly(pool["out_shape"]),
                 ws,
                 params.shortcut.bias,
                 1,
@@ -605,7 +606,7 @@ def bottle2neck_arrays(op: str, x, params) -> dict:
     if not (fields_ok and convs_ok):
         raise TypeError(
             f"r2n.{op}: params must be an r2n.Bottle2neckParams of r2n.FoldedConv, "
-            f"got {_type_name(params)}"
+            f"got {type_name(params)}"
         )
     arrays = {
         "x": x,

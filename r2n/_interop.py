@@ -7,7 +7,8 @@ the CPU or a CUDA device, JAX arrays, or any object with those two methods.
 :func:`accepts_dlpack` wraps a public function so that
 
 1. each argument that is neither NumPy nor CuPy but has ``__dlpack__`` (also
-   inside lists, tuples, ``FoldedConv`` and ``Bottle2neckParams``) is imported
+   inside lists, tuples and dataclass instances such as ``FoldedConv`` and
+   ``Bottle2neckParams``) is imported
    without a copy, by ``numpy.from_dlpack`` when ``__dlpack_device__()`` says
    host memory (CPU, CUDA-pinned) and by ``cupy.from_dlpack`` when it says
    CUDA device memory (CuPy is imported only then, and the call runs with that
@@ -39,6 +40,7 @@ and a call without any other array costs a type check per argument.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import sys
@@ -47,7 +49,6 @@ from collections.abc import Callable
 import numpy as np
 
 from . import _checks
-from .params import Bottle2neckParams, FoldedConv
 
 # DLPack device types (dlpack.h, DLDeviceType) r2n can compute on.
 _HOST_DEVICES = {1: "cpu", 3: "cuda pinned host"}
@@ -56,7 +57,14 @@ _DEVICE_NAMES = {4: "opencl", 7: "vulkan", 8: "metal", 10: "rocm", 11: "rocm hos
 _DEVICE_NAMES.update(_HOST_DEVICES)
 _DEVICE_NAMES.update(_CUDA_DEVICES)
 
-_CONTAINERS = (list, tuple, FoldedConv, Bottle2neckParams)
+
+def _is_record(value) -> bool:
+    """A dataclass instance (``r2n.FoldedConv``, ``r2n.Bottle2neckParams``): its
+    fields are searched for arrays and it is rebuilt with the imported ones.
+    Recognised by shape, not by class, so that r2n.params (whose
+    ``FoldedConv.from_conv_bn`` calls the wrapped ``fold_batch_norm``) can sit
+    above this module without an import cycle."""
+    return dataclasses.is_dataclass(value) and not isinstance(value, type)
 
 
 def is_foreign(a) -> bool:
@@ -71,8 +79,8 @@ def is_foreign(a) -> bool:
 
 
 def _holds_foreign(values) -> bool:
-    """Whether any value (or any array inside a list, tuple, FoldedConv or
-    Bottle2neckParams) is a foreign DLPack array. The fast path: NumPy arrays,
+    """Whether any value (or any array inside a list, tuple or record, see
+    :func:`_is_record`) is a foreign DLPack array. The fast path: NumPy arrays,
     numbers and strings cost one type check each."""
     for v in values:
         t = type(v)
@@ -81,7 +89,7 @@ def _holds_foreign(values) -> bool:
         if isinstance(v, (list, tuple)):
             if _holds_foreign(v):
                 return True
-        elif isinstance(v, (FoldedConv, Bottle2neckParams)):
+        elif _is_record(v):
             if _holds_foreign(vars(v).values()):
                 return True
         elif is_foreign(v):
@@ -92,7 +100,7 @@ def _holds_foreign(values) -> bool:
 def describe(a) -> str:
     """``a``'s type, dtype and device for messages, e.g. "torch.Tensor of dtype
     torch.float16 on cuda:0"."""
-    text = _checks._type_name(a)
+    text = _checks.type_name(a)
     dtype = getattr(a, "dtype", None)
     if dtype is not None:
         text += f" of dtype {dtype}"
@@ -174,7 +182,7 @@ class _Import:
         """``value`` with each foreign array inside it imported (structure kept)."""
         if isinstance(value, (list, tuple)):
             return type(value)(self.tree(v, f"{name}[{i}]") for i, v in enumerate(value))
-        if isinstance(value, (FoldedConv, Bottle2neckParams)):
+        if _is_record(value):
             return type(value)(**{k: self.tree(v, f"{name}.{k}") for k, v in vars(value).items()})
         kind = _checks.array_kind(value)
         foreign = kind is None and is_foreign(value)
@@ -190,7 +198,7 @@ class _Import:
                 self.cuda_device = device
             if np.dtype(imported.dtype) not in _checks.FLOAT_DTYPES:
                 raise TypeError(
-                    f"{self.where}: {name} is a {_checks._type_name(value)} of dtype "
+                    f"{self.where}: {name} is a {_checks.type_name(value)} of dtype "
                     f"{np.dtype(imported.dtype)}; expected float32 or float64"
                 )
         self.seen.append((name, value, kind, foreign))

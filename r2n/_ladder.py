@@ -7,8 +7,8 @@ dev/cuda versions). A backend package lists them in ``LADDERS``::
     r2n.cpu.LADDERS["conv2d"]   # (Step("1_naive", ...), Step("2_loop_order", ...), ...)
     r2n.gpu.LADDERS["conv2d"]
 
-and ``r2n ladder`` checks every step against the float64 reference, then
-times them side by side.
+and ``r2n ladder`` (r2n/cli/ladder.py) checks every step against the float64
+reference, then times them side by side.
 
 Ops with ladders and the signature of their steps' ``run`` (the backend's
 own op signature: arguments checked and normalised by ``r2n._checks``; GPU
@@ -40,10 +40,16 @@ class Step:
         the same idea has the same name on every backend
     summary : one line: what this step changes relative to the one before
     run : the implementation (signature in the module docstring)
-    applies : None (every case), or ``applies(**checked_args) -> bool`` for a
-        step that computes only some cases (Winograd: 3x3, stride 1,
-        dilation 1); ``r2n ladder`` skips it elsewhere, with the reason
+    applies : None (every case), or ``applies(*arrays, **checked_args) -> bool``
+        (the arguments ``run`` takes, without ``executor``) for a step that
+        computes only some cases (Winograd: 3x3, stride 1, dilation 1);
+        ``r2n ladder`` skips it elsewhere, giving the first line of
+        ``applies.__doc__`` as the reason
     source : where the step lives (a module or a kernel file), for readers
+    tolerance : None (float32's 1e-5: ``r2n ladder`` runs every step on
+        float32 data), or the bound on ``||out - ref|| / ||ref||`` against the
+        float64 reference of a step that rounds the data further (tensor
+        cores: TF32, bf16; e.g. r2n.gpu.conv_tensor_core.tolerance("tf32"))
     """
 
     name: str
@@ -51,6 +57,7 @@ class Step:
     run: Callable
     applies: Callable[..., bool] | None = None
     source: str = ""
+    tolerance: float | None = None
 
     @property
     def number(self) -> int:

@@ -29,8 +29,8 @@ from timm.models._hub import save_for_hf
 
 import r2n
 import r2n.models
-from r2n import _classify_cli
-from r2n.__main__ import main
+from r2n.cli import classify as classify_cli
+from r2n.cli import main
 from r2n.models import _preprocess
 
 
@@ -109,11 +109,11 @@ def _classify(argv, stdin=None):
     """Run ``r2n classify ARGV`` in-process, parsed by the command's own
     parser, with captured streams: (exit code, stdout, stderr)."""
     parser = argparse.ArgumentParser()
-    _classify_cli.add_arguments(parser)
+    classify_cli.add_arguments(parser)
     args = parser.parse_args(argv)
     out, err = io.StringIO(), io.StringIO()
     try:
-        code = _classify_cli.run(
+        code = classify_cli.run(
             args.model,
             args.inputs,
             weights=args.weights,
@@ -127,7 +127,7 @@ def _classify(argv, stdin=None):
             err=err,
             stdin=stdin,
         )
-    except _classify_cli.CliError as e:  # what main() prints
+    except classify_cli.CliError as e:  # what main() prints
         code = 1
         err.write(f"r2n classify: error: {e}\n")
     return code, out.getvalue(), err.getvalue()
@@ -534,7 +534,7 @@ def test_progress_bar_on_a_terminal_only(hub, album):
     args = dict(weights=None, topk=1, batch_size=2, fmt="csv")
     for stream, drawn in ((_Terminal(), True), (io.StringIO(), False)):
         out = io.StringIO()
-        code = _classify_cli.run(hub["dir"], album["images"], out=out, err=stream, **args)
+        code = classify_cli.run(hub["dir"], album["images"], out=out, err=stream, **args)
         assert code == 0
         text = stream.getvalue()
         if drawn:

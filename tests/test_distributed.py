@@ -22,8 +22,8 @@ import pytest
 
 import r2n
 import r2n.models
-from r2n import _classify_cli
-from r2n.__main__ import main
+from r2n.cli import classify as classify_cli
+from r2n.cli import main
 from r2n.models import Prediction, Predictor, _dask, _predictor
 from r2n.models._model import Arch
 from r2n.models._preprocess import load_image, preprocess
@@ -401,7 +401,7 @@ def test_classify_dask_draws_the_progress_bar_on_a_terminal(hub_dir, images, cli
     err, out = _Terminal(), io.StringIO()
     paths = images[0][:4]
     address = client.scheduler.address
-    code = _classify_cli.run(hub_dir, paths, batch_size=2, dask=address, out=out, err=err)
+    code = classify_cli.run(hub_dir, paths, batch_size=2, dask=address, out=out, err=err)
     assert code == 0 and out.getvalue().count("\n  1.") == 4
     bar = err.getvalue()
     assert "\r[" + "#" * 15 + "-" * 15 + "] 2/4 images" in bar and "4/4 images" in bar

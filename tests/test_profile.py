@@ -17,8 +17,8 @@ import pytest
 
 import r2n
 import r2n.models
-from r2n import _profile_cli
 from r2n._bench import engines, profile
+from r2n.cli import profile as profile_cli
 from r2n.models._model import Layers
 
 pytest.importorskip("numba")
@@ -166,7 +166,7 @@ def test_a_profiled_forward_that_computes_something_else_is_refused(rng, monkeyp
 def test_cli_prints_the_table_and_writes_json(tmp_path, capsys):
     path = tmp_path / "p.json"
     argv = ["res2net50_26w_4s", "--size", "32", "--threads", "1", "--min-time", "0"]
-    assert _profile_cli.main([*argv, "--json", str(path)]) == 0
+    assert profile_cli.main([*argv, "--json", str(path)]) == 0
     text = capsys.readouterr().out
     assert "layer4.2.chain" in text and "By role" in text and "% peak" in text
     report = json.loads(path.read_text())
@@ -174,14 +174,14 @@ def test_cli_prints_the_table_and_writes_json(tmp_path, capsys):
     assert report["fma_peak_gflops"] > 0
     assert len(report["layers"]) == 2 + 16 * 3 + 4 + 2  # stem, pool; 16 blocks; 4 shortcuts
     assert report["flops"] == sum(r["flops"] for r in report["layers"])
-    text = _profile_cli.markdown(report, top=3)  # what benchmarks/report.py prints
+    text = profile_cli.markdown(report, top=3)  # what benchmarks/report.py prints
     assert "| chain | 16 |" in text
     top = text.split("The 3 layers with the most time above their floor:")[1]
     assert len([line for line in top.splitlines() if line.startswith("| ")]) == 1 + 3  # header + 3
 
 
 def test_r2n_help_lists_profile(capsys):
-    from r2n.__main__ import main
+    from r2n.cli import main
 
     with pytest.raises(SystemExit) as info:
         main(["--help"])  # argparse formats every sub-command's help ("%" must be "%%")
@@ -190,13 +190,13 @@ def test_r2n_help_lists_profile(capsys):
 
 def test_cli_usage_errors_exit_2():
     with pytest.raises(SystemExit) as info:
-        _profile_cli.main(["not_a_model"])
+        profile_cli.main(["not_a_model"])
     assert info.value.code == 2
     with pytest.raises(SystemExit) as info:
-        _profile_cli.main(["tresnet_m", "--threads", "0"])
+        profile_cli.main(["tresnet_m", "--threads", "0"])
     assert info.value.code == 2
     with pytest.raises(SystemExit) as info:  # the thread CPU clock needs one thread
-        _profile_cli.main(["tresnet_m", "--threads", "2", "--clock", "cpu"])
+        profile_cli.main(["tresnet_m", "--threads", "2", "--clock", "cpu"])
     assert info.value.code == 2
 
 

@@ -90,11 +90,13 @@ def random_weights(
 ) -> dict:
     """``r2n.models.random_state_dict`` of ``name`` (scaled down by ``params``,
     as ``r2n.models.create(..., _params=)``): the weights every engine shares."""
+    import dataclasses
+
     from .. import models
 
     arch = models.ARCHS[name]
     if params:
-        arch = models.Arch(arch.name, arch.family, {**arch.params, **params}, arch.preprocess)
+        arch = dataclasses.replace(arch, params={**arch.params, **params})
     family = models.res2net if arch.family == "res2net" else models.tresnet
     return models.random_state_dict(family.expected_keys(arch, num_classes), seed=seed)
 

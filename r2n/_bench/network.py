@@ -59,9 +59,9 @@ class NetworkCase(BenchCase):
             import timm
         except ImportError as exc:
             raise Skip("timm not installed") from exc
-        from . import torch_models
+        from .torch_import import import_torch
 
-        torch = torch_models.import_torch()
+        torch = import_torch()
         net = timm.create_model(NAME, pretrained=False)
         state = {k: torch.from_numpy(np.asarray(v)) for k, v in self._state_dict().items()}
         missing, unexpected = net.load_state_dict(state, strict=False)

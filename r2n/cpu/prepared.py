@@ -104,7 +104,7 @@ class PreparedConv2d:
             args = _checks.conv2d_args(
                 "conv2d",
                 x,
-                _checks._ShapeOnly(self.weight_shape),
+                _checks.ShapeOnly(self.weight_shape),
                 None,
                 g["stride"],
                 g["padding"],
@@ -164,7 +164,7 @@ class PreparedBottle2neckLayer:
         # Check the block and pack its weights now, on a stand-in input: the
         # chain's options do not depend on the input's size.
         c_in = params.conv1.weight.shape[1]
-        probe = _checks._ShapeOnly((1, c_in, 8, 8))
+        probe = _checks.ShapeOnly((1, c_in, 8, 8))
         args = _checks.bottle2neck_args("bottle2neck", probe, params, scale, stype, stride, groups)
         self._block = PreparedBottle2neck(params, args, self.dtype)
         # Later calls only need the shapes for their checks: keep no array twice.
@@ -206,7 +206,7 @@ def _output(layer, shape, *inputs):
 
 def _shapes_only(params):
     """params with every array replaced by a shape-only stand-in (for the checks)."""
-    return params.map(lambda a: _checks._ShapeOnly(a.shape))
+    return params.map(lambda a: _checks.ShapeOnly(a.shape))
 
 
 def prepare_conv2d(weight, bias, **options):

@@ -227,8 +227,14 @@ class Model:
         forward = self._forward.get(kind)
         if forward is None:
             layers = Layers(self.backend, kind, self.precision)
-            forward = self._forward[kind] = self._build(self.arch, self._weights, layers)
+            forward = self._forward[kind] = self.forward_with(layers)
         return forward
+
+    def forward_with(self, layers: Layers) -> Callable:
+        """This model's forward ``x -> logits`` built on ``layers`` (a
+        :class:`Layers`, or one that wraps its calls: ``r2n profile`` times each
+        layer this way); uncached, unchecked (the caller checks x)."""
+        return self._build(self.arch, self._weights, layers)
 
     @_interop.accepts_dlpack(where=lambda args: f"r2n model {args[0].name}")
     def __call__(self, x):

@@ -30,6 +30,8 @@ import numpy as np
 
 from .. import _backends
 from . import _hub, _preprocess
+from ._weights import load_state_dict
+from ._zoo import arch_of, create, directory_of, hub_checkpoint, num_classes_in
 
 # Per-process cache: Predictor._identity() -> (weights file stamp, prepared model,
 # the lock serialising its calls).
@@ -105,11 +107,9 @@ class Predictor:
     _params: tuple = ()  # scaled-down variants for tests: create(..., _params=dict(...))
 
     def __post_init__(self):
-        from . import _arch, _directory_of
-
-        directory = _directory_of(self.name)
+        directory = directory_of(self.name)
         if directory is None:
-            _arch(self.name)  # an unknown name or tag: ValueError now, not on a worker
+            arch_of(self.name)  # an unknown name or tag: ValueError now, not on a worker
         else:
             if self.weights is not None:
                 raise ValueError(
@@ -170,13 +170,11 @@ class Predictor:
         return entry[1:]
 
     def _build(self):
-        from . import _num_classes_in, create, load_state_dict
-
         state, num_classes = None, self.num_classes
         if self.weights is not None:
             state = load_state_dict(self.weights)
             if num_classes is None:
-                num_classes = _num_classes_in(self.name, state)
+                num_classes = num_classes_in(self.name, state)
         return create(
             self.name,
             state,
@@ -194,8 +192,6 @@ class Predictor:
         """Class names by index: a Hub directory's ``label_names``, else the
         ImageNet-1k names when the model has 1000 classes, else None. Builds
         the model (in this process) when it is not built yet."""
-        from . import hub_checkpoint
-
         directory = self._directory()
         names = hub_checkpoint(directory).label_names if directory else None
         if names is None and self.model().num_classes == 1000:
@@ -262,16 +258,16 @@ class Predictor:
         if self.threads is None or not host_threads:
             logits = model(x)
         else:
+            # r2n.set_num_threads is Numba's, set here directly: this package
+            # reaches backends only through r2n._backends, never imports upward.
             import numba
 
-            import r2n
-
-            previous = r2n.get_num_threads()
-            r2n.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
+            previous = numba.get_num_threads()
+            numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
             try:
                 logits = model(x)
             finally:
-                r2n.set_num_threads(previous)
+                numba.set_num_threads(previous)
         if hasattr(logits, "get"):  # CuPy
             logits = logits.get()
         return np.asarray(logits, np.float64)

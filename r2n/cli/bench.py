@@ -7,7 +7,7 @@ Steps, in order:
    roofline chart are relative to them.
 2. **Check, then time.** For every case (conv2d 3x3, 1x1 and grouped; the
    Res2Net chain; the bottleneck; the whole res2net50_26w_4s; see
-   :mod:`r2n._bench.cases`) the float64 reference result is the truth. Every
+   :mod:`r2n._bench.suite`) the float64 reference result is the truth. Every
    row runs the same float32 inputs once and is compared with it (relative
    error within 1e-5 per op, 1e-4 for the network); a row that disagrees is
    reported ``WRONG`` and not timed. Rows: ``reference`` (1 thread, its BLAS
@@ -38,10 +38,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import __version__, _backends
-from ._bench import cases as bench_cases
-from ._bench import engines, machine, timing, torch_models
-from ._bench.cases import Skip
+from .. import __version__, _backends
+from .._bench import cases as bench_cases
+from .._bench import engines, machine, suite, timing
+from .._bench.cases import Skip
+from .._bench.torch_import import import_torch
 
 BACKEND_CHOICES = ("reference", "cpu", "gpu", "torch") + engines.ENGINES
 OP_CHOICES = bench_cases.OPS + ("model",)
@@ -122,7 +123,7 @@ class Env:
     def __init__(self, backends: set[str]):
         self.all_threads = machine.all_threads()
         self.has_cpu = _backends.implements("cpu", "conv2d")
-        self.torch = torch_models.import_torch() if "torch" in backends else None
+        self.torch = import_torch() if "torch" in backends else None
         self.cupy = machine.cupy_with_gpu() if "gpu" in backends else None
         self.torch_cuda = bool(self.torch is not None and self.torch.cuda.is_available())
         # engine -> None (runs) or why it cannot, for the selected other engines
@@ -132,7 +133,7 @@ class Env:
         """Host threads of r2n's cpu kernels and of torch (None: all threads)."""
         n = self.all_threads if n is None else n
         if self.has_cpu:
-            from . import cpu
+            from .. import cpu
 
             cpu.set_num_threads(n)
         if self.torch is not None:
@@ -201,7 +202,7 @@ def _runner(case, spec: RowSpec, args32, kwargs, env: Env):
 
 
 def _backends_ops():
-    from . import OPS
+    from .. import OPS
 
     return OPS
 
@@ -276,16 +277,14 @@ def derive(rows: list[dict], peaks: dict, gpu_peaks: dict | None) -> None:
             continue
         r["gflops"] = r["flops"] / (r["ms"] * 1e6)
         if r["device"] == "cuda":
-            flops_peak = (gpu_peaks or {}).get("sgemm_gflops")
-            bandwidth = (gpu_peaks or {}).get("copy_gbs")
+            gpu = gpu_peaks or {}
+            roof = machine.roofline_gflops(
+                gpu.get("sgemm_gflops"), gpu.get("copy_gbs"), r["intensity"]
+            )
             torch_label = "torch-cuda eager"
         else:
-            flops_peak = peaks["sgemm_gflops"].get(str(r["threads"]))
-            bandwidth = peaks["copy_gbs"].get(str(r["threads"]))
+            roof = machine.host_roofline_gflops(peaks, r["threads"], r["intensity"])
             torch_label = f"torch eager {r['threads']}t"
-        roof = flops_peak
-        if flops_peak and bandwidth:
-            roof = min(flops_peak, bandwidth * r["intensity"])
         r["roofline_gflops"] = roof
         r["pct_peak"] = None if not roof else 100 * r["gflops"] / roof
         r["vs_serial"] = serial["ms"] / r["ms"] if serial else None
@@ -403,7 +402,7 @@ class Progress:
 
 def _run_model(report, env, case, budget, progress) -> None:
     """The speedup model on one bottleneck case (cpu all threads; gpu if present)."""
-    from ._bench import model
+    from .._bench import model
 
     rng = np.random.default_rng(report["seed"])
     args64, kwargs = case.make(rng)
@@ -485,7 +484,7 @@ def run(opts: argparse.Namespace) -> int:
     for engine, why in env.engines.items():
         if why is None:
             report["machine"][engine] = engines.versions()[engine]
-    all_cases = bench_cases.cases(opts.quick)
+    all_cases = suite.bench_cases(opts.quick)
     selected = [c for c in all_cases if c.op in ops]
     model_cases = []
     if "model" in ops and "cpu" in backends and env.has_cpu:
@@ -540,7 +539,7 @@ def run(opts: argparse.Namespace) -> int:
         if env.has_cpu:
             import numba
 
-            report["machine"]["numba_threading_layer"] = _threading_layer(numba)
+            report["machine"]["numba_threading_layer"] = threading_layer(numba)
     return _finish(report, opts)
 
 
@@ -565,7 +564,8 @@ def _row(case, spec: RowSpec, status=None) -> dict:
     )
 
 
-def _threading_layer(numba) -> str | None:
+def threading_layer(numba) -> str | None:
+    """Numba's threading layer ("omp", "tbb", "workqueue"), None before any parallel run."""
     try:
         return numba.threading_layer()
     except ValueError:  # no parallel kernel has run yet
@@ -588,7 +588,7 @@ def _finish(report: dict, opts) -> int:
     if report["rows"]:
         print(format_table(report["rows"]))
     if report["model"]:
-        from ._bench import model
+        from .._bench import model
 
         print()
         print(
@@ -611,11 +611,11 @@ def _finish(report: dict, opts) -> int:
     elif not report["interrupted"]:
         print("every row agrees with the reference")
     if opts.json:
-        _write_json(report, opts.json)
+        write_json(report, opts.json)
         print(f"wrote {opts.json}")
     if opts.plot and report["rows"]:
         try:
-            from ._bench import plot
+            from .._bench import plot
 
             plot.plot(report, opts.plot)
             print(f"wrote {opts.plot}")
@@ -624,7 +624,8 @@ def _finish(report: dict, opts) -> int:
     return code
 
 
-def _write_json(report: dict, path: str) -> None:
+def write_json(report: dict, path: str) -> None:
+    """``report`` as indented JSON at ``path`` (written whole, then renamed into place)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     tmp = f"{path}.tmp"

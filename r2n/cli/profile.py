@@ -24,7 +24,7 @@ import sys
 
 import numpy as np
 
-from . import __version__
+from .. import __version__
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(opts: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> int:
     """Run ``r2n profile`` with parsed options; print; write JSON; exit code."""
-    from . import models
-    from ._bench import engines, fma, profile
+    from .. import models
+    from .._bench import engines, fma, profile
 
     def usage(message):
         if parser is not None:
@@ -85,7 +85,7 @@ def run(opts: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
         usage("--batch must be >= 1 and --size >= 8")
     backend = opts.backend
     if backend is None:
-        from . import _backends
+        from .. import _backends
 
         backend = _backends.pick("bottle2neck", None, "numpy")
     threads = _set_threads(backend, opts.threads, usage)
@@ -93,7 +93,7 @@ def run(opts: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
         usage("--clock cpu needs --threads 1 (it reads the calling thread's CPU time)")
     state = None
     if opts.weights:
-        from .models import load_state_dict
+        from ..models import load_state_dict
 
         state = load_state_dict(opts.weights)
     else:
@@ -152,7 +152,7 @@ def run(opts: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
 def _set_threads(backend, threads, usage) -> int:
     if backend != "cpu":
         return 1
-    from . import cpu
+    from .. import cpu
 
     n = cpu.get_num_threads() if threads is None else threads
     try:
@@ -163,14 +163,14 @@ def _set_threads(backend, threads, usage) -> int:
 
 
 def _machine() -> dict:
-    from ._bench import machine
+    from .._bench import machine
 
     return machine.machine_info()
 
 
 def _onnxruntime(opts, state, x, threads, layers) -> dict:
     """ONNX Runtime's per-node profile summed per r2n layer, or why not."""
-    from ._bench import engines, profile
+    from .._bench import engines, profile
 
     why = engines.missing("onnxruntime")
     if why is None:

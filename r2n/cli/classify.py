@@ -54,7 +54,7 @@ class CliError(Exception):
 
 def add_arguments(parser) -> None:
     """The ``classify`` subcommand's options."""
-    from .models._preprocess import DEFAULT_MAX_PIXELS
+    from ..models._preprocess import DEFAULT_MAX_PIXELS
 
     parser.add_argument(
         "--model",
@@ -255,9 +255,10 @@ def _model_problems(model_arg):
 def _predictor(model_arg, weights, backend, topk, batch_size, max_pixels):
     """The Predictor of --model / --weights and the options; CliError otherwise."""
     import r2n.models
-    from r2n.models import _directory_of
 
-    directory = _directory_of(model_arg)
+    from ..models._zoo import directory_of
+
+    directory = directory_of(model_arg)
     if directory is not None and weights is not None:
         raise CliError(
             f"--weights is not used with a checkpoint directory ({model_arg!r} holds its weights)"
