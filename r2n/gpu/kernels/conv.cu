@@ -197,16 +197,6 @@ __device__ inline void conv2d_gemm_body(R2N_CONV_PARAMS) {
         constexpr int A_LOADS = (BK * BM) / NT, B_LOADS = (BK * BN) / NT;
         T a_next[A_LOADS], b_next[B_LOADS];
 
-        // Decode rows k0 .. k0 + BK - 1 into tab (rows k >= K are never loaded).
-        auto decode_rows = [&](int k0, int* tab) {
-            if (LOAD == R2N_LOAD_IM2COL && tid < BK) {
-                const int k = k0 + tid;
-                const int c = k / khw, t = k - c * khw, i = t / kw;
-                tab[tid] = c;
-                tab[BK + tid] = i * dh;
-                tab[2 * BK + tid] = (t - i * kw) * dw;
-            }
-        };
         // This thread's share of slice k0 into a_next / b_next, zero outside.
         auto fetch_slice = [&](int k0, const int* tab) {
             // Weights: row m of the group's (C_out_g x K) matrix is contiguous.
@@ -223,31 +213,20 @@ __device__ inline void conv2d_gemm_body(R2N_CONV_PARAMS) {
                 const int k = k0 + kr;
                 T v = T(0);
                 if (b_p_ok && k < K) {
-                    if (LOAD == R2N_LOAD_IM2COL) {
-                        const int c = tab[kr], iy = iy0 + tab[BK + kr], ix = ix0 + tab[2 * BK + kr];
-                        v = conv_load_input(x, x_base + (idx_t)c * plane_in, add,
-                                            add_base + (idx_t)c * plane_in, iy, ix, h, w, flags);
-                    } else if (LOAD == R2N_LOAD_AVG_POOL) {
-                        // Window rows iy0 .. iy0 + sh - 1 clipped to the image
-                        // (ceil mode: the last window may stick out).
-                        const int y1 = iy0 + sh < h ? iy0 + sh : h;
-                        const int x1 = ix0 + sw < w ? ix0 + sw : w;
-                        const T* plane = x + x_base + (idx_t)k * plane_in;
-                        for (int iy = iy0; iy < y1; ++iy)
-                            for (int ix = ix0; ix < x1; ++ix) v += plane[(idx_t)iy * w + ix];
-                        v /= T((y1 - iy0) * (x1 - ix0));
-                    } else {
-                        const idx_t off = (idx_t)k * plane_in + b_p;
-                        v = x[x_base + off];
-                        if (flags & R2N_CONV_ADD) v += add[add_base + off];
-                    }
+                    if (LOAD == R2N_LOAD_IM2COL)
+                        v = conv_load_im2col<T, BK>(x, x_base, add, add_base, plane_in, tab, kr,
+                                                    iy0, ix0, h, w, flags);
+                    else if (LOAD == R2N_LOAD_PLANE)
+                        v = conv_load_plane(x, x_base, add, add_base, plane_in, k, b_p, flags);
+                    else
+                        v = conv_load_avg_pool(x, x_base, plane_in, k, iy0, ix0, sh, sw, h, w);
                 }
                 b_next[r] = v;
             }
         };
 
         const int n_slices = (K + BK - 1) / BK;
-        decode_rows(0, k_tab);
+        if (LOAD == R2N_LOAD_IM2COL) conv_decode_k_rows<BK>(0, k_tab, khw, kw, dh, dw);
         __syncthreads();
         fetch_slice(0, k_tab);
         for (int s = 0; s < n_slices; ++s) {
@@ -260,7 +239,8 @@ __device__ inline void conv2d_gemm_body(R2N_CONV_PARAMS) {
 #pragma unroll
             for (int r = 0; r < B_LOADS; ++r) Bs[b_row0 + r * (NT / BN)][b_col] = b_next[r];
             const bool more = s + 1 < n_slices;
-            if (more) decode_rows((s + 1) * BK, next_tab);
+            if (more && LOAD == R2N_LOAD_IM2COL)
+                conv_decode_k_rows<BK>((s + 1) * BK, next_tab, khw, kw, dh, dw);
             __syncthreads();
             if (more) fetch_slice((s + 1) * BK, next_tab);
 #pragma unroll
@@ -302,18 +282,12 @@ __device__ inline void conv2d_gemm_body(R2N_CONV_PARAMS) {
 
 template <typename T, int BM, int BN, int BK, int TM, int TN>
 __global__ void __launch_bounds__(R2N_GEMM_THREADS, R2N_GEMM_MIN_BLOCKS) conv2d_2_implicit_gemm(R2N_CONV_PARAMS) {
-    conv2d_gemm_body<T, BM, BN, BK, TM, TN, R2N_LOAD_IM2COL>(
-        x, x_c_total, x_c0, add, add_c_total, add_c0, weight, bias, residual, out, out_c_total,
-        out_c0, n_img, c_in, h, w, c_out, h_out, w_out, kh, kw, sh, sw, ph, pw, dh, dw, groups,
-        flags, act, slope, side_mode, side_src_c0, side_dst_c0, side_c, side_blocks);
+    conv2d_gemm_body<T, BM, BN, BK, TM, TN, R2N_LOAD_IM2COL>(R2N_CONV_ARGS);
 }
 
 template <typename T, int BM, int BN, int BK, int TM, int TN>
 __global__ void __launch_bounds__(R2N_GEMM_THREADS, R2N_GEMM_MIN_BLOCKS) conv2d_3_gemm_1x1(R2N_CONV_PARAMS) {
-    conv2d_gemm_body<T, BM, BN, BK, TM, TN, R2N_LOAD_PLANE>(
-        x, x_c_total, x_c0, add, add_c_total, add_c0, weight, bias, residual, out, out_c_total,
-        out_c0, n_img, c_in, h, w, c_out, h_out, w_out, kh, kw, sh, sw, ph, pw, dh, dw, groups,
-        flags, act, slope, side_mode, side_src_c0, side_dst_c0, side_c, side_blocks);
+    conv2d_gemm_body<T, BM, BN, BK, TM, TN, R2N_LOAD_PLANE>(R2N_CONV_ARGS);
 }
 
 // The "d" shortcut: avg_pool2d(kernel = stride = (sh, sw), ceil_mode=True,
@@ -321,8 +295,5 @@ __global__ void __launch_bounds__(R2N_GEMM_THREADS, R2N_GEMM_MIN_BLOCKS) conv2d_
 // pooled on load. h, w: the input's size; h_out, w_out: the pooled size.
 template <typename T, int BM, int BN, int BK, int TM, int TN>
 __global__ void __launch_bounds__(R2N_GEMM_THREADS, R2N_GEMM_MIN_BLOCKS) conv2d_avgpool_gemm_1x1(R2N_CONV_PARAMS) {
-    conv2d_gemm_body<T, BM, BN, BK, TM, TN, R2N_LOAD_AVG_POOL>(
-        x, x_c_total, x_c0, add, add_c_total, add_c0, weight, bias, residual, out, out_c_total,
-        out_c0, n_img, c_in, h, w, c_out, h_out, w_out, kh, kw, sh, sw, ph, pw, dh, dw, groups,
-        flags, act, slope, side_mode, side_src_c0, side_dst_c0, side_c, side_blocks);
+    conv2d_gemm_body<T, BM, BN, BK, TM, TN, R2N_LOAD_AVG_POOL>(R2N_CONV_ARGS);
 }

@@ -143,17 +143,6 @@ __global__ void __launch_bounds__(R2N_TC_THREADS, R2N_TC_MIN_BLOCKS)
                 for (int q = 0; q < 4; ++q) acc[mi][ni][q] = 0.f;
         T b_next[B_LOADS];
 
-        // Rows k0 .. k0 + BK - 1 of the im2col matrix: input channel and tap
-        // offsets, into tab (rows k >= K are never loaded).
-        auto decode_rows = [&](int k0, int* tab) {
-            if (tid < BK) {
-                const int k = k0 + tid;
-                const int c = k / khw, t = k - c * khw, i = t / kw;
-                tab[tid] = c;
-                tab[BK + tid] = i * dh;
-                tab[2 * BK + tid] = (t - i * kw) * dw;
-            }
-        };
         // The weights of slice k0 into As[stage]: this thread's A_LOADS
         // elements of column a_k, one cp.async group.
         auto issue_weights = [&](int k0, int stage) {
@@ -173,13 +162,10 @@ __global__ void __launch_bounds__(R2N_TC_THREADS, R2N_TC_MIN_BLOCKS)
 #pragma unroll
             for (int r = 0; r < B_LOADS; ++r) {
                 const int kr = b_row0 + r * (NT / BN);
-                T v = T(0);
-                if (b_p_ok && k0 + kr < K) {
-                    const int c = tab[kr], iy = iy0 + tab[BK + kr], ix = ix0 + tab[2 * BK + kr];
-                    v = conv_load_input(x, x_base + (idx_t)c * plane_in, add,
-                                        add_base + (idx_t)c * plane_in, iy, ix, h, w, flags);
-                }
-                b_next[r] = v;
+                b_next[r] = (b_p_ok && k0 + kr < K)
+                                ? conv_load_im2col<T, BK>(x, x_base, add, add_base, plane_in, tab,
+                                                          kr, iy0, ix0, h, w, flags)
+                                : T(0);
             }
         };
         // b_next, rounded, into Bs[stage].
@@ -258,7 +244,7 @@ __global__ void __launch_bounds__(R2N_TC_THREADS, R2N_TC_MIN_BLOCKS)
         };
 
         const int n_slices = (K + BK - 1) / BK;
-        decode_rows(0, k_tab);
+        conv_decode_k_rows<BK>(0, k_tab, khw, kw, dh, dw);
         issue_weights(0, 0);
         __syncthreads();  // slice 0's table
         fetch_input(0, k_tab);
@@ -267,7 +253,7 @@ __global__ void __launch_bounds__(R2N_TC_THREADS, R2N_TC_MIN_BLOCKS)
             const int cur = s & 1, nxt = cur ^ 1;
             const bool more = s + 1 < n_slices;
             int* next_tab = k_tab + nxt * 3 * BK;  // last read by slice s - 1's fetch
-            if (more) decode_rows((s + 1) * BK, next_tab);
+            if (more) conv_decode_k_rows<BK>((s + 1) * BK, next_tab, khw, kw, dh, dw);
             r2n_cp_async_wait<0>();  // this thread's weights of slice s have landed
             // Slice s (weights, input) and the next table are visible to all, and
             // every warp is done with slice s - 1's stage, which is refilled now.
