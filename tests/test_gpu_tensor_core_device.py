@@ -1,4 +1,4 @@
-"""Variant 4_tensor_core (precision "tf32" / "bf16") on a real GPU (skipped without one).
+"""Variant 5_tensor_core (precision "tf32" / "bf16") on a real GPU (skipped without one).
 
 The cases of tests/test_gpu_tensor_core_emulated.py (its checks: the format's
 bound, the element-wise worst case, and agreement with the reference on

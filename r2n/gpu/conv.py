@@ -1,41 +1,47 @@
-"""conv2d on the GPU, in four numbered variants (kernels/conv.cu, conv_tensor_core.cu).
+"""conv2d on the GPU: the ladder of kernels, one file per step, and its launcher.
 
-=====================  =========================================================
-variant                what it is
-=====================  =========================================================
-``1_direct``           one thread per output element; ~2 global loads per
-                       multiply-add. Any stride, padding, dilation, groups.
-``2_implicit_gemm``    per (image, group) a GEMM (C_out_g x K) * (K x pixels),
-                       K = C_in_g * kH * kW, with im2col columns built on the
-                       fly in shared memory; each thread keeps a 4 x 4 register
-                       tile. A 32-row block tile for groups of <= 32 output
-                       channels (Res2Net's chain convs), 64 rows otherwise.
-``3_gemm_1x1``         1x1 / stride 1 / padding 0 only: the input plane is the
-                       GEMM's right matrix, no im2col arithmetic; 8 x 8 (float)
-                       or 8 x 4 (double) register tiles in 128-wide block tiles
-                       when there are enough of them to fill the GPU, else the
-                       4 x 4 / 64 x 64 tile.
-``4_tensor_core``      variant 2's implicit GEMM on warp-level mma.sync (sm_80+),
-                       operands rounded to TF32 or bfloat16 (``precision``), float32
-                       accumulators; float32 data only (r2n.gpu.conv_tensor_core).
-=====================  =========================================================
+The ladder (:data:`LADDER`; kernels in r2n/gpu/kernels, one idea per step,
+each file a readable diff of the one before, its header saying what it
+changes, why it is faster and what was measured):
 
-Both GEMM variants fetch the next K slice into registers while multiplying
-the current one (a software pipeline); see the header of kernels/conv.cu.
+====================  ====================================  ================================
+step                  kernel file                           the idea it adds
+====================  ====================================  ================================
+``1_naive``           conv_1_naive.cu                       one thread per output: the
+                                                            definition, ~2 global loads per
+                                                            multiply-add
+``4_pipelined``       conv_4_pipelined.cu                   the next K slice fetched into
+                                                            registers while this one is
+                                                            multiplied
+``5_tensor_core``     conv_5_tensor_core.cu                 step 4 on warp-level mma.sync,
+                                                            operands rounded to TF32 or
+                                                            bfloat16 (``precision``; float32
+                                                            data only; conv_tensor_core.py)
+====================  ====================================  ================================
 
-Every variant has the same fused epilogue: bias, a residual add and ReLU /
-LeakyReLU, and can read its input from a channel slice of a larger tensor
-(plus a second slice added on load) and write into a channel slice of a larger
-output: the Res2Net chain (r2n.gpu.res2net) uses this to run without split,
-add or cat passes.
+Beside the ladder, the fused launchers' building blocks (kernels/gemm_1x1.cu,
+step 4's body with other loads): ``gemm_1x1`` (1x1 / stride 1 / padding 0
+convs: the input plane is the GEMM's right matrix, no im2col arithmetic;
+8 x 8 (float) or 8 x 4 (double) register tiles in 128-wide block tiles when
+there are enough of them to fill the GPU, else step 4's 4 x 4 / 64 x 64
+tile) and ``avg_pool_gemm_1x1`` (the "d" bottleneck shortcut: a ceil-mode
+average pool folded into the 1x1 GEMM's loads; :func:`launch_conv` only).
 
-:func:`conv2d` (the backend's op) picks by shape: 1x1/stride-1/padding-0 convs
-go to ``3_gemm_1x1``; convs with fewer than 8 output channels per group
-(depthwise) to ``1_direct``, because a GEMM tile would leave >= 3/4 of its rows
-empty; everything else to ``2_implicit_gemm``. With ``precision="tf32"`` or
-``"bf16"`` (the caller's choice, never the default) every conv with at least
-8 output channels per group goes to ``4_tensor_core`` (1x1 convs too, through
-its im2col loads); depthwise convs stay on ``1_direct`` in float32, which is
+Every kernel has the same parameters (R2N_CONV_PARAMS, kernels/conv_common.cuh)
+and the same fused epilogue: bias, a residual add and ReLU / LeakyReLU, and
+can read its input from a channel slice of a larger tensor (plus a second
+slice added on load) and write into a channel slice of a larger output: the
+Res2Net chain (r2n.gpu.res2net) uses this to run without split, add or cat
+passes, on any step.
+
+:func:`conv2d` (the backend's op) picks the fastest applicable kernel
+(:func:`pick_variant`): 1x1/stride-1/padding-0 convs go to ``gemm_1x1``;
+convs with fewer than 8 output channels per group (depthwise) to
+``1_naive``, because a GEMM tile would leave >= 3/4 of its rows empty;
+everything else to ``4_pipelined``. With ``precision="tf32"`` or ``"bf16"``
+(the caller's choice, never the default) every conv with at least 8 output
+channels per group goes to ``5_tensor_core`` (1x1 convs too, through its
+im2col loads); depthwise convs stay on ``1_naive`` in float32, which is
 within the requested precision's bounds. These rules follow from tile
 utilisation; the first timings on a GPU (an H100) are in
 benchmarks/results/NOTES-gpu.md.
@@ -46,30 +52,42 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _checks
+from .._ladder import Step
 from . import _runtime
 from . import conv_tensor_core as _tc
 
-FILE = "conv.cu"
-
-# Bits of the kernels' ``flags`` argument (see conv.cu).
+# Bits of the kernels' ``flags`` argument (see conv_common.cuh).
 _FLAG_BIAS, _FLAG_ADD, _FLAG_RESIDUAL = 1, 2, 4
 # Kernel ``act`` codes.
 ACTIVATIONS = {None: 0, "relu": 1, "leaky_relu": 2}
 # Kernel ``side_mode`` codes for the chain's last chunk.
 SIDE_NONE, SIDE_COPY, SIDE_AVG_POOL_3X3 = 0, 1, 2
 
-#: Threads per block of the direct kernel.
-DIRECT_THREADS = 256
+#: Threads per block of step 1.
+NAIVE_THREADS = 256
 
 # Block tiles (BM, BN, BK, TM, TN): BM output channels x BN pixels per block,
 # BK-deep slices of K, TM x TN outputs per thread.
 _TILE_WIDE = (64, 64, 16, 4, 4)
 _TILE_NARROW = (32, 64, 16, 4, 4)
 _TILE_LARGE = {"float": (128, 128, 8, 8, 8), "double": (128, 64, 8, 8, 4)}
-#: Variant 3 uses the large tile when it still makes at least this many blocks
+#: gemm_1x1 uses the large tile when it still makes at least this many blocks
 #: (two per SM of a 132-SM H100); smaller problems keep the GPU busier with
 #: 64 x 64 tiles.
 _LARGE_TILE_MIN_BLOCKS = 264
+
+#: The building blocks of the fused launchers beside the ladder (kernels/gemm_1x1.cu).
+GEMM_1X1 = "gemm_1x1"
+AVG_POOL_GEMM_1X1 = "avg_pool_gemm_1x1"
+
+#: variant -> (kernel file, kernel template) of every fp32 kernel launch_conv runs
+#: (5_tensor_core's are named by r2n.gpu.conv_tensor_core).
+KERNELS = {
+    "1_naive": ("conv_1_naive.cu", "conv2d_1_naive"),
+    "4_pipelined": ("conv_4_pipelined.cu", "conv2d_4_pipelined"),
+    GEMM_1X1: ("gemm_1x1.cu", "conv2d_gemm_1x1"),
+    AVG_POOL_GEMM_1X1: ("gemm_1x1.cu", "conv2d_avg_pool_gemm_1x1"),
+}
 
 
 def _name(kernel: str, ctype: str, tile=None) -> str:
@@ -78,26 +96,26 @@ def _name(kernel: str, ctype: str, tile=None) -> str:
     return f"{kernel}<{ctype}, {', '.join(map(str, tile))}>"
 
 
-def _all_names() -> list[str]:
-    names = []
-    for ctype in ("float", "double"):
-        names.append(_name("conv2d_1_direct", ctype))
-        for tile in (_TILE_WIDE, _TILE_NARROW):
-            names.append(_name("conv2d_2_implicit_gemm", ctype, tile))
-        for tile in (_TILE_WIDE, _TILE_LARGE[ctype]):
-            names.append(_name("conv2d_3_gemm_1x1", ctype, tile))
-        names.append(_name("conv2d_avgpool_gemm_1x1", ctype, _TILE_WIDE))
-    return names
+def _tiles_of(variant: str, ctype: str) -> tuple:
+    """Every tile ``variant`` is launched with (None: step 1 has no tile)."""
+    if variant == "1_naive":
+        return (None,)
+    if variant == GEMM_1X1:
+        return (_TILE_WIDE, _TILE_LARGE[ctype])
+    if variant == AVG_POOL_GEMM_1X1:
+        return (_TILE_WIDE,)
+    return (_TILE_WIDE, _TILE_NARROW)
 
 
-_runtime.register(FILE, _all_names())
-
-_KERNEL_OF_VARIANT = {
-    "1_direct": "conv2d_1_direct",
-    "2_implicit_gemm": "conv2d_2_implicit_gemm",
-    "3_gemm_1x1": "conv2d_3_gemm_1x1",
-    "avgpool_1x1": "conv2d_avgpool_gemm_1x1",  # internal: the "d" shortcut
-}
+for _variant_name, (_file, _kernel) in KERNELS.items():
+    _runtime.register(
+        _file,
+        [
+            _name(_kernel, ctype, tile)
+            for ctype in ("float", "double")
+            for tile in _tiles_of(_variant_name, ctype)
+        ],
+    )
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -105,20 +123,20 @@ def _cdiv(a: int, b: int) -> int:
 
 
 def is_gemm_1x1(kernel_hw, stride, padding) -> bool:
-    """True for the convs variant 3 computes: 1x1, stride 1, padding 0."""
+    """True for the convs ``gemm_1x1`` computes: 1x1, stride 1, padding 0."""
     return tuple(kernel_hw) == (1, 1) and tuple(stride) == (1, 1) and tuple(padding) == (0, 0)
 
 
 def pick_variant(kernel_hw, stride, padding, c_out_g: int, precision: str = "fp32") -> str:
-    """The variant :func:`conv2d` runs for a conv of this shape and precision
-    (module docstring)."""
+    """The kernel :func:`conv2d` runs for a conv of this shape and precision:
+    the fastest applicable step of the ladder, or ``gemm_1x1`` (module docstring)."""
     if precision != "fp32" and c_out_g >= 8:
-        return "4_tensor_core"
+        return "5_tensor_core"
     if is_gemm_1x1(kernel_hw, stride, padding):
-        return "3_gemm_1x1"
+        return GEMM_1X1
     if c_out_g < 8:
-        return "1_direct"
-    return "2_implicit_gemm"
+        return "1_naive"
+    return "4_pipelined"
 
 
 def launch_conv(
@@ -151,9 +169,10 @@ def launch_conv(
     Parameters
     ----------
     ex : executor (r2n.gpu._runtime.CupyExecutor or the test emulator's)
-    variant : a key of :data:`VARIANTS` (or ``"avgpool_1x1"``: ``x`` is
-        average-pooled with kernel = stride = ``stride``, ceil mode, no
-        padding, before a 1x1 conv at stride 1)
+    variant : a key of :data:`VARIANT_PRECISIONS` (a step of the ladder or
+        ``"gemm_1x1"``), or ``"avg_pool_gemm_1x1"``: ``x`` is average-pooled
+        with kernel = stride = ``stride``, ceil mode, no padding, before a 1x1
+        conv at stride 1
     x : (N, X_C, H, W) C-contiguous; the conv reads channels x_c0 .. x_c0 + C_in
     weight : (C_out, C_in // groups, kH, kW) C-contiguous
     bias : (C_out,) or None
@@ -167,7 +186,8 @@ def launch_conv(
         side_c0 + side_c] copied (SIDE_COPY, needs H_out == H) or 3x3 / stride /
         pad-1 average-pooled (SIDE_AVG_POOL_3X3) into the same channels of out,
         by extra blocks of this launch.
-    precision : "fp32" (variants 1-3), or "tf32" / "bf16" (variant 4 only)
+    precision : "fp32" (every kernel but 5_tensor_core), or "tf32" / "bf16"
+        (5_tensor_core only)
 
     Every slice and shape is checked here, before the launch, so that no
     combination of arguments can make a kernel index outside its arrays.
@@ -288,10 +308,10 @@ def _plan(
     c_out, c_in_g, kh, kw = weight_shape
     c_in = c_in_g * groups
     _, out_c_total, h_out, w_out = out_shape
-    if variant == "4_tensor_core":
+    if variant == "5_tensor_core":
         if precision not in _tc.PRECISIONS:
             raise ValueError(
-                f"r2n.{op}: variant 4_tensor_core computes in {' or '.join(_tc.PRECISIONS)}; "
+                f"r2n.{op}: variant 5_tensor_core computes in {' or '.join(_tc.PRECISIONS)}; "
                 f"pass precision='tf32' or 'bf16' (got {precision!r})"
             )
         if ctype != "float":
@@ -302,7 +322,7 @@ def _plan(
     elif precision != "fp32":
         raise ValueError(
             f"r2n.{op}: variant {variant} computes in fp32, got precision={precision!r} "
-            "(tf32 and bf16 run on variant 4_tensor_core)"
+            "(tf32 and bf16 run on variant 5_tensor_core)"
         )
     if groups < 1 or c_out % groups:
         raise ValueError(f"r2n.{op}: groups={groups} must divide C_out={c_out}")
@@ -327,7 +347,7 @@ def _plan(
             f"got {tuple(residual_shape)}"
         )
     # The output size the geometry implies must be out's: the kernels trust it.
-    if variant == "avgpool_1x1":
+    if variant == AVG_POOL_GEMM_1X1:
         if (kh, kw) != (1, 1) or groups != 1:
             raise ValueError(
                 f"r2n.{op}: the pooled shortcut needs a 1x1 conv, groups 1; "
@@ -338,9 +358,9 @@ def _plan(
             for a, s_, k in (("H", h, stride[0]), ("W", w, stride[1]))
         )
     else:
-        if variant == "3_gemm_1x1" and not is_gemm_1x1((kh, kw), stride, padding):
+        if variant == GEMM_1X1 and not is_gemm_1x1((kh, kw), stride, padding):
             raise ValueError(
-                f"r2n.{op}: variant 3_gemm_1x1 computes 1x1 convs with stride 1 and "
+                f"r2n.{op}: variant gemm_1x1 computes 1x1 convs with stride 1 and "
                 f"padding 0, got kernel {(kh, kw)}, stride {stride}, padding {padding}"
             )
         expect = tuple(
@@ -394,30 +414,36 @@ def _plan(
     plane_out = h_out * w_out
     side_total = n_img * side_c * plane_out if side_mode != SIDE_NONE else 0
 
-    file = FILE
-    if variant == "1_direct":
-        block = DIRECT_THREADS
+    if variant == "5_tensor_core":
+        file, kernel = _tc.FILE, None
+    elif variant in KERNELS:
+        file, kernel = KERNELS[variant]
+    else:
+        raise ValueError(
+            f"r2n.{op}: unknown variant {variant!r}; expected one of "
+            f"{[*VARIANT_PRECISIONS, AVG_POOL_GEMM_1X1]}"
+        )
+    if variant == "1_naive":
+        block = NAIVE_THREADS
         conv_blocks = min(_cdiv(n_img * c_out * plane_out, block), max_blocks_1d)
         side_blocks = min(_cdiv(side_total, block), max_blocks_1d)
         grid = (conv_blocks + side_blocks,)
-        name = _name("conv2d_1_direct", ctype)
+        name = _name(kernel, ctype)
         shared = 0
     else:
         c_out_g = c_out // groups
-        if variant == "4_tensor_core":
+        if variant == "5_tensor_core":
             tile = _tc.tile_for(c_out_g)
-        elif variant == "2_implicit_gemm":
-            tile = _TILE_NARROW if c_out_g <= 32 else _TILE_WIDE
-        elif variant == "3_gemm_1x1":
+        elif variant == GEMM_1X1:
             large = _TILE_LARGE[ctype]
             n_large = _cdiv(plane_out, large[1]) * _cdiv(c_out_g, large[0]) * n_img * groups
             tile = large if n_large >= large_tile_min_blocks else _TILE_WIDE
-        elif variant == "avgpool_1x1":
+        elif variant == AVG_POOL_GEMM_1X1:
             tile = _TILE_WIDE
         else:
-            raise ValueError(f"r2n.{op}: unknown variant {variant!r}; expected one of {VARIANTS}")
+            tile = _TILE_NARROW if c_out_g <= 32 else _TILE_WIDE
         bm, bn, bk = tile[:3]
-        if variant == "4_tensor_core":
+        if variant == "5_tensor_core":
             threads = _tc.threads(tile)
         else:
             threads = (bm // tile[3]) * (bn // tile[4])
@@ -430,13 +456,13 @@ def _plan(
         side_blocks = min(_cdiv(side_total, per_side_block), max_blocks_1d)
         grid = (pixel_tiles + side_blocks, channel_tiles, images_groups)
         block = threads
-        if variant == "4_tensor_core":
-            file, name = _tc.FILE, _tc.name(precision, tile)
+        if variant == "5_tensor_core":
+            name = _tc.name(precision, tile)
             shared = _tc.shared_bytes(precision, tile)
         else:
-            name = _name(_KERNEL_OF_VARIANT[variant], ctype, tile)
+            name = _name(kernel, ctype, tile)
             # the two tiles (weight rows padded by one), then two copies of
-            # variant 2's 3 * BK ints of decoded im2col rows (conv2d_gemm_body)
+            # 3 * BK ints of decoded im2col rows (conv2d_pipelined_body)
             shared = (bk * (bm + 1) + bk * bn) * np.dtype(dtype).itemsize + 2 * 3 * bk * 4
 
     flags = 0
@@ -520,7 +546,8 @@ def conv2d_fused(
     activation : None, "relu" or "leaky_relu" (``negative_slope``)
     executor : None (the current GPU's) or an executor (the test emulator)
     variant : None (by shape and precision, :func:`pick_variant`) or a key of
-        :data:`VARIANTS` that computes in ``precision`` (:data:`VARIANT_PRECISIONS`)
+        :data:`VARIANT_PRECISIONS` (a step of the ladder or ``"gemm_1x1"``) that
+        computes in ``precision``
     precision : "fp32" (default), "tf32" or "bf16" (tensor cores, float32 data
         only; error bounds in r2n.gpu.conv_tensor_core)
 
@@ -542,8 +569,10 @@ def conv2d_fused(
         variant = pick_variant(weight.shape[2:], stride, padding, c_out_g, precision)
         if precision not in VARIANT_PRECISIONS[variant]:
             precision = "fp32"  # a conv tensor cores do not speed up (pick_variant)
-    elif variant not in VARIANTS:
-        raise ValueError(f"r2n.conv2d: variant must be one of {list(VARIANTS)}, got {variant!r}")
+    elif variant not in VARIANT_PRECISIONS:
+        raise ValueError(
+            f"r2n.conv2d: variant must be one of {list(VARIANT_PRECISIONS)}, got {variant!r}"
+        )
     out = ex.empty(out_shape, x.dtype)
     launch_conv(
         ex,
@@ -608,26 +637,63 @@ def conv2d(
     )
 
 
-def _variant(name: str):
+def _variant(name: str, precision: str | None = None):
     def run(x, weight, bias, **kwargs):
+        if precision is not None:
+            kwargs.setdefault("precision", precision)
         return conv2d(x, weight, bias, variant=name, **kwargs)
 
     run.__name__ = f"conv2d_{name}"
     run.__doc__ = f"conv2d through variant {name} (arguments as :func:`conv2d`)."
+    if precision is not None:
+        run.__doc__ += f" Computes in precision={precision!r} unless told otherwise."
     return run
 
 
-#: variant name -> the precisions it computes in (``precision=`` of conv2d).
-VARIANT_PRECISIONS = {
-    "1_direct": ("fp32",),
-    "2_implicit_gemm": ("fp32",),
-    "3_gemm_1x1": ("fp32",),
-    "4_tensor_core": _tc.PRECISIONS,
+# The ladder's steps, in order: name -> (the precisions it computes in, what it
+# changes relative to the step before, in one line).
+_STEPS = {
+    "1_naive": (
+        ("fp32",),
+        "one thread per output, the definition: two global loads per multiply-add",
+    ),
+    "4_pipelined": (
+        ("fp32",),
+        "the next K slice fetched into registers while this one is multiplied",
+    ),
+    "5_tensor_core": (
+        _tc.PRECISIONS,
+        "step 4 on mma.sync tensor cores, operands rounded to TF32 (the ladder's run)",
+    ),
 }
 
-#: variant name -> conv2d with that variant forced (same signature as conv2d;
-#: ``4_tensor_core`` needs ``precision="tf32"`` or ``"bf16"``).
-VARIANTS = {name: _variant(name) for name in VARIANT_PRECISIONS}
+#: variant name -> the precisions it computes in (``precision=`` of conv2d): the
+#: ladder's steps and ``gemm_1x1``, every variant :func:`conv2d` takes.
+VARIANT_PRECISIONS = {name: precisions for name, (precisions, _) in _STEPS.items()}
+VARIANT_PRECISIONS[GEMM_1X1] = ("fp32",)
+
+#: The ladder's steps: name -> conv2d with that step forced (same signature as
+#: conv2d; ``5_tensor_core`` needs ``precision="tf32"`` or ``"bf16"``).
+VARIANTS = {name: _variant(name) for name in _STEPS}
+
+
+def _source(name: str) -> str:
+    file = _tc.FILE if name == "5_tensor_core" else KERNELS[name][0]
+    return f"r2n/gpu/kernels/{file}"
+
+
+#: The conv2d ladder (r2n._ladder.Step), in order. ``5_tensor_core`` runs with
+#: precision="tf32" (float32 data only; its error is TF32's, see
+#: r2n.gpu.conv_tensor_core.tolerance).
+LADDER = tuple(
+    Step(
+        name,
+        summary,
+        _variant(name, "tf32" if name == "5_tensor_core" else None),
+        source=_source(name),
+    )
+    for name, (_, summary) in _STEPS.items()
+)
 
 
 class PreparedConv2d:

@@ -1,9 +1,10 @@
-"""The Res2Net chain and bottleneck on the GPU, fused (kernels/conv.cu).
+"""The Res2Net chain and bottleneck on the GPU, fused (r2n.gpu.conv's kernels).
 
 A framework runs the chain of a scale-4 block as ~15 kernels, each a pass over
 memory: split, conv, BN, ReLU, add, conv, BN, ReLU, add, ..., pool, cat. Here
-the chain is one launch per conv (``max(scale - 1, 1)`` launches), each
-variant 2 (or 1, for tiny groups) of r2n.gpu.conv:
+the chain is one launch per conv (``max(scale - 1, 1)`` launches), each the
+conv2d ladder's fastest applicable step (r2n.gpu.conv.pick_variant: step
+4_pipelined, or 1_naive for groups of fewer than 8 channels):
 
 * BN is folded into the weights; the epilogue adds the bias, applies ReLU and
   writes the chunk straight into its channel slice of the output (no split,
@@ -14,19 +15,20 @@ variant 2 (or 1, for tiny groups) of r2n.gpu.conv:
 * the last chunk, copied ("normal") or 3x3 average-pooled with the block's
   stride ("stage"), is written by extra blocks of the FIRST conv's launch.
 
-``bottle2neck`` adds the 1x1 convs around it, all variant 3 (GEMM): conv1
-(+ bias + ReLU), the chain, the shortcut (a 1x1 conv; its stride-s form runs
-through variant 2; the "d" form pools on load, see conv2d_avgpool_gemm_1x1),
-and conv3, whose epilogue adds the shortcut and applies the final ReLU.
+``bottle2neck`` adds the 1x1 convs around it, on the 1x1 GEMM beside the
+ladder (kernels/gemm_1x1.cu): conv1 (+ bias + ReLU), the chain, the shortcut
+(a 1x1 conv; its stride-s form runs through step 4_pipelined; the "d" form
+pools on load, conv2d_avg_pool_gemm_1x1), and conv3, whose epilogue adds the
+shortcut and applies the final ReLU.
 
 :class:`PreparedChain` and :class:`PreparedBottle2neck` move and lay out the
 weights once (on the device, C-contiguous, in the compute dtype) for repeated
 calls; the public ops prepare on every call.
 
 With ``precision="tf32"`` or ``"bf16"`` (float32 only) every conv of the chain
-and the block runs on variant 4_tensor_core instead (r2n.gpu.conv_tensor_core:
+and the block runs on step 5_tensor_core instead (r2n.gpu.conv_tensor_core:
 operands rounded, float32 accumulators and epilogues), except groups of fewer
-than 8 channels (variant 1, float32) and the "d" shortcut's pooled 1x1 conv
+than 8 channels (step 1_naive, float32) and the "d" shortcut's pooled 1x1 conv
 (float32).
 """
 
@@ -37,6 +39,8 @@ import numpy as np
 from .. import _checks
 from . import _runtime
 from .conv import (
+    AVG_POOL_GEMM_1X1,
+    GEMM_1X1,
     SIDE_AVG_POOL_3X3,
     SIDE_COPY,
     SIDE_NONE,
@@ -61,8 +65,9 @@ class PreparedChain:
     scale, stype, stride, groups, width : as r2n._checks.chain_args
     dtype : float32 or float64, the dtype of the inputs
     executor : None (the current GPU's) or an executor (the test emulator)
-    variant : None (by shape and precision) or "1_direct" / "2_implicit_gemm" /
-        "4_tensor_core" for the 3x3 convs, one that computes in ``precision``
+    variant : None (by shape and precision: the fastest applicable step) or a
+        step of the conv2d ladder (r2n.gpu.conv.VARIANTS) for the 3x3 convs, one
+        that computes in ``precision``
     precision : "fp32" (default), "tf32" or "bf16" (see r2n.gpu.conv.conv2d_fused)
     """
 
@@ -92,7 +97,7 @@ class PreparedChain:
             None if biases is None else _device_array(xp, biases[i], dtype)
             for i in range(self.nums)
         ]
-        chain_variants = [v for v in VARIANT_PRECISIONS if v != "3_gemm_1x1"]
+        chain_variants = [v for v in VARIANT_PRECISIONS if v != GEMM_1X1]
         if variant is None:  # may pick float32 for tf32 / bf16: see pick_variant
             variant = pick_variant((3, 3), (stride, stride), (1, 1), width // groups, precision)
         elif variant not in chain_variants or precision not in VARIANT_PRECISIONS[variant]:
@@ -162,7 +167,7 @@ class PreparedChain:
                 side_mode=side,
                 side_c0=nums * width,
                 side_c=width if side != SIDE_NONE else 0,
-                precision=self.precision if self.variant == "4_tensor_core" else "fp32",
+                precision=self.precision if self.variant == "5_tensor_core" else "fp32",
                 op="res2net_chain",
             )
         return out
@@ -273,7 +278,7 @@ class PreparedBottle2neck:
             precision=precision,
         )
         # conv1 and conv3 (1x1 GEMMs) and the plain shortcut, in the block's precision
-        self._gemm_1x1 = "3_gemm_1x1" if precision == "fp32" else "4_tensor_core"
+        self._gemm_1x1 = GEMM_1X1 if precision == "fp32" else "5_tensor_core"
 
     def _args(self, x):
         """Check x against the weights (the public op's checks and errors)."""
@@ -326,12 +331,12 @@ class PreparedBottle2neck:
             precision = "fp32"  # the pooled shortcut has no tensor-core form
             if self.shortcut_avg_pool:
                 pool = args["shortcut"]["pool"]
-                variant, stride = "avgpool_1x1", pool["stride"]
+                variant, stride = AVG_POOL_GEMM_1X1, pool["stride"]
             else:
                 stride = conv["stride"]
                 c_out = identity.shape[1]
                 variant = pick_variant((1, 1), stride, (0, 0), c_out, self.precision)
-                precision = self.precision if variant == "4_tensor_core" else "fp32"
+                precision = self.precision if variant == "5_tensor_core" else "fp32"
             launch_conv(
                 ex,
                 variant,

@@ -193,6 +193,14 @@ __device__ inline T conv_load_avg_pool(const T* x, idx_t x_base, idx_t plane_in,
     return v / T((y1 - iy0) * (x1 - ix0));
 }
 
+// Threads per block of a BM x BN block tile of TM x TN thread tiles (steps 3
+// and 4, gemm_1x1.cu), and the blocks per SM their register budget must
+// allow: the 4 x 4 tiles keep <= 128 registers per thread (at least 16 warps
+// per SM to hide latency); the 8 x 8 / 8 x 4 tiles need up to 255. For
+// __launch_bounds__ inside a template with parameters BM, BN, TM, TN.
+#define R2N_GEMM_THREADS ((BM / TM) * (BN / TN))
+#define R2N_GEMM_MIN_BLOCKS (TM * TN <= 16 ? 512 / R2N_GEMM_THREADS : 1)
+
 // The parameter list every kernel shares (so the launcher and the chain can
 // swap them): input slice (+ optional addend slice), weights, bias, residual,
 // output slice, sizes, conv geometry, epilogue, the side job. The scalars, in

@@ -1,10 +1,11 @@
-// conv2d variant 4_tensor_core: variant 2's implicit GEMM on the tensor cores.
+// conv2d ladder, step 5_tensor_core: step 4's pipelined implicit GEMM on the
+// tensor cores.
 //
 // Same computation, parameter list (R2N_CONV_PARAMS), grid, fused epilogue,
-// channel slices, add-on-load and chain side job as variant 2 (conv.cu), so
-// the Res2Net chain and bottleneck run on it unchanged (r2n/gpu/conv.py
-// VARIANTS, r2n/gpu/conv_tensor_core.py for the launch). What changes is the
-// multiply: per (image, group) the GEMM (C_out_g x K) * (K x pixels) runs on
+// channel slices, add-on-load and chain side job as step 4
+// (conv_4_pipelined.cu), so the Res2Net chain and bottleneck run on it
+// unchanged (r2n/gpu/conv.py VARIANTS, r2n/gpu/conv_tensor_core.py for the
+// launch). What changes is the multiply: per (image, group) the GEMM (C_out_g x K) * (K x pixels) runs on
 // warp-level mma.sync instead of FMAs, in a lower input precision that the
 // caller chose (precision="tf32" or "bf16"; float32 data only):
 //
@@ -32,7 +33,7 @@
 //            and rounded in registers. Rows are padded (BK + 4 floats for
 //            ldmatrix, BK + 8 for the pairs) so that a warp's reads hit 32
 //            distinct banks.
-//   input    im2col columns as in variant 2 (the (channel, tap) of each of
+//   input    im2col columns as in step 4 (the (channel, tap) of each of
 //            the BK rows decoded once per slice into shared memory, one fixed
 //            pixel per thread, zero padding at the image border, the chain's
 //            addend summed on load): global -> registers -> rounded ->
@@ -48,14 +49,22 @@
 // (cp.async.wait_group 0 just before it: a thread's own copies must have
 // landed before the barrier publishes them).
 //
-// Not timed on a GPU yet; the tiles are template parameters (per-shape tile
-// rules and a 1x1 loader without the im2col table can build on this kernel).
+// Why it is faster: one mma.sync.m16n8k8 (TF32) is 1024 multiply-adds of
+// one warp, where an FMA is 32; the H100's TF32 tensor cores peak at several
+// times its float32 FMA rate (vendor figures; bf16 twice TF32). The operands'
+// precision is the price, which is why only precision="tf32" / "bf16" runs
+// this step (never the default).
+//
+// Measured: not yet on a GPU (written after the H100 session of
+// benchmarks/results/NOTES-gpu.md). The tiles are template parameters
+// (per-shape tile rules and a 1x1 loader without the row table can build on
+// this kernel).
 
 #include "conv_common.cuh"
 #include "mma.cuh"
 
 // The input formats, the template's second parameter (and the name
-// expressions': conv2d_4_tensor_core<float, r2n_tf32, ...>).
+// expressions': conv2d_5_tensor_core<float, r2n_tf32, ...>).
 struct r2n_tf32 {
     static constexpr bool IS_TF32 = true;
     static constexpr int K_STEP = 8;    // mma.m16n8k8
@@ -80,7 +89,7 @@ struct r2n_bf16 {
 
 template <typename T, typename P, int BM, int BN, int BK, int WARPS_M, int WARPS_N>
 __global__ void __launch_bounds__(R2N_TC_THREADS, R2N_TC_MIN_BLOCKS)
-    conv2d_4_tensor_core(R2N_CONV_PARAMS) {
+    conv2d_5_tensor_core(R2N_CONV_PARAMS) {
     static_assert(sizeof(T) == 4, "tensor cores take float32 data, rounded to TF32 or bf16");
     constexpr int NT = R2N_TC_THREADS;
     constexpr int WTM = BM / WARPS_M, WTN = BN / WARPS_N;  // the warp tile
