@@ -4,20 +4,22 @@ The ladder (:data:`LADDER`; kernels in r2n/gpu/kernels, one idea per step,
 each file a readable diff of the one before, its header saying what it
 changes, why it is faster and what was measured):
 
-====================  ====================================  ================================
-step                  kernel file                           the idea it adds
-====================  ====================================  ================================
-``1_naive``           conv_1_naive.cu                       one thread per output: the
-                                                            definition, ~2 global loads per
-                                                            multiply-add
-``4_pipelined``       conv_4_pipelined.cu                   the next K slice fetched into
-                                                            registers while this one is
-                                                            multiplied
-``5_tensor_core``     conv_5_tensor_core.cu                 step 4 on warp-level mma.sync,
-                                                            operands rounded to TF32 or
-                                                            bfloat16 (``precision``; float32
-                                                            data only; conv_tensor_core.py)
-====================  ====================================  ================================
+====================  =========================  ==============================================
+step                  kernel file                what it adds to the step before
+====================  =========================  ==============================================
+``1_naive``           conv_1_naive.cu            one thread per output: the definition, ~2
+                                                 global loads per multiply-add
+``2_smem_tiles``      conv_2_smem_tiles.cu       16 x 16 output tiles per block, an implicit
+                                                 GEMM: weights and im2col columns staged in
+                                                 shared memory, each value used 16 times
+``3_register_tiles``  conv_3_register_tiles.cu   a 4 x 4 tile of outputs per thread, in
+                                                 registers: 8 shared loads feed 16 FMAs
+``4_pipelined``       conv_4_pipelined.cu        the next K slice fetched into registers
+                                                 while this one is multiplied
+``5_tensor_core``     conv_5_tensor_core.cu      step 4 on warp-level mma.sync, operands
+                                                 rounded to TF32 or bfloat16 (``precision``;
+                                                 float32 data only; conv_tensor_core.py)
+====================  =========================  ==============================================
 
 Beside the ladder, the fused launchers' building blocks (kernels/gemm_1x1.cu,
 step 4's body with other loads): ``gemm_1x1`` (1x1 / stride 1 / padding 0
@@ -84,6 +86,7 @@ AVG_POOL_GEMM_1X1 = "avg_pool_gemm_1x1"
 #: (5_tensor_core's are named by r2n.gpu.conv_tensor_core).
 KERNELS = {
     "1_naive": ("conv_1_naive.cu", "conv2d_1_naive"),
+    "3_register_tiles": ("conv_3_register_tiles.cu", "conv2d_3_register_tiles"),
     "4_pipelined": ("conv_4_pipelined.cu", "conv2d_4_pipelined"),
     GEMM_1X1: ("gemm_1x1.cu", "conv2d_gemm_1x1"),
     AVG_POOL_GEMM_1X1: ("gemm_1x1.cu", "conv2d_avg_pool_gemm_1x1"),
@@ -461,9 +464,11 @@ def _plan(
             shared = _tc.shared_bytes(precision, tile)
         else:
             name = _name(kernel, ctype, tile)
-            # the two tiles (weight rows padded by one), then two copies of
-            # 3 * BK ints of decoded im2col rows (conv2d_pipelined_body)
-            shared = (bk * (bm + 1) + bk * bn) * np.dtype(dtype).itemsize + 2 * 3 * bk * 4
+            # the two tiles (weight rows padded by one), then 3 * BK ints of
+            # decoded im2col rows, twice in the pipelined body (one copy in use,
+            # the next slice's being written)
+            tables = 1 if variant in ("2_smem_tiles", "3_register_tiles") else 2
+            shared = (bk * (bm + 1) + bk * bn) * np.dtype(dtype).itemsize + tables * 3 * bk * 4
 
     flags = 0
     if bias_shape is not None:
@@ -656,6 +661,10 @@ _STEPS = {
     "1_naive": (
         ("fp32",),
         "one thread per output, the definition: two global loads per multiply-add",
+    ),
+    "3_register_tiles": (
+        ("fp32",),
+        "a 4 x 4 tile of outputs per thread: 8 shared loads feed 16 multiply-adds",
     ),
     "4_pipelined": (
         ("fp32",),
