@@ -166,7 +166,7 @@ def test_conv_beyond_2_pow_31_elements():
     x = cupy.random.standard_normal((n, c, h, w), dtype=cupy.float32)
     weight = randn(rng, c, 1, 3, 3, dtype=np.float32)
     args = _checks.conv2d_args("conv2d", x, weight, None, 1, 1, 1, c)
-    for name in ("1_naive", "4_pipelined"):
+    for name in ("1_naive", "2_smem_tiles", "3_register_tiles", "4_pipelined"):
         out = gconv.VARIANTS[name](x, cupy.asarray(weight), None, **args)
         for ch, y, xx in [(1, h - 1, w - 1), (1, h // 2, 7), (0, 0, 0)]:
             lo_y, lo_x = max(y - 1, 0), max(xx - 1, 0)

@@ -204,6 +204,7 @@ def z_of_two(monkeypatch):
 @pytest.mark.parametrize(
     "variant,kernel,stride,padding,groups",
     [
+        ("2_smem_tiles", (3, 3), (2, 1), (1, 1), 3),
         ("3_register_tiles", (3, 3), (2, 1), (1, 1), 3),
         ("4_pipelined", (3, 3), (2, 1), (1, 1), 3),
         ("gemm_1x1", (1, 1), (1, 1), (0, 0), 3),
@@ -306,6 +307,7 @@ def test_conv_launches_fit_their_kernels_launch_bounds(monkeypatch):
         x = np.zeros((1, 40, 6, 6), dtype)
         for variant, c_out, k, stride in [
             ("1_naive", 8, 3, 1),
+            ("2_smem_tiles", 40, 3, 1),
             ("3_register_tiles", 16, 3, 1),  # the 32-row tile
             ("3_register_tiles", 40, 3, 1),  # the 64-row tile
             ("4_pipelined", 16, 3, 1),

@@ -70,6 +70,8 @@ NAIVE_THREADS = 256
 
 # Block tiles (BM, BN, BK, TM, TN): BM output channels x BN pixels per block,
 # BK-deep slices of K, TM x TN outputs per thread.
+#: Step 2's (BM, BN, BK): one output per thread, 256 threads.
+_TILE_SMEM = (16, 16, 16)
 _TILE_WIDE = (64, 64, 16, 4, 4)
 _TILE_NARROW = (32, 64, 16, 4, 4)
 _TILE_LARGE = {"float": (128, 128, 8, 8, 8), "double": (128, 64, 8, 8, 4)}
@@ -86,6 +88,7 @@ AVG_POOL_GEMM_1X1 = "avg_pool_gemm_1x1"
 #: (5_tensor_core's are named by r2n.gpu.conv_tensor_core).
 KERNELS = {
     "1_naive": ("conv_1_naive.cu", "conv2d_1_naive"),
+    "2_smem_tiles": ("conv_2_smem_tiles.cu", "conv2d_2_smem_tiles"),
     "3_register_tiles": ("conv_3_register_tiles.cu", "conv2d_3_register_tiles"),
     "4_pipelined": ("conv_4_pipelined.cu", "conv2d_4_pipelined"),
     GEMM_1X1: ("gemm_1x1.cu", "conv2d_gemm_1x1"),
@@ -103,6 +106,8 @@ def _tiles_of(variant: str, ctype: str) -> tuple:
     """Every tile ``variant`` is launched with (None: step 1 has no tile)."""
     if variant == "1_naive":
         return (None,)
+    if variant == "2_smem_tiles":
+        return (_TILE_SMEM,)
     if variant == GEMM_1X1:
         return (_TILE_WIDE, _TILE_LARGE[ctype])
     if variant == AVG_POOL_GEMM_1X1:
@@ -443,11 +448,15 @@ def _plan(
             tile = large if n_large >= large_tile_min_blocks else _TILE_WIDE
         elif variant == AVG_POOL_GEMM_1X1:
             tile = _TILE_WIDE
+        elif variant == "2_smem_tiles":
+            tile = _TILE_SMEM
         else:
             tile = _TILE_NARROW if c_out_g <= 32 else _TILE_WIDE
         bm, bn, bk = tile[:3]
         if variant == "5_tensor_core":
             threads = _tc.threads(tile)
+        elif variant == "2_smem_tiles":
+            threads = bm * bn
         else:
             threads = (bm // tile[3]) * (bn // tile[4])
         pixel_tiles = _cdiv(plane_out, bn)
@@ -661,6 +670,10 @@ _STEPS = {
     "1_naive": (
         ("fp32",),
         "one thread per output, the definition: two global loads per multiply-add",
+    ),
+    "2_smem_tiles": (
+        ("fp32",),
+        "16 x 16 output tiles: weights and im2col columns staged in shared memory",
     ),
     "3_register_tiles": (
         ("fp32",),
