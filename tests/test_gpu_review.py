@@ -369,6 +369,41 @@ def test_cached_plan_still_checks_every_calls_arrays():
     assert ex.args[-1][0] is x2 and ex.args[-1][6] is w2 and ex.args[-1][9] is out2
 
 
+def _conv_params_of_the_kernels():
+    """(type, name) of each parameter of R2N_CONV_PARAMS (kernels/conv_common.cuh)."""
+    text = (_runtime.KERNEL_DIR / "conv_common.cuh").read_text()
+    macro = re.search(r"#define R2N_CONV_PARAMS((?:[^\n]*\\\n)*[^\n]*)", text).group(1)
+    params = [p.strip() for p in macro.replace("\\", " ").split(",")]
+    return [tuple(p.replace("*", " * ").split()[-2:]) for p in params]
+
+
+def test_plan_scalars_are_the_kernels_parameters_by_name_and_type(monkeypatch):
+    params = _conv_params_of_the_kernels()
+    names = [n for _, n in params]
+    scalars = [(t, n) for t, n in params if t != "*"]
+    assert [n for t, n in params if t == "*"] == ["x", "add", "weight", "bias", "residual", "out"]
+    assert [n for _, n in scalars] == list(conv.ConvScalars._fields)
+    # launch_conv unpacks ConvPlan.channels into these names, between the arrays,
+    # and appends ConvPlan.sizes after the last array
+    channels = conv.ConvScalars._fields[: conv._SIZES_START]
+    assert channels == ("x_c_total", "x_c0", "add_c_total", "add_c0", "out_c_total", "out_c0")
+    assert names[names.index("out") + 3 :] == list(conv.ConvScalars._fields[conv._SIZES_START :])
+    monkeypatch.setattr(conv, "_PLANS", {})
+    ex = GridRecorder()
+    x, w, out = _conv_arrays(np.float64)
+    conv.launch_conv(ex, "4_pipelined", x, w, None, out, stride=(1, 1), padding=(1, 1),
+                     dilation=(1, 1), groups=1, negative_slope=0.25)  # fmt: skip
+    (plan,) = conv._PLANS.values()
+    kernel_args = dict(zip(names, ex.args[-1], strict=True))
+    c_types = {"idx_t": np.int64, "int": np.int32, "T": np.float64}
+    for c_type, name in scalars:
+        value = getattr(plan.scalars, name)
+        assert type(value) is c_types[c_type], (name, type(value))
+        assert kernel_args[name] is value, name
+    assert (plan.scalars.x_c_total, plan.scalars.kh, plan.scalars.slope) == (8, 3, 0.25)
+    assert plan.channels + plan.sizes == plan.scalars
+
+
 def test_plan_follows_the_launch_limits_it_was_computed_with(monkeypatch):
     ex = GridRecorder()
     geometry = dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1)

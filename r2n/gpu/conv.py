@@ -51,6 +51,8 @@ benchmarks/results/NOTES-gpu.md.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from .. import _checks
@@ -241,21 +243,84 @@ def launch_conv(
             _PLANS[key] = plan
     if plan is _EMPTY:
         return
-    file, name, grid, block, shared, scalars = plan
-    # scalars[i] is None where the kernel takes an array (see _plan's args).
+    file, name, grid, block, shared_mem, _, channels, sizes = plan
+    x_c_total, x_c0, add_c_total, add_c0, out_c_total, out_c0 = channels
+    # An absent optional array is passed as any valid pointer of its type: never
+    # read, the flags say so.
     args = (
         x,
-        scalars[1],
-        scalars[2],
+        x_c_total,
+        x_c0,
         x if add is None else add,
-        scalars[4],
-        scalars[5],
+        add_c_total,
+        add_c0,
         weight,
         weight if bias is None else bias,
         out if residual is None else residual,
         out,
-    ) + scalars[10:]
-    ex.launch(file, name, grid, block, args, shared_mem=shared)
+        out_c_total,
+        out_c0,
+    ) + sizes
+    ex.launch(file, name, grid, block, args, shared_mem=shared_mem)
+
+
+class ConvScalars(NamedTuple):
+    """The scalar parameters of every conv kernel, named and ordered as in
+    R2N_CONV_PARAMS (kernels/conv_common.cuh; tests/test_gpu_runtime.py compares
+    the names), typed as the kernels take them; the arrays (x, add, weight, bias,
+    residual, out) are passed beside them at each launch (:func:`launch_conv`)."""
+
+    x_c_total: np.int64  # x's channels; the conv reads x_c0 .. x_c0 + C_in
+    x_c0: np.int64
+    add_c_total: np.int64  # the addend's channels (x's when there is none)
+    add_c0: np.int64
+    out_c_total: np.int64  # out's channels; the conv writes out_c0 .. out_c0 + C_out
+    out_c0: np.int64
+    n_img: np.int32
+    c_in: np.int32
+    h: np.int32
+    w: np.int32
+    c_out: np.int32
+    h_out: np.int32
+    w_out: np.int32
+    kh: np.int32
+    kw: np.int32
+    sh: np.int32  # stride
+    sw: np.int32
+    ph: np.int32  # padding
+    pw: np.int32
+    dh: np.int32  # dilation
+    dw: np.int32
+    groups: np.int32
+    flags: np.int32  # bias / add / residual bits
+    act: np.int32  # ACTIVATIONS code
+    slope: np.floating  # LeakyReLU's negative slope, in the data's dtype
+    side_mode: np.int32  # SIDE_* code of the chain's last chunk
+    side_src_c0: np.int64
+    side_dst_c0: np.int64
+    side_c: np.int32
+    side_blocks: np.int32  # extra blocks of this launch running the side job
+
+
+#: The scalars between the arrays (x_c_total .. out_c0: ConvPlan.channels) and
+#: after the last array (n_img .. side_blocks: ConvPlan.sizes), kept as two
+#: tuples by each plan, so that a launch builds its arguments without a lookup
+#: per scalar (launch_conv unpacks ``channels`` into the fields' names;
+#: tests/test_gpu_review.py checks both against R2N_CONV_PARAMS).
+_SIZES_START = ConvScalars._fields.index("n_img")
+
+
+class ConvPlan(NamedTuple):
+    """One launch_conv call's launch, computed once per shapes and options."""
+
+    file: str  # the kernel's source in r2n/gpu/kernels
+    name: str  # its name expression
+    grid: tuple
+    block: tuple
+    shared_mem: int  # bytes of dynamic shared memory
+    scalars: ConvScalars
+    channels: tuple  # scalars[:_SIZES_START], built once
+    sizes: tuple  # scalars[_SIZES_START:], built once
 
 
 #: Launch plans of launch_conv by the shapes and options of a call (every check
@@ -267,9 +332,9 @@ def launch_conv(
 #: stored; two threads computing one plan store equal values (dict get / set
 #: are atomic). At most _MAX_PLANS are kept (later shapes are planned every
 #: call); tests/test_stateful.py interleaves shapes and drops them.
-_PLANS: dict[tuple, tuple] = {}
+_PLANS: dict[tuple, ConvPlan | tuple] = {}
 _MAX_PLANS = 4096
-_EMPTY = ()  # the plan of a call with nothing to compute
+_EMPTY = ()  # the plan of a call with nothing to compute (not None: "not planned yet")
 
 
 def _tunables() -> tuple:
@@ -307,9 +372,8 @@ def _plan(
     op,
     tunables,
 ):
-    """Check one launch_conv call's shapes and options and compute its launch:
-    (source file, name expression, grid, block, shared memory, kernel scalars
-    with None in the array slots), or _EMPTY when there is nothing to compute."""
+    """Check one launch_conv call's shapes and options and compute its launch
+    (a :class:`ConvPlan`), or _EMPTY when there is nothing to compute."""
     large_tile_min_blocks, max_blocks_1d, max_grid_dim = tunables
     ctype = _runtime.dtype_name(dtype)
     n_img, x_c_total, h, w = x_shape
@@ -486,49 +550,49 @@ def _plan(
         flags |= _FLAG_ADD
     if residual_shape is not None:
         flags |= _FLAG_RESIDUAL
-    scalar = np.dtype(dtype).type
     i64 = np.int64
-    # None: an array, filled in by launch_conv (an absent optional array is
-    # passed as any valid pointer: never read, the flags say so).
-    scalars = (
-        None,
-        i64(x_c_total),
-        i64(x_c0),
-        None,
-        i64(x_c_total if add_shape is None else add_shape[1]),
-        i64(add_c0),
-        None,
-        None,
-        None,
-        None,
-        i64(out_c_total),
-        i64(out_c0),
-        i32(op, "N", n_img),
-        i32(op, "C_in", c_in),
-        i32(op, "H", h),
-        i32(op, "W", w),
-        i32(op, "C_out", c_out),
-        i32(op, "H_out", h_out),
-        i32(op, "W_out", w_out),
-        i32(op, "kH", kh),
-        i32(op, "kW", kw),
-        i32(op, "stride", stride[0]),
-        i32(op, "stride", stride[1]),
-        i32(op, "padding", padding[0]),
-        i32(op, "padding", padding[1]),
-        i32(op, "dilation", dilation[0]),
-        i32(op, "dilation", dilation[1]),
-        i32(op, "groups", groups),
-        np.int32(flags),
-        np.int32(ACTIVATIONS[activation]),
-        scalar(negative_slope),
-        np.int32(side_mode),
-        i64(side_c0),
-        i64(side_c0),
-        i32(op, "side channels", side_c),
-        i32(op, "side blocks", side_blocks),
+    scalars = ConvScalars(
+        x_c_total=i64(x_c_total),
+        x_c0=i64(x_c0),
+        add_c_total=i64(x_c_total if add_shape is None else add_shape[1]),
+        add_c0=i64(add_c0),
+        out_c_total=i64(out_c_total),
+        out_c0=i64(out_c0),
+        n_img=i32(op, "N", n_img),
+        c_in=i32(op, "C_in", c_in),
+        h=i32(op, "H", h),
+        w=i32(op, "W", w),
+        c_out=i32(op, "C_out", c_out),
+        h_out=i32(op, "H_out", h_out),
+        w_out=i32(op, "W_out", w_out),
+        kh=i32(op, "kH", kh),
+        kw=i32(op, "kW", kw),
+        sh=i32(op, "stride", stride[0]),
+        sw=i32(op, "stride", stride[1]),
+        ph=i32(op, "padding", padding[0]),
+        pw=i32(op, "padding", padding[1]),
+        dh=i32(op, "dilation", dilation[0]),
+        dw=i32(op, "dilation", dilation[1]),
+        groups=i32(op, "groups", groups),
+        flags=np.int32(flags),
+        act=np.int32(ACTIVATIONS[activation]),
+        slope=np.dtype(dtype).type(negative_slope),
+        side_mode=np.int32(side_mode),
+        side_src_c0=i64(side_c0),
+        side_dst_c0=i64(side_c0),
+        side_c=i32(op, "side channels", side_c),
+        side_blocks=i32(op, "side blocks", side_blocks),
     )
-    return file, name, grid, (block,), shared, scalars
+    return ConvPlan(
+        file,
+        name,
+        grid,
+        (block,),
+        shared,
+        scalars,
+        channels=scalars[:_SIZES_START],
+        sizes=scalars[_SIZES_START:],
+    )
 
 
 def conv2d_fused(
