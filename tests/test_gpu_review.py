@@ -84,13 +84,13 @@ CASES = {
         "global_avg_pool2d",
         lambda rng: (_r(rng, 1, 20, 3, 3),),
         {},
-        "2_warp_shuffle_reduce",
+        "2_warp_reduce",
     ),
-    "linear-warp-dot": (
+    "linear-warp-reduce": (
         "linear",
         lambda rng: (_r(rng, 2, 5), _r(rng, 9, 5), _r(rng, 9)),
         {},
-        "3_warp_dot",
+        "3_warp_reduce",
     ),
     "res2net_chain-direct-with-side-job": (
         "res2net_chain",
@@ -172,7 +172,7 @@ def test_pool_window_ends_must_fit_an_int(op, h, fits):
         assert ex.launches == []
 
 
-@pytest.mark.parametrize("variant", ["1_naive", "2_smem_tiled", "3_warp_dot"])
+@pytest.mark.parametrize("variant", ["1_naive", "2_smem_tiles", "3_warp_reduce"])
 @pytest.mark.parametrize("k,fits", [(INT_MAX - 32, True), (INT_MAX - 5, False)])
 def test_linear_k_loops_must_not_step_past_int32(variant, k, fits):
     """linear_2 / linear_3 step k by 16 / 32 in an int: k + 32 must fit."""
