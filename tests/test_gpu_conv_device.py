@@ -146,7 +146,7 @@ def test_bottle2neck_on_gpu_matches_reference(rng, kind, dtype):
     kw = dict(scale=scale, stype=stype, stride=stride)
     out = r2n.bottle2neck(cupy.asarray(x), params.map(cupy.asarray), **kw)
     assert_close(cupy.asnumpy(out), expected)
-    from r2n.gpu.res2net import prepare_bottle2neck
+    from r2n.gpu.prepared import prepare_bottle2neck
 
     block = prepare_bottle2neck(params, groups=1, **kw)
     assert_close(cupy.asnumpy(block(cupy.asarray(x))), expected)

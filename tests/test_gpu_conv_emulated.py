@@ -20,6 +20,7 @@ from helpers import DTYPES, assert_close, randn
 from r2n import Bottle2neckParams, FoldedConv, _checks
 from r2n import reference as ref
 from r2n.gpu import conv as gconv
+from r2n.gpu import prepared as gprep
 from r2n.gpu import res2net as gres
 
 DTYPE_IDS = ["f64", "f32"]
@@ -178,7 +179,7 @@ def test_relu_epilogue_propagates_nan(ex, rng):
 def test_prepared_conv2d_matches_reference(ex, rng):
     case = (1, 6, 7, 9, 6, (3, 3), (2, 2), (1, 1), (1, 1), 2)
     x, weight, bias, args = _conv_inputs(rng, case, np.float32)
-    layer = gconv.PreparedConv2d(
+    layer = gprep.PreparedConv2d(
         weight,
         bias,
         stride=(2, 2),

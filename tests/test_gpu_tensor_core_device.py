@@ -102,7 +102,7 @@ def test_tensor_core_chain_on_gpu(rng, case, precision):
 def test_tensor_core_bottle2neck_on_gpu(rng, case, precision):
     import cupy
 
-    from r2n.gpu.res2net import prepare_bottle2neck
+    from r2n.gpu.prepared import prepare_bottle2neck
 
     c_in, c_out, width, scale, stype, stride, groups, kind = case
     params = _block(rng, case)

@@ -33,6 +33,7 @@ from r2n import reference as ref
 from r2n.gpu import _runtime
 from r2n.gpu import conv as gconv
 from r2n.gpu import conv_tensor_core as tc
+from r2n.gpu import prepared as gprep
 from r2n.gpu import res2net as gres
 
 PRECISIONS = tc.PRECISIONS
@@ -220,7 +221,7 @@ def test_variants_and_precisions_must_agree(ex, rng):
     with pytest.raises(ValueError, match="float64 has no tensor-core path"):
         gconv.VARIANTS["5_tensor_core"](x64, w64, b64, executor=ex, precision="bf16", **args)
     with pytest.raises(ValueError, match="precision must be one of"):
-        gconv.PreparedConv2d(
+        gprep.PreparedConv2d(
             weight, bias, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1,
             executor=ex, precision="fp16",
         )  # fmt: skip

@@ -31,7 +31,7 @@ import functools
 import importlib.util
 
 from .._checks import array_kind
-from . import conv, elementwise, layers, pool, res2net
+from . import conv, elementwise, layers, pool, prepared, res2net
 from .graph import CapturedCall as CapturedCall
 from .graph import capture as capture
 
@@ -75,8 +75,8 @@ OPS: dict = {
 #: op name -> factory of a prepared layer with its weights on the current
 #: device (see r2n._backends.prepare).
 PREPARE: dict = {
-    "conv2d": conv.PreparedConv2d,
-    "bottle2neck": res2net.prepare_bottle2neck,
+    "conv2d": prepared.prepare_conv2d,
+    "bottle2neck": prepared.prepare_bottle2neck,
 }
 
 

@@ -397,19 +397,3 @@ def bottle2neck(
     )
     args = dict(conv1=conv1, chain=chain, conv3=conv3, shortcut=shortcut, out_shape=out_shape)
     return block.run(x, args)
-
-
-def prepare_bottle2neck(
-    params, *, scale, stype, stride, groups, reuse_output=False, precision="fp32"
-):
-    """The ``PREPARE["bottle2neck"]`` factory (r2n._backends.prepare): the block's
-    weights on the current GPU, float32 unless conv1's weight is float64."""
-    return PreparedBottle2neck(
-        params,
-        scale=scale,
-        stype=stype,
-        stride=stride,
-        groups=groups,
-        reuse_output=reuse_output,
-        precision=precision,
-    )
