@@ -15,6 +15,15 @@ conv2d ladder's fastest applicable step (r2n.gpu.conv.pick_variant: step
 * the last chunk, copied ("normal") or 3x3 average-pooled with the block's
   stride ("stage"), is written by extra blocks of the FIRST conv's launch.
 
+:data:`LADDER` shows what each fusion saves, one step at a time:
+``1_unfused`` (:func:`chain_1_unfused`: the framework's passes: per conv a
+split copy, the add, the conv + bias, a ReLU pass and a cat copy, then the
+last chunk), ``2_fused_epilogue`` (:func:`chain_2_fused_epilogue`: bias and
+ReLU in the conv's store, chunks read and written in their channel slices:
+the add and the last chunk remain passes of their own) and ``3_fused``
+(:func:`res2net_chain`: all of the above, one launch per conv). All three
+run the same conv kernel (r2n.gpu.conv.pick_variant).
+
 ``bottle2neck`` adds the 1x1 convs around it, on the 1x1 GEMM beside the
 ladder (kernels/gemm_1x1.cu): conv1 (+ bias + ReLU), the chain, the shortcut
 (a 1x1 conv; its stride-s form runs through step 4_pipelined; the "d" form
@@ -37,7 +46,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _checks
-from . import _runtime
+from .._ladder import Step
+from . import _runtime, elementwise, pool
 from .conv import (
     AVG_POOL_GEMM_1X1,
     GEMM_1X1,
@@ -45,6 +55,7 @@ from .conv import (
     SIDE_COPY,
     SIDE_NONE,
     VARIANT_PRECISIONS,
+    conv2d_fused,
     launch_conv,
     pick_variant,
 )
@@ -171,6 +182,105 @@ class PreparedChain:
                 op="res2net_chain",
             )
         return out
+
+
+# --------------------------------------------------------------------------- #
+# The chain's ladder: what each fusion saves (res2net_chain is its last step)
+# --------------------------------------------------------------------------- #
+
+
+def _chain_setup(x, weights, biases, executor):
+    """(executor, x C-contiguous, weights and biases on the device in x's dtype)."""
+    ex = _runtime.executor() if executor is None else executor
+    xp = ex.xp
+    x = xp.ascontiguousarray(x)
+    weights = [_device_array(xp, w, x.dtype) for w in weights]
+    biases = [None] * len(weights) if biases is None else biases
+    biases = [None if b is None else _device_array(xp, b, x.dtype) for b in biases]
+    return ex, x, weights, biases
+
+
+def _last_chunk(ex, x, stype, stride, width, nums):
+    """The chain's last chunk, x[:, nums * width :] (a copy), 3x3 / stride / pad-1
+    average-pooled (count_include_pad) for "stage" blocks, as one more pass."""
+    chunk = ex.xp.ascontiguousarray(x[:, nums * width :])
+    if stype != "stage":
+        return chunk
+    args = _checks.pool2d_args("res2net_chain", chunk, 3, stride, 1, False)
+    return pool.avg_pool2d(chunk, count_include_pad=True, executor=ex, **args)
+
+
+def chain_1_unfused(
+    x, weights, biases, *, scale, stype, stride, groups, width, out_shape, executor=None
+):
+    """The chain as a framework runs it (BN folded): one pass per op.
+
+    Per conv i: split (copy x_i out of x), add (x_i + y_{i-1}, "normal" blocks),
+    conv2d + bias (r2n.gpu.conv's pick for the shape), ReLU (its own kernel), cat
+    (copy y_i into the output); then the last chunk, copied or pooled, and copied
+    into the output. The copies and the add are the array module's (CuPy's
+    kernels on a GPU). Arguments as :func:`res2net_chain`.
+    """
+    ex, x, weights, biases = _chain_setup(x, weights, biases, executor)
+    xp, nums = ex.xp, max(scale - 1, 1)
+    out = ex.empty(out_shape, x.dtype)
+    geometry = dict(stride=(stride, stride), padding=(1, 1), dilation=(1, 1), groups=groups)
+    y = None
+    for i in range(nums):
+        chunk = slice(i * width, (i + 1) * width)
+        sp = xp.ascontiguousarray(x[:, chunk])  # split
+        if stype == "normal" and i > 0:
+            sp = sp + y  # add
+        shape = (out_shape[0], width, *out_shape[2:])
+        y = conv2d_fused(sp, weights[i], biases[i], out_shape=shape, executor=ex, **geometry)
+        y = elementwise.relu(y, executor=ex)
+        out[:, chunk] = y  # cat
+    if scale > 1:
+        out[:, nums * width :] = _last_chunk(ex, x, stype, stride, width, nums)
+    return out
+
+
+def chain_2_fused_epilogue(
+    x, weights, biases, *, scale, stype, stride, groups, width, out_shape, executor=None
+):
+    """Step 1 with the conv's epilogue fused: each conv reads its input chunk in
+    place (a channel slice of x), adds the bias, applies ReLU and writes y_i
+    straight into its channel slice of the output, so the split, the ReLU pass
+    and the cat are gone. Still passes of their own: the add (into one buffer)
+    and the last chunk. Arguments as :func:`res2net_chain`.
+    """
+    ex, x, weights, biases = _chain_setup(x, weights, biases, executor)
+    xp, nums = ex.xp, max(scale - 1, 1)
+    out = ex.empty(out_shape, x.dtype)
+    variant = pick_variant((3, 3), (stride, stride), (1, 1), width // groups)
+    summed = None
+    for i in range(nums):
+        source, source_c0 = x, i * width
+        if stype == "normal" and i > 0:
+            if summed is None:
+                summed = ex.empty((x.shape[0], width, *x.shape[2:]), x.dtype)
+            chunk, previous = slice(i * width, (i + 1) * width), slice((i - 1) * width, i * width)
+            xp.add(x[:, chunk], out[:, previous], out=summed)  # add
+            source, source_c0 = summed, 0
+        launch_conv(
+            ex,
+            variant,
+            source,
+            weights[i],
+            biases[i],
+            out,
+            stride=(stride, stride),
+            padding=(1, 1),
+            dilation=(1, 1),
+            groups=groups,
+            x_c0=source_c0,
+            out_c0=i * width,
+            activation="relu",
+            op="res2net_chain",
+        )
+    if scale > 1:
+        out[:, nums * width :] = _last_chunk(ex, x, stype, stride, width, nums)
+    return out
 
 
 def res2net_chain(
@@ -397,3 +507,26 @@ def bottle2neck(
     )
     args = dict(conv1=conv1, chain=chain, conv3=conv3, shortcut=shortcut, out_shape=out_shape)
     return block.run(x, args)
+
+
+#: The Res2Net chain's ladder (r2n._ladder.Step), in order: what fusing saves.
+LADDER = (
+    Step(
+        "1_unfused",
+        "a framework's passes: per conv a split copy, the add, conv + bias, ReLU, a cat copy",
+        chain_1_unfused,
+        source="r2n/gpu/res2net.py",
+    ),
+    Step(
+        "2_fused_epilogue",
+        "bias + ReLU in the conv's store, chunks read and written in place: no split, cat",
+        chain_2_fused_epilogue,
+        source="r2n/gpu/res2net.py",
+    ),
+    Step(
+        "3_fused",
+        "the add summed on load, the last chunk by the first launch: one launch per conv",
+        res2net_chain,
+        source="r2n/gpu/res2net.py",
+    ),
+)
