@@ -400,7 +400,7 @@ def test_plan_scalars_are_the_kernels_parameters_by_name_and_type(monkeypatch):
         value = getattr(plan.scalars, name)
         assert type(value) is c_types[c_type], (name, type(value))
         assert kernel_args[name] is value, name
-    assert (plan.scalars.x_c_total, plan.scalars.kh, plan.scalars.slope) == (8, 3, 0.25)
+    assert (plan.scalars.x_c_total, plan.scalars.kh, plan.scalars.negative_slope) == (8, 3, 0.25)
     assert plan.channels + plan.sizes == plan.scalars
 
 

@@ -62,7 +62,7 @@ from . import conv_tensor_core as _tc
 
 # Bits of the kernels' ``flags`` argument (see conv_common.cuh).
 _FLAG_BIAS, _FLAG_ADD, _FLAG_RESIDUAL = 1, 2, 4
-# Kernel ``act`` codes.
+# Kernel ``activation`` codes.
 ACTIVATIONS = {None: 0, "relu": 1, "leaky_relu": 2}
 # Kernel ``side_mode`` codes for the chain's last chunk.
 SIDE_NONE, SIDE_COPY, SIDE_AVG_POOL_3X3 = 0, 1, 2
@@ -293,8 +293,8 @@ class ConvScalars(NamedTuple):
     dw: np.int32
     groups: np.int32
     flags: np.int32  # bias / add / residual bits
-    act: np.int32  # ACTIVATIONS code
-    slope: np.floating  # LeakyReLU's negative slope, in the data's dtype
+    activation: np.int32  # ACTIVATIONS code
+    negative_slope: np.floating  # LeakyReLU's, in the data's dtype
     side_mode: np.int32  # SIDE_* code of the chain's last chunk
     side_src_c0: np.int64
     side_dst_c0: np.int64
@@ -575,8 +575,8 @@ def _plan(
         dw=i32(op, "dilation", dilation[1]),
         groups=i32(op, "groups", groups),
         flags=np.int32(flags),
-        act=np.int32(ACTIVATIONS[activation]),
-        slope=np.dtype(dtype).type(negative_slope),
+        activation=np.int32(ACTIVATIONS[activation]),
+        negative_slope=np.dtype(dtype).type(negative_slope),
         side_mode=np.int32(side_mode),
         side_src_c0=i64(side_c0),
         side_dst_c0=i64(side_c0),

@@ -70,6 +70,6 @@ __global__ void conv2d_1_naive(R2N_CONV_PARAMS) {
             }
         }
         const idx_t out_idx = (n * out_c_total + out_c0 + co) * plane_out + p;
-        conv_store(acc, out, bias, residual, out_idx, co, flags, act, slope);
+        conv_store(acc, out, bias, residual, out_idx, co, flags, activation, negative_slope);
     }
 }

@@ -125,7 +125,7 @@ __global__ void __launch_bounds__(BM * BN) conv2d_2_smem_tiles(R2N_CONV_PARAMS) 
         if (gm < c_out_g && p < plane_out) {
             const int co = g * c_out_g + gm;
             const idx_t row = (n * out_c_total + out_c0 + co) * plane_out;
-            conv_store(acc, out, bias, residual, row + p, co, flags, act, slope);
+            conv_store(acc, out, bias, residual, row + p, co, flags, activation, negative_slope);
         }
     }
 }

@@ -147,7 +147,7 @@ __global__ void __launch_bounds__(R2N_GEMM_THREADS, R2N_GEMM_MIN_BLOCKS)
             for (int j = 0; j < TN; ++j) {
                 const idx_t p = p0 + tx + j * (BN / TN);
                 if (p < plane_out) conv_store(acc[i][j], out, bias, residual, row + p, co, flags,
-                                              act, slope);
+                                              activation, negative_slope);
             }
         }
     }

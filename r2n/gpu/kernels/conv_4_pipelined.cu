@@ -182,7 +182,7 @@ __device__ inline void conv2d_pipelined_body(R2N_CONV_PARAMS) {
             for (int j = 0; j < TN; ++j) {
                 const idx_t p = p0 + tx + j * (BN / TN);
                 if (p < plane_out) conv_store(acc[i][j], out, bias, residual, row + p, co, flags,
-                                              act, slope);
+                                              activation, negative_slope);
             }
         }
     }

@@ -5,9 +5,10 @@
 // channel slices, add-on-load and chain side job as step 4
 // (conv_4_pipelined.cu), so the Res2Net chain and bottleneck run on it
 // unchanged (r2n/gpu/conv.py VARIANTS, r2n/gpu/conv_tensor_core.py for the
-// launch). What changes is the multiply: per (image, group) the GEMM (C_out_g x K) * (K x pixels) runs on
-// warp-level mma.sync instead of FMAs, in a lower input precision that the
-// caller chose (precision="tf32" or "bf16"; float32 data only):
+// launch). What changes is the multiply: per (image, group) the GEMM
+// (C_out_g x K) * (K x pixels) runs on warp-level mma.sync instead of FMAs,
+// in a lower input precision that the caller chose (precision="tf32" or
+// "bf16"; float32 data only):
 //
 //   r2n_tf32   both operands rounded to TF32 (cvt.rna: 10 mantissa bits, to
 //              nearest, ties away), mma.sync.m16n8k8, float32 accumulators.
@@ -292,7 +293,7 @@ __global__ void __launch_bounds__(R2N_TC_THREADS, R2N_TC_MIN_BLOCKS)
                         const idx_t p = p0 + wn0 + ni * 8 + 2 * tig + q1;
                         if (p < plane_out)
                             conv_store<T>(acc[mi][ni][2 * q2 + q1], out, bias, residual, row + p,
-                                          co, flags, act, slope);
+                                          co, flags, activation, negative_slope);
                     }
             }
         __syncthreads();  // the next (image, group) refills every buffer

@@ -4,7 +4,7 @@
 // Every kernel computes, for image n, group g, output channel co and pixel p:
 //
 //     v = bias[co] + sum_k W[co, k] * X[n, g, k, p]           (K = C_in_g * kH * kW)
-//     v = act(v + residual[n, co, p])                          (each step optional)
+//     v = activation(v + residual[n, co, p])                   (each step optional)
 //     out[n, out_c0 + co, p] = v
 //
 // where the input X is read from a channel slice of a larger buffer
@@ -34,15 +34,15 @@
 #define R2N_CONV_BIAS 1      // add bias[co]
 #define R2N_CONV_ADD 2       // input = x slice + add slice (the chain's x_i + y_{i-1})
 #define R2N_CONV_RESIDUAL 4  // add residual[n, out_c0 + co, p] before the activation
-// act: 0 none, 1 ReLU, 2 LeakyReLU(slope).
+// activation: 0 none, 1 ReLU, 2 LeakyReLU(negative_slope).
 // side_mode: 0 none, 1 copy chunk (stride 1), 2 3x3 average pool, stride sh,
 // padding 1, count_include_pad=True (every window then divides by 9).
 
 template <typename T>
-__device__ inline T conv_activation(T v, int act, T slope) {
+__device__ inline T conv_activation(T v, int activation, T negative_slope) {
     // Written so that NaN propagates, as PyTorch's relu / leaky_relu.
-    if (act == 1) return v < T(0) ? T(0) : v;
-    if (act == 2) return v < T(0) ? v * slope : v;
+    if (activation == 1) return v < T(0) ? T(0) : v;
+    if (activation == 2) return v < T(0) ? v * negative_slope : v;
     return v;
 }
 
@@ -60,10 +60,10 @@ __device__ inline T conv_load_input(const T* x, idx_t x_plane0, const T* add, id
 // The epilogue for one output element: bias, residual, activation, store.
 template <typename T>
 __device__ inline void conv_store(T acc, T* out, const T* bias, const T* residual, idx_t out_idx,
-                                  int co, int flags, int act, T slope) {
+                                  int co, int flags, int activation, T negative_slope) {
     if (flags & R2N_CONV_BIAS) acc += bias[co];
     if (flags & R2N_CONV_RESIDUAL) acc += residual[out_idx];
-    out[out_idx] = conv_activation(acc, act, slope);
+    out[out_idx] = conv_activation(acc, activation, negative_slope);
 }
 
 // The Res2Net chain's last chunk, run by the extra blocks of a launch:
@@ -205,16 +205,17 @@ __device__ inline T conv_load_avg_pool(const T* x, idx_t x_base, idx_t plane_in,
 // swap them): input slice (+ optional addend slice), weights, bias, residual,
 // output slice, sizes, conv geometry, epilogue, the side job. The scalars, in
 // this order, are r2n/gpu/conv.py's ConvScalars (a test compares the names).
-#define R2N_CONV_PARAMS                                                                       \
-    const T *x, idx_t x_c_total, idx_t x_c0, const T *add, idx_t add_c_total, idx_t add_c0,  \
-        const T *weight, const T *bias, const T *residual, T *out, idx_t out_c_total,          \
-        idx_t out_c0, int n_img, int c_in, int h, int w, int c_out, int h_out, int w_out,      \
-        int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw, int groups, int flags, \
-        int act, T slope, int side_mode, idx_t side_src_c0, idx_t side_dst_c0, int side_c,    \
-        int side_blocks
+#define R2N_CONV_PARAMS                                                                      \
+    const T *x, idx_t x_c_total, idx_t x_c0, const T *add, idx_t add_c_total, idx_t add_c0, \
+        const T *weight, const T *bias, const T *residual, T *out, idx_t out_c_total,         \
+        idx_t out_c0, int n_img, int c_in, int h, int w, int c_out, int h_out, int w_out,     \
+        int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw, int groups,           \
+        int flags, int activation, T negative_slope, int side_mode, idx_t side_src_c0,        \
+        idx_t side_dst_c0, int side_c, int side_blocks
 // The same parameters as arguments: a kernel passing all of them on to a
 // device function (one body, several kernels).
-#define R2N_CONV_ARGS                                                                          \
-    x, x_c_total, x_c0, add, add_c_total, add_c0, weight, bias, residual, out, out_c_total,    \
-        out_c0, n_img, c_in, h, w, c_out, h_out, w_out, kh, kw, sh, sw, ph, pw, dh, dw, groups, \
-        flags, act, slope, side_mode, side_src_c0, side_dst_c0, side_c, side_blocks
+#define R2N_CONV_ARGS                                                                        \
+    x, x_c_total, x_c0, add, add_c_total, add_c0, weight, bias, residual, out, out_c_total,  \
+        out_c0, n_img, c_in, h, w, c_out, h_out, w_out, kh, kw, sh, sw, ph, pw, dh, dw,      \
+        groups, flags, activation, negative_slope, side_mode, side_src_c0, side_dst_c0,      \
+        side_c, side_blocks
