@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from cuda_emu import EmuExecutor
 from gpu_cases import cast, chain_inputs, normalised
-from helpers import DTYPES, assert_close, rel_err
+from helpers import DTYPES, assert_close, gpu_count, rel_err
 
 import r2n
 import r2n.gpu
@@ -142,3 +142,34 @@ def test_chain_steps_without_biases(ex):
     expected = reference.res2net_chain(x, weights, None, **args)
     for step in r2n.gpu.LADDERS["res2net_chain"]:
         assert_close(step.run(x, weights, None, executor=ex, **args), expected)
+
+
+# --------------------------------------------------------------------------- #
+# On a real GPU (skipped without one): every step on CuPy arrays
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.skipif(gpu_count() == 0, reason="CuPy sees no GPU")
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("op", LADDER_OPS)
+def test_every_step_on_the_gpu_matches_the_reference(op, dtype):
+    import cupy
+
+    if op == "res2net_chain":
+        x, weights, biases, kwargs = chain_inputs(np.random.default_rng(18), CHAIN_CASES[1], dtype)
+        call_args = (cupy.asarray(x), [cupy.asarray(w) for w in weights],
+                     [cupy.asarray(b) for b in biases])  # fmt: skip
+        expected = reference.res2net_chain(*cast((x,), np.float64), weights, biases, **kwargs)
+    else:
+        args, kwargs = _case(op)
+        expected = getattr(reference, op)(*args, **normalised(op, args, kwargs)[1])
+        call_args, kwargs = normalised(op, cast(args, dtype, cupy), kwargs)
+    for step in r2n.gpu.LADDERS[op]:
+        if step.name == "5_tensor_core":
+            if dtype == np.float32:
+                out = step.run(*call_args, **kwargs)
+                assert rel_err(cupy.asnumpy(out), expected) <= tc.tolerance("tf32")
+            continue
+        out = step.run(*call_args, **kwargs)
+        assert isinstance(out, cupy.ndarray) and out.dtype == dtype, step.name
+        assert_close(cupy.asnumpy(out), expected)
