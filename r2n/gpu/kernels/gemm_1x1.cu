@@ -28,7 +28,10 @@
 // Measured on an NVIDIA H100 80GB HBM3 (benchmarks/results/NOTES-gpu.md,
 // 2026-11-25, as variant "3_gemm_1x1"; kernel time in a CUDA graph, float32):
 // 1x1 256->104, N=32, 56x56 (the 128 x 128 tile) 0.283 ms = 18.9 TFLOP/s,
-// cuDNN 0.216 ms; N=1 (the 64 x 64 tile) 0.020 ms, cuDNN 0.022 ms.
+// cuDNN 0.216 ms; N=1 (the 64 x 64 tile) 0.020 ms, cuDNN 0.022 ms. That
+// build compiled these kernels in one module with steps 1 and 4; in a module
+// of their own NVRTC schedules them slightly differently (same code, a few
+// registers more or less), so these figures are to be measured again.
 
 #include "conv_4_pipelined.cu"
 
