@@ -222,15 +222,16 @@ def test_gemm_conv_loops_over_images_and_groups_past_grid_z(
     assert [len(g) == 3 and g[2] == 2 for g in z_of_two.grids] == [True]
 
 
+@pytest.mark.parametrize("variant", ["2_smem_tiles", "3_register_tiles", "4_pipelined"])
 @pytest.mark.parametrize("stype,stride", [("stage", 2), ("normal", 1)])
-def test_chain_side_job_spreads_over_grid_z(z_of_two, rng, stype, stride):
+def test_chain_side_job_spreads_over_grid_z(z_of_two, rng, stype, stride, variant):
     """The last chunk, copied or pooled by the first conv's extra blocks, from a
     grid whose z is smaller than N * groups."""
     x = _r(rng, 5, 4 * 6, 7, 9)  # 5 images, scale 4, width 6, 2 groups
     weights = [_r(rng, 6, 3, 3, 3) / 3 for _ in range(3)]
     args = _checks.chain_args("res2net_chain", x, weights, None, 4, stype, stride, 2)
     out = r2n.gpu.res2net.res2net_chain(
-        x, weights, None, executor=z_of_two, variant="4_pipelined", **args
+        x, weights, None, executor=z_of_two, variant=variant, **args
     )
     assert_close(out, reference.res2net_chain(x, weights, None, **args), np.float64)
     assert all(g[2] == 2 for g in z_of_two.grids), z_of_two.grids

@@ -71,12 +71,12 @@ SIDE_NONE, SIDE_COPY, SIDE_AVG_POOL_3X3 = 0, 1, 2
 NAIVE_THREADS = 256
 
 # Block tiles (BM, BN, BK, TM, TN): BM output channels x BN pixels per block,
-# BK-deep slices of K, TM x TN outputs per thread.
-#: Step 2's (BM, BN, BK): one output per thread, 256 threads.
-_TILE_SMEM = (16, 16, 16)
+# BK-deep slices of K, TM x TN outputs per thread (steps 3, 4 and gemm_1x1).
 _TILE_WIDE = (64, 64, 16, 4, 4)
-_TILE_NARROW = (32, 64, 16, 4, 4)
+_TILE_NARROW = (32, 64, 16, 4, 4)  # groups of <= 32 output channels
 _TILE_LARGE = {"float": (128, 128, 8, 8, 8), "double": (128, 64, 8, 8, 4)}
+#: Step 2's block tile (BM, BN, BK): one output per thread, 256 threads.
+_TILE_SMEM = (16, 16, 16)
 #: gemm_1x1 uses the large tile when it still makes at least this many blocks
 #: (two per SM of a 132-SM H100); smaller problems keep the GPU busier with
 #: 64 x 64 tiles.
