@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The GPU check in one device call: environment, the GPU test files, compute-sanitizer
-# memcheck/racecheck over the GPU kernels, and `r2n bench` on the GPU rows.
+# memcheck/racecheck over the GPU kernels, `r2n bench` on the GPU rows and `r2n ladder`
+# on the GPU's ladders (every numbered step, checked and timed; its JSON is what the
+# README's GPU ladder tables are generated from).
 #
 # Usage, on a machine with a CUDA GPU, CuPy, numba and PyTorch (run from the repo root):
-#     bash benchmarks/gpu_run.sh [STEP ...]      # steps: env tests memcheck racecheck bench
+#     bash benchmarks/gpu_run.sh [STEP ...]      # steps: env tests memcheck racecheck bench ladder
 # Each step's full log goes to $OUT/<step>.log (OUT defaults to ./gpu-run-out); the
 # last lines of each are printed. A step that runs past its limit is stopped (rc 124)
 # and the next one starts, so one hang cannot cost the others.
@@ -13,8 +15,9 @@ mkdir -p "$OUT"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 PY=${PY:-python3}
 # Every test in the GPU test files, plus the gpu/cupy cases of the mixed files.
-GPU_TESTS="tests/test_gpu_device.py tests/test_gpu_conv_device.py tests/test_gpu_runtime.py
-  tests/test_gpu_review.py tests/test_gpu_graph.py tests/test_api.py tests/test_bad_inputs.py tests/test_models.py"
+GPU_TESTS="tests/test_gpu_device.py tests/test_gpu_conv_device.py tests/test_gpu_tensor_core_device.py
+  tests/test_gpu_ladder.py tests/test_gpu_runtime.py tests/test_gpu_review.py tests/test_gpu_graph.py
+  tests/test_api.py tests/test_bad_inputs.py tests/test_models.py"
 PYTEST="$PY -m pytest -p no:cacheprovider -q -rfEs --benchmark-disable"
 
 step() {  # step NAME LIMIT_S COMMAND...
@@ -53,10 +56,11 @@ run_step() {
         step racecheck 120 compute-sanitizer --tool racecheck --error-exitcode 99 \
             --print-limit 20 $PYTEST -x tests/test_gpu_conv_device.py -k "chain or bottle" ;;
     bench) step bench 200 $PY -m r2n bench --backend gpu torch --json "$OUT/bench.json" ;;
+    ladder) step ladder 200 $PY -m r2n ladder --backend gpu --json "$OUT/ladder-gpu.json" ;;
     *) echo "unknown step $1" ;;
     esac
 }
 
-for s in "${@:-env tests memcheck bench racecheck}"; do
+for s in "${@:-env tests memcheck bench ladder racecheck}"; do
     for t in $s; do run_step "$t"; done
 done

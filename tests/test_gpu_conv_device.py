@@ -74,12 +74,12 @@ def test_conv2d_variants_on_gpu_match_reference_and_torch(rng, case, dtype):
     out = r2n.conv2d(xd, wd, bd, stride=stride, padding=padding, dilation=dilation, groups=groups)
     assert isinstance(out, cupy.ndarray) and out.dtype == dtype
     assert_close(cupy.asnumpy(out), expected)
-    for name, run in gconv.VARIANTS.items():
-        if name == "3_gemm_1x1" and not gconv.is_gemm_1x1((kh, kw), stride, padding):
+    for name, precisions in gconv.VARIANT_PRECISIONS.items():  # the ladder and gemm_1x1
+        if name == "gemm_1x1" and not gconv.is_gemm_1x1((kh, kw), stride, padding):
             continue
-        if "fp32" not in gconv.VARIANT_PRECISIONS[name]:  # tensor cores: their own tests
+        if "fp32" not in precisions:  # tensor cores: their own tests
             continue
-        assert_close(cupy.asnumpy(run(xd, wd, bd, **args)), expected)
+        assert_close(cupy.asnumpy(gconv.conv2d(xd, wd, bd, variant=name, **args)), expected)
 
 
 # stype, stride, scale, groups, width, batch, H, W
@@ -146,7 +146,7 @@ def test_bottle2neck_on_gpu_matches_reference(rng, kind, dtype):
     kw = dict(scale=scale, stype=stype, stride=stride)
     out = r2n.bottle2neck(cupy.asarray(x), params.map(cupy.asarray), **kw)
     assert_close(cupy.asnumpy(out), expected)
-    from r2n.gpu.res2net import prepare_bottle2neck
+    from r2n.gpu.prepared import prepare_bottle2neck
 
     block = prepare_bottle2neck(params, groups=1, **kw)
     assert_close(cupy.asnumpy(block(cupy.asarray(x))), expected)
@@ -166,7 +166,7 @@ def test_conv_beyond_2_pow_31_elements():
     x = cupy.random.standard_normal((n, c, h, w), dtype=cupy.float32)
     weight = randn(rng, c, 1, 3, 3, dtype=np.float32)
     args = _checks.conv2d_args("conv2d", x, weight, None, 1, 1, 1, c)
-    for name in ("1_direct", "2_implicit_gemm"):
+    for name in ("1_naive", "2_smem_tiles", "3_register_tiles", "4_pipelined"):
         out = gconv.VARIANTS[name](x, cupy.asarray(weight), None, **args)
         for ch, y, xx in [(1, h - 1, w - 1), (1, h // 2, 7), (0, 0, 0)]:
             lo_y, lo_x = max(y - 1, 0), max(xx - 1, 0)

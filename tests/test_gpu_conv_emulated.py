@@ -20,6 +20,7 @@ from helpers import DTYPES, assert_close, randn
 from r2n import Bottle2neckParams, FoldedConv, _checks
 from r2n import reference as ref
 from r2n.gpu import conv as gconv
+from r2n.gpu import prepared as gprep
 from r2n.gpu import res2net as gres
 
 DTYPE_IDS = ["f64", "f32"]
@@ -69,13 +70,17 @@ def _conv_inputs(rng, case, dtype):
     return (*_read_only(x, weight, bias), args)
 
 
-#: The float32 variants (4_tensor_core: tests/test_gpu_tensor_core_emulated.py).
+#: The float32 variants (5_tensor_core: tests/test_gpu_tensor_core_emulated.py).
 FP32_VARIANTS = [v for v, p in gconv.VARIANT_PRECISIONS.items() if "fp32" in p]
+
+
+#: The variants a chain can run its 3x3 convs on: every float32 step of the ladder.
+CHAIN_VARIANTS = [v for v in FP32_VARIANTS if v != "gemm_1x1"]
 
 
 def _variants_for(case):
     k, s, p = case[5], case[6], case[7]
-    return [v for v in FP32_VARIANTS if v != "3_gemm_1x1" or gconv.is_gemm_1x1(k, s, p)]
+    return [v for v in FP32_VARIANTS if v != "gemm_1x1" or gconv.is_gemm_1x1(k, s, p)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -85,7 +90,7 @@ def test_every_conv_variant_matches_reference(ex, rng, case, dtype):
     x_copy = x.copy()
     expected = ref.conv2d(_f64(x), _f64(weight), _f64(bias), **args)
     for variant in _variants_for(case):
-        out = gconv.VARIANTS[variant](x, weight, bias, executor=ex, **args)
+        out = gconv.conv2d(x, weight, bias, executor=ex, variant=variant, **args)
         assert out.dtype == dtype and out.shape == args["out_shape"], variant
         assert_close(out, expected)
     out = gconv.conv2d(x, weight, None, executor=ex, **args)  # the default variant, no bias
@@ -116,7 +121,7 @@ def test_random_geometries_match_reference(ex, seed):
     x, weight, bias, args = _conv_inputs(rng, case, dtype)
     expected = ref.conv2d(_f64(x), _f64(weight), _f64(bias), **args)
     for variant in _variants_for(case):
-        out = gconv.VARIANTS[variant](x, weight, bias, executor=ex, **args)
+        out = gconv.conv2d(x, weight, bias, executor=ex, variant=variant, **args)
         assert_close(out, expected)
 
 
@@ -131,7 +136,7 @@ def test_gemm_1x1_large_tile_matches_reference(ex, rng, dtype, monkeypatch):
     out = gconv.conv2d(x, weight, bias, executor=ex, **args)
     ctype = gconv._runtime.dtype_name(dtype)
     large = gconv._TILE_LARGE[ctype]
-    assert ex.launches[-1] == ("conv.cu", gconv._name("conv2d_3_gemm_1x1", ctype, large))
+    assert ex.launches[-1] == ("gemm_1x1.cu", gconv._name("conv2d_gemm_1x1", ctype, large))
     assert_close(out, ref.conv2d(_f64(x), _f64(weight), _f64(bias), **args))
 
 
@@ -174,7 +179,7 @@ def test_relu_epilogue_propagates_nan(ex, rng):
 def test_prepared_conv2d_matches_reference(ex, rng):
     case = (1, 6, 7, 9, 6, (3, 3), (2, 2), (1, 1), (1, 1), 2)
     x, weight, bias, args = _conv_inputs(rng, case, np.float32)
-    layer = gconv.PreparedConv2d(
+    layer = gprep.PreparedConv2d(
         weight,
         bias,
         stride=(2, 2),
@@ -197,8 +202,8 @@ def test_prepared_conv2d_matches_reference(ex, rng):
 def test_launcher_rejects_what_the_kernels_cannot_take(ex, rng):
     case = (1, 4, 7, 9, 4, (3, 3), (1, 1), (1, 1), (1, 1), 1)
     x, weight, bias, args = _conv_inputs(rng, case, np.float32)
-    with pytest.raises(ValueError, match="3_gemm_1x1"):
-        gconv.VARIANTS["3_gemm_1x1"](x, weight, bias, executor=ex, **args)
+    with pytest.raises(ValueError, match="gemm_1x1"):
+        gconv.conv2d(x, weight, bias, executor=ex, variant="gemm_1x1", **args)
     with pytest.raises(ValueError, match="variant"):
         gconv.conv2d(x, weight, bias, executor=ex, variant="4_magic", **args)
     bad = dict(args, out_shape=(1, 4, 7, 8))  # an out_shape that disagrees with the geometry
@@ -208,7 +213,7 @@ def test_launcher_rejects_what_the_kernels_cannot_take(ex, rng):
     with pytest.raises(ValueError, match="output channels"):  # slice past the end
         gconv.launch_conv(
             ex,
-            "1_direct",
+            "1_naive",
             x,
             weight,
             bias,
@@ -222,7 +227,7 @@ def test_launcher_rejects_what_the_kernels_cannot_take(ex, rng):
     with pytest.raises(ValueError, match="input channels"):
         gconv.launch_conv(
             ex,
-            "1_direct",
+            "1_naive",
             x,
             weight,
             bias,
@@ -236,7 +241,7 @@ def test_launcher_rejects_what_the_kernels_cannot_take(ex, rng):
     with pytest.raises(ValueError, match="weight must be a C-contiguous float32 array, got C-"):
         gconv.launch_conv(
             ex,
-            "1_direct",
+            "1_naive",
             x,
             weight.astype(np.float64),
             bias,
@@ -253,8 +258,8 @@ def test_conv_reads_summed_slices_and_writes_its_slice_only(ex, rng, variant):
     # What the chain relies on: the input is x[:, 2:8] + a[:, 1:7], the output
     # goes to out[:, 3:12] and every other channel of out stays untouched.
     dtype = np.float64
-    kernel = (1, 1) if variant == "3_gemm_1x1" else (3, 3)
-    padding = (0, 0) if variant == "3_gemm_1x1" else (1, 1)
+    kernel = (1, 1) if variant == "gemm_1x1" else (3, 3)
+    padding = (0, 0) if variant == "gemm_1x1" else (1, 1)
     x = randn(rng, 2, 10, 7, 9, dtype=dtype)
     a = randn(rng, 2, 8, 7, 9, dtype=dtype)
     weight = randn(rng, 9, 2, *kernel, dtype=dtype)  # 3 groups
@@ -332,7 +337,7 @@ def test_chain_matches_reference(ex, rng, case, dtype):
     expected = ref.res2net_chain(
         _f64(x), [_f64(w) for w in weights], [_f64(b) for b in biases], **args
     )
-    for variant in (None, "1_direct", "2_implicit_gemm"):
+    for variant in (None, *CHAIN_VARIANTS):
         ex.launches.clear()
         out = gres.res2net_chain(x, weights, biases, executor=ex, variant=variant, **args)
         assert out.dtype == dtype

@@ -84,19 +84,19 @@ CASES = {
         "global_avg_pool2d",
         lambda rng: (_r(rng, 1, 20, 3, 3),),
         {},
-        "2_warp_shuffle_reduce",
+        "2_warp_reduce",
     ),
-    "linear-warp-dot": (
+    "linear-warp-reduce": (
         "linear",
         lambda rng: (_r(rng, 2, 5), _r(rng, 9, 5), _r(rng, 9)),
         {},
-        "3_warp_dot",
+        "3_warp_reduce",
     ),
     "res2net_chain-direct-with-side-job": (
         "res2net_chain",
         lambda rng: (_r(rng, 1, 12, 12, 12), [_r(rng, 3, 3, 3, 3) for _ in range(3)], None),
         dict(scale=4, stype="normal", stride=1),
-        "1_direct",
+        "1_naive",
     ),
 }
 
@@ -172,7 +172,7 @@ def test_pool_window_ends_must_fit_an_int(op, h, fits):
         assert ex.launches == []
 
 
-@pytest.mark.parametrize("variant", ["1_naive", "2_smem_tiled", "3_warp_dot"])
+@pytest.mark.parametrize("variant", ["1_naive", "2_smem_tiles", "3_warp_reduce"])
 @pytest.mark.parametrize("k,fits", [(INT_MAX - 32, True), (INT_MAX - 5, False)])
 def test_linear_k_loops_must_not_step_past_int32(variant, k, fits):
     """linear_2 / linear_3 step k by 16 / 32 in an int: k + 32 must fit."""
@@ -204,8 +204,10 @@ def z_of_two(monkeypatch):
 @pytest.mark.parametrize(
     "variant,kernel,stride,padding,groups",
     [
-        ("2_implicit_gemm", (3, 3), (2, 1), (1, 1), 3),
-        ("3_gemm_1x1", (1, 1), (1, 1), (0, 0), 3),
+        ("2_smem_tiles", (3, 3), (2, 1), (1, 1), 3),
+        ("3_register_tiles", (3, 3), (2, 1), (1, 1), 3),
+        ("4_pipelined", (3, 3), (2, 1), (1, 1), 3),
+        ("gemm_1x1", (1, 1), (1, 1), (0, 0), 3),
     ],
 )
 def test_gemm_conv_loops_over_images_and_groups_past_grid_z(
@@ -215,20 +217,21 @@ def test_gemm_conv_loops_over_images_and_groups_past_grid_z(
     weight = _r(rng, 4 * groups, 3, *kernel)
     bias = _r(rng, 4 * groups)
     args = _checks.conv2d_args("conv2d", x, weight, bias, stride, padding, 1, groups)
-    out = conv.VARIANTS[variant](x, weight, bias, executor=z_of_two, **args)
+    out = conv.conv2d(x, weight, bias, executor=z_of_two, variant=variant, **args)
     assert_close(out, reference.conv2d(x, weight, bias, **args), np.float64)
     assert [len(g) == 3 and g[2] == 2 for g in z_of_two.grids] == [True]
 
 
+@pytest.mark.parametrize("variant", ["2_smem_tiles", "3_register_tiles", "4_pipelined"])
 @pytest.mark.parametrize("stype,stride", [("stage", 2), ("normal", 1)])
-def test_chain_side_job_spreads_over_grid_z(z_of_two, rng, stype, stride):
+def test_chain_side_job_spreads_over_grid_z(z_of_two, rng, stype, stride, variant):
     """The last chunk, copied or pooled by the first conv's extra blocks, from a
     grid whose z is smaller than N * groups."""
     x = _r(rng, 5, 4 * 6, 7, 9)  # 5 images, scale 4, width 6, 2 groups
     weights = [_r(rng, 6, 3, 3, 3) / 3 for _ in range(3)]
     args = _checks.chain_args("res2net_chain", x, weights, None, 4, stype, stride, 2)
     out = r2n.gpu.res2net.res2net_chain(
-        x, weights, None, executor=z_of_two, variant="2_implicit_gemm", **args
+        x, weights, None, executor=z_of_two, variant=variant, **args
     )
     assert_close(out, reference.res2net_chain(x, weights, None, **args), np.float64)
     assert all(g[2] == 2 for g in z_of_two.grids), z_of_two.grids
@@ -252,7 +255,7 @@ def test_pooled_shortcut_window_ends_must_fit_an_int(h, fits):
     ex = RecordingExecutor()
 
     def launch():
-        conv.launch_conv(ex, "avgpool_1x1", x, weight, None, out, stride=(2, 2),
+        conv.launch_conv(ex, "avg_pool_gemm_1x1", x, weight, None, out, stride=(2, 2),
                          padding=(0, 0), dilation=(1, 1), groups=1)  # fmt: skip
 
     if fits:
@@ -295,26 +298,31 @@ def _max_threads_of_entries(file):
 def test_conv_launches_fit_their_kernels_launch_bounds(monkeypatch):
     """A block larger than a kernel's __launch_bounds__ fails on a GPU ("too many
     resources requested"); the emulator ignores launch bounds, so compare here."""
-    limits = _max_threads_of_entries(conv.FILE)
-    assert limits, "no kernel of conv.cu declares __launch_bounds__"
-    monkeypatch.setattr(conv, "_LARGE_TILE_MIN_BLOCKS", 0)  # variant 3's large tile too
+    limits = {}
+    for file in sorted({file for file, _ in conv.KERNELS.values()}):
+        limits.update(_max_threads_of_entries(file))
+    assert limits, "no fp32 conv kernel declares __launch_bounds__"
+    monkeypatch.setattr(conv, "_LARGE_TILE_MIN_BLOCKS", 0)  # gemm_1x1's large tile too
     ex = RecordingExecutor()
     for dtype in (np.float32, np.float64):
         x = np.zeros((1, 40, 6, 6), dtype)
         for variant, c_out, k, stride in [
-            ("1_direct", 8, 3, 1),
-            ("2_implicit_gemm", 16, 3, 1),  # the 32-row tile
-            ("2_implicit_gemm", 40, 3, 1),  # the 64-row tile
-            ("3_gemm_1x1", 40, 1, 1),  # the large tile (cap lowered above)
-            ("avgpool_1x1", 40, 1, 2),
+            ("1_naive", 8, 3, 1),
+            ("2_smem_tiles", 40, 3, 1),
+            ("3_register_tiles", 16, 3, 1),  # the 32-row tile
+            ("3_register_tiles", 40, 3, 1),  # the 64-row tile
+            ("4_pipelined", 16, 3, 1),
+            ("4_pipelined", 40, 3, 1),
+            ("gemm_1x1", 40, 1, 1),  # the large tile (cap lowered above)
+            ("avg_pool_gemm_1x1", 40, 1, 2),
         ]:
-            pad = k // 2 if variant != "avgpool_1x1" else 0
+            pad = k // 2 if variant != "avg_pool_gemm_1x1" else 0
             size = 6 if stride == 1 else 3
             conv.launch_conv(ex, variant, x, np.zeros((c_out, 40, k, k), dtype), None,
                              np.zeros((1, c_out, size, size), dtype), stride=(stride, stride),
                              padding=(pad, pad), dilation=(1, 1), groups=1)  # fmt: skip
         monkeypatch.setattr(conv, "_LARGE_TILE_MIN_BLOCKS", 10**9)  # and the 64 x 64 one
-        conv.launch_conv(ex, "3_gemm_1x1", x, np.zeros((40, 40, 1, 1), dtype), None,
+        conv.launch_conv(ex, "gemm_1x1", x, np.zeros((40, 40, 1, 1), dtype), None,
                          np.zeros((1, 40, 6, 6), dtype), stride=(1, 1), padding=(0, 0),
                          dilation=(1, 1), groups=1)  # fmt: skip
         monkeypatch.setattr(conv, "_LARGE_TILE_MIN_BLOCKS", 0)
@@ -350,23 +358,58 @@ def test_cached_plan_still_checks_every_calls_arrays():
     ex = GridRecorder()
     geometry = dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1)
     x, w, out = _conv_arrays()
-    conv.launch_conv(ex, "2_implicit_gemm", x, w, None, out, **geometry)  # plan cached
+    conv.launch_conv(ex, "4_pipelined", x, w, None, out, **geometry)  # plan cached
     with pytest.raises(ValueError, match="C-contiguous float32"):
-        conv.launch_conv(ex, "2_implicit_gemm", x, w.astype(np.float64), None, out, **geometry)
+        conv.launch_conv(ex, "4_pipelined", x, w.astype(np.float64), None, out, **geometry)
     strided = np.zeros((1, 16, 9, 7), np.float32)[:, ::2]
     with pytest.raises(ValueError, match="non-contiguous"):
-        conv.launch_conv(ex, "2_implicit_gemm", strided, w, None, out, **geometry)
+        conv.launch_conv(ex, "4_pipelined", strided, w, None, out, **geometry)
     # the same shapes with other arrays: the launch passes the new arrays
     x2, w2, out2 = _conv_arrays()
-    conv.launch_conv(ex, "2_implicit_gemm", x2, w2, None, out2, **geometry)
+    conv.launch_conv(ex, "4_pipelined", x2, w2, None, out2, **geometry)
     assert ex.args[-1][0] is x2 and ex.args[-1][6] is w2 and ex.args[-1][9] is out2
+
+
+def _conv_params_of_the_kernels():
+    """(type, name) of each parameter of R2N_CONV_PARAMS (kernels/conv_common.cuh)."""
+    text = (_runtime.KERNEL_DIR / "conv_common.cuh").read_text()
+    macro = re.search(r"#define R2N_CONV_PARAMS((?:[^\n]*\\\n)*[^\n]*)", text).group(1)
+    params = [p.strip() for p in macro.replace("\\", " ").split(",")]
+    return [tuple(p.replace("*", " * ").split()[-2:]) for p in params]
+
+
+def test_plan_scalars_are_the_kernels_parameters_by_name_and_type(monkeypatch):
+    params = _conv_params_of_the_kernels()
+    names = [n for _, n in params]
+    scalars = [(t, n) for t, n in params if t != "*"]
+    assert [n for t, n in params if t == "*"] == ["x", "add", "weight", "bias", "residual", "out"]
+    assert [n for _, n in scalars] == list(conv.ConvScalars._fields)
+    # launch_conv unpacks ConvPlan.channels into these names, between the arrays,
+    # and appends ConvPlan.sizes after the last array
+    channels = conv.ConvScalars._fields[: conv._SIZES_START]
+    assert channels == ("x_c_total", "x_c0", "add_c_total", "add_c0", "out_c_total", "out_c0")
+    assert names[names.index("out") + 3 :] == list(conv.ConvScalars._fields[conv._SIZES_START :])
+    monkeypatch.setattr(conv, "_PLANS", {})
+    ex = GridRecorder()
+    x, w, out = _conv_arrays(np.float64)
+    conv.launch_conv(ex, "4_pipelined", x, w, None, out, stride=(1, 1), padding=(1, 1),
+                     dilation=(1, 1), groups=1, negative_slope=0.25)  # fmt: skip
+    (plan,) = conv._PLANS.values()
+    kernel_args = dict(zip(names, ex.args[-1], strict=True))
+    c_types = {"idx_t": np.int64, "int": np.int32, "T": np.float64}
+    for c_type, name in scalars:
+        value = getattr(plan.scalars, name)
+        assert type(value) is c_types[c_type], (name, type(value))
+        assert kernel_args[name] is value, name
+    assert (plan.scalars.x_c_total, plan.scalars.kh, plan.scalars.negative_slope) == (8, 3, 0.25)
+    assert plan.channels + plan.sizes == plan.scalars
 
 
 def test_plan_follows_the_launch_limits_it_was_computed_with(monkeypatch):
     ex = GridRecorder()
     geometry = dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1)
     x, w, out = _conv_arrays()
-    conv.launch_conv(ex, "1_direct", x, w, None, out, **geometry)
+    conv.launch_conv(ex, "1_naive", x, w, None, out, **geometry)
     monkeypatch.setattr(_runtime, "MAX_BLOCKS_1D", 1)
-    conv.launch_conv(ex, "1_direct", x, w, None, out, **geometry)
+    conv.launch_conv(ex, "1_naive", x, w, None, out, **geometry)
     assert ex.grids[0][0] > 1 and ex.grids[1] == (1,)

@@ -219,11 +219,11 @@ def test_dtype_name():
 
 
 def test_kernel_source_pastes_included_headers_once(tmp_path, monkeypatch):
-    text = _runtime.kernel_source("conv_tensor_core.cu")
+    text = _runtime.kernel_source("conv_5_tensor_core.cu")
     assert text.count("// ---- conv_common.cuh ----") == 1  # also included by nothing else
     assert text.count("// ---- mma.cuh ----") == 1
     assert not _runtime._INCLUDE.search(text)  # every project header is pasted in
-    assert text.index("R2N_CONV_PARAMS") < text.index("conv2d_4_tensor_core")
+    assert text.index("R2N_CONV_PARAMS") < text.index("conv2d_5_tensor_core")
     # A header included twice (here, by another header) is pasted once.
     (tmp_path / "a.cuh").write_text('#include "b.cuh"\nint a;')
     (tmp_path / "b.cuh").write_text("int b;")

@@ -1,4 +1,4 @@
-"""Variant 4_tensor_core (precision "tf32" / "bf16") on a real GPU (skipped without one).
+"""Variant 5_tensor_core (precision "tf32" / "bf16") on a real GPU (skipped without one).
 
 The cases of tests/test_gpu_tensor_core_emulated.py (its checks: the format's
 bound, the element-wise worst case, and agreement with the reference on
@@ -102,7 +102,7 @@ def test_tensor_core_chain_on_gpu(rng, case, precision):
 def test_tensor_core_bottle2neck_on_gpu(rng, case, precision):
     import cupy
 
-    from r2n.gpu.res2net import prepare_bottle2neck
+    from r2n.gpu.prepared import prepare_bottle2neck
 
     c_in, c_out, width, scale, stype, stride, groups, kind = case
     params = _block(rng, case)

@@ -1,4 +1,4 @@
-"""conv2d variant 4_tensor_core (precision "tf32" / "bf16") under the CPU emulator.
+"""conv2d variant 5_tensor_core (precision "tf32" / "bf16") under the CPU emulator.
 
 Every tensor-core path runs through tests/cuda_emu (mma.sync, ldmatrix and
 cp.async emulated with the PTX ISA's layouts and rounding; two thread
@@ -33,6 +33,7 @@ from r2n import reference as ref
 from r2n.gpu import _runtime
 from r2n.gpu import conv as gconv
 from r2n.gpu import conv_tensor_core as tc
+from r2n.gpu import prepared as gprep
 from r2n.gpu import res2net as gres
 
 PRECISIONS = tc.PRECISIONS
@@ -159,7 +160,7 @@ def test_tensor_core_random_geometries(ex, seed):
     case = (int(rng.integers(1, 3)), c_in, h, w, c_out, kernel, stride, padding, dilation, groups)
     x, weight, bias, args = _conv_inputs(rng, case)
     precision = PRECISIONS[seed % 2]
-    out = gconv.VARIANTS["4_tensor_core"](
+    out = gconv.VARIANTS["5_tensor_core"](
         x, weight, bias, executor=ex, precision=precision, **args
     )
     check_conv(out, x, weight, bias, args, precision)
@@ -173,7 +174,7 @@ def test_tensor_core_fused_epilogue(ex, rng, precision, activation):
     (residual,) = _read_only(rng.standard_normal(args["out_shape"]).astype(np.float32))
     out = gconv.conv2d_fused(
         x, weight, bias, residual=residual, activation=activation, negative_slope=0.2,
-        executor=ex, variant="4_tensor_core", precision=precision, **args,
+        executor=ex, variant="5_tensor_core", precision=precision, **args,
     )  # fmt: skip
     check_conv(out, x, weight, bias, args, precision, residual, activation)
 
@@ -190,7 +191,7 @@ def test_tensor_core_reads_summed_slices_and_writes_its_slice_only(ex, rng, prec
     out = rng.standard_normal((2, 33, 7, 9)).astype(np.float32)
     before = out.copy()
     gconv.launch_conv(
-        ex, "4_tensor_core", x, weight, bias, out, stride=(1, 1), padding=(1, 1),
+        ex, "5_tensor_core", x, weight, bias, out, stride=(1, 1), padding=(1, 1),
         dilation=(1, 1), groups=3, x_c0=2, add=a, add_c0=1, out_c0=3, precision=precision,
     )  # fmt: skip
     summed = x[:, 2:29] + a[:, 1:28]  # float32, as the kernel sums on load
@@ -212,15 +213,15 @@ def test_tensor_core_loops_over_images_and_groups_past_grid_z(ex, rng, monkeypat
 
 def test_variants_and_precisions_must_agree(ex, rng):
     x, weight, bias, args = _conv_inputs(rng, CONV_CASES[0])
-    with pytest.raises(ValueError, match="variant 4_tensor_core computes in tf32 or bf16"):
-        gconv.VARIANTS["4_tensor_core"](x, weight, bias, executor=ex, **args)  # fp32
-    with pytest.raises(ValueError, match="variant 2_implicit_gemm computes in fp32"):
-        gconv.VARIANTS["2_implicit_gemm"](x, weight, bias, executor=ex, precision="tf32", **args)
+    with pytest.raises(ValueError, match="variant 5_tensor_core computes in tf32 or bf16"):
+        gconv.VARIANTS["5_tensor_core"](x, weight, bias, executor=ex, **args)  # fp32
+    with pytest.raises(ValueError, match="variant 4_pipelined computes in fp32"):
+        gconv.VARIANTS["4_pipelined"](x, weight, bias, executor=ex, precision="tf32", **args)
     x64, w64, b64 = (a.astype(np.float64) for a in (x, weight, bias))
     with pytest.raises(ValueError, match="float64 has no tensor-core path"):
-        gconv.VARIANTS["4_tensor_core"](x64, w64, b64, executor=ex, precision="bf16", **args)
+        gconv.VARIANTS["5_tensor_core"](x64, w64, b64, executor=ex, precision="bf16", **args)
     with pytest.raises(ValueError, match="precision must be one of"):
-        gconv.PreparedConv2d(
+        gprep.PreparedConv2d(
             weight, bias, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1,
             executor=ex, precision="fp16",
         )  # fmt: skip
@@ -233,7 +234,7 @@ def test_depthwise_stays_float32_with_tensor_cores_allowed(ex, rng):
     x, weight, bias, args = _conv_inputs(rng, case)
     ex.launches.clear()
     out = gconv.conv2d(x, weight, bias, executor=ex, precision="bf16", **args)
-    assert ex.launches == [("conv.cu", "conv2d_1_direct<float>")]
+    assert ex.launches == [("conv_1_naive.cu", "conv2d_1_naive<float>")]
     assert rel_err(out, ref.conv2d(_f64(x), _f64(weight), _f64(bias), **args)) <= 1e-5
 
 
@@ -277,7 +278,7 @@ def test_chain_forced_variant_must_compute_in_the_precision(ex, rng):
     kw = {k: args[k] for k in ("scale", "stype", "stride", "groups", "width")}
     with pytest.raises(ValueError, match="computes in precision='tf32'"):
         gres.PreparedChain(weights, biases, dtype=np.float32, executor=ex,
-                           variant="2_implicit_gemm", precision="tf32", **kw)  # fmt: skip
+                           variant="4_pipelined", precision="tf32", **kw)  # fmt: skip
     with pytest.raises(ValueError, match="float64 has no tensor-core path"):
         gres.PreparedChain(weights, biases, dtype=np.float64, executor=ex, precision="tf32", **kw)
 
@@ -325,8 +326,8 @@ def test_tensor_core_bottle2neck_matches_reference(ex, rng, case, precision):
     expected = ref.bottle2neck(_f64(x), params.map(_f64), **args)
     ex.launches.clear()
     out = gres.bottle2neck(x, params, executor=ex, precision=precision, **args)
-    files = [f for f, _ in ex.launches]
-    assert files.count("conv.cu") == (1 if kind == "pool" else 0)  # only the pooled shortcut
+    fp32_files = [f for f, _ in ex.launches if f != tc.FILE]
+    assert fp32_files == (["gemm_1x1.cu"] if kind == "pool" else [])  # the pooled shortcut
     assert rel_err(out, expected) <= tc.tolerance(precision, bottleneck_layers(scale, stype))
 
 
@@ -438,7 +439,7 @@ def test_prepare_passes_precision_to_the_gpu_factories(cupy_like, rng):
     params = _block(rng, BLOCK_CASES[0])
     block = _backends.prepare("bottle2neck", "gpu", "cupy", params, scale=4, stype="normal",
                               stride=1, groups=1, precision="bf16")  # fmt: skip
-    assert block.precision == "bf16" and block.chain.variant == "4_tensor_core"
+    assert block.precision == "bf16" and block.chain.variant == "5_tensor_core"
     with pytest.raises(ValueError, match="gpu backend"):
         _backends.prepare("conv2d", "reference", "numpy", weight, bias, **geometry,
                           precision="tf32")  # fmt: skip

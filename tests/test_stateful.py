@@ -467,10 +467,10 @@ def _gpu_block(i, dtype):
 
 @functools.cache
 def _gpu_conv(i, dtype):
-    from r2n.gpu import conv
+    from r2n.gpu import prepared
 
     w, b = _conv_weights(CONVS[i], dtype)
-    return conv.PreparedConv2d(w, b, executor=_emulator(), **_conv_options(CONVS[i]))
+    return prepared.PreparedConv2d(w, b, executor=_emulator(), **_conv_options(CONVS[i]))
 
 
 class EmulatedGpuMachine(_Calls):

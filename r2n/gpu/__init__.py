@@ -10,14 +10,21 @@ same launchers run on the CPU under the test emulator (tests/cuda_emu):
 module             ops
 =================  ==========================================================
 ``elementwise``    relu, leaky_relu, sigmoid, batch_norm, fold_batch_norm
-``pool``           max_pool2d, avg_pool2d, global_avg_pool2d (2 variants)
-``layers``         linear (3 variants), space_to_depth, blur_pool2d,
+``pool``           max_pool2d, avg_pool2d, global_avg_pool2d (a 2-step ladder)
+``layers``         linear (a 3-step ladder), space_to_depth, blur_pool2d,
                    squeeze_excite
-``conv``           conv2d (numbered variants; ``conv_tensor_core``: variant 4,
-                   tf32 / bf16 on tensor cores)
-``res2net``        res2net_chain, bottle2neck, fused
+``conv``           conv2d: a ladder of 5 steps, one kernel file each
+                   (kernels/conv_<step>.cu; ``conv_tensor_core``: step 5,
+                   tf32 / bf16 on tensor cores), and the 1x1 GEMMs of the
+                   fused launchers (kernels/gemm_1x1.cu)
+``res2net``        res2net_chain (a 3-step ladder: unfused to fused),
+                   bottle2neck, fused
+``prepared``       the PREPARE factories: prepared conv2d and bottle2neck
 ``graph``          :func:`capture`: a whole forward recorded as one CUDA graph
 =================  ==========================================================
+
+:data:`LADDERS` lists every numbered step of conv2d, res2net_chain,
+global_avg_pool2d and linear, in order (r2n._ladder; ``r2n ladder``).
 
 Importing r2n (or this package) never imports CuPy: ``_runtime.executor()``
 does, at the first launch, and raises a RuntimeError naming the problem when
@@ -27,11 +34,12 @@ and kernels run on CuPy's current stream of that device.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 
 from .._checks import array_kind
-from . import conv, elementwise, layers, pool, res2net
+from . import conv, elementwise, layers, pool, prepared, res2net
 from .graph import CapturedCall as CapturedCall
 from .graph import capture as capture
 
@@ -75,8 +83,20 @@ OPS: dict = {
 #: op name -> factory of a prepared layer with its weights on the current
 #: device (see r2n._backends.prepare).
 PREPARE: dict = {
-    "conv2d": conv.PreparedConv2d,
-    "bottle2neck": res2net.prepare_bottle2neck,
+    "conv2d": prepared.prepare_conv2d,
+    "bottle2neck": prepared.prepare_bottle2neck,
+}
+
+#: op name -> its ladder (r2n._ladder): every numbered step of the op, in order,
+#: each run on its input's device (as OPS); ``r2n ladder`` times them side by side.
+LADDERS: dict = {
+    op: tuple(dataclasses.replace(step, run=_on_input_device(step.run)) for step in ladder)
+    for op, ladder in {
+        "conv2d": conv.LADDER,
+        "res2net_chain": res2net.LADDER,
+        "global_avg_pool2d": pool.LADDER,
+        "linear": layers.LADDER,
+    }.items()
 }
 
 

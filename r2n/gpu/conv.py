@@ -1,41 +1,49 @@
-"""conv2d on the GPU, in four numbered variants (kernels/conv.cu, conv_tensor_core.cu).
+"""conv2d on the GPU: the ladder of kernels, one file per step, and its launcher.
 
-=====================  =========================================================
-variant                what it is
-=====================  =========================================================
-``1_direct``           one thread per output element; ~2 global loads per
-                       multiply-add. Any stride, padding, dilation, groups.
-``2_implicit_gemm``    per (image, group) a GEMM (C_out_g x K) * (K x pixels),
-                       K = C_in_g * kH * kW, with im2col columns built on the
-                       fly in shared memory; each thread keeps a 4 x 4 register
-                       tile. A 32-row block tile for groups of <= 32 output
-                       channels (Res2Net's chain convs), 64 rows otherwise.
-``3_gemm_1x1``         1x1 / stride 1 / padding 0 only: the input plane is the
-                       GEMM's right matrix, no im2col arithmetic; 8 x 8 (float)
-                       or 8 x 4 (double) register tiles in 128-wide block tiles
-                       when there are enough of them to fill the GPU, else the
-                       4 x 4 / 64 x 64 tile.
-``4_tensor_core``      variant 2's implicit GEMM on warp-level mma.sync (sm_80+),
-                       operands rounded to TF32 or bfloat16 (``precision``), float32
-                       accumulators; float32 data only (r2n.gpu.conv_tensor_core).
-=====================  =========================================================
+The ladder (:data:`LADDER`; kernels in r2n/gpu/kernels, one idea per step,
+each file a readable diff of the one before, its header saying what it
+changes, why it is faster and what was measured):
 
-Both GEMM variants fetch the next K slice into registers while multiplying
-the current one (a software pipeline); see the header of kernels/conv.cu.
+====================  =========================  ==============================================
+step                  kernel file                what it adds to the step before
+====================  =========================  ==============================================
+``1_naive``           conv_1_naive.cu            one thread per output: the definition, ~2
+                                                 global loads per multiply-add
+``2_smem_tiles``      conv_2_smem_tiles.cu       16 x 16 output tiles per block, an implicit
+                                                 GEMM: weights and im2col columns staged in
+                                                 shared memory, each value used 16 times
+``3_register_tiles``  conv_3_register_tiles.cu   a 4 x 4 tile of outputs per thread, in
+                                                 registers: 8 shared loads feed 16 FMAs
+``4_pipelined``       conv_4_pipelined.cu        the next K slice fetched into registers
+                                                 while this one is multiplied
+``5_tensor_core``     conv_5_tensor_core.cu      step 4 on warp-level mma.sync, operands
+                                                 rounded to TF32 or bfloat16 (``precision``;
+                                                 float32 data only; conv_tensor_core.py)
+====================  =========================  ==============================================
 
-Every variant has the same fused epilogue: bias, a residual add and ReLU /
-LeakyReLU, and can read its input from a channel slice of a larger tensor
-(plus a second slice added on load) and write into a channel slice of a larger
-output: the Res2Net chain (r2n.gpu.res2net) uses this to run without split,
-add or cat passes.
+Beside the ladder, the fused launchers' building blocks (kernels/gemm_1x1.cu,
+step 4's body with other loads): ``gemm_1x1`` (1x1 / stride 1 / padding 0
+convs: the input plane is the GEMM's right matrix, no im2col arithmetic;
+8 x 8 (float) or 8 x 4 (double) register tiles in 128-wide block tiles when
+there are enough of them to fill the GPU, else step 4's 4 x 4 / 64 x 64
+tile) and ``avg_pool_gemm_1x1`` (the "d" bottleneck shortcut: a ceil-mode
+average pool folded into the 1x1 GEMM's loads; :func:`launch_conv` only).
 
-:func:`conv2d` (the backend's op) picks by shape: 1x1/stride-1/padding-0 convs
-go to ``3_gemm_1x1``; convs with fewer than 8 output channels per group
-(depthwise) to ``1_direct``, because a GEMM tile would leave >= 3/4 of its rows
-empty; everything else to ``2_implicit_gemm``. With ``precision="tf32"`` or
-``"bf16"`` (the caller's choice, never the default) every conv with at least
-8 output channels per group goes to ``4_tensor_core`` (1x1 convs too, through
-its im2col loads); depthwise convs stay on ``1_direct`` in float32, which is
+Every kernel has the same parameters (R2N_CONV_PARAMS, kernels/conv_common.cuh)
+and the same fused epilogue: bias, a residual add and ReLU / LeakyReLU, and
+can read its input from a channel slice of a larger tensor (plus a second
+slice added on load) and write into a channel slice of a larger output: the
+Res2Net chain (r2n.gpu.res2net) uses this to run without split, add or cat
+passes, on any step.
+
+:func:`conv2d` (the backend's op) picks the fastest applicable kernel
+(:func:`pick_variant`): 1x1/stride-1/padding-0 convs go to ``gemm_1x1``;
+convs with fewer than 8 output channels per group (depthwise) to
+``1_naive``, because a GEMM tile would leave >= 3/4 of its rows empty;
+everything else to ``4_pipelined``. With ``precision="tf32"`` or ``"bf16"``
+(the caller's choice, never the default) every conv with at least 8 output
+channels per group goes to ``5_tensor_core`` (1x1 convs too, through its
+im2col loads); depthwise convs stay on ``1_naive`` in float32, which is
 within the requested precision's bounds. These rules follow from tile
 utilisation; the first timings on a GPU (an H100) are in
 benchmarks/results/NOTES-gpu.md.
@@ -43,33 +51,51 @@ benchmarks/results/NOTES-gpu.md.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from .. import _checks
+from .._ladder import Step
 from . import _runtime
 from . import conv_tensor_core as _tc
 
-FILE = "conv.cu"
-
-# Bits of the kernels' ``flags`` argument (see conv.cu).
+# Bits of the kernels' ``flags`` argument (see conv_common.cuh).
 _FLAG_BIAS, _FLAG_ADD, _FLAG_RESIDUAL = 1, 2, 4
-# Kernel ``act`` codes.
+# Kernel ``activation`` codes.
 ACTIVATIONS = {None: 0, "relu": 1, "leaky_relu": 2}
 # Kernel ``side_mode`` codes for the chain's last chunk.
 SIDE_NONE, SIDE_COPY, SIDE_AVG_POOL_3X3 = 0, 1, 2
 
-#: Threads per block of the direct kernel.
-DIRECT_THREADS = 256
+#: Threads per block of step 1.
+NAIVE_THREADS = 256
 
 # Block tiles (BM, BN, BK, TM, TN): BM output channels x BN pixels per block,
-# BK-deep slices of K, TM x TN outputs per thread.
+# BK-deep slices of K, TM x TN outputs per thread (steps 3, 4 and gemm_1x1).
 _TILE_WIDE = (64, 64, 16, 4, 4)
-_TILE_NARROW = (32, 64, 16, 4, 4)
+_TILE_NARROW = (32, 64, 16, 4, 4)  # groups of <= 32 output channels
 _TILE_LARGE = {"float": (128, 128, 8, 8, 8), "double": (128, 64, 8, 8, 4)}
-#: Variant 3 uses the large tile when it still makes at least this many blocks
+#: Step 2's block tile (BM, BN, BK): one output per thread, 256 threads.
+_TILE_SMEM = (16, 16, 16)
+#: gemm_1x1 uses the large tile when it still makes at least this many blocks
 #: (two per SM of a 132-SM H100); smaller problems keep the GPU busier with
 #: 64 x 64 tiles.
 _LARGE_TILE_MIN_BLOCKS = 264
+
+#: The building blocks of the fused launchers beside the ladder (kernels/gemm_1x1.cu).
+GEMM_1X1 = "gemm_1x1"
+AVG_POOL_GEMM_1X1 = "avg_pool_gemm_1x1"
+
+#: variant -> (kernel file, kernel template) of every fp32 kernel launch_conv runs
+#: (5_tensor_core's are named by r2n.gpu.conv_tensor_core).
+KERNELS = {
+    "1_naive": ("conv_1_naive.cu", "conv2d_1_naive"),
+    "2_smem_tiles": ("conv_2_smem_tiles.cu", "conv2d_2_smem_tiles"),
+    "3_register_tiles": ("conv_3_register_tiles.cu", "conv2d_3_register_tiles"),
+    "4_pipelined": ("conv_4_pipelined.cu", "conv2d_4_pipelined"),
+    GEMM_1X1: ("gemm_1x1.cu", "conv2d_gemm_1x1"),
+    AVG_POOL_GEMM_1X1: ("gemm_1x1.cu", "conv2d_avg_pool_gemm_1x1"),
+}
 
 
 def _name(kernel: str, ctype: str, tile=None) -> str:
@@ -78,26 +104,28 @@ def _name(kernel: str, ctype: str, tile=None) -> str:
     return f"{kernel}<{ctype}, {', '.join(map(str, tile))}>"
 
 
-def _all_names() -> list[str]:
-    names = []
-    for ctype in ("float", "double"):
-        names.append(_name("conv2d_1_direct", ctype))
-        for tile in (_TILE_WIDE, _TILE_NARROW):
-            names.append(_name("conv2d_2_implicit_gemm", ctype, tile))
-        for tile in (_TILE_WIDE, _TILE_LARGE[ctype]):
-            names.append(_name("conv2d_3_gemm_1x1", ctype, tile))
-        names.append(_name("conv2d_avgpool_gemm_1x1", ctype, _TILE_WIDE))
-    return names
+def _tiles_of(variant: str, ctype: str) -> tuple:
+    """Every tile ``variant`` is launched with (None: step 1 has no tile)."""
+    if variant == "1_naive":
+        return (None,)
+    if variant == "2_smem_tiles":
+        return (_TILE_SMEM,)
+    if variant == GEMM_1X1:
+        return (_TILE_WIDE, _TILE_LARGE[ctype])
+    if variant == AVG_POOL_GEMM_1X1:
+        return (_TILE_WIDE,)
+    return (_TILE_WIDE, _TILE_NARROW)
 
 
-_runtime.register(FILE, _all_names())
-
-_KERNEL_OF_VARIANT = {
-    "1_direct": "conv2d_1_direct",
-    "2_implicit_gemm": "conv2d_2_implicit_gemm",
-    "3_gemm_1x1": "conv2d_3_gemm_1x1",
-    "avgpool_1x1": "conv2d_avgpool_gemm_1x1",  # internal: the "d" shortcut
-}
+for _variant_name, (_file, _kernel) in KERNELS.items():
+    _runtime.register(
+        _file,
+        [
+            _name(_kernel, ctype, tile)
+            for ctype in ("float", "double")
+            for tile in _tiles_of(_variant_name, ctype)
+        ],
+    )
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -105,20 +133,20 @@ def _cdiv(a: int, b: int) -> int:
 
 
 def is_gemm_1x1(kernel_hw, stride, padding) -> bool:
-    """True for the convs variant 3 computes: 1x1, stride 1, padding 0."""
+    """True for the convs ``gemm_1x1`` computes: 1x1, stride 1, padding 0."""
     return tuple(kernel_hw) == (1, 1) and tuple(stride) == (1, 1) and tuple(padding) == (0, 0)
 
 
 def pick_variant(kernel_hw, stride, padding, c_out_g: int, precision: str = "fp32") -> str:
-    """The variant :func:`conv2d` runs for a conv of this shape and precision
-    (module docstring)."""
+    """The kernel :func:`conv2d` runs for a conv of this shape and precision:
+    the fastest applicable step of the ladder, or ``gemm_1x1`` (module docstring)."""
     if precision != "fp32" and c_out_g >= 8:
-        return "4_tensor_core"
+        return "5_tensor_core"
     if is_gemm_1x1(kernel_hw, stride, padding):
-        return "3_gemm_1x1"
+        return GEMM_1X1
     if c_out_g < 8:
-        return "1_direct"
-    return "2_implicit_gemm"
+        return "1_naive"
+    return "4_pipelined"
 
 
 def launch_conv(
@@ -151,9 +179,10 @@ def launch_conv(
     Parameters
     ----------
     ex : executor (r2n.gpu._runtime.CupyExecutor or the test emulator's)
-    variant : a key of :data:`VARIANTS` (or ``"avgpool_1x1"``: ``x`` is
-        average-pooled with kernel = stride = ``stride``, ceil mode, no
-        padding, before a 1x1 conv at stride 1)
+    variant : a key of :data:`VARIANT_PRECISIONS` (a step of the ladder or
+        ``"gemm_1x1"``), or ``"avg_pool_gemm_1x1"``: ``x`` is average-pooled
+        with kernel = stride = ``stride``, ceil mode, no padding, before a 1x1
+        conv at stride 1
     x : (N, X_C, H, W) C-contiguous; the conv reads channels x_c0 .. x_c0 + C_in
     weight : (C_out, C_in // groups, kH, kW) C-contiguous
     bias : (C_out,) or None
@@ -167,7 +196,8 @@ def launch_conv(
         side_c0 + side_c] copied (SIDE_COPY, needs H_out == H) or 3x3 / stride /
         pad-1 average-pooled (SIDE_AVG_POOL_3X3) into the same channels of out,
         by extra blocks of this launch.
-    precision : "fp32" (variants 1-3), or "tf32" / "bf16" (variant 4 only)
+    precision : "fp32" (every kernel but 5_tensor_core), or "tf32" / "bf16"
+        (5_tensor_core only)
 
     Every slice and shape is checked here, before the launch, so that no
     combination of arguments can make a kernel index outside its arrays.
@@ -213,21 +243,84 @@ def launch_conv(
             _PLANS[key] = plan
     if plan is _EMPTY:
         return
-    file, name, grid, block, shared, scalars = plan
-    # scalars[i] is None where the kernel takes an array (see _plan's args).
+    file, name, grid, block, shared_mem, _, channels, sizes = plan
+    x_c_total, x_c0, add_c_total, add_c0, out_c_total, out_c0 = channels
+    # An absent optional array is passed as any valid pointer of its type: never
+    # read, the flags say so.
     args = (
         x,
-        scalars[1],
-        scalars[2],
+        x_c_total,
+        x_c0,
         x if add is None else add,
-        scalars[4],
-        scalars[5],
+        add_c_total,
+        add_c0,
         weight,
         weight if bias is None else bias,
         out if residual is None else residual,
         out,
-    ) + scalars[10:]
-    ex.launch(file, name, grid, block, args, shared_mem=shared)
+        out_c_total,
+        out_c0,
+    ) + sizes
+    ex.launch(file, name, grid, block, args, shared_mem=shared_mem)
+
+
+class ConvScalars(NamedTuple):
+    """The scalar parameters of every conv kernel, named and ordered as in
+    R2N_CONV_PARAMS (kernels/conv_common.cuh; tests/test_gpu_runtime.py compares
+    the names), typed as the kernels take them; the arrays (x, add, weight, bias,
+    residual, out) are passed beside them at each launch (:func:`launch_conv`)."""
+
+    x_c_total: np.int64  # x's channels; the conv reads x_c0 .. x_c0 + C_in
+    x_c0: np.int64
+    add_c_total: np.int64  # the addend's channels (x's when there is none)
+    add_c0: np.int64
+    out_c_total: np.int64  # out's channels; the conv writes out_c0 .. out_c0 + C_out
+    out_c0: np.int64
+    n_img: np.int32
+    c_in: np.int32
+    h: np.int32
+    w: np.int32
+    c_out: np.int32
+    h_out: np.int32
+    w_out: np.int32
+    kh: np.int32
+    kw: np.int32
+    sh: np.int32  # stride
+    sw: np.int32
+    ph: np.int32  # padding
+    pw: np.int32
+    dh: np.int32  # dilation
+    dw: np.int32
+    groups: np.int32
+    flags: np.int32  # bias / add / residual bits
+    activation: np.int32  # ACTIVATIONS code
+    negative_slope: np.floating  # LeakyReLU's, in the data's dtype
+    side_mode: np.int32  # SIDE_* code of the chain's last chunk
+    side_src_c0: np.int64
+    side_dst_c0: np.int64
+    side_c: np.int32
+    side_blocks: np.int32  # extra blocks of this launch running the side job
+
+
+#: The scalars between the arrays (x_c_total .. out_c0: ConvPlan.channels) and
+#: after the last array (n_img .. side_blocks: ConvPlan.sizes), kept as two
+#: tuples by each plan, so that a launch builds its arguments without a lookup
+#: per scalar (launch_conv unpacks ``channels`` into the fields' names;
+#: tests/test_gpu_review.py checks both against R2N_CONV_PARAMS).
+_SIZES_START = ConvScalars._fields.index("n_img")
+
+
+class ConvPlan(NamedTuple):
+    """One launch_conv call's launch, computed once per shapes and options."""
+
+    file: str  # the kernel's source in r2n/gpu/kernels
+    name: str  # its name expression
+    grid: tuple
+    block: tuple
+    shared_mem: int  # bytes of dynamic shared memory
+    scalars: ConvScalars
+    channels: tuple  # scalars[:_SIZES_START], built once
+    sizes: tuple  # scalars[_SIZES_START:], built once
 
 
 #: Launch plans of launch_conv by the shapes and options of a call (every check
@@ -239,9 +332,9 @@ def launch_conv(
 #: stored; two threads computing one plan store equal values (dict get / set
 #: are atomic). At most _MAX_PLANS are kept (later shapes are planned every
 #: call); tests/test_stateful.py interleaves shapes and drops them.
-_PLANS: dict[tuple, tuple] = {}
+_PLANS: dict[tuple, ConvPlan | tuple] = {}
 _MAX_PLANS = 4096
-_EMPTY = ()  # the plan of a call with nothing to compute
+_EMPTY = ()  # the plan of a call with nothing to compute (not None: "not planned yet")
 
 
 def _tunables() -> tuple:
@@ -279,19 +372,18 @@ def _plan(
     op,
     tunables,
 ):
-    """Check one launch_conv call's shapes and options and compute its launch:
-    (source file, name expression, grid, block, shared memory, kernel scalars
-    with None in the array slots), or _EMPTY when there is nothing to compute."""
+    """Check one launch_conv call's shapes and options and compute its launch
+    (a :class:`ConvPlan`), or _EMPTY when there is nothing to compute."""
     large_tile_min_blocks, max_blocks_1d, max_grid_dim = tunables
     ctype = _runtime.dtype_name(dtype)
     n_img, x_c_total, h, w = x_shape
     c_out, c_in_g, kh, kw = weight_shape
     c_in = c_in_g * groups
     _, out_c_total, h_out, w_out = out_shape
-    if variant == "4_tensor_core":
+    if variant == "5_tensor_core":
         if precision not in _tc.PRECISIONS:
             raise ValueError(
-                f"r2n.{op}: variant 4_tensor_core computes in {' or '.join(_tc.PRECISIONS)}; "
+                f"r2n.{op}: variant 5_tensor_core computes in {' or '.join(_tc.PRECISIONS)}; "
                 f"pass precision='tf32' or 'bf16' (got {precision!r})"
             )
         if ctype != "float":
@@ -302,7 +394,7 @@ def _plan(
     elif precision != "fp32":
         raise ValueError(
             f"r2n.{op}: variant {variant} computes in fp32, got precision={precision!r} "
-            "(tf32 and bf16 run on variant 4_tensor_core)"
+            "(tf32 and bf16 run on variant 5_tensor_core)"
         )
     if groups < 1 or c_out % groups:
         raise ValueError(f"r2n.{op}: groups={groups} must divide C_out={c_out}")
@@ -327,7 +419,7 @@ def _plan(
             f"got {tuple(residual_shape)}"
         )
     # The output size the geometry implies must be out's: the kernels trust it.
-    if variant == "avgpool_1x1":
+    if variant == AVG_POOL_GEMM_1X1:
         if (kh, kw) != (1, 1) or groups != 1:
             raise ValueError(
                 f"r2n.{op}: the pooled shortcut needs a 1x1 conv, groups 1; "
@@ -338,9 +430,9 @@ def _plan(
             for a, s_, k in (("H", h, stride[0]), ("W", w, stride[1]))
         )
     else:
-        if variant == "3_gemm_1x1" and not is_gemm_1x1((kh, kw), stride, padding):
+        if variant == GEMM_1X1 and not is_gemm_1x1((kh, kw), stride, padding):
             raise ValueError(
-                f"r2n.{op}: variant 3_gemm_1x1 computes 1x1 convs with stride 1 and "
+                f"r2n.{op}: variant gemm_1x1 computes 1x1 convs with stride 1 and "
                 f"padding 0, got kernel {(kh, kw)}, stride {stride}, padding {padding}"
             )
         expect = tuple(
@@ -394,31 +486,41 @@ def _plan(
     plane_out = h_out * w_out
     side_total = n_img * side_c * plane_out if side_mode != SIDE_NONE else 0
 
-    file = FILE
-    if variant == "1_direct":
-        block = DIRECT_THREADS
+    if variant == "5_tensor_core":
+        file, kernel = _tc.FILE, None
+    elif variant in KERNELS:
+        file, kernel = KERNELS[variant]
+    else:
+        raise ValueError(
+            f"r2n.{op}: unknown variant {variant!r}; expected one of "
+            f"{[*VARIANT_PRECISIONS, AVG_POOL_GEMM_1X1]}"
+        )
+    if variant == "1_naive":
+        block = NAIVE_THREADS
         conv_blocks = min(_cdiv(n_img * c_out * plane_out, block), max_blocks_1d)
         side_blocks = min(_cdiv(side_total, block), max_blocks_1d)
         grid = (conv_blocks + side_blocks,)
-        name = _name("conv2d_1_direct", ctype)
+        name = _name(kernel, ctype)
         shared = 0
     else:
         c_out_g = c_out // groups
-        if variant == "4_tensor_core":
+        if variant == "5_tensor_core":
             tile = _tc.tile_for(c_out_g)
-        elif variant == "2_implicit_gemm":
-            tile = _TILE_NARROW if c_out_g <= 32 else _TILE_WIDE
-        elif variant == "3_gemm_1x1":
+        elif variant == GEMM_1X1:
             large = _TILE_LARGE[ctype]
             n_large = _cdiv(plane_out, large[1]) * _cdiv(c_out_g, large[0]) * n_img * groups
             tile = large if n_large >= large_tile_min_blocks else _TILE_WIDE
-        elif variant == "avgpool_1x1":
+        elif variant == AVG_POOL_GEMM_1X1:
             tile = _TILE_WIDE
+        elif variant == "2_smem_tiles":
+            tile = _TILE_SMEM
         else:
-            raise ValueError(f"r2n.{op}: unknown variant {variant!r}; expected one of {VARIANTS}")
+            tile = _TILE_NARROW if c_out_g <= 32 else _TILE_WIDE
         bm, bn, bk = tile[:3]
-        if variant == "4_tensor_core":
+        if variant == "5_tensor_core":
             threads = _tc.threads(tile)
+        elif variant == "2_smem_tiles":
+            threads = bm * bn
         else:
             threads = (bm // tile[3]) * (bn // tile[4])
         pixel_tiles = _cdiv(plane_out, bn)
@@ -430,14 +532,16 @@ def _plan(
         side_blocks = min(_cdiv(side_total, per_side_block), max_blocks_1d)
         grid = (pixel_tiles + side_blocks, channel_tiles, images_groups)
         block = threads
-        if variant == "4_tensor_core":
-            file, name = _tc.FILE, _tc.name(precision, tile)
+        if variant == "5_tensor_core":
+            name = _tc.name(precision, tile)
             shared = _tc.shared_bytes(precision, tile)
         else:
-            name = _name(_KERNEL_OF_VARIANT[variant], ctype, tile)
-            # the two tiles (weight rows padded by one), then two copies of
-            # variant 2's 3 * BK ints of decoded im2col rows (conv2d_gemm_body)
-            shared = (bk * (bm + 1) + bk * bn) * np.dtype(dtype).itemsize + 2 * 3 * bk * 4
+            name = _name(kernel, ctype, tile)
+            # the two tiles (weight rows padded by one), then 3 * BK ints of
+            # decoded im2col rows, twice in the pipelined body (one copy in use,
+            # the next slice's being written)
+            tables = 1 if variant in ("2_smem_tiles", "3_register_tiles") else 2
+            shared = (bk * (bm + 1) + bk * bn) * np.dtype(dtype).itemsize + tables * 3 * bk * 4
 
     flags = 0
     if bias_shape is not None:
@@ -446,49 +550,49 @@ def _plan(
         flags |= _FLAG_ADD
     if residual_shape is not None:
         flags |= _FLAG_RESIDUAL
-    scalar = np.dtype(dtype).type
     i64 = np.int64
-    # None: an array, filled in by launch_conv (an absent optional array is
-    # passed as any valid pointer: never read, the flags say so).
-    scalars = (
-        None,
-        i64(x_c_total),
-        i64(x_c0),
-        None,
-        i64(x_c_total if add_shape is None else add_shape[1]),
-        i64(add_c0),
-        None,
-        None,
-        None,
-        None,
-        i64(out_c_total),
-        i64(out_c0),
-        i32(op, "N", n_img),
-        i32(op, "C_in", c_in),
-        i32(op, "H", h),
-        i32(op, "W", w),
-        i32(op, "C_out", c_out),
-        i32(op, "H_out", h_out),
-        i32(op, "W_out", w_out),
-        i32(op, "kH", kh),
-        i32(op, "kW", kw),
-        i32(op, "stride", stride[0]),
-        i32(op, "stride", stride[1]),
-        i32(op, "padding", padding[0]),
-        i32(op, "padding", padding[1]),
-        i32(op, "dilation", dilation[0]),
-        i32(op, "dilation", dilation[1]),
-        i32(op, "groups", groups),
-        np.int32(flags),
-        np.int32(ACTIVATIONS[activation]),
-        scalar(negative_slope),
-        np.int32(side_mode),
-        i64(side_c0),
-        i64(side_c0),
-        i32(op, "side channels", side_c),
-        i32(op, "side blocks", side_blocks),
+    scalars = ConvScalars(
+        x_c_total=i64(x_c_total),
+        x_c0=i64(x_c0),
+        add_c_total=i64(x_c_total if add_shape is None else add_shape[1]),
+        add_c0=i64(add_c0),
+        out_c_total=i64(out_c_total),
+        out_c0=i64(out_c0),
+        n_img=i32(op, "N", n_img),
+        c_in=i32(op, "C_in", c_in),
+        h=i32(op, "H", h),
+        w=i32(op, "W", w),
+        c_out=i32(op, "C_out", c_out),
+        h_out=i32(op, "H_out", h_out),
+        w_out=i32(op, "W_out", w_out),
+        kh=i32(op, "kH", kh),
+        kw=i32(op, "kW", kw),
+        sh=i32(op, "stride", stride[0]),
+        sw=i32(op, "stride", stride[1]),
+        ph=i32(op, "padding", padding[0]),
+        pw=i32(op, "padding", padding[1]),
+        dh=i32(op, "dilation", dilation[0]),
+        dw=i32(op, "dilation", dilation[1]),
+        groups=i32(op, "groups", groups),
+        flags=np.int32(flags),
+        activation=np.int32(ACTIVATIONS[activation]),
+        negative_slope=np.dtype(dtype).type(negative_slope),
+        side_mode=np.int32(side_mode),
+        side_src_c0=i64(side_c0),
+        side_dst_c0=i64(side_c0),
+        side_c=i32(op, "side channels", side_c),
+        side_blocks=i32(op, "side blocks", side_blocks),
     )
-    return file, name, grid, (block,), shared, scalars
+    return ConvPlan(
+        file,
+        name,
+        grid,
+        (block,),
+        shared,
+        scalars,
+        channels=scalars[:_SIZES_START],
+        sizes=scalars[_SIZES_START:],
+    )
 
 
 def conv2d_fused(
@@ -520,7 +624,8 @@ def conv2d_fused(
     activation : None, "relu" or "leaky_relu" (``negative_slope``)
     executor : None (the current GPU's) or an executor (the test emulator)
     variant : None (by shape and precision, :func:`pick_variant`) or a key of
-        :data:`VARIANTS` that computes in ``precision`` (:data:`VARIANT_PRECISIONS`)
+        :data:`VARIANT_PRECISIONS` (a step of the ladder or ``"gemm_1x1"``) that
+        computes in ``precision``
     precision : "fp32" (default), "tf32" or "bf16" (tensor cores, float32 data
         only; error bounds in r2n.gpu.conv_tensor_core)
 
@@ -542,8 +647,10 @@ def conv2d_fused(
         variant = pick_variant(weight.shape[2:], stride, padding, c_out_g, precision)
         if precision not in VARIANT_PRECISIONS[variant]:
             precision = "fp32"  # a conv tensor cores do not speed up (pick_variant)
-    elif variant not in VARIANTS:
-        raise ValueError(f"r2n.conv2d: variant must be one of {list(VARIANTS)}, got {variant!r}")
+    elif variant not in VARIANT_PRECISIONS:
+        raise ValueError(
+            f"r2n.conv2d: variant must be one of {list(VARIANT_PRECISIONS)}, got {variant!r}"
+        )
     out = ex.empty(out_shape, x.dtype)
     launch_conv(
         ex,
@@ -608,99 +715,68 @@ def conv2d(
     )
 
 
-def _variant(name: str):
+def _variant(name: str, precision: str | None = None):
     def run(x, weight, bias, **kwargs):
+        if precision is not None:
+            kwargs.setdefault("precision", precision)
         return conv2d(x, weight, bias, variant=name, **kwargs)
 
     run.__name__ = f"conv2d_{name}"
     run.__doc__ = f"conv2d through variant {name} (arguments as :func:`conv2d`)."
+    if precision is not None:
+        run.__doc__ += f" Computes in precision={precision!r} unless told otherwise."
     return run
 
 
-#: variant name -> the precisions it computes in (``precision=`` of conv2d).
-VARIANT_PRECISIONS = {
-    "1_direct": ("fp32",),
-    "2_implicit_gemm": ("fp32",),
-    "3_gemm_1x1": ("fp32",),
-    "4_tensor_core": _tc.PRECISIONS,
+# The ladder's steps, in order: name -> (the precisions it computes in, what it
+# changes relative to the step before, in one line).
+_STEPS = {
+    "1_naive": (
+        ("fp32",),
+        "one thread per output, the definition: two global loads per multiply-add",
+    ),
+    "2_smem_tiles": (
+        ("fp32",),
+        "16 x 16 output tiles: weights and im2col columns staged in shared memory",
+    ),
+    "3_register_tiles": (
+        ("fp32",),
+        "a 4 x 4 tile of outputs per thread: 8 shared loads feed 16 multiply-adds",
+    ),
+    "4_pipelined": (
+        ("fp32",),
+        "the next K slice fetched into registers while this one is multiplied",
+    ),
+    "5_tensor_core": (
+        _tc.PRECISIONS,
+        "step 4 on mma.sync tensor cores, operands rounded to TF32 (the ladder's run)",
+    ),
 }
 
-#: variant name -> conv2d with that variant forced (same signature as conv2d;
-#: ``4_tensor_core`` needs ``precision="tf32"`` or ``"bf16"``).
-VARIANTS = {name: _variant(name) for name in VARIANT_PRECISIONS}
+#: variant name -> the precisions it computes in (``precision=`` of conv2d): the
+#: ladder's steps and ``gemm_1x1``, every variant :func:`conv2d` takes.
+VARIANT_PRECISIONS = {name: precisions for name, (precisions, _) in _STEPS.items()}
+VARIANT_PRECISIONS[GEMM_1X1] = ("fp32",)
+
+#: The ladder's steps: name -> conv2d with that step forced (same signature as
+#: conv2d; ``5_tensor_core`` needs ``precision="tf32"`` or ``"bf16"``).
+VARIANTS = {name: _variant(name) for name in _STEPS}
 
 
-class PreparedConv2d:
-    """A conv with fixed weights on the device: ``f(x, residual=None) -> y``.
+def _source(name: str) -> str:
+    file = _tc.FILE if name == "5_tensor_core" else KERNELS[name][0]
+    return f"r2n/gpu/kernels/{file}"
 
-    ``y = act(conv2d(x, weight) + bias + residual)``, the factory of
-    ``r2n.gpu.PREPARE["conv2d"]`` (see r2n._backends.prepare). Weights are
-    copied to the device once, C-contiguous, in their dtype; inputs must
-    have that dtype.
 
-    Parameters
-    ----------
-    weight : (C_out, C_in // groups, kH, kW); bias : (C_out,) or None
-    stride, padding, dilation : (h, w) pairs; groups : int
-    activation : None, "relu" or "leaky_relu"; negative_slope : float
-    reuse_output : accepted for the prepare protocol; every call returns a new array.
-    executor : None (the current GPU's) or an executor
-    precision : "fp32" (default), "tf32" or "bf16" (see :func:`conv2d_fused`)
-    """
-
-    def __init__(
-        self,
-        weight,
-        bias,
-        *,
-        stride,
-        padding,
-        dilation,
-        groups,
-        activation=None,
-        negative_slope=0.01,
-        reuse_output=False,
-        executor=None,
-        precision="fp32",
-    ):
-        self.precision = _checks.precision_arg("conv2d", precision, "cupy", weight.dtype)
-        self.ex = _runtime.executor() if executor is None else executor
-        xp = self.ex.xp
-        self.weight = xp.ascontiguousarray(xp.asarray(weight))
-        self.bias = None if bias is None else xp.ascontiguousarray(xp.asarray(bias))
-        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"r2n.conv2d: activation must be one of {list(ACTIVATIONS)}")
-        self.activation = activation
-        self.negative_slope = float(negative_slope)
-
-    def __call__(self, x, residual=None):
-        """x (N, C_in, H, W) -> (N, C_out, H_out, W_out); residual shaped like the output."""
-        arrays = {"x": x, "weight": self.weight, "bias": self.bias, "residual": residual}
-        _checks.check_arrays("conv2d", arrays)
-        args = _checks.conv2d_args(
-            "conv2d",
-            x,
-            self.weight,
-            self.bias,
-            self.stride,
-            self.padding,
-            self.dilation,
-            self.groups,
-        )
-        if residual is not None and tuple(residual.shape) != args["out_shape"]:
-            raise ValueError(
-                f"r2n.conv2d (prepared): residual must have the output's shape "
-                f"{args['out_shape']}, got {tuple(residual.shape)}"
-            )
-        return conv2d_fused(
-            x,
-            self.weight,
-            self.bias,
-            residual=residual,
-            activation=self.activation,
-            negative_slope=self.negative_slope,
-            executor=self.ex,
-            precision=self.precision,
-            **args,
-        )
+#: The conv2d ladder (r2n._ladder.Step), in order. ``5_tensor_core`` runs with
+#: precision="tf32" (float32 data only; its error is TF32's, see
+#: r2n.gpu.conv_tensor_core.tolerance).
+LADDER = tuple(
+    Step(
+        name,
+        summary,
+        _variant(name, "tf32" if name == "5_tensor_core" else None),
+        source=_source(name),
+    )
+    for name, (_, summary) in _STEPS.items()
+)

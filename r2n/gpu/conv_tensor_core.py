@@ -1,8 +1,9 @@
-"""conv2d variant ``4_tensor_core``: its tiles, launch sizes and error bounds.
+"""conv2d step ``5_tensor_core``: its tiles, launch sizes and error bounds.
 
-The kernel (kernels/conv_tensor_core.cu) is variant 2's implicit GEMM with
-the multiply on warp-level ``mma.sync`` (sm_80 and later), the operands
-rounded to a lower precision that the caller chose:
+The kernel (kernels/conv_5_tensor_core.cu, the last step of the conv2d
+ladder) is step 4's pipelined implicit GEMM with the multiply on warp-level
+``mma.sync`` (sm_80 and later), the operands rounded to a lower precision
+that the caller chose:
 
 =========  ============================================  =========================
 precision  operands                                      instruction
@@ -14,7 +15,7 @@ precision  operands                                      instruction
 
 Both accumulate in float32, and every other step (bias, residual, ReLU, the
 chain's adds on load, the side job) stays float32. ``fp32`` (the default of
-every op) never uses this variant. float64 has no tensor-core path.
+every op) never uses this step. float64 has no tensor-core path.
 
 Error bounds
 ------------
@@ -49,14 +50,14 @@ import numpy as np
 
 from . import _runtime
 
-FILE = "conv_tensor_core.cu"
+FILE = "conv_5_tensor_core.cu"
 
-#: The precisions of variant 4 (``fp32`` is the other variants').
+#: The precisions of step 5 (``fp32`` is every other conv kernel's).
 PRECISIONS = ("tf32", "bf16")
 #: Unit roundoff of each precision's operands (half the spacing of numbers in [1, 2)).
 UNIT_ROUNDOFF = {"fp32": 2.0**-24, "tf32": 2.0**-11, "bf16": 2.0**-8}
 
-# The kernel's input-format types (conv_tensor_core.cu).
+# The kernel's input-format types (conv_5_tensor_core.cu).
 _FORMAT = {"tf32": "r2n_tf32", "bf16": "r2n_bf16"}
 # Padding of a weight row in shared memory, in floats (the formats' A_PAD).
 _A_PAD = {"tf32": 4, "bf16": 8}
@@ -84,7 +85,7 @@ def threads(tile) -> int:
 
 def name(precision: str, tile) -> str:
     """The name expression of the kernel for ``precision`` and ``tile``."""
-    return f"conv2d_4_tensor_core<float, {_FORMAT[precision]}, {', '.join(map(str, tile))}>"
+    return f"conv2d_5_tensor_core<float, {_FORMAT[precision]}, {', '.join(map(str, tile))}>"
 
 
 def shared_bytes(precision: str, tile) -> int:

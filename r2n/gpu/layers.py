@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _checks
+from .._ladder import Step
 from . import _runtime
 from ._runtime import THREADS_1D, contiguous, dtype_name, grid_1d, int32_or_error
 from .pool import global_avg_pool_planes
@@ -20,10 +21,10 @@ FILE = "layers.cu"
 #: linear variant -> kernel; see layers.cu's header for what each changes.
 LINEAR_VARIANTS = {
     "1_naive": "linear_1_kernel",
-    "2_smem_tiled": "linear_2_kernel",
-    "3_warp_dot": "linear_3_kernel",
+    "2_smem_tiles": "linear_2_kernel",
+    "3_warp_reduce": "linear_3_kernel",
 }
-#: With fewer rows than this, linear defaults to 3_warp_dot, else to 2_smem_tiled:
+#: With fewer rows than this, linear defaults to 3_warp_reduce, else to 2_smem_tiles:
 #: a 16-row tile would leave most of its threads idle. (A tile-utilisation rule,
 #: not timed on a GPU: none was available.)
 LINEAR_FEW_ROWS = 16
@@ -74,7 +75,7 @@ def _dense(ex, kernel, x2d, w2d, bias, out, tiled, *extra):
         col_tiles = -(-out_features // LINEAR_TILE)
         if col_tiles > _runtime.MAX_GRID_DIM[1]:
             raise ValueError(
-                f"r2n.linear: variant 2_smem_tiled handles at most "
+                f"r2n.linear: variant 2_smem_tiles handles at most "
                 f"{_runtime.MAX_GRID_DIM[1] * LINEAR_TILE} out_features, got {out_features}; "
                 "use variant='1_naive'"
             )
@@ -93,8 +94,8 @@ def linear(x, weight, bias, *, variant=None, executor=None):
     ----------
     x : (..., in_features) ; weight : (out_features, in_features) ;
     bias : (out_features,) or None
-    variant : a key of LINEAR_VARIANTS; None: 3_warp_dot for fewer than
-        LINEAR_FEW_ROWS rows, else 2_smem_tiled
+    variant : a key of LINEAR_VARIANTS; None: 3_warp_reduce for fewer than
+        LINEAR_FEW_ROWS rows, else 2_smem_tiles
 
     Returns
     -------
@@ -116,8 +117,8 @@ def linear(x, weight, bias, *, variant=None, executor=None):
     if out.size == 0:
         return out
     if variant is None:
-        variant = "3_warp_dot" if rows < LINEAR_FEW_ROWS else "2_smem_tiled"
-    mode = {"1_naive": False, "2_smem_tiled": True, "3_warp_dot": "warp"}[variant]
+        variant = "3_warp_reduce" if rows < LINEAR_FEW_ROWS else "2_smem_tiles"
+    mode = {"1_naive": False, "2_smem_tiles": True, "3_warp_reduce": "warp"}[variant]
     _dense(
         ex,
         LINEAR_VARIANTS[variant],
@@ -226,3 +227,25 @@ def _forced(name: str):
 
 #: This area's numbered variants (linear's): name -> the op with it forced.
 VARIANTS = {name: _forced(name) for name in LINEAR_VARIANTS}
+
+#: linear's ladder (r2n._ladder.Step), in order; kernels/layers.cu's header.
+LADDER = (
+    Step(
+        "1_naive",
+        "one thread per output, a dot product from global memory (w's rows K apart)",
+        VARIANTS["1_naive"],
+        source="r2n/gpu/kernels/layers.cu",
+    ),
+    Step(
+        "2_smem_tiles",
+        "16 x 16 output tiles, x and w staged in shared memory: each load used 16 times",
+        VARIANTS["2_smem_tiles"],
+        source="r2n/gpu/kernels/layers.cu",
+    ),
+    Step(
+        "3_warp_reduce",
+        "one warp per output: coalesced loads, a shuffle sum; for few rows (a batch-1 head)",
+        VARIANTS["3_warp_reduce"],
+        source="r2n/gpu/kernels/layers.cu",
+    ),
+)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _checks
+from .._ladder import Step
 from . import _runtime
 from ._runtime import contiguous, dtype_name, grid_1d, int32_or_error
 
@@ -20,11 +21,11 @@ FILE = "pool.cu"
 
 #: global_avg_pool2d variant -> (kernel, threads per block); see pool.cu's header.
 GLOBAL_AVG_POOL_VARIANTS = {
-    "1_thread_per_plane": ("global_avg_pool_1_kernel", 256),
-    "2_warp_shuffle_reduce": ("global_avg_pool_2_kernel", 256),
+    "1_naive": ("global_avg_pool_1_kernel", 256),
+    "2_warp_reduce": ("global_avg_pool_2_kernel", 256),
 }
 #: The fastest global_avg_pool2d variant (the default).
-GLOBAL_AVG_POOL_DEFAULT = "2_warp_shuffle_reduce"
+GLOBAL_AVG_POOL_DEFAULT = "2_warp_reduce"
 
 _runtime.register(
     FILE,
@@ -162,3 +163,19 @@ def _forced(name: str):
 
 #: This area's numbered variants (global_avg_pool2d's): name -> the op with it forced.
 VARIANTS = {name: _forced(name) for name in GLOBAL_AVG_POOL_VARIANTS}
+
+#: global_avg_pool2d's ladder (r2n._ladder.Step), in order; kernels/pool.cu's header.
+LADDER = (
+    Step(
+        "1_naive",
+        "one thread sums one (n, c) plane: the definition, loads H*W apart (uncoalesced)",
+        VARIANTS["1_naive"],
+        source="r2n/gpu/kernels/pool.cu",
+    ),
+    Step(
+        "2_warp_reduce",
+        "one warp per plane: coalesced loads, then a butterfly shuffle sum",
+        VARIANTS["2_warp_reduce"],
+        source="r2n/gpu/kernels/pool.cu",
+    ),
+)

@@ -1,9 +1,10 @@
-"""The Res2Net chain and bottleneck on the GPU, fused (kernels/conv.cu).
+"""The Res2Net chain and bottleneck on the GPU, fused (r2n.gpu.conv's kernels).
 
 A framework runs the chain of a scale-4 block as ~15 kernels, each a pass over
 memory: split, conv, BN, ReLU, add, conv, BN, ReLU, add, ..., pool, cat. Here
-the chain is one launch per conv (``max(scale - 1, 1)`` launches), each
-variant 2 (or 1, for tiny groups) of r2n.gpu.conv:
+the chain is one launch per conv (``max(scale - 1, 1)`` launches), each the
+conv2d ladder's fastest applicable step (r2n.gpu.conv.pick_variant: step
+4_pipelined, or 1_naive for groups of fewer than 8 channels):
 
 * BN is folded into the weights; the epilogue adds the bias, applies ReLU and
   writes the chunk straight into its channel slice of the output (no split,
@@ -14,19 +15,29 @@ variant 2 (or 1, for tiny groups) of r2n.gpu.conv:
 * the last chunk, copied ("normal") or 3x3 average-pooled with the block's
   stride ("stage"), is written by extra blocks of the FIRST conv's launch.
 
-``bottle2neck`` adds the 1x1 convs around it, all variant 3 (GEMM): conv1
-(+ bias + ReLU), the chain, the shortcut (a 1x1 conv; its stride-s form runs
-through variant 2; the "d" form pools on load, see conv2d_avgpool_gemm_1x1),
-and conv3, whose epilogue adds the shortcut and applies the final ReLU.
+:data:`LADDER` shows what each fusion saves, one step at a time:
+``1_unfused`` (:func:`chain_1_unfused`: the framework's passes: per conv a
+split copy, the add, the conv + bias, a ReLU pass and a cat copy, then the
+last chunk), ``2_fused_epilogue`` (:func:`chain_2_fused_epilogue`: bias and
+ReLU in the conv's store, chunks read and written in their channel slices:
+the add and the last chunk remain passes of their own) and ``3_fused``
+(:func:`res2net_chain`: all of the above, one launch per conv). All three
+run the same conv kernel (r2n.gpu.conv.pick_variant).
+
+``bottle2neck`` adds the 1x1 convs around it, on the 1x1 GEMM beside the
+ladder (kernels/gemm_1x1.cu): conv1 (+ bias + ReLU), the chain, the shortcut
+(a 1x1 conv; its stride-s form runs through step 4_pipelined; the "d" form
+pools on load, conv2d_avg_pool_gemm_1x1), and conv3, whose epilogue adds the
+shortcut and applies the final ReLU.
 
 :class:`PreparedChain` and :class:`PreparedBottle2neck` move and lay out the
 weights once (on the device, C-contiguous, in the compute dtype) for repeated
 calls; the public ops prepare on every call.
 
 With ``precision="tf32"`` or ``"bf16"`` (float32 only) every conv of the chain
-and the block runs on variant 4_tensor_core instead (r2n.gpu.conv_tensor_core:
+and the block runs on step 5_tensor_core instead (r2n.gpu.conv_tensor_core:
 operands rounded, float32 accumulators and epilogues), except groups of fewer
-than 8 channels (variant 1, float32) and the "d" shortcut's pooled 1x1 conv
+than 8 channels (step 1_naive, float32) and the "d" shortcut's pooled 1x1 conv
 (float32).
 """
 
@@ -35,12 +46,16 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _checks
-from . import _runtime
+from .._ladder import Step
+from . import _runtime, elementwise, pool
 from .conv import (
+    AVG_POOL_GEMM_1X1,
+    GEMM_1X1,
     SIDE_AVG_POOL_3X3,
     SIDE_COPY,
     SIDE_NONE,
     VARIANT_PRECISIONS,
+    conv2d_fused,
     launch_conv,
     pick_variant,
 )
@@ -61,8 +76,9 @@ class PreparedChain:
     scale, stype, stride, groups, width : as r2n._checks.chain_args
     dtype : float32 or float64, the dtype of the inputs
     executor : None (the current GPU's) or an executor (the test emulator)
-    variant : None (by shape and precision) or "1_direct" / "2_implicit_gemm" /
-        "4_tensor_core" for the 3x3 convs, one that computes in ``precision``
+    variant : None (by shape and precision: the fastest applicable step) or a
+        step of the conv2d ladder (r2n.gpu.conv.VARIANTS) for the 3x3 convs, one
+        that computes in ``precision``
     precision : "fp32" (default), "tf32" or "bf16" (see r2n.gpu.conv.conv2d_fused)
     """
 
@@ -92,7 +108,7 @@ class PreparedChain:
             None if biases is None else _device_array(xp, biases[i], dtype)
             for i in range(self.nums)
         ]
-        chain_variants = [v for v in VARIANT_PRECISIONS if v != "3_gemm_1x1"]
+        chain_variants = [v for v in VARIANT_PRECISIONS if v != GEMM_1X1]
         if variant is None:  # may pick float32 for tf32 / bf16: see pick_variant
             variant = pick_variant((3, 3), (stride, stride), (1, 1), width // groups, precision)
         elif variant not in chain_variants or precision not in VARIANT_PRECISIONS[variant]:
@@ -162,10 +178,109 @@ class PreparedChain:
                 side_mode=side,
                 side_c0=nums * width,
                 side_c=width if side != SIDE_NONE else 0,
-                precision=self.precision if self.variant == "4_tensor_core" else "fp32",
+                precision=self.precision if self.variant == "5_tensor_core" else "fp32",
                 op="res2net_chain",
             )
         return out
+
+
+# --------------------------------------------------------------------------- #
+# The chain's ladder: what each fusion saves (res2net_chain is its last step)
+# --------------------------------------------------------------------------- #
+
+
+def _chain_setup(x, weights, biases, executor):
+    """(executor, x C-contiguous, weights and biases on the device in x's dtype)."""
+    ex = _runtime.executor() if executor is None else executor
+    xp = ex.xp
+    x = xp.ascontiguousarray(x)
+    weights = [_device_array(xp, w, x.dtype) for w in weights]
+    biases = [None] * len(weights) if biases is None else biases
+    biases = [None if b is None else _device_array(xp, b, x.dtype) for b in biases]
+    return ex, x, weights, biases
+
+
+def _last_chunk(ex, x, stype, stride, width, nums):
+    """The chain's last chunk, x[:, nums * width :] (a copy), 3x3 / stride / pad-1
+    average-pooled (count_include_pad) for "stage" blocks, as one more pass."""
+    chunk = ex.xp.ascontiguousarray(x[:, nums * width :])
+    if stype != "stage":
+        return chunk
+    args = _checks.pool2d_args("res2net_chain", chunk, 3, stride, 1, False)
+    return pool.avg_pool2d(chunk, count_include_pad=True, executor=ex, **args)
+
+
+def chain_1_unfused(
+    x, weights, biases, *, scale, stype, stride, groups, width, out_shape, executor=None
+):
+    """The chain as a framework runs it (BN folded): one pass per op.
+
+    Per conv i: split (copy x_i out of x), add (x_i + y_{i-1}, "normal" blocks),
+    conv2d + bias (r2n.gpu.conv's pick for the shape), ReLU (its own kernel), cat
+    (copy y_i into the output); then the last chunk, copied or pooled, and copied
+    into the output. The copies and the add are the array module's (CuPy's
+    kernels on a GPU). Arguments as :func:`res2net_chain`.
+    """
+    ex, x, weights, biases = _chain_setup(x, weights, biases, executor)
+    xp, nums = ex.xp, max(scale - 1, 1)
+    out = ex.empty(out_shape, x.dtype)
+    geometry = dict(stride=(stride, stride), padding=(1, 1), dilation=(1, 1), groups=groups)
+    y = None
+    for i in range(nums):
+        chunk = slice(i * width, (i + 1) * width)
+        sp = xp.ascontiguousarray(x[:, chunk])  # split
+        if stype == "normal" and i > 0:
+            sp = sp + y  # add
+        shape = (out_shape[0], width, *out_shape[2:])
+        y = conv2d_fused(sp, weights[i], biases[i], out_shape=shape, executor=ex, **geometry)
+        y = elementwise.relu(y, executor=ex)
+        out[:, chunk] = y  # cat
+    if scale > 1:
+        out[:, nums * width :] = _last_chunk(ex, x, stype, stride, width, nums)
+    return out
+
+
+def chain_2_fused_epilogue(
+    x, weights, biases, *, scale, stype, stride, groups, width, out_shape, executor=None
+):
+    """Step 1 with the conv's epilogue fused: each conv reads its input chunk in
+    place (a channel slice of x), adds the bias, applies ReLU and writes y_i
+    straight into its channel slice of the output, so the split, the ReLU pass
+    and the cat are gone. Still passes of their own: the add (into one buffer)
+    and the last chunk. Arguments as :func:`res2net_chain`.
+    """
+    ex, x, weights, biases = _chain_setup(x, weights, biases, executor)
+    xp, nums = ex.xp, max(scale - 1, 1)
+    out = ex.empty(out_shape, x.dtype)
+    variant = pick_variant((3, 3), (stride, stride), (1, 1), width // groups)
+    summed = None
+    for i in range(nums):
+        source, source_c0 = x, i * width
+        if stype == "normal" and i > 0:
+            if summed is None:
+                summed = ex.empty((x.shape[0], width, *x.shape[2:]), x.dtype)
+            chunk, previous = slice(i * width, (i + 1) * width), slice((i - 1) * width, i * width)
+            xp.add(x[:, chunk], out[:, previous], out=summed)  # add
+            source, source_c0 = summed, 0
+        launch_conv(
+            ex,
+            variant,
+            source,
+            weights[i],
+            biases[i],
+            out,
+            stride=(stride, stride),
+            padding=(1, 1),
+            dilation=(1, 1),
+            groups=groups,
+            x_c0=source_c0,
+            out_c0=i * width,
+            activation="relu",
+            op="res2net_chain",
+        )
+    if scale > 1:
+        out[:, nums * width :] = _last_chunk(ex, x, stype, stride, width, nums)
+    return out
 
 
 def res2net_chain(
@@ -273,7 +388,7 @@ class PreparedBottle2neck:
             precision=precision,
         )
         # conv1 and conv3 (1x1 GEMMs) and the plain shortcut, in the block's precision
-        self._gemm_1x1 = "3_gemm_1x1" if precision == "fp32" else "4_tensor_core"
+        self._gemm_1x1 = GEMM_1X1 if precision == "fp32" else "5_tensor_core"
 
     def _args(self, x):
         """Check x against the weights (the public op's checks and errors)."""
@@ -326,12 +441,12 @@ class PreparedBottle2neck:
             precision = "fp32"  # the pooled shortcut has no tensor-core form
             if self.shortcut_avg_pool:
                 pool = args["shortcut"]["pool"]
-                variant, stride = "avgpool_1x1", pool["stride"]
+                variant, stride = AVG_POOL_GEMM_1X1, pool["stride"]
             else:
                 stride = conv["stride"]
                 c_out = identity.shape[1]
                 variant = pick_variant((1, 1), stride, (0, 0), c_out, self.precision)
-                precision = self.precision if variant == "4_tensor_core" else "fp32"
+                precision = self.precision if variant == "5_tensor_core" else "fp32"
             launch_conv(
                 ex,
                 variant,
@@ -394,17 +509,24 @@ def bottle2neck(
     return block.run(x, args)
 
 
-def prepare_bottle2neck(
-    params, *, scale, stype, stride, groups, reuse_output=False, precision="fp32"
-):
-    """The ``PREPARE["bottle2neck"]`` factory (r2n._backends.prepare): the block's
-    weights on the current GPU, float32 unless conv1's weight is float64."""
-    return PreparedBottle2neck(
-        params,
-        scale=scale,
-        stype=stype,
-        stride=stride,
-        groups=groups,
-        reuse_output=reuse_output,
-        precision=precision,
-    )
+#: The Res2Net chain's ladder (r2n._ladder.Step), in order: what fusing saves.
+LADDER = (
+    Step(
+        "1_unfused",
+        "a framework's passes: per conv a split copy, the add, conv + bias, ReLU, a cat copy",
+        chain_1_unfused,
+        source="r2n/gpu/res2net.py",
+    ),
+    Step(
+        "2_fused_epilogue",
+        "bias + ReLU in the conv's store, chunks read and written in place: no split, cat",
+        chain_2_fused_epilogue,
+        source="r2n/gpu/res2net.py",
+    ),
+    Step(
+        "3_fused",
+        "the add summed on load, the last chunk by the first launch: one launch per conv",
+        res2net_chain,
+        source="r2n/gpu/res2net.py",
+    ),
+)

@@ -1,10 +1,32 @@
-// conv_common.cuh: what every conv2d variant shares (conv.cu, conv_tensor_core.cu).
+// conv_common.cuh: what every conv2d kernel shares (the ladder's steps
+// conv_1_naive.cu .. conv_5_tensor_core.cu, and gemm_1x1.cu).
 //
-// The epilogue flags, the activation, the summed input load, the fused
-// epilogue store, the Res2Net chain's side job and the parameter list
-// R2N_CONV_PARAMS: see the header of conv.cu for what they compute. A .cu file
-// that needs them says `#include "conv_common.cuh"`; r2n/gpu/_runtime.py
+// Every kernel computes, for image n, group g, output channel co and pixel p:
+//
+//     v = bias[co] + sum_k W[co, k] * X[n, g, k, p]           (K = C_in_g * kH * kW)
+//     v = activation(v + residual[n, co, p])                   (each step optional)
+//     out[n, out_c0 + co, p] = v
+//
+// where the input X is read from a channel slice of a larger buffer
+// (x_c0 .. x_c0 + C_in of x_c_total channels) and, optionally, summed on load
+// with a channel slice of a second buffer of the same H x W (``add``): that
+// is how the Res2Net chain feeds conv i with x_i + y_{i-1} without a pass of
+// its own, and why every output goes straight into its channel slice of the
+// concatenated chain output (no split, no cat). The chain's last chunk
+// (copied, or 3x3 average-pooled for "stage" blocks) is written by extra
+// blocks of the first conv's launch ("side job", see chain_side_job).
+//
+// Here: the epilogue flags, the activation, the summed input load, the fused
+// epilogue store, the side job, the loads of the GEMM-tiled kernels (steps 2
+// to 5 and the 1x1 GEMMs) and the parameter list R2N_CONV_PARAMS that every
+// kernel takes (so the launcher and the chain can swap them). A .cu file that
+// needs them says `#include "conv_common.cuh"`; r2n/gpu/_runtime.py
 // (kernel_source) pastes the text in, as NVRTC gets one string.
+//
+// Offsets into tensors (image, channel and plane products) are idx_t
+// (64-bit); only per-axis coordinates are int. The launcher checks that every
+// size it passes as int (and H + 2 * padding, H + stride) fits in int32 before
+// launching.
 
 #pragma once
 
@@ -12,15 +34,15 @@
 #define R2N_CONV_BIAS 1      // add bias[co]
 #define R2N_CONV_ADD 2       // input = x slice + add slice (the chain's x_i + y_{i-1})
 #define R2N_CONV_RESIDUAL 4  // add residual[n, out_c0 + co, p] before the activation
-// act: 0 none, 1 ReLU, 2 LeakyReLU(slope).
+// activation: 0 none, 1 ReLU, 2 LeakyReLU(negative_slope).
 // side_mode: 0 none, 1 copy chunk (stride 1), 2 3x3 average pool, stride sh,
 // padding 1, count_include_pad=True (every window then divides by 9).
 
 template <typename T>
-__device__ inline T conv_activation(T v, int act, T slope) {
+__device__ inline T conv_activation(T v, int activation, T negative_slope) {
     // Written so that NaN propagates, as PyTorch's relu / leaky_relu.
-    if (act == 1) return v < T(0) ? T(0) : v;
-    if (act == 2) return v < T(0) ? v * slope : v;
+    if (activation == 1) return v < T(0) ? T(0) : v;
+    if (activation == 2) return v < T(0) ? v * negative_slope : v;
     return v;
 }
 
@@ -38,10 +60,10 @@ __device__ inline T conv_load_input(const T* x, idx_t x_plane0, const T* add, id
 // The epilogue for one output element: bias, residual, activation, store.
 template <typename T>
 __device__ inline void conv_store(T acc, T* out, const T* bias, const T* residual, idx_t out_idx,
-                                  int co, int flags, int act, T slope) {
+                                  int co, int flags, int activation, T negative_slope) {
     if (flags & R2N_CONV_BIAS) acc += bias[co];
     if (flags & R2N_CONV_RESIDUAL) acc += residual[out_idx];
-    out[out_idx] = conv_activation(acc, act, slope);
+    out[out_idx] = conv_activation(acc, activation, negative_slope);
 }
 
 // The Res2Net chain's last chunk, run by the extra blocks of a launch:
@@ -83,10 +105,11 @@ __device__ void chain_side_job(const T* x, idx_t x_c_total, T* out, idx_t out_c_
     }
 }
 
-// The side job in the grid of the GEMM-tiled variants (2, 3, 4): x = pixel
-// tiles + side_blocks extra blocks, y = channel tiles, z = images * groups.
-// In an extra block (blockIdx.x >= pixel tiles) this runs the block's share of
-// the chain's last chunk and returns true; in a GEMM block it returns false.
+// The side job in the grid of the GEMM-tiled kernels (steps 2 to 5, the 1x1
+// GEMMs): x = pixel tiles + side_blocks extra blocks, y = channel tiles,
+// z = images * groups. In an extra block (blockIdx.x >= pixel tiles) this runs
+// the block's share of the chain's last chunk and returns true; in a GEMM
+// block it returns false.
 template <typename T>
 __device__ inline bool gemm_grid_side_job(const T* x, idx_t x_c_total, T* out, idx_t out_c_total,
                                           int n_img, int h, int w, int h_out, int w_out,
@@ -102,13 +125,97 @@ __device__ inline bool gemm_grid_side_job(const T* x, idx_t x_c_total, T* out, i
     return true;
 }
 
-// The parameter list every variant shares (so the launcher and the chain can
-// swap variants): input slice (+ optional addend slice), weights, bias,
-// residual, output slice, sizes, conv geometry, epilogue, the side job.
-#define R2N_CONV_PARAMS                                                                       \
-    const T *x, idx_t x_c_total, idx_t x_c0, const T *add, idx_t add_c_total, idx_t add_c0,  \
-        const T *weight, const T *bias, const T *residual, T *out, idx_t out_c_total,          \
-        idx_t out_c0, int n_img, int c_in, int h, int w, int c_out, int h_out, int w_out,      \
-        int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw, int groups, int flags, \
-        int act, T slope, int side_mode, idx_t side_src_c0, idx_t side_dst_c0, int side_c,    \
-        int side_blocks
+// ------------------------------------------------------------------------- //
+// The GEMM-tiled kernels' loads
+// ------------------------------------------------------------------------- //
+//
+// Per (image, group) the conv is a GEMM (C_out_g x K) * (K x H_out*W_out)
+// whose right matrix (im2col) is never materialised: row k of it is input
+// channel c = k / (kH kW) at tap (i, j), i.e. input pixel (oy sh - ph + i dh,
+// ox sw - pw + j dw) for output pixel (oy, ox).
+
+// Rows k0 .. k0 + BK - 1 of a K slice, decoded by the block's first BK threads
+// into tab: input channel in tab[0 : BK], tap offsets dy = i * dh in
+// tab[BK : 2 BK] and dx = j * dw in tab[2 BK : 3 BK]. Once per slice, so that
+// the loads do no integer division (kH, kW are runtime values: the compiler
+// cannot strength-reduce k / (kH kW), and decoded per load it cost about as
+// many instructions as the FMAs). Rows k >= K are decoded but never loaded.
+template <int BK>
+__device__ inline void conv_decode_k_rows(int k0, int* tab, int khw, int kw, int dh, int dw) {
+    const int r = threadIdx.x;
+    if (r < BK) {
+        const int k = k0 + r;
+        const int c = k / khw, t = k - c * khw, i = t / kw;
+        tab[r] = c;
+        tab[BK + r] = i * dh;
+        tab[2 * BK + r] = (t - i * kw) * dw;
+    }
+}
+
+// Element (row kr of a slice decoded into tab, this thread's pixel) of the
+// im2col matrix: input (iy0 + dy, ix0 + dx) of channel c, summed with the
+// addend slice when flags say so, 0 in the padding. (iy0, ix0) = (oy sh - ph,
+// ox sw - pw); x_base, add_base: the group's first channel plane.
+template <typename T, int BK>
+__device__ inline T conv_load_im2col(const T* x, idx_t x_base, const T* add, idx_t add_base,
+                                     idx_t plane_in, const int* tab, int kr, int iy0, int ix0,
+                                     int h, int w, int flags) {
+    const idx_t c_off = (idx_t)tab[kr] * plane_in;
+    return conv_load_input(x, x_base + c_off, add, add_base + c_off, iy0 + tab[BK + kr],
+                           ix0 + tab[2 * BK + kr], h, w, flags);
+}
+
+// The right matrix of a 1x1 / stride-1 / padding-0 conv is the input plane
+// itself (C_in_g x H*W, pixels contiguous): element (k, p), no im2col
+// arithmetic (gemm_1x1.cu).
+template <typename T>
+__device__ inline T conv_load_plane(const T* x, idx_t x_base, const T* add, idx_t add_base,
+                                    idx_t plane_in, int k, idx_t p, int flags) {
+    const idx_t off = (idx_t)k * plane_in + p;
+    T v = x[x_base + off];
+    if (flags & R2N_CONV_ADD) v += add[add_base + off];
+    return v;
+}
+
+// The same plane average-pooled on load (gemm_1x1.cu's "d" shortcut): the
+// window of kernel = stride = (sh, sw) at (iy0, ix0) = (oy sh, ox sw), clipped
+// to the image (ceil mode: the last window may stick out), divided by the
+// elements inside (count_include_pad=False).
+template <typename T>
+__device__ inline T conv_load_avg_pool(const T* x, idx_t x_base, idx_t plane_in, int k, int iy0,
+                                       int ix0, int sh, int sw, int h, int w) {
+    const int y1 = iy0 + sh < h ? iy0 + sh : h;
+    const int x1 = ix0 + sw < w ? ix0 + sw : w;
+    const T* plane = x + x_base + (idx_t)k * plane_in;
+    T v = T(0);
+    for (int iy = iy0; iy < y1; ++iy)
+        for (int ix = ix0; ix < x1; ++ix) v += plane[(idx_t)iy * w + ix];
+    return v / T((y1 - iy0) * (x1 - ix0));
+}
+
+// Threads per block of a BM x BN block tile of TM x TN thread tiles (steps 3
+// and 4, gemm_1x1.cu), and the blocks per SM their register budget must
+// allow: the 4 x 4 tiles keep <= 128 registers per thread (at least 16 warps
+// per SM to hide latency); the 8 x 8 / 8 x 4 tiles need up to 255. For
+// __launch_bounds__ inside a template with parameters BM, BN, TM, TN.
+#define R2N_GEMM_THREADS ((BM / TM) * (BN / TN))
+#define R2N_GEMM_MIN_BLOCKS (TM * TN <= 16 ? 512 / R2N_GEMM_THREADS : 1)
+
+// The parameter list every kernel shares (so the launcher and the chain can
+// swap them): input slice (+ optional addend slice), weights, bias, residual,
+// output slice, sizes, conv geometry, epilogue, the side job. The scalars, in
+// this order, are r2n/gpu/conv.py's ConvScalars (a test compares the names).
+#define R2N_CONV_PARAMS                                                                      \
+    const T *x, idx_t x_c_total, idx_t x_c0, const T *add, idx_t add_c_total, idx_t add_c0, \
+        const T *weight, const T *bias, const T *residual, T *out, idx_t out_c_total,         \
+        idx_t out_c0, int n_img, int c_in, int h, int w, int c_out, int h_out, int w_out,     \
+        int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw, int groups,           \
+        int flags, int activation, T negative_slope, int side_mode, idx_t side_src_c0,        \
+        idx_t side_dst_c0, int side_c, int side_blocks
+// The same parameters as arguments: a kernel passing all of them on to a
+// device function (one body, several kernels).
+#define R2N_CONV_ARGS                                                                        \
+    x, x_c_total, x_c0, add, add_c_total, add_c0, weight, bias, residual, out, out_c_total,  \
+        out_c0, n_img, c_in, h, w, c_out, h_out, w_out, kh, kw, sh, sw, ph, pw, dh, dw,      \
+        groups, flags, activation, negative_slope, side_mode, side_src_c0, side_dst_c0,      \
+        side_c, side_blocks

@@ -1,18 +1,18 @@
 // layers.cu: linear, space_to_depth, blur_pool2d and squeeze_excite's pieces.
 // Launchers: r2n/gpu/layers.py.
 //
-//   linear variants, out (M, N) = x (M, K) @ w (N, K)^T + b:
-//     1_naive       linear_1_kernel: one thread per output element, a dot product
-//                   over K read straight from global memory (a warp's threads
-//                   read 32 different rows of w: K apart, uncoalesced).
-//     2_smem_tiled  linear_2_kernel: 16 x 16 output tiles; x and w are staged in
-//                   shared memory 16 columns of K at a time with coalesced loads,
-//                   and each element loaded is reused by 16 threads. The w tile
-//                   has a padding column so reading it by row is bank-conflict free.
-//     3_warp_dot    linear_3_kernel: one warp per output element; the lanes read
-//                   consecutive k of the x row and the w row (coalesced) and a
-//                   butterfly shuffle sums them. For few rows (a classifier head
-//                   on a small batch), where a 16-row tile would sit mostly idle.
+//   linear's ladder (r2n/gpu/layers.py LADDER), out (M, N) = x (M, K) @ w (N, K)^T + b:
+//     1_naive        linear_1_kernel: one thread per output element, a dot product
+//                    over K read straight from global memory (a warp's threads
+//                    read 32 different rows of w: K apart, uncoalesced).
+//     2_smem_tiles   linear_2_kernel: 16 x 16 output tiles; x and w are staged in
+//                    shared memory 16 columns of K at a time with coalesced loads,
+//                    and each element loaded is reused by 16 threads. The w tile
+//                    has a padding column so reading it by row is bank-conflict free.
+//     3_warp_reduce  linear_3_kernel: one warp per output element; the lanes read
+//                    consecutive k of the x row and the w row (coalesced) and a
+//                    butterfly shuffle sums them. For few rows (a classifier head
+//                    on a small batch), where a 16-row tile would sit mostly idle.
 //   space_to_depth_kernel  one thread per output element:
 //                   out[n, (i*b + j)*C + c, h, w] = x[n, c, b*h + i, b*w + j]
 //   blur_pool2d_kernel     one thread per output element: [1,2,1]/4 along rows

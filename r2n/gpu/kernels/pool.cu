@@ -8,14 +8,14 @@
 //                       elements (padding adds zeros) and divides by PyTorch's
 //                       divisor: the window clipped to the padded input
 //                       (count_include_pad) or the number of real elements.
-//   global_avg_pool variants (GPU engineer A's numbered versions):
-//     1_thread_per_plane     global_avg_pool_1_kernel: one thread sums one
-//                            (n, c) plane serially. Naive: a warp's 32 threads
-//                            read 32 planes, so loads are H*W apart (uncoalesced),
-//                            and there are only N*C threads.
-//     2_warp_shuffle_reduce  global_avg_pool_2_kernel: one warp per plane; lanes
-//                            read consecutive elements (coalesced), then a
-//                            butterfly __shfl_xor_sync sum; 8 planes per block.
+//   global_avg_pool2d's ladder (r2n/gpu/pool.py LADDER):
+//     1_naive        global_avg_pool_1_kernel: one thread sums one (n, c) plane
+//                    serially, the definition. A warp's 32 threads read 32
+//                    planes, so its loads are H*W apart (uncoalesced), and there
+//                    are only N*C threads.
+//     2_warp_reduce  global_avg_pool_2_kernel: one warp per plane; lanes read
+//                    consecutive elements (coalesced), then a butterfly
+//                    __shfl_xor_sync sum; 8 planes per block.
 
 // The rows (or columns) of window `o` inside the input: [*lo, *hi).
 __device__ __forceinline__ void r2n_pool_window(int o, int stride, int pad, int kernel, int size,

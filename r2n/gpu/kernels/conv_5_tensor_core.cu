@@ -1,12 +1,14 @@
-// conv2d variant 4_tensor_core: variant 2's implicit GEMM on the tensor cores.
+// conv2d ladder, step 5_tensor_core: step 4's pipelined implicit GEMM on the
+// tensor cores.
 //
 // Same computation, parameter list (R2N_CONV_PARAMS), grid, fused epilogue,
-// channel slices, add-on-load and chain side job as variant 2 (conv.cu), so
-// the Res2Net chain and bottleneck run on it unchanged (r2n/gpu/conv.py
-// VARIANTS, r2n/gpu/conv_tensor_core.py for the launch). What changes is the
-// multiply: per (image, group) the GEMM (C_out_g x K) * (K x pixels) runs on
-// warp-level mma.sync instead of FMAs, in a lower input precision that the
-// caller chose (precision="tf32" or "bf16"; float32 data only):
+// channel slices, add-on-load and chain side job as step 4
+// (conv_4_pipelined.cu), so the Res2Net chain and bottleneck run on it
+// unchanged (r2n/gpu/conv.py VARIANTS, r2n/gpu/conv_tensor_core.py for the
+// launch). What changes is the multiply: per (image, group) the GEMM
+// (C_out_g x K) * (K x pixels) runs on warp-level mma.sync instead of FMAs,
+// in a lower input precision that the caller chose (precision="tf32" or
+// "bf16"; float32 data only):
 //
 //   r2n_tf32   both operands rounded to TF32 (cvt.rna: 10 mantissa bits, to
 //              nearest, ties away), mma.sync.m16n8k8, float32 accumulators.
@@ -32,7 +34,7 @@
 //            and rounded in registers. Rows are padded (BK + 4 floats for
 //            ldmatrix, BK + 8 for the pairs) so that a warp's reads hit 32
 //            distinct banks.
-//   input    im2col columns as in variant 2 (the (channel, tap) of each of
+//   input    im2col columns as in step 4 (the (channel, tap) of each of
 //            the BK rows decoded once per slice into shared memory, one fixed
 //            pixel per thread, zero padding at the image border, the chain's
 //            addend summed on load): global -> registers -> rounded ->
@@ -48,14 +50,22 @@
 // (cp.async.wait_group 0 just before it: a thread's own copies must have
 // landed before the barrier publishes them).
 //
-// Not timed on a GPU yet; the tiles are template parameters (per-shape tile
-// rules and a 1x1 loader without the im2col table can build on this kernel).
+// Why it is faster: one mma.sync.m16n8k8 (TF32) is 1024 multiply-adds of
+// one warp, where an FMA is 32; the H100's TF32 tensor cores peak at several
+// times its float32 FMA rate (vendor figures; bf16 twice TF32). The operands'
+// precision is the price, which is why only precision="tf32" / "bf16" runs
+// this step (never the default).
+//
+// Measured: not yet on a GPU (written after the H100 session of
+// benchmarks/results/NOTES-gpu.md). The tiles are template parameters
+// (per-shape tile rules and a 1x1 loader without the row table can build on
+// this kernel).
 
 #include "conv_common.cuh"
 #include "mma.cuh"
 
 // The input formats, the template's second parameter (and the name
-// expressions': conv2d_4_tensor_core<float, r2n_tf32, ...>).
+// expressions': conv2d_5_tensor_core<float, r2n_tf32, ...>).
 struct r2n_tf32 {
     static constexpr bool IS_TF32 = true;
     static constexpr int K_STEP = 8;    // mma.m16n8k8
@@ -80,7 +90,7 @@ struct r2n_bf16 {
 
 template <typename T, typename P, int BM, int BN, int BK, int WARPS_M, int WARPS_N>
 __global__ void __launch_bounds__(R2N_TC_THREADS, R2N_TC_MIN_BLOCKS)
-    conv2d_4_tensor_core(R2N_CONV_PARAMS) {
+    conv2d_5_tensor_core(R2N_CONV_PARAMS) {
     static_assert(sizeof(T) == 4, "tensor cores take float32 data, rounded to TF32 or bf16");
     constexpr int NT = R2N_TC_THREADS;
     constexpr int WTM = BM / WARPS_M, WTN = BN / WARPS_N;  // the warp tile
@@ -143,17 +153,6 @@ __global__ void __launch_bounds__(R2N_TC_THREADS, R2N_TC_MIN_BLOCKS)
                 for (int q = 0; q < 4; ++q) acc[mi][ni][q] = 0.f;
         T b_next[B_LOADS];
 
-        // Rows k0 .. k0 + BK - 1 of the im2col matrix: input channel and tap
-        // offsets, into tab (rows k >= K are never loaded).
-        auto decode_rows = [&](int k0, int* tab) {
-            if (tid < BK) {
-                const int k = k0 + tid;
-                const int c = k / khw, t = k - c * khw, i = t / kw;
-                tab[tid] = c;
-                tab[BK + tid] = i * dh;
-                tab[2 * BK + tid] = (t - i * kw) * dw;
-            }
-        };
         // The weights of slice k0 into As[stage]: this thread's A_LOADS
         // elements of column a_k, one cp.async group.
         auto issue_weights = [&](int k0, int stage) {
@@ -173,13 +172,10 @@ __global__ void __launch_bounds__(R2N_TC_THREADS, R2N_TC_MIN_BLOCKS)
 #pragma unroll
             for (int r = 0; r < B_LOADS; ++r) {
                 const int kr = b_row0 + r * (NT / BN);
-                T v = T(0);
-                if (b_p_ok && k0 + kr < K) {
-                    const int c = tab[kr], iy = iy0 + tab[BK + kr], ix = ix0 + tab[2 * BK + kr];
-                    v = conv_load_input(x, x_base + (idx_t)c * plane_in, add,
-                                        add_base + (idx_t)c * plane_in, iy, ix, h, w, flags);
-                }
-                b_next[r] = v;
+                b_next[r] = (b_p_ok && k0 + kr < K)
+                                ? conv_load_im2col<T, BK>(x, x_base, add, add_base, plane_in, tab,
+                                                          kr, iy0, ix0, h, w, flags)
+                                : T(0);
             }
         };
         // b_next, rounded, into Bs[stage].
@@ -258,7 +254,7 @@ __global__ void __launch_bounds__(R2N_TC_THREADS, R2N_TC_MIN_BLOCKS)
         };
 
         const int n_slices = (K + BK - 1) / BK;
-        decode_rows(0, k_tab);
+        conv_decode_k_rows<BK>(0, k_tab, khw, kw, dh, dw);
         issue_weights(0, 0);
         __syncthreads();  // slice 0's table
         fetch_input(0, k_tab);
@@ -267,7 +263,7 @@ __global__ void __launch_bounds__(R2N_TC_THREADS, R2N_TC_MIN_BLOCKS)
             const int cur = s & 1, nxt = cur ^ 1;
             const bool more = s + 1 < n_slices;
             int* next_tab = k_tab + nxt * 3 * BK;  // last read by slice s - 1's fetch
-            if (more) decode_rows((s + 1) * BK, next_tab);
+            if (more) conv_decode_k_rows<BK>((s + 1) * BK, next_tab, khw, kw, dh, dw);
             r2n_cp_async_wait<0>();  // this thread's weights of slice s have landed
             // Slice s (weights, input) and the next table are visible to all, and
             // every warp is done with slice s - 1's stage, which is refilled now.
@@ -297,7 +293,7 @@ __global__ void __launch_bounds__(R2N_TC_THREADS, R2N_TC_MIN_BLOCKS)
                         const idx_t p = p0 + wn0 + ni * 8 + 2 * tig + q1;
                         if (p < plane_out)
                             conv_store<T>(acc[mi][ni][2 * q2 + q1], out, bias, residual, row + p,
-                                          co, flags, act, slope);
+                                          co, flags, activation, negative_slope);
                     }
             }
         __syncthreads();  // the next (image, group) refills every buffer
