@@ -17,14 +17,22 @@ module             ops
 =================  ==========================================================
 
 Numba is imported only when a CPU kernel first runs: ``import r2n`` works
-without it. Kernels compile on first use per dtype (cached on disk with
-``cache=True``); ``r2n.set_num_threads`` sets the thread count of every kernel.
+without it. Kernels compile on first use per dtype, cached on disk where Numba
+can write a cache (else compiled in memory in each process, with one
+:class:`DiskCacheWarning`; see ``_jit``); ``r2n.set_num_threads`` sets the
+thread count of every kernel.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+
+
+class DiskCacheWarning(RuntimeWarning):
+    """Numba found no writable directory for the CPU kernels' disk cache: they
+    compile in memory on first use in every process (issued once per process)."""
+
 
 # op name -> (module in r2n.cpu, function name)
 _WHERE = {
