@@ -6,6 +6,15 @@
   Numba's "no locator available". Checked for real in a child process that
   cannot write there: as an ordinary user the permission bits stop it; as root
   the child drops CAP_DAC_OVERRIDE first, so that they stop root too.
+* Under load (another process holding a core), GNU OpenMP's idle threads
+  must not spin for long (libgomp's default is 300000 spins, ~18 ms on the
+  development VM): r2n starts Numba's pool with GOMP_SPINCOUNT =
+  r2n.cpu._jit.GOMP_SPIN_COUNT unless the user chose a wait policy, and
+  leaves the environment as it was. Checked through libgomp's own report of
+  its settings (OMP_DISPLAY_ENV), in a fresh process; the timings are in
+  benchmarks/under_load.py, not here. Loading those settings starts no
+  threads, so importing the kernels still leaves ``fork`` safe until a
+  kernel runs (the rule README's "Threads and processes" states).
 """
 
 from __future__ import annotations
@@ -142,3 +151,80 @@ def test_kernels_keep_the_disk_cache_where_it_can_be_written():
         pytest.skip("r2n/cpu is not writable here")
     assert isinstance(conv._conv_simd_kernel._cache, FunctionCache)
     assert isinstance(conv.block_layout._cache, FunctionCache)
+
+
+# Runs in a fresh child: starts r2n's thread pool by running a kernel, prints
+# what the environment holds afterwards and Numba's threading layer / OpenMP
+# vendor; libgomp prints its settings to stderr (OMP_DISPLAY_ENV) as it loads.
+_POOL_CHILD = r"""
+import os
+import numpy as np
+import r2n
+x = np.random.default_rng(3).standard_normal((1, 2, 5, 7)).astype(np.float32)
+r2n.relu(x, backend="cpu")
+import numba
+vendor = ""
+if numba.threading_layer() == "omp":
+    from numba.np.ufunc import omppool
+    vendor = omppool.openmp_vendor
+print(numba.threading_layer(), vendor, os.environ.get("GOMP_SPINCOUNT"))
+"""
+
+
+def _pool_child(**env_changes):
+    """(stdout, the GOMP_SPINCOUNT lines of libgomp's report) of _POOL_CHILD."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update(OMP_DISPLAY_ENV="verbose", PYTHONPATH=ROOT, **env_changes)
+    proc = subprocess.run(
+        [sys.executable, "-c", _POOL_CHILD], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    layer, vendor, *_ = proc.stdout.split()
+    if (layer, vendor) != ("omp", "GNU"):
+        pytest.skip(f"Numba's threading layer here is {layer} {vendor}, not GNU OpenMP")
+    lines = [ln.strip() for ln in proc.stderr.splitlines() if "GOMP_SPINCOUNT" in ln]
+    return proc.stdout, lines
+
+
+def test_openmp_threads_spin_briefly_then_sleep():
+    from r2n.cpu._jit import GOMP_SPIN_COUNT
+
+    stdout, lines = _pool_child()
+    assert lines == [f"GOMP_SPINCOUNT = '{GOMP_SPIN_COUNT}'"], lines
+    assert stdout.split()[2] == "None", "r2n left GOMP_SPINCOUNT in the environment"
+
+
+@pytest.mark.parametrize(
+    "name, value", [("GOMP_SPINCOUNT", "5000"), ("OMP_WAIT_POLICY", "ACTIVE")]
+)
+def test_openmp_wait_policy_of_the_user_wins(name, value):
+    stdout, lines = _pool_child(**{name: value})
+    want = "5000" if name == "GOMP_SPINCOUNT" else "30000000000"  # ACTIVE: libgomp's 3e10
+    assert lines == [f"GOMP_SPINCOUNT = '{want}'"], lines
+
+
+# Imports r2n's kernel modules (which load Numba's OpenMP layer with r2n's
+# settings) without running one, forks, and runs a kernel in the child: GNU
+# OpenMP is not fork-safe once its threads run, and Numba then kills the child.
+_FORK_CHILD = r"""
+import os
+import numpy as np
+import r2n.cpu.conv, r2n.cpu.elementwise
+x = np.random.default_rng(5).standard_normal((2, 3, 5, 7))
+pid = os.fork()
+if pid == 0:
+    out = r2n.relu(x, backend="cpu")
+    os._exit(0 if np.array_equal(out, np.maximum(x, 0)) else 3)
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_importing_the_kernels_keeps_fork_safe():
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    proc = subprocess.run(
+        [sys.executable, "-c", _FORK_CHILD], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip() == "0", proc.stdout + proc.stderr

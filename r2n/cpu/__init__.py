@@ -103,6 +103,8 @@ def set_num_threads(n: int) -> None:
 
     import numba
 
+    from . import _jit  # noqa: F401  (r2n's OpenMP settings, before Numba's pool starts)
+
     limit = numba.config.NUMBA_NUM_THREADS
     if isinstance(n, bool) or not isinstance(n, numbers.Integral):
         raise TypeError(f"r2n.set_num_threads: n must be an int, got {n!r}")
@@ -116,5 +118,7 @@ def set_num_threads(n: int) -> None:
 def get_num_threads() -> int:
     """The number of threads of CPU kernels launched from this Python thread."""
     import numba
+
+    from . import _jit  # noqa: F401  (r2n's OpenMP settings, before Numba's pool starts)
 
     return numba.get_num_threads()

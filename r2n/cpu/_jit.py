@@ -16,10 +16,16 @@
 
 ``serial`` is the same without ``parallel``. ``jit(**options)`` makes such a
 decorator for other options (``r2n._bench`` uses it).
+
+Importing this module loads Numba's OpenMP layer (``load_openmp``) with a
+short spin-then-sleep wait for GNU OpenMP's idle threads: see
+``GOMP_SPIN_COUNT``.
 """
 
 from __future__ import annotations
 
+import importlib
+import os
 import threading
 import warnings
 
@@ -72,6 +78,50 @@ def jit(**options):
 
     return decorate
 
+
+#: Spins a GNU OpenMP thread makes, waiting for the next parallel launch or
+#: at the end-of-launch barrier, before it sleeps (one spin is a load and a
+#: PAUSE: ~60 ns on the 2-core development VM, so 1000 is ~60 us there);
+#: libgomp's default is 300000 (~18 ms there). While a thread spins the
+#: scheduler sees a busy CPU: when another process holds one of the cores,
+#: the thread that shares it with that process runs only every few ms, and
+#: every launch (2 per 3x3 conv2d, 97 per res2net50 forward) waits for it
+#: while its partner spins instead of making room (a 0.4 ms conv took
+#: 16-58 ms). With a short spin the waiting thread soon sleeps, the
+#: scheduler runs the late one on the freed core, and a thread woken from
+#: sleep preempts the busy process; back-to-back launches on a quiet machine
+#: still find the workers spinning. See benchmarks/results/NOTES.md
+#: "Under load".
+GOMP_SPIN_COUNT = 1000
+
+_WAIT_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+
+
+def load_openmp() -> None:
+    """Load Numba's OpenMP threading layer (and so libgomp, which reads its
+    settings as it loads) with ``GOMP_SPINCOUNT=GOMP_SPIN_COUNT`` in the
+    environment, then restore the environment.
+
+    Loading starts no threads: Numba still launches its pool at the first
+    parallel kernel, so importing r2n's kernels does not make a later
+    ``fork`` unsafe. Changes nothing where the user set OMP_WAIT_POLICY or
+    GOMP_SPINCOUNT (theirs apply), where libgomp was already loaded (its
+    settings are fixed then), or where Numba has no OpenMP layer; Numba's TBB
+    and workqueue layers ignore the variable. Other OpenMP runtimes loaded
+    later (PyTorch ships its own libgomp) read the restored environment.
+    """
+    if any(name in os.environ for name in _WAIT_ENV):
+        return
+    os.environ["GOMP_SPINCOUNT"] = str(GOMP_SPIN_COUNT)
+    try:
+        importlib.import_module("numba.np.ufunc.omppool")
+    except ImportError:  # a Numba built without OpenMP
+        pass
+    finally:
+        del os.environ["GOMP_SPINCOUNT"]
+
+
+load_openmp()
 
 kernel = jit(parallel=True, fastmath=FASTMATH)
 serial = jit(fastmath=FASTMATH)
