@@ -17,9 +17,8 @@
 ``serial`` is the same without ``parallel``. ``jit(**options)`` makes such a
 decorator for other options (``r2n._bench`` uses it).
 
-Importing this module loads Numba's OpenMP layer (``load_openmp``) with a
-short spin-then-sleep wait for GNU OpenMP's idle threads: see
-``GOMP_SPIN_COUNT``.
+Importing this module loads Numba's OpenMP layer (``load_openmp``) with
+GNU OpenMP's idle threads sleeping instead of spinning: see ``WAIT_POLICY``.
 """
 
 from __future__ import annotations
@@ -79,27 +78,31 @@ def jit(**options):
     return decorate
 
 
-#: Spins a GNU OpenMP thread makes, waiting for the next parallel launch or
-#: at the end-of-launch barrier, before it sleeps (one spin is a load and a
-#: PAUSE: ~60 ns on the 2-core development VM, so 1000 is ~60 us there);
-#: libgomp's default is 300000 (~18 ms there). While a thread spins the
-#: scheduler sees a busy CPU: when another process holds one of the cores,
-#: the thread that shares it with that process runs only every few ms, and
-#: every launch (2 per 3x3 conv2d, 97 per res2net50 forward) waits for it
-#: while its partner spins instead of making room (a 0.4 ms conv took
-#: 16-58 ms). With a short spin the waiting thread soon sleeps, the
-#: scheduler runs the late one on the freed core, and a thread woken from
-#: sleep preempts the busy process; back-to-back launches on a quiet machine
-#: still find the workers spinning. See benchmarks/results/NOTES.md
-#: "Under load".
-GOMP_SPIN_COUNT = 1000
+#: How GNU OpenMP's idle threads wait, set while r2n loads Numba's OpenMP
+#: layer: "PASSIVE", they sleep at once (GOMP_SPINCOUNT 0) instead of
+#: spinning first. libgomp's default spins 300000 times (a load and a PAUSE,
+#: ~60 ns each on the 2-core development VM: ~18 ms). While a thread spins
+#: the scheduler sees a busy CPU: when another process holds one of the
+#: cores, the thread sharing it with that process runs only every few ms,
+#: and every launch (2 per 3x3 conv2d, 97 per res2net50 forward) waits for
+#: it while its partner spins instead of making room (a 0.4 ms conv took
+#: 16-58 ms). A sleeping thread frees its CPU, and one woken from sleep
+#: preempts the busy process. Shorter spins (300, 1000) were measured too:
+#: each spin a thread makes while it shares a CPU with the Python thread is
+#: time that thread waits, so under load they lose to no spin; on a quiet
+#: machine they win only on one-call ops of ~0.2-0.5 ms (waking a sleeping
+#: thread cost ~60-80 us per launch on the VM), and the res2net50 forward is as fast
+#: passive as with libgomp's default. See benchmarks/results/NOTES.md
+#: "Under load" for the numbers. OMP_WAIT_POLICY=ACTIVE (or a
+#: GOMP_SPINCOUNT) set by the user wins.
+WAIT_POLICY = "PASSIVE"
 
 _WAIT_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 
 def load_openmp() -> None:
     """Load Numba's OpenMP threading layer (and so libgomp, which reads its
-    settings as it loads) with ``GOMP_SPINCOUNT=GOMP_SPIN_COUNT`` in the
+    settings as it loads) with ``OMP_WAIT_POLICY=WAIT_POLICY`` in the
     environment, then restore the environment.
 
     Loading starts no threads: Numba still launches its pool at the first
@@ -107,18 +110,20 @@ def load_openmp() -> None:
     ``fork`` unsafe. Changes nothing where the user set OMP_WAIT_POLICY or
     GOMP_SPINCOUNT (theirs apply), where libgomp was already loaded (its
     settings are fixed then), or where Numba has no OpenMP layer; Numba's TBB
-    and workqueue layers ignore the variable. Other OpenMP runtimes loaded
-    later (PyTorch ships its own libgomp) read the restored environment.
+    and workqueue layers ignore the variable, and an LLVM / Intel OpenMP
+    reads it later than this (only GNU OpenMP, Numba's layer in the Linux
+    wheels, is covered). Other OpenMP runtimes loaded later (PyTorch ships
+    its own libgomp) read the restored environment.
     """
     if any(name in os.environ for name in _WAIT_ENV):
         return
-    os.environ["GOMP_SPINCOUNT"] = str(GOMP_SPIN_COUNT)
+    os.environ["OMP_WAIT_POLICY"] = WAIT_POLICY
     try:
         importlib.import_module("numba.np.ufunc.omppool")
     except ImportError:  # a Numba built without OpenMP
         pass
     finally:
-        del os.environ["GOMP_SPINCOUNT"]
+        del os.environ["OMP_WAIT_POLICY"]
 
 
 load_openmp()
