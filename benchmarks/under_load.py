@@ -1,7 +1,9 @@
 """r2n and PyTorch side by side, on a quiet machine and next to a busy core.
 
 ``python benchmarks/under_load.py [--rounds 8] [--nice -19] [--out FILE.json]
-[--workers r2n torch r2n-main=r2n,GOMP_SPINCOUNT=300000 ...]``
+[--workers r2n torch r2n-main=r2n,GOMP_SPINCOUNT=300000 ...]``;
+``python benchmarks/under_load.py --report FILE.json`` prints a saved run as
+the Markdown table of NOTES.md.
 
 What a user sees when another process keeps one core busy: each library runs
 at ``--threads`` threads (default 2) in its own worker process with its
@@ -258,7 +260,7 @@ def run(args) -> dict:
         threads=args.threads,
         busy_cpu=args.busy_cpu,
         env={k: env.get(k) for k in THREAD_ENV},
-        nice=args.nice,
+        niceness=os.nice(0) + args.nice,  # of the workers and the busy loop
         workers={w.label: dict(lib=w.lib, env=w.env_changes, **w.info) for w in workers},
         rounds=args.rounds,
         min_reps=args.min_reps,
@@ -290,6 +292,30 @@ def print_table(result: dict) -> None:
             )
 
 
+def markdown_table(result: dict) -> str:
+    """The summary as a Markdown table (for NOTES.md), medians and means."""
+    lines = [
+        "| case | worker | quiet ms median (p25-p75) | busy ms median (p25-p75) "
+        "| slowdown | quiet / busy ms mean | slowdown of means |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for case, row in result["summary"].items():
+        for label, s in row.items():
+            q, b = s["quiet_ms"], s["busy_ms"]
+            means = "| - | - |"  # runs saved before the means were recorded
+            if "quiet_mean_ms" in s:
+                means = (
+                    f"| {s['quiet_mean_ms']:.3f} / {s['busy_mean_ms']:.3f} "
+                    f"| {s['slowdown_of_means']:.2f}x |"
+                )
+            lines.append(
+                f"| {case} | {label} | {q['median']:.3f} ({q['p25']:.3f}-{q['p75']:.3f}) "
+                f"| {b['median']:.3f} ({b['p25']:.3f}-{b['p75']:.3f}) | {s['slowdown']:.2f}x "
+                + means
+            )
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--worker", choices=("r2n", "torch"), help=argparse.SUPPRESS)
@@ -308,7 +334,12 @@ def main(argv=None):
     p.add_argument("--cases", nargs="+", default=list(CASE_NAMES), choices=CASE_NAMES)
     p.add_argument("--env", nargs="*", default=[], help="KEY=VALUE for every worker")
     p.add_argument("--out", help="write the result JSON here")
+    p.add_argument("--report", metavar="JSON", help="print a saved run as Markdown")
     args = p.parse_args(argv)
+    if args.report:
+        with open(args.report) as f:
+            print(markdown_table(json.load(f)))
+        return
     if args.worker:
         worker(args.worker, args.threads)
         return
