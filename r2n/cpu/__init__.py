@@ -20,7 +20,9 @@ Numba is imported only when a CPU kernel first runs: ``import r2n`` works
 without it. Kernels compile on first use per dtype, cached on disk where Numba
 can write a cache (else compiled in memory in each process, with one
 :class:`DiskCacheWarning`; see ``_jit``); ``r2n.set_num_threads`` sets the
-thread count of every kernel.
+thread count of every kernel. Numba's GNU OpenMP layer is loaded with
+``OMP_WAIT_POLICY=PASSIVE`` unless the user set a wait policy (``_jit``: idle
+threads that spin stall every launch when another process holds a core).
 """
 
 from __future__ import annotations

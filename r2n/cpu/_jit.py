@@ -88,13 +88,13 @@ def jit(**options):
 #: it while its partner spins instead of making room (a 0.4 ms conv took
 #: 16-58 ms). A sleeping thread frees its CPU, and one woken from sleep
 #: preempts the busy process. Shorter spins (300, 1000) were measured too:
-#: each spin a thread makes while it shares a CPU with the Python thread is
-#: time that thread waits, so under load they lose to no spin; on a quiet
-#: machine they win only on one-call ops of ~0.2-0.5 ms (waking a sleeping
-#: thread cost ~60-80 us per launch on the VM), and the res2net50 forward is as fast
-#: passive as with libgomp's default. See benchmarks/results/NOTES.md
-#: "Under load" for the numbers. OMP_WAIT_POLICY=ACTIVE (or a
-#: GOMP_SPINCOUNT) set by the user wins.
+#: a thread spinning on the CPU the Python thread needs delays it by its
+#: whole spin, so under load they lose to no spin; on a quiet machine they
+#: win only on one-call ops of ~0.2-0.5 ms (waking a sleeping thread cost
+#: ~40-80 us per launch on the VM), and the res2net50 forward is about as
+#: fast passive as with libgomp's default. Numbers: benchmarks/results/
+#: NOTES.md "Under load". The user's OMP_WAIT_POLICY (ACTIVE brings the
+#: spin back) or GOMP_SPINCOUNT wins.
 WAIT_POLICY = "PASSIVE"
 
 _WAIT_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
@@ -113,7 +113,9 @@ def load_openmp() -> None:
     and workqueue layers ignore the variable, and an LLVM / Intel OpenMP
     reads it later than this (only GNU OpenMP, Numba's layer in the Linux
     wheels, is covered). Other OpenMP runtimes loaded later (PyTorch ships
-    its own libgomp) read the restored environment.
+    its own libgomp) read the restored environment. (It runs at import,
+    under the import lock; like any setenv, it races only with C code that
+    reads the environment from another thread at that moment.)
     """
     if any(name in os.environ for name in _WAIT_ENV):
         return
