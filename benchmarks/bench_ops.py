@@ -1,6 +1,6 @@
 """Single convolutions (3x3, 1x1, grouped), r2n vs PyTorch.
 
-The cases are ``r2n bench``'s (``r2n._bench.cases``, default sizes): one
+The cases are ``r2n bench``'s (``r2n._bench.suite``, default sizes): one
 group per op and shape (``conv2d 3x3 26->26 N=1 56x56`` ...). Rows, as in
 bench_res2net.py: ``reference`` (all threads), ``cpu`` and ``torch-eager`` at 1
 and all threads, ``gpu`` and ``torch-eager-cuda`` when a GPU is seen.
@@ -15,10 +15,10 @@ import pytest
 import torch
 from bench_res2net import ALL, CUPY, _setup, _sync
 
-from r2n._bench import cases
+from r2n._bench import suite
 from r2n._bench.timing import convert
 
-CONV_CASES = [c for c in cases.cases(quick=False) if c.op == "conv2d"]
+CONV_CASES = [c for c in suite.bench_cases(quick=False) if c.op == "conv2d"]
 ROWS = [("reference", ALL), ("cpu", 1), ("cpu", ALL), ("torch-eager", 1), ("torch-eager", ALL)]
 if CUPY is not None:
     ROWS.append(("gpu", None))

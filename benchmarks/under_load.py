@@ -13,7 +13,7 @@ variables of their own, e.g. libgomp's default spin for r2n (what r2n did
 before it set ``GOMP_SPINCOUNT``) or ``OMP_WAIT_POLICY=PASSIVE``. The
 workers time the same cases:
 
-* ``r2n bench``'s conv2d shapes (``r2n._bench.cases``: 3x3 26->26, 1x1
+* ``r2n bench``'s conv2d shapes (``r2n._bench.suite``: 3x3 26->26, 1x1
   256->104 and 3x3 groups=8 64->64, batch 1, 56x56 / 28x28), r2n's
   ``cpu`` backend against ``torch.nn.functional.conv2d``;
 * the whole res2net50_26w_4s forward (batch 1, 224x224): ``r2n.models``
@@ -74,9 +74,9 @@ CASE_NAMES = ("conv 3x3 26->26", "conv 1x1 256->104", "conv 3x3 g8 64->64", "res
 def _cases():
     """[(name, BenchCase)] in CASE_NAMES order: r2n bench's conv shapes
     (56x56 maps) and the batch-1 224x224 network."""
-    from r2n._bench import cases, network
+    from r2n._bench import network, suite
 
-    convs = [c for c in cases.cases(quick=False) if c.op == "conv2d"]
+    convs = [c for c in suite.bench_cases(quick=False) if c.op == "conv2d"]
     assert len(convs) == 3, [c.label for c in convs]
     return list(zip(CASE_NAMES, [*convs, network.network_case(1, 224)], strict=True))
 

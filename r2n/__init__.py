@@ -8,27 +8,30 @@ unless ``backend=`` forces one. See the README for the table of ops.
 
 from __future__ import annotations
 
-from ._api import (
-    avg_pool2d,
-    batch_norm,
-    blur_pool2d,
-    bottle2neck,
-    conv2d,
-    fold_batch_norm,
-    global_avg_pool2d,
-    leaky_relu,
-    linear,
-    max_pool2d,
-    relu,
-    res2net_chain,
-    sigmoid,
-    space_to_depth,
-    squeeze_excite,
-)
+from . import _api
 from ._backends import BACKENDS, available_backends, implements
-from .cpu import get_num_threads, set_num_threads
+from ._interop import accepts_dlpack as _accepts_dlpack
+from .cpu import clear_scratch, get_num_threads, set_num_threads
 from .models._weights import load_state_dict
 from .params import Bottle2neckParams, FoldedConv
+
+# The public ops: r2n._api's functions (NumPy / CuPy arrays), taking any other
+# DLPack array too (torch, JAX, ...) and returning the caller's kind (r2n/_interop.py).
+conv2d = _accepts_dlpack(_api.conv2d)
+linear = _accepts_dlpack(_api.linear)
+batch_norm = _accepts_dlpack(_api.batch_norm)
+fold_batch_norm = _accepts_dlpack(_api.fold_batch_norm)
+relu = _accepts_dlpack(_api.relu)
+leaky_relu = _accepts_dlpack(_api.leaky_relu)
+sigmoid = _accepts_dlpack(_api.sigmoid)
+max_pool2d = _accepts_dlpack(_api.max_pool2d)
+avg_pool2d = _accepts_dlpack(_api.avg_pool2d)
+global_avg_pool2d = _accepts_dlpack(_api.global_avg_pool2d)
+space_to_depth = _accepts_dlpack(_api.space_to_depth)
+blur_pool2d = _accepts_dlpack(_api.blur_pool2d)
+squeeze_excite = _accepts_dlpack(_api.squeeze_excite)
+res2net_chain = _accepts_dlpack(_api.res2net_chain)
+bottle2neck = _accepts_dlpack(_api.bottle2neck)
 
 __version__ = "0.1.0"
 
@@ -76,5 +79,6 @@ __all__ = [
     "implements",
     "set_num_threads",
     "get_num_threads",
+    "clear_scratch",
     "__version__",
 ]

@@ -1,74 +1,10 @@
-"""Command line: ``r2n check``, ``r2n bench`` and ``r2n classify`` (also ``python -m r2n ...``).
-
-``check`` runs every available backend against the float64 reference on
-Res2Net-50 shapes and prints a table of errors and median times (PyTorch too,
-when installed). Exit code 0 when every implemented backend agrees.
-
-``classify`` prints the top-k classes of images with a whole model and its
-weights (see r2n/_classify_cli.py).
-
-``bench`` checks and times every backend side by side, with this machine's
-peaks, the Res2Net speedup model and optional JSON and PNG output (see
-``r2n._bench_cli``).
-"""
+"""``python -m r2n ...``: the command line of :mod:`r2n.cli`."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="r2n", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command")
-    check = sub.add_parser(
-        "check", help="check every backend against the reference and time it (default)"
-    )
-    check.add_argument("--quick", action="store_true", help="smaller images (28x28)")
-    check.add_argument("--op", nargs="+", metavar="OP", help="only these ops")
-    check.add_argument("--seed", type=int, default=0, help="random seed of the inputs")
-    classify = sub.add_parser(
-        "classify", help="top-k ImageNet classes of images with a whole model (r2n.models)"
-    )
-    classify.add_argument("--model", required=True, help="a name from r2n.models.list_models()")
-    classify.add_argument(
-        "--weights", required=True, help="checkpoint: .safetensors, .npz or (torch) .pth"
-    )
-    classify.add_argument(
-        "--backend", choices=("reference", "cpu", "gpu"), default=None, help="force a backend"
-    )
-    classify.add_argument("--topk", type=int, default=5, help="classes shown per image")
-    classify.add_argument("images", nargs="+", metavar="IMAGE")
-    from . import _bench_cli
-
-    bench = sub.add_parser(
-        "bench", help="check and time every backend side by side; the speedup model; plots"
-    )
-    _bench_cli.add_arguments(bench)
-    args = parser.parse_args(argv)
-    if args.command == "bench":
-        return _bench_cli.run(args)
-    if args.command == "classify":
-        from . import _classify_cli
-
-        return _classify_cli.main(
-            args.model, args.weights, args.images, backend=args.backend, topk=args.topk
-        )
-    from . import _check_cli
-
-    if args.command in (None, "check"):
-        try:
-            return _check_cli.main(
-                quick=getattr(args, "quick", False),
-                ops=getattr(args, "op", None),
-                seed=getattr(args, "seed", 0),
-            )
-        except KeyboardInterrupt:
-            print("\ninterrupted", file=sys.stderr)
-            return 130
-    parser.print_help()
-    return 2
-
+from .cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -18,10 +18,21 @@ from __future__ import annotations
 from . import _backends, _checks
 
 
-def _kind(op: str, arrays: dict) -> str:
-    """Step 1: check the arrays' kind and dtype; return "numpy" or "cupy"."""
-    kind, _ = _checks.check_arrays(op, arrays)
+def _kind(op: str, arrays: dict, optional=()) -> str:
+    """Step 1: check the arrays' kind and dtype; return "numpy" or "cupy".
+
+    ``optional`` names the arguments that may be None; None for any other is a
+    TypeError naming it.
+    """
+    kind, _ = _checks.check_arrays(op, arrays, optional)
     return kind
+
+
+def _precision(op: str, precision, kind: str, x, args: dict) -> None:
+    """Check ``precision=`` (r2n._checks.precision_arg) and pass it on to the
+    backend when it is not the default "fp32" (only the gpu backend takes it)."""
+    if _checks.precision_arg(op, precision, kind, x.dtype) != "fp32":
+        args["precision"] = precision
 
 
 # --------------------------------------------------------------------------- #
@@ -29,7 +40,18 @@ def _kind(op: str, arrays: dict) -> str:
 # --------------------------------------------------------------------------- #
 
 
-def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, backend=None):
+def conv2d(
+    x,
+    weight,
+    bias=None,
+    *,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    precision="fp32",
+    backend=None,
+):
     """2-D convolution (cross-correlation, as PyTorch's ``conv2d``), NCHW.
 
     Parameters
@@ -40,6 +62,12 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, b
     stride, dilation : int >= 1 or (h, w) pair
     padding : int >= 0 or (h, w) pair, zeros on both sides
     groups : int dividing C_in and C_out (groups == C_in is depthwise)
+    precision : "fp32" (default: float32 / float64 arithmetic throughout), or
+        "tf32" / "bf16": float32 CuPy arrays only, multiplied on the GPU's tensor
+        cores with both operands rounded to TF32 (10 mantissa bits) or bfloat16
+        (7 bits), accumulated in float32; the error bounds are in
+        ``r2n.gpu.conv_tensor_core`` (about 0.6 * 2^-11 or 0.6 * 2^-8 relative,
+        norm-wise, on random data). Anything else is a ValueError.
     backend : None, "reference", "cpu" or "gpu" (see ``r2n._backends``)
 
     Returns
@@ -47,8 +75,9 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, b
     (N, C_out, H_out, W_out) with
     ``H_out = (H + 2*padding - dilation*(kH - 1) - 1) // stride + 1``.
     """
-    kind = _kind("conv2d", {"x": x, "weight": weight, "bias": bias})
+    kind = _kind("conv2d", {"x": x, "weight": weight, "bias": bias}, optional=("bias",))
     args = _checks.conv2d_args("conv2d", x, weight, bias, stride, padding, dilation, groups)
+    _precision("conv2d", precision, kind, x, args)
     return _backends.resolve("conv2d", backend, kind)(x, weight, bias, **args)
 
 
@@ -65,7 +94,7 @@ def linear(x, weight, bias=None, *, backend=None):
     -------
     (..., out_features)
     """
-    kind = _kind("linear", {"x": x, "weight": weight, "bias": bias})
+    kind = _kind("linear", {"x": x, "weight": weight, "bias": bias}, optional=("bias",))
     args = _checks.linear_args("linear", x, weight, bias)
     return _backends.resolve("linear", backend, kind)(x, weight, bias, **args)
 
@@ -92,7 +121,7 @@ def batch_norm(x, mean, var, weight=None, bias=None, *, eps=1e-5, backend=None):
     Array shaped like x.
     """
     arrays = {"x": x, "mean": mean, "var": var, "weight": weight, "bias": bias}
-    kind = _kind("batch_norm", arrays)
+    kind = _kind("batch_norm", arrays, optional=("weight", "bias"))
     args = _checks.batch_norm_args("batch_norm", x, mean, var, weight, bias, eps)
     return _backends.resolve("batch_norm", backend, kind)(x, mean, var, weight, bias, **args)
 
@@ -123,7 +152,7 @@ def fold_batch_norm(
         "weight": weight,
         "bias": bias,
     }
-    kind = _kind("fold_batch_norm", arrays)
+    kind = _kind("fold_batch_norm", arrays, optional=("conv_bias", "weight", "bias"))
     args = _checks.fold_batch_norm_args(
         "fold_batch_norm", conv_weight, conv_bias, mean, var, weight, bias, eps
     )
@@ -144,8 +173,8 @@ def relu(x, *, backend=None):
 
 def leaky_relu(x, negative_slope=0.01, *, backend=None):
     """``x if x > 0 else negative_slope * x`` elementwise. Any shape; new array."""
-    kind = _kind("leaky_relu", {"x": x})
-    slope = _checks.as_float("leaky_relu", "negative_slope", negative_slope)
+    kind, dtype = _checks.check_arrays("leaky_relu", {"x": x}, optional=())
+    slope = _checks.as_float("leaky_relu", "negative_slope", negative_slope, dtype=dtype)
     return _backends.resolve("leaky_relu", backend, kind)(x, negative_slope=slope)
 
 
@@ -282,7 +311,7 @@ def squeeze_excite(x, w1, b1, w2, b2, *, backend=None):
     (N, C, H, W)
     """
     op = "squeeze_excite"
-    kind = _kind(op, {"x": x, "w1": w1, "b1": b1, "w2": w2, "b2": b2})
+    kind = _kind(op, {"x": x, "w1": w1, "b1": b1, "w2": w2, "b2": b2}, optional=("b1", "b2"))
     args = _checks.squeeze_excite_args(op, x, w1, b1, w2, b2)
     return _backends.resolve(op, backend, kind)(x, w1, b1, w2, b2, **args)
 
@@ -293,7 +322,16 @@ def squeeze_excite(x, w1, b1, w2, b2, *, backend=None):
 
 
 def res2net_chain(
-    x, weights, biases=None, *, scale, stype="normal", stride=1, groups=1, backend=None
+    x,
+    weights,
+    biases=None,
+    *,
+    scale,
+    stype="normal",
+    stride=1,
+    groups=1,
+    precision="fp32",
+    backend=None,
 ):
     """The hierarchical residual connections of a Res2Net bottleneck.
 
@@ -317,6 +355,8 @@ def res2net_chain(
     stype : "normal" (stride must be 1) or "stage"
     stride : int >= 1
     groups : int dividing width (Res2NeXt's cardinality)
+    precision : "fp32" (default), "tf32" or "bf16": the convs on tensor cores,
+        as :func:`conv2d`
 
     Returns
     -------
@@ -325,10 +365,13 @@ def res2net_chain(
     op = "res2net_chain"
     kind = _kind(op, {"x": x, **_checks.chain_arrays(weights, biases)})
     args = _checks.chain_args(op, x, weights, biases, scale, stype, stride, groups)
+    _precision(op, precision, kind, x, args)
     return _backends.resolve(op, backend, kind)(x, weights, biases, **args)
 
 
-def bottle2neck(x, params, *, scale, stype="normal", stride=1, groups=1, backend=None):
+def bottle2neck(
+    x, params, *, scale, stype="normal", stride=1, groups=1, precision="fp32", backend=None
+):
     """One Res2Net bottleneck block (inference, BN folded).
 
     ``relu(conv3(chain(relu(conv1(x)))) + shortcut(x))`` where conv1 and conv3
@@ -342,12 +385,15 @@ def bottle2neck(x, params, *, scale, stype="normal", stride=1, groups=1, backend
     x : (N, C_in, H, W)
     params : r2n.Bottle2neckParams (see its docstring for every shape)
     scale, stype, stride, groups : as :func:`res2net_chain`
+    precision : "fp32" (default), "tf32" or "bf16": the block's convs on tensor
+        cores, as :func:`conv2d` (the "d" shortcut's pooled 1x1 conv stays float32)
 
     Returns
     -------
     (N, C_out, H_out, W_out)
     """
     op = "bottle2neck"
-    kind = _kind(op, _checks.bottle2neck_arrays(op, x, params))
+    kind = _kind(op, _checks.bottle2neck_arrays(op, x, params), _checks.BOTTLE2NECK_OPTIONAL)
     args = _checks.bottle2neck_args(op, x, params, scale, stype, stride, groups)
+    _precision(op, precision, kind, x, args)
     return _backends.resolve(op, backend, kind)(x, params, **args)

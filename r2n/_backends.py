@@ -31,8 +31,9 @@ reusable buffers::
 A backend package MAY expose ``PREPARE``, a dict from op name to a factory
 with the signature given below; it receives host NumPy arrays and returns the
 callable. For an op it does not list, :func:`prepare` builds a fallback: a
-closure that converts the arrays to the backend's kind once and calls the
-public op (``r2n.conv2d`` ...) with ``backend=`` forced. A backend that lands
+closure that converts the arrays to the backend's kind once and, on each
+call, checks x as the public op would (``r2n._checks``) and runs the
+backend's own ops from its ``OPS`` (conv2d, relu, leaky_relu, bottle2neck). A backend that lands
 later plugs in by adding entries to its ``PREPARE``; models need no change.
 
 The ops that can be prepared and their factory signatures (all keyword
@@ -49,11 +50,19 @@ residual (N, C_out, H_out, W_out) or None.
 reuse_output)`` with params an ``r2n.Bottle2neckParams`` of NumPy arrays.
 Returns ``f(x) -> y`` as :func:`r2n.bottle2neck`.
 
+Both take ``precision`` too (``"fp32"`` when not given): :func:`prepare` checks
+it (``r2n._checks.precision_arg``: ``"tf32"`` / ``"bf16"`` need the gpu backend
+and float32 weights) and passes it to the factory only when it is not
+``"fp32"``, so factories of backends without tensor cores never see it.
+
 ``reuse_output=True`` allows (does not require) the callable to return a buffer
-it owns and overwrites on its next call with an input of the same shape; the
-caller must be done with ``y`` by then. With False every call returns a new
-array. Inputs are never modified. Prepared callables check x (kind, dtype,
-shape) on each call and raise the public op's errors.
+it owns and overwrites on its next call, in the same thread, with an input of
+the same shape; the caller must be done with ``y`` by then (passing ``y``
+back in as the input is fine: that call writes elsewhere). With False every
+call returns a new array. Inputs are never modified. Prepared callables check
+x (kind, dtype, shape) on each call and raise the public op's errors, and may
+be called from several threads at once (nothing one thread's call writes is
+read by another's).
 """
 
 from __future__ import annotations
@@ -183,17 +192,25 @@ def prepare(op: str, backend: str | None, kind: str, *arrays, **options) -> Call
     op : one of PREPARABLE.
     backend : None (pick by ``kind`` as :func:`resolve`), "reference", "cpu", "gpu".
     kind : "numpy" or "cupy": the kind of the inputs the callable will receive.
-    *arrays, **options : the op's weights and normalised options (module docstring).
+    *arrays, **options : the op's weights and normalised options (module docstring),
+        ``precision`` among them (default "fp32").
 
     Returns
     -------
     The backend's ``PREPARE[op]`` factory's callable, or the fallback closure
-    over the public op when the backend has no factory for ``op``.
+    over the backend's ops when the backend has no factory for ``op``.
     """
     if op not in PREPARABLE:
         raise ValueError(f"r2n: cannot prepare {op!r}; preparable ops: {', '.join(PREPARABLE)}")
     name = pick(op, backend, kind)
     resolve(op, name, kind)  # the same errors as a direct call (unknown, wrong kind, missing)
+    precision = options.pop("precision", "fp32")
+    if precision != "fp32":
+        from . import _checks
+
+        weight = arrays[0] if op == "conv2d" else arrays[0].conv1.weight
+        _checks.precision_arg(op, precision, kind_of(name), weight.dtype)
+        options["precision"] = precision
     if op == "conv2d" and options.get("activation") not in _ACTIVATIONS:
         raise ValueError(
             f"r2n: activation must be one of {_ACTIVATIONS}, got {options.get('activation')!r}"
@@ -217,48 +234,58 @@ def _fallback_conv2d(
     activation=None,
     negative_slope=0.01,
     reuse_output=False,
+    precision="fp32",
 ):
-    """conv2d + bias (+ residual) (+ activation) through the public ops."""
-    from . import _api, _checks
+    """conv2d + bias (+ residual) (+ activation) through the backend's ops.
+
+    Each call checks x as the public op does (``r2n._checks``: the same
+    errors), then runs ``backend``'s own conv2d, relu and leaky_relu from its
+    ``OPS`` (this module sits below ``r2n._api`` and never calls up into it).
+    """
+    from . import _checks
 
     weight, bias = as_kind(weight, kind), as_kind(bias, kind)
+    conv = resolve("conv2d", backend, kind)
+    act = None if activation is None else resolve(activation, backend, kind)
 
     def conv2d_prepared(x, residual=None):
-        y = _api.conv2d(
-            x,
-            weight,
-            bias,
-            stride=stride,
-            padding=padding,
-            dilation=dilation,
-            groups=groups,
-            backend=backend,
-        )
+        _checks.check_arrays("conv2d", {"x": x, "weight": weight, "bias": bias}, ("bias",))
+        args = _checks.conv2d_args("conv2d", x, weight, bias, stride, padding, dilation, groups)
+        if precision != "fp32":
+            args["precision"] = precision
+        y = conv(x, weight, bias, **args)
         if residual is not None:  # of y's kind and dtype (never cast), y's shape
             _checks.check_arrays("conv2d", {"output": y, "residual": residual})
             _checks.check_shape("conv2d", "residual", residual, y.shape, "(N, C_out, Ho, Wo)")
             y += residual  # y is a new array: adding in place modifies no input
         if activation == "relu":
-            y = _api.relu(y, backend=backend)
+            y = act(y)
         elif activation == "leaky_relu":
-            y = _api.leaky_relu(y, negative_slope, backend=backend)
+            slope = _checks.as_float("leaky_relu", "negative_slope", negative_slope, dtype=y.dtype)
+            y = act(y, negative_slope=slope)
         return y
 
     return conv2d_prepared
 
 
 def _fallback_bottle2neck(
-    backend, kind, params, *, scale, stype, stride, groups, reuse_output=False
+    backend, kind, params, *, scale, stype, stride, groups, reuse_output=False, precision="fp32"
 ):
-    """r2n.bottle2neck through the public op, on params moved to ``kind`` once."""
-    from . import _api
+    """The backend's bottle2neck on params moved to ``kind`` once; each call
+    checks x as :func:`r2n.bottle2neck` does."""
+    from . import _checks
 
     params = params.map(lambda a: as_kind(a, kind))
+    block = resolve("bottle2neck", backend, kind)
+    op = "bottle2neck"
 
     def bottle2neck_prepared(x):
-        return _api.bottle2neck(
-            x, params, scale=scale, stype=stype, stride=stride, groups=groups, backend=backend
-        )
+        arrays = _checks.bottle2neck_arrays(op, x, params)
+        _checks.check_arrays(op, arrays, _checks.BOTTLE2NECK_OPTIONAL)
+        args = _checks.bottle2neck_args(op, x, params, scale, stype, stride, groups)
+        if precision != "fp32":
+            args["precision"] = precision
+        return block(x, params, **args)
 
     return bottle2neck_prepared
 

@@ -13,7 +13,7 @@ reads ``.shape``, ``.ndim`` and ``.dtype``, which both libraries provide.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 
@@ -38,20 +38,27 @@ def array_kind(a) -> str | None:
     return None
 
 
-def _type_name(a) -> str:
+def type_name(a) -> str:
+    """The name of ``a``'s type for error messages: ``"list"``, ``"torch.Tensor"``."""
     t = type(a)
     return t.__name__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__name__}"
 
 
-def check_arrays(op: str, arrays: dict[str, object]) -> tuple[str, np.dtype]:
+def check_arrays(
+    op: str, arrays: dict[str, object], optional: Collection[str] | None = None
+) -> tuple[str, np.dtype]:
     """Check that every array argument is a float32/float64 array of one kind.
 
     Parameters
     ----------
     op : name of the public op, for messages.
-    arrays : argument name -> array, in signature order; ``None`` entries are
-        optional arguments that were not given and are skipped. The first entry
-        is the data tensor whose dtype the others must match.
+    arrays : argument name -> array, in signature order. The first entry is
+        the data tensor whose dtype the others must match.
+    optional : the names that may be ``None`` (an optional argument not
+        given: skipped); ``None`` anywhere else is a TypeError naming the
+        argument. The public ops always list them; ``optional=None`` lets
+        every entry be ``None``, for a backend re-checking arrays that the
+        public op has already checked.
 
     Returns
     -------
@@ -61,18 +68,22 @@ def check_arrays(op: str, arrays: dict[str, object]) -> tuple[str, np.dtype]:
     first_kind_name = first_dtype_name = None
     for name, a in arrays.items():
         if a is None:
-            continue
+            if optional is None or name in optional:
+                continue
+            raise TypeError(
+                f"r2n.{op}: {name} is required: expected a numpy.ndarray or cupy.ndarray, got None"
+            )
         k = array_kind(a)
         if k is None:
             raise TypeError(
-                f"r2n.{op}: {name} must be a numpy.ndarray or cupy.ndarray, got {_type_name(a)}"
+                f"r2n.{op}: {name} must be a numpy.ndarray or cupy.ndarray, got {type_name(a)}"
             )
         if kind is None:
             kind, first_kind_name = k, name
         elif k != kind:
             raise TypeError(
                 f"r2n.{op}: cannot mix NumPy and CuPy arrays: {first_kind_name} is "
-                f"{_type_name(arrays[first_kind_name])} but {name} is {_type_name(a)}"
+                f"{type_name(arrays[first_kind_name])} but {name} is {type_name(a)}"
             )
         d = np.dtype(a.dtype)
         if dtype is None:
@@ -135,14 +146,24 @@ def as_pair(op: str, name: str, value, minimum: int) -> tuple[int, int]:
     return (v, v)
 
 
-def as_float(op: str, name: str, value, *, nonnegative: bool = False) -> float:
-    """A finite Python float (>= 0 if asked)."""
+def as_float(op: str, name: str, value, *, nonnegative: bool = False, dtype=None) -> float:
+    """A finite Python float (>= 0 if asked; finite in ``dtype`` if given).
+
+    A scalar the kernels cast to the arrays' dtype must stay finite there:
+    a float32 slope of 1e300 would be inf, and inf * 0 a NaN.
+    """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"r2n.{op}: {name} must be a real number, got {value!r}")
     value = float(value)
     if not np.isfinite(value) or (nonnegative and value < 0):
         need = "a finite number >= 0" if nonnegative else "a finite number"
         raise ValueError(f"r2n.{op}: {name} must be {need}, got {value!r}")
+    largest = None if dtype is None else float(np.finfo(dtype).max)
+    if largest is not None and abs(value) > largest:
+        raise ValueError(
+            f"r2n.{op}: {name}={value!r} does not fit the arrays' dtype {np.dtype(dtype)} "
+            f"(|{name}| <= {largest:g})"
+        )
     return value
 
 
@@ -157,10 +178,17 @@ def conv_output_size(
     """Output length of a convolution along one axis.
 
     ``floor((size + 2*padding - dilation*(kernel-1) - 1) / stride) + 1``; the
-    dilated kernel must fit in the padded input.
+    dilated kernel must fit in the padded input, and the padded input must
+    have fewer than 2**31 rows / columns (the GPU kernels index them with
+    32-bit ints; every backend accepts the same arguments).
     """
     extent = dilation * (kernel - 1) + 1
     padded = size + 2 * padding
+    if padded >= 2**31:
+        raise ValueError(
+            f"r2n.{op}: padding along {axis} is too large: input {size} + 2 * padding "
+            f"{padding} = {padded}, must be below 2**31"
+        )
     if extent > padded:
         raise ValueError(
             f"r2n.{op}: the kernel is larger than the padded input along {axis}: "
@@ -198,6 +226,37 @@ def pool_output_size(
             f"which leaves no output (ceil_mode={ceil_mode})"
         )
     return out
+
+
+#: The arithmetic of the conv-bearing ops (``precision=``): float32 throughout,
+#: or operands rounded to TF32 / bfloat16 on tensor cores (r2n.gpu.conv_tensor_core).
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+def precision_arg(op: str, precision, kind: str, dtype) -> str:
+    """Check ``precision=`` of a conv-bearing op and return it.
+
+    ``"fp32"`` runs anywhere; ``"tf32"`` and ``"bf16"`` round float32 data on
+    the GPU's tensor cores, so they need CuPy arrays (kind ``"cupy"``) of
+    dtype float32. Anything else is a ValueError saying what is needed.
+    """
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise ValueError(
+            f"r2n.{op}: precision must be one of {', '.join(map(repr, PRECISIONS))}, "
+            f"got {precision!r}"
+        )
+    if precision != "fp32":
+        if kind != "cupy":
+            raise ValueError(
+                f"r2n.{op}: precision={precision!r} runs on the tensor cores of the gpu backend "
+                f"(CuPy arrays); {kind or 'these'} arrays compute in precision='fp32' only"
+            )
+        if np.dtype(dtype) != np.float32:
+            raise ValueError(
+                f"r2n.{op}: precision={precision!r} rounds float32 data; {np.dtype(dtype)} has "
+                "no tensor-core path (pass float32 arrays, or precision='fp32')"
+            )
+    return precision
 
 
 def conv2d_args(
@@ -421,7 +480,7 @@ def _check_sequence(op: str, name: str, seq, length: int, scale: int) -> None:
     if not isinstance(seq, Sequence) and array_kind(seq) is None:
         raise TypeError(
             f"r2n.{op}: {name} must be a sequence of arrays (or one stacked array), "
-            f"got {_type_name(seq)}"
+            f"got {type_name(seq)}"
         )
     if len(seq) != length:
         raise ValueError(
@@ -430,7 +489,7 @@ def _check_sequence(op: str, name: str, seq, length: int, scale: int) -> None:
         )
 
 
-class _ShapeOnly:
+class ShapeOnly:
     """Stands in for an intermediate tensor whose shape is known but which does
     not exist yet, so the checks of a block's inner ops can run up front."""
 
@@ -460,7 +519,7 @@ def bottle2neck_args(op: str, x, params, scale, stype, stride, groups) -> dict:
     conv1 = conv2d_args(op, x, w1, params.conv1.bias, 1, 0, 1, 1, "params.conv1.")
     chain = chain_args(
         op,
-        _ShapeOnly(conv1["out_shape"]),
+        ShapeOnly(conv1["out_shape"]),
         params.chain_weights,
         params.chain_biases,
         scale,
@@ -468,7 +527,7 @@ def bottle2neck_args(op: str, x, params, scale, stype, stride, groups) -> dict:
         stride,
         groups,
     )
-    chain_out = _ShapeOnly(chain["out_shape"])
+    chain_out = ShapeOnly(chain["out_shape"])
     w3 = params.conv3.weight
     check_ndim(op, "params.conv3.weight", w3, 4, "(C_out, width * scale, 1, 1)")
     check_shape(
@@ -504,7 +563,7 @@ def bottle2neck_args(op: str, x, params, scale, stype, stride, groups) -> dict:
             pool["count_include_pad"] = False
             conv = conv2d_args(
                 op,
-                _ShapeOnly(pool["out_shape"]),
+                ShapeOnly(pool["out_shape"]),
                 ws,
                 params.shortcut.bias,
                 1,
@@ -526,8 +585,16 @@ def bottle2neck_args(op: str, x, params, scale, stype, stride, groups) -> dict:
     return dict(conv1=conv1, chain=chain, conv3=conv3, shortcut=shortcut, out_shape=out_shape)
 
 
+#: The arrays of a bottleneck call that may be None (see :func:`bottle2neck_arrays`).
+BOTTLE2NECK_OPTIONAL = ("params.conv1.bias", "params.conv3.bias", "params.shortcut.bias")
+
+
 def bottle2neck_arrays(op: str, x, params) -> dict:
-    """Every array of a bottleneck call by name, for :func:`check_arrays`."""
+    """Every array of a bottleneck call by name, for :func:`check_arrays`.
+
+    The biases may be None (:data:`BOTTLE2NECK_OPTIONAL`; ``params.chain_biases``
+    as a whole); the weights, and each entry of a given ``chain_biases``, may not.
+    """
     convs = ["conv1", "conv3"]
     if getattr(params, "shortcut", None) is not None:
         convs.append("shortcut")
@@ -539,14 +606,21 @@ def bottle2neck_arrays(op: str, x, params) -> dict:
     if not (fields_ok and convs_ok):
         raise TypeError(
             f"r2n.{op}: params must be an r2n.Bottle2neckParams of r2n.FoldedConv, "
-            f"got {_type_name(params)}"
+            f"got {type_name(params)}"
         )
     arrays = {
         "x": x,
         "params.conv1.weight": params.conv1.weight,
         "params.conv1.bias": params.conv1.bias,
     }
-    arrays.update(chain_arrays(params.chain_weights, params.chain_biases))
+    arrays.update(
+        chain_arrays(
+            params.chain_weights,
+            params.chain_biases,
+            "params.chain_weights",
+            "params.chain_biases",
+        )
+    )
     arrays["params.conv3.weight"] = params.conv3.weight
     arrays["params.conv3.bias"] = params.conv3.bias
     if params.shortcut is not None:
@@ -555,14 +629,17 @@ def bottle2neck_arrays(op: str, x, params) -> dict:
     return arrays
 
 
-def chain_arrays(weights, biases) -> dict:
+def chain_arrays(
+    weights, biases, weights_name: str = "weights", biases_name: str = "biases"
+) -> dict:
     """The chain's weight and bias arrays by name, for :func:`check_arrays`.
 
     Non-sequences are passed through under their own name so that the type
-    check reports them.
+    check reports them. ``biases=None`` adds nothing (no biases); a None inside
+    either sequence stays, so that the check names it.
     """
     arrays = {}
-    for name, seq in (("weights", weights), ("biases", biases)):
+    for name, seq in ((weights_name, weights), (biases_name, biases)):
         if seq is None:
             continue
         if isinstance(seq, Sequence) or array_kind(seq) is not None:

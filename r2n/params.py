@@ -41,10 +41,14 @@ class FoldedConv:
         eps=1e-5,
         backend=None,
     ) -> FoldedConv:
-        """Fold ``BN(conv(x))`` into one conv; arguments as :func:`r2n.fold_batch_norm`."""
-        from . import fold_batch_norm
+        """Fold ``BN(conv(x))`` into one conv; arguments as :func:`r2n.fold_batch_norm`
+        (DLPack arrays such as torch tensors too)."""
+        # r2n.fold_batch_norm, built here from the modules below r2n/__init__.py
+        # (which imports this module): no import cycle.
+        from ._api import fold_batch_norm as numpy_or_cupy_fold
+        from ._interop import accepts_dlpack
 
-        w, b = fold_batch_norm(
+        w, b = accepts_dlpack(numpy_or_cupy_fold)(
             conv_weight, conv_bias, mean, var, bn_weight, bn_bias, eps=eps, backend=backend
         )
         return cls(w, b)

@@ -48,3 +48,29 @@ def gpu_count() -> int:
         return cupy.cuda.runtime.getDeviceCount()
     except Exception:  # ImportError, or CUDARuntimeError without a driver
         return 0
+
+
+def random_block(rng, c_in, c_out, width, scale, *, groups=1, shortcut="identity", dtype):
+    """Random BN-folded r2n.Bottle2neckParams (weights scaled by 1/sqrt(fan_in),
+    so activations stay O(1)); ``shortcut``: "identity", "conv" or "pool"
+    (the "d" block's average pool + conv)."""
+    from r2n import Bottle2neckParams, FoldedConv
+
+    def folded(co, ci, k=1, g=1):
+        weight = randn(rng, co, ci // g, k, k, dtype=dtype) / float(np.sqrt(ci * k * k / g))
+        return FoldedConv(weight, randn(rng, co, dtype=dtype))
+
+    chain = [folded(width, width, 3, groups) for _ in range(max(scale - 1, 1))]
+    return Bottle2neckParams(
+        conv1=folded(width * scale, c_in),
+        chain_weights=[c.weight for c in chain],
+        chain_biases=[c.bias for c in chain],
+        conv3=folded(c_out, width * scale),
+        shortcut=None if shortcut == "identity" else folded(c_out, c_in),
+        shortcut_avg_pool=shortcut == "pool",
+    )
+
+
+def as_float64(params):
+    """Bottle2neckParams (or FoldedConv arrays) cast to float64, for the reference."""
+    return params.map(lambda a: None if a is None else np.asarray(a, np.float64))

@@ -4,6 +4,9 @@ cases live in test_res2net.py; mixed NumPy/CuPy in test_api.py.)"""
 
 from __future__ import annotations
 
+import inspect
+import re
+
 import numpy as np
 import pytest
 from op_cases import CASES, all_arrays, map_arrays
@@ -51,15 +54,103 @@ def test_mixed_float32_and_float64_is_a_type_error_naming_both(op):
         getattr(r2n, op)(*mixed, **kwargs)
 
 
+# The array arguments that may be None, and what None stands for.
+OPTIONAL_ARRAYS = {
+    ("conv2d", "bias"): 0.0,
+    ("linear", "bias"): 0.0,
+    ("batch_norm", "weight"): 1.0,
+    ("batch_norm", "bias"): 0.0,
+    ("fold_batch_norm", "conv_bias"): 0.0,
+    ("fold_batch_norm", "weight"): 1.0,
+    ("fold_batch_norm", "bias"): 0.0,
+    ("squeeze_excite", "b1"): 0.0,
+    ("squeeze_excite", "b2"): 0.0,
+    ("bottle2neck", "params.conv1.bias"): 0.0,
+    ("bottle2neck", "params.conv3.bias"): 0.0,
+    ("bottle2neck", "params.shortcut.bias"): 0.0,
+}
+
+
+def _named_arrays(op, args):
+    """(argument name as the error names it, array) for every array of a call."""
+    names = list(inspect.signature(getattr(r2n, op)).parameters)
+    for name, value in zip(names, args, strict=False):
+        if isinstance(value, np.ndarray):
+            yield name, value
+        elif isinstance(value, list):
+            yield from ((f"{name}[{i}]", a) for i, a in enumerate(value))
+        elif isinstance(value, r2n.Bottle2neckParams):
+            for field in ("conv1", "conv3", "shortcut"):
+                conv = getattr(value, field)
+                yield f"params.{field}.weight", conv.weight
+                yield f"params.{field}.bias", conv.bias
+            for field in ("chain_weights", "chain_biases"):
+                yield from (
+                    (f"params.{field}[{i}]", a) for i, a in enumerate(getattr(value, field))
+                )
+
+
+NONE_CASES = [
+    (op, name)
+    for op in sorted(CASES)
+    for name, _ in _named_arrays(op, CASES[op](np.random.default_rng(0), np.float64, 1)[0])
+]
+
+
+@pytest.mark.parametrize("op, name", NONE_CASES, ids=[f"{o}-{n}" for o, n in NONE_CASES])
+def test_none_for_an_array_is_a_type_error_naming_it_unless_optional(op, name):
+    """None where an array is required is a TypeError naming the argument
+    (never an AttributeError, a Numba typing error or a wrong backend message);
+    where the argument is optional, None means the neutral value."""
+    args, kwargs = CASES[op](np.random.default_rng(0), np.float64, 2)
+    target = dict(_named_arrays(op, args))[name]
+    with_none = map_arrays(args, lambda a: None if a is target else a)
+    if (op, name) not in OPTIONAL_ARRAYS:
+        with pytest.raises(TypeError, match=rf"^r2n\.{op}: {re.escape(name)} is required"):
+            getattr(r2n, op)(*with_none, **kwargs)
+        return
+    neutral = np.full_like(target, OPTIONAL_ARRAYS[op, name])
+    with_neutral = map_arrays(args, lambda a: neutral if a is target else a)
+    out, expected = (
+        getattr(r2n, op)(*with_none, **kwargs),
+        getattr(r2n, op)(*with_neutral, **kwargs),
+    )
+    for o, e in zip(
+        out if isinstance(out, tuple) else [out],
+        expected if isinstance(expected, tuple) else [expected],
+        strict=True,
+    ):
+        np.testing.assert_allclose(o, e, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu", "gpu"])
+def test_none_data_is_a_type_error_on_every_backend(backend):
+    """Not "backend 'cpu' computes on NumPy arrays, got CuPy arrays"."""
+    with pytest.raises(TypeError, match=r"^r2n\.relu: x is required: .* got None$"):
+        r2n.relu(None, backend=backend)
+
+
+def test_leaky_relu_slope_must_fit_the_dtype():
+    x = np.array([-1.0, 0.0, 2.0], np.float32)
+    with pytest.raises(ValueError, match=r"negative_slope=1e\+300 does not fit .* float32"):
+        r2n.leaky_relu(x, 1e300)  # float32(1e300) is inf: -inf and inf * 0 = NaN
+    with pytest.raises(ValueError, match=r"does not fit .* float32"):
+        r2n.leaky_relu(x, -4e38)
+    big = float(np.finfo(np.float32).max)
+    assert np.array_equal(r2n.leaky_relu(x, big), np.float32([-big, 0.0, 2.0]))
+    assert np.array_equal(r2n.leaky_relu(x.astype(np.float64), 1e300), [-1e300, 0.0, 2.0])
+
+
 def test_a_list_is_not_an_array():
     with pytest.raises(TypeError, match=r"x must be a numpy.ndarray or cupy.ndarray, got list"):
         r2n.relu([1.0, -1.0])
 
 
-def test_a_torch_tensor_is_not_an_array():
+def test_a_float16_torch_tensor_is_a_type_error_naming_it():
+    # torch tensors of float32/float64 are arrays through DLPack (tests/test_dlpack.py)
     torch = pytest.importorskip("torch")
-    with pytest.raises(TypeError, match=r"got torch.Tensor"):
-        r2n.conv2d(torch.zeros(1, 6, 7, 9, dtype=torch.float64), W3)
+    with pytest.raises(TypeError, match=r"x is a torch.Tensor of dtype float16"):
+        r2n.conv2d(torch.zeros(1, 6, 7, 9, dtype=torch.float16), W3)
 
 
 # --------------------------------------------------------------------------- #

@@ -17,16 +17,24 @@ import pytest
 from helpers import rel_err
 
 import r2n
-from r2n import _bench_cli
-from r2n._bench import model, timing, torch_models
+from r2n._bench import engines, model, timing
 from r2n._bench.cases import block_case, chain_case, conv_case
+from r2n._bench.engines import ENGINES
+from r2n._bench.torch_import import import_torch
+from r2n.cli import bench as bench_cli
 
 pytest.importorskip("numba")
 
 
+@pytest.fixture(autouse=True)
+def _onnx_cache(tmp_path, monkeypatch):
+    """ONNX exports of the engine rows go to the test's directory, not ~/.cache."""
+    monkeypatch.setenv("R2N_BENCH_CACHE", str(tmp_path / "onnx-cache"))
+
+
 def _run(tmp_path, *argv):
     path = tmp_path / "bench.json"
-    code = _bench_cli.main(["--quick", "--json", str(path), *argv])
+    code = bench_cli.main(["--quick", "--json", str(path), *argv])
     with open(path) as f:
         return code, json.load(f)
 
@@ -60,6 +68,23 @@ def test_quick_run_end_to_end_writes_every_figure_and_a_plot(tmp_path):
         assert r["gflops"] == pytest.approx(r["flops"] / r["ms"] / 1e6)
         assert r["pct_peak"] > 0 and r["vs_serial"] > 0 and r["vs_torch"] > 0
         assert r["intensity"] == pytest.approx(r["flops"] / r["min_bytes"])
+    # The other engines: network rows only, at 1 and all threads, when installed.
+    installed = [e for e in ENGINES if engines.missing(e) is None]
+    for engine in ENGINES:
+        rows_of = [r for r in rows if r["engine"] == engine]
+        if engine not in installed:
+            assert not rows_of and any(n.startswith(f"{engine}: no rows") for n in report["notes"])
+            continue
+        assert {r["op"] for r in rows_of} == {"res2net50_26w_4s"}
+        assert {r["threads"] for r in rows_of} == {1, report["threads_all"]}
+        assert all(r["vs_best_engine"] <= 1.0 + 1e-12 for r in rows_of)
+        assert report["machine"][engine] == engines.versions()[engine]
+    network = {r["row"]: r for r in rows if r["op"] == "res2net50_26w_4s"}
+    if installed and "cpu 1t" in network and network["cpu 1t"]["ms"]:
+        best = min(r["ms"] for r in network.values() if r["engine"] != "r2n" and r["threads"] == 1)
+        assert network["cpu 1t"]["vs_best_engine"] == pytest.approx(best / network["cpu 1t"]["ms"])
+        exported = list((tmp_path / "onnx-cache").glob("res2net50_26w_4s-*-n1-112px-*.onnx"))
+        assert len(exported) == 1  # exported once, shared by the engine rows
     # The model: one bottleneck, cpu on all threads (no GPU here).
     (m,) = report["model"]
     assert m["status"] == "ok" and m["parallel"].startswith("cpu")
@@ -136,7 +161,7 @@ def test_backend_and_op_select_subsets(tmp_path):
 
 def test_unknown_op_is_a_usage_error():
     with pytest.raises(SystemExit) as exc:
-        _bench_cli.main(["--op", "nonsense"])
+        bench_cli.main(["--op", "nonsense"])
     assert exc.value.code == 2
 
 
@@ -151,11 +176,12 @@ def test_predicted_speedups_on_known_numbers():
 
 
 def _fake_row(row, device, threads, ms, flops=2e9):
+    engine = row.split()[0]
     return dict(
         op="conv2d",
         case="c",
         row=row,
-        engine="torch" if row.startswith("torch") else "r2n",
+        engine="torch" if row.startswith("torch") else engine if engine in ENGINES else "r2n",
         backend=row.split()[0],
         device=device,
         threads=threads,
@@ -180,7 +206,7 @@ def test_derived_columns_and_table_from_fake_timings():
         dict(_fake_row("cpu 2t", "cpu", 2, None), status="WRONG", rel_err=0.1),
     ]
     peaks = {"sgemm_gflops": {"1": 200.0, "4": 800.0}, "copy_gbs": {"1": 10, "4": 20}}
-    _bench_cli.derive(rows, peaks, {"sgemm_gflops": 20000.0, "copy_gbs": 3000.0})
+    bench_cli.derive(rows, peaks, {"sgemm_gflops": 20000.0, "copy_gbs": 3000.0})
     by = {r["row"]: r for r in rows}
     assert by["cpu 4t"]["gflops"] == pytest.approx(400.0)  # 2 GFLOP in 5 ms
     assert by["cpu 4t"]["pct_peak"] == pytest.approx(50.0)
@@ -193,10 +219,44 @@ def test_derived_columns_and_table_from_fake_timings():
     assert "gflops" not in by["cpu 2t"]
     # A memory-bound row: the roof is bandwidth x intensity (10 GB/s x 2 FLOP/B).
     low = dict(_fake_row("cpu 1t", "cpu", 1, 20.0), intensity=2.0)
-    _bench_cli.derive([low], peaks, None)
+    bench_cli.derive([low], peaks, None)
     assert low["roofline_gflops"] == 20.0 and low["pct_peak"] == pytest.approx(500.0)
-    table = _bench_cli.format_table(rows)
+    table = bench_cli.format_table(rows)
     assert "8.00x" in table and "WRONG" in table and "50%" in table
+
+
+def test_vs_best_engine_is_the_fastest_other_engine_at_the_same_threads():
+    rows = [
+        _fake_row("cpu 1t", "cpu", 1, 20.0),
+        _fake_row("cpu 2t", "cpu", 2, 10.0),
+        _fake_row("torch eager 1t", "cpu", 1, 30.0),
+        _fake_row("torch folded 1t", "cpu", 1, 28.0),
+        _fake_row("onnxruntime 1t", "cpu", 1, 16.0),
+        _fake_row("openvino 1t", "cpu", 1, 18.0),
+        _fake_row("torch eager 2t", "cpu", 2, 20.0),
+        _fake_row("openvino 2t", "cpu", 2, 12.5),
+        dict(_fake_row("onnxruntime 2t", "cpu", 2, None), status="WRONG"),
+    ]
+    peaks = {"sgemm_gflops": {"1": 200.0, "2": 400.0}, "copy_gbs": {"1": 10, "2": 20}}
+    bench_cli.derive(rows, peaks, None)
+    by = {r["row"]: r for r in rows}
+    assert by["cpu 1t"]["vs_best_engine"] == pytest.approx(16.0 / 20.0)  # onnxruntime
+    assert by["cpu 2t"]["vs_best_engine"] == pytest.approx(12.5 / 10.0)  # openvino; ORT wrong
+    assert by["cpu 1t"]["vs_torch"] == pytest.approx(1.5)
+    assert by["onnxruntime 1t"]["vs_best_engine"] == pytest.approx(1.0)
+    assert by["openvino 1t"]["vs_torch"] == pytest.approx(30.0 / 18.0)
+    table = bench_cli.format_table(rows)
+    assert "vs best engine" in table and "0.80x" in table and "1.25x" in table
+
+
+def test_missing_engines_give_no_rows_and_say_why(monkeypatch):
+    monkeypatch.setattr(engines, "missing", lambda e: f"{e} is not installed (pip)")
+    env = bench_cli.Env({"cpu", "onnxruntime", "openvino"})
+    specs = bench_cli.row_specs(env, {"cpu", "onnxruntime", "openvino"})
+    assert all(spec.engine == "r2n" for spec in specs)
+    notes = env.notes()
+    assert "onnxruntime: no rows (onnxruntime is not installed (pip))" in notes
+    assert "openvino: no rows (openvino is not installed (pip))" in notes
 
 
 def test_model_text_from_fake_result():
@@ -265,12 +325,12 @@ def test_grouped_conv_case_runs_on_torch(rng):
 
 
 def test_no_gpu_means_no_gpu_rows_and_nothing_fails():
-    env = _bench_cli.Env({"reference", "cpu", "gpu", "torch"})
+    env = bench_cli.Env({"reference", "cpu", "gpu", "torch"})
     if env.cupy is not None:
         pytest.skip("this machine has a GPU")
-    assert all(spec.device != "cuda" for spec in _bench_cli.row_specs(env, {"gpu", "torch"}))
+    assert all(spec.device != "cuda" for spec in bench_cli.row_specs(env, {"gpu", "torch"}))
     assert any("gpu" in note for note in env.notes())
-    assert torch_models.import_torch() is not None
+    assert import_torch() is not None
 
 
 def test_report_renders_a_saved_bench_json(tmp_path, monkeypatch):
@@ -290,9 +350,9 @@ def test_report_renders_a_saved_bench_json(tmp_path, monkeypatch):
 
 
 def test_check_still_runs_and_agrees():
-    from r2n import _check_cli
+    from r2n.cli import check as check_cli
 
-    assert _check_cli.main(quick=True, ops=["res2net_chain"]) == 0
+    assert check_cli.check(quick=True, ops=["res2net_chain"]) == 0
 
 
 def test_cupy_timer_reads_cuda_events_in_seconds(monkeypatch):

@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import DTYPES, assert_close, randn
+from helpers import DTYPES, as_float64, assert_close, randn, random_block
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -154,6 +154,19 @@ def test_prepared_chain_gives_the_same_result_on_every_call(rng):
     assert_close(first, expected)
 
 
+def test_a_narrower_image_after_a_wider_one_gives_the_reference(rng):
+    # The issue's reproducer: widths 7 and 4 pad to the same scratch width,
+    # and the wider call left its columns in the "normal" chain's second
+    # padded buffer, read back as the narrower image's zero padding.
+    weights = [randn(rng, 3, 3, 3, 3, dtype=np.float32) for _ in range(3)]
+    wide = randn(rng, 1, 12, 6, 7, dtype=np.float32)
+    narrow = randn(rng, 1, 12, 6, 4, dtype=np.float32)
+    w64 = [a.astype(np.float64) for a in weights]
+    expected = r2n.res2net_chain(narrow.astype(np.float64), w64, scale=4, backend="reference")
+    r2n.res2net_chain(wide, weights, scale=4, backend="cpu")
+    assert_close(r2n.res2net_chain(narrow, weights, scale=4, backend="cpu"), expected)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_a_large_stage_batch_runs_in_sub_batches_with_the_same_result(rng, monkeypatch, threads):
     # Every batch counts as large: 5 images run 1 or 2 at a time (2 + 2 + 1).
@@ -251,6 +264,67 @@ def test_prepared_chain_refuses_an_input_it_was_not_prepared_for(rng):
         prepared(randn(rng, 1, 8, 4, 4, dtype=np.float32))
     with pytest.raises(ValueError, match="float32"):
         prepared(randn(rng, 1, 32, 4, 4, dtype=np.float64))
+
+
+def test_bottleneck_run_refuses_an_out_that_overlaps_x(rng):
+    # An identity block: conv3 writes out while it still reads x as the
+    # shortcut, so out=x gave wrong values.
+    params = random_block(rng, 16, 16, 4, 4, dtype=np.float32)
+    x = randn(rng, 1, 16, 7, 9, dtype=np.float32)
+    args = _checks.bottle2neck_args("bottle2neck", x, params, 4, "normal", 1, 1)
+    block = res2net.PreparedBottle2neck(params, args, np.float32)
+    expected = r2n.bottle2neck(x.astype(np.float64), as_float64(params), scale=4,
+                               backend="reference")  # fmt: skip
+    with pytest.raises(ValueError, match="overlapping x"):
+        block.run(x, args, out=x)
+    both = randn(rng, 2, 16, 7, 9, dtype=np.float32)  # out the second half of x's buffer
+    x_view = both.reshape(-1)[8 * 7 * 9 : 8 * 7 * 9 + x.size].reshape(x.shape)
+    with pytest.raises(ValueError, match="overlapping x"):
+        block.run(x_view, args, out=both[1:])
+    with pytest.raises(ValueError, match=r"\(1, 16, 7, 9\)"):
+        block.run(x, args, out=np.empty((1, 16, 7, 8), np.float32))
+    with pytest.raises(ValueError, match="not C-contiguous"):
+        block.run(x, args, out=np.empty((1, 16, 9, 7), np.float32).transpose(0, 1, 3, 2))
+    with pytest.raises(ValueError, match="shape args were made for"):
+        block.run(randn(rng, 1, 16, 7, 8, dtype=np.float32), args)
+    out = np.empty((1, 16, 7, 9), np.float32)
+    assert block.run(x, args, out=out) is out
+    assert_close(out, expected)
+
+
+def test_prepared_layers_fed_their_own_output_give_the_reference(rng):
+    """With reuse_output, a layer's output is its buffer for the next call of
+    that shape: a call whose input (or residual) is that buffer must not
+    write its result over the input it is reading."""
+    from r2n import _backends
+
+    params = random_block(rng, 16, 16, 4, 4, dtype=np.float32)
+    block = _backends.prepare(
+        "bottle2neck", "cpu", "numpy", params, scale=4, stype="normal", stride=1, groups=1,
+        reuse_output=True,
+    )  # fmt: skip
+    x = randn(rng, 1, 16, 7, 9, dtype=np.float32)
+    p64 = as_float64(params)
+    once = r2n.bottle2neck(x.astype(np.float64), p64, scale=4, backend="reference")
+    twice = r2n.bottle2neck(once, p64, scale=4, backend="reference")
+    y = block(x)
+    assert_close(y, once)
+    z = block(y)
+    assert not np.shares_memory(y, z)
+    assert_close(y, once)  # the input was not overwritten
+    assert_close(z, twice)
+
+    w = randn(rng, 16, 16, 3, 3, dtype=np.float32) / 12
+    b = randn(rng, 16, dtype=np.float32)
+    options = dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1, activation="relu")
+    conv = _backends.prepare("conv2d", "cpu", "numpy", w, b, reuse_output=True, **options)
+    ref = _backends.prepare("conv2d", "reference", "numpy", w.astype(np.float64),
+                            b.astype(np.float64), **options)  # fmt: skip
+    y = conv(x)
+    y_ref = ref(x.astype(np.float64))
+    assert_close(y, y_ref)
+    assert_close(conv(y, residual=y), ref(y_ref, residual=y_ref))
+    assert_close(y, y_ref)
 
 
 def test_numpy_arrays_default_to_the_cpu_backend_when_numba_is_installed():

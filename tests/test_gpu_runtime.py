@@ -216,3 +216,21 @@ def test_dtype_name():
     assert _runtime.dtype_name(np.dtype("float64")) == "double"
     with pytest.raises(TypeError):
         _runtime.dtype_name(np.float16)
+
+
+def test_kernel_source_pastes_included_headers_once(tmp_path, monkeypatch):
+    text = _runtime.kernel_source("conv_tensor_core.cu")
+    assert text.count("// ---- conv_common.cuh ----") == 1  # also included by nothing else
+    assert text.count("// ---- mma.cuh ----") == 1
+    assert not _runtime._INCLUDE.search(text)  # every project header is pasted in
+    assert text.index("R2N_CONV_PARAMS") < text.index("conv2d_4_tensor_core")
+    # A header included twice (here, by another header) is pasted once.
+    (tmp_path / "a.cuh").write_text('#include "b.cuh"\nint a;')
+    (tmp_path / "b.cuh").write_text("int b;")
+    (tmp_path / "x.cu").write_text('#include "a.cuh"\n#include "b.cuh"\n#include <cstdio>\n')
+    monkeypatch.setattr(_runtime, "KERNEL_DIR", tmp_path)
+    body = _runtime.expand_includes((tmp_path / "x.cu").read_text(), "x.cu")
+    assert body.count("int b;") == 1 and body.index("int b;") < body.index("int a;")
+    assert "#include <cstdio>" in body  # system headers are left alone
+    with pytest.raises(ValueError, match="includes 'missing.cuh', not a file in"):
+        _runtime.expand_includes('#include "missing.cuh"', "y.cu")

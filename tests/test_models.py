@@ -255,6 +255,28 @@ def test_bad_inputs_raise_clear_errors(rng):
         _small("tresnet_m")(np.ones((1, 3, 30, 32), np.float32))
 
 
+@pytest.mark.parametrize("name", ["res2net50_26w_4s", "tresnet_m"])
+@pytest.mark.parametrize("container", ["numpy", "torch"])
+def test_a_model_never_aliases_the_callers_arrays(name, container, rng):
+    """Editing the state_dict after create() changes nothing: not the fc (or
+    TResNet's SE) weights, which used to be shared, nor any other array."""
+    params = {"layers": (1, 1, 1, 1)}
+    state = r2n.models.random_state_dict(_reduced_keys(params, name), seed=5)
+    if container == "torch":
+        state = {k: torch.from_numpy(v) for k, v in state.items()}  # .numpy() is a view
+    x = rng.standard_normal((1, 3, 32, 32)).astype(np.float32)
+    model = r2n.models.create(name, state, _params=params, backend="cpu")
+    before = model(x)
+    for v in state.values():
+        v += 0.01  # in place, NumPy or torch
+    assert np.array_equal(model(x), before)
+    # A model prepared for another backend later reads its own copy too.
+    other = r2n.models.create(name, state, _params=params, backend="reference")
+    assert not np.allclose(other(x), before)  # the edit is seen by a new model...
+    model._forward.clear()  # ...but never by one created before it
+    assert rel_err(model(x), before) <= 1e-6
+
+
 def test_unknown_model_lists_the_known_ones():
     with pytest.raises(ValueError, match="res2net50_26w_4s.*tresnet_xl"):
         r2n.models.create("resnet50")
@@ -275,6 +297,17 @@ def test_state_dict_errors_list_every_problem():
     assert "layer1.0.conv1.weight: checkpoint (104, 64, 3, 3), model (104, 64, 1, 1)" in msg
     assert "num_batches_tracked" not in msg
     assert isinstance(info.value, ValueError)
+    # It pickles whole (a Dask worker's error travels to the client this way).
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert type(copy) is r2n.models.StateDictError and str(copy) == msg
+    assert (copy.missing, copy.unexpected, copy.mismatched) == (
+        info.value.missing,
+        info.value.unexpected,
+        info.value.mismatched,
+    )
+    assert copy.summary() == info.value.summary()
 
 
 def test_wrong_num_classes_is_a_shape_mismatch():
@@ -297,7 +330,7 @@ def test_load_state_dict_refuses_pickles_and_unknown_files(tmp_path):
         r2n.load_state_dict(bad)
     obj = tmp_path / "obj.npz"
     np.savez(obj, a=np.array([{"x": 1}], dtype=object))
-    with pytest.raises(ValueError, match="cannot read"):
+    with pytest.raises(ValueError, match="member 'a' is not a numeric array"):
         r2n.load_state_dict(obj)
     with pytest.raises(FileNotFoundError):
         r2n.load_state_dict(tmp_path / "missing.safetensors")
@@ -322,12 +355,52 @@ def test_pth_is_loaded_with_weights_only(tmp_path):
 
     path = tmp_path / "evil.pth"
     torch.save({"w": torch.zeros(2), "obj": _Unpicklable()}, path)
-    with pytest.raises(ValueError, match="cannot read"):
+    with pytest.raises(ValueError, match="needs pickled code"):
         r2n.load_state_dict(path)
 
 
 class _Unpicklable:
     """Any custom class: weights_only loading must refuse to rebuild it."""
+
+
+def test_pth_needing_code_fails_in_one_line_naming_the_file(tmp_path):
+    """Not torch's multi-line advice to set weights_only=False (which would
+    run the file's code), and no chained exception that repeats it."""
+    path = tmp_path / "needs_code.pth"
+    torch.save({"w": torch.zeros(2), "obj": _Unpicklable()}, path)
+    with pytest.raises(ValueError) as info:
+        r2n.load_state_dict(path)
+    msg = str(info.value)
+    assert "\n" not in msg and repr(str(path)) in msg, msg
+    assert "pickled code" in msg and "_Unpicklable" in msg
+    assert "weights_only" not in msg
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+@pytest.mark.parametrize(
+    "member, why",
+    [
+        (np.array([{"x": 1}], dtype=object), r"member 'bad' is not a numeric array"),
+        (np.array(["abc"]), r"member 'bad' has dtype <U3, not a number type"),
+        (np.zeros(2, dtype=[("a", "f4"), ("b", "i4")]), r"member 'bad' has dtype .*not a number"),
+        (np.array(["2020-01-01"], dtype="datetime64[D]"), r"member 'bad' has dtype datetime64"),
+    ],
+    ids=["object", "str", "structured", "datetime"],
+)
+def test_npz_members_that_are_not_numeric_arrays_are_refused_by_key(tmp_path, member, why):
+    path = tmp_path / "w.npz"
+    np.savez(path, good=np.zeros(3, np.float32), bad=member)
+    with pytest.raises(ValueError, match=why) as info:
+        r2n.load_state_dict(path)
+    assert "\n" not in str(info.value) and repr(str(path)) in str(info.value)
+
+
+def test_pytorch_model_bin_loads_as_a_torch_file(tmp_path):
+    state = {"a.weight": torch.randn(3, 2), "a.bias": torch.randn(3)}
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    loaded = r2n.load_state_dict(tmp_path / "pytorch_model.bin")
+    assert loaded.keys() == state.keys()
+    assert all(np.array_equal(loaded[k], state[k].numpy()) for k in state)
 
 
 # --------------------------------------------------------------------------- #
@@ -496,12 +569,13 @@ def test_state_dict_of_array_likes(wrap, rng):
     assert np.array_equal(out, ref)
 
 
-def _reduced_keys(params):
-    from r2n.models import ARCHS, res2net
+def _reduced_keys(params, name="res2net50_26w_4s"):
+    from r2n.models import ARCHS, res2net, tresnet
     from r2n.models._model import Arch
 
-    arch = ARCHS["res2net50_26w_4s"]
-    return res2net.expected_keys(Arch(arch.name, arch.family, {**arch.params, **params}, {}), 1000)
+    arch = ARCHS[name]
+    family = {"res2net": res2net, "tresnet": tresnet}[arch.family]
+    return family.expected_keys(Arch(arch.name, arch.family, {**arch.params, **params}, {}), 1000)
 
 
 # kernel, stride, padding, groups, (H, W)

@@ -16,6 +16,7 @@ import numpy as np
 from .. import _api
 from ..params import Bottle2neckParams, FoldedConv
 from . import torch_models
+from .torch_import import import_torch
 
 FLOAT32_BYTES = 4
 
@@ -41,6 +42,7 @@ class BenchCase:
     make : rng -> (args, kwargs) of the r2n op, float64 NumPy arrays
     torch_forms : PyTorch rows: ("eager",) or ("eager", "folded")
     tol : relative-error tolerance of float32 rows against the float64 reference
+    engines : other engines with a runner for this case ("onnxruntime", "openvino")
     """
 
     op: str
@@ -51,6 +53,7 @@ class BenchCase:
     torch_forms: tuple = ("eager",)
     tol: float = 1e-5
     extra: dict = field(default_factory=dict)
+    engines: tuple = ()
 
     @property
     def intensity(self) -> float:
@@ -68,13 +71,21 @@ class BenchCase:
 
     def torch_runner(self, args32, kwargs, form: str, device: str) -> Callable:
         """() -> tensor: PyTorch ``form`` ("eager"/"folded") on ``device``."""
-        torch = torch_models.import_torch()
+        torch = import_torch()
         t = _to_torch(args32, torch, device)
         if self.op == "conv2d":
             import torch.nn.functional as F
 
             x, w, b = t
             return _no_grad(torch, lambda: F.conv2d(x, w, b, **kwargs))
+        if self.op == "global_avg_pool2d":
+            (x,) = t
+            return _no_grad(torch, lambda: x.mean((2, 3)))
+        if self.op == "linear":
+            import torch.nn.functional as F
+
+            x, w, b = t
+            return _no_grad(torch, lambda: F.linear(x, w, b))
         if self.op == "res2net_chain":
             x, ws, bs = t
             if form == "folded":
@@ -90,6 +101,10 @@ class BenchCase:
             module = torch_models.eager_bottle2neck(args32[1], **kwargs).to(device)
             return _no_grad(torch, lambda: module(x))
         raise ValueError(f"no PyTorch form {form!r} of {self.op}")
+
+    def engine_runner(self, args32, engine: str, threads: int) -> Callable:
+        """() -> output of another engine (see ``engines``) at ``threads`` threads."""
+        raise Skip(f"{engine}: no runner for {self.op}")
 
 
 def _to_torch(args, torch, device):
@@ -149,47 +164,98 @@ def _randn(rng, *shape):
     return rng.standard_normal(shape)
 
 
-def conv_case(n, c_in, c_out, k, hw, groups=1, stride=1) -> BenchCase:
-    """conv2d, padding k // 2, with a bias (a BN-folded conv)."""
-    pad = k // 2
-    ho = (hw + 2 * pad - k) // stride + 1
-    w_shape = (c_out, c_in // groups, k, k)
+def conv_case(n, c_in, c_out, k, hw, groups=1, stride=1, *, padding=None, dilation=1) -> BenchCase:
+    """conv2d with a bias (a BN-folded conv).
+
+    ``k`` and ``hw`` are ints (square) or (h, w) pairs; ``padding`` defaults to
+    ``dilation * (k // 2)`` (the output keeps the input's size at stride 1)."""
+    kh, kw = (k, k) if isinstance(k, int) else k
+    h, w = (hw, hw) if isinstance(hw, int) else hw
+    if padding is None:
+        padding = (dilation * (kh // 2), dilation * (kw // 2))
+    ph, pw = (padding, padding) if isinstance(padding, int) else padding
+    ho = (h + 2 * ph - dilation * (kh - 1) - 1) // stride + 1
+    wo = (w + 2 * pw - dilation * (kw - 1) - 1) // stride + 1
+    w_shape = (c_out, c_in // groups, kh, kw)
 
     def make(rng):
-        x = _randn(rng, n, c_in, hw, hw)
-        w = _randn(rng, *w_shape) / np.sqrt(np.prod(w_shape[1:]))
-        return (x, w, _randn(rng, c_out)), dict(stride=stride, padding=pad, groups=groups)
+        x = _randn(rng, n, c_in, h, w)
+        wt = _randn(rng, *w_shape) / np.sqrt(np.prod(w_shape[1:]))
+        kwargs = dict(stride=stride, padding=(ph, pw), groups=groups)
+        if dilation != 1:
+            kwargs["dilation"] = dilation
+        return (x, wt, _randn(rng, c_out)), kwargs
 
     g = f" groups={groups}" if groups > 1 else ""
     s = f" s{stride}" if stride > 1 else ""
-    label = f"{k}x{k}{g} {c_in}->{c_out} N={n} {hw}x{hw}{s}"
-    flops = conv_flops(n, c_in, c_out, k, ho, ho, groups)
-    nbytes = _nbytes((n, c_in, hw, hw), w_shape, (c_out,), (n, c_out, ho, ho))
+    if (ph, pw) != (dilation * (kh // 2), dilation * (kw // 2)):
+        s += f" p{ph}" if ph == pw else f" p{ph},{pw}"
+    s += f" d{dilation}" if dilation > 1 else ""
+    label = f"{kh}x{kw}{g} {c_in}->{c_out} N={n} {h}x{w}{s}"
+    flops = 2 * n * c_out * (c_in // groups) * kh * kw * ho * wo  # conv_flops, kH != kW too
+    nbytes = _nbytes((n, c_in, h, w), w_shape, (c_out,), (n, c_out, ho, wo))
     return BenchCase("conv2d", label, flops, nbytes, make)
 
 
-def chain_case(n, width, scale, hw, stype, stride, name="") -> BenchCase:
-    """res2net_chain with folded weights (width, width, 3, 3) and biases."""
+def chain_case(n, width, scale, hw, stype, stride, name="", groups=1) -> BenchCase:
+    """res2net_chain with folded weights (width, width // groups, 3, 3) and biases;
+    ``hw`` an int (square maps) or an (h, w) pair."""
     nums = max(scale - 1, 1)
-    ho = (hw - 1) // stride + 1
+    h, w = (hw, hw) if isinstance(hw, int) else hw
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+    w_shape = (width, width // groups, 3, 3)
 
     def make(rng):
-        x = _randn(rng, n, width * scale, hw, hw)
-        ws = [_randn(rng, width, width, 3, 3) / np.sqrt(9 * width) for _ in range(nums)]
+        x = _randn(rng, n, width * scale, h, w)
+        fan_in = 9 * (width // groups)
+        ws = [_randn(rng, *w_shape) / np.sqrt(fan_in) for _ in range(nums)]
         bs = [_randn(rng, width) for _ in range(nums)]
-        return (x, ws, bs), dict(scale=scale, stype=stype, stride=stride)
+        kwargs = dict(scale=scale, stype=stype, stride=stride)
+        if groups != 1:
+            kwargs["groups"] = groups
+        return (x, ws, bs), kwargs
 
-    label = f"{name} N={n} {width}w x {scale}s {hw}x{hw} {stype}" + (
+    label = f"{name} N={n} {width}w x {scale}s {h}x{w} {stype}" + (
         f" s{stride}" if stride > 1 else ""
     )
+    label += f" groups={groups}" if groups > 1 else ""
     nbytes = _nbytes(
-        (n, width * scale, hw, hw),
-        (nums, width, width, 3, 3),
+        (n, width * scale, h, w),
+        (nums, *w_shape),
         (nums, width),
-        (n, width * scale, ho, ho),
+        (n, width * scale, ho, wo),
     )
-    flops = chain_flops(n, width, scale, hw, stride)
+    # chain_flops for h x w maps: the 3x3 convs (the adds and the pool are not counted)
+    flops = nums * 2 * n * width * (width // groups) * 9 * ho * wo
     return BenchCase("res2net_chain", label.strip(), flops, nbytes, make, ("eager", "folded"))
+
+
+def global_avg_pool_case(n, c, h, w) -> BenchCase:
+    """global_avg_pool2d of (n, c, h, w): one add per input element (the divide
+    per output is not counted); memory-bound (0.25 FLOP per byte)."""
+
+    def make(rng):
+        return (_randn(rng, n, c, h, w),), {}
+
+    flops = n * c * h * w
+    nbytes = _nbytes((n, c, h, w), (n, c))
+    return BenchCase("global_avg_pool2d", f"N={n} {c}x{h}x{w}", flops, nbytes, make)
+
+
+def linear_case(n, in_features, out_features) -> BenchCase:
+    """linear (n, in_features) -> (n, out_features) with a bias (the classifier)."""
+
+    def make(rng):
+        x = _randn(rng, n, in_features)
+        weight = _randn(rng, out_features, in_features) / np.sqrt(in_features)
+        return (x, weight, _randn(rng, out_features)), {}
+
+    flops = 2 * n * in_features * out_features
+    nbytes = _nbytes(
+        (n, in_features), (out_features, in_features), (out_features,), (n, out_features)
+    )
+    label = f"N={n} {in_features}->{out_features}"
+    return BenchCase("linear", label, flops, nbytes, make)
 
 
 def make_block_params(rng, c_in, planes, width, scale, stride):
@@ -262,25 +328,3 @@ def res2net50_flops(n: int, hw: int, base_width=26, scale=4, classes=1000) -> in
             h = (h - 1) // stride + 1
             c_in = 4 * planes
     return flops + 2 * n * c_in * classes
-
-
-def cases(quick: bool) -> list[BenchCase]:
-    """The benchmark cases (batch 1). --quick: 28x28 maps and a 112x112 network;
-    default: 56x56 maps (layer1), the stride-2 stage blocks of layer2.0 too,
-    and the 224x224 network."""
-    from . import network
-
-    hw = 28 if quick else 56
-    out = [
-        conv_case(1, 26, 26, 3, hw),
-        conv_case(1, 256, 104, 1, hw),
-        conv_case(1, 64, 64, 3, hw // 2, groups=8),
-        chain_case(1, 26, 4, hw, "normal", 1, "layer1.1"),
-    ]
-    if not quick:
-        out.append(chain_case(1, 52, 4, hw, "stage", 2, "layer2.0"))
-    out.append(block_case(1, 256, 64, 26, 4, hw, "normal", 1, "layer1.1"))
-    if not quick:
-        out.append(block_case(1, 256, 128, 52, 4, hw, "stage", 2, "layer2.0"))
-    out.append(network.network_case(1, 112 if quick else 224))
-    return out

@@ -149,6 +149,22 @@ def measure_peaks(quick: bool, threads: int) -> dict:
     }
 
 
+def roofline_gflops(flops_peak, bandwidth, intensity: float) -> float | None:
+    """The roofline at arithmetic ``intensity`` (FLOP per byte): GFLOP/s of
+    ``min(flops_peak, bandwidth x intensity)``, with ``flops_peak`` the sgemm
+    GFLOP/s and ``bandwidth`` the copy GB/s at one thread count (or the GPU's);
+    the sgemm peak alone where the bandwidth is unknown, None without a peak."""
+    if flops_peak and bandwidth:
+        return min(flops_peak, bandwidth * intensity)
+    return flops_peak or None
+
+
+def host_roofline_gflops(peaks: dict, threads: int, intensity: float) -> float | None:
+    """:func:`roofline_gflops` from :func:`measure_peaks`' figures at ``threads``."""
+    key = str(threads)
+    return roofline_gflops(peaks["sgemm_gflops"].get(key), peaks["copy_gbs"].get(key), intensity)
+
+
 def gpu_peaks(quick: bool) -> dict | None:
     """cupy sgemm GFLOP/s and device copy GB/s, or None without a GPU."""
     cupy = cupy_with_gpu()

@@ -4,7 +4,9 @@ Weights are ``r2n.models.random_state_dict`` draws under timm's state_dict
 keys (deterministic, nothing downloaded). The truth is r2n's model on the
 reference backend in float64; r2n's rows build the same weights as float32
 models on their backend; PyTorch's row is timm's ``res2net50_26w_4s``
-(``pretrained=False``) with the same state_dict loaded, eval mode. While
+(``pretrained=False``) with the same state_dict loaded, eval mode; the
+ONNX Runtime and OpenVINO rows run that model's ONNX export
+(:mod:`r2n._bench.engines`, cached after the first run). While
 ``r2n.models`` cannot be imported every row reports "r2n.models not
 available" and nothing fails; without timm there is no PyTorch row.
 """
@@ -57,9 +59,9 @@ class NetworkCase(BenchCase):
             import timm
         except ImportError as exc:
             raise Skip("timm not installed") from exc
-        from . import torch_models
+        from .torch_import import import_torch
 
-        torch = torch_models.import_torch()
+        torch = import_torch()
         net = timm.create_model(NAME, pretrained=False)
         state = {k: torch.from_numpy(np.asarray(v)) for k, v in self._state_dict().items()}
         missing, unexpected = net.load_state_dict(state, strict=False)
@@ -74,6 +76,17 @@ class NetworkCase(BenchCase):
                 return net(x)
 
         return run
+
+    def engine_runner(self, args32, engine, threads):
+        from . import engines
+
+        why = engines.missing(engine)
+        if why is not None:
+            raise Skip(why)
+        (x,) = args32
+        path, _ = engines.cached_onnx(NAME, self._state_dict(), x.shape[0], x.shape[2])
+        fn = engines.RUNNERS[engine](path, threads)
+        return lambda: fn(x)
 
 
 def network_case(n: int, hw: int) -> BenchCase:
@@ -93,5 +106,12 @@ def network_case(n: int, hw: int) -> BenchCase:
         params = 25_699_120  # timm's count, used only for the intensity
     nbytes = FLOAT32_BYTES * (n * 3 * hw * hw + params + n * 1000)
     return NetworkCase(
-        NAME, f"N={n} 3x{hw}x{hw}", res2net50_flops(n, hw), nbytes, make, ("eager",), tol=1e-4
+        NAME,
+        f"N={n} 3x{hw}x{hw}",
+        res2net50_flops(n, hw),
+        nbytes,
+        make,
+        ("eager",),
+        tol=1e-4,
+        engines=("onnxruntime", "openvino"),
     )

@@ -1,4 +1,5 @@
-"""The PNG of ``r2n bench --plot``: speedup bars and a roofline chart.
+"""The PNGs of ``r2n bench --plot`` (speedup bars and a roofline chart) and of
+``r2n ladder --plot`` (:func:`plot_ladders`: each ladder's steps against its roofline).
 
 Left: per case, every timed row's speedup over the serial reference row
 (log scale). Middle: the roofline of this machine, from the peaks measured
@@ -113,3 +114,69 @@ def _model_panel(ax, models: list[dict]) -> None:
     ax.set_ylabel("speedup (x)")
     ax.set_title("Speedup model: (S+T1+T2)/(S+T1/k1+T2/k2) vs measured")
     ax.legend(fontsize=7)
+
+
+def plot_ladders(report: dict, path: str) -> None:
+    """Write the PNG of ``r2n ladder --json``'s ``report`` to ``path``: per ladder,
+    each step's GFLOP/s as a bar (the library last, hatched) under the
+    roofline at the op's arithmetic intensity (solid) and the flat sgemm
+    roof (dashed), log scale; bars are labelled with % of the roofline, and a
+    step that was not timed carries its status instead."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ladders = report["ladders"]
+    cols = min(3, len(ladders))
+    rows_n = (len(ladders) + cols - 1) // cols
+    fig, axes = plt.subplots(rows_n, cols, figsize=(6.5 * cols, 4.8 * rows_n), squeeze=False)
+    peaks = report.get("peaks") or {}
+    threads = str(report.get("threads"))
+    flat = (
+        (report.get("gpu_peaks") or {}).get("sgemm_gflops")
+        if report.get("backend") == "gpu"
+        else (peaks.get("sgemm_gflops") or {}).get(threads)
+    )
+    for ax, ladder in zip(axes.flat, ladders, strict=False):
+        rows = ladder["rows"]
+        names = [r["step"] for r in rows]
+        heights = [r.get("gflops") or 0.0 for r in rows]
+        colors = ["tab:gray" if r["kind"] == "library" else "tab:blue" for r in rows]
+        bars = ax.bar(range(len(rows)), heights, color=colors)
+        for bar, r in zip(bars, rows, strict=True):
+            if r["kind"] == "library":
+                bar.set_hatch("//")
+            text = (
+                f"{r['pct_roofline']:.0f}%"
+                if r.get("pct_roofline") is not None
+                else ("" if r.get("gflops") else r["status"])
+            )
+            top = bar.get_height() if r.get("gflops") else 1.0
+            x = bar.get_x() + bar.get_width() / 2
+            ax.annotate(text, (x, top), ha="center", va="bottom", fontsize=7)
+        roof = ladder.get("roofline_gflops")
+        if roof:
+            ax.axhline(roof, color="tab:red", lw=1.2, label=f"roofline {roof:.0f} GFLOP/s")
+        if flat and (not roof or flat > roof * 1.01):
+            ax.axhline(flat, color="tab:red", ls="--", lw=0.8, label=f"sgemm {flat:.0f}")
+        ax.set_yscale("log")
+        top = max([roof or 0.0, flat or 0.0, *heights, 1.0])
+        ax.set_ylim(0.5 if min(h for h in heights + [1.0] if h) >= 1 else None, top * 2)
+        ax.set_xticks(range(len(rows)), names, fontsize=7, rotation=25, ha="right")
+        ax.set_ylabel("GFLOP/s (log)")
+        ax.set_title(
+            f"{ladder['op']} {ladder['case']}\n{ladder['intensity']:.1f} FLOP/byte", fontsize=9
+        )
+        ax.legend(fontsize=7, loc="upper left")
+    for ax in list(axes.flat)[len(ladders) :]:
+        ax.axis("off")
+    m = report.get("machine", {})
+    where = f"{report.get('threads')} thread(s)" if report.get("threads") else report.get("device")
+    fig.suptitle(
+        f"r2n ladder {report.get('datetime', '')}: {report.get('backend')} on "
+        f"{m.get('cpu', '?')}, {where}" + (" (quick)" if report.get("quick") else "")
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

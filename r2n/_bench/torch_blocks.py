@@ -8,12 +8,12 @@ the PyTorch eager rows of ``r2n bench`` (loaded with folded weights by
 BN statistics, ``tests/torch_res2net.py``).
 
 Importing this module imports torch (through
-:func:`r2n._bench.torch_models.import_torch`, so idle OpenMP workers sleep).
+:func:`r2n._bench.torch_import.import_torch`, so idle OpenMP workers sleep).
 """
 
 from __future__ import annotations
 
-from .torch_models import import_torch
+from .torch_import import import_torch
 
 torch = import_torch()
 if torch is None:

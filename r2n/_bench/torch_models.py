@@ -11,32 +11,11 @@ on the same arguments is the truth for them too):
   while doing all of BN's work;
 * **folded**: ``F.conv2d`` with the folded weight and bias, the rest as eager.
 
-``import_torch`` sets ``OMP_WAIT_POLICY=PASSIVE`` before the first import: idle
-OpenMP workers would otherwise spin and steal the cores of the next row's
-timing (see ``benchmarks/conftest.py``). Used by ``r2n bench`` and ``r2n check``.
+Used by ``r2n bench`` and ``r2n check``; torch itself comes from
+:func:`r2n._bench.torch_import.import_torch`.
 """
 
 from __future__ import annotations
-
-import os
-
-_TORCH: list = []
-
-
-def import_torch():
-    """torch if installed (imported once, idle OpenMP workers passive), else None."""
-    if not _TORCH:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        try:
-            import torch
-
-            # Float32 rows are checked at 1e-5: TF32 convs/matmuls would not pass.
-            torch.backends.cudnn.allow_tf32 = False
-            torch.backends.cuda.matmul.allow_tf32 = False
-            _TORCH.append(torch)
-        except ImportError:
-            _TORCH.append(None)
-    return _TORCH[0]
 
 
 def folded_chain(x, weights, biases, *, scale, stype, stride):

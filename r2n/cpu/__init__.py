@@ -23,6 +23,8 @@ can write a cache (else compiled in memory in each process, with one
 thread count of every kernel. Numba's GNU OpenMP layer is loaded with
 ``OMP_WAIT_POLICY=PASSIVE`` unless the user set a wait policy (``_jit``: idle
 threads that spin stall every launch when another process holds a core).
+Buffers kept between calls live in ``_scratch`` (per thread, bounded, freed
+by ``r2n.clear_scratch``).
 """
 
 from __future__ import annotations
@@ -30,11 +32,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
-
-class DiskCacheWarning(RuntimeWarning):
-    """Numba found no writable directory for the CPU kernels' disk cache: they
-    compile in memory on first use in every process (issued once per process)."""
-
+from ._diskcache import DiskCacheWarning as DiskCacheWarning  # public: r2n.cpu.DiskCacheWarning
 
 # op name -> (module in r2n.cpu, function name)
 _WHERE = {
@@ -115,6 +113,17 @@ def set_num_threads(n: int) -> None:
             f"r2n.set_num_threads: n must be an int from 1 to NUMBA_NUM_THREADS={limit}, got {n!r}"
         )
     numba.set_num_threads(int(n))
+
+
+def clear_scratch() -> None:
+    """Free every buffer the CPU backend keeps between calls, in every thread:
+    intermediates of the fused blocks, padded inputs, and the outputs that
+    prepared layers (and so models) reuse. Later calls allocate them again.
+    (The GPU backend keeps none: its arrays come from CuPy's memory pool.)
+    Imports neither Numba nor CuPy."""
+    from ._scratch import clear_scratch as clear
+
+    clear()
 
 
 def get_num_threads() -> int:

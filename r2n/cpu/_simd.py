@@ -61,7 +61,7 @@ def lanes(dtype) -> int:
     return VECTOR_BYTES // dtype.itemsize
 
 
-@functools.cache
+@functools.cache  # code, not data: a function of (t, nv) alone
 def tile_kernel(t: int, nv: int):
     """The micro-kernel for tiles of ``t`` pixels x ``nv`` channel vectors.
 

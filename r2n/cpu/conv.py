@@ -50,12 +50,14 @@ benchmarks. Arguments arrive checked and normalised by r2n._checks.conv2d_args.
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import numpy as np
 
+from . import _scratch
 from ._jit import kernel, prange, serial
 from ._simd import VECTOR_BYTES, lanes, tile_kernel
-from .elementwise import vector_or
+from .elementwise import kernel_input, vector_or
 
 #: Register tile of variant 3: TILE_PIXELS output pixels x TILE_VECTORS vectors of
 #: output channels (measured best of 8x1, 12x1, 6x2, 4x3, 8x2 on Zen 5).
@@ -269,8 +271,19 @@ def tap_offsets(c_in_g, kernel_hw, dilation, plane, row):
 @functools.lru_cache(maxsize=256)
 def _cached_tap_offsets(c_in_g, kernel_hw, dilation, plane, row):
     """tap_offsets, computed once per geometry: a batch-1 chain spent ~10 us
-    of its ~1.3 ms per conv rebuilding them. The kernels only read the array."""
-    return tap_offsets(c_in_g, kernel_hw, dilation, plane, row)
+    of its ~1.3 ms per conv rebuilding them.
+
+    Safe to share between calls and threads: the key holds every argument
+    the array is computed from, and the array is read-only (Numba then
+    refuses to compile a kernel that writes it). lru_cache is thread-safe,
+    holds at most 256 geometries, and r2n.clear_scratch empties it.
+    """
+    offs = tap_offsets(c_in_g, kernel_hw, dilation, plane, row)
+    offs.flags.writeable = False
+    return offs
+
+
+_scratch.on_clear(_cached_tap_offsets.cache_clear)
 
 
 @kernel
@@ -417,7 +430,9 @@ def _conv_simd_kernel(
                     q_row[i] = o_row[i] + s_row[i]
 
 
-_NONE = {}  # dtype -> empty 1-D array standing in for an unused optional buffer
+# dtype -> empty 1-D array standing in for an unused optional buffer. Shared by
+# every call and thread: it has no element, so it can hold no state.
+_NONE = {}
 
 
 def _none(dtype):
@@ -430,6 +445,125 @@ def min_input_width(w_out, kw, sw, dw):
     """Padded input columns that variant 3's tiles read for a row of ``w_out``
     outputs: a row narrower than a tile still computes a whole tile."""
     return (max(w_out, TILE_PIXELS) - 1) * sw + (kw - 1) * dw + 1
+
+
+class InputLayout(NamedTuple):
+    """The buffer variant 3 reads instead of x (see :func:`input_layout`).
+
+    shape : (H_b, W_b) of each plane of the buffer
+    stride, dilation : the conv's geometry on the buffer
+    padding : (ph, pw), where x's first row / column sits along a padded axis
+    rows, cols : None for a padded axis, else the source index in x of every
+        buffer row / column, int64, -1 for a zero (a gathered axis)
+    """
+
+    shape: tuple
+    stride: tuple
+    dilation: tuple
+    padding: tuple
+    rows: np.ndarray | None
+    cols: np.ndarray | None
+
+
+@functools.lru_cache(maxsize=256)
+def input_layout(h, w, h_out, w_out, kernel_hw, stride, padding, dilation):
+    """How conv_simd lays out its input: None to read x in place, else the
+    :class:`InputLayout` of the buffer to copy it into. (Memoized, as the
+    tap offsets: a function of its arguments alone, index arrays read-only;
+    r2n.clear_scratch empties it. Arguments: ints and tuples of ints.)
+
+    x is read in place when it needs no padding and its rows are as wide as
+    the tiles read (:func:`min_input_width`). Otherwise each axis is either
+
+    * **padded**: x with ``padding`` zeros on both sides (and slack columns
+      for rows narrower than a tile): H + 2 ph rows, max(W + 2 pw,
+      min_input_width) columns; or
+    * **gathered**: only the input rows (columns) that outputs read, one run
+      of k per output, ``buffer[o * k + i] = x_padded[o * s + i * d]``, on
+      which the conv runs with stride k and dilation 1: H_out kH rows,
+      max(W_out, TILE_PIXELS) kW columns,
+
+    whichever is shorter. So the buffer never grows with the stride, the
+    padding or the dilation beyond the output's size times the kernel's (a
+    4x4 input at stride 10**7, or with padding = dilation = 10**5, reads a
+    few dozen values), and every conv whose windows overlap (stride <=
+    kernel extent, the usual case) keeps the padded layout, copied a
+    contiguous row at a time.
+    """
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_hw, stride, padding, dilation
+    padded_w = max(w + 2 * pw, min_input_width(w_out, kw, sw, dw))
+    if (ph, pw) == (0, 0) and padded_w == w:
+        return None
+    rows = cols = None
+    shape_h, shape_w = h + 2 * ph, padded_w
+    if h_out * kh < shape_h:
+        shape_h, rows = h_out * kh, _gather_index(h_out, kh, sh, ph, dh, h)
+        sh, dh = kh, 1
+    gathered_w = min_input_width(w_out, kw, kw, 1)
+    if gathered_w < shape_w:
+        shape_w = gathered_w
+        cols = _gather_index(max(w_out, TILE_PIXELS), kw, sw, pw, dw, w)
+        sw, dw = kw, 1
+    return InputLayout((shape_h, shape_w), (sh, sw), (dh, dw), (ph, pw), rows, cols)
+
+
+_scratch.on_clear(input_layout.cache_clear)
+
+
+def _gather_index(n_out, k, s, p, d, size):
+    """index[o * k + i] = o * s - p + i * d (the input position output o's
+    tap i reads), or -1 where that lies in the padding: (n_out * k,) int64."""
+    o = np.arange(n_out, dtype=np.int64)[:, None]
+    i = np.arange(k, dtype=np.int64)[None, :]
+    index = (o * s - p + i * d).reshape(-1)
+    index[(index < 0) | (index >= size)] = -1
+    index.flags.writeable = False
+    return index
+
+
+@kernel
+def _gather_kernel(x, rows, cols, xg):
+    """xg[n, c, r, q] = x[n, c, rows[r], cols[q]], 0 where either index is -1:
+    every element of xg written. One job per (n, c) plane."""
+    n_img, c = x.shape[0], x.shape[1]
+    zero = xg.dtype.type(0)
+    for job in prange(n_img * c):
+        n = job // c
+        ch = job % c
+        for r in range(rows.size):
+            dst = xg[n, ch, r]
+            iy = rows[r]
+            if iy < 0:
+                for q in range(cols.size):
+                    dst[q] = zero
+            else:
+                src = x[n, ch, iy]
+                for q in range(cols.size):
+                    ix = cols[q]
+                    dst[q] = src[ix] if ix >= 0 else zero
+
+
+def read_layout(x, layout, make=np.empty):
+    """x (N, C, H, W) contiguous, copied into the buffer ``layout`` describes,
+    every element written; ``make(shape, dtype)`` allocates the buffer
+    (np.empty, or a scratch cache whose old contents then never matter)."""
+    n, c, h, w = x.shape
+    buf = make((n, c, *layout.shape), x.dtype)
+    (ph, pw), rows, cols = layout.padding, layout.rows, layout.cols
+    if rows is None and cols is None:
+        _pad_kernel(x, ph, pw, buf)  # the usual case: contiguous row copies
+        return buf
+    if rows is None:
+        rows = _gather_index(layout.shape[0], 1, 1, ph, 1, h)  # row r holds x's row r - ph
+    if cols is None:
+        cols = _gather_index(layout.shape[1], 1, 1, pw, 1, w)
+    _gather_kernel(kernel_input(x), kernel_input(rows), kernel_input(cols), buf)
+    return buf
+
+
+def _role(scratch):
+    """``make(shape, dtype)`` for read_layout from a scratch cache."""
+    return lambda shape, dtype: scratch("conv.input", shape, dtype)
 
 
 def conv_simd(
@@ -457,6 +591,7 @@ def conv_simd(
     out_padding=(0, 0),
     n_conv=1,
     x_conv_step=0,
+    scratch=None,
 ):
     """Launch variant 3 on prepared arguments (the building block of fused ops).
 
@@ -465,7 +600,9 @@ def conv_simd(
     x : (N, C, H, W) contiguous input; ``x_c0`` is the first channel read (the
         conv reads channels x_c0 .. x_c0 + groups * c_in_g). If ``padding`` is
         (0, 0) and W >= min_input_width(...), x is read in place (the chain
-        passes inputs it padded itself); otherwise a padded copy is made.
+        passes inputs it padded itself); otherwise it is copied into the
+        buffer :func:`input_layout` describes (padded, or gathered when that
+        is smaller), allocated by ``scratch`` if given, else new.
     packed : pack_weights(weight, groups) ; c_out : output channels of the conv
     kernel_hw, stride, padding, dilation : pairs ; bias : (c_out,) contiguous
     out : (N, C_tot, H_out + 2*oph, W_out + 2*opw) contiguous; channels
@@ -479,6 +616,8 @@ def conv_simd(
         in one launch: ``packed`` and ``bias`` are their packed weights and
         biases concatenated, conv i reads channels from x_c0 + i * x_conv_step
         and writes out_c0 + i * c_out ... (no res / nxt then)
+    scratch : optional ``scratch(role, shape, dtype)`` (r2n.cpu._scratch)
+        supplying the input copy's buffer, reused across calls
 
     1x1 stride-1 unpadded convs run on each plane as one long row (a GEMM).
     """
@@ -497,9 +636,12 @@ def conv_simd(
         xp, rows, cols, row_step = x, 1, h * w, 0  # the plane is one long row: a GEMM
         in_row, in_plane = h * w, h * w
     else:
-        need = min_input_width(w_out, kw, sw, dilation[1])
-        extra = max(0, need - (w + 2 * pw))
-        xp = x if (ph, pw, extra) == (0, 0, 0) else pad(x, padding, (0, extra))
+        geometry = tuple(kernel_hw), tuple(stride), tuple(padding), tuple(dilation)
+        layout = input_layout(h, w, h_out, w_out, *geometry)
+        xp = x
+        if layout is not None:
+            xp = read_layout(x, layout, np.empty if scratch is None else _role(scratch))
+            (sh, sw), dilation = layout.stride, layout.dilation
         rows, cols, row_step = h_out, w_out, sh * xp.shape[3]
         in_row, in_plane = xp.shape[3], xp.shape[2] * xp.shape[3]
     offs = _cached_tap_offsets(c_in_g, tuple(kernel_hw), tuple(dilation), in_plane, in_row)

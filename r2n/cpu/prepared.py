@@ -1,16 +1,29 @@
 """Prepared layers for whole networks (``r2n._backends.prepare`` on ``"cpu"``).
 
 Each factory packs its weights once (``conv.pack_weights``) and returns a
-callable that checks its input, keeps its intermediate buffers per input
-shape, and runs the fused kernels:
+callable that checks its input and runs the fused kernels:
 
 * ``conv2d``: one launch of ``conv.conv_simd`` whose epilogue adds the bias,
   the optional residual and applies ReLU or leaky ReLU (a conv + BN + act of
   TResNet, a stem conv, a BasicBlock's second conv with its shortcut);
 * ``bottle2neck``: ``res2net.PreparedBottle2neck``.
 
-The callables are not thread-safe (they reuse buffers); see
-``r2n._backends`` for the contract they implement.
+See ``r2n._backends`` for the contract they implement. What they keep
+between calls, and why no call can see another's state:
+
+* the packed weights: written once, in ``__init__``, and only read after;
+* per input shape, the output shape / checked arguments (``_shapes`` /
+  ``_args``): a function of the shape and the layer's fixed options alone,
+  so computing one twice gives the same value (two threads may); at most
+  ``SHAPE_ENTRIES`` of them, then the dictionary starts again;
+* with ``reuse_output=True``, the returned array, from the calling thread's
+  scratch cache (``r2n.cpu._scratch``) under a role private to the layer:
+  another thread gets its own, every call writes all of it, and a call
+  whose input or residual is that array gets a new one instead;
+* intermediate buffers (the conv's padded input, the block's t1 / t2 / ...):
+  the same per-thread cache, each written in full before it is read.
+
+So a layer can run in several threads at once, each with its own buffers.
 """
 
 from __future__ import annotations
@@ -18,9 +31,14 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _checks
-from .conv import _pad_kernel, conv_simd, min_input_width, pack_weights
+from ._scratch import owner_token, scratch
+from .conv import conv_simd, pack_weights
 from .elementwise import vector_or
-from .res2net import PreparedBottle2neck, scratch
+from .res2net import PreparedBottle2neck
+
+#: Input shapes whose output shape / checked arguments a layer remembers
+#: (a few bytes each); past this many the dictionary is emptied and refilled.
+SHAPE_ENTRIES = 64
 
 
 def _check_input(op, x, dtype, want_channels):
@@ -74,8 +92,8 @@ class PreparedConv2d:
         self.relu = activation is not None
         self.negative_slope = negative_slope if activation == "leaky_relu" else 0.0
         self.reuse_output = reuse_output
-        self._shapes = {}  # x.shape -> out_shape
-        self._outputs = {}  # x.shape -> reused output
+        self._shapes = {}  # x.shape -> out_shape (see the module docstring)
+        self._owner = owner_token()  # the scratch role of this layer's outputs
 
     def __call__(self, x, residual=None):
         """x (N, C_in, H, W) -> (N, C_out, H_out, W_out); residual shaped like the output."""
@@ -86,14 +104,15 @@ class PreparedConv2d:
             args = _checks.conv2d_args(
                 "conv2d",
                 x,
-                _checks._ShapeOnly(self.weight_shape),
+                _checks.ShapeOnly(self.weight_shape),
                 None,
                 g["stride"],
                 g["padding"],
                 g["dilation"],
                 g["groups"],
             )
-            out_shape = self._shapes[x.shape] = args["out_shape"]
+            out_shape = args["out_shape"]
+            _remember(self._shapes, x.shape, out_shape)
         if residual is not None:
             if _checks.array_kind(residual) != "numpy" or residual.dtype != self.dtype:
                 raise TypeError(
@@ -103,13 +122,11 @@ class PreparedConv2d:
                 )
             _checks.check_shape("conv2d", "residual", residual, out_shape, "(N, C_out, Ho, Wo)")
             residual = np.ascontiguousarray(residual)
-        out = self._outputs.get(x.shape) if self.reuse_output else None
-        if out is None:
-            out = np.empty(out_shape, self.dtype)
-            if self.reuse_output:
-                self._outputs[x.shape] = out
+        x = np.ascontiguousarray(x)
+        out = _output(self, out_shape, x, residual)
         g = self.geometry
-        x, padding = self._padded(np.ascontiguousarray(x), out_shape)
+        # The padded (or gathered) input goes into this thread's scratch: the
+        # copy writes all of it (conv.read_layout).
         return conv_simd(
             x,
             self.packed,
@@ -117,32 +134,15 @@ class PreparedConv2d:
             g["groups"],
             self.weight_shape[2:],
             g["stride"],
-            padding,
+            g["padding"],
             g["dilation"],
             self.bias,
             out,
             relu=self.relu,
             negative_slope=self.negative_slope,
             res=residual,
+            scratch=scratch,
         )
-
-    def _padded(self, x, out_shape):
-        """(input, padding) for conv_simd: x zero-padded into a reused scratch
-        buffer (with the slack columns the tiles read) when the conv needs
-        padding, so conv_simd reads it in place instead of allocating a copy."""
-        g = self.geometry
-        (ph, pw), kw = g["padding"], self.weight_shape[3]
-        one_by_one = self.weight_shape[2:] == (1, 1) and g["stride"] == (1, 1)
-        if one_by_one and (ph, pw) == (0, 0):
-            return x, (ph, pw)  # conv_simd runs these as a GEMM on x itself
-        n, c, h, w = x.shape
-        need = min_input_width(out_shape[3], kw, g["stride"][1], g["dilation"][1])
-        extra = max(0, need - (w + 2 * pw))
-        if (ph, pw, extra) == (0, 0, 0):
-            return x, (ph, pw)
-        xp = scratch("conv.padded", (n, c, h + 2 * ph, w + 2 * pw + extra), x.dtype)
-        _pad_kernel(x, ph, pw, xp)
-        return xp, (0, 0)
 
 
 class PreparedBottle2neckLayer:
@@ -159,12 +159,12 @@ class PreparedBottle2neckLayer:
         self.options = dict(scale=scale, stype=stype, stride=stride, groups=groups)
         self.dtype = np.asarray(params.conv1.weight).dtype
         self.reuse_output = reuse_output
-        self._args = {}  # x.shape -> normalised bottle2neck args
-        self._outputs = {}  # x.shape -> reused output
+        self._args = {}  # x.shape -> normalised bottle2neck args (module docstring)
+        self._owner = owner_token()  # the scratch role of this layer's outputs
         # Check the block and pack its weights now, on a stand-in input: the
         # chain's options do not depend on the input's size.
         c_in = params.conv1.weight.shape[1]
-        probe = _checks._ShapeOnly((1, c_in, 8, 8))
+        probe = _checks.ShapeOnly((1, c_in, 8, 8))
         args = _checks.bottle2neck_args("bottle2neck", probe, params, scale, stype, stride, groups)
         self._block = PreparedBottle2neck(params, args, self.dtype)
         # Later calls only need the shapes for their checks: keep no array twice.
@@ -179,18 +179,34 @@ class PreparedBottle2neckLayer:
             args = _checks.bottle2neck_args(
                 "bottle2neck", x, self.params, o["scale"], o["stype"], o["stride"], o["groups"]
             )
-            self._args[x.shape] = args
-        out = self._outputs.get(x.shape) if self.reuse_output else None
-        if out is None:
-            out = np.empty(args["out_shape"], self.dtype)
-            if self.reuse_output:
-                self._outputs[x.shape] = out
-        return self._block.run(np.ascontiguousarray(x), args, out)
+            _remember(self._args, x.shape, args)
+        x = np.ascontiguousarray(x)
+        return self._block.run(x, args, _output(self, args["out_shape"], x))
+
+
+def _remember(cache, key, value):
+    """cache[key] = value, emptying ``cache`` first when it holds SHAPE_ENTRIES.
+    (Plain dict operations: atomic under the GIL, so threads may share it.)"""
+    if len(cache) >= SHAPE_ENTRIES:
+        cache.clear()
+    cache[key] = value
+
+
+def _output(layer, shape, *inputs):
+    """The array a layer's call writes its output to: with reuse_output, its
+    buffer of this shape in the calling thread's scratch (written in full by
+    the call), unless an input is that very buffer (the caller passed an
+    earlier output back in); else a new array."""
+    if layer.reuse_output:
+        out = scratch(("out", layer._owner), shape, layer.dtype)
+        if not any(a is not None and np.may_share_memory(out, a) for a in inputs):
+            return out
+    return np.empty(shape, layer.dtype)
 
 
 def _shapes_only(params):
     """params with every array replaced by a shape-only stand-in (for the checks)."""
-    return params.map(lambda a: _checks._ShapeOnly(a.shape))
+    return params.map(lambda a: _checks.ShapeOnly(a.shape))
 
 
 def prepare_conv2d(weight, bias, **options):

@@ -30,33 +30,37 @@ ops prepare on every call (packing is O(weights), small next to the convs)
 and use the direct convs only (a Winograd weight transform per call would
 cost more than it saves).
 Their intermediate buffers (padded chunks, t1, the chain's output, the
-shortcut) come from :func:`scratch`, a per-thread cache keyed by role and
-shape: repeated calls on one shape (a model's forward passes) allocate only
-what they return, and blocks of one shape share one set of buffers (each is
-dead once its block returns, and reusing it keeps it in cache). They stay
-allocated after a call; :func:`clear_scratch` frees them.
+shortcut) come from ``r2n.cpu._scratch.scratch``, a bounded per-thread cache
+keyed by role and shape: repeated calls on one shape (a model's forward
+passes) allocate only what they return, and blocks of one shape share one set
+of buffers (each is dead once its block returns, and reusing it keeps it in
+cache). Every one of them is written in full by the call that reads it, so
+no earlier call can change a result; ``r2n.clear_scratch()`` frees them.
 """
 
 from __future__ import annotations
-
-import threading
-from collections import OrderedDict
 
 import numba
 import numpy as np
 
 from ._jit import kernel, prange
-from .conv import _none, conv_simd, min_input_width, pack_weights
+from ._scratch import clear_scratch, scratch  # noqa: F401  (clear_scratch: re-exported)
+from .conv import _none, conv_simd, input_layout, pack_weights
 from .elementwise import vector_or
 from .pool import avg_pool2d
 from .winograd import conv_winograd, transform_weights, use_winograd
 
 
 @kernel
-def _chain_prologue(x, width, n_pad, stage, stride, last_c, xp, out, out_c0):
+def _chain_prologue(x, width, n_pad, stage, stride, last_c, xp, nxt, out, out_c0):
     """Pad chunks 0 .. n_pad-1 of x into xp (N, n_pad*width, H+2, W_p), and
     write chunk ``last_c`` (if >= 0) into out[:, out_c0 : out_c0 + width]:
     a copy, or for stage a 3x3 / stride / pad-1 average (count_include_pad).
+
+    ``nxt`` (shaped like xp, or empty): the "normal" chain's second padded
+    buffer, whose interior the convs write; here its border (rows 0 and H+1,
+    column 0 and the columns from W+1 on) is zeroed, so that no earlier call,
+    of any width, leaves values in the padding: O(border), not O(buffer).
 
     Everything runs a row at a time over row slices, whose loops vectorise.
     """
@@ -67,6 +71,7 @@ def _chain_prologue(x, width, n_pad, stage, stride, last_c, xp, out, out_c0):
     zero = x.dtype.type(0)
     ninth = x.dtype.type(1.0 / 9.0)
     per_img = n_pad * width + n_last
+    border_nxt = nxt.size > 0
     for job in prange(n_img * per_img):
         n = job // per_img
         c = job % per_img
@@ -79,6 +84,16 @@ def _chain_prologue(x, width, n_pad, stage, stride, last_c, xp, out, out_c0):
                     src = x[n, c, y - 1]
                     for i in range(w):
                         dst[1 + i] = src[i]
+            if border_nxt:
+                for y in range(hp):
+                    dst = nxt[n, c, y]
+                    if y == 0 or y > h:
+                        for i in range(wp):
+                            dst[i] = zero
+                    else:
+                        dst[0] = zero
+                        for i in range(w + 1, wp):
+                            dst[i] = zero
         elif not stage:  # the last chunk passes through
             c_in = last_c + c - n_pad * width
             c_out = out_c0 + c - n_pad * width
@@ -127,6 +142,8 @@ class PreparedChain:
     def __init__(
         self, weights, biases, *, scale, stype, stride, groups, width, dtype, winograd=True
     ):
+        if stype == "normal" and stride != 1:  # as r2n._checks.chain_args
+            raise ValueError(f"PreparedChain: stype 'normal' needs stride 1, got {stride}")
         self.scale, self.stype, self.stride, self.groups = scale, stype, stride, groups
         self.width = width
         self.nums = max(scale - 1, 1)
@@ -195,8 +212,13 @@ class PreparedChain:
         stage = self.stype == "stage" or self.scale == 1
         n_pad = nums if stage else 1
         last = nums * width if self.scale > 1 else -1
+        layout = input_layout(h, w, h_out, w_out, (3, 3), (s, s), (1, 1), (1, 1))
+        if layout.rows is not None or layout.cols is not None:
+            # Stride > 3 (stage chains only): padded chunks with slack columns
+            # would grow with the stride; conv_simd gathers what the convs read.
+            return self._gathered(x, out)
         # Padded chunks, with slack columns if rows are narrower than a tile.
-        wp = max(w + 2, min_input_width(w_out, 3, s, 1))
+        wp = layout.shape[1]
         if stage and n > numba.get_num_threads():
             # A large stage batch runs a few images at a time, so that its input
             # and padded chunks stay in the last-level cache between the prologue
@@ -207,15 +229,21 @@ class PreparedChain:
                 for i in range(0, n, step):
                     self(x[i : i + step], out[i : i + step])
                 return out
+        # Both padded buffers are written in full by this call before any conv
+        # reads them (see r2n.cpu._scratch): the prologue rewrites all of xp
+        # and zeroes nxt's border; "normal" conv i reads one of them and writes
+        # sp + x_{i+1} into the other's whole interior (H x W), and the two swap.
+        # So what an earlier call of another width left in them (wp is the same
+        # for every width up to TILE_PIXELS) is never read.
         xp = scratch("chain.xp", (n, n_pad * width, h + 2, wp), x.dtype)
-        # "normal": conv i reads one padded buffer and writes sp + x_{i+1} into
-        # the other's interior; the two swap. Borders stay zero: the prologue
-        # rewrites all of xp, the convs write only interiors, and nxt starts
-        # as zeros (its role in the cache is never given to another writer).
-        nxt = None
+        nxt = no_buffer = _none(x.dtype).reshape(0, 0, 0, 0)
         if not stage and nums > 1:
-            nxt = scratch("chain.nxt", xp.shape, x.dtype, np.zeros)
-        _chain_prologue(x, width, n_pad, self.stype == "stage", s, last, xp, out, nums * width)
+            nxt = scratch("chain.nxt", xp.shape, x.dtype)
+        _chain_prologue(
+            x, width, n_pad, self.stype == "stage", s, last, xp, nxt, out, nums * width
+        )  # fmt: skip
+        if nxt is no_buffer:
+            nxt = None
         if stage:
             # Conv i reads padded chunk i and writes output chunk i; one launch
             # for all of them (one wake-up, one barrier, nums times the jobs).
@@ -261,6 +289,22 @@ class PreparedChain:
                 cur, nxt = nxt, cur
         return out
 
+    def _gathered(self, x, out):
+        """The stage chain for strides whose padded chunks would outgrow the
+        input (r2n.cpu.conv.input_layout): the prologue pools the last chunk,
+        then one launch runs every conv, on a copy of x holding only the rows
+        and columns they read."""
+        width, nums = self.width, self.nums
+        no_pad = _none(x.dtype).reshape(0, 0, 0, 0)
+        last = nums * width if self.scale > 1 else -1
+        _chain_prologue(x, width, 0, True, self.stride, last, no_pad, no_pad, out, nums * width)
+        conv_simd(
+            x, self.packed_all, width, self.groups, (3, 3), (self.stride, self.stride), (1, 1),
+            (1, 1), self.biases_all, out, relu=True, c_in_g=width // self.groups,
+            n_conv=nums, x_conv_step=width, scratch=scratch,
+        )  # fmt: skip
+        return out
+
     def _winograd(self, x, out):
         """The stride-1 chain with Winograd convs (r2n.cpu.winograd.conv_winograd).
 
@@ -274,7 +318,8 @@ class PreparedChain:
         if self.scale > 1:
             no_pad = _none(x.dtype).reshape(0, 0, 0, 0)  # the prologue pads no chunk here
             _chain_prologue(
-                x, width, 0, self.stype == "stage", 1, nums * width, no_pad, out, nums * width
+                x, width, 0, self.stype == "stage", 1, nums * width, no_pad, no_pad, out,
+                nums * width,
             )  # fmt: skip
         common = dict(c_in_g=width // groups, relu=True, scratch=scratch)
         if stage:
@@ -290,39 +335,6 @@ class PreparedChain:
                 out_c0=i * width, **common,
             )  # fmt: skip
         return out
-
-
-_SCRATCH = threading.local()
-#: Buffers kept per thread (least recently used ones go first). Res2Net-50
-#: needs about 40 (5 roles x 8 block shapes).
-SCRATCH_ENTRIES = 128
-
-
-def scratch(role, shape, dtype, make=np.empty):
-    """A reusable intermediate buffer of this thread: the same array for the
-    same (role, shape, dtype) until it is evicted. ``make(shape, dtype)``
-    creates it (np.empty; np.zeros for buffers whose untouched parts must be
-    zero). A caller must be done with the buffer before the next call that
-    asks for the same role and shape: only the blocks' internals use it.
-    """
-    cache = getattr(_SCRATCH, "buffers", None)
-    if cache is None:
-        cache = _SCRATCH.buffers = OrderedDict()
-    key = (role, tuple(shape), np.dtype(dtype))
-    buf = cache.get(key)
-    if buf is None:
-        buf = cache[key] = make(shape, dtype)
-        while len(cache) > SCRATCH_ENTRIES:
-            cache.popitem(last=False)
-    else:
-        cache.move_to_end(key)
-    return buf
-
-
-def clear_scratch():
-    """Free this thread's cached intermediate buffers (they are kept after a
-    call, up to SCRATCH_ENTRIES of them; the next call allocates again)."""
-    _SCRATCH.buffers = OrderedDict()
 
 
 def res2net_chain(x, weights, biases, *, scale, stype, stride, groups, width, out_shape):
@@ -387,8 +399,34 @@ class PreparedBottle2neck:
 
     def run(self, x, args, out=None):
         """x (N, C_in, H, W) contiguous, ``args`` = bottle2neck_args for x ->
-        ``out`` (N, C_out, H_out, W_out), allocated if None."""
+        ``out`` (N, C_out, H_out, W_out), allocated if None.
+
+        ``out``, if given: C-contiguous, x's dtype, args' output shape, and not
+        overlapping x (else ValueError): conv3 writes it while the shortcut
+        (x itself, for an identity shortcut) is still being read.
+        """
         n, _, h, w = x.shape
+        if args["conv1"]["out_shape"] != (n, self.c1, h, w) or not x.flags.c_contiguous:
+            raise ValueError(
+                f"PreparedBottle2neck.run: x must be C-contiguous and of the shape args were "
+                f"made for, (N, C_in, H, W) with N, H, W = "
+                f"{tuple(args['conv1']['out_shape'][i] for i in (0, 2, 3))}, got {x.shape}"
+            )
+        if out is not None and (
+            out.shape != tuple(args["out_shape"]) or out.dtype != x.dtype
+            or not out.flags.c_contiguous or np.may_share_memory(out, x)
+        ):  # fmt: skip
+            # Both contiguous (else refused here): may_share_memory is exact.
+            raise ValueError(
+                f"PreparedBottle2neck.run: out must be a C-contiguous {x.dtype} array of "
+                f"shape {tuple(args['out_shape'])} not overlapping x, got {out.dtype} "
+                f"{out.shape}"
+                + ("" if out.flags.c_contiguous else ", not C-contiguous")
+                + (", overlapping x" if np.may_share_memory(out, x) else "")
+            )
+        # Per-thread buffers (r2n.cpu._scratch), each written in full before it
+        # is read: t1 by conv1, t2 by the chain (every channel: its convs and
+        # the last chunk), identity by the shortcut conv; conv3 reads them.
         t1 = scratch("block.t1", (n, self.c1, h, w), x.dtype)
         t2 = scratch("block.t2", args["chain"]["out_shape"], x.dtype)
         identity = None

@@ -536,10 +536,18 @@ def conv_winograd(
     workers = max(1, min(workers, n_conv * n * n_blocks))
     ntx = (w_out + 1) // 2
     make = scratch or (lambda role, shape, dtype, fill=np.zeros: fill(shape, dtype))
-    # Columns past a block's tiles (and channels past its outputs) are
-    # computed from whatever the buffers hold and never used: every tile's
-    # values depend on its own column of V only. The parity planes are
-    # rewritten for every input channel, S and Y for every tile row.
+    # The scratch buffers may come from an earlier call of another geometry
+    # with the same buffer size (r2n.cpu._scratch keys them on role and shape
+    # only), so nothing this call reads may depend on what they held: every
+    # value that reaches the output is written first by this job. The parity
+    # planes are rewritten for every input channel (all R columns of rows+1
+    # rows), V for every input channel over the block's tiles, M by the GEMMs
+    # over the same tiles, S and Y for every tile row. Columns past a block's
+    # tiles (V's slack up to TBP, the unused tile column, T's one extra
+    # element) and channels past its outputs are computed from whatever the
+    # buffers hold and never written out: every tile's values depend on its
+    # own column of V only. np.zeros at creation only keeps denormals out of
+    # those lanes (tests/test_stateful.py fills the buffers with NaN).
     v_scr = make("wino.v", (workers, 16 * c_in * tbp), dt, np.zeros)
     m_scr = make("wino.m", (workers, 16 * tbp * blk), dt, np.zeros)
     y_scr = make("wino.y", (workers, 12 * (ntx + 1) * blk), dt, np.zeros)

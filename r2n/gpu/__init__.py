@@ -13,7 +13,8 @@ module             ops
 ``pool``           max_pool2d, avg_pool2d, global_avg_pool2d (2 variants)
 ``layers``         linear (3 variants), space_to_depth, blur_pool2d,
                    squeeze_excite
-``conv``           conv2d (numbered variants)
+``conv``           conv2d (numbered variants; ``conv_tensor_core``: variant 4,
+                   tf32 / bf16 on tensor cores)
 ``res2net``        res2net_chain, bottle2neck, fused
 ``graph``          :func:`capture`: a whole forward recorded as one CUDA graph
 =================  ==========================================================

@@ -14,7 +14,8 @@ The executor protocol::
     ex.launch(file, name_expr, grid, block, args, shared_mem=0)
 
 ``file`` names a source in ``r2n/gpu/kernels``; the text compiled is
-``common.cuh`` followed by that file (:func:`kernel_source`). Each op module
+``common.cuh`` followed by that file, with the ``.cuh`` headers it names in
+``#include "..."`` lines pasted in (:func:`kernel_source`). Each op module
 registers the name expressions it launches (``register("pool.cu",
 ["max_pool2d_kernel<float>", ...])``) so that the compile test can enumerate
 every kernel (:data:`KERNELS`).
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import pathlib
+import re
 import threading
 
 import numpy as np
@@ -90,15 +92,48 @@ def names_of(file: str) -> list[str]:
     return list(KERNELS[file])
 
 
-@functools.cache
+@functools.cache  # a source file of the installed package: constant while r2n runs
 def _read(path: str) -> str:
     return pathlib.Path(path).read_text()
 
 
+_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*"([^"]+)"[ \t]*$', re.MULTILINE)
+
+
+def expand_includes(text: str, name: str = "<source>", _done: set | None = None) -> str:
+    """``text`` with each ``#include "X.cuh"`` line replaced by the text of
+    r2n/gpu/kernels/X.cuh (its own includes expanded too), each header at most
+    once (later lines of an included header become a comment).
+
+    NVRTC (through CuPy) compiles one string, and CuPy's compile cache is keyed
+    on that string: pasting the headers in keeps the cache key complete, where
+    an include path would not. ``<...>`` includes are left alone.
+
+    Raises
+    ------
+    ValueError : a quoted include of a file that is not in r2n/gpu/kernels.
+    """
+    done = set() if _done is None else _done
+
+    def paste(match):
+        header = match.group(1)
+        path = KERNEL_DIR / header
+        if "/" in header or not path.is_file():
+            raise ValueError(f"r2n.gpu: {name} includes {header!r}, not a file in {KERNEL_DIR}")
+        if header in done:
+            return f'// (#include "{header}": already included)'
+        done.add(header)
+        body = expand_includes(_read(str(path)), header, done)
+        return f"// ---- {header} ----\n{body}\n// ---- end of {header} ----"
+
+    return _INCLUDE.sub(paste, text)
+
+
 def kernel_source(file: str) -> str:
-    """The text compiled for ``file``: common.cuh, then kernels/<file>."""
+    """The text compiled for ``file``: common.cuh, then kernels/<file> with the
+    headers it includes pasted in (:func:`expand_includes`)."""
     common = _read(str(KERNEL_DIR / "common.cuh"))
-    body = _read(str(KERNEL_DIR / file))
+    body = expand_includes(_read(str(KERNEL_DIR / file)), file, {"common.cuh"})
     return f"{common}\n// ---- {file} ----\n{body}"
 
 
@@ -202,6 +237,13 @@ class CupyExecutor:
     One instance per device; modules are compiled once per (device, file) and
     memoized (CuPy also caches the binary on disk), and so are the kernel
     objects and their shared-memory opt-ins, so a launch does no lookups.
+
+    What it keeps, and why that is safe across calls and threads: each cache
+    is keyed on everything its value is computed from (a module on its file,
+    whose source is constant; a kernel on (file, name); a checked launch
+    configuration on the configuration as passed, types included) and holds
+    no array; compiles and opt-ins happen under ``_lock``; other entries are
+    plain dict get / set (atomic), so two threads at most compute one twice.
     """
 
     def __init__(self, device_id: int, cupy_module=None):
@@ -309,7 +351,7 @@ class CupyExecutor:
             func(grid, block, args, shared_mem=int(shared_mem))
 
 
-_executors: dict[int, CupyExecutor] = {}
+_executors: dict[int, CupyExecutor] = {}  # device id -> its executor (under the lock)
 _executors_lock = threading.Lock()
 
 

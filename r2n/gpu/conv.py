@@ -1,4 +1,4 @@
-"""conv2d on the GPU, in three numbered variants (kernels/conv.cu).
+"""conv2d on the GPU, in four numbered variants (kernels/conv.cu, conv_tensor_core.cu).
 
 =====================  =========================================================
 variant                what it is
@@ -15,6 +15,9 @@ variant                what it is
                        or 8 x 4 (double) register tiles in 128-wide block tiles
                        when there are enough of them to fill the GPU, else the
                        4 x 4 / 64 x 64 tile.
+``4_tensor_core``      variant 2's implicit GEMM on warp-level mma.sync (sm_80+),
+                       operands rounded to TF32 or bfloat16 (``precision``), float32
+                       accumulators; float32 data only (r2n.gpu.conv_tensor_core).
 =====================  =========================================================
 
 Both GEMM variants fetch the next K slice into registers while multiplying
@@ -29,7 +32,11 @@ add or cat passes.
 :func:`conv2d` (the backend's op) picks by shape: 1x1/stride-1/padding-0 convs
 go to ``3_gemm_1x1``; convs with fewer than 8 output channels per group
 (depthwise) to ``1_direct``, because a GEMM tile would leave >= 3/4 of its rows
-empty; everything else to ``2_implicit_gemm``. These rules follow from tile
+empty; everything else to ``2_implicit_gemm``. With ``precision="tf32"`` or
+``"bf16"`` (the caller's choice, never the default) every conv with at least
+8 output channels per group goes to ``4_tensor_core`` (1x1 convs too, through
+its im2col loads); depthwise convs stay on ``1_direct`` in float32, which is
+within the requested precision's bounds. These rules follow from tile
 utilisation; the first timings on a GPU (an H100) are in
 benchmarks/results/NOTES-gpu.md.
 """
@@ -40,6 +47,7 @@ import numpy as np
 
 from .. import _checks
 from . import _runtime
+from . import conv_tensor_core as _tc
 
 FILE = "conv.cu"
 
@@ -101,8 +109,11 @@ def is_gemm_1x1(kernel_hw, stride, padding) -> bool:
     return tuple(kernel_hw) == (1, 1) and tuple(stride) == (1, 1) and tuple(padding) == (0, 0)
 
 
-def pick_variant(kernel_hw, stride, padding, c_out_g: int) -> str:
-    """The variant :func:`conv2d` runs for a conv of this shape (module docstring)."""
+def pick_variant(kernel_hw, stride, padding, c_out_g: int, precision: str = "fp32") -> str:
+    """The variant :func:`conv2d` runs for a conv of this shape and precision
+    (module docstring)."""
+    if precision != "fp32" and c_out_g >= 8:
+        return "4_tensor_core"
     if is_gemm_1x1(kernel_hw, stride, padding):
         return "3_gemm_1x1"
     if c_out_g < 8:
@@ -132,6 +143,7 @@ def launch_conv(
     side_mode: int = SIDE_NONE,
     side_c0: int = 0,
     side_c: int = 0,
+    precision: str = "fp32",
     op: str = "conv2d",
 ) -> None:
     """Launch one conv kernel writing ``out[:, out_c0 : out_c0 + C_out]``.
@@ -155,6 +167,7 @@ def launch_conv(
         side_c0 + side_c] copied (SIDE_COPY, needs H_out == H) or 3x3 / stride /
         pad-1 average-pooled (SIDE_AVG_POOL_3X3) into the same channels of out,
         by extra blocks of this launch.
+    precision : "fp32" (variants 1-3), or "tf32" / "bf16" (variant 4 only)
 
     Every slice and shape is checked here, before the launch, so that no
     combination of arguments can make a kernel index outside its arrays.
@@ -189,6 +202,7 @@ def launch_conv(
         side_mode,
         side_c0,
         side_c,
+        precision,
         op,
         _tunables(),
     )
@@ -199,7 +213,7 @@ def launch_conv(
             _PLANS[key] = plan
     if plan is _EMPTY:
         return
-    name, grid, block, shared, scalars = plan
+    file, name, grid, block, shared, scalars = plan
     # scalars[i] is None where the kernel takes an array (see _plan's args).
     args = (
         x,
@@ -213,12 +227,18 @@ def launch_conv(
         out if residual is None else residual,
         out,
     ) + scalars[10:]
-    ex.launch(FILE, name, grid, block, args, shared_mem=shared)
+    ex.launch(file, name, grid, block, args, shared_mem=shared)
 
 
 #: Launch plans of launch_conv by the shapes and options of a call (every check
 #: in _plan depends on nothing else), so a repeated call skips the checks and
 #: the launch arithmetic: at batch 1 a conv is bound by host time.
+#: Why no call sees another's state: a plan is a pure function of its key
+#: (every _plan argument, the module's tunables included), holds no array (the
+#: arrays of each call are passed at launch), and is never changed once
+#: stored; two threads computing one plan store equal values (dict get / set
+#: are atomic). At most _MAX_PLANS are kept (later shapes are planned every
+#: call); tests/test_stateful.py interleaves shapes and drops them.
 _PLANS: dict[tuple, tuple] = {}
 _MAX_PLANS = 4096
 _EMPTY = ()  # the plan of a call with nothing to compute
@@ -255,18 +275,35 @@ def _plan(
     side_mode,
     side_c0,
     side_c,
+    precision,
     op,
     tunables,
 ):
     """Check one launch_conv call's shapes and options and compute its launch:
-    (name expression, grid, block, shared memory, kernel scalars with None in
-    the array slots), or _EMPTY when there is nothing to compute."""
+    (source file, name expression, grid, block, shared memory, kernel scalars
+    with None in the array slots), or _EMPTY when there is nothing to compute."""
     large_tile_min_blocks, max_blocks_1d, max_grid_dim = tunables
     ctype = _runtime.dtype_name(dtype)
     n_img, x_c_total, h, w = x_shape
     c_out, c_in_g, kh, kw = weight_shape
     c_in = c_in_g * groups
     _, out_c_total, h_out, w_out = out_shape
+    if variant == "4_tensor_core":
+        if precision not in _tc.PRECISIONS:
+            raise ValueError(
+                f"r2n.{op}: variant 4_tensor_core computes in {' or '.join(_tc.PRECISIONS)}; "
+                f"pass precision='tf32' or 'bf16' (got {precision!r})"
+            )
+        if ctype != "float":
+            raise ValueError(
+                f"r2n.{op}: precision={precision!r} rounds float32 data; float64 has no "
+                "tensor-core path (use precision='fp32')"
+            )
+    elif precision != "fp32":
+        raise ValueError(
+            f"r2n.{op}: variant {variant} computes in fp32, got precision={precision!r} "
+            "(tf32 and bf16 run on variant 4_tensor_core)"
+        )
     if groups < 1 or c_out % groups:
         raise ValueError(f"r2n.{op}: groups={groups} must divide C_out={c_out}")
     if not (0 <= x_c0 and x_c0 + c_in <= x_c_total):
@@ -357,6 +394,7 @@ def _plan(
     plane_out = h_out * w_out
     side_total = n_img * side_c * plane_out if side_mode != SIDE_NONE else 0
 
+    file = FILE
     if variant == "1_direct":
         block = DIRECT_THREADS
         conv_blocks = min(_cdiv(n_img * c_out * plane_out, block), max_blocks_1d)
@@ -366,7 +404,9 @@ def _plan(
         shared = 0
     else:
         c_out_g = c_out // groups
-        if variant == "2_implicit_gemm":
+        if variant == "4_tensor_core":
+            tile = _tc.tile_for(c_out_g)
+        elif variant == "2_implicit_gemm":
             tile = _TILE_NARROW if c_out_g <= 32 else _TILE_WIDE
         elif variant == "3_gemm_1x1":
             large = _TILE_LARGE[ctype]
@@ -376,8 +416,11 @@ def _plan(
             tile = _TILE_WIDE
         else:
             raise ValueError(f"r2n.{op}: unknown variant {variant!r}; expected one of {VARIANTS}")
-        bm, bn, bk, tm, tn = tile
-        threads = (bm // tm) * (bn // tn)
+        bm, bn, bk = tile[:3]
+        if variant == "4_tensor_core":
+            threads = _tc.threads(tile)
+        else:
+            threads = (bm // tile[3]) * (bn // tile[4])
         pixel_tiles = _cdiv(plane_out, bn)
         channel_tiles = _cdiv(c_out_g, bm)
         if channel_tiles > max_grid_dim[1]:
@@ -387,10 +430,14 @@ def _plan(
         side_blocks = min(_cdiv(side_total, per_side_block), max_blocks_1d)
         grid = (pixel_tiles + side_blocks, channel_tiles, images_groups)
         block = threads
-        name = _name(_KERNEL_OF_VARIANT[variant], ctype, tile)
-        # the two tiles (weight rows padded by one), then two copies of
-        # variant 2's 3 * BK ints of decoded im2col rows (conv2d_gemm_body)
-        shared = (bk * (bm + 1) + bk * bn) * np.dtype(dtype).itemsize + 2 * 3 * bk * 4
+        if variant == "4_tensor_core":
+            file, name = _tc.FILE, _tc.name(precision, tile)
+            shared = _tc.shared_bytes(precision, tile)
+        else:
+            name = _name(_KERNEL_OF_VARIANT[variant], ctype, tile)
+            # the two tiles (weight rows padded by one), then two copies of
+            # variant 2's 3 * BK ints of decoded im2col rows (conv2d_gemm_body)
+            shared = (bk * (bm + 1) + bk * bn) * np.dtype(dtype).itemsize + 2 * 3 * bk * 4
 
     flags = 0
     if bias_shape is not None:
@@ -441,7 +488,7 @@ def _plan(
         i32(op, "side channels", side_c),
         i32(op, "side blocks", side_blocks),
     )
-    return name, grid, (block,), shared, scalars
+    return file, name, grid, (block,), shared, scalars
 
 
 def conv2d_fused(
@@ -459,6 +506,7 @@ def conv2d_fused(
     negative_slope=0.0,
     executor=None,
     variant=None,
+    precision="fp32",
 ):
     """``act(conv2d(x, weight) + bias + residual)`` in one launch.
 
@@ -471,7 +519,10 @@ def conv2d_fused(
     residual : (N, C_out, H_out, W_out) or None
     activation : None, "relu" or "leaky_relu" (``negative_slope``)
     executor : None (the current GPU's) or an executor (the test emulator)
-    variant : None (by shape, :func:`pick_variant`) or a key of :data:`VARIANTS`
+    variant : None (by shape and precision, :func:`pick_variant`) or a key of
+        :data:`VARIANTS` that computes in ``precision`` (:data:`VARIANT_PRECISIONS`)
+    precision : "fp32" (default), "tf32" or "bf16" (tensor cores, float32 data
+        only; error bounds in r2n.gpu.conv_tensor_core)
 
     Returns
     -------
@@ -485,8 +536,12 @@ def conv2d_fused(
     residual = None if residual is None else xp.ascontiguousarray(residual)
     if activation not in ACTIVATIONS:
         raise ValueError(f"r2n.conv2d: activation must be one of {list(ACTIVATIONS)}")
+    _checks.precision_arg("conv2d", precision, "cupy", x.dtype)
     if variant is None:
-        variant = pick_variant(weight.shape[2:], stride, padding, weight.shape[0] // groups)
+        c_out_g = weight.shape[0] // groups
+        variant = pick_variant(weight.shape[2:], stride, padding, c_out_g, precision)
+        if precision not in VARIANT_PRECISIONS[variant]:
+            precision = "fp32"  # a conv tensor cores do not speed up (pick_variant)
     elif variant not in VARIANTS:
         raise ValueError(f"r2n.conv2d: variant must be one of {list(VARIANTS)}, got {variant!r}")
     out = ex.empty(out_shape, x.dtype)
@@ -504,12 +559,24 @@ def conv2d_fused(
         residual=residual,
         activation=activation,
         negative_slope=negative_slope,
+        precision=precision,
     )
     return out
 
 
 def conv2d(
-    x, weight, bias, *, stride, padding, dilation, groups, out_shape, executor=None, variant=None
+    x,
+    weight,
+    bias,
+    *,
+    stride,
+    padding,
+    dilation,
+    groups,
+    out_shape,
+    executor=None,
+    variant=None,
+    precision="fp32",
 ):
     """2-D cross-correlation (PyTorch's conv2d), NCHW; arguments as the reference.
 
@@ -520,7 +587,7 @@ def conv2d(
     bias : (C_out,) or None
     stride, padding, dilation : (h, w) pairs; groups : int
     out_shape : (N, C_out, H_out, W_out), from r2n._checks.conv2d_args
-    executor, variant : see :func:`conv2d_fused`
+    executor, variant, precision : see :func:`conv2d_fused`
 
     Returns
     -------
@@ -537,6 +604,7 @@ def conv2d(
         out_shape=out_shape,
         executor=executor,
         variant=variant,
+        precision=precision,
     )
 
 
@@ -549,8 +617,17 @@ def _variant(name: str):
     return run
 
 
-#: variant name -> conv2d with that variant forced (same signature as conv2d).
-VARIANTS = {name: _variant(name) for name in ("1_direct", "2_implicit_gemm", "3_gemm_1x1")}
+#: variant name -> the precisions it computes in (``precision=`` of conv2d).
+VARIANT_PRECISIONS = {
+    "1_direct": ("fp32",),
+    "2_implicit_gemm": ("fp32",),
+    "3_gemm_1x1": ("fp32",),
+    "4_tensor_core": _tc.PRECISIONS,
+}
+
+#: variant name -> conv2d with that variant forced (same signature as conv2d;
+#: ``4_tensor_core`` needs ``precision="tf32"`` or ``"bf16"``).
+VARIANTS = {name: _variant(name) for name in VARIANT_PRECISIONS}
 
 
 class PreparedConv2d:
@@ -568,6 +645,7 @@ class PreparedConv2d:
     activation : None, "relu" or "leaky_relu"; negative_slope : float
     reuse_output : accepted for the prepare protocol; every call returns a new array.
     executor : None (the current GPU's) or an executor
+    precision : "fp32" (default), "tf32" or "bf16" (see :func:`conv2d_fused`)
     """
 
     def __init__(
@@ -583,7 +661,9 @@ class PreparedConv2d:
         negative_slope=0.01,
         reuse_output=False,
         executor=None,
+        precision="fp32",
     ):
+        self.precision = _checks.precision_arg("conv2d", precision, "cupy", weight.dtype)
         self.ex = _runtime.executor() if executor is None else executor
         xp = self.ex.xp
         self.weight = xp.ascontiguousarray(xp.asarray(weight))
@@ -621,5 +701,6 @@ class PreparedConv2d:
             activation=self.activation,
             negative_slope=self.negative_slope,
             executor=self.ex,
+            precision=self.precision,
             **args,
         )

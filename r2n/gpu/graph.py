@@ -21,6 +21,11 @@ What :func:`capture` guarantees:
   written, and an output stays valid after the next call.
 * Inputs must match the captured ones in type, shape and dtype (and device);
   anything else is a ValueError or TypeError.
+* Calls from several threads (or on several streams) are safe: one graph
+  has one set of input and output buffers, so replays run one after another.
+  A lock orders the calls' host-side work, and each call's stream waits for
+  an event recorded after the previous call's output copy, wherever it ran,
+  before it writes the inputs. (A graph per thread runs them in parallel.)
 
 The recorded function must be a pure function of its array arguments that
 only launches device work (r2n's gpu ops and prepared models are): host
@@ -31,6 +36,7 @@ CUDA (not ROCm).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 from .._checks import array_kind
@@ -97,10 +103,19 @@ class CapturedCall:
             self._output = out
             self.output_shape = tuple(out.shape)
             self.output_dtype = out.dtype
+        # What outlives a call, and why no call sees another's: the input
+        # buffers, the graph's intermediates and its output are written by
+        # every replay before it reads them (the recorded fn is pure), and
+        # replays never overlap: _lock orders the calls, and _done (recorded
+        # after the last call's output copy) is waited for by the next call's
+        # stream before it writes the inputs.
+        self._lock = threading.Lock()
+        self._done = None
 
     def __call__(self, *args):
         """Copy ``args`` into the graph's inputs, replay it on the current
-        stream, and return a new array holding the output."""
+        stream, and return a new array holding the output. Safe to call from
+        several threads: the replays run one after another."""
         cupy = self._cupy
         if len(args) != len(self.shapes):
             raise ValueError(
@@ -117,12 +132,16 @@ class CapturedCall:
                     f"{self.device_id} as captured, got {a.dtype} {tuple(a.shape)} on device "
                     f"{a.device.id}; capture again for another shape"
                 )
-        with cupy.cuda.Device(self.device_id):
+        with cupy.cuda.Device(self.device_id), self._lock:
             stream = cupy.cuda.get_current_stream()
+            if self._done is not None:
+                stream.wait_event(self._done)  # the previous call, on any stream, is done
             for dst, src in zip(self._inputs, args, strict=True):
                 dst[...] = src  # on the current stream, before the replay
             self._graph.launch(stream)
-            return self._output.copy()  # ordered after the replay on the same stream
+            out = self._output.copy()  # ordered after the replay on the same stream
+            self._done = stream.record()
+            return out
 
 
 def capture(fn: Callable, *example_args) -> CapturedCall:

@@ -22,6 +22,12 @@ and conv3, whose epilogue adds the shortcut and applies the final ReLU.
 :class:`PreparedChain` and :class:`PreparedBottle2neck` move and lay out the
 weights once (on the device, C-contiguous, in the compute dtype) for repeated
 calls; the public ops prepare on every call.
+
+With ``precision="tf32"`` or ``"bf16"`` (float32 only) every conv of the chain
+and the block runs on variant 4_tensor_core instead (r2n.gpu.conv_tensor_core:
+operands rounded, float32 accumulators and epilogues), except groups of fewer
+than 8 channels (variant 1, float32) and the "d" shortcut's pooled 1x1 conv
+(float32).
 """
 
 from __future__ import annotations
@@ -30,7 +36,14 @@ import numpy as np
 
 from .. import _checks
 from . import _runtime
-from .conv import SIDE_AVG_POOL_3X3, SIDE_COPY, SIDE_NONE, launch_conv, pick_variant
+from .conv import (
+    SIDE_AVG_POOL_3X3,
+    SIDE_COPY,
+    SIDE_NONE,
+    VARIANT_PRECISIONS,
+    launch_conv,
+    pick_variant,
+)
 
 
 def _device_array(xp, a, dtype):
@@ -48,7 +61,9 @@ class PreparedChain:
     scale, stype, stride, groups, width : as r2n._checks.chain_args
     dtype : float32 or float64, the dtype of the inputs
     executor : None (the current GPU's) or an executor (the test emulator)
-    variant : None (by shape) or "1_direct" / "2_implicit_gemm" for the 3x3 convs
+    variant : None (by shape and precision) or "1_direct" / "2_implicit_gemm" /
+        "4_tensor_core" for the 3x3 convs, one that computes in ``precision``
+    precision : "fp32" (default), "tf32" or "bf16" (see r2n.gpu.conv.conv2d_fused)
     """
 
     def __init__(
@@ -64,7 +79,9 @@ class PreparedChain:
         dtype,
         executor=None,
         variant=None,
+        precision="fp32",
     ):
+        self.precision = _checks.precision_arg("res2net_chain", precision, "cupy", dtype)
         self.ex = _runtime.executor() if executor is None else executor
         xp = self.ex.xp
         self.scale, self.stype, self.stride, self.groups = scale, stype, stride, groups
@@ -75,12 +92,13 @@ class PreparedChain:
             None if biases is None else _device_array(xp, biases[i], dtype)
             for i in range(self.nums)
         ]
-        if variant is None:
-            variant = pick_variant((3, 3), (stride, stride), (1, 1), width // groups)
-        if variant not in ("1_direct", "2_implicit_gemm"):
+        chain_variants = [v for v in VARIANT_PRECISIONS if v != "3_gemm_1x1"]
+        if variant is None:  # may pick float32 for tf32 / bf16: see pick_variant
+            variant = pick_variant((3, 3), (stride, stride), (1, 1), width // groups, precision)
+        elif variant not in chain_variants or precision not in VARIANT_PRECISIONS[variant]:
             raise ValueError(
-                f"r2n.res2net_chain: variant must be None, '1_direct' or '2_implicit_gemm', "
-                f"got {variant!r}"
+                f"r2n.res2net_chain: variant must be None or one of {chain_variants} that "
+                f"computes in precision={precision!r}, got {variant!r}"
             )
         self.variant = variant
 
@@ -144,6 +162,7 @@ class PreparedChain:
                 side_mode=side,
                 side_c0=nums * width,
                 side_c=width if side != SIDE_NONE else 0,
+                precision=self.precision if self.variant == "4_tensor_core" else "fp32",
                 op="res2net_chain",
             )
         return out
@@ -162,6 +181,7 @@ def res2net_chain(
     out_shape,
     executor=None,
     variant=None,
+    precision="fp32",
 ):
     """The fused chain; arguments as r2n.reference.res2net_chain.
 
@@ -171,7 +191,7 @@ def res2net_chain(
     weights : n = max(scale - 1, 1) arrays (width, width // groups, 3, 3)
     biases : n arrays (width,) or None
     scale, stype, stride, groups, width, out_shape : from r2n._checks.chain_args
-    executor, variant : see :class:`PreparedChain`
+    executor, variant, precision : see :class:`PreparedChain`
 
     Returns
     -------
@@ -188,6 +208,7 @@ def res2net_chain(
         dtype=x.dtype,
         executor=executor,
         variant=variant,
+        precision=precision,
     )
     out = chain.ex.empty(out_shape, x.dtype)
     return chain(x, out)
@@ -203,6 +224,8 @@ class PreparedBottle2neck:
     dtype : the inputs' dtype (default: conv1's weight's)
     reuse_output : accepted for r2n._backends.prepare; every call returns a new array
     executor : None (the current GPU's) or an executor (the test emulator)
+    precision : "fp32" (default), "tf32" or "bf16": the block's convs on tensor
+        cores (module docstring)
     """
 
     def __init__(
@@ -216,10 +239,12 @@ class PreparedBottle2neck:
         dtype=None,
         reuse_output=False,
         executor=None,
+        precision="fp32",
     ):
+        dtype = np.dtype(params.conv1.weight.dtype if dtype is None else dtype)
+        self.precision = _checks.precision_arg("bottle2neck", precision, "cupy", dtype)
         self.ex = _runtime.executor() if executor is None else executor
         xp = self.ex.xp
-        dtype = np.dtype(params.conv1.weight.dtype if dtype is None else dtype)
         self.dtype = dtype
         self.params = params
         self.scale, self.stype, self.stride, self.groups = scale, stype, stride, groups
@@ -245,7 +270,10 @@ class PreparedBottle2neck:
             width=width,
             dtype=dtype,
             executor=self.ex,
+            precision=precision,
         )
+        # conv1 and conv3 (1x1 GEMMs) and the plain shortcut, in the block's precision
+        self._gemm_1x1 = "3_gemm_1x1" if precision == "fp32" else "4_tensor_core"
 
     def _args(self, x):
         """Check x against the weights (the public op's checks and errors)."""
@@ -276,7 +304,7 @@ class PreparedBottle2neck:
         t1 = ex.empty(conv1["out_shape"], x.dtype)  # N, width*scale, H, W
         launch_conv(
             ex,
-            "3_gemm_1x1",
+            self._gemm_1x1,
             x,
             *self.conv1,
             t1,
@@ -285,6 +313,7 @@ class PreparedBottle2neck:
             dilation=one,
             groups=1,
             activation="relu",
+            precision=self.precision,
             op="bottle2neck",
         )
         t2 = self.chain(t1)  # N, width*scale, H_out, W_out
@@ -294,12 +323,15 @@ class PreparedBottle2neck:
         else:
             identity = ex.empty(args["out_shape"], x.dtype)
             conv = args["shortcut"]["conv"]
+            precision = "fp32"  # the pooled shortcut has no tensor-core form
             if self.shortcut_avg_pool:
                 pool = args["shortcut"]["pool"]
                 variant, stride = "avgpool_1x1", pool["stride"]
             else:
                 stride = conv["stride"]
-                variant = pick_variant((1, 1), stride, (0, 0), identity.shape[1])
+                c_out = identity.shape[1]
+                variant = pick_variant((1, 1), stride, (0, 0), c_out, self.precision)
+                precision = self.precision if variant == "4_tensor_core" else "fp32"
             launch_conv(
                 ex,
                 variant,
@@ -310,11 +342,12 @@ class PreparedBottle2neck:
                 padding=(0, 0),
                 dilation=one,
                 groups=1,
+                precision=precision,
                 op="bottle2neck",
             )
         launch_conv(
             ex,
-            "3_gemm_1x1",
+            self._gemm_1x1,
             t2,
             *self.conv3,
             out,
@@ -324,12 +357,15 @@ class PreparedBottle2neck:
             groups=1,
             residual=identity,
             activation="relu",
+            precision=self.precision,
             op="bottle2neck",
         )
         return out
 
 
-def bottle2neck(x, params, *, conv1, chain, conv3, shortcut, out_shape, executor=None):
+def bottle2neck(
+    x, params, *, conv1, chain, conv3, shortcut, out_shape, executor=None, precision="fp32"
+):
     """The fused bottleneck; arguments as r2n.reference.bottle2neck.
 
     Parameters
@@ -338,6 +374,7 @@ def bottle2neck(x, params, *, conv1, chain, conv3, shortcut, out_shape, executor
     params : r2n.Bottle2neckParams (BN folded)
     conv1, chain, conv3, shortcut, out_shape : from r2n._checks.bottle2neck_args
     executor : None (the current GPU's) or an executor (the test emulator)
+    precision : "fp32" (default), "tf32" or "bf16" (see :class:`PreparedBottle2neck`)
 
     Returns
     -------
@@ -351,14 +388,23 @@ def bottle2neck(x, params, *, conv1, chain, conv3, shortcut, out_shape, executor
         groups=chain["groups"],
         dtype=x.dtype,
         executor=executor,
+        precision=precision,
     )
     args = dict(conv1=conv1, chain=chain, conv3=conv3, shortcut=shortcut, out_shape=out_shape)
     return block.run(x, args)
 
 
-def prepare_bottle2neck(params, *, scale, stype, stride, groups, reuse_output=False):
+def prepare_bottle2neck(
+    params, *, scale, stype, stride, groups, reuse_output=False, precision="fp32"
+):
     """The ``PREPARE["bottle2neck"]`` factory (r2n._backends.prepare): the block's
     weights on the current GPU, float32 unless conv1's weight is float64."""
     return PreparedBottle2neck(
-        params, scale=scale, stype=stype, stride=stride, groups=groups, reuse_output=reuse_output
+        params,
+        scale=scale,
+        stype=stype,
+        stride=stride,
+        groups=groups,
+        reuse_output=reuse_output,
+        precision=precision,
     )

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .. import _api, _backends, _checks
+from .. import _api, _backends, _checks, _interop
 from ..params import Bottle2neckParams, FoldedConv
 from ._weights import check_state_dict
 
@@ -97,14 +97,26 @@ class Layers:
 
     Intermediate layers may reuse their outputs (``reuse_output=True``): each
     prepared layer runs once per forward pass, and every value it returns is
-    consumed before that layer runs again.
+    consumed before that layer runs again in the same thread (the cpu
+    backend keeps a reused output per thread, so threads do not share them).
+    ``precision`` goes to every conv and bottleneck (r2n._backends.prepare
+    checks it).
+
+    Every layer has a ``name`` (timm's module path: ``layer1.0.conv1``), and
+    the forward steps that are not prepared layers (pools, SE, the fc) go
+    through :meth:`step`. Here names are ignored and steps returned as they
+    are; ``r2n profile``'s subclass (r2n._bench.profile) wraps each with a
+    named timer.
     """
 
-    def __init__(self, backend, kind):
+    def __init__(self, backend, kind, precision="fp32"):
         self.backend = backend
         self.kind = kind
+        self.precision = precision
 
-    def conv(self, folded: FoldedConv, *, stride=1, padding=0, groups=1, act=None, slope=0.01):
+    def conv(
+        self, folded: FoldedConv, *, stride=1, padding=0, groups=1, act=None, slope=0.01, name=""
+    ):
         """A prepared conv2d + bias (+ residual) (+ act): ``f(x, residual=None)``."""
         return _backends.prepare(
             "conv2d",
@@ -119,9 +131,10 @@ class Layers:
             activation=act,
             negative_slope=slope,
             reuse_output=True,
+            precision=self.precision,
         )
 
-    def bottle2neck(self, params: Bottle2neckParams, *, scale, stype, stride, groups):
+    def bottle2neck(self, params: Bottle2neckParams, *, scale, stype, stride, groups, name=""):
         """A prepared r2n.bottle2neck: ``f(x)``."""
         return _backends.prepare(
             "bottle2neck",
@@ -133,7 +146,13 @@ class Layers:
             stride=stride,
             groups=groups,
             reuse_output=True,
+            precision=self.precision,
         )
+
+    def step(self, name: str, op: str, fn: Callable, weights=()) -> Callable:
+        """A forward step that is not a prepared layer (``op``: the r2n op it
+        runs; ``weights``: its matrices, for the profile's FLOPs): ``fn`` itself."""
+        return fn
 
     def arr(self, a):
         """A host array moved to this kind (once, at preparation)."""
@@ -173,37 +192,57 @@ class Model:
     Attributes
     ----------
     name, num_classes, backend (None: by the input's kind), dtype
+    precision : "fp32", or "tf32" / "bf16" (convs on tensor cores; CuPy inputs only)
     preprocess : timm's default eval config (see r2n.models.preprocess)
 
     Notes
     -----
-    Layers reuse their buffers between calls on one input shape, so a model
-    must not be called from two threads at once.
+    A model may be called from several threads at once, on any shapes: the
+    weights are only read, and the buffers its layers reuse between calls
+    (per input shape, a bounded LRU; ``r2n.clear_scratch()`` frees them) are
+    the calling thread's own on the cpu backend; the gpu backend keeps none.
     """
 
-    def __init__(self, arch: Arch, build: Callable, weights: Weights, num_classes, backend):
+    def __init__(
+        self, arch: Arch, build: Callable, weights: Weights, num_classes, backend, precision="fp32"
+    ):
         self.name = arch.name
         self.arch = arch
         self.num_classes = num_classes
         self.backend = backend
         self.dtype = weights.dtype
+        self.precision = precision
         self.preprocess = dict(arch.preprocess)
         self._build = build
         self._weights = weights
-        self._forward = {}  # kind -> forward(x)
-        # Prepare now for the kind the backend computes on (host if not forced).
+        # kind -> forward(x): built once per array kind from the fixed weights;
+        # two threads may build one twice (an equal value; dict set is atomic).
+        self._forward = {}
+        # Prepare now for the kind the backend computes on (host if not forced;
+        # the device for tf32 / bf16, which only the gpu backend computes in).
         kind = "numpy" if backend is None else _backends.kind_of(backend)
-        self._prepared(kind)
+        self._prepared("cupy" if precision != "fp32" else kind)
 
     def _prepared(self, kind):
         forward = self._forward.get(kind)
         if forward is None:
-            layers = Layers(self.backend, kind)
-            forward = self._forward[kind] = self._build(self.arch, self._weights, layers)
+            layers = Layers(self.backend, kind, self.precision)
+            forward = self._forward[kind] = self.forward_with(layers)
         return forward
 
+    def forward_with(self, layers: Layers) -> Callable:
+        """This model's forward ``x -> logits`` built on ``layers`` (a
+        :class:`Layers`, or one that wraps its calls: ``r2n profile`` times each
+        layer this way); uncached, unchecked (the caller checks x)."""
+        return self._build(self.arch, self._weights, layers)
+
+    @_interop.accepts_dlpack(where=lambda args: f"r2n model {args[0].name}")
     def __call__(self, x):
-        """x (N, 3, H, W) -> logits (N, num_classes)."""
+        """x (N, 3, H, W) -> logits (N, num_classes).
+
+        x may also be any DLPack array (a torch tensor, a JAX array): the
+        logits then come back as that kind, on its device (r2n/_interop.py).
+        """
         kind = _checks.array_kind(x)
         if kind is None:
             raise TypeError(
@@ -229,17 +268,18 @@ class Model:
 
     def __repr__(self):
         backend = self.backend or "auto"
+        precision = "" if self.precision == "fp32" else f", precision={self.precision!r}"
         return (
             f"r2n.models.Model({self.name!r}, num_classes={self.num_classes}, "
-            f"backend={backend!r}, dtype={self.dtype})"
+            f"backend={backend!r}, dtype={self.dtype}{precision})"
         )
 
 
-def make_model(arch, family, state_dict, num_classes, backend, dtype, seed):
+def make_model(arch, family, state_dict, num_classes, backend, dtype, seed, precision="fp32"):
     """Check or draw the weights, fold them, and prepare the model."""
     expected = family.expected_keys(arch, num_classes)
     if state_dict is None:
         seed = zlib.crc32(arch.name.encode()) if seed is None else seed
         state_dict = random_state_dict(expected, seed)
     arrays = check_state_dict(state_dict, expected, arch.name)
-    return Model(arch, family.build, Weights(arrays, dtype), num_classes, backend)
+    return Model(arch, family.build, Weights(arrays, dtype), num_classes, backend, precision)

@@ -45,6 +45,8 @@ from ._model import bn_keys
 
 STEM_WIDTH = 32  # the deep stem's first two convs (timm's stem_width)
 EXPANSION = 4
+#: The classifier's key prefix: fc.weight (num_classes, features) and fc.bias.
+CLASSIFIER = "fc"
 
 
 def _stages(p):
@@ -95,8 +97,8 @@ def expected_keys(arch, num_classes):
             keys[f"{prefix}.downsample.{ci}.weight"] = (planes * EXPANSION, inplanes, 1, 1)
             keys.update(bn_keys(f"{prefix}.downsample.{bi}", planes * EXPANSION))
     c_feat = 512 * EXPANSION
-    keys["fc.weight"] = (num_classes, c_feat)
-    keys["fc.bias"] = (num_classes,)
+    keys[f"{CLASSIFIER}.weight"] = (num_classes, c_feat)
+    keys[f"{CLASSIFIER}.bias"] = (num_classes,)
     return keys
 
 
@@ -107,14 +109,28 @@ def build(arch, weights, layers):
     if p["deep_stem"]:
         stem = [
             layers.conv(
-                weights.conv_bn("conv1.0.weight", "conv1.1"), stride=2, padding=1, act="relu"
+                weights.conv_bn("conv1.0.weight", "conv1.1"),
+                stride=2,
+                padding=1,
+                act="relu",
+                name="conv1.0",
             ),
-            layers.conv(weights.conv_bn("conv1.3.weight", "conv1.4"), padding=1, act="relu"),
-            layers.conv(weights.conv_bn("conv1.6.weight", "bn1"), padding=1, act="relu"),
+            layers.conv(
+                weights.conv_bn("conv1.3.weight", "conv1.4"), padding=1, act="relu", name="conv1.3"
+            ),
+            layers.conv(
+                weights.conv_bn("conv1.6.weight", "bn1"), padding=1, act="relu", name="conv1.6"
+            ),
         ]
     else:
         stem = [
-            layers.conv(weights.conv_bn("conv1.weight", "bn1"), stride=2, padding=3, act="relu")
+            layers.conv(
+                weights.conv_bn("conv1.weight", "bn1"),
+                stride=2,
+                padding=3,
+                act="relu",
+                name="conv1",
+            )
         ]
     scale, card = p["scale"], p["cardinality"]
     blocks = []
@@ -140,19 +156,30 @@ def build(arch, weights, layers):
         )
         stype = "stage" if (stride > 1 or downsample) else "normal"
         blocks.append(
-            layers.bottle2neck(params, scale=scale, stype=stype, stride=stride, groups=card)
+            layers.bottle2neck(
+                params, scale=scale, stype=stype, stride=stride, groups=card, name=prefix
+            )
         )
-    fc_w = layers.arr(weights.array("fc.weight"))
-    fc_b = layers.arr(weights.array("fc.bias"))
+    fc_w = layers.arr(weights.array(f"{CLASSIFIER}.weight"))
+    fc_b = layers.arr(weights.array(f"{CLASSIFIER}.bias"))
+    max_pool = layers.step(
+        "maxpool", "max_pool2d", lambda x: _api.max_pool2d(x, 3, 2, 1, backend=backend)
+    )
+    global_pool = layers.step(
+        "global_pool", "global_avg_pool2d", lambda x: _api.global_avg_pool2d(x, backend=backend)
+    )
+    fc = layers.step(
+        "fc", "linear", lambda x: _api.linear(x, fc_w, fc_b, backend=backend), weights=(fc_w,)
+    )
 
     def forward(x):
         for conv in stem:
             x = conv(x)
-        x = _api.max_pool2d(x, 3, 2, 1, backend=backend)
+        x = max_pool(x)
         for block in blocks:
             x = block(x)
-        x = _api.global_avg_pool2d(x, backend=backend)  # N, 2048
-        return _api.linear(x, fc_w, fc_b, backend=backend)  # N, num_classes (a new array)
+        x = global_pool(x)  # N, 2048
+        return fc(x)  # N, num_classes (a new array)
 
     return forward
 
@@ -189,3 +216,8 @@ PREPROCESS = dict(
     mean=(0.485, 0.456, 0.406),
     std=(0.229, 0.224, 0.225),
 )
+
+#: timm's pretrained tags (``name.tag``, timm 1.0) and what each changes in
+#: the default config above (``input_size``, ``num_classes``): one ImageNet-1k
+#: checkpoint per architecture.
+PRETRAINED_TAGS = {name: {"in1k": {}} for name in ARCHS}

@@ -55,6 +55,8 @@ USE_SE = (True, True, True, False)
 EXPANSION = {"basic": 1, "bottleneck": 4}
 STEM_SLOPE = 0.01  # nn.LeakyReLU's default, the stem's activation in timm
 BLOCK_SLOPE = 1e-3  # the blocks' LeakyReLU
+#: The classifier's key prefix: head.fc.weight (num_classes, features), head.fc.bias.
+CLASSIFIER = "head.fc"
 
 
 def _planes0(p):
@@ -118,8 +120,8 @@ def expected_keys(arch, num_classes):
         if kind == "bottleneck":
             keys[f"{prefix}.conv3.conv.weight"] = (out_c, planes, 1, 1)
             keys.update(bn_keys(f"{prefix}.conv3.bn", out_c))
-    keys["head.fc.weight"] = (num_classes, planes0 * 8 * 4)
-    keys["head.fc.bias"] = (num_classes,)
+    keys[f"{CLASSIFIER}.weight"] = (num_classes, planes0 * 8 * 4)
+    keys[f"{CLASSIFIER}.bias"] = (num_classes,)
     return keys
 
 
@@ -130,52 +132,74 @@ def _block_forward(prefix, kind, stride, downsample, use_se, weights, layers):
     def cb(name):
         return weights.conv_bn(f"{prefix}.{name}.conv.weight", f"{prefix}.{name}.bn")
 
-    shortcut = None
+    def conv(name, **options):
+        return layers.conv(cb(name), name=f"{prefix}.{name}", **options)
+
+    shortcut = pool = None
     if downsample:
-        d = f"downsample.{1 if stride == 2 else 0}"
-        shortcut = layers.conv(cb(d))
+        shortcut = conv(f"downsample.{1 if stride == 2 else 0}")
+        if stride == 2:
+            pool = layers.step(
+                f"{prefix}.downsample.0",
+                "avg_pool2d",
+                lambda x: _api.avg_pool2d(
+                    x, 2, 2, 0, ceil_mode=True, count_include_pad=False, backend=backend
+                ),
+            )
     se = None
     if use_se:
-        se = tuple(
+        se_weights = tuple(
             layers.arr(weights.array(f"{prefix}.se.{k}"))
             for k in ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias")
         )
+        se = layers.step(
+            f"{prefix}.se",
+            "squeeze_excite",
+            lambda x: _api.squeeze_excite(x, *se_weights, backend=backend),
+            weights=se_weights[::2],
+        )
     if kind == "basic":
-        first = layers.conv(cb("conv1"), padding=1, act="leaky_relu", slope=BLOCK_SLOPE)
+        first = conv("conv1", padding=1, act="leaky_relu", slope=BLOCK_SLOPE)
         mid = None
         # Without SE the residual add and the final ReLU fuse into the last conv.
-        last = layers.conv(cb("conv2"), padding=1, act=None if use_se else "relu")
+        last = conv("conv2", padding=1, act=None if use_se else "relu")
     else:
-        first = layers.conv(cb("conv1"), act="leaky_relu", slope=BLOCK_SLOPE)
-        mid = layers.conv(cb("conv2"), padding=1, act="leaky_relu", slope=BLOCK_SLOPE)
+        first = conv("conv1", act="leaky_relu", slope=BLOCK_SLOPE)
+        mid = conv("conv2", padding=1, act="leaky_relu", slope=BLOCK_SLOPE)
         # SE runs before conv3: the residual add and final ReLU always fuse into it.
-        last = layers.conv(cb("conv3"), act="relu")
+        last = conv("conv3", act="relu")
+    # timm's blur pool ("aa") follows conv1 in a BasicBlock, conv2 in a Bottleneck.
+    blur = layers.step(
+        f"{prefix}.{'conv1' if mid is None else 'conv2'}.aa",
+        "blur_pool2d",
+        lambda x: _api.blur_pool2d(x, backend=backend),
+    )
+
+    def add_relu(out, identity):
+        out += identity  # out is squeeze_excite's new array
+        return _api.relu(out, backend=backend)
+
+    add_relu = layers.step(f"{prefix}.act", "add_relu", add_relu)
 
     def forward(x):
         identity = x
         if shortcut is not None:
-            src = x
-            if stride == 2:
-                src = _api.avg_pool2d(
-                    x, 2, 2, 0, ceil_mode=True, count_include_pad=False, backend=backend
-                )
-            identity = shortcut(src)
+            identity = shortcut(x if pool is None else pool(x))
         out = first(x)
         if mid is None:  # basic: blur after conv1
             if stride == 2:
-                out = _api.blur_pool2d(out, backend=backend)
+                out = blur(out)
             if se is None:
                 return last(out, residual=identity)
-            out = _api.squeeze_excite(last(out), *se, backend=backend)
+            out = se(last(out))
         else:  # bottleneck: blur after conv2, SE before conv3
             out = mid(out)
             if stride == 2:
-                out = _api.blur_pool2d(out, backend=backend)
+                out = blur(out)
             if se is not None:
-                out = _api.squeeze_excite(out, *se, backend=backend)
+                out = se(out)
             return last(out, residual=identity)
-        out += identity  # out is squeeze_excite's new array
-        return _api.relu(out, backend=backend)
+        return add_relu(out, identity)
 
     return forward
 
@@ -189,13 +213,25 @@ def build(arch, weights, layers):
         padding=1,
         act="leaky_relu",
         slope=STEM_SLOPE,
+        name="body.conv1",
     )
     blocks = [
         _block_forward(prefix, kind, stride, downsample, use_se, weights, layers)
         for prefix, kind, _, _, stride, downsample, use_se in _blocks(p)
     ]
-    fc_w = layers.arr(weights.array("head.fc.weight"))
-    fc_b = layers.arr(weights.array("head.fc.bias"))
+    fc_w = layers.arr(weights.array(f"{CLASSIFIER}.weight"))
+    fc_b = layers.arr(weights.array(f"{CLASSIFIER}.bias"))
+    s2d = layers.step(
+        "body.s2d", "space_to_depth", lambda x: _api.space_to_depth(x, 4, backend=backend)
+    )
+    global_pool = layers.step(
+        "head.global_pool",
+        "global_avg_pool2d",
+        lambda x: _api.global_avg_pool2d(x, backend=backend),
+    )
+    fc = layers.step(
+        "head.fc", "linear", lambda x: _api.linear(x, fc_w, fc_b, backend=backend), weights=(fc_w,)
+    )
 
     def forward(x):
         if x.shape[2] % 4 or x.shape[3] % 4:
@@ -203,11 +239,10 @@ def build(arch, weights, layers):
                 f"r2n model {arch.name}: H and W must be multiples of 4 (space_to_depth), "
                 f"got shape {tuple(x.shape)}"
             )
-        x = stem(_api.space_to_depth(x, 4, backend=backend))
+        x = stem(s2d(x))
         for block in blocks:
             x = block(x)
-        x = _api.global_avg_pool2d(x, backend=backend)
-        return _api.linear(x, fc_w, fc_b, backend=backend)
+        return fc(global_pool(x))
 
     return forward
 
@@ -227,6 +262,21 @@ PREPROCESS = dict(
     mean=(0.0, 0.0, 0.0),
     std=(1.0, 1.0, 1.0),
 )
+
+
+#: timm's pretrained tags (``name.tag``, timm 1.0) and what each changes in
+#: the default config above: the 448 px fine-tunes, and ImageNet-21k-P's
+#: 11221 classes (the first tag is timm's default for the bare name).
+PRETRAINED_TAGS = {
+    "tresnet_m": {
+        "miil_in21k_ft_in1k": {},
+        "miil_in21k": {"num_classes": 11221},
+        "miil_in1k": {},
+        "miil_in1k_448": {"input_size": (3, 448, 448)},
+    },
+    "tresnet_l": {"miil_in1k": {}, "miil_in1k_448": {"input_size": (3, 448, 448)}},
+    "tresnet_xl": {"miil_in1k": {}, "miil_in1k_448": {"input_size": (3, 448, 448)}},
+}
 
 
 def convert_inplace_abn(state_dict, eps: float = 1e-5) -> dict:

@@ -8,11 +8,14 @@
 //   local variables are per thread, as registers are on a GPU;
 // * the fibers of a block run one at a time, each until it reaches a barrier
 //   (__syncthreads), a warp-synchronous call (__shfl_*_sync, __syncwarp,
-//   __ballot_sync, ...) or its end; then the next one in *order* runs. The
-//   order is ascending thread index (forward run) or descending (reverse run).
-//   Switching only at barriers makes each run deterministic, and a kernel
-//   whose result depends on the order (a data race, a missing __syncthreads)
-//   gives different outputs in the two runs, which emulator.py reports;
+//   __ballot_sync, mma.sync, ...) or its end; then the next one in *order*
+//   runs. Warps go one after another, each as far as it can before the next
+//   __syncthreads (its lanes in order, its warp calls completed as soon as
+//   all its lanes wait at them). The order is ascending thread index (forward
+//   run) or descending (reverse run). Switching only at barriers makes each
+//   run deterministic, and a kernel whose result depends on the order (a data
+//   race between threads or between warps, a missing __syncthreads) gives
+//   different outputs in the two runs, which emulator.py reports;
 // * __shared__ variables are function-local statics (one copy, shared by the
 //   fibers; blocks run one after another); dynamic shared memory
 //   (R2N_DYNAMIC_SHARED) is a buffer poisoned at the start of every block
@@ -23,7 +26,14 @@
 //   out-of-segment lanes keep their own value) and the lanes continue.
 //   Reading a lane that did not take part (exited, absent from a partial
 //   warp, not in the mask) yields a NaN-patterned poison value;
-// * atomics are plain read-modify-writes (fibers never interleave inside one).
+// * atomics are plain read-modify-writes (fibers never interleave inside one);
+// * the warp-wide matrix instructions of r2n/gpu/kernels/mma.cuh (mma.sync
+//   m16n8k8 .tf32 and m16n8k16 .bf16, ldmatrix) are rendezvous of all 32
+//   lanes like the shuffles, computed with the fragment layouts of the PTX
+//   ISA; cvt.rna.tf32.f32 and cvt.rn.bf16x2.f32 round bit-exactly; cp.async
+//   copies land only when the issuing thread waits for their group
+//   (cp.async.wait_group / wait_all), and their destination holds the run's
+//   poison bytes from the issue until then (see "Matrix instructions" below).
 //
 // * a memory fault in a kernel (emulator.py puts a PROT_NONE page right after
 //   or right before every array argument's copy) is caught by a SIGSEGV
@@ -97,7 +107,17 @@ static const int warpSize = 32;
 namespace r2n_emu {
 
 enum State { READY, AT_BARRIER, AT_WARP_CALL, DONE, ABORTED };
-enum WarpOp { SHFL_IDX, SHFL_UP, SHFL_DOWN, SHFL_XOR, SYNCWARP, BALLOT };
+enum WarpOp { SHFL_IDX, SHFL_UP, SHFL_DOWN, SHFL_XOR, SYNCWARP, BALLOT, MMA_TF32, MMA_BF16, LDMATRIX };
+
+// A cp.async copy issued and not yet complete: its bytes (read from global
+// memory at the issue, zero-filled past src-size) land in `dst` when the
+// issuing thread waits for its group.
+struct AsyncCopy {
+    unsigned char* dst;
+    unsigned char data[16];
+    int size;
+    int group;  // -1 until cp.async.commit_group puts it in a group
+};
 
 struct Thread {
     uint3 idx;
@@ -114,6 +134,15 @@ struct Thread {
     const void* site;  // the __syncthreads the thread waits at: file and line
     int line;
     int predicate;  // __syncthreads_count / _and / _or
+    // the pending warp-wide matrix instruction: this lane's registers (mma: a,
+    // b, c; ldmatrix: the 16-byte row its address points at), the variant
+    // (ldmatrix: matrices * 2 + trans) and the result registers
+    uint32_t matrix_in[12];
+    uint32_t matrix_out[4];
+    int matrix_kind;
+    // cp.async copies not yet complete, and the groups committed so far
+    std::vector<AsyncCopy> async_copies;
+    int async_groups;
 };
 
 struct Runtime {
@@ -128,6 +157,7 @@ struct Runtime {
     void (*thunk)(void**) = nullptr;
     void** args = nullptr;
     std::string error;
+    unsigned char poison_byte = 0xff;  // this run's fill of unwritten shared memory
     int barrier_count = 0;  // threads with a non-zero predicate at the last barrier
     // A memory fault inside a fiber (set by on_fault): the address, and
     // FAULT_READ / FAULT_WRITE / FAULT_ACCESS (read or write, unknown).
@@ -211,6 +241,8 @@ inline uint64_t poison(int size) {
     return size == 8 ? 0x7ff8deaddeaddeadull : (size == 4 ? 0x7fc0deadull : 0x7e00ull);
 }
 
+inline bool release_matrix_call(int w, int lanes, WarpOp op, Thread** lane, std::string& error);
+
 // Complete the warp call of warp `w` if every live lane of its mask waits at it.
 // Returns true when lanes were released; sets `error` on divergence.
 inline bool release_warp(int w, std::string& error) {
@@ -239,6 +271,8 @@ inline bool release_warp(int w, std::string& error) {
         lane_thread[t.lane] = &t;
         arrived |= 1u << t.lane;
     }
+    if (lead->op == MMA_TF32 || lead->op == MMA_BF16 || lead->op == LDMATRIX)
+        return release_matrix_call(w, last - first, lead->op, lane_thread, error);
     uint64_t ballot = 0;
     for (int l = 0; l < 32; ++l)
         if (lane_thread[l] && lane_thread[l]->value) ballot |= 1ull << l;
@@ -275,6 +309,237 @@ inline bool release_warp(int w, std::string& error) {
     return true;
 }
 
+// ------------------------------------------------------- matrix instructions
+//
+// mma.sync, ldmatrix, cp.async and the tf32 / bf16 conversions of
+// r2n/gpu/kernels/mma.cuh. Fragment layouts follow the PTX ISA ("Matrix
+// Fragments for mma.m16n8k8" (.tf32) and "for mma.m16n8k16 with floating
+// point type" (.bf16), "ldmatrix"); with g = lane / 4, t = lane % 4:
+//
+//   m16n8k8 .tf32   a0 A[g][t]  a1 A[g+8][t]  a2 A[g][t+4]  a3 A[g+8][t+4]
+//                   b0 B[t][g]  b1 B[t+4][g]
+//   m16n8k16 .bf16  a0,a1 A[g][2t..2t+1]    a2,a3 A[g+8][2t..2t+1]
+//                   a4,a5 A[g][2t+8..2t+9]  a6,a7 A[g+8][2t+8..2t+9]
+//                   b0,b1 B[2t..2t+1][g]    b2,b3 B[2t+8..2t+9][g]
+//                   (two bf16 per register, the lower-numbered in bits 0-15)
+//   C / D (both)    c0 C[g][2t]  c1 C[g][2t+1]  c2 C[g+8][2t]  c3 C[g+8][2t+1]
+//
+// The products of tf32 or bf16 values are exact in float32; this emulator
+// adds them to the accumulator in k order, each step rounded to float32 (an
+// FMA). The tensor core's own summation order and rounding are not
+// documented, so a GPU may differ in the last bits of the sum, never in the
+// rounding of the inputs. A .tf32 operand register is read as float32 with
+// its low 13 bits ignored (zeroed), as the tensor core does.
+
+// cvt.rna.tf32.f32: round to 10 mantissa bits, to nearest, ties away from
+// zero (adding half of the dropped part to the magnitude carries into the
+// kept bits exactly when it is >= half), then clear the low 13 bits. NaN and
+// infinity are only masked, as the sm_80 instruction sequence does (compiled
+// by ptxas: add 0x1000 unless |x| >= inf or NaN, then and 0xffffe000), so a
+// NaN whose payload sits only in the low 13 bits becomes infinity there too.
+inline uint32_t cvt_rna_tf32(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    if ((u & 0x7fffffffu) < 0x7f800000u) u += 0x1000u;
+    return u & 0xffffe000u;
+}
+
+// cvt.rn.bf16x2.f32 d, hi, lo: each float to bfloat16, to nearest, ties to
+// even; NaN becomes the canonical bf16 NaN 0x7fff. `lo` lands in bits 0-15.
+inline uint32_t bf16_rn(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fffu;
+    return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+}
+inline uint32_t cvt_rn_bf16x2(float hi, float lo) { return bf16_rn(hi) << 16 | bf16_rn(lo); }
+
+inline float tf32_value(uint32_t bits) {
+    bits &= 0xffffe000u;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+inline float bf16_value(uint32_t half) {
+    const uint32_t bits = (half & 0xffffu) << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+inline float f32_of(uint32_t bits) {
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+inline uint32_t bits_of(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+// Deposit this lane's registers, wait for the warp, collect the result.
+__attribute__((noinline)) inline void matrix_call(WarpOp op, int kind, const uint32_t* in, int n_in,
+                                                  uint32_t* out, int n_out) {
+    Thread* t = rt().current;
+    t->op = op;
+    t->mask = 0xffffffffu;
+    t->matrix_kind = kind;
+    memcpy(t->matrix_in, in, 4 * n_in);
+    t->size = 4;
+    t->state = AT_WARP_CALL;
+    yield();
+    memcpy(out, t->matrix_out, 4 * n_out);
+}
+
+// Complete a matrix instruction of warp `w` (`lanes` threads) whose lanes
+// have all arrived. .aligned: every one of the 32 lanes must execute it.
+inline bool release_matrix_call(int w, int lanes, WarpOp op, Thread** lane, std::string& error) {
+    const char* what = op == LDMATRIX ? "ldmatrix" : "mma.sync";
+    for (int l = 0; l < 32; ++l) {
+        if (!lane[l]) {
+            error = std::string(what) + ": warp " + std::to_string(w) + " has " +
+                    (lanes < 32 ? std::to_string(lanes) + " threads; the instruction needs all 32 lanes"
+                                : "a lane that exited (" + std::to_string(l) +
+                                      "); the instruction needs all 32 lanes");
+            return false;
+        }
+        if (lane[l]->matrix_kind != lane[0]->matrix_kind) {
+            error = std::string(what) + ": lanes of warp " + std::to_string(w) +
+                    " execute different variants of the instruction";
+            return false;
+        }
+    }
+    if (op == LDMATRIX) {
+        // matrix j's row r is the 16 bytes lane 8j + r deposited
+        const int num = lane[0]->matrix_kind >> 1;
+        const bool trans = lane[0]->matrix_kind & 1;
+        for (int l = 0; l < 32; ++l) {
+            const int g = l >> 2, t = l & 3;
+            for (int j = 0; j < num; ++j) {
+                auto half = [&](int row, int col) {  // 16-bit element (row, col) of matrix j
+                    const uint32_t word = lane[8 * j + row]->matrix_in[col >> 1];
+                    return (word >> (16 * (col & 1))) & 0xffffu;
+                };
+                lane[l]->matrix_out[j] = trans ? half(2 * t, g) | half(2 * t + 1, g) << 16
+                                               : half(g, 2 * t) | half(g, 2 * t + 1) << 16;
+            }
+        }
+    } else {
+        const bool bf16 = op == MMA_BF16;
+        const int K = bf16 ? 16 : 8;
+        float A[16][16], B[16][8], C[16][8];
+        for (int l = 0; l < 32; ++l) {
+            const int g = l >> 2, t = l & 3;
+            const uint32_t* r = lane[l]->matrix_in;  // a0..a3, b0, b1, c0..c3
+            if (bf16) {
+                for (int i = 0; i < 8; ++i) {  // element ai is half i & 1 of register i / 2
+                    const int row = g + ((i >> 1) & 1) * 8, col = 2 * t + (i & 1) + (i >> 2) * 8;
+                    A[row][col] = bf16_value(r[i >> 1] >> (16 * (i & 1)));
+                }
+                for (int i = 0; i < 4; ++i)
+                    B[2 * t + (i & 1) + (i >> 1) * 8][g] = bf16_value(r[4 + (i >> 1)] >> (16 * (i & 1)));
+            } else {
+                A[g][t] = tf32_value(r[0]);
+                A[g + 8][t] = tf32_value(r[1]);
+                A[g][t + 4] = tf32_value(r[2]);
+                A[g + 8][t + 4] = tf32_value(r[3]);
+                B[t][g] = tf32_value(r[4]);
+                B[t + 4][g] = tf32_value(r[5]);
+            }
+            for (int i = 0; i < 4; ++i) C[g + (i >> 1) * 8][2 * t + (i & 1)] = f32_of(r[6 + i]);
+        }
+        for (int l = 0; l < 32; ++l) {
+            const int g = l >> 2, t = l & 3;
+            for (int i = 0; i < 4; ++i) {
+                const int row = g + (i >> 1) * 8, col = 2 * t + (i & 1);
+                float acc = C[row][col];
+                for (int k = 0; k < K; ++k) acc = fmaf(A[row][k], B[k][col], acc);
+                lane[l]->matrix_out[i] = bits_of(acc);
+            }
+        }
+    }
+    for (int l = 0; l < 32; ++l) lane[l]->state = READY;
+    return true;
+}
+
+inline void mma_m16n8k8_tf32(float* d, const uint32_t* a, const uint32_t* b, const float* c) {
+    uint32_t in[10] = {a[0], a[1], a[2], a[3], b[0], b[1],
+                       bits_of(c[0]), bits_of(c[1]), bits_of(c[2]), bits_of(c[3])};
+    uint32_t out[4];
+    matrix_call(MMA_TF32, 0, in, 10, out, 4);
+    for (int i = 0; i < 4; ++i) d[i] = f32_of(out[i]);
+}
+
+inline void mma_m16n8k16_bf16(float* d, const uint32_t* a, const uint32_t* b, const float* c) {
+    uint32_t in[10] = {a[0], a[1], a[2], a[3], b[0], b[1],
+                       bits_of(c[0]), bits_of(c[1]), bits_of(c[2]), bits_of(c[3])};
+    uint32_t out[4];
+    matrix_call(MMA_BF16, 0, in, 10, out, 4);
+    for (int i = 0; i < 4; ++i) d[i] = f32_of(out[i]);
+}
+
+// ldmatrix.sync.aligned.m8n8.x{num}[.trans].shared.b16: lane 8j + r gives the
+// address of row r of matrix j (lanes past 8 * num give none). The lane reads
+// its row here, in its own fiber (a bad address faults on this lane); the
+// rows are dealt out when the whole warp has arrived.
+inline void ldmatrix(uint32_t* r, int num, bool trans, const void* row) {
+    Thread* t = rt().current;
+    uint32_t in[4] = {0, 0, 0, 0};
+    if (t->lane < 8 * num) {
+        if ((uintptr_t)row % 16 != 0) fail("ldmatrix: a row address is not 16-byte aligned");
+        memcpy(in, row, 16);
+    }
+    matrix_call(LDMATRIX, num * 2 + (trans ? 1 : 0), in, 4, r, num);
+}
+
+// cp.async.ca.shared.global [dst], [src], cp_size, src_size: the source is
+// read now (src_size bytes, the rest zero); the destination is poisoned with
+// this run's shared-memory fill until the thread waits for the copy's group,
+// so a read before the wait sees different garbage in the two runs.
+inline void cp_async(void* dst, const void* src, int cp_size, int src_size) {
+    if (cp_size != 4 && cp_size != 8 && cp_size != 16)
+        fail("cp.async: the copy size must be 4, 8 or 16 bytes");
+    if (src_size < 0 || src_size > cp_size) fail("cp.async: src-size must be in 0..cp-size");
+    if ((uintptr_t)dst % cp_size || (src_size > 0 && (uintptr_t)src % cp_size))
+        fail("cp.async: an address is not aligned to the copy size");
+    AsyncCopy c;
+    c.dst = (unsigned char*)dst;
+    c.size = cp_size;
+    c.group = -1;
+    memset(c.data, 0, sizeof c.data);
+    if (src_size > 0) memcpy(c.data, src, src_size);
+    memset(dst, rt().poison_byte, cp_size);
+    rt().current->async_copies.push_back(c);
+}
+
+// cp.async.commit_group: the copies issued since the last commit form a group
+// (possibly empty: it still counts for wait_group).
+inline void cp_async_commit() {
+    Thread* t = rt().current;
+    for (AsyncCopy& c : t->async_copies)
+        if (c.group < 0) c.group = t->async_groups;
+    ++t->async_groups;
+}
+
+// cp.async.wait_group n: every committed group but the n most recent is
+// complete; their copies land now, oldest first. Uncommitted copies stay.
+inline void cp_async_wait_group(int n) {
+    Thread* t = rt().current;
+    const int limit = t->async_groups - n;
+    std::vector<AsyncCopy> pending;
+    for (AsyncCopy& c : t->async_copies) {
+        if (c.group >= 0 && c.group < limit) memcpy(c.dst, c.data, c.size);
+        else pending.push_back(c);
+    }
+    t->async_copies.swap(pending);
+}
+
+// cp.async.wait_all = commit_group, then wait_group 0.
+inline void cp_async_wait_all() {
+    cp_async_commit();
+    cp_async_wait_group(0);
+}
+
 // SIGSEGV handler, installed only while a launch runs. A fault on a fiber's
 // stack (kernel code: typically a guard page next to an array) aborts that
 // thread like fail() does: record the address, resume the scheduler (setcontext
@@ -308,6 +573,9 @@ inline void on_fault(int sig, siginfo_t* info, void* context) {
 inline void fiber_entry() {
     Runtime& r = rt();
     r.thunk(r.args);
+    if (!r.current->async_copies.empty())
+        fail("the thread exited with " + std::to_string(r.current->async_copies.size()) +
+             " cp.async copies it never waited for (cp.async.wait_group / wait_all)");
     r.current->state = DONE;
     // returning resumes uc_link, the scheduler
 }
@@ -317,9 +585,12 @@ inline bool run_block(bool reverse, unsigned char poison_byte) {
     Runtime& r = rt();
     const int n = (int)r.threads.size();
     memset(r.dynamic_shared.data(), poison_byte, r.dynamic_shared.size());
+    r.poison_byte = poison_byte;
     for (int i = 0; i < n; ++i) {
         Thread& t = r.threads[i];
         t.state = READY;
+        t.async_copies.clear();
+        t.async_groups = 0;
         getcontext(&t.ctx);
         t.ctx.uc_stack.ss_sp = t.stack;
         t.ctx.uc_stack.ss_size = r.stack_size;
@@ -328,28 +599,38 @@ inline bool run_block(bool reverse, unsigned char poison_byte) {
     }
     const int warps = (n + 31) / 32;
     for (;;) {
-        for (int k = 0; k < n; ++k) {
-            Thread& t = r.threads[reverse ? n - 1 - k : k];
-            if (t.state != READY) continue;
-            r.current = &t;
-            swapcontext(&r.scheduler, &t.ctx);
-            if (r.fault_kind != NO_FAULT && r.error.empty()) {
-                // the details go to emulator.py through r2n_emu_launch's `fault`
-                char where[160];
-                snprintf(where, sizeof where, "block (%u,%u,%u), thread (%u,%u,%u)",
-                         r.block_idx.x, r.block_idx.y, r.block_idx.z, t.idx.x, t.idx.y, t.idx.z);
-                r.error = where;
+        // Warp by warp (descending in the reverse run), each as far as it can
+        // go: its lanes run in order until each waits at a barrier, a warp
+        // call or its end, the warp call is completed, and so on. A warp thus
+        // runs ahead of the others up to the next __syncthreads (as a GPU may
+        // let it), so a shared-memory hazard between warps in one phase shows
+        // up as a difference between the two runs, not only between threads.
+        for (int wi = 0; wi < warps; ++wi) {
+            const int w = reverse ? warps - 1 - wi : wi;
+            const int first = w * 32, last = std::min(n, first + 32);
+            for (;;) {
+                for (int k = 0; k < last - first; ++k) {
+                    Thread& t = r.threads[reverse ? last - 1 - k : first + k];
+                    if (t.state != READY) continue;
+                    r.current = &t;
+                    swapcontext(&r.scheduler, &t.ctx);
+                    if (r.fault_kind != NO_FAULT && r.error.empty()) {
+                        // the details go to emulator.py through r2n_emu_launch's `fault`
+                        char where[160];
+                        snprintf(where, sizeof where, "block (%u,%u,%u), thread (%u,%u,%u)",
+                                 r.block_idx.x, r.block_idx.y, r.block_idx.z, t.idx.x, t.idx.y,
+                                 t.idx.z);
+                        r.error = where;
+                    }
+                    r.current = nullptr;
+                    if (!r.error.empty()) return false;
+                }
+                // no lane of the warp can run: complete its warp call, if any
+                const bool released = release_warp(w, r.error);
+                if (!r.error.empty()) return false;
+                if (!released) break;
             }
-            r.current = nullptr;
-            if (!r.error.empty()) return false;
         }
-        // nobody is ready: complete warp calls, then the block barrier
-        bool released = false;
-        for (int w = 0; w < warps; ++w) {
-            if (release_warp(w, r.error)) released = true;
-            if (!r.error.empty()) return false;
-        }
-        if (released) continue;
         int done = 0, at_barrier = 0;
         const void* site = nullptr;
         int line = 0;
@@ -535,6 +816,16 @@ inline int __float_as_int(float f) {
     int i;
     memcpy(&i, &f, 4);
     return i;
+}
+inline float __uint_as_float(unsigned u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+inline unsigned __float_as_uint(float f) {
+    unsigned u;
+    memcpy(&u, &f, 4);
+    return u;
 }
 inline double __longlong_as_double(long long i) {
     double d;

@@ -7,14 +7,16 @@ Steps, in order:
    roofline chart are relative to them.
 2. **Check, then time.** For every case (conv2d 3x3, 1x1 and grouped; the
    Res2Net chain; the bottleneck; the whole res2net50_26w_4s; see
-   :mod:`r2n._bench.cases`) the float64 reference result is the truth. Every
+   :mod:`r2n._bench.suite`) the float64 reference result is the truth. Every
    row runs the same float32 inputs once and is compared with it (relative
    error within 1e-5 per op, 1e-4 for the network); a row that disagrees is
    reported ``WRONG`` and not timed. Rows: ``reference`` (1 thread, its BLAS
    pinned to 1: the serial baseline), ``cpu`` at 1 and all threads, ``gpu``
    when CuPy sees a GPU, PyTorch on the CPU (eager and BN-folded, 1 and all
-   threads) and on CUDA when available. Times are medians of repeated calls
-   after a warm-up call (:mod:`r2n._bench.timing`).
+   threads) and on CUDA when available, and for the whole network ONNX
+   Runtime and OpenVINO at 1 and all threads when they are installed
+   (:mod:`r2n._bench.engines`). Times are medians of repeated calls after a
+   warm-up call (:mod:`r2n._bench.timing`).
 3. **Speedup model** (:mod:`r2n._bench.model`): S, T1, T2 of a bottleneck,
    their parallel speedups k1, k2, the predicted speedups next to the
    measured ones.
@@ -36,12 +38,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import __version__, _backends
-from ._bench import cases as bench_cases
-from ._bench import machine, timing, torch_models
-from ._bench.cases import Skip
+from .. import __version__, _backends
+from .._bench import cases as bench_cases
+from .._bench import engines, machine, suite, timing
+from .._bench.cases import Skip
+from .._bench.torch_import import import_torch
 
-BACKEND_CHOICES = ("reference", "cpu", "gpu", "torch")
+BACKEND_CHOICES = ("reference", "cpu", "gpu", "torch") + engines.ENGINES
 OP_CHOICES = bench_cases.OPS + ("model",)
 #: Share of the CPUs used by other processes above which the run is flagged busy.
 BUSY = 0.10
@@ -49,11 +52,11 @@ BUSY = 0.10
 
 @dataclass(frozen=True)
 class RowSpec:
-    """One row of the table: an r2n backend or a PyTorch form, on a device.
+    """One row of the table: an r2n backend, a PyTorch form or another engine.
 
-    engine: "r2n" or "torch"; backend: the r2n backend or the torch form
-    ("eager", "folded"); device: "cpu" or "cuda"; threads: host threads
-    (None for GPU rows)."""
+    engine: "r2n", "torch", "onnxruntime" or "openvino"; backend: the r2n
+    backend, the torch form ("eager", "folded") or the engine's name again;
+    device: "cpu" or "cuda"; threads: host threads (None for GPU rows)."""
 
     engine: str
     backend: str
@@ -62,7 +65,7 @@ class RowSpec:
 
     @property
     def label(self) -> str:
-        if self.engine == "r2n":
+        if self.engine == "r2n" or self.engine in engines.ENGINES:
             name = self.backend
         else:
             name = f"torch{'-cuda' if self.device == 'cuda' else ''} {self.backend}"
@@ -120,15 +123,17 @@ class Env:
     def __init__(self, backends: set[str]):
         self.all_threads = machine.all_threads()
         self.has_cpu = _backends.implements("cpu", "conv2d")
-        self.torch = torch_models.import_torch() if "torch" in backends else None
+        self.torch = import_torch() if "torch" in backends else None
         self.cupy = machine.cupy_with_gpu() if "gpu" in backends else None
         self.torch_cuda = bool(self.torch is not None and self.torch.cuda.is_available())
+        # engine -> None (runs) or why it cannot, for the selected other engines
+        self.engines = {e: engines.missing(e) for e in engines.ENGINES if e in backends}
 
     def set_threads(self, n: int | None) -> None:
         """Host threads of r2n's cpu kernels and of torch (None: all threads)."""
         n = self.all_threads if n is None else n
         if self.has_cpu:
-            from . import cpu
+            from .. import cpu
 
             cpu.set_num_threads(n)
         if self.torch is not None:
@@ -145,6 +150,9 @@ class Env:
             out.append("torch: no rows (PyTorch not installed or not selected)")
         elif not self.torch_cuda:
             out.append("torch-cuda: no rows (torch sees no GPU)")
+        for engine, why in self.engines.items():
+            if why is not None:
+                out.append(f"{engine}: no rows ({why})")
         return out
 
 
@@ -164,6 +172,9 @@ def row_specs(env: Env, backends: set[str]) -> list[RowSpec]:
             rows += [RowSpec("torch", form, "cpu", t) for t in threads]
         if env.torch_cuda:
             rows += [RowSpec("torch", form, "cuda", None) for form in ("eager", "folded")]
+    for engine, why in env.engines.items():
+        if why is None:
+            rows += [RowSpec(engine, engine, "cpu", t) for t in threads]
     return rows
 
 
@@ -182,6 +193,8 @@ def _runner(case, spec: RowSpec, args32, kwargs, env: Env):
             dargs = timing.convert(args32, cupy.asarray)
             return case.r2n_runner(dargs, kwargs, "gpu"), cupy.asnumpy, "cupy"
         return case.r2n_runner(args32, kwargs, spec.backend), np.asarray, "host"
+    if spec.engine in engines.ENGINES:
+        return case.engine_runner(args32, spec.engine, spec.threads), np.asarray, "host"
     if spec.device == "cuda":
         fn = case.torch_runner(args32, kwargs, spec.backend, "cuda")
         return fn, lambda t: t.cpu().numpy(), "torch-cuda"
@@ -189,7 +202,7 @@ def _runner(case, spec: RowSpec, args32, kwargs, env: Env):
 
 
 def _backends_ops():
-    from . import OPS
+    from .. import OPS
 
     return OPS
 
@@ -204,7 +217,7 @@ def measure_row(case, spec: RowSpec, args32, kwargs, ref, budget, env: Env) -> d
     rel_err, ms (median), times_ms (every timed call).
     """
     row = _row(case, spec)
-    if spec.engine == "torch" and spec.backend not in case.torch_forms:
+    if _not_applicable(case, spec):
         row["status"] = "n/a"
         return row
     env.set_threads(spec.threads)
@@ -238,12 +251,22 @@ def measure_row(case, spec: RowSpec, args32, kwargs, ref, budget, env: Env) -> d
     return row
 
 
+def _not_applicable(case, spec: RowSpec) -> bool:
+    """A torch form or another engine that this case has no runner for."""
+    if spec.engine == "torch":
+        return spec.backend not in case.torch_forms
+    return spec.engine in engines.ENGINES and spec.engine not in case.engines
+
+
 def derive(rows: list[dict], peaks: dict, gpu_peaks: dict | None) -> None:
-    """Add gflops, pct_peak, vs_serial and vs_torch to the timed rows of one case.
+    """Add gflops, pct_peak, vs_serial, vs_torch and vs_best_engine to the timed
+    rows of one case.
 
     vs_serial: the reference row's time / this row's; vs_torch: the time of
     PyTorch eager on the same device and thread count / this row's (> 1:
-    faster). % of peak: GFLOP/s over the roofline of this machine at the
+    faster); vs_best_engine: the fastest row of another engine (PyTorch eager
+    or folded, ONNX Runtime, OpenVINO) on the same device and thread count /
+    this row's. % of peak: GFLOP/s over the roofline of this machine at the
     row's arithmetic intensity, ``min(sgemm, copy GB/s x FLOP/byte)``, at the
     row's thread count (the GPU's figures for GPU rows); every benchmark
     shape here is compute-bound, so that is the sgemm peak."""
@@ -254,21 +277,25 @@ def derive(rows: list[dict], peaks: dict, gpu_peaks: dict | None) -> None:
             continue
         r["gflops"] = r["flops"] / (r["ms"] * 1e6)
         if r["device"] == "cuda":
-            flops_peak = (gpu_peaks or {}).get("sgemm_gflops")
-            bandwidth = (gpu_peaks or {}).get("copy_gbs")
+            gpu = gpu_peaks or {}
+            roof = machine.roofline_gflops(
+                gpu.get("sgemm_gflops"), gpu.get("copy_gbs"), r["intensity"]
+            )
             torch_label = "torch-cuda eager"
         else:
-            flops_peak = peaks["sgemm_gflops"].get(str(r["threads"]))
-            bandwidth = peaks["copy_gbs"].get(str(r["threads"]))
+            roof = machine.host_roofline_gflops(peaks, r["threads"], r["intensity"])
             torch_label = f"torch eager {r['threads']}t"
-        roof = flops_peak
-        if flops_peak and bandwidth:
-            roof = min(flops_peak, bandwidth * r["intensity"])
         r["roofline_gflops"] = roof
         r["pct_peak"] = None if not roof else 100 * r["gflops"] / roof
         r["vs_serial"] = serial["ms"] / r["ms"] if serial else None
         base = by_label.get(torch_label)
         r["vs_torch"] = base["ms"] / r["ms"] if base else None
+        best = [
+            o["ms"]
+            for o in by_label.values()
+            if o["engine"] != "r2n" and o["device"] == r["device"] and o["threads"] == r["threads"]
+        ]
+        r["vs_best_engine"] = min(best) / r["ms"] if best else None
 
 
 # --------------------------------------------------------------------------- #
@@ -293,6 +320,7 @@ def format_table(rows: list[dict]) -> str:
         "% peak",
         "vs serial",
         "vs torch",
+        "vs best engine",
     )
     lines = [header]
     for r in rows:
@@ -310,10 +338,11 @@ def format_table(rows: list[dict]) -> str:
                 _fmt(r.get("pct_peak"), ".0f", "%"),
                 _fmt(r.get("vs_serial"), ".2f", "x"),
                 _fmt(r.get("vs_torch"), ".2f", "x"),
+                _fmt(r.get("vs_best_engine"), ".2f", "x"),
             )
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    right = {4, 5, 6, 7, 8, 9}
+    right = {4, 5, 6, 7, 8, 9, 10}
     out = []
     for k, line in enumerate(lines):
         cells = [
@@ -373,7 +402,7 @@ class Progress:
 
 def _run_model(report, env, case, budget, progress) -> None:
     """The speedup model on one bottleneck case (cpu all threads; gpu if present)."""
-    from ._bench import model
+    from .._bench import model
 
     rng = np.random.default_rng(report["seed"])
     args64, kwargs = case.make(rng)
@@ -452,7 +481,10 @@ def run(opts: argparse.Namespace) -> int:
     }
     if env.torch is not None:
         report["machine"]["torch"] = env.torch.__version__
-    all_cases = bench_cases.cases(opts.quick)
+    for engine, why in env.engines.items():
+        if why is None:
+            report["machine"][engine] = engines.versions()[engine]
+    all_cases = suite.bench_cases(opts.quick)
     selected = [c for c in all_cases if c.op in ops]
     model_cases = []
     if "model" in ops and "cpu" in backends and env.has_cpu:
@@ -482,7 +514,7 @@ def run(opts: argparse.Namespace) -> int:
             except Skip as why:
                 for spec in specs:
                     progress.step(f"{case.op} {case.label}: {why}")
-                    if spec.engine == "torch" and spec.backend not in case.torch_forms:
+                    if _not_applicable(case, spec):
                         continue
                     case_rows.append(_row(case, spec, status=str(why)))
                 report["rows"].extend(case_rows)
@@ -507,7 +539,7 @@ def run(opts: argparse.Namespace) -> int:
         if env.has_cpu:
             import numba
 
-            report["machine"]["numba_threading_layer"] = _threading_layer(numba)
+            report["machine"]["numba_threading_layer"] = threading_layer(numba)
     return _finish(report, opts)
 
 
@@ -532,7 +564,8 @@ def _row(case, spec: RowSpec, status=None) -> dict:
     )
 
 
-def _threading_layer(numba) -> str | None:
+def threading_layer(numba) -> str | None:
+    """Numba's threading layer ("omp", "tbb", "workqueue"), None before any parallel run."""
     try:
         return numba.threading_layer()
     except ValueError:  # no parallel kernel has run yet
@@ -555,7 +588,7 @@ def _finish(report: dict, opts) -> int:
     if report["rows"]:
         print(format_table(report["rows"]))
     if report["model"]:
-        from ._bench import model
+        from .._bench import model
 
         print()
         print(
@@ -578,11 +611,11 @@ def _finish(report: dict, opts) -> int:
     elif not report["interrupted"]:
         print("every row agrees with the reference")
     if opts.json:
-        _write_json(report, opts.json)
+        write_json(report, opts.json)
         print(f"wrote {opts.json}")
     if opts.plot and report["rows"]:
         try:
-            from ._bench import plot
+            from .._bench import plot
 
             plot.plot(report, opts.plot)
             print(f"wrote {opts.plot}")
@@ -591,7 +624,8 @@ def _finish(report: dict, opts) -> int:
     return code
 
 
-def _write_json(report: dict, path: str) -> None:
+def write_json(report: dict, path: str) -> None:
+    """``report`` as indented JSON at ``path`` (written whole, then renamed into place)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     tmp = f"{path}.tmp"

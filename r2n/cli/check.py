@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _api, _backends
-from ._bench import cases as bench_cases
-from ._bench import timing, torch_models
+from .. import _api, _backends
+from .._bench import cases as bench_cases
+from .._bench import timing, torch_models
+from .._bench.torch_import import import_torch
 
 TOLERANCE = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-10}
 
@@ -208,7 +209,7 @@ def _gpu_status(case, args32, kwargs, ref, backend) -> dict:
     }
 
 
-_torch = torch_models.import_torch  # torch or None, OMP_WAIT_POLICY=PASSIVE first
+_torch = import_torch  # torch or None, OMP_WAIT_POLICY=PASSIVE first
 
 
 def format_table(rows: list[dict]) -> str:
@@ -228,7 +229,14 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-def main(quick: bool = False, ops: list[str] | None = None, seed: int = 0) -> int:
+def add_arguments(parser) -> None:
+    """The options of ``r2n check``."""
+    parser.add_argument("--quick", action="store_true", help="smaller images (28x28)")
+    parser.add_argument("--op", nargs="+", metavar="OP", help="only these ops")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the inputs")
+
+
+def check(quick: bool = False, ops: list[str] | None = None, seed: int = 0) -> int:
     """Run the check, print the table, return the exit code (0: all agree)."""
     rng = np.random.default_rng(seed)
     selected = [c for c in cases(quick) if not ops or c.op in ops]

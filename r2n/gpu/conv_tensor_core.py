@@ -1,0 +1,108 @@
+"""conv2d variant ``4_tensor_core``: its tiles, launch sizes and error bounds.
+
+The kernel (kernels/conv_tensor_core.cu) is variant 2's implicit GEMM with
+the multiply on warp-level ``mma.sync`` (sm_80 and later), the operands
+rounded to a lower precision that the caller chose:
+
+=========  ============================================  =========================
+precision  operands                                      instruction
+=========  ============================================  =========================
+``tf32``   TF32: float32 rounded to 10 mantissa bits     mma.sync.m16n8k8 .tf32
+           (to nearest, ties away from zero; cvt.rna)
+``bf16``   bfloat16: 7 mantissa bits (to nearest even)    mma.sync.m16n8k16 .bf16
+=========  ============================================  =========================
+
+Both accumulate in float32, and every other step (bias, residual, ReLU, the
+chain's adds on load, the side job) stays float32. ``fp32`` (the default of
+every op) never uses this variant. float64 has no tensor-core path.
+
+Error bounds
+------------
+Let u be the format's unit roundoff (:data:`UNIT_ROUNDOFF`: TF32 2^-11,
+bfloat16 2^-8) and K = C_in / groups * kH * kW. Each weight and each input
+value (for the chain: x_i + y_{i-1}, summed in float32 first) is rounded
+once, with relative error at most u; the product of two rounded values is
+exact in float32, so it is the exact product times (1 + e), |e| <= 2u + u^2,
+and K of them are summed in float32 (relative error gamma_K = K 2^-24 /
+(1 - K 2^-24) of the sum of magnitudes). Per output element y = sum_k w_k x_k::
+
+    |y_computed - y| <= ((2u + u^2) (1 + gamma_K) + gamma_K) * sum_k |w_k x_k|
+
+plus the float32 rounding of the epilogue (bias, residual). The sum of
+magnitudes can exceed |y| by any factor (cancellation), so no relative bound
+holds per element. Norm-wise, on data whose rounding errors are independent
+(random inputs: the tests'), the error is a random walk as the sum is:
+||y_computed - y|| / ||y|| is about 0.6 u (the rms relative rounding error of
+one operand is 0.42 u; two operands: x sqrt(2)), whatever K is. The tests
+assert 2 u per conv (:func:`tolerance`), and the element-wise bound above
+exactly (``|W| * |X|`` computed by the float64 reference). Through layers the
+errors of independent roundings add up as a random walk: a chain whose c convs
+feed each other, a bottleneck (conv1, chain, conv3) and a network are tested
+at ``tolerance(precision, layers)`` = 2 u sqrt(layers), layers = the convs on
+the longest dependent path (measured: about a third of it for chains, a
+seventh for bottlenecks, under the emulator).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _runtime
+
+FILE = "conv_tensor_core.cu"
+
+#: The precisions of variant 4 (``fp32`` is the other variants').
+PRECISIONS = ("tf32", "bf16")
+#: Unit roundoff of each precision's operands (half the spacing of numbers in [1, 2)).
+UNIT_ROUNDOFF = {"fp32": 2.0**-24, "tf32": 2.0**-11, "bf16": 2.0**-8}
+
+# The kernel's input-format types (conv_tensor_core.cu).
+_FORMAT = {"tf32": "r2n_tf32", "bf16": "r2n_bf16"}
+# Padding of a weight row in shared memory, in floats (the formats' A_PAD).
+_A_PAD = {"tf32": 4, "bf16": 8}
+# Bytes of an input element in shared memory (the formats' B_BYTES).
+_B_BYTES = {"tf32": 4, "bf16": 2}
+
+# Block tiles (BM, BN, BK, WARPS_M, WARPS_N): BM output channels x BN pixels
+# per block, BK-deep K slices, WARPS_M x WARPS_N warps of 32 threads, each
+# owning a (BM / WARPS_M) x (BN / WARPS_N) tile of 16 x 8 mma tiles.
+TILE_WIDE = (64, 64, 32, 2, 2)
+#: Groups of <= 32 output channels (Res2Net's 26-channel chain convs).
+TILE_NARROW = (32, 64, 32, 2, 2)
+TILES = (TILE_WIDE, TILE_NARROW)
+
+
+def tile_for(c_out_g: int) -> tuple:
+    """The block tile for ``c_out_g`` output channels per group."""
+    return TILE_NARROW if c_out_g <= 32 else TILE_WIDE
+
+
+def threads(tile) -> int:
+    """Threads per block of ``tile``."""
+    return tile[3] * tile[4] * 32
+
+
+def name(precision: str, tile) -> str:
+    """The name expression of the kernel for ``precision`` and ``tile``."""
+    return f"conv2d_4_tensor_core<float, {_FORMAT[precision]}, {', '.join(map(str, tile))}>"
+
+
+def shared_bytes(precision: str, tile) -> int:
+    """Dynamic shared memory of one block: two stages of raw float32 weights
+    (BM rows of BK + pad floats), two of rounded inputs (BK rows of BN + 8
+    elements), two copies of 3 * BK ints of decoded im2col rows."""
+    bm, bn, bk = tile[:3]
+    weights = 2 * bm * (bk + _A_PAD[precision]) * 4
+    inputs = 2 * bk * (bn + 8) * _B_BYTES[precision]
+    return weights + inputs + 2 * 3 * bk * 4
+
+
+def tolerance(precision: str, layers: int = 1) -> float:
+    """The tests' norm-wise relative error bound against float64: 2 u per conv
+    for ``layers = 1`` (the expected error is 0.6 u, see the module docstring),
+    growing as sqrt(layers) for layers whose errors are independent, and
+    float32's 1e-5 floor."""
+    return max(2.0 * UNIT_ROUNDOFF[precision] * float(np.sqrt(layers)), 1e-5)
+
+
+_runtime.register(FILE, [name(p, t) for p in PRECISIONS for t in TILES])

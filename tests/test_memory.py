@@ -1,0 +1,199 @@
+"""Memory bounds: what a call allocates and what r2n keeps between calls.
+
+* A conv's input copy grows with the input and the output, never with the
+  stride, the padding or the dilation (r2n.cpu.conv.input_layout).
+* Padding past what the README allows is a ValueError on every backend.
+* The buffers the cpu backend keeps between calls (r2n.cpu._scratch) are a
+  bounded LRU per thread, and ``r2n.clear_scratch()`` frees all of them, the
+  outputs that prepared layers reuse included, in every thread.
+
+Allocations are measured with tracemalloc (NumPy reports its buffers to it),
+on a second call so that Numba's compilation is not counted.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+import tracemalloc
+
+import numpy as np
+import pytest
+from helpers import assert_close, randn
+
+import r2n
+import r2n.models
+from r2n import _backends
+from r2n.cpu import _scratch
+
+pytestmark = pytest.mark.skipif(not r2n.implements("cpu", "conv2d"), reason="needs numba")
+
+
+def _peak_bytes(fn):
+    """Peak bytes traced while fn() runs (after one untraced warm-up call)."""
+    fn()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def _f64(*arrays):
+    return [None if a is None else a.astype(np.float64) for a in arrays]
+
+
+def test_a_huge_stride_allocates_nothing_like_the_stride(rng):
+    # Rows narrower than a register tile read slack columns (stride x 6 of
+    # them): a padded copy of this 4x4 input took 1 GB.
+    x = randn(rng, 1, 2, 4, 4, dtype=np.float32)
+    w = randn(rng, 3, 2, 3, 3, dtype=np.float32)
+    peak = _peak_bytes(lambda: r2n.conv2d(x, w, stride=10**7, backend="cpu"))
+    assert peak < 2**20, f"{peak} bytes for a (1, 3, 1, 1) output"
+    expected = r2n.conv2d(*_f64(x, w), stride=10**7, backend="reference")
+    assert_close(r2n.conv2d(x, w, stride=10**7, backend="cpu"), expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_huge_padding_and_dilation_allocate_nothing_like_the_padding(rng, dtype):
+    # Padding = dilation = 10**5 around a 4x4 input: a padded copy is
+    # (2 * 10**5 + 4)**2 values per channel (149 GiB); only the centre tap of
+    # the 3x3 kernel ever lands on the input, so the result is a 1x1 conv.
+    x = randn(rng, 2, 3, 4, 5, dtype=dtype)
+    w = randn(rng, 4, 3, 3, 3, dtype=dtype)
+    b = randn(rng, 4, dtype=dtype)
+    kw = dict(padding=10**5, dilation=10**5)
+    peak = _peak_bytes(lambda: r2n.conv2d(x, w, b, backend="cpu", **kw))
+    assert peak < 2**20, f"{peak} bytes for a (2, 4, 4, 5) output"
+    expected = r2n.conv2d(*_f64(x, w[:, :, 1:2, 1:2], b), backend="reference")
+    assert_close(r2n.conv2d(x, w, b, backend="cpu", **kw), expected)
+
+
+def test_the_prepared_conv_is_bounded_too(rng):
+    x = randn(rng, 1, 3, 5, 4, dtype=np.float32)
+    w = randn(rng, 6, 3, 3, 3, dtype=np.float32)
+    b = randn(rng, 6, dtype=np.float32)
+    options = dict(stride=(10**6, 1), padding=(10**5, 10**5), dilation=(10**5, 10**5), groups=1)
+    conv = _backends.prepare("conv2d", "cpu", "numpy", w, b, reuse_output=True, **options)
+    peak = _peak_bytes(lambda: conv(x))
+    assert peak < 2**20
+    # Output rows 0 and 1 (stride 10**6 over 2 * 10**5 + 5 padded rows)
+    # read input rows -10**5, 0, 10**5 and 10**6 - 10**5, ...: only the
+    # centre tap of row 0 sees the input.
+    expected = r2n.conv2d(*_f64(x, w[:, :, 1:2, 1:2], b), backend="reference")[:, :, :1]
+    out = conv(x)
+    assert out.shape == (1, 6, 1, 4)
+    assert_close(out, expected)
+
+
+def test_a_stage_chain_with_a_huge_stride_is_bounded(rng):
+    x = randn(rng, 2, 16, 4, 5, dtype=np.float32)
+    weights = [randn(rng, 4, 4, 3, 3, dtype=np.float32) for _ in range(3)]
+    kw = dict(scale=4, stype="stage", stride=10**7)
+    peak = _peak_bytes(lambda: r2n.res2net_chain(x, weights, backend="cpu", **kw))
+    assert peak < 2**20
+    expected = r2n.res2net_chain(*_f64(x), _f64(*weights), backend="reference", **kw)
+    assert_close(r2n.res2net_chain(x, weights, backend="cpu", **kw), expected)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_padding_past_the_limit_is_a_value_error(backend):
+    x = np.ones((1, 1, 4, 4), np.float32)
+    w = np.ones((1, 1, 3, 3), np.float32)
+    limit = (2**31 - 5) // 2  # the largest padding of a 4-row input: 4 + 2p < 2**31
+    with pytest.raises(ValueError, match=r"padding along H is too large.*below 2\*\*31"):
+        r2n.conv2d(x, w, padding=(limit + 1, 0), backend=backend)
+    with pytest.raises(ValueError, match=r"padding along W is too large"):
+        r2n.conv2d(x, w, padding=(0, 10**12), backend=backend)
+    if backend == "cpu":  # (the reference pads the input in full: 2**62 values)
+        out = r2n.conv2d(x, w, padding=limit, dilation=limit, stride=10**9, backend=backend)
+        assert out.shape == (1, 1, 1, 1) and out[0, 0, 0, 0] == 1.0  # the centre tap
+
+
+# --------------------------------------------------------------------------- #
+# What stays allocated between calls
+# --------------------------------------------------------------------------- #
+
+
+def _small_model():
+    return r2n.models.create("res2net50_26w_4s", _params={"layers": (1, 1, 1, 1)}, backend="cpu")
+
+
+def test_kept_buffers_are_a_bounded_lru_and_clear_scratch_frees_them(rng, monkeypatch):
+    """A model called on 40 image heights kept every layer's output for each
+    of them (132 MB at 224x224 for good, untouched by clear_scratch)."""
+    model = _small_model()
+    images = [randn(rng, 1, 3, 32 + h, 32, dtype=np.float32) for h in range(40)]
+    model(images[0])  # compile
+    r2n.clear_scratch()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        model(images[-1])
+        gc.collect()
+        one = tracemalloc.get_traced_memory()[0]  # what the largest shape keeps
+        entries = len(_scratch._this_thread().buffers)
+        assert one > 0 and entries > 0
+        # Room for two shapes' buffers: after 40 heights at most two shapes'
+        # worth stays allocated.
+        monkeypatch.setattr(_scratch, "SCRATCH_ENTRIES", 2 * entries)
+        for x in images:
+            model(x)
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0]
+        assert len(_scratch._this_thread().buffers) <= 2 * entries
+        assert kept < 2.5 * one, f"{kept} bytes kept after 40 shapes; one shape keeps {one}"
+        r2n.clear_scratch()
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert after < 0.05 * kept, f"{after} of {kept} bytes still allocated after clear_scratch"
+    assert not _scratch._this_thread().buffers
+
+
+def test_scratch_entries_hold_two_shapes_of_res2net50(rng):
+    """Alternating between two input shapes must not miss in the LRU."""
+    model = r2n.models.create("res2net50_26w_4s", backend="cpu")
+    r2n.clear_scratch()
+    model(randn(rng, 1, 3, 64, 64, dtype=np.float32))
+    per_shape = len(_scratch._this_thread().buffers)
+    assert 40 <= per_shape and 2 * per_shape <= _scratch.SCRATCH_ENTRIES
+
+
+def test_clear_scratch_frees_other_threads_buffers(rng):
+    x = randn(rng, 1, 8, 9, 7, dtype=np.float32)
+    weights = [randn(rng, 2, 2, 3, 3, dtype=np.float32) for _ in range(3)]
+    ready, done = threading.Event(), threading.Event()
+    caches = []
+
+    def worker():
+        r2n.res2net_chain(x, weights, scale=4, backend="cpu")
+        caches.append(_scratch._this_thread())
+        ready.set()
+        done.wait(30)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    try:
+        assert ready.wait(60)
+        assert caches[0].buffers, "the chain kept no buffer in its thread"
+        r2n.clear_scratch()
+        assert not caches[0].buffers
+    finally:
+        done.set()
+        thread.join()
+
+
+def test_clear_scratch_imports_neither_numba_nor_cupy():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, r2n; r2n.clear_scratch(); "
+        "print('numba' in sys.modules, 'cupy' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "False False", out.stderr

@@ -1,0 +1,275 @@
+"""``r2n profile``: every layer timed once per forward, shares summing to 1, the
+profiled forward computing the model's function, FLOPs agreeing with timm's
+modules, ONNX Runtime's per-node profile mapped onto r2n's layers.
+
+Small models (one block per stage, ``create(..., _params=...)``) on small
+images; timings are not asserted (the machine is shared), only their
+presence and consistency.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+import r2n
+import r2n.models
+from r2n._bench import engines, profile
+from r2n.cli import profile as profile_cli
+from r2n.models._model import Layers
+
+pytest.importorskip("numba")
+
+SMALL = {"layers": (1, 1, 1, 1)}
+
+
+def _small(name, **kw):
+    return r2n.models.create(name, _params=SMALL, **kw)
+
+
+def _images(rng, n, hw):
+    return rng.standard_normal((n, 3, hw, hw)).astype(np.float32)
+
+
+def _expected_res2net(deep_stem=False, fused=False):
+    names = ["conv1.0", "conv1.3", "conv1.6"] if deep_stem else ["conv1"]
+    names.append("maxpool")
+    for stage in range(1, 5):
+        block = f"layer{stage}.0"
+        if fused:
+            names.append(block)
+            continue
+        names += [f"{block}.conv1", f"{block}.chain"]
+        if deep_stem and stage > 1:
+            names.append(f"{block}.shortcut.pool")
+        names += [f"{block}.shortcut", f"{block}.conv3"]
+    return names + ["global_pool", "fc"]
+
+
+def test_plain_layers_ignore_names_and_return_steps_unchanged():
+    layers = Layers("cpu", "numpy")
+
+    def fn(x):
+        return x
+
+    assert layers.step("maxpool", "max_pool2d", fn) is fn  # no wrapper when not profiling
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_res2net_profile_has_every_layer_once_and_shares_sum_to_one(rng, fused):
+    model = _small("res2net50_26w_4s")
+    x = _images(rng, 2, 32)
+    clock = "cpu" if fused else "wall"  # both clocks
+    out = profile.profile(
+        model,
+        x,
+        threads=1,
+        peak_gflops=100.0,
+        fused_blocks=fused,
+        min_time=0,
+        min_reps=3,
+        clock=clock,
+    )
+    assert out["clock"] == clock
+    names = [r["name"] for r in out["layers"]]
+    assert names == _expected_res2net(fused=fused)  # forward order, each once
+    assert out["check_rel_err"] <= profile.CHECK_TOL and out["reps"] == 3
+    assert sum(r["share"] for r in out["layers"]) == pytest.approx(1.0)
+    assert out["total_ms"] == pytest.approx(sum(r["ms"] for r in out["layers"]))
+    assert out["overhead"] == pytest.approx(out["total_ms"] / out["forward_ms"] - 1)
+    for r in out["layers"]:
+        assert len(r["times_ms"]) == 3 and r["ms"] == pytest.approx(np.median(r["times_ms"]))
+        assert r["out_shape"][0] == 2
+        assert r["gflops"] == pytest.approx(r["flops"] / r["ms"] / 1e6)
+        assert r["pct_peak"] == pytest.approx(r["gflops"])  # peak 100 x 1 thread
+        assert (r["flops"] > 0) == (
+            r["op"] in ("conv2d", "res2net_chain", "bottle2neck", "linear")
+        )
+    assert sum(g["ms"] for g in out["roles"]) == pytest.approx(out["total_ms"])
+    assert sum(g["layers"] for g in out["roles"]) == len(names)
+
+
+def test_parts_and_fused_blocks_count_the_same_flops_as_timms_modules(rng):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("timm")
+    model = _small("res2net50d")
+    x = _images(rng, 1, 32)
+    parts = profile.profile(model, x, threads=1, peak_gflops=None, min_time=0, min_reps=1)
+    fused = profile.profile(
+        model, x, threads=1, peak_gflops=None, fused_blocks=True, min_time=0, min_reps=1
+    )
+    assert [r["name"] for r in parts["layers"]] == _expected_res2net(deep_stem=True)
+    state = engines.random_weights("res2net50d", params=SMALL, seed=0)
+    net = engines.timm_model("res2net50d", state, params=SMALL)
+    flops = []
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            k = m.weight.shape
+            m.register_forward_hook(
+                lambda mod, i, o, k=k: flops.append(2 * o.numel() * k[1] * k[2] * k[3])
+            )
+        elif isinstance(m, torch.nn.Linear):
+            m.register_forward_hook(
+                lambda mod, i, o: flops.append(2 * o.numel() * mod.in_features)
+            )
+    with torch.no_grad():
+        net(torch.from_numpy(x))
+    assert parts["flops"] == fused["flops"] == sum(flops)
+    assert parts["layers"][0]["pct_peak"] is None  # no peak given: no % of it
+
+
+def test_tresnet_profile_times_blur_se_pools_and_adds(rng):
+    model = _small("tresnet_m", num_classes=10)
+    out = profile.profile(model, _images(rng, 1, 64), threads=1, peak_gflops=50.0, min_time=0)
+    names = [r["name"] for r in out["layers"]]
+    assert names[:2] == ["body.s2d", "body.conv1"] and names[-2:] == [
+        "head.global_pool",
+        "head.fc",
+    ]
+    ops = {r["name"]: r["op"] for r in out["layers"]}
+    # layer1.0: BasicBlock with SE, stride 1, same channels: add + ReLU after SE.
+    assert [n for n in names if n.startswith("body.layer1.0.")] == [
+        "body.layer1.0.conv1",
+        "body.layer1.0.conv2",
+        "body.layer1.0.se",
+        "body.layer1.0.act",
+    ]
+    # layer2.0: stride 2: pooled shortcut, blur after conv1.
+    assert ops["body.layer2.0.downsample.0"] == "avg_pool2d"
+    assert ops["body.layer2.0.downsample.1"] == "conv2d"
+    assert ops["body.layer2.0.conv1.aa"] == "blur_pool2d"
+    # layer3.0 / layer4.0: Bottlenecks, blur after conv2; SE only in layer3.
+    assert ops["body.layer3.0.conv2.aa"] == "blur_pool2d" and ops["body.layer3.0.se"]
+    assert "body.layer4.0.se" not in ops and ops["body.layer4.0.conv3"] == "conv2d"
+    se = next(r for r in out["layers"] if r["name"] == "body.layer1.0.se")
+    assert se["flops"] == 2 * 2 * 64 * 64  # two 64 x 64 matrices, one image
+    assert sum(r["share"] for r in out["layers"]) == pytest.approx(1.0)
+    roles = {g["role"] for g in out["roles"]}
+    assert {"stem", "blur", "SE", "add + ReLU", "pool", "fc", "shortcut"} <= roles
+
+
+def test_a_profiled_forward_that_computes_something_else_is_refused(rng, monkeypatch):
+    real = profile.ProfilingLayers._chain
+
+    def off(self, *args, **kwargs):
+        chain = real(self, *args, **kwargs)
+        return lambda x: chain(x) * np.float32(1.01)
+
+    monkeypatch.setattr(profile.ProfilingLayers, "_chain", off)
+    with pytest.raises(RuntimeError, match="differ from the model"):
+        profile.profile(_small("res2net50_26w_4s"), _images(rng, 1, 32), threads=1, peak_gflops=1)
+
+
+def test_cli_prints_the_table_and_writes_json(tmp_path, capsys):
+    path = tmp_path / "p.json"
+    argv = ["res2net50_26w_4s", "--size", "32", "--threads", "1", "--min-time", "0"]
+    assert profile_cli.main([*argv, "--json", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "layer4.2.chain" in text and "By role" in text and "% peak" in text
+    report = json.loads(path.read_text())
+    assert report["tool"] == "r2n profile" and report["threads"] == 1
+    assert report["fma_peak_gflops"] > 0
+    assert len(report["layers"]) == 2 + 16 * 3 + 4 + 2  # stem, pool; 16 blocks; 4 shortcuts
+    assert report["flops"] == sum(r["flops"] for r in report["layers"])
+    text = profile_cli.markdown(report, top=3)  # what benchmarks/report.py prints
+    assert "| chain | 16 |" in text
+    top = text.split("The 3 layers with the most time above their floor:")[1]
+    assert len([line for line in top.splitlines() if line.startswith("| ")]) == 1 + 3  # header + 3
+
+
+def test_r2n_help_lists_profile(capsys):
+    from r2n.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])  # argparse formats every sub-command's help ("%" must be "%%")
+    assert info.value.code == 0 and "profile" in capsys.readouterr().out
+
+
+def test_cli_usage_errors_exit_2():
+    with pytest.raises(SystemExit) as info:
+        profile_cli.main(["not_a_model"])
+    assert info.value.code == 2
+    with pytest.raises(SystemExit) as info:
+        profile_cli.main(["tresnet_m", "--threads", "0"])
+    assert info.value.code == 2
+    with pytest.raises(SystemExit) as info:  # the thread CPU clock needs one thread
+        profile_cli.main(["tresnet_m", "--threads", "2", "--clock", "cpu"])
+    assert info.value.code == 2
+
+
+def test_onnx_node_names_become_module_paths():
+    key = profile.module_key
+    assert key("/layer1/layer1.0/convs.0/Conv") == "layer1.0.convs.0.Conv"
+    assert key("/body/layer1/layer1.0/conv1/conv/Conv") == "body.layer1.0.conv1.conv.Conv"
+    assert key("/body/layer2/layer2.0/downsample/downsample.0/AveragePool") == (
+        "body.layer2.0.downsample.0.AveragePool"
+    )
+    assert key("/conv1/conv1.0/Conv") == "conv1.0.Conv"
+    assert key("/layer1/layer1.0/Split") == "layer1.0.Split"
+
+
+def test_onnx_layer_map_assigns_activations_split_and_the_residual_add():
+    layers = [
+        {"name": "conv1", "aliases": []},
+        {"name": "layer1.0.conv1", "aliases": ["layer1.0.bn1"]},
+        {"name": "layer1.0.chain", "aliases": ["layer1.0.convs", "layer1.0.Split"]},
+        {"name": "layer1.0.shortcut", "aliases": ["layer1.0.downsample"]},
+        {"name": "layer1.0.conv3", "aliases": [], "residual": True},
+    ]
+    nodes = [
+        "/conv1/Conv",
+        "/act1/Relu",  # after conv1: its fused activation
+        "/layer1/layer1.0/conv1/Conv",
+        "/layer1/layer1.0/relu/Relu",
+        "/layer1/layer1.0/Split",
+        "/layer1/layer1.0/convs.0/Conv",
+        "/layer1/layer1.0/relu_1/Relu",
+        "/layer1/layer1.0/Add",  # a chain add
+        "/layer1/layer1.0/convs.1/Conv",
+        "/layer1/layer1.0/Concat",
+        "/layer1/layer1.0/conv3/Conv",
+        "/layer1/layer1.0/downsample/downsample.0/Conv",
+        "/layer1/layer1.0/Add_1",  # the residual add: the block's last Add
+        "/layer1/layer1.0/relu_3/Relu",
+    ]
+    got = profile.onnx_layer_map(nodes, layers)
+    assert [got[n] for n in nodes] == [
+        "conv1",
+        "conv1",
+        "layer1.0.conv1",
+        "layer1.0.conv1",
+        "layer1.0.chain",
+        "layer1.0.chain",
+        "layer1.0.chain",
+        "layer1.0.chain",
+        "layer1.0.chain",
+        "layer1.0.chain",
+        "layer1.0.conv3",
+        "layer1.0.shortcut",
+        "layer1.0.conv3",
+        "layer1.0.conv3",
+    ]
+
+
+@pytest.mark.skipif(
+    any(importlib.util.find_spec(m) is None for m in ("onnxruntime", "onnx", "timm")),
+    reason="needs onnxruntime, onnx and timm (pip install 'r2n[bench]')",
+)
+@pytest.mark.parametrize("name", ["res2net50d", "tresnet_m"])
+def test_onnxruntime_profile_maps_every_node_to_an_r2n_layer(rng, tmp_path, name):
+    state = engines.random_weights(name, params=SMALL, seed=0)
+    model = r2n.models.create(name, state, _params=SMALL)
+    x = _images(rng, 1, 64)
+    out = profile.profile(model, x, threads=1, peak_gflops=None, min_time=0, min_reps=1)
+    path, _ = engines.cached_onnx(name, state, 1, 64, params=SMALL, directory=str(tmp_path))
+    ort = profile.onnxruntime_profile(path, x, 1, out["layers"], runs=2)
+    assert ort["other_ms"] == 0 and ort["total_ms"] > 0
+    assert ort["total_ms"] == pytest.approx(sum(ort["layers"].values()))
+    names = {r["name"] for r in out["layers"]}
+    assert set(ort["layers"]) <= names
+    # Every layer that computes (a conv, a chain, the fc) has ONNX Runtime time.
+    computing = {r["name"] for r in out["layers"] if r["flops"] > 0}
+    assert computing <= set(ort["layers"])
