@@ -32,7 +32,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
-from ._diskcache import DiskCacheWarning as DiskCacheWarning  # public: r2n.cpu.DiskCacheWarning
+from .._diskcache import DiskCacheWarning as DiskCacheWarning  # public: r2n.cpu.DiskCacheWarning
 
 # op name -> (module in r2n.cpu, function name)
 _WHERE = {

@@ -30,7 +30,7 @@ import warnings
 
 import numba
 
-from ._diskcache import DiskCacheWarning
+from .._diskcache import DiskCacheWarning
 
 FASTMATH = {"contract", "reassoc"}
 

@@ -1,7 +1,8 @@
 """The warning of a cpu backend without a disk cache (no Numba needed to import it).
 
-Its own module so that ``r2n.cpu`` can export it without importing Numba, and
-``r2n.cpu._jit`` can issue it without importing its package back.
+A module of its own, outside ``r2n.cpu``: ``r2n.cpu`` exports it without
+importing a submodule (``import r2n.models`` loads no ``r2n.cpu.*``), and
+``r2n.cpu._jit`` issues it without importing its package back.
 """
 
 from __future__ import annotations
