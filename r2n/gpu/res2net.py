@@ -23,7 +23,8 @@ split copy, the add, the conv + bias, a ReLU pass and a cat copy, then the
 last chunk), ``2_fused_epilogue`` (:func:`chain_2_fused_epilogue`: bias and
 ReLU in the conv's store, chunks read and written in their channel slices:
 the add and the last chunk remain passes of their own) and ``3_fused``
-(:func:`res2net_chain`: all of the above, one launch per conv). All three
+(:func:`res2net_chain`: all of the above, one launch per conv; one in all
+for a "stage" chain). All three
 run the same conv kernel (r2n.gpu.conv.pick_variant).
 
 ``bottle2neck`` adds the 1x1 convs around it, on the 1x1 GEMM beside the
@@ -552,7 +553,7 @@ LADDER = (
     ),
     Step(
         "3_fused",
-        "the add summed on load, the last chunk by the first launch: one launch per conv",
+        "the add summed on load, the last chunk by the first launch: a launch per conv (stage: 1)",
         res2net_chain,
         source="r2n/gpu/res2net.py",
     ),
