@@ -80,3 +80,69 @@ def test_targets_are_ratios_of_same_run_rows(gpu_bench):
     assert "r2n fp32 / torch eager tf32-off: 0.75x (target >= 1.0x)" in lines[1]
     assert "peak memory r2n / torch: 0.50" in lines[1]
     assert "r2n tf32 / torch eager tf32-on: -" in lines[1]  # a row that did not run
+
+
+def test_check_and_timing_path_runs_on_the_emulator(gpu_bench, monkeypatch):
+    """run_case end to end without a GPU: CuPy arrays are the emulator's
+    stand-ins, torch.cuda's calls no-ops (timings are fake: only the control
+    flow, the float64 checks and the rows' results are real), tiny shapes.
+    A "stage" bottleneck (one-launch chain, conv3 + shortcut GEMM, tf32 / bf16
+    on tensor cores) and a chain, at batch 1 (graph rows) and 2."""
+    import contextlib
+    import importlib.machinery
+    import types
+
+    import numpy as np
+    import torch
+    from test_gpu_emulated import EmulatedCupyArray
+    from test_gpu_tensor_core_emulated import cupy_like
+
+    import r2n.gpu
+    import r2n.gpu.graph as rgraph
+    from r2n._bench import network
+
+    ex, wrap = cupy_like.__wrapped__(monkeypatch)
+    null = types.SimpleNamespace(wait_stream=lambda s: None)
+    event = type("Event", (), {"record": lambda self, *a: None, "synchronize": lambda self: None})
+    hook = type("Hook", (), {"__enter__": lambda self: self, "__exit__": lambda self, *a: None})
+    fake = types.ModuleType("cupy")
+    fake.__spec__ = importlib.machinery.ModuleSpec("cupy", None)
+    fake.ndarray, fake.asarray = EmulatedCupyArray, lambda a: wrap(np.asarray(a))
+    fake.asnumpy = lambda a: np.asarray(a.array)
+    fake.get_default_memory_pool = lambda: types.SimpleNamespace(free_all_blocks=lambda: None)
+    fake.cuda = types.SimpleNamespace(
+        Event=event, get_elapsed_time=lambda s, e: 1.0, MemoryHook=hook,
+        Device=lambda *a: types.SimpleNamespace(synchronize=lambda: None),
+    )  # fmt: skip
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *a, **k: self)
+    monkeypatch.setattr(torch.nn.Module, "cuda", lambda self, *a, **k: self)
+    for name, value in dict(
+        synchronize=lambda: None, reset_peak_memory_stats=lambda: None,
+        memory_allocated=lambda: 0, max_memory_allocated=lambda: 2**20, empty_cache=lambda: None,
+        Stream=lambda: null, current_stream=lambda: null,
+        stream=lambda s: contextlib.nullcontext(),
+        CUDAGraph=lambda: types.SimpleNamespace(replay=lambda: None),
+        graph=lambda g: contextlib.nullcontext(),
+    ).items():  # fmt: skip
+        monkeypatch.setattr(torch.cuda, name, value)
+    monkeypatch.setattr(torch, "compile", lambda module, mode=None: module)
+    monkeypatch.setattr(rgraph, "capture", lambda fn, x: fn)
+    monkeypatch.setattr(r2n.gpu, "capture", lambda fn, x: fn)
+    monkeypatch.setattr(gpu_bench, "LAYERS", (("layer2.0", 16, 8, 9, 9, "stage", 2),))
+    monkeypatch.setattr(network, "network_case", lambda n, hw: None)
+    opts = types.SimpleNamespace(reps=2, warmup=1)
+    state = dict(deadline=float("inf"), compile_left=10.0, failed=False)
+    rng = np.random.default_rng(0)
+    results, lines = [], []
+    for case in gpu_bench.build_plan([1, 2], quick=False):
+        if case.op != gpu_bench.NETWORK:
+            results += gpu_bench.run_case(case, rng, opts, lines.append, state)
+    assert not state["failed"], [(r.case, r.row, r.status) for r in results if r.status != "ok"]
+    assert len(results) == 2 * 10 + 2 * 6
+    by_row = {(r.op, r.batch, r.row): r for r in results}
+    block_tf32 = by_row[("bottle2neck", 1, "r2n tf32")]
+    assert 1e-5 < block_tf32.err <= block_tf32.tol  # really rounded to TF32
+    assert by_row[("bottle2neck", 2, "r2n fp32")].err <= 1e-5
+    assert by_row[("bottle2neck", 2, "r2n fp32")].ms == 1.0  # the fake events
+    assert any("truth check" in line for line in lines)
