@@ -288,3 +288,22 @@ def test_bottle2neck_launches_and_matches_reference(ex, rng, case, precision, dt
             assert rel_err(out, expected) <= tc.tolerance(
                 precision, bottleneck_layers(scale, stype)
             )
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_shortcut_gemm_on_the_large_tile(ex, rng, monkeypatch, dtype):
+    """conv3 + shortcut on the 128-wide tile (which a GPU picks for large grids):
+    forced here by letting any grid take it."""
+    monkeypatch.setattr(gconv, "_LARGE_TILE_MIN_BLOCKS", 1)
+    case = BLOCK_CASES[2]  # the pooled "d" shortcut
+    c_in, c_out, width, scale, stype, stride, groups, kind = case
+    params = _block(rng, case).map(lambda a: a.astype(dtype))
+    x = rng.standard_normal((2, c_in, 9, 7)).astype(dtype)
+    args = _checks.bottle2neck_args("bottle2neck", x, params, scale, stype, stride, groups)
+    ex.launches.clear()
+    out = gres.bottle2neck(x, params, executor=ex, **args)
+    large = ", ".join(map(str, gconv._TILE_LARGE[gconv._runtime.dtype_name(dtype)]))
+    assert ex.launches[-1][1].startswith(
+        f"conv2d_pipelined_gemm<{gconv._runtime.dtype_name(dtype)}, {large}, 3>"
+    )
+    assert_close(out, ref.bottle2neck(_f64(x), params.map(_f64), **args))
