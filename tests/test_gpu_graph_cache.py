@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import r2n
+from r2n import _backends
 from r2n.gpu import conv as gconv
 from r2n.gpu import graph
 
@@ -108,6 +109,9 @@ def test_models_create_checks_graph():
         r2n.models.create("res2net50_26w_4s", backend="cpu", graph=True)
     with pytest.raises(TypeError, match="graph must be True or False"):
         r2n.models.create("res2net50_26w_4s", graph="yes")
+    with pytest.raises(ValueError, match="does not record graphs"):
+        _backends.graphed(lambda x: x, "reference", "numpy")
+    assert isinstance(_backends.graphed(lambda x: x, None, "cupy"), graph.GraphCache)
     small = {"layers": (1, 1, 1, 1)}
     model = r2n.models.create("res2net50_26w_4s", _params=small)
     with pytest.raises(ValueError, match="created with graph=False"):

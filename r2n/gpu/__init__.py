@@ -47,6 +47,9 @@ from .graph import CapturedCall as CapturedCall
 from .graph import GraphCache as GraphCache
 from .graph import capture as capture
 
+#: The factory r2n._backends.graphed uses: a prepared forward -> its graph cache.
+GRAPHS = GraphCache
+
 
 def _on_input_device(impl):
     """Run ``impl`` with the device of its first argument (a CuPy array) current,

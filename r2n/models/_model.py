@@ -292,9 +292,7 @@ class Model:
             raise ValueError(f"r2n model {self.name}: created with graph=False")
         with self._graphs_lock:
             if self._graphs is None:
-                from ..gpu.graph import GraphCache
-
-                self._graphs = GraphCache(self._prepared("cupy"))
+                self._graphs = _backends.graphed(self._prepared("cupy"), self.backend, "cupy")
             return self._graphs
 
     def __repr__(self):
