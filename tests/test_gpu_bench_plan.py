@@ -82,12 +82,13 @@ def test_targets_are_ratios_of_same_run_rows(gpu_bench):
     assert "r2n tf32 / torch eager tf32-on: -" in lines[1]  # a row that did not run
 
 
-def test_check_and_timing_path_runs_on_the_emulator(gpu_bench, monkeypatch):
-    """run_case end to end without a GPU: CuPy arrays are the emulator's
-    stand-ins, torch.cuda's calls no-ops (timings are fake: only the control
-    flow, the float64 checks and the rows' results are real), tiny shapes.
-    A "stage" bottleneck (one-launch chain, conv3 + shortcut GEMM, tf32 / bf16
-    on tensor cores) and a chain, at batch 1 (graph rows) and 2."""
+@pytest.fixture
+def fake_gpu(gpu_bench, monkeypatch):
+    """CuPy arrays as the emulator's stand-ins, torch.cuda's calls as no-ops
+    (timings are fake: only the control flow, the float64 checks and the
+    rows' results are real), graph capture as a plain call, tiny shapes: a
+    "stage" bottleneck (one-launch chain, conv3 + shortcut GEMM, tf32 / bf16
+    on tensor cores) and a chain."""
     import contextlib
     import importlib.machinery
     import types
@@ -107,12 +108,14 @@ def test_check_and_timing_path_runs_on_the_emulator(gpu_bench, monkeypatch):
     hook = type("Hook", (), {"__enter__": lambda self: self, "__exit__": lambda self, *a: None})
     fake = types.ModuleType("cupy")
     fake.__spec__ = importlib.machinery.ModuleSpec("cupy", None)
+    fake.__version__ = "stand-in"
     fake.ndarray, fake.asarray = EmulatedCupyArray, lambda a: wrap(np.asarray(a))
     fake.asnumpy = lambda a: np.asarray(a.array)
     fake.get_default_memory_pool = lambda: types.SimpleNamespace(free_all_blocks=lambda: None)
+    device = types.SimpleNamespace(synchronize=lambda: None, attributes={"MultiProcessorCount": 0})
     fake.cuda = types.SimpleNamespace(
-        Event=event, get_elapsed_time=lambda s, e: 1.0, MemoryHook=hook,
-        Device=lambda *a: types.SimpleNamespace(synchronize=lambda: None),
+        Event=event, get_elapsed_time=lambda s, e: 1.0, MemoryHook=hook, Device=lambda *a: device,
+        runtime=types.SimpleNamespace(runtimeGetVersion=lambda: 0, driverGetVersion=lambda: 0),
     )  # fmt: skip
     monkeypatch.setitem(sys.modules, "cupy", fake)
     monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *a, **k: self)
@@ -123,7 +126,7 @@ def test_check_and_timing_path_runs_on_the_emulator(gpu_bench, monkeypatch):
         Stream=lambda: null, current_stream=lambda: null,
         stream=lambda s: contextlib.nullcontext(),
         CUDAGraph=lambda: types.SimpleNamespace(replay=lambda: None),
-        graph=lambda g: contextlib.nullcontext(),
+        graph=lambda g: contextlib.nullcontext(), get_device_name=lambda: "Stand-in GPU",
     ).items():  # fmt: skip
         monkeypatch.setattr(torch.cuda, name, value)
     monkeypatch.setattr(torch, "compile", lambda module, mode=None: module)
@@ -131,13 +134,27 @@ def test_check_and_timing_path_runs_on_the_emulator(gpu_bench, monkeypatch):
     monkeypatch.setattr(r2n.gpu, "capture", lambda fn, x: fn)
     monkeypatch.setattr(gpu_bench, "LAYERS", (("layer2.0", 16, 8, 9, 9, "stage", 2),))
     monkeypatch.setattr(network, "network_case", lambda n, hw: None)
+    real_plan = gpu_bench.build_plan
+    monkeypatch.setattr(gpu_bench, "build_plan", lambda batches, quick: [
+        c for c in real_plan(batches, quick) if c.op != gpu_bench.NETWORK])  # fmt: skip
+    monkeypatch.setattr(gpu_bench, "ceilings", lambda quick: {"matmul fp32 TFLOP/s": 1.0})
+    return gpu_bench
+
+
+def test_check_and_timing_path_runs_on_the_emulator(fake_gpu):
+    import types
+
+    import numpy as np
+
+    gpu_bench = fake_gpu
     opts = types.SimpleNamespace(reps=2, warmup=1)
-    state = dict(deadline=float("inf"), compile_left=10.0, failed=False)
+    state = dict(deadline=float("inf"), compile_left=10.0, failed=False, deferred=[])
     rng = np.random.default_rng(0)
     results, lines = [], []
     for case in gpu_bench.build_plan([1, 2], quick=False):
-        if case.op != gpu_bench.NETWORK:
-            results += gpu_bench.run_case(case, rng, opts, lines.append, state)
+        results += gpu_bench.run_case(case, rng, opts, lines.append, state)
+    assert {r.status for r in results if r.row == "torch compile"} == {"deferred"}
+    gpu_bench.run_deferred(opts, lines.append, state)
     assert not state["failed"], [(r.case, r.row, r.status) for r in results if r.status != "ok"]
     assert len(results) == 2 * 10 + 2 * 6
     by_row = {(r.op, r.batch, r.row): r for r in results}
@@ -146,3 +163,26 @@ def test_check_and_timing_path_runs_on_the_emulator(gpu_bench, monkeypatch):
     assert by_row[("bottle2neck", 2, "r2n fp32")].err <= 1e-5
     assert by_row[("bottle2neck", 2, "r2n fp32")].ms == 1.0  # the fake events
     assert any("truth check" in line for line in lines)
+    assert by_row[("res2net_chain", 2, "torch compile")].compile_s is not None
+
+
+def test_main_writes_json_and_log(fake_gpu, tmp_path, capsys):
+    import json
+
+    gpu_bench = fake_gpu
+    argv = ["--batch", "2", "--reps", "2", "--out", str(tmp_path), "--tag", "standin"]
+    assert gpu_bench.main(argv) == 0
+    (path,) = tmp_path.glob("*-gpu-bench-standin.json")
+    data = json.loads(path.read_text())
+    assert data["done"] and len(data["rows"]) == 2 * 6
+    assert {r["status"] for r in data["rows"]} == {"ok"}
+    log = path.with_suffix(".log").read_text()
+    assert "targets (issue 14 item 6" in log and "every row checked" in log
+
+
+def test_a_compile_past_the_budget_is_interrupted_not_failed(gpu_bench):
+    import time
+
+    with pytest.raises(gpu_bench.CompileTimeout):
+        with gpu_bench._time_limit(0.05):
+            time.sleep(2)
