@@ -16,7 +16,9 @@ Rows per case:
 * ``r2n fp32`` / ``r2n tf32`` / ``r2n bf16``: r2n's gpu backend (prepared
   chain / block, ``r2n.models.create(..., precision=...)``);
 * at batch 1, ``r2n fp32 graph`` / ``r2n tf32 graph``: the same replayed from a
-  CUDA graph (``r2n.gpu.capture``; the network: ``create(..., graph=True)``);
+  CUDA graph (``r2n.gpu.capture``; the network: ``create(..., graph=True)``),
+  and ``r2n fp32 nosplit`` / ``r2n fp32 graph nosplit``: fp32 without split-K
+  (``r2n.gpu.conv.SPLIT_K_MIN_K`` out of reach), to measure what it gains;
 * ``torch eager tf32-off`` / ``torch eager tf32-on`` (PyTorch's default for
   convs): the Res2Net modules (r2n._bench.torch_models; timm's model for the
   network), cuDNN, no grad;
@@ -103,7 +105,7 @@ def rows_for(op: str, batch: int) -> list[str]:
     """The rows of a case (module docstring)."""
     rows = ["r2n fp32", "r2n tf32", "r2n bf16"]
     if batch == 1:
-        rows += ["r2n fp32 graph", "r2n tf32 graph"]
+        rows += ["r2n fp32 graph", "r2n tf32 graph", "r2n fp32 nosplit", "r2n fp32 graph nosplit"]
     rows += ["torch eager tf32-off", "torch eager tf32-on"]
     if batch == 1:
         rows += ["torch graph tf32-off", "torch graph tf32-on"]
@@ -182,7 +184,11 @@ class Runners:
         self.stype = kwargs.get("stype", "normal")
 
     # r2n ------------------------------------------------------------------ #
-    def r2n(self, precision: str, graph: bool):
+    def r2n(self, precision: str, graph: bool, split: bool = True):
+        fn = self._r2n(precision, graph)
+        return fn if split else _NoSplit(fn)
+
+    def _r2n(self, precision: str, graph: bool):
         import r2n.gpu
         from r2n.gpu import res2net as gres
 
@@ -280,6 +286,23 @@ def _set_tf32(on: bool) -> None:
 
     torch.backends.cuda.matmul.allow_tf32 = on
     torch.backends.cudnn.allow_tf32 = on
+
+
+class _NoSplit:
+    """``fn`` with split-K off while it runs (its plans, and a graph recorded
+    in the call, are keyed on the rule: r2n.gpu.conv._tunables)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, x):
+        from r2n.gpu import conv
+
+        saved, conv.SPLIT_K_MIN_K = conv.SPLIT_K_MIN_K, 2**62
+        try:
+            return self.fn(x)
+        finally:
+            conv.SPLIT_K_MIN_K = saved
 
 
 class _LazyCapture:
@@ -572,8 +595,8 @@ def run_row(ctx, res: Result, xs, opts, state) -> None:
         elif is_torch:
             fn = ctx["runners"].torch(row)
         else:
-            precision, graph = row.split()[1], row.endswith("graph")
-            fn = ctx["runners"].r2n(precision, graph)
+            precision, graph = row.split()[1], "graph" in row
+            fn = ctx["runners"].r2n(precision, graph, split="nosplit" not in row)
         out = _host(fn(xs[0]))
         res.err, res.tol = rel_err(out, ctx["truth"]), tolerance(case, row, ctx["stype"])
         if not res.err <= res.tol:
@@ -626,7 +649,9 @@ def targets(results: list[Result]) -> list[str]:
         if batch == 1:
             pairs = [("r2n fp32 graph", "torch graph tf32-off", 1.5 if op == NETWORK else 1.2),
                      ("r2n fp32", "torch eager tf32-off", 3.0 if op == NETWORK else 1.2),
-                     ("r2n tf32 graph", "torch graph tf32-on", 1.2)]  # fmt: skip
+                     ("r2n tf32 graph", "torch graph tf32-on", 1.2),
+                     ("r2n fp32 graph", "r2n fp32 graph nosplit", None),
+                     ("r2n fp32", "r2n fp32 nosplit", None)]  # fmt: skip
         else:
             pairs = [("r2n fp32", "torch eager tf32-off", 1.0 if op == NETWORK else 1.2),
                      ("r2n tf32", "torch eager tf32-on", 1.0 if op == NETWORK else 1.2),

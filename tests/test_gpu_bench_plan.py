@@ -34,7 +34,7 @@ def test_dry_run_lists_the_plan_and_exits_0():
                           text=True, cwd=ROOT, timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[-1].startswith("21 cases, 154 rows")
+    assert lines[-1].startswith("21 cases, 168 rows")
     assert "res2net50_26w_4s N=256" in proc.stdout
     assert "bottle2neck layer2.0 N=32" in proc.stdout
 
@@ -48,7 +48,8 @@ def test_the_plan_has_every_row_of_the_issue(gpu_bench):
         rows = set(case.rows)
         assert {"r2n fp32", "r2n tf32", "r2n bf16", "torch eager tf32-off",
                 "torch eager tf32-on", "torch compile"} <= rows  # fmt: skip
-        graphs = {"r2n fp32 graph", "torch graph tf32-off", "torch graph tf32-on"}
+        graphs = {"r2n fp32 graph", "torch graph tf32-off", "torch graph tf32-on",
+                  "r2n fp32 nosplit", "r2n fp32 graph nosplit"}  # fmt: skip
         assert graphs <= rows if case.batch == 1 else not graphs & rows
     assert plan[0].op == "res2net50_26w_4s"  # first in the compile budget
     quick = gpu_bench.build_plan([1, 32], quick=True)
@@ -156,7 +157,7 @@ def test_check_and_timing_path_runs_on_the_emulator(fake_gpu):
     assert {r.status for r in results if r.row == "torch compile"} == {"deferred"}
     gpu_bench.run_deferred(opts, lines.append, state)
     assert not state["failed"], [(r.case, r.row, r.status) for r in results if r.status != "ok"]
-    assert len(results) == 2 * 10 + 2 * 6
+    assert len(results) == 2 * 12 + 2 * 6
     by_row = {(r.op, r.batch, r.row): r for r in results}
     block_tf32 = by_row[("bottle2neck", 1, "r2n tf32")]
     assert 1e-5 < block_tf32.err <= block_tf32.tol  # really rounded to TF32

@@ -136,16 +136,33 @@ def test_split_rule_is_deterministic_from_shape_and_sm_count(rng):
     assert gconv.split_k_for(128, 1872, 132) == 2  # batch 32 at 7x7
     assert gconv.split_k_for(400, 576, 132) == 1  # a full wave: never split
     assert gconv.split_k_for(8, 100, 132) == 1  # too few K rows
+    assert gconv.split_k_for(49, 234, 132) == 1  # 3x3 26 -> 26 at 56x56: a short loop
+    assert gconv.split_k_for(2, 576, 132) == 9
     assert gconv.split_k_for(8, 936, None) == 1  # no SM count (the emulator)
     # the executor's SM count drives the launcher: a 132-SM "GPU" splits this
-    # 70-channel, K = 180 conv (6 blocks), and the plan is keyed on the count
-    x, weight, bias, args = conv_inputs(rng, SPLIT_CASES[0], np.float32)
+    # 70-channel, K = 576 conv (2 blocks), and the plan is keyed on the count
+    case = (1, 64, 7, 9, 70, (3, 3), (1, 1), (1, 1), (1, 1), 1)
+    x, weight, bias, args = conv_inputs(rng, case, np.float32)
     expected = ref.conv2d(_f64(x), _f64(weight), _f64(bias), **args)
     for sm_count, launches in ((None, 1), (132, 2), (None, 1)):
         emu = EmuExecutor(check_order=False)
         emu.sm_count = sm_count
         assert_close(_launch(emu, "4_pipelined", x, weight, bias, args), expected)
         assert len(emu.launches) == launches
+
+
+def test_split_rule_constants_are_part_of_the_plan(rng, monkeypatch):
+    """Benchmarks change the rule's constants (gpu_bench's "nosplit" rows):
+    the next launch follows them, and the old plan is not reused."""
+    case = (1, 64, 7, 9, 70, (3, 3), (1, 1), (1, 1), (1, 1), 1)
+    x, weight, bias, args = conv_inputs(rng, case, np.float32)
+    emu = EmuExecutor(check_order=False)
+    emu.sm_count = 132
+    _launch(emu, "4_pipelined", x, weight, bias, args)
+    monkeypatch.setattr(gconv, "SPLIT_K_MIN_K", 10**9)
+    out = _launch(emu, "4_pipelined", x, weight, bias, args)
+    assert len(emu.launches) == 2 + 1  # split (conv + reduction), then unsplit
+    assert_close(out, ref.conv2d(_f64(x), _f64(weight), _f64(bias), **args))
 
 
 def test_one_by_one_convs_run_on_tensor_cores(ex, rng):

@@ -222,29 +222,44 @@ SPLIT_K_BLOCKS_PER_SM = 2
 SPLIT_K_MIN_ROWS = 64
 #: The most splits: the reduction reads k_splits partial sums per output.
 SPLIT_K_MAX = 16
+#: The fewest K rows a conv must have to split at all: its unsplit loop is
+#: then >= 32 slices of 16, ~45 us at the ~1.4 us per slice measured on the
+#: H100 (NOTES-gpu.md, v3); a shorter loop saves less than the reduction's
+#: launch costs the host at batch 1 without a graph (~20-50 us, v2).
+SPLIT_K_MIN_K = 512
 #: The variants that split (the ladder's other steps stay one idea each).
 SPLIT_K_VARIANTS = ("4_pipelined", "5_tensor_core", GEMM_1X1)
 
 
-def split_k_for(blocks: int, k_rows: int, sm_count) -> int:
+def split_k_for(blocks: int, k_rows: int, sm_count, rule: tuple | None = None) -> int:
     """How many blocks split each output tile's K rows (1: no split).
 
     The deterministic rule of the launcher, from (grid blocks without split,
     K rows of the GEMM, SMs of the GPU): aim at ``SPLIT_K_BLOCKS_PER_SM`` x
     SMs blocks in all (``floor(target / blocks)``, so a grid that already has
     more than half a wave is left alone), give every split at least
-    ``SPLIT_K_MIN_ROWS`` rows and split at most ``SPLIT_K_MAX`` times. An
-    executor that does not know its SM count (the CPU emulator) never splits
-    unless a test forces ``k_splits``. On an H100 / H200 (132 SMs), batch 1:
-    3x3 104->104 at 14x14 (8 blocks of 64 x 64, K = 936) -> 14 splits;
-    3x3 208->208 at 7x7 (4 blocks, K = 1872) -> 16; conv1 1024->416 at 14x14
-    (28 blocks, K = 1024) -> 9; at batch 32, 3x3 208->208 at 7x7 (128 blocks)
-    -> 2; every 56x56 and 28x28 conv of batch 32 -> 1.
+    ``SPLIT_K_MIN_ROWS`` rows, split at most ``SPLIT_K_MAX`` times, and only
+    convs of at least ``SPLIT_K_MIN_K`` rows. An executor that does not know
+    its SM count (the CPU emulator) never splits unless a test forces
+    ``k_splits``. On an H100 / H200 (132 SMs), batch 1: 3x3 104->104 at
+    14x14 (8 blocks of 64 x 64, K = 936) -> 14 splits; 3x3 208->208 at 7x7
+    (4 blocks, K = 1872) -> 16; conv1 1024->416 at 14x14 (28 blocks, K =
+    1024) -> 9; the 3x3 26->26 and 52->52 convs (K = 234, 468) -> 1; at batch
+    32, 3x3 208->208 at 7x7 (128 blocks) -> 2; every 56x56 and 28x28 conv of
+    batch 32 -> 1. (The launcher then runs ceil(slices / ceil(slices /
+    splits)) splits, so that none is empty.) ``rule``: the four constants
+    (per SM, min rows, max, min K) as :func:`_split_rule` reads them (default:
+    the module's, which tests and benchmarks may change; plans are keyed on
+    them).
     """
-    if not sm_count or blocks <= 0:
+    per_sm, min_rows, max_splits, min_k = _split_rule() if rule is None else rule
+    if not sm_count or blocks <= 0 or k_rows < min_k:
         return 1
-    target = SPLIT_K_BLOCKS_PER_SM * int(sm_count)
-    return max(1, min(target // blocks, k_rows // SPLIT_K_MIN_ROWS, SPLIT_K_MAX))
+    return max(1, min(per_sm * int(sm_count) // blocks, k_rows // min_rows, max_splits))
+
+
+def _split_rule() -> tuple:
+    return (SPLIT_K_BLOCKS_PER_SM, SPLIT_K_MIN_ROWS, SPLIT_K_MAX, SPLIT_K_MIN_K)
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -536,6 +551,7 @@ def _tunables() -> tuple:
         _LARGE_TILE_MIN_BLOCKS,
         _runtime.MAX_BLOCKS_1D,
         _runtime.MAX_GRID_DIM,
+        _split_rule(),
     )
 
 
@@ -569,7 +585,7 @@ def _plan(
 ):
     """Check one launch_conv call's shapes and options and compute its launch
     (a :class:`ConvPlan`), or _EMPTY when there is nothing to compute."""
-    large_tile_min_blocks, max_blocks_1d, max_grid_dim = tunables
+    large_tile_min_blocks, max_blocks_1d, max_grid_dim, split_rule = tunables
     ctype = _runtime.dtype_name(dtype)
     n_img, x_c_total, h, w = x_shape
     c_out, c_in_g, kh, kw = weight_shape
@@ -770,7 +786,7 @@ def _plan(
             k_splits = 1
         elif k_splits is None:
             blocks = pixel_tiles * channel_tiles * images_groups
-            k_splits = split_k_for(blocks, k_rows, sm_count)
+            k_splits = split_k_for(blocks, k_rows, sm_count, split_rule)
         if k_splits > 1 or shortcut is not None or tensor_cores and variant == GEMM_1X1:
             if shortcut is not None:
                 gemm_load = LOAD_PLANE_SHORTCUT
