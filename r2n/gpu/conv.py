@@ -155,9 +155,9 @@ LOAD_IM2COL, LOAD_PLANE, LOAD_PLANE_SHORTCUT = 0, 1, 3  # conv_common.cuh's R2N_
 
 def _gemm_tiles(load: int, ctype: str) -> tuple:
     """The tiles conv_gemm.cu's kernel is instantiated with for ``load``: the
-    im2col step's two (float64: the wide one); the 1x1 GEMMs split only when blocks are few, so the
-    64 x 64 tile, and the shortcut GEMM (also unsplit at large batch) the large
-    tile too."""
+    im2col step's two (float64: the wide one); the 1x1 GEMMs split only when
+    blocks are few, so the 64 x 64 tile, and the shortcut GEMM (also unsplit
+    at large batch) the large tile too."""
     if load == LOAD_IM2COL:  # the double narrow tile spills 4 bytes on sm_80 here
         return (_TILE_WIDE, _TILE_NARROW) if ctype == "float" else (_TILE_WIDE,)
     if load == LOAD_PLANE:

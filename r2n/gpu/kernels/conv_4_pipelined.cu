@@ -35,7 +35,10 @@
 // shortcut, pool + 1x1 conv in one pass). Tile shapes are template
 // parameters (r2n/gpu/conv.py: 64 x 64 and, for groups of <= 32 output
 // channels such as Res2Net's 26-channel chain convs, 32 x 64; 4 x 4 per
-// thread; gemm_1x1.cu also takes 8 x 8 and 8 x 4).
+// thread; gemm_1x1.cu also takes 8 x 8 and 8 x 4). conv_gemm.cu adds split-K
+// and a bottleneck's shortcut as more K rows through R2N_CONV_MORE_PARAMS,
+// which this step and gemm_1x1.cu fix to R2N_CONV_MORE_NONE (their PTX is
+// unchanged by them).
 //
 // Grid: x = pixel tiles (+ side_blocks extra blocks), y = channel tiles of one
 // group, z = images * groups (a grid-stride loop, so N * groups may exceed

@@ -57,9 +57,11 @@
 // this step (never the default).
 //
 // Measured: not yet on a GPU (written after the H100 session of
-// benchmarks/results/NOTES-gpu.md). The tiles are template parameters
-// (per-shape tile rules and a 1x1 loader without the row table can build on
-// this kernel).
+// benchmarks/results/NOTES-gpu.md). The tiles are template parameters. The
+// body is shared with conv_gemm_tensor_core.cu (the 1x1 plane loader without
+// the row table, split-K, a bottleneck's shortcut as more K rows), through
+// LOAD and R2N_CONV_MORE_PARAMS, which this step fixes to R2N_LOAD_IM2COL and
+// R2N_CONV_MORE_NONE: its PTX is unchanged by them.
 
 #include "conv_common.cuh"
 #include "mma.cuh"
