@@ -73,7 +73,7 @@ def cpu_ladders() -> dict:
                 "register tiles (7 pixels x 32 channels) in the LLVM-IR micro-kernel, packed "
                 "weights",
                 v["3_simd"],
-                "r2n/cpu/conv.py, r2n/cpu/_simd.py",
+                "r2n/cpu/conv.py, r2n/cpu/microkernel.py",
             ),
             step(
                 "4_winograd",

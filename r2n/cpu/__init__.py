@@ -6,7 +6,7 @@ same checked, normalised arguments as the reference (see ``r2n._backends``):
 =================  ==========================================================
 module             ops
 =================  ==========================================================
-``_simd``          the register-tiled SIMD micro-kernel (an LLVM intrinsic)
+``microkernel``    the register-tiled SIMD micro-kernel (an LLVM intrinsic)
 ``conv``           conv2d: numbered variants, from naive loops to SIMD tiles
 ``res2net``        res2net_chain and bottle2neck, fused
 ``elementwise``    relu, leaky_relu, sigmoid, batch_norm, fold_batch_norm

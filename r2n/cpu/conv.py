@@ -15,7 +15,7 @@ variant                what changes                                          GFL
                        weights hoisted reached 46; see NOTES.md).
 ``3_simd``             register tiles: 7 pixels x 32 output channels         ~170
                        (float32; 16 for float64) accumulate in 14 vector
-                       registers through the micro-kernel of ``_simd`` (a
+                       registers through the micro-kernel of ``microkernel`` (a
                        group's last <= 16 channels use a half-width tile); the
                        weights are packed once so each tap is 2 vector
                        loads. Bias, residual add, ReLU and the write into a
@@ -56,8 +56,8 @@ import numpy as np
 
 from . import _scratch
 from ._jit import kernel, prange, serial
-from ._simd import VECTOR_BYTES, lanes, tile_kernel
 from .elementwise import kernel_input, vector_or
+from .microkernel import VECTOR_BYTES, lanes, tile_kernel
 
 #: Register tile of variant 3: TILE_PIXELS output pixels x TILE_VECTORS vectors of
 #: output channels (measured best of 8x1, 12x1, 6x2, 4x3, 8x2 on Zen 5).

@@ -33,7 +33,7 @@ of jobs and owns scratch buffers sized for L2 (``SCRATCH_BYTES``, ``plan``):
    is read.
 2. per group and output-channel block (32 float32 / 16 float64 channels, as in
    variant 3): 16 GEMMs ``M[xi] = U[xi] @ V[xi]`` through the register-tiled
-   micro-kernel of ``_simd`` (7 tiles x 32 channels per call, the reduction
+   micro-kernel of ``microkernel`` (7 tiles x 32 channels per call, the reduction
    over the group's input channels), U packed like ``conv.pack_weights``
    per ``xi``.
 3. the output transform of that block, a tile row at a time while M is in
@@ -56,7 +56,6 @@ import numba
 import numpy as np
 
 from ._jit import FASTMATH, kernel, prange
-from ._simd import VECTOR_BYTES
 from .conv import (
     TILE_PIXELS,
     TILE_VECTORS,
@@ -67,6 +66,7 @@ from .conv import (
     pack_weights,
 )
 from .elementwise import kernel_input, vector_or
+from .microkernel import VECTOR_BYTES
 
 #: Target size of a worker's V and M scratch (16 x (C_in + 32) floats per
 #: tile): a job's tile rows are chosen so that both stay in the 1 MiB L2.
