@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 import r2n
 from r2n import _checks
-from r2n.cpu import conv, res2net, winograd
+from r2n.cpu import conv, microkernel, res2net, winograd
 
 VARIANTS = sorted(conv.VARIANTS)
 
@@ -194,11 +194,11 @@ def test_stage_convs_in_one_launch_match_one_launch_per_conv(rng, dtype):
     xp = randn(rng, n, nums * width, h + 2, w + 2, dtype=dtype)
     weights = [randn(rng, width, width // groups, 3, 3, dtype=dtype) for _ in range(nums)]
     biases = [randn(rng, width, dtype=dtype) for _ in range(nums)]
-    packed = [conv.pack_weights(wt, groups) for wt in weights]
+    packed = [microkernel.pack_weights(wt, groups) for wt in weights]
     geometry = (width, groups, (3, 3), (2, 2), (0, 0), (1, 1))
     h_out, w_out = (h - 1) // 2 + 1, (w - 1) // 2 + 1
     # x is padded with slack columns, as the chain's prologue leaves it.
-    need = conv.min_input_width(w_out, 3, 2, 1)
+    need = microkernel.min_input_width(w_out, 3, 2, 1)
     xp = np.ascontiguousarray(np.pad(xp, ((0, 0), (0, 0), (0, 0), (0, max(0, need - w - 2)))))
     separate = np.full((n, nums * width + 5, h_out, w_out), np.nan, dtype)
     for i in range(nums):

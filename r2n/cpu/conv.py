@@ -55,17 +55,19 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _scratch
-from ._jit import kernel, prange, serial
+from ._jit import kernel, prange
 from .elementwise import kernel_input, vector_or
-from .microkernel import VECTOR_BYTES, lanes, tile_kernel
-
-#: Register tile of variant 3: TILE_PIXELS output pixels x TILE_VECTORS vectors of
-#: output channels (measured best of 8x1, 12x1, 6x2, 4x3, 8x2 on Zen 5).
-TILE_PIXELS = 7
-TILE_VECTORS = 2
-_tile = tile_kernel(TILE_PIXELS, TILE_VECTORS)
-_tile_half = tile_kernel(TILE_PIXELS, 1)  # for a group's last, narrower block
-
+from .microkernel import (
+    TILE_PIXELS,
+    TILE_VECTORS,
+    VECTOR_BYTES,
+    block_layout,
+    min_input_width,
+    pack_weights,
+    tap_offsets,
+    tile,
+    tile_half,
+)
 
 # --------------------------------------------------------------------------- #
 # Variant 1: naive direct loops
@@ -214,60 +216,6 @@ def conv2d_2_rows(x, weight, bias, *, stride, padding, dilation, groups, out_sha
 # --------------------------------------------------------------------------- #
 
 
-def block_channels(dtype) -> int:
-    """Output channels per register tile: 32 for float32, 16 for float64."""
-    return TILE_VECTORS * lanes(np.dtype(dtype))
-
-
-@serial
-def block_layout(c_out_g, b):
-    """How a group's C_out/g output channels split into register tiles.
-
-    Returns (full, tail): ``full`` blocks of ``b`` channels, then ``tail`` (0
-    or 1) block of ``b // 2`` channels holding the rest when it fits there
-    (104 = 3 * 32 + 8 uses 112 lanes instead of 128). A larger rest gets a
-    zero-padded full block.
-    """
-    full = c_out_g // b
-    rest = c_out_g - full * b
-    if rest > b // 2:
-        return full + 1, 0
-    return full, 1 if rest > 0 else 0
-
-
-def pack_weights(weight, groups):
-    """Pack conv weights for the micro-kernel, once per weight tensor.
-
-    weight (C_out, C_in/g, kH, kW) -> 1-D array holding, for each group, its
-    ``full`` blocks as (K, B) and its tail block as (K, B/2) (see
-    block_layout), where B = block_channels and K = (C_in/g) * kH * kW in
-    (c, i, j) order. Channels past C_out/g are zeros.
-    """
-    c_out, c_in_g, kh, kw = weight.shape
-    c_out_g = c_out // groups
-    b = block_channels(weight.dtype)
-    full, tail = block_layout(c_out_g, b)
-    k = c_in_g * kh * kw
-    width = full * b + tail * (b // 2)  # channels per group, padded
-    padded = np.zeros((groups, width, k), weight.dtype)
-    padded[:, :c_out_g] = weight.reshape(groups, c_out_g, k)
-    parts = [padded[:, : full * b].reshape(groups, full, b, k).transpose(0, 1, 3, 2)]
-    parts.append(padded[:, full * b :].reshape(groups, tail, b // 2, k).transpose(0, 1, 3, 2))
-    return np.concatenate([p.reshape(groups, -1) for p in parts], axis=1).reshape(-1)
-
-
-def tap_offsets(c_in_g, kernel_hw, dilation, plane, row):
-    """offs[k] for k = (c, i, j): where tap k sits relative to a tile's first
-    input pixel in a flattened (C, H_in, W_in) input with ``plane`` = H_in*W_in
-    and ``row`` = W_in."""
-    # int64 before multiplying: offsets can pass 2**31 (NumPy's default int is
-    # 32-bit on some platforms), and the micro-kernel does not check them.
-    c = np.arange(c_in_g, dtype=np.int64)[:, None, None] * plane
-    i = np.arange(kernel_hw[0], dtype=np.int64)[None, :, None] * (dilation[0] * row)
-    j = np.arange(kernel_hw[1], dtype=np.int64)[None, None, :] * dilation[1]
-    return (c + i + j).reshape(-1)
-
-
 @functools.lru_cache(maxsize=256)
 def _cached_tap_offsets(c_in_g, kernel_hw, dilation, plane, row):
     """tap_offsets, computed once per geometry: a batch-1 chain spent ~10 us
@@ -388,9 +336,9 @@ def _conv_simd_kernel(
             start = x0 if whole else w_out - TILE_PIXELS
             x_base = x_row + start * x_step
             if bw == b:
-                _tile(wpk, w_base, xf, x_base, offs, k_len, x_step, row_buf[start * bw :])
+                tile(wpk, w_base, xf, x_base, offs, k_len, x_step, row_buf[start * bw :])
             else:
-                _tile_half(wpk, w_base, xf, x_base, offs, k_len, x_step, row_buf[start * bw :])
+                tile_half(wpk, w_base, xf, x_base, offs, k_len, x_step, row_buf[start * bw :])
         # Epilogue, a row at a time over slices (plain range indices vectorise;
         # computed indices pay Numba's wraparound check on every element).
         for c in range(n_ch):
@@ -439,12 +387,6 @@ def _none(dtype):
     if dtype not in _NONE:
         _NONE[dtype] = np.empty(0, dtype)
     return _NONE[dtype]
-
-
-def min_input_width(w_out, kw, sw, dw):
-    """Padded input columns that variant 3's tiles read for a row of ``w_out``
-    outputs: a row narrower than a tile still computes a whole tile."""
-    return (max(w_out, TILE_PIXELS) - 1) * sw + (kw - 1) * dw + 1
 
 
 class InputLayout(NamedTuple):

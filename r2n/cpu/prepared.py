@@ -1,6 +1,6 @@
 """Prepared layers for whole networks (``r2n._backends.prepare`` on ``"cpu"``).
 
-Each factory packs its weights once (``conv.pack_weights``) and returns a
+Each factory packs its weights once (``microkernel.pack_weights``) and returns a
 callable that checks its input and runs the fused kernels:
 
 * ``conv2d``: one launch of ``conv.conv_simd`` whose epilogue adds the bias,
@@ -32,8 +32,9 @@ import numpy as np
 
 from .. import _checks
 from ._scratch import owner_token, scratch
-from .conv import conv_simd, pack_weights
+from .conv import conv_simd
 from .elementwise import vector_or
+from .microkernel import pack_weights
 from .res2net import PreparedBottle2neck
 
 #: Input shapes whose output shape / checked arguments a layer remembers

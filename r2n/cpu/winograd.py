@@ -34,7 +34,7 @@ of jobs and owns scratch buffers sized for L2 (``SCRATCH_BYTES``, ``plan``):
 2. per group and output-channel block (32 float32 / 16 float64 channels, as in
    variant 3): 16 GEMMs ``M[xi] = U[xi] @ V[xi]`` through the register-tiled
    micro-kernel of ``microkernel`` (7 tiles x 32 channels per call, the reduction
-   over the group's input channels), U packed like ``conv.pack_weights``
+   over the group's input channels), U packed like ``microkernel.pack_weights``
    per ``xi``.
 3. the output transform of that block, a tile row at a time while M is in
    L2: A^T M A as 12 flat loops (vectorised over tiles x channels), then the
@@ -56,17 +56,17 @@ import numba
 import numpy as np
 
 from ._jit import FASTMATH, kernel, prange
-from .conv import (
+from .elementwise import kernel_input, vector_or
+from .microkernel import (
     TILE_PIXELS,
     TILE_VECTORS,
-    _tile,
-    _tile_half,
+    VECTOR_BYTES,
     block_channels,
     block_layout,
     pack_weights,
+    tile,
+    tile_half,
 )
-from .elementwise import kernel_input, vector_or
-from .microkernel import VECTOR_BYTES
 
 #: Target size of a worker's V and M scratch (16 x (C_in + 32) floats per
 #: tile): a job's tile rows are chosen so that both stay in the 1 MiB L2.
@@ -128,7 +128,7 @@ def transform_weights(weight, groups):
     """U = G g G^T of every (C_out, C_in/g) 3x3 kernel, packed for the micro-kernel.
 
     weight (C_out, C_in/groups, 3, 3) -> 1-D array of 16 consecutive parts, one
-    per tile position xi = 4 * row + col, each ``conv.pack_weights`` of the
+    per tile position xi = 4 * row + col, each ``microkernel.pack_weights`` of the
     (C_out, C_in/groups, 1, 1) matrix U[:, :, row, col]. Computed in float64,
     then cast to the weight's dtype.
     """
@@ -245,7 +245,7 @@ def _winograd_kernel(
     n_workers = v_scr.shape[0]
     c_in = groups * c_in_g
     c_out = groups * c_out_g
-    blk = TILE_VECTORS * (VECTOR_BYTES // u.itemsize)  # = conv.block_channels(dtype)
+    blk = TILE_VECTORS * (VECTOR_BYTES // u.itemsize)  # = block_channels(dtype)
     full, tail = block_layout(c_out_g, blk)
     blocks = full + tail
     group_stride = c_in_g * (full * blk + tail * (blk // 2))
@@ -370,9 +370,9 @@ def _winograd_kernel(
                                 i0 = call * TILE_PIXELS
                             dst_m = m[xi * m_step + i0 * bw :]
                             if bw == blk:
-                                _tile(u, u_base, v, x_base + i0, offs, c_in_g, 1, dst_m)
+                                tile(u, u_base, v, x_base + i0, offs, c_in_g, 1, dst_m)
                             else:
-                                _tile_half(u, u_base, v, x_base + i0, offs, c_in_g, 1, dst_m)
+                                tile_half(u, u_base, v, x_base + i0, offs, c_in_g, 1, dst_m)
                     # Y = A^T M A, a tile row at a time (S and Y stay in L1; the
                     # unused tile and channels too: flat loops) ...
                     el = np.uint64(pitch * bw)
