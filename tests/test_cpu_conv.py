@@ -21,7 +21,9 @@ from hypothesis import strategies as st
 
 import r2n
 from r2n import _checks
-from r2n.cpu import conv, microkernel, res2net, winograd
+from r2n.cpu import microkernel, res2net
+from r2n.cpu.conv import v4_simd as conv
+from r2n.cpu.conv import v5_winograd as winograd
 
 VARIANTS = sorted(conv.VARIANTS)
 

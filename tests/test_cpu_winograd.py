@@ -18,7 +18,9 @@ from torch_res2net import TorchChain, chain_arrays, randomize, torch_out
 
 import r2n
 from r2n import _checks
-from r2n.cpu import conv, res2net, winograd
+from r2n.cpu import res2net
+from r2n.cpu.conv import v4_simd as conv
+from r2n.cpu.conv import v5_winograd as winograd
 
 # n, c_in, c_out, h, w, padding, groups
 CASES = [

@@ -32,7 +32,7 @@ import numpy as np
 
 from .. import _checks
 from ._scratch import owner_token, scratch
-from .conv import conv_simd
+from .conv.v4_simd import conv_simd
 from .elementwise import vector_or
 from .microkernel import pack_weights
 from .res2net import PreparedBottle2neck

@@ -45,11 +45,11 @@ import numpy as np
 
 from ._jit import kernel, prange
 from ._scratch import clear_scratch, scratch  # noqa: F401  (clear_scratch: re-exported)
-from .conv import _none, conv_simd, input_layout
+from .conv.v4_simd import _none, conv_simd, input_layout
+from .conv.v5_winograd import conv_winograd, transform_weights, use_winograd
 from .elementwise import vector_or
 from .microkernel import pack_weights
 from .pool import avg_pool2d
-from .winograd import conv_winograd, transform_weights, use_winograd
 
 
 @kernel

@@ -54,10 +54,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _scratch
-from ._jit import kernel, prange
-from .elementwise import kernel_input, vector_or
-from .microkernel import (
+from .. import _scratch
+from .._jit import kernel, prange
+from ..elementwise import kernel_input, vector_or
+from ..microkernel import (
     TILE_PIXELS,
     TILE_VECTORS,
     VECTOR_BYTES,
@@ -660,7 +660,7 @@ def conv2d_3_simd(x, weight, bias, *, stride, padding, dilation, groups, out_sha
 def conv2d_4_winograd(x, weight, bias, *, stride, padding, dilation, groups, out_shape):
     """Variant 4: Winograd F(2x2, 3x3) (r2n.cpu.winograd); 3x3 / stride 1 / dilation 1
     only, anything else raises ValueError."""
-    from .winograd import conv2d_4_winograd as winograd_conv
+    from .v5_winograd import conv2d_4_winograd as winograd_conv
 
     return winograd_conv(
         x,

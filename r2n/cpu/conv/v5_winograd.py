@@ -55,9 +55,9 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ._jit import FASTMATH, kernel, prange
-from .elementwise import kernel_input, vector_or
-from .microkernel import (
+from .._jit import FASTMATH, kernel, prange
+from ..elementwise import kernel_input, vector_or
+from ..microkernel import (
     TILE_PIXELS,
     TILE_VECTORS,
     VECTOR_BYTES,
