@@ -53,37 +53,8 @@ def cpu_ladders() -> dict:
     def step(name, summary, run, source, applies=None):
         return _ladder.Step(name, summary, run, applies=applies, source=source)
 
-    v = conv.VARIANTS
     return {
-        "conv2d": (
-            step(
-                "1_naive",
-                "the definition as loops: a thread per (n, c_out) plane, padding tested per tap",
-                v["1_naive"],
-                "r2n/cpu/conv.py",
-            ),
-            step(
-                "2_rows",
-                "input padded once; the inner loop runs along an output row, 8 channels a job",
-                v["2_rows"],
-                "r2n/cpu/conv.py",
-            ),
-            step(
-                "3_simd",
-                "register tiles (7 pixels x 32 channels) in the LLVM-IR micro-kernel, packed "
-                "weights",
-                v["3_simd"],
-                "r2n/cpu/conv.py, r2n/cpu/microkernel.py",
-            ),
-            step(
-                "4_winograd",
-                "Winograd F(2x2, 3x3): 16 multiplies per 2x2 tile instead of 36, through step "
-                "3's micro-kernel",
-                v["4_winograd"],
-                "r2n/cpu/winograd.py",
-                _winograd_applies,
-            ),
-        ),
+        "conv2d": conv.LADDER,
         "res2net_chain": (
             step(
                 "1_unfused",

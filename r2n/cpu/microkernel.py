@@ -43,8 +43,8 @@ how a group's output channels split into tiles (``block_channels``,
 offsets (``tap_offsets``) and the input width a row of tiles reads
 (``min_input_width``).
 
-The intrinsic does no bounds checks: its callers (r2n.cpu.conv.conv_simd,
-r2n.cpu.winograd's GEMMs) are correct by construction, padding the input so
+The intrinsic does no bounds checks: its callers (r2n.cpu.conv.v4_simd.conv_simd,
+r2n.cpu.conv.v5_winograd's GEMMs) are correct by construction, padding the input so
 that every tap of every tile is inside it (``min_input_width``) and sizing
 each tile's buffer. Nothing checks this per tile; the tests, and a
 bounds-checked model of this kernel fuzzed in review, do.

@@ -6,7 +6,7 @@ memory: split, conv, BN, ReLU, add, conv, BN, ReLU, add, ..., pool, cat. Here:
 1. One prologue launch: zero-pad the chunks the convs read first (x_0; every
    x_i for "stage"), and write the last chunk straight into its slice of the
    output: copied ("normal") or 3x3-average-pooled ("stage").
-2. The convs (variant 3 of r2n.cpu.conv): BN is folded into the weights,
+2. The convs (step 4_simd of r2n.cpu.conv): BN is folded into the weights,
    so the epilogue adds the bias, applies ReLU and writes into the conv's
    channel slice of the output (no split, no cat). "normal": one launch per
    conv, whose epilogue also writes ``value + x_{i+1}`` into the next conv's
@@ -19,7 +19,7 @@ the shortcut conv (after the "d" variant's average pool, if any), and conv3
 whose epilogue adds the shortcut and applies the final ReLU.
 
 Prepared chains run their 3x3 stride-1 convs as Winograd F(2x2, 3x3)
-(r2n.cpu.winograd) where ``winograd.use_winograd`` says so: 2.25x fewer
+(step 5_winograd, r2n.cpu.conv.v5_winograd) where ``use_winograd`` says so: 2.25x fewer
 multiplies, the BN-folded weights transformed once (U = G g G^T), the input
 transform reading the unpadded chunks (for "normal": adding sp + x_{i+1} on
 the read), bias and ReLU in the output transform, each conv writing its
@@ -162,7 +162,7 @@ class PreparedChain:
         )
         self.packed = np.split(self.packed_all, self.nums)
         self.biases = np.split(self.biases_all, self.nums)
-        # Winograd F(2x2, 3x3) weights (U = G g G^T, r2n.cpu.winograd) for the
+        # Winograd F(2x2, 3x3) weights (U = G g G^T, r2n.cpu.conv.v5_winograd) for the
         # stride-1 convs of chunks wide enough to use them on some input
         # (winograd.use_winograd); held beside the direct ones, which shapes
         # the rule sends to the direct convs still use.
@@ -292,7 +292,7 @@ class PreparedChain:
 
     def _gathered(self, x, out):
         """The stage chain for strides whose padded chunks would outgrow the
-        input (r2n.cpu.conv.input_layout): the prologue pools the last chunk,
+        input (r2n.cpu.conv.v4_simd.input_layout): the prologue pools the last chunk,
         then one launch runs every conv, on a copy of x holding only the rows
         and columns they read."""
         width, nums = self.width, self.nums
@@ -307,7 +307,7 @@ class PreparedChain:
         return out
 
     def _winograd(self, x, out):
-        """The stride-1 chain with Winograd convs (r2n.cpu.winograd.conv_winograd).
+        """The stride-1 chain with Winograd convs (r2n.cpu.conv.v5_winograd.conv_winograd).
 
         The convs read the unpadded chunks (their input transform pads), so
         the prologue only passes the last chunk through (or pools it, for

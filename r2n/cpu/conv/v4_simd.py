@@ -1,50 +1,35 @@
-"""conv2d on the CPU, in four numbered variants.
+"""conv2d step ``4_simd``: register tiles in the LLVM-IR micro-kernel, packed weights.
 
-=====================  ====================================================  =========
-variant                what changes                                          GFLOP/s*
-=====================  ====================================================  =========
-``1_naive``            the definition as loops: one thread per (n, c_out)    ~1
-                       plane, bounds checks for the padding in the inner
-                       loop, one multiply-add per iteration.
-``2_rows``             pad the input once; per (n, 8 output channels, row)   ~5
-                       job, the innermost loop runs along the output row.
-                       The accumulators (8 rows) live in memory, so every
-                       multiply-add also pays a load and a store, and its
-                       computed indices pay Numba's wraparound checks (a
-                       prototype with the 8 channels unrolled and the
-                       weights hoisted reached 46; see NOTES.md).
-``3_simd``             register tiles: 7 pixels x 32 output channels         ~170
-                       (float32; 16 for float64) accumulate in 14 vector
-                       registers through the micro-kernel of ``microkernel`` (a
-                       group's last <= 16 channels use a half-width tile); the
-                       weights are packed once so each tap is 2 vector
-                       loads. Bias, residual add, ReLU and the write into a
-                       channel slice of a larger tensor happen in the
-                       epilogue, so fused blocks need no extra passes.
-``4_winograd``         Winograd F(2x2, 3x3) (r2n.cpu.winograd; 3x3, stride   ~157**
-                       1, dilation 1 only, else ValueError): 2x2 output
-                       tiles cost 16 multiplies per (c_in, c_out) instead
-                       of 36. Per job (a block of tile rows, in L2): the
-                       input transform, 16 GEMMs (C_out x C_in) @ (C_in x
-                       tiles) through variant 3's micro-kernel, and the
-                       output transform with bias and ReLU. 2.25x fewer
-                       FMAs, paid for with the transforms (O(C x pixels)).
-=====================  ====================================================  =========
+What changes (from ``3_register_tiles``)
+    The accumulators move into registers: a job (image, group, block of 32
+    output channels, output row) walks its row in tiles of 7 pixels x 32
+    channels (float32; 16 for float64), each tile 14 vector accumulators
+    that stay in registers for the whole reduction over (c, i, j). Numba
+    cannot keep a tile in registers (an accumulator array lives in memory),
+    so the tile's loop is written in LLVM IR (r2n.cpu.microkernel, a Numba
+    intrinsic). The weights are packed once (microkernel.pack_weights) so
+    that a tap's 32 channels are 2 consecutive vector loads; the taps'
+    offsets into the padded input are computed once (tap_offsets).
+Why it is faster
+    Per tap the micro-kernel loads 2 weight vectors and 7 input scalars and
+    issues 14 vector FMAs into registers: no accumulator load or store, 7
+    FMAs per weight load and 2 per input load (step 3: one load and one
+    store per FMA). The FMA units, not the loads, set the pace.
+The epilogue
+    Bias, a residual, the activation and the write into a channel slice of
+    a larger (optionally padded) output run once per finished row, over row
+    slices (see :func:`conv_simd`), so the fused Res2Net blocks
+    (r2n.cpu.res2net) need no passes of their own. 1x1 stride-1 convs run
+    each plane as one long row: a GEMM.
+Measured
+    ~170 GFLOP/s (one thread, float32, 32 -> 32 channels, 3x3, 56x56, on the
+    2-core Zen 5 development machine, 2026-11-22; PyTorch 2.13's oneDNN:
+    149).
 
-\\* one thread, float32, 32 -> 32 channels, 3x3, 56x56, on the 2-core Zen 5
-development machine, best of repeated runs (PyTorch 2.13's oneDNN: 149). Measured numbers per shape
-are in benchmarks/results/.
-\\*\\* direct-conv FLOPs / time, one thread, float32, 104 -> 104 channels, 14x14,
-batch 8, on the 2-core Zen 4 machine (117.4 GFLOP/s FMA peak; variant 3 runs
-this conv at ~90 there). See NOTES.md "Winograd F(2x2,3x3) (v6)".
-
-``conv2d`` (the backend's op) always uses ``3_simd``: even depthwise convs,
-which fill 1 of 16 lanes, run faster there than in ``2_rows`` (64 channels at
-56x56, one thread: 0.75 vs 1.0 ms; groups of 8 channels: 0.52 vs 5.3 ms).
-The fused Res2Net chain (r2n.cpu.res2net) runs its 3x3 stride-1 convs as
-``4_winograd`` where ``winograd.use_winograd`` says so.
-``VARIANTS`` maps names to implementations for tests and
-benchmarks. Arguments arrive checked and normalised by r2n._checks.conv2d_args.
+The backend's conv2d (r2n.cpu.conv.conv2d) is this step for every conv,
+depthwise included: even convs that fill 1 of 16 lanes run faster here than
+in step 2 (64 channels at 56x56, one thread: 0.75 vs 1.0 ms; groups of 8
+channels: 0.52 vs 5.3 ms).
 """
 
 from __future__ import annotations
@@ -68,152 +53,7 @@ from ..microkernel import (
     tile,
     tile_half,
 )
-
-# --------------------------------------------------------------------------- #
-# Variant 1: naive direct loops
-# --------------------------------------------------------------------------- #
-
-
-@kernel
-def _conv2d_1_naive_kernel(x, w, bias, sh, sw, ph, pw, dh, dw, groups, out):
-    n_img, _, h, wd = x.shape
-    c_out, c_in_g, kh, kw = w.shape
-    h_out, w_out = out.shape[2], out.shape[3]
-    c_out_g = c_out // groups
-    for job in prange(n_img * c_out):
-        n = job // c_out
-        o = job % c_out
-        c0 = (o // c_out_g) * c_in_g  # first input channel of o's group
-        for y in range(h_out):
-            for xo in range(w_out):
-                s = bias[o]
-                for c in range(c_in_g):
-                    for i in range(kh):
-                        iy = y * sh - ph + i * dh
-                        if 0 <= iy < h:
-                            for j in range(kw):
-                                ix = xo * sw - pw + j * dw
-                                if 0 <= ix < wd:
-                                    s += w[o, c, i, j] * x[n, c0 + c, iy, ix]
-                out[n, o, y, xo] = s
-
-
-def conv2d_1_naive(x, weight, bias, *, stride, padding, dilation, groups, out_shape):
-    """Variant 1: the definition as loops. Shapes as r2n.conv2d."""
-    out = np.empty(out_shape, x.dtype)
-    w = np.ascontiguousarray(weight)
-    _conv2d_1_naive_kernel(
-        np.ascontiguousarray(x),
-        w,
-        vector_or(bias, 0, w.shape[0], x.dtype),
-        stride[0],
-        stride[1],
-        padding[0],
-        padding[1],
-        dilation[0],
-        dilation[1],
-        groups,
-        out,
-    )
-    return out
-
-
-# --------------------------------------------------------------------------- #
-# Shared: a parallel zero-padding copy
-# --------------------------------------------------------------------------- #
-
-
-@kernel
-def _pad_kernel(x, ph, pw, xp):
-    """xp[n, c] = x[n, c] surrounded by ph rows / pw columns of zeros (and any
-    extra right/bottom columns/rows xp has). One job per (n, c) plane, a row
-    at a time over row slices (their loops vectorise)."""
-    n_img, c, h, w = x.shape
-    hp, wp = xp.shape[2], xp.shape[3]
-    zero = xp.dtype.type(0)
-    for job in prange(n_img * c):
-        n = job // c
-        ch = job % c
-        for y in range(hp):
-            dst = xp[n, ch, y]
-            for i in range(wp):
-                dst[i] = zero
-            if ph <= y < ph + h:
-                src = x[n, ch, y - ph]
-                for i in range(w):
-                    dst[pw + i] = src[i]
-
-
-def pad(x, padding, extra=(0, 0)):
-    """Zero-pad H and W of a contiguous NCHW array in parallel -> new array."""
-    n, c, h, w = x.shape
-    (ph, pw), (eh, ew) = padding, extra
-    xp = np.empty((n, c, h + 2 * ph + eh, w + 2 * pw + ew), x.dtype)
-    _pad_kernel(x, ph, pw, xp)
-    return xp
-
-
-# --------------------------------------------------------------------------- #
-# Variant 2: vectorised along output rows
-# --------------------------------------------------------------------------- #
-
-_ROW_BLOCK = 8  # output channels sharing each input load
-
-
-@kernel
-def _conv2d_2_rows_kernel(xp, w, bias, sh, sw, dh, dw, groups, out):
-    n_img = xp.shape[0]
-    c_out, c_in_g, kh, kw = w.shape
-    h_out, w_out = out.shape[2], out.shape[3]
-    c_out_g = c_out // groups
-    blocks_g = (c_out_g + _ROW_BLOCK - 1) // _ROW_BLOCK
-    for job in prange(n_img * groups * blocks_g * h_out):
-        y = job % h_out
-        rest = job // h_out
-        ob = rest % blocks_g
-        rest //= blocks_g
-        g = rest % groups
-        n = rest // groups
-        o0 = g * c_out_g + ob * _ROW_BLOCK
-        nb = min(_ROW_BLOCK, c_out_g - ob * _ROW_BLOCK)
-        acc = np.empty((_ROW_BLOCK, w_out), out.dtype)
-        for o in range(nb):
-            acc[o, :] = bias[o0 + o]
-        for c in range(c_in_g):
-            ci = g * c_in_g + c
-            for i in range(kh):
-                iy = y * sh + i * dh
-                for j in range(kw):
-                    for o in range(nb):
-                        wv = w[o0 + o, c, i, j]
-                        for xo in range(w_out):  # the vectorised loop
-                            acc[o, xo] += wv * xp[n, ci, iy, xo * sw + j * dw]
-        for o in range(nb):
-            out[n, o0 + o, y, :] = acc[o, :]
-
-
-def conv2d_2_rows(x, weight, bias, *, stride, padding, dilation, groups, out_shape):
-    """Variant 2: padded input, loops vectorised along output rows."""
-    out = np.empty(out_shape, x.dtype)
-    w = np.ascontiguousarray(weight)
-    xp = pad(np.ascontiguousarray(x), padding)
-    _conv2d_2_rows_kernel(
-        xp,
-        w,
-        vector_or(bias, 0, w.shape[0], x.dtype),
-        stride[0],
-        stride[1],
-        dilation[0],
-        dilation[1],
-        groups,
-        out,
-    )
-    return out
-
-
-# --------------------------------------------------------------------------- #
-# Variant 3: SIMD register tiles (the fast path)
-# --------------------------------------------------------------------------- #
+from .padding import pad_kernel
 
 
 @functools.lru_cache(maxsize=256)
@@ -390,7 +230,7 @@ def _none(dtype):
 
 
 class InputLayout(NamedTuple):
-    """The buffer variant 3 reads instead of x (see :func:`input_layout`).
+    """The buffer step 4 reads instead of x (see :func:`input_layout`).
 
     shape : (H_b, W_b) of each plane of the buffer
     stride, dilation : the conv's geometry on the buffer
@@ -493,7 +333,7 @@ def read_layout(x, layout, make=np.empty):
     buf = make((n, c, *layout.shape), x.dtype)
     (ph, pw), rows, cols = layout.padding, layout.rows, layout.cols
     if rows is None and cols is None:
-        _pad_kernel(x, ph, pw, buf)  # the usual case: contiguous row copies
+        pad_kernel(x, ph, pw, buf)  # the usual case: contiguous row copies
         return buf
     if rows is None:
         rows = _gather_index(layout.shape[0], 1, 1, ph, 1, h)  # row r holds x's row r - ph
@@ -535,7 +375,7 @@ def conv_simd(
     x_conv_step=0,
     scratch=None,
 ):
-    """Launch variant 3 on prepared arguments (the building block of fused ops).
+    """Launch step 4 on prepared arguments (the building block of fused ops).
 
     Parameters
     ----------
@@ -637,8 +477,11 @@ def conv_simd(
     return out
 
 
-def conv2d_3_simd(x, weight, bias, *, stride, padding, dilation, groups, out_shape):
-    """Variant 3: packed weights, register-tiled SIMD micro-kernel."""
+def conv2d_4_simd(x, weight, bias, *, stride, padding, dilation, groups, out_shape):
+    """Step 4: packed weights, register tiles in the micro-kernel.
+
+    Arguments and shapes as :func:`r2n.cpu.conv.v1_naive.conv2d_1_naive`.
+    """
     x = np.ascontiguousarray(x)
     c_out, _, kh, kw = weight.shape
     out = np.empty(out_shape, x.dtype)
@@ -655,45 +498,3 @@ def conv2d_3_simd(x, weight, bias, *, stride, padding, dilation, groups, out_sha
         out,
     )
     return out
-
-
-def conv2d_4_winograd(x, weight, bias, *, stride, padding, dilation, groups, out_shape):
-    """Variant 4: Winograd F(2x2, 3x3) (r2n.cpu.winograd); 3x3 / stride 1 / dilation 1
-    only, anything else raises ValueError."""
-    from .v5_winograd import conv2d_4_winograd as winograd_conv
-
-    return winograd_conv(
-        x,
-        weight,
-        bias,
-        stride=stride,
-        padding=padding,
-        dilation=dilation,
-        groups=groups,
-        out_shape=out_shape,
-    )
-
-
-VARIANTS = {
-    "1_naive": conv2d_1_naive,
-    "2_rows": conv2d_2_rows,
-    "3_simd": conv2d_3_simd,
-    "4_winograd": conv2d_4_winograd,
-}
-
-
-def conv2d(x, weight, bias, *, stride, padding, dilation, groups, out_shape):
-    """The CPU backend's conv2d: variant 3.
-
-    x (N, C_in, H, W), weight (C_out, C_in/groups, kH, kW) -> (N, C_out, H_out, W_out)
-    """
-    return conv2d_3_simd(
-        x,
-        weight,
-        bias,
-        stride=stride,
-        padding=padding,
-        dilation=dilation,
-        groups=groups,
-        out_shape=out_shape,
-    )
