@@ -8,6 +8,9 @@ step (file)            what it changes                                      GFLO
 ``2_loop_order``       the input padded once; the innermost loop runs       ~5
 (v2_loop_order.py)     along an output row, 8 output channels a job
                        (accumulators in memory).
+``3_register_tiles``   the 8 channels unrolled inside the row loop, their   ~46
+(v3_register_tiles.py) weights hoisted into registers: each input loaded
+                       once for 8 multiply-adds (accumulators still in L1).
 ``4_simd``             register tiles (7 pixels x 32 channels) in the       ~170
 (v4_simd.py)           LLVM-IR micro-kernel (r2n.cpu.microkernel), packed
                        weights; the fused epilogue.
@@ -37,7 +40,7 @@ and 5 import; no step imports another's module back.
 from __future__ import annotations
 
 from ..._ladder import Step
-from . import v1_naive, v2_loop_order, v4_simd, v5_winograd
+from . import v1_naive, v2_loop_order, v3_register_tiles, v4_simd, v5_winograd
 
 #: The conv2d ladder, in order.
 LADDER = (
@@ -52,6 +55,12 @@ LADDER = (
         "input padded once; the inner loop runs along an output row, 8 channels a job",
         v2_loop_order.conv2d_2_loop_order,
         source="r2n/cpu/conv/v2_loop_order.py",
+    ),
+    Step(
+        "3_register_tiles",
+        "8 channels unrolled in the row loop, their weights in registers: 1 input load per 8 FMAs",
+        v3_register_tiles.conv2d_3_register_tiles,
+        source="r2n/cpu/conv/v3_register_tiles.py",
     ),
     Step(
         "4_simd",
