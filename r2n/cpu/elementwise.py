@@ -39,6 +39,21 @@ def kernel_input(a):
     return a
 
 
+# dtype -> the empty array unused_array returns. Shared by every call and
+# thread: it has no element, so it can hold no state.
+_UNUSED = {}
+
+
+def unused_array(dtype):
+    """An empty 1-D array of ``dtype`` standing in for a kernel's unused
+    optional buffer (a residual that is not there), one per dtype. Shared
+    by every CPU module."""
+    dtype = np.dtype(dtype)
+    if dtype not in _UNUSED:
+        _UNUSED[dtype] = np.empty(0, dtype)
+    return _UNUSED[dtype]
+
+
 # --------------------------------------------------------------------------- #
 # Activations
 # --------------------------------------------------------------------------- #

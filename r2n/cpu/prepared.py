@@ -94,7 +94,7 @@ class PreparedConv2d:
         self.negative_slope = negative_slope if activation == "leaky_relu" else 0.0
         self.reuse_output = reuse_output
         self._shapes = {}  # x.shape -> out_shape (see the module docstring)
-        self._owner = owner_token()  # the scratch role of this layer's outputs
+        self.output_owner = owner_token()  # the scratch role of this layer's outputs
 
     def __call__(self, x, residual=None):
         """x (N, C_in, H, W) -> (N, C_out, H_out, W_out); residual shaped like the output."""
@@ -161,7 +161,7 @@ class PreparedBottle2neckLayer:
         self.dtype = np.asarray(params.conv1.weight).dtype
         self.reuse_output = reuse_output
         self._args = {}  # x.shape -> normalised bottle2neck args (module docstring)
-        self._owner = owner_token()  # the scratch role of this layer's outputs
+        self.output_owner = owner_token()  # the scratch role of this layer's outputs
         # Check the block and pack its weights now, on a stand-in input: the
         # chain's options do not depend on the input's size.
         c_in = params.conv1.weight.shape[1]
@@ -199,7 +199,7 @@ def _output(layer, shape, *inputs):
     the call), unless an input is that very buffer (the caller passed an
     earlier output back in); else a new array."""
     if layer.reuse_output:
-        out = scratch(("out", layer._owner), shape, layer.dtype)
+        out = scratch(("out", layer.output_owner), shape, layer.dtype)
         if not any(a is not None and np.may_share_memory(out, a) for a in inputs):
             return out
     return np.empty(shape, layer.dtype)

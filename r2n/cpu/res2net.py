@@ -45,9 +45,9 @@ import numpy as np
 
 from ._jit import kernel, prange
 from ._scratch import clear_scratch, scratch  # noqa: F401  (clear_scratch: re-exported)
-from .conv.v4_simd import _none, conv_simd, input_layout
+from .conv.v4_simd import conv_simd, input_layout
 from .conv.v5_winograd import conv_winograd, transform_weights, use_winograd
-from .elementwise import vector_or
+from .elementwise import unused_array, vector_or
 from .microkernel import pack_weights
 from .pool import avg_pool2d
 
@@ -237,7 +237,7 @@ class PreparedChain:
         # So what an earlier call of another width left in them (wp is the same
         # for every width up to TILE_PIXELS) is never read.
         xp = scratch("chain.xp", (n, n_pad * width, h + 2, wp), x.dtype)
-        nxt = no_buffer = _none(x.dtype).reshape(0, 0, 0, 0)
+        nxt = no_buffer = unused_array(x.dtype).reshape(0, 0, 0, 0)
         if not stage and nums > 1:
             nxt = scratch("chain.nxt", xp.shape, x.dtype)
         _chain_prologue(
@@ -296,7 +296,7 @@ class PreparedChain:
         then one launch runs every conv, on a copy of x holding only the rows
         and columns they read."""
         width, nums = self.width, self.nums
-        no_pad = _none(x.dtype).reshape(0, 0, 0, 0)
+        no_pad = unused_array(x.dtype).reshape(0, 0, 0, 0)
         last = nums * width if self.scale > 1 else -1
         _chain_prologue(x, width, 0, True, self.stride, last, no_pad, no_pad, out, nums * width)
         conv_simd(
@@ -317,7 +317,7 @@ class PreparedChain:
         width, nums, groups = self.width, self.nums, self.groups
         stage = self.stype == "stage" or self.scale == 1
         if self.scale > 1:
-            no_pad = _none(x.dtype).reshape(0, 0, 0, 0)  # the prologue pads no chunk here
+            no_pad = unused_array(x.dtype).reshape(0, 0, 0, 0)  # the prologue pads no chunk here
             _chain_prologue(
                 x, width, 0, self.stype == "stage", 1, nums * width, no_pad, no_pad, out,
                 nums * width,

@@ -41,7 +41,7 @@ import numpy as np
 
 from .. import _scratch
 from .._jit import kernel, prange
-from ..elementwise import kernel_input, vector_or
+from ..elementwise import kernel_input, unused_array, vector_or
 from ..microkernel import (
     TILE_PIXELS,
     TILE_VECTORS,
@@ -216,17 +216,6 @@ def _conv_simd_kernel(
                 q_row = nxt[q_idx : q_idx + w_out]
                 for i in range(w_out):
                     q_row[i] = o_row[i] + s_row[i]
-
-
-# dtype -> empty 1-D array standing in for an unused optional buffer. Shared by
-# every call and thread: it has no element, so it can hold no state.
-_NONE = {}
-
-
-def _none(dtype):
-    if dtype not in _NONE:
-        _NONE[dtype] = np.empty(0, dtype)
-    return _NONE[dtype]
 
 
 class InputLayout(NamedTuple):
@@ -428,9 +417,9 @@ def conv_simd(
         in_row, in_plane = xp.shape[3], xp.shape[2] * xp.shape[3]
     offs = _cached_tap_offsets(c_in_g, tuple(kernel_hw), tuple(dilation), in_plane, in_row)
     dt = x.dtype
-    res_a = _none(dt) if res is None else res.reshape(-1)
-    nxt_a = _none(dt) if nxt is None else nxt.reshape(-1)
-    src_a = _none(dt) if src is None else src.reshape(-1)
+    res_a = unused_array(dt) if res is None else res.reshape(-1)
+    nxt_a = unused_array(dt) if nxt is None else nxt.reshape(-1)
+    src_a = unused_array(dt) if src is None else src.reshape(-1)
     out_row = out.shape[3]
     _conv_simd_kernel(
         xp.reshape(-1),

@@ -510,7 +510,7 @@ def conv_winograd(
         b_c0 + i * b_conv_step
     relu : ReLU after the bias
     scratch : optional ``scratch(role, shape, dtype, make)`` supplying reusable
-        buffers (r2n.cpu.res2net.scratch); default: new zero-filled arrays
+        buffers (r2n.cpu._scratch.scratch); default: new zero-filled arrays
     """
     n, c_a, h, w = a.shape
     c_in_g = c_a // groups if c_in_g is None else c_in_g
