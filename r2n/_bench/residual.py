@@ -15,10 +15,16 @@ Importing this module imports Numba (the cpu backend's dependency).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
+
+from ..cpu._jit import jit
+
+# numba.njit(parallel=True) with the disk cache where one can be written (as
+# the cpu backend's kernels; a read-only install runs without it).
+_parallel = jit(parallel=True)
 
 
-@njit(parallel=True, cache=True)
+@_parallel
 def _copy_channels_kernel(x, c0, out):
     n, c, h, w = out.shape
     for p in prange(n * c):
@@ -27,7 +33,7 @@ def _copy_channels_kernel(x, c0, out):
             out[i, j, y, :] = x[i, c0 + j, y, :]
 
 
-@njit(parallel=True, cache=True)
+@_parallel
 def _add_kernel(a, b, out):
     n, c, h, w = out.shape
     for p in prange(n * c):
@@ -37,7 +43,7 @@ def _add_kernel(a, b, out):
                 out[i, j, y, z] = a[i, j, y, z] + b[i, j, y, z]
 
 
-@njit(parallel=True, cache=True)
+@_parallel
 def _copy_flat_kernel(src, dst, block):
     n = src.size
     for k in prange((n + block - 1) // block):

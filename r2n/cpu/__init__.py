@@ -17,8 +17,12 @@ module             ops
 =================  ==========================================================
 
 Numba is imported only when a CPU kernel first runs: ``import r2n`` works
-without it. Kernels compile on first use per dtype (cached on disk with
-``cache=True``); ``r2n.set_num_threads`` sets the thread count of every kernel.
+without it. Kernels compile on first use per dtype, cached on disk where Numba
+can write a cache (else compiled in memory in each process, with one
+:class:`DiskCacheWarning`; see ``_jit``); ``r2n.set_num_threads`` sets the
+thread count of every kernel. Numba's GNU OpenMP layer is loaded with
+``OMP_WAIT_POLICY=PASSIVE`` unless the user set a wait policy (``_jit``: idle
+threads that spin stall every launch when another process holds a core).
 Buffers kept between calls live in ``_scratch`` (per thread, bounded, freed
 by ``r2n.clear_scratch``).
 """
@@ -27,6 +31,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+
+from .._diskcache import DiskCacheWarning as DiskCacheWarning  # public: r2n.cpu.DiskCacheWarning
 
 # op name -> (module in r2n.cpu, function name)
 _WHERE = {
@@ -97,6 +103,8 @@ def set_num_threads(n: int) -> None:
 
     import numba
 
+    from . import _jit  # noqa: F401  (r2n's OpenMP settings, before Numba's pool starts)
+
     limit = numba.config.NUMBA_NUM_THREADS
     if isinstance(n, bool) or not isinstance(n, numbers.Integral):
         raise TypeError(f"r2n.set_num_threads: n must be an int, got {n!r}")
@@ -121,5 +129,7 @@ def clear_scratch() -> None:
 def get_num_threads() -> int:
     """The number of threads of CPU kernels launched from this Python thread."""
     import numba
+
+    from . import _jit  # noqa: F401  (r2n's OpenMP settings, before Numba's pool starts)
 
     return numba.get_num_threads()

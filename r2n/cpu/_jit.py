@@ -4,19 +4,132 @@
 
 * ``parallel=True``: ``prange`` loops run on Numba's thread pool, whose size
   ``r2n.set_num_threads`` sets;
-* ``cache=True``: compiled code is saved beside the module, so only the first
-  run on a machine pays the compile time;
+* a disk cache where one can be written (``cache=True``): compiled code is
+  saved (beside the module, else in the user's cache directory, as Numba
+  decides), so only the first run on a machine pays the compile time. Where
+  Numba finds no writable place (a read-only install with a read-only HOME
+  and no ``NUMBA_CACHE_DIR``), the kernels compile in memory on first use in
+  each process instead, and one :class:`DiskCacheWarning` says so;
 * ``fastmath={"contract", "reassoc"}``: fused multiply-adds and reordered
   sums (what lets LLVM vectorise reductions). Not ``nnan``/``ninf``: NaN and
   Inf must propagate exactly as in PyTorch.
+
+``serial`` is the same without ``parallel``. ``jit(**options)`` makes such a
+decorator for other options (``r2n._bench`` uses it).
+
+Importing this module loads Numba's OpenMP layer (``load_openmp``) with
+GNU OpenMP's idle threads sleeping instead of spinning: see ``WAIT_POLICY``.
 """
 
 from __future__ import annotations
 
+import importlib
+import os
+import threading
+import warnings
+
 import numba
+
+from .._diskcache import DiskCacheWarning
 
 FASTMATH = {"contract", "reassoc"}
 
-kernel = numba.njit(parallel=True, cache=True, fastmath=FASTMATH)
-serial = numba.njit(cache=True, fastmath=FASTMATH)
+_warned = []  # non-empty once the DiskCacheWarning was issued
+_warn_lock = threading.Lock()  # kernel modules may be imported from two threads
+
+
+def _warn_no_disk_cache(reason: str) -> None:
+    """Issue the DiskCacheWarning once per process."""
+    with _warn_lock:
+        if _warned:
+            return
+        _warned.append(True)
+    warnings.warn(
+        "r2n: Numba has no writable cache directory for r2n's CPU kernels "
+        f"({reason}); they compile in memory on first use in every process "
+        "(seconds per kernel and dtype). Set NUMBA_CACHE_DIR to a directory "
+        "only you can write to keep them on disk.",
+        DiskCacheWarning,
+        stacklevel=3,
+    )
+
+
+def jit(**options):
+    """A decorator: ``numba.njit(**options)`` with the disk cache where Numba
+    can write one, else without it (see the module docstring).
+
+    Where the cache goes is Numba's choice (its cache locators:
+    ``NUMBA_CACHE_DIR``, the module's ``__pycache__``, the user's cache
+    directory); r2n adds no location of its own, because compiled code loaded
+    from a directory others can write to would run as the caller.
+    """
+
+    def decorate(py_func):
+        dispatcher = numba.njit(**options)(py_func)
+        try:
+            # What njit(cache=True) does after building the dispatcher; it raises
+            # RuntimeError("cannot cache function ...: no locator available ...")
+            # when no locator finds a directory it can create and write to.
+            dispatcher.enable_caching()
+        except RuntimeError as exc:
+            _warn_no_disk_cache(str(exc))
+        return dispatcher
+
+    return decorate
+
+
+#: How GNU OpenMP's idle threads wait, set while r2n loads Numba's OpenMP
+#: layer: "PASSIVE", they sleep at once (GOMP_SPINCOUNT 0) instead of
+#: spinning first. libgomp's default spins 300000 times (a load and a PAUSE,
+#: ~60 ns each on the 2-core development VM: ~18 ms). While a thread spins
+#: the scheduler sees a busy CPU: when another process holds one of the
+#: cores, the thread sharing it with that process runs only every few ms,
+#: and every launch (2 per 3x3 conv2d, 97 per res2net50 forward) waits for
+#: it while its partner spins instead of making room (a 0.4 ms conv took
+#: 16-58 ms). A sleeping thread frees its CPU, and one woken from sleep
+#: preempts the busy process. Shorter spins (300, 1000) were measured too:
+#: a thread spinning on the CPU the Python thread needs delays it by its
+#: whole spin, so under load they lose to no spin; on a quiet machine they
+#: win only on one-call ops of ~0.2-0.5 ms (waking a sleeping thread cost
+#: ~40-80 us per launch on the VM), and the res2net50 forward is about as
+#: fast passive as with libgomp's default. Numbers: benchmarks/results/
+#: NOTES.md "Under load". The user's OMP_WAIT_POLICY (ACTIVE brings the
+#: spin back) or GOMP_SPINCOUNT wins.
+WAIT_POLICY = "PASSIVE"
+
+_WAIT_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+
+
+def load_openmp() -> None:
+    """Load Numba's OpenMP threading layer (and so libgomp, which reads its
+    settings as it loads) with ``OMP_WAIT_POLICY=WAIT_POLICY`` in the
+    environment, then restore the environment.
+
+    Loading starts no threads: Numba still launches its pool at the first
+    parallel kernel, so importing r2n's kernels does not make a later
+    ``fork`` unsafe. Changes nothing where the user set OMP_WAIT_POLICY or
+    GOMP_SPINCOUNT (theirs apply), where libgomp was already loaded (its
+    settings are fixed then), or where Numba has no OpenMP layer; Numba's TBB
+    and workqueue layers ignore the variable, and an LLVM / Intel OpenMP
+    reads it later than this (only GNU OpenMP, Numba's layer in the Linux
+    wheels, is covered). Other OpenMP runtimes loaded later (PyTorch ships
+    its own libgomp) read the restored environment. (It runs at import,
+    under the import lock; like any setenv, it races only with C code that
+    reads the environment from another thread at that moment.)
+    """
+    if any(name in os.environ for name in _WAIT_ENV):
+        return
+    os.environ["OMP_WAIT_POLICY"] = WAIT_POLICY
+    try:
+        importlib.import_module("numba.np.ufunc.omppool")
+    except ImportError:  # a Numba built without OpenMP
+        pass
+    finally:
+        del os.environ["OMP_WAIT_POLICY"]
+
+
+load_openmp()
+
+kernel = jit(parallel=True, fastmath=FASTMATH)
+serial = jit(fastmath=FASTMATH)
 prange = numba.prange

@@ -771,12 +771,19 @@ def _source(name: str) -> str:
 #: The conv2d ladder (r2n._ladder.Step), in order. ``5_tensor_core`` runs with
 #: precision="tf32" (float32 data only; its error is TF32's, see
 #: r2n.gpu.conv_tensor_core.tolerance).
+def _float32_only(x, weight, bias, **args) -> bool:
+    """TF32 tensor cores take float32 data only (float64 has no tensor-core path)."""
+    return np.dtype(x.dtype) == np.float32
+
+
 LADDER = tuple(
     Step(
         name,
         summary,
         _variant(name, "tf32" if name == "5_tensor_core" else None),
+        applies=_float32_only if name == "5_tensor_core" else None,
         source=_source(name),
+        tolerance=_tc.tolerance("tf32") if name == "5_tensor_core" else None,
     )
     for name, (_, summary) in _STEPS.items()
 )
