@@ -204,12 +204,12 @@ def test_stage_convs_in_one_launch_match_one_launch_per_conv(rng, dtype):
     separate = np.full((n, nums * width + 5, h_out, w_out), np.nan, dtype)
     for i in range(nums):
         v4_simd.conv_simd(
-            xp, packed[i], *geometry, biases[i], separate, out_c0=i * width, relu=True,
+            xp, packed[i], *geometry, biases[i], separate, out_c0=i * width, activation="relu",
             x_c0=i * width, c_in_g=width // groups,
         )  # fmt: skip
     merged = np.full_like(separate, np.nan)
     v4_simd.conv_simd(
-        xp, np.concatenate(packed), *geometry, np.concatenate(biases), merged, relu=True,
+        xp, np.concatenate(packed), *geometry, np.concatenate(biases), merged, activation="relu",
         c_in_g=width // groups, n_conv=nums, x_conv_step=width,
     )  # fmt: skip
     np.testing.assert_array_equal(merged, separate)
@@ -217,7 +217,7 @@ def test_stage_convs_in_one_launch_match_one_launch_per_conv(rng, dtype):
     with pytest.raises(ValueError, match="n_conv"):
         v4_simd.conv_simd(
             xp, np.concatenate(packed), *geometry, np.concatenate(biases), merged,
-            res=merged, n_conv=nums, x_conv_step=width,
+            residual=merged, n_conv=nums, x_conv_step=width,
         )  # fmt: skip
 
 
