@@ -8,7 +8,7 @@ step (file)            what it changes                                      GFLO
 ``2_loop_order``       the input padded once; the innermost loop runs       ~5
 (v2_loop_order.py)     along an output row, 8 output channels a job
                        (accumulators in memory).
-``3_register_tiles``   the 8 channels unrolled inside the row loop, their   ~46
+``3_register_tiles``   the 8 channels unrolled inside the row loop, their   ~28***
 (v3_register_tiles.py) weights hoisted into registers: each input loaded
                        once for 8 multiply-adds (accumulators still in L1).
 ``4_simd``             register tiles (7 pixels x 32 channels) in the       ~170
@@ -25,6 +25,9 @@ header says more, and ``r2n ladder conv2d`` measures them side by side.
 \\*\\* direct-conv FLOPs / time, one thread, float32, 104 -> 104 channels,
 14x14, batch 8, on the 2-core Zen 4 machine (117.4 GFLOP/s FMA peak; step 4
 runs this conv at ~90 there).
+\\*\\*\\* measured on the 2-core EPYC of 2026-12-04 (one thread, 32 -> 32,
+56x56; step 2: 4.5, step 4: 84 in the same run); the prototype of this step
+in NOTES.md reached 46 on the Zen 5 machine.
 
 ``LADDER`` lists the steps in order (r2n._ladder.Step), ``VARIANTS`` maps
 their names to their implementations, each taking the arguments of

@@ -22,9 +22,10 @@ What still costs
     stack arrays and named scalar accumulators both did worse), hence step
     4's micro-kernel written in LLVM IR.
 Measured
-    46 GFLOP/s (the prototype of this step: one thread, float32, 32 -> 32
-    channels, 3x3, 56x56, on the 2-core Zen 5 development machine,
-    2026-11-22; NOTES.md "Prototypes").
+    27.9 GFLOP/s (one thread, float32, 32 -> 32 channels, 3x3, 56x56, on
+    the 2-core AMD EPYC of 2026-12-04; step 2: 4.5 and step 4: 84 in the
+    same run). Its prototype in NOTES.md "Prototypes" reached 46 on the
+    2-core Zen 5 development machine (2026-11-22).
 """
 
 from __future__ import annotations
