@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 
 import r2n
 from r2n import _checks
-from r2n.cpu import conv, res2net, winograd
+from r2n.cpu import conv, microkernel, res2net
+from r2n.cpu.conv import v4_simd, v5_winograd
 
 VARIANTS = sorted(conv.VARIANTS)
 
@@ -59,7 +60,7 @@ def _reference(x, weight, bias, **kw):
 def test_every_conv_variant_matches_the_reference(rng, case, variant, dtype):
     x, weight, bias, kw = _conv_case(rng, case, dtype)
     args = _checks.conv2d_args("conv2d", x, weight, bias, **kw)
-    if variant == "4_winograd" and not winograd.applicable(
+    if variant == "5_winograd" and not v5_winograd.applicable(
         weight.shape[2:], args["stride"], args["dilation"]
     ):
         with pytest.raises(ValueError, match="needs a 3x3 kernel, stride 1 and dilation 1"):
@@ -100,7 +101,7 @@ def test_simd_conv_matches_the_reference_on_drawn_arguments(
         args = _checks.conv2d_args("conv2d", x, weight, bias, **kw_)
     except ValueError:
         return  # kernel larger than the padded input: the shared checks reject it
-    out = conv.conv2d_3_simd(x, weight, bias, **args)
+    out = v4_simd.conv2d_4_simd(x, weight, bias, **args)
     assert_close(out, _reference(x, weight, bias, **kw_))
 
 
@@ -194,29 +195,29 @@ def test_stage_convs_in_one_launch_match_one_launch_per_conv(rng, dtype):
     xp = randn(rng, n, nums * width, h + 2, w + 2, dtype=dtype)
     weights = [randn(rng, width, width // groups, 3, 3, dtype=dtype) for _ in range(nums)]
     biases = [randn(rng, width, dtype=dtype) for _ in range(nums)]
-    packed = [conv.pack_weights(wt, groups) for wt in weights]
+    packed = [microkernel.pack_weights(wt, groups) for wt in weights]
     geometry = (width, groups, (3, 3), (2, 2), (0, 0), (1, 1))
     h_out, w_out = (h - 1) // 2 + 1, (w - 1) // 2 + 1
     # x is padded with slack columns, as the chain's prologue leaves it.
-    need = conv.min_input_width(w_out, 3, 2, 1)
+    need = microkernel.min_input_width(w_out, 3, 2, 1)
     xp = np.ascontiguousarray(np.pad(xp, ((0, 0), (0, 0), (0, 0), (0, max(0, need - w - 2)))))
     separate = np.full((n, nums * width + 5, h_out, w_out), np.nan, dtype)
     for i in range(nums):
-        conv.conv_simd(
-            xp, packed[i], *geometry, biases[i], separate, out_c0=i * width, relu=True,
+        v4_simd.conv_simd(
+            xp, packed[i], *geometry, biases[i], separate, out_c0=i * width, activation="relu",
             x_c0=i * width, c_in_g=width // groups,
         )  # fmt: skip
     merged = np.full_like(separate, np.nan)
-    conv.conv_simd(
-        xp, np.concatenate(packed), *geometry, np.concatenate(biases), merged, relu=True,
+    v4_simd.conv_simd(
+        xp, np.concatenate(packed), *geometry, np.concatenate(biases), merged, activation="relu",
         c_in_g=width // groups, n_conv=nums, x_conv_step=width,
     )  # fmt: skip
     np.testing.assert_array_equal(merged, separate)
     assert np.isnan(merged[:, nums * width :]).all()  # channels past the convs untouched
     with pytest.raises(ValueError, match="n_conv"):
-        conv.conv_simd(
+        v4_simd.conv_simd(
             xp, np.concatenate(packed), *geometry, np.concatenate(biases), merged,
-            res=merged, n_conv=nums, x_conv_step=width,
+            residual=merged, n_conv=nums, x_conv_step=width,
         )  # fmt: skip
 
 

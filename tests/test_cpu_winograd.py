@@ -1,4 +1,4 @@
-"""Winograd F(2x2, 3x3) on the CPU: conv2d variant 4_winograd and the fused chain's use of it.
+"""Winograd F(2x2, 3x3) on the CPU: conv2d step 5_winograd and the fused chain's use of it.
 
 The variant runs against the float64 reference on odd shapes (odd and tiny
 images, partial edge tiles, groups, channel counts that leave a partial
@@ -18,7 +18,8 @@ from torch_res2net import TorchChain, chain_arrays, randomize, torch_out
 
 import r2n
 from r2n import _checks
-from r2n.cpu import conv, res2net, winograd
+from r2n.cpu import conv, res2net
+from r2n.cpu.conv import v5_winograd as winograd
 
 # n, c_in, c_out, h, w, padding, groups
 CASES = [
@@ -52,7 +53,7 @@ def test_winograd_variant_matches_the_reference(rng, case, dtype):
     x, weight, bias, kw = _case(rng, case, dtype)
     before = [a.copy() for a in (x, weight, bias)]
     args = _checks.conv2d_args("conv2d", x, weight, bias, **kw)
-    out = conv.VARIANTS["4_winograd"](x, weight, bias, **args)
+    out = conv.VARIANTS["5_winograd"](x, weight, bias, **args)
     ref = _reference_conv(x, weight, bias, **kw)
     assert out.dtype == dtype and out.shape == ref.shape and out.flags.c_contiguous
     assert_close(out, ref)
@@ -68,7 +69,7 @@ def test_winograd_variant_without_input_channels_gives_the_bias(rng):
     bias = randn(rng, 6, dtype=np.float32)
     kw = dict(stride=1, padding=1, dilation=1, groups=1)
     args = _checks.conv2d_args("conv2d", x, weight, bias, **kw)
-    out = conv.VARIANTS["4_winograd"](x, weight, bias, **args)
+    out = conv.VARIANTS["5_winograd"](x, weight, bias, **args)
     np.testing.assert_array_equal(out, np.broadcast_to(bias[:, None, None], out.shape))
 
 
@@ -81,8 +82,8 @@ def test_winograd_variant_rejects_what_it_does_not_compute(rng, kernel, stride, 
     weight = randn(rng, 4, 4, *kernel, dtype=np.float32)
     kw = dict(stride=stride, padding=1, dilation=dilation, groups=1)
     args = _checks.conv2d_args("conv2d", x, weight, None, **kw)
-    with pytest.raises(ValueError, match="4_winograd: needs a 3x3 kernel, stride 1"):
-        conv.VARIANTS["4_winograd"](x, weight, None, **args)
+    with pytest.raises(ValueError, match="5_winograd: needs a 3x3 kernel, stride 1"):
+        conv.VARIANTS["5_winograd"](x, weight, None, **args)
 
 
 @given(
@@ -114,7 +115,7 @@ def test_winograd_variant_matches_the_reference_on_drawn_arguments(
     scratch_bytes = 1 if row_per_job else winograd.SCRATCH_BYTES
     saved, winograd.SCRATCH_BYTES = winograd.SCRATCH_BYTES, scratch_bytes
     try:
-        out = conv.VARIANTS["4_winograd"](x, weight, bias, **args)
+        out = conv.VARIANTS["5_winograd"](x, weight, bias, **args)
     finally:
         winograd.SCRATCH_BYTES = saved
     assert_close(out, _reference_conv(x, weight, bias, **kw))
@@ -128,7 +129,7 @@ def test_winograd_variant_matches_the_reference_on_drawn_arguments(
             dict(out=np.empty((1, 8, 7, 14), np.float32)[..., ::2]),
             r"out must be a C-contiguous float32 .*got float32, not C-contiguous",
         ),
-        (dict(b=np.empty((1, 8, 7, 7))), r"b must be a C-contiguous float32 .*got float64"),
+        (dict(add=np.empty((1, 8, 7, 7))), r"add must be a C-contiguous float32 .*got float64"),
         (dict(packed_u="float64"), r"packed_u and bias must be float32, got float64 and float32"),
         (dict(bias=np.zeros(8)), r"packed_u and bias must be float32, got float32 and float64"),
         (dict(a_c0=1), r"the convs read channels 1 \.\. 8 of a, which has 8"),
@@ -167,7 +168,7 @@ def test_job_split_does_not_change_the_result(rng, monkeypatch):
             for threads in sorted({1, min(2, before)}):
                 r2n.set_num_threads(threads)
                 splits.add(winograd.plan(1, 40, 13, 11, np.float32, threads)[:2])
-                results.append(conv.VARIANTS["4_winograd"](x, weight, bias, **args))
+                results.append(conv.VARIANTS["5_winograd"](x, weight, bias, **args))
     finally:
         r2n.set_num_threads(before)
     assert {(7, 1), (1, 7)} <= splits and len(splits) >= 3  # rows per block, blocks

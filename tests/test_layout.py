@@ -26,13 +26,7 @@ ROOT = pathlib.Path(r2n.__file__).parent
 #: fails :func:`test_no_import_cycle_inside_r2n`; a known one that is gone makes
 #: :func:`test_known_cycle_is_gone` pass, which (strict xfail) fails the run
 #: until its entry here is deleted.
-KNOWN_CYCLES = {
-    frozenset({"r2n.cpu.conv", "r2n.cpu.winograd"}): (
-        "issue 15: conv.py's variant 4 calls winograd.py, which takes its tiles and "
-        "packing from conv.py; the cpu restructure (r2n/cpu/conv/ step files, the "
-        "micro-kernel's layout with the micro-kernel) removes it"
-    ),
-}
+KNOWN_CYCLES: dict[frozenset[str], str] = {}
 
 
 def module_names() -> dict[str, tuple[pathlib.Path, bool]]:

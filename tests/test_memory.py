@@ -1,7 +1,7 @@
 """Memory bounds: what a call allocates and what r2n keeps between calls.
 
 * A conv's input copy grows with the input and the output, never with the
-  stride, the padding or the dilation (r2n.cpu.conv.input_layout).
+  stride, the padding or the dilation (r2n.cpu.conv.v4_simd.input_layout).
 * Padding past what the README allows is a ValueError on every backend.
 * The buffers the cpu backend keeps between calls (r2n.cpu._scratch) are a
   bounded LRU per thread, and ``r2n.clear_scratch()`` frees all of them, the

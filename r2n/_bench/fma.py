@@ -2,7 +2,7 @@
 
 One thread runs ``ACCUMULATORS`` independent chains of ``<16 x float>``
 ``llvm.fma`` (written in LLVM IR through a Numba intrinsic, as the conv
-micro-kernel in r2n/cpu/_simd.py is): enough independent chains to hide the
+micro-kernel in r2n/cpu/microkernel.py is): enough independent chains to hide the
 FMA latency on any x86 core, no memory access in the loop. On a CPU with
 AVX-512 each FMA is one zmm instruction; Zen 4 runs it double-pumped (one
 16-lane FMA per cycle), Zen 5 and Intel server cores with two FMA units two.

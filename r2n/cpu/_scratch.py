@@ -85,7 +85,7 @@ def scratch(role, shape, dtype, make=np.empty):
     make : ``make(shape, dtype)`` creates it when it is not cached. Its
         contents must not matter to any result (rule 1 of the module
         docstring); np.zeros only keeps denormals and NaN out of lanes whose
-        results are discarded (r2n.cpu.winograd), for speed.
+        results are discarded (r2n.cpu.conv.v5_winograd), for speed.
 
     Returns
     -------

@@ -1,8 +1,8 @@
 """Numba kernels for the elementwise ops: activations and inference batch norm.
 
-Same functions and signatures as ``r2n.reference.activations`` and
-``r2n.reference.norm``. Each public function is a small Python wrapper that
-makes the inputs C-contiguous, allocates the output and calls one ``@kernel``.
+Same functions and signatures as ``r2n.reference.elementwise``. Each public
+function is a small Python wrapper that makes the inputs C-contiguous,
+allocates the output and calls one ``@kernel``.
 
 The activations flatten their input and run one flat ``prange`` over it:
 Numba hands each thread one contiguous range, which LLVM vectorises. (A
@@ -37,6 +37,21 @@ def kernel_input(a):
         a = a.view()
         a.flags.writeable = False
     return a
+
+
+# dtype -> the empty array unused_array returns. Shared by every call and
+# thread: it has no element, so it can hold no state.
+_UNUSED = {}
+
+
+def unused_array(dtype):
+    """An empty 1-D array of ``dtype`` standing in for a kernel's unused
+    optional buffer (a residual that is not there), one per dtype. Shared
+    by every CPU module."""
+    dtype = np.dtype(dtype)
+    if dtype not in _UNUSED:
+        _UNUSED[dtype] = np.empty(0, dtype)
+    return _UNUSED[dtype]
 
 
 # --------------------------------------------------------------------------- #

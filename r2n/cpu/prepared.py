@@ -1,6 +1,6 @@
 """Prepared layers for whole networks (``r2n._backends.prepare`` on ``"cpu"``).
 
-Each factory packs its weights once (``conv.pack_weights``) and returns a
+Each factory packs its weights once (``microkernel.pack_weights``) and returns a
 callable that checks its input and runs the fused kernels:
 
 * ``conv2d``: one launch of ``conv.conv_simd`` whose epilogue adds the bias,
@@ -32,8 +32,9 @@ import numpy as np
 
 from .. import _checks
 from ._scratch import owner_token, scratch
-from .conv import conv_simd, pack_weights
+from .conv.v4_simd import conv_simd
 from .elementwise import vector_or
+from .microkernel import pack_weights
 from .res2net import PreparedBottle2neck
 
 #: Input shapes whose output shape / checked arguments a layer remembers
@@ -89,11 +90,11 @@ class PreparedConv2d:
             None if bias is None else np.asarray(bias), 0, self.c_out, self.dtype
         )
         self.geometry = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-        self.relu = activation is not None
+        self.activation = activation
         self.negative_slope = negative_slope if activation == "leaky_relu" else 0.0
         self.reuse_output = reuse_output
         self._shapes = {}  # x.shape -> out_shape (see the module docstring)
-        self._owner = owner_token()  # the scratch role of this layer's outputs
+        self.output_owner = owner_token()  # the scratch role of this layer's outputs
 
     def __call__(self, x, residual=None):
         """x (N, C_in, H, W) -> (N, C_out, H_out, W_out); residual shaped like the output."""
@@ -138,9 +139,9 @@ class PreparedConv2d:
             g["dilation"],
             self.bias,
             out,
-            relu=self.relu,
+            activation=self.activation,
             negative_slope=self.negative_slope,
-            res=residual,
+            residual=residual,
             scratch=scratch,
         )
 
@@ -160,7 +161,7 @@ class PreparedBottle2neckLayer:
         self.dtype = np.asarray(params.conv1.weight).dtype
         self.reuse_output = reuse_output
         self._args = {}  # x.shape -> normalised bottle2neck args (module docstring)
-        self._owner = owner_token()  # the scratch role of this layer's outputs
+        self.output_owner = owner_token()  # the scratch role of this layer's outputs
         # Check the block and pack its weights now, on a stand-in input: the
         # chain's options do not depend on the input's size.
         c_in = params.conv1.weight.shape[1]
@@ -198,7 +199,7 @@ def _output(layer, shape, *inputs):
     the call), unless an input is that very buffer (the caller passed an
     earlier output back in); else a new array."""
     if layer.reuse_output:
-        out = scratch(("out", layer._owner), shape, layer.dtype)
+        out = scratch(("out", layer.output_owner), shape, layer.dtype)
         if not any(a is not None and np.may_share_memory(out, a) for a in inputs):
             return out
     return np.empty(shape, layer.dtype)

@@ -6,7 +6,7 @@ memory: split, conv, BN, ReLU, add, conv, BN, ReLU, add, ..., pool, cat. Here:
 1. One prologue launch: zero-pad the chunks the convs read first (x_0; every
    x_i for "stage"), and write the last chunk straight into its slice of the
    output: copied ("normal") or 3x3-average-pooled ("stage").
-2. The convs (variant 3 of r2n.cpu.conv): BN is folded into the weights,
+2. The convs (step 4_simd of r2n.cpu.conv): BN is folded into the weights,
    so the epilogue adds the bias, applies ReLU and writes into the conv's
    channel slice of the output (no split, no cat). "normal": one launch per
    conv, whose epilogue also writes ``value + x_{i+1}`` into the next conv's
@@ -19,7 +19,7 @@ the shortcut conv (after the "d" variant's average pool, if any), and conv3
 whose epilogue adds the shortcut and applies the final ReLU.
 
 Prepared chains run their 3x3 stride-1 convs as Winograd F(2x2, 3x3)
-(r2n.cpu.winograd) where ``winograd.use_winograd`` says so: 2.25x fewer
+(step 5_winograd, r2n.cpu.conv.v5_winograd) where ``use_winograd`` says so: 2.25x fewer
 multiplies, the BN-folded weights transformed once (U = G g G^T), the input
 transform reading the unpadded chunks (for "normal": adding sp + x_{i+1} on
 the read), bias and ReLU in the output transform, each conv writing its
@@ -45,19 +45,20 @@ import numpy as np
 
 from ._jit import kernel, prange
 from ._scratch import clear_scratch, scratch  # noqa: F401  (clear_scratch: re-exported)
-from .conv import _none, conv_simd, input_layout, pack_weights
-from .elementwise import vector_or
+from .conv.v4_simd import NextInput, conv_simd, input_layout
+from .conv.v5_winograd import conv_winograd, transform_weights, use_winograd
+from .elementwise import unused_array, vector_or
+from .microkernel import pack_weights
 from .pool import avg_pool2d
-from .winograd import conv_winograd, transform_weights, use_winograd
 
 
 @kernel
-def _chain_prologue(x, width, n_pad, stage, stride, last_c, xp, nxt, out, out_c0):
+def _chain_prologue(x, width, n_pad, stage, stride, last_c, xp, next_input, out, out_c0):
     """Pad chunks 0 .. n_pad-1 of x into xp (N, n_pad*width, H+2, W_p), and
     write chunk ``last_c`` (if >= 0) into out[:, out_c0 : out_c0 + width]:
     a copy, or for stage a 3x3 / stride / pad-1 average (count_include_pad).
 
-    ``nxt`` (shaped like xp, or empty): the "normal" chain's second padded
+    ``next_input`` (shaped like xp, or empty): the "normal" chain's second padded
     buffer, whose interior the convs write; here its border (rows 0 and H+1,
     column 0 and the columns from W+1 on) is zeroed, so that no earlier call,
     of any width, leaves values in the padding: O(border), not O(buffer).
@@ -71,7 +72,7 @@ def _chain_prologue(x, width, n_pad, stage, stride, last_c, xp, nxt, out, out_c0
     zero = x.dtype.type(0)
     ninth = x.dtype.type(1.0 / 9.0)
     per_img = n_pad * width + n_last
-    border_nxt = nxt.size > 0
+    border_next = next_input.size > 0
     for job in prange(n_img * per_img):
         n = job // per_img
         c = job % per_img
@@ -84,9 +85,9 @@ def _chain_prologue(x, width, n_pad, stage, stride, last_c, xp, nxt, out, out_c0
                     src = x[n, c, y - 1]
                     for i in range(w):
                         dst[1 + i] = src[i]
-            if border_nxt:
+            if border_next:
                 for y in range(hp):
-                    dst = nxt[n, c, y]
+                    dst = next_input[n, c, y]
                     if y == 0 or y > h:
                         for i in range(wp):
                             dst[i] = zero
@@ -161,7 +162,7 @@ class PreparedChain:
         )
         self.packed = np.split(self.packed_all, self.nums)
         self.biases = np.split(self.biases_all, self.nums)
-        # Winograd F(2x2, 3x3) weights (U = G g G^T, r2n.cpu.winograd) for the
+        # Winograd F(2x2, 3x3) weights (U = G g G^T, r2n.cpu.conv.v5_winograd) for the
         # stride-1 convs of chunks wide enough to use them on some input
         # (winograd.use_winograd); held beside the direct ones, which shapes
         # the rule sends to the direct convs still use.
@@ -231,19 +232,19 @@ class PreparedChain:
                 return out
         # Both padded buffers are written in full by this call before any conv
         # reads them (see r2n.cpu._scratch): the prologue rewrites all of xp
-        # and zeroes nxt's border; "normal" conv i reads one of them and writes
+        # and zeroes next_input's border; "normal" conv i reads one of them and writes
         # sp + x_{i+1} into the other's whole interior (H x W), and the two swap.
         # So what an earlier call of another width left in them (wp is the same
         # for every width up to TILE_PIXELS) is never read.
         xp = scratch("chain.xp", (n, n_pad * width, h + 2, wp), x.dtype)
-        nxt = no_buffer = _none(x.dtype).reshape(0, 0, 0, 0)
+        next_input = no_buffer = unused_array(x.dtype).reshape(0, 0, 0, 0)
         if not stage and nums > 1:
-            nxt = scratch("chain.nxt", xp.shape, x.dtype)
+            next_input = scratch("chain.next_input", xp.shape, x.dtype)
         _chain_prologue(
-            x, width, n_pad, self.stype == "stage", s, last, xp, nxt, out, nums * width
+            x, width, n_pad, self.stype == "stage", s, last, xp, next_input, out, nums * width
         )  # fmt: skip
-        if nxt is no_buffer:
-            nxt = None
+        if next_input is no_buffer:
+            next_input = None
         if stage:
             # Conv i reads padded chunk i and writes output chunk i; one launch
             # for all of them (one wake-up, one barrier, nums times the jobs).
@@ -258,7 +259,7 @@ class PreparedChain:
                 (1, 1),
                 self.biases_all,
                 out,
-                relu=True,
+                activation="relu",
                 c_in_g=width // self.groups,
                 n_conv=nums,
                 x_conv_step=width,
@@ -279,34 +280,32 @@ class PreparedChain:
                 self.biases[i],
                 out,
                 out_c0=i * width,
-                relu=True,
-                nxt=nxt if feeds_next else None,
-                src=x if feeds_next else None,
-                src_c0=(i + 1) * width,
+                activation="relu",
+                next_input=NextInput(next_input, x, (i + 1) * width) if feeds_next else None,
                 c_in_g=width // self.groups,
             )
             if feeds_next:
-                cur, nxt = nxt, cur
+                cur, next_input = next_input, cur
         return out
 
     def _gathered(self, x, out):
         """The stage chain for strides whose padded chunks would outgrow the
-        input (r2n.cpu.conv.input_layout): the prologue pools the last chunk,
+        input (r2n.cpu.conv.v4_simd.input_layout): the prologue pools the last chunk,
         then one launch runs every conv, on a copy of x holding only the rows
         and columns they read."""
         width, nums = self.width, self.nums
-        no_pad = _none(x.dtype).reshape(0, 0, 0, 0)
+        no_pad = unused_array(x.dtype).reshape(0, 0, 0, 0)
         last = nums * width if self.scale > 1 else -1
         _chain_prologue(x, width, 0, True, self.stride, last, no_pad, no_pad, out, nums * width)
         conv_simd(
             x, self.packed_all, width, self.groups, (3, 3), (self.stride, self.stride), (1, 1),
-            (1, 1), self.biases_all, out, relu=True, c_in_g=width // self.groups,
+            (1, 1), self.biases_all, out, activation="relu", c_in_g=width // self.groups,
             n_conv=nums, x_conv_step=width, scratch=scratch,
         )  # fmt: skip
         return out
 
     def _winograd(self, x, out):
-        """The stride-1 chain with Winograd convs (r2n.cpu.winograd.conv_winograd).
+        """The stride-1 chain with Winograd convs (r2n.cpu.conv.v5_winograd.conv_winograd).
 
         The convs read the unpadded chunks (their input transform pads), so
         the prologue only passes the last chunk through (or pools it, for
@@ -316,12 +315,12 @@ class PreparedChain:
         width, nums, groups = self.width, self.nums, self.groups
         stage = self.stype == "stage" or self.scale == 1
         if self.scale > 1:
-            no_pad = _none(x.dtype).reshape(0, 0, 0, 0)  # the prologue pads no chunk here
+            no_pad = unused_array(x.dtype).reshape(0, 0, 0, 0)  # the prologue pads no chunk here
             _chain_prologue(
                 x, width, 0, self.stype == "stage", 1, nums * width, no_pad, no_pad, out,
                 nums * width,
             )  # fmt: skip
-        common = dict(c_in_g=width // groups, relu=True, scratch=scratch)
+        common = dict(c_in_g=width // groups, activation="relu", scratch=scratch)
         if stage:
             conv_winograd(
                 x, self.wino_all, width, groups, (1, 1), self.biases_all, out,
@@ -331,7 +330,7 @@ class PreparedChain:
         for i in range(nums):
             conv_winograd(
                 x if i == 0 else out, self.wino[i], width, groups, (1, 1), self.biases[i], out,
-                a_c0=0 if i == 0 else (i - 1) * width, b=None if i == 0 else x, b_c0=i * width,
+                a_c0=0 if i == 0 else (i - 1) * width, add=None if i == 0 else x, add_c0=i * width,
                 out_c0=i * width, **common,
             )  # fmt: skip
         return out
@@ -443,7 +442,7 @@ class PreparedBottle2neck:
             (1, 1),
             self.conv1[1],
             t1,
-            relu=True,
+            activation="relu",
         )
         self.chain(t1, t2)
         if self.shortcut is None:
@@ -478,8 +477,8 @@ class PreparedBottle2neck:
             (1, 1),
             self.conv3[1],
             out,
-            relu=True,
-            res=identity,
+            activation="relu",
+            residual=identity,
         )
         return out
 

@@ -1,4 +1,22 @@
-"""Winograd F(2x2, 3x3) convolution on the CPU (conv2d variant ``4_winograd``).
+"""conv2d step ``5_winograd``: Winograd F(2x2, 3x3), through step 4's micro-kernel.
+
+What changes (from ``4_simd``)
+    The algorithm, for 3x3 stride-1 dilation-1 convs (else ValueError): 2x2
+    output tiles cost 16 multiplies per (input, output channel) instead of
+    36. Per job (a block of tile rows, sized for L2): the input transform,
+    16 GEMMs (C_out x C_in) @ (C_in x tiles) through step 4's micro-kernel
+    (r2n.cpu.microkernel: the same tiles and packed weights), and the output
+    transform with bias and the activation.
+Why it is faster
+    2.25x fewer FMAs, at the same FMA rate (the GEMMs run at 94-96% of the
+    peak on the FMAs they issue), paid for with the transforms (additions,
+    O(C x pixels)): a net win from ~16 input channels per group up
+    (``use_winograd``); below that the transforms dominate.
+Measured
+    ~157 GFLOP/s in direct-conv FLOPs per second (one thread, float32, 104 ->
+    104 channels, 14x14, batch 8, on the 2-core Zen 4 machine of 2026-11-25:
+    117.4 GFLOP/s FMA peak; step 4 runs this conv at ~90 there). See
+    NOTES.md "Winograd F(2x2,3x3) (v6)".
 
 What it computes
 ----------------
@@ -32,9 +50,9 @@ of jobs and owns scratch buffers sized for L2 (``SCRATCH_BYTES``, ``plan``):
    (odd sizes) come from zero-filled parity rows: nothing outside the input
    is read.
 2. per group and output-channel block (32 float32 / 16 float64 channels, as in
-   variant 3): 16 GEMMs ``M[xi] = U[xi] @ V[xi]`` through the register-tiled
-   micro-kernel of ``_simd`` (7 tiles x 32 channels per call, the reduction
-   over the group's input channels), U packed like ``conv.pack_weights``
+   step 4): 16 GEMMs ``M[xi] = U[xi] @ V[xi]`` through the register-tiled
+   micro-kernel of ``microkernel`` (7 tiles x 32 channels per call, the reduction
+   over the group's input channels), U packed like ``microkernel.pack_weights``
    per ``xi``.
 3. the output transform of that block, a tile row at a time while M is in
    L2: A^T M A as 12 flat loops (vectorised over tiles x channels), then the
@@ -43,7 +61,7 @@ of jobs and owns scratch buffers sized for L2 (``SCRATCH_BYTES``, ``plan``):
 
 Measured on the 2-core Zen 4 (one thread, batch 8, float32): 104 ch 14x14
 1.86 ms per conv (input transform 0.31, GEMMs 1.30 = 94% of the peak on the
-FMAs issued, output 0.24) vs 3.4-3.7 ms for variant 3; 26 ch 56x56 3.55 ms
+FMAs issued, output 0.24) vs 3.4-3.7 ms for step 4; 26 ch 56x56 3.55 ms
 (0.85 + 1.49 + 0.68) vs 3.9-4.3.
 
 ``use_winograd`` is the rule the fused chain dispatches on (measured,
@@ -52,21 +70,23 @@ benchmarks/results/NOTES.md "Winograd F(2x2,3x3) (v6)").
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numba
 import numpy as np
 
-from ._jit import FASTMATH, kernel, prange
-from ._simd import VECTOR_BYTES
-from .conv import (
+from .._jit import FASTMATH, as_tuples, kernel, prange
+from ..elementwise import kernel_input, vector_or
+from ..microkernel import (
     TILE_PIXELS,
     TILE_VECTORS,
-    _tile,
-    _tile_half,
+    VECTOR_BYTES,
     block_channels,
     block_layout,
     pack_weights,
+    tile,
+    tile_half,
 )
-from .elementwise import kernel_input, vector_or
 
 #: Target size of a worker's V and M scratch (16 x (C_in + 32) floats per
 #: tile): a job's tile rows are chosen so that both stay in the 1 MiB L2.
@@ -90,6 +110,15 @@ _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.
 def applicable(kernel_hw, stride, dilation) -> bool:
     """True for the convs F(2x2, 3x3) computes: 3x3, stride 1, dilation 1."""
     return tuple(kernel_hw) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
+
+
+def step_applies(x, weight, bias, *, stride, dilation, **_) -> bool:
+    """Winograd F(2x2, 3x3) computes 3x3 kernels at stride 1, dilation 1 only.
+
+    The ladder's ``applies`` (r2n._ladder.Step): the arguments of
+    :func:`conv2d_5_winograd`, checked and normalised.
+    """
+    return applicable(weight.shape[2:], stride, dilation)
 
 
 def use_winograd(width, groups, n, h, w) -> bool:
@@ -128,7 +157,7 @@ def transform_weights(weight, groups):
     """U = G g G^T of every (C_out, C_in/g) 3x3 kernel, packed for the micro-kernel.
 
     weight (C_out, C_in/groups, 3, 3) -> 1-D array of 16 consecutive parts, one
-    per tile position xi = 4 * row + col, each ``conv.pack_weights`` of the
+    per tile position xi = 4 * row + col, each ``microkernel.pack_weights`` of the
     (C_out, C_in/groups, 1, 1) matrix U[:, :, row, col]. Computed in float64,
     then cast to the weight's dtype.
     """
@@ -176,56 +205,90 @@ def _triple_sum(dst, d0, src, x0, step, negate, count, one):
         dst[d0 + i] = src[x0 + i] + sign * src[y0 + i] + sign * src[z0 + i]
 
 
+class Source(NamedTuple):
+    """An input the convs read: conv i reads channels ``c0 + i * conv_step``
+    onwards of ``data``, the flattened (N, C, H, W) array of ``image``
+    elements per image; ``present`` False: none (data: any array of the
+    first source's type, never read)."""
+
+    data: np.ndarray
+    image: int
+    c0: int
+    conv_step: int
+    present: bool
+
+
+class WinogradWeights(NamedTuple):
+    """transform_weights(...) of each conv, concatenated (``conv_stride``
+    elements per conv), ``offsets`` (k * tbp for the micro-kernel), the
+    grouping and the (n_conv * C_out,) bias."""
+
+    packed_u: np.ndarray
+    conv_stride: int
+    offsets: np.ndarray
+    c_in_g: int
+    groups: int
+    c_out_g: int
+    bias: np.ndarray
+
+
+class WinogradOutput(NamedTuple):
+    """Conv i writes channels ``c0 + i * C_out`` onwards of ``data`` (flattened
+    (N, C, h_out, w_out), ``image`` elements per image), with ReLU if
+    ``activation``."""
+
+    data: np.ndarray
+    image: int
+    c0: int
+    h_out: int
+    w_out: int
+    activation: bool
+
+
+class WinogradPlan(NamedTuple):
+    """The input's size and padding, and how the launch splits into jobs
+    (:func:`plan`): ``n_conv * n_img * n_row_blocks`` jobs of
+    ``rows_per_block`` tile rows, V's row pitch ``tbp``."""
+
+    h: int
+    w: int
+    ph: int
+    pw: int
+    n_img: int
+    n_conv: int
+    rows_per_block: int
+    n_row_blocks: int
+    tbp: int
+
+
+class WinogradScratch(NamedTuple):
+    """Per-worker scratch, (workers, ...) each: V, M, S and Y, the parity
+    planes P and the vertical sums T (see :func:`_winograd_kernel`)."""
+
+    v: np.ndarray
+    m: np.ndarray
+    y: np.ndarray
+    planes: np.ndarray
+
+
 @kernel
-def _winograd_kernel(
-    a,
-    a_img,
-    a_c0,
-    a_conv_step,  # input source (flattened N, C, H, W)
-    b,
-    b_img,
-    b_c0,
-    b_conv_step,
-    has_b,  # optional second source, added on the read
-    h,
-    w,
-    ph,
-    pw,  # input size and padding
-    u,
-    u_conv_stride,
-    offs,
-    c_in_g,
-    groups,
-    c_out_g,
-    bias,  # transformed packed weights, (n_conv * C_out,) bias
-    out,
-    out_img,
-    out_c0,
-    h_out,
-    w_out,
-    relu,  # output (flattened)
-    n_img,
-    n_conv,
-    rows_per_block,
-    n_row_blocks,  # jobs
-    tbp,  # V's row pitch (plan)
-    v_scr,
-    m_scr,
-    y_scr,
-    p_scr,  # per-worker scratch: V, M, S and Y, the input rows and T
-):
+def _winograd_kernel(source, add, weights, output, geometry, scratch):
     """One launch of ``n_conv`` Winograd convs (see the module docstring).
 
     For conv i, image n and output channel ch = g * c_out_g + c:
 
-        s = a[n, a_c0 + i*a_conv_step + C_in-slice] (+ b[n, b_c0 + i*b_conv_step + ...])
+        s = source[n, C_in-slice of conv i] (+ add[n, C_in-slice of conv i])
         v = conv3x3(s zero-padded by (ph, pw))[ch] + bias[i * C_out + ch]
-        out[n, out_c0 + i * C_out + ch] = max(v, 0) if relu else v   (NaN kept)
+        out[n, out.c0 + i * C_out + ch] = max(v, 0) if activation else v  (NaN kept)
+
+    The arguments are the records above, unpacked into locals first (the
+    loops below see plain arrays and ints); ``add`` is read only if
+    ``add.present``.
 
     Layouts. A job's tiles are numbered ``idx = lt * R + tx`` (local tile row
     lt, column tx, R = ntx + 1: one unused column per row, so that every
     transform is a flat loop over the block). V[xi][c][idx] has the row pitch
-    TBP (the argument ``tbp``, >= rows * R + TILE_PIXELS: a micro-kernel call
+    TBP (``geometry.tbp``, >= rows * R + TILE_PIXELS: a micro-kernel call
     may run past the block), M[xi][idx][channel of the block]; per tile row, S (8 rows)
     and Y (4 rows) of R x bw. The input of one channel: the parity planes
     P[ri][cj][pr * R + k] = padded[2 pr + ri][2 k + cj] (rows+1 rows of R),
@@ -242,10 +305,16 @@ def _winograd_kernel(
     counts); the transforms' 36 loops as 4 loops over tables of rows,
     inlined (written out, they took 30 s more to compile).
     """
+    a, a_img, a_c0, a_conv_step, _ = source
+    add_data, add_img, add_c0, add_conv_step, has_add = add
+    u, u_conv_stride, offs, c_in_g, groups, c_out_g, bias = weights
+    out, out_img, out_c0, h_out, w_out, apply_relu = output
+    h, w, ph, pw, n_img, n_conv, rows_per_block, n_row_blocks, tbp = geometry
+    v_scr, m_scr, y_scr, p_scr = scratch
     n_workers = v_scr.shape[0]
     c_in = groups * c_in_g
     c_out = groups * c_out_g
-    blk = TILE_VECTORS * (VECTOR_BYTES // u.itemsize)  # = conv.block_channels(dtype)
+    blk = TILE_VECTORS * (VECTOR_BYTES // u.itemsize)  # = block_channels(dtype)
     full, tail = block_layout(c_out_g, blk)
     blocks = full + tail
     group_stride = c_in_g * (full * blk + tail * (blk // 2))
@@ -292,7 +361,7 @@ def _winograd_kernel(
             # 1. Input transform, one input channel at a time.
             for c in range(c_in):
                 a_base = n * a_img + (a_c0 + conv_i * a_conv_step + c) * plane
-                b_base = n * b_img + (b_c0 + conv_i * b_conv_step + c) * plane
+                add_base = n * add_img + (add_c0 + conv_i * add_conv_step + c) * plane
                 # The padded rows 2l + ri, split by column parity:
                 # P[ri][cj][pr * R + k] = padded[2 pr + ri][2k + cj].
                 for ri in range(2):
@@ -306,7 +375,7 @@ def _winograd_kernel(
                                 ps[po + k] = zero
                             continue
                         row = a_base + iy * w
-                        row_b = b_base + iy * w
+                        row_add = add_base + iy * w
                         for kk in range(pitch - (k_b - k_a)):  # the edges, one at a time
                             k = kk if kk < k_a else kk + k_b - k_a
                             for cj in range(2):
@@ -314,19 +383,21 @@ def _winograd_kernel(
                                 val = zero
                                 if 0 <= ix < w:
                                     val = a[row + ix]
-                                    if has_b:
-                                        val += b[row_b + ix]
+                                    if has_add:
+                                        val += add_data[row_add + ix]
                                 ps[pe + cj * p_len + k] = val
                         # the interior, both parities in one loop (a stride-2
                         # read that vectorises)
                         src = np.uint64(row + 2 * k_a - pw)
-                        src_b = np.uint64(row_b + 2 * k_a - pw)
+                        src_add = np.uint64(row_add + 2 * k_a - pw)
                         de = np.uint64(pe + k_a)
                         do = np.uint64(po + k_a)
-                        if has_b:  # the chain's sp + x_{i+1}, added on the read
+                        if has_add:  # the chain's sp + x_{i+1}, added on the read
                             for j in range(np.uint64(k_b - k_a)):
-                                ps[de + j] = a[src + two * j] + b[src_b + two * j]
-                                ps[do + j] = a[src + two * j + one] + b[src_b + two * j + one]
+                                ps[de + j] = a[src + two * j] + add_data[src_add + two * j]
+                                ps[do + j] = (
+                                    a[src + two * j + one] + add_data[src_add + two * j + one]
+                                )
                         else:
                             for j in range(np.uint64(k_b - k_a)):
                                 ps[de + j] = a[src + two * j]
@@ -370,9 +441,9 @@ def _winograd_kernel(
                                 i0 = call * TILE_PIXELS
                             dst_m = m[xi * m_step + i0 * bw :]
                             if bw == blk:
-                                _tile(u, u_base, v, x_base + i0, offs, c_in_g, 1, dst_m)
+                                tile(u, u_base, v, x_base + i0, offs, c_in_g, 1, dst_m)
                             else:
-                                _tile_half(u, u_base, v, x_base + i0, offs, c_in_g, 1, dst_m)
+                                tile_half(u, u_base, v, x_base + i0, offs, c_in_g, 1, dst_m)
                     # Y = A^T M A, a tile row at a time (S and Y stay in L1; the
                     # unused tile and channels too: flat loops) ...
                     el = np.uint64(pitch * bw)
@@ -406,14 +477,14 @@ def _winograd_kernel(
                                 for tx in range(np.uint64(pairs)):
                                     v0 = ys[ye + tx * u_bw] + bc
                                     v1 = ys[yo + tx * u_bw] + bc
-                                    if relu:  # NaN stays NaN, as in PyTorch
+                                    if apply_relu:  # NaN stays NaN, as in PyTorch
                                         v0 = zero if v0 < zero else v0
                                         v1 = zero if v1 < zero else v1
                                     out[o_row + two * tx] = v0
                                     out[o_row + two * tx + one] = v1
                                 if pairs < ntx:  # odd width: the last column
                                     v0 = ys[ye + np.uint64(pairs) * u_bw] + bc
-                                    if relu:
+                                    if apply_relu:
                                         v0 = zero if v0 < zero else v0
                                     out[o_row + np.uint64(2 * pairs)] = v0
 
@@ -459,13 +530,13 @@ def conv_winograd(
     *,
     a_c0=0,
     c_in_g=None,
-    b=None,
-    b_c0=0,
+    add=None,
+    add_c0=0,
     out_c0=0,
-    relu=False,
+    activation=None,
     n_conv=1,
     a_conv_step=0,
-    b_conv_step=0,
+    add_conv_step=0,
     scratch=None,
 ):
     """Launch the Winograd kernel on prepared arguments (the chain's building block).
@@ -479,11 +550,11 @@ def conv_winograd(
     bias : (n_conv * c_out,) contiguous
     out : (N, C_tot, H + 2*ph - 2, W + 2*pw - 2) C-contiguous; conv i writes
         channels out_c0 + i * c_out .. out_c0 + (i + 1) * c_out
-    b : optional array shaped like ``a``: conv i reads a + b, b's channels from
-        b_c0 + i * b_conv_step
-    relu : ReLU after the bias
+    add : optional array shaped like ``a``: conv i reads a + add, add's channels
+        from add_c0 + i * add_conv_step (the Res2Net chain's sp + x_{i+1})
+    activation : None or "relu" (after the bias)
     scratch : optional ``scratch(role, shape, dtype, make)`` supplying reusable
-        buffers (r2n.cpu.res2net.scratch); default: new zero-filled arrays
+        buffers (r2n.cpu._scratch.scratch); default: new zero-filled arrays
     """
     n, c_a, h, w = a.shape
     c_in_g = c_a // groups if c_in_g is None else c_in_g
@@ -497,11 +568,13 @@ def conv_winograd(
         )
     if n == 0 or h_out <= 0 or w_out <= 0:
         return out
-    if b is not None and (b.shape[0] != n or b.shape[2:] != (h, w)):
-        raise ValueError(f"conv_winograd: b must be (N={n}, C, {h}, {w}), got {b.shape}")
+    if activation not in (None, "relu"):
+        raise ValueError(f"conv_winograd: activation must be None or 'relu', got {activation!r}")
+    if add is not None and (add.shape[0] != n or add.shape[2:] != (h, w)):
+        raise ValueError(f"conv_winograd: add must be (N={n}, C, {h}, {w}), got {add.shape}")
     for name, arr, c0, step, verb in (
         ("a", a, a_c0, a_conv_step, "read"),
-        ("b", b, b_c0, b_conv_step, "read"),
+        ("add", add, add_c0, add_conv_step, "read"),
         ("out", out, out_c0, c_out, "write"),
     ):
         if arr is None:
@@ -554,58 +627,47 @@ def conv_winograd(
     p_len, t_len = (rows + 1) * (ntx + 1), rows * (ntx + 1) + 1
     p_scr = make("wino.planes", (workers, 4 * p_len + 8 * t_len), dt, np.zeros)
     offs = kernel_input(np.arange(c_in_g, dtype=np.int64) * tbp)
-    b_arr = a if b is None else b
+    add_arr = a if add is None else add
     # Inputs read-only (kernel_input): one compiled signature per dtype, whether
     # the caller's arrays are writeable (the chain) or not (vector_or's bias).
     _winograd_kernel(
-        kernel_input(a.reshape(-1)),
-        a[0].size,
-        a_c0,
-        a_conv_step,
-        kernel_input(b_arr.reshape(-1)),
-        b_arr[0].size,
-        b_c0,
-        b_conv_step,
-        b is not None,
-        h,
-        w,
-        ph,
-        pw,
-        kernel_input(packed_u),
-        per_conv,
-        offs,
-        c_in_g,
-        groups,
-        c_out // groups,
-        kernel_input(bias),
-        out.reshape(-1),
-        out[0].size,
-        out_c0,
-        h_out,
-        w_out,
-        relu,
-        n,
-        n_conv,
-        rows,
-        n_blocks,
-        tbp,
-        v_scr,
-        m_scr,
-        y_scr,
-        p_scr,
+        *as_tuples(
+            Source(kernel_input(a.reshape(-1)), a[0].size, a_c0, a_conv_step, True),
+            Source(
+                kernel_input(add_arr.reshape(-1)),
+                add_arr[0].size,
+                add_c0,
+                add_conv_step,
+                add is not None,
+            ),
+            WinogradWeights(
+                kernel_input(packed_u),
+                per_conv,
+                offs,
+                c_in_g,
+                groups,
+                c_out // groups,
+                kernel_input(bias),
+            ),
+            WinogradOutput(
+                out.reshape(-1), out[0].size, out_c0, h_out, w_out, activation == "relu"
+            ),
+            WinogradPlan(h, w, ph, pw, n, n_conv, rows, n_blocks, tbp),
+            WinogradScratch(v_scr, m_scr, y_scr, p_scr),
+        )
     )
     return out
 
 
-def conv2d_4_winograd(x, weight, bias, *, stride, padding, dilation, groups, out_shape):
-    """Variant 4: Winograd F(2x2, 3x3). 3x3, stride 1, dilation 1 only (else ValueError).
+def conv2d_5_winograd(x, weight, bias, *, stride, padding, dilation, groups, out_shape):
+    """Step 5: Winograd F(2x2, 3x3). 3x3, stride 1, dilation 1 only (else ValueError).
 
     x (N, C_in, H, W), weight (C_out, C_in/groups, 3, 3) -> (N, C_out, H_out, W_out)
     """
     c_out, _, kh, kw = weight.shape
     if not applicable((kh, kw), stride, dilation):
         raise ValueError(
-            "conv2d variant 4_winograd: needs a 3x3 kernel, stride 1 and dilation 1, got "
+            "conv2d step 5_winograd: needs a 3x3 kernel, stride 1 and dilation 1, got "
             f"kernel {(kh, kw)}, stride {tuple(stride)}, dilation {tuple(dilation)}"
         )
     x = np.ascontiguousarray(x)

@@ -33,25 +33,40 @@ on vectors, the weight vectors loaded with unaligned vector loads and the
 inputs broadcast. On CPUs without AVX-512, LLVM splits each 64-byte vector
 into two 32-byte ones; the code stays correct and vectorised.
 
-The intrinsic does no bounds checks: its caller (r2n.cpu.conv.conv_simd) is
-correct by construction, padding the input so that every tap of every tile
-is inside it (``min_input_width``) and sizing each tile's buffer. Nothing
-checks this per tile; the tests, and a bounds-checked model of this kernel
-fuzzed in review, do.
+The tile layout
+---------------
+What every conv built on the micro-kernel shares, so that it lives here and
+the convs import it (nothing here imports them): the tile's shape
+(``TILE_PIXELS`` x ``TILE_VECTORS`` vectors, ``tile`` and ``tile_half``),
+how a group's output channels split into tiles (``block_channels``,
+``block_layout``), the packed weights (``pack_weights``), the taps'
+offsets (``tap_offsets``) and the input width a row of tiles reads
+(``min_input_width``).
+
+The intrinsic does no bounds checks: its callers (r2n.cpu.conv.v4_simd.conv_simd,
+r2n.cpu.conv.v5_winograd's GEMMs) are correct by construction, padding the input so
+that every tap of every tile is inside it (``min_input_width``) and sizing
+each tile's buffer. Nothing checks this per tile; the tests, and a
+bounds-checked model of this kernel fuzzed in review, do.
 
 Numba's disk cache is keyed on the source of the file holding each jitted
-function: editing this file does not invalidate the compiled conv kernels of
-r2n/cpu/conv.py. After changing it, delete ``r2n/cpu/__pycache__``.
+function: the intrinsic, ``block_layout`` and the constants here are
+compiled into the kernels of the files that call them, and editing this file
+does not invalidate those kernels' cache. After changing it, delete every
+``__pycache__`` under ``r2n/cpu``.
 """
 
 from __future__ import annotations
 
 import functools
 
+import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+from ._jit import serial
 
 VECTOR_BYTES = 64
 
@@ -137,3 +152,79 @@ def tile_kernel(t: int, nv: int):
         return sig, codegen
 
     return kernel
+
+
+# --------------------------------------------------------------------------- #
+# The tile layout: how convs cut their outputs and pack their weights for it
+# --------------------------------------------------------------------------- #
+
+#: The register tile every conv runs: TILE_PIXELS output pixels x TILE_VECTORS
+#: vectors of output channels (measured best of 8x1, 12x1, 6x2, 4x3, 8x2 on Zen 5;
+#: 7 divides every ImageNet map width).
+TILE_PIXELS = 7
+TILE_VECTORS = 2
+#: The micro-kernel of a full tile, and of a half-width one for a group's last,
+#: narrower channel block (see block_layout).
+tile = tile_kernel(TILE_PIXELS, TILE_VECTORS)
+tile_half = tile_kernel(TILE_PIXELS, 1)
+
+
+def block_channels(dtype) -> int:
+    """Output channels per register tile: 32 for float32, 16 for float64."""
+    return TILE_VECTORS * lanes(np.dtype(dtype))
+
+
+@serial
+def block_layout(c_out_g, b):
+    """How a group's C_out/g output channels split into register tiles.
+
+    Returns (full, tail): ``full`` blocks of ``b`` channels, then ``tail`` (0
+    or 1) block of ``b // 2`` channels holding the rest when it fits there
+    (104 = 3 * 32 + 8 uses 112 lanes instead of 128). A larger rest gets a
+    zero-padded full block.
+    """
+    full = c_out_g // b
+    rest = c_out_g - full * b
+    if rest > b // 2:
+        return full + 1, 0
+    return full, 1 if rest > 0 else 0
+
+
+def pack_weights(weight, groups):
+    """Pack conv weights for the micro-kernel, once per weight tensor.
+
+    weight (C_out, C_in/g, kH, kW) -> 1-D array holding, for each group, its
+    ``full`` blocks as (K, B) and its tail block as (K, B/2) (see
+    block_layout), where B = block_channels and K = (C_in/g) * kH * kW in
+    (c, i, j) order. Channels past C_out/g are zeros.
+    """
+    c_out, c_in_g, kh, kw = weight.shape
+    c_out_g = c_out // groups
+    b = block_channels(weight.dtype)
+    full, tail = block_layout(c_out_g, b)
+    k = c_in_g * kh * kw
+    width = full * b + tail * (b // 2)  # channels per group, padded
+    padded = np.zeros((groups, width, k), weight.dtype)
+    padded[:, :c_out_g] = weight.reshape(groups, c_out_g, k)
+    parts = [padded[:, : full * b].reshape(groups, full, b, k).transpose(0, 1, 3, 2)]
+    parts.append(padded[:, full * b :].reshape(groups, tail, b // 2, k).transpose(0, 1, 3, 2))
+    return np.concatenate([p.reshape(groups, -1) for p in parts], axis=1).reshape(-1)
+
+
+def tap_offsets(c_in_g, kernel_hw, dilation, plane, row):
+    """offs[k] for k = (c, i, j): where tap k sits relative to a tile's first
+    input pixel in a flattened (C, H_in, W_in) input with ``plane`` = H_in*W_in
+    and ``row`` = W_in."""
+    # int64 before multiplying: offsets can pass 2**31 (NumPy's default int is
+    # 32-bit on some platforms), and the micro-kernel does not check them.
+    c = np.arange(c_in_g, dtype=np.int64)[:, None, None] * plane
+    i = np.arange(kernel_hw[0], dtype=np.int64)[None, :, None] * (dilation[0] * row)
+    j = np.arange(kernel_hw[1], dtype=np.int64)[None, None, :] * dilation[1]
+    return (c + i + j).reshape(-1)
+
+
+def min_input_width(w_out, kw, sw, dw):
+    """Padded input columns that a row of tiles reads for ``w_out`` outputs
+    (kernel width ``kw``, stride ``sw``, dilation ``dw``): a row narrower than
+    a tile still computes a whole tile."""
+    return (max(w_out, TILE_PIXELS) - 1) * sw + (kw - 1) * dw + 1

@@ -1,0 +1,102 @@
+"""conv2d on the CPU: a ladder of numbered steps, one file each.
+
+=====================  ===================================================  =========
+step (file)            what it changes                                      GFLOP/s*
+=====================  ===================================================  =========
+``1_naive``            the definition as loops: a thread per (n, c_out)     ~1
+(v1_naive.py)          plane, the padding tested on every tap.
+``2_loop_order``       the input padded once; the innermost loop runs       ~5
+(v2_loop_order.py)     along an output row, 8 output channels a job
+                       (accumulators in memory).
+``3_register_tiles``   the 8 channels unrolled inside the row loop, their   ~28***
+(v3_register_tiles.py) weights hoisted into registers: each input loaded
+                       once for 8 multiply-adds (accumulators still in L1).
+``4_simd``             register tiles (7 pixels x 32 channels) in the       ~170
+(v4_simd.py)           LLVM-IR micro-kernel (r2n.cpu.microkernel), packed
+                       weights; the fused epilogue.
+``5_winograd``         Winograd F(2x2, 3x3) for 3x3 stride-1 convs: 16      ~157**
+(v5_winograd.py)       multiplies per 2x2 tile instead of 36, the GEMMs
+                       through step 4's micro-kernel.
+=====================  ===================================================  =========
+
+\\* one thread, float32, 32 -> 32 channels, 3x3, 56x56, on the 2-core Zen 5
+development machine (2026-11-22; PyTorch 2.13's oneDNN: 149). Each file's
+header says more, and ``r2n ladder conv2d`` measures them side by side.
+\\*\\* direct-conv FLOPs / time, one thread, float32, 104 -> 104 channels,
+14x14, batch 8, on the 2-core Zen 4 machine (117.4 GFLOP/s FMA peak; step 4
+runs this conv at ~90 there).
+\\*\\*\\* measured on the 2-core EPYC of 2026-12-04 (one thread, 32 -> 32,
+56x56; step 2: 4.5, step 4: 84 in the same run); the prototype of this step
+in NOTES.md reached 46 on the Zen 5 machine.
+
+``LADDER`` lists the steps in order (r2n._ladder.Step), ``VARIANTS`` maps
+their names to their implementations, each taking the arguments of
+r2n._checks.conv2d_args. :func:`conv2d`, the backend's op, is step 4 for
+every conv; the fused Res2Net chain (r2n.cpu.res2net) runs its 3x3 stride-1
+convs as step 5 where ``v5_winograd.use_winograd`` says so.
+
+Beside the ladder: ``padding`` (the zero-padded input copy of steps 2-4) and
+the micro-kernel with its tile layout (r2n.cpu.microkernel), which steps 4
+and 5 import; no step imports another's module back.
+"""
+
+from __future__ import annotations
+
+from ..._ladder import Step
+from . import v1_naive, v2_loop_order, v3_register_tiles, v4_simd, v5_winograd
+
+#: The conv2d ladder, in order.
+LADDER = (
+    Step(
+        "1_naive",
+        "the definition as loops: a thread per (n, c_out) plane, padding tested per tap",
+        v1_naive.conv2d_1_naive,
+        source="r2n/cpu/conv/v1_naive.py",
+    ),
+    Step(
+        "2_loop_order",
+        "input padded once; the inner loop runs along an output row, 8 channels a job",
+        v2_loop_order.conv2d_2_loop_order,
+        source="r2n/cpu/conv/v2_loop_order.py",
+    ),
+    Step(
+        "3_register_tiles",
+        "8 channels unrolled in the row loop, their weights in registers: 1 input load per 8 FMAs",
+        v3_register_tiles.conv2d_3_register_tiles,
+        source="r2n/cpu/conv/v3_register_tiles.py",
+    ),
+    Step(
+        "4_simd",
+        "register tiles (7 pixels x 32 channels) in the LLVM-IR micro-kernel, packed weights",
+        v4_simd.conv2d_4_simd,
+        source="r2n/cpu/conv/v4_simd.py, r2n/cpu/microkernel.py",
+    ),
+    Step(
+        "5_winograd",
+        "Winograd F(2x2, 3x3): 16 multiplies per 2x2 tile, not 36; GEMMs in step 4's kernel",
+        v5_winograd.conv2d_5_winograd,
+        applies=v5_winograd.step_applies,
+        source="r2n/cpu/conv/v5_winograd.py",
+    ),
+)
+
+#: step name -> implementation, for tests and benchmarks.
+VARIANTS = {step.name: step.run for step in LADDER}
+
+
+def conv2d(x, weight, bias, *, stride, padding, dilation, groups, out_shape):
+    """The CPU backend's conv2d: step ``4_simd``.
+
+    x (N, C_in, H, W), weight (C_out, C_in/groups, kH, kW), bias (C_out,) or
+    None -> (N, C_out, H_out, W_out); arguments from r2n._checks.conv2d_args.
+    """
+    return v4_simd.conv2d_4_simd(
+        x,
+        weight,
+        bias,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        out_shape=out_shape,
+    )
