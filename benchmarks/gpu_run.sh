@@ -6,6 +6,7 @@
 #
 # Usage, on a machine with a CUDA GPU, CuPy, numba and PyTorch (run from the repo root):
 #     bash benchmarks/gpu_run.sh [STEP ...]      # steps: env tests memcheck racecheck bench ladder
+#                                                 # gpubench (benchmarks/gpu_bench.py; not by default)
 # Each step's full log goes to $OUT/<step>.log (OUT defaults to ./gpu-run-out); the
 # last lines of each are printed. A step that runs past its limit is stopped (rc 124)
 # and the next one starts, so one hang cannot cost the others.
@@ -57,6 +58,7 @@ run_step() {
             --print-limit 20 $PYTEST -x tests/test_gpu_conv_device.py -k "chain or bottle" ;;
     bench) step bench 200 $PY -m r2n bench --backend gpu torch --json "$OUT/bench.json" ;;
     ladder) step ladder 200 $PY -m r2n ladder --backend gpu --json "$OUT/ladder-gpu.json" ;;
+    gpubench) step gpubench 600 $PY benchmarks/gpu_bench.py --out "$OUT" ;;  # issue 14 (~9 min)
     *) echo "unknown step $1" ;;
     esac
 }

@@ -55,6 +55,11 @@ it (``r2n._checks.precision_arg``: ``"tf32"`` / ``"bf16"`` need the gpu backend
 and float32 weights) and passes it to the factory only when it is not
 ``"fp32"``, so factories of backends without tensor cores never see it.
 
+A backend MAY also expose ``GRAPHS``, a factory ``prepared forward -> callable``
+that records the forward once per input shape and replays it
+(:func:`graphed`; the gpu backend's is ``r2n.gpu.GraphCache``: CUDA graphs,
+``r2n.models.create(..., graph=True)``).
+
 ``reuse_output=True`` allows (does not require) the callable to return a buffer
 it owns and overwrites on its next call, in the same thread, with an input of
 the same shape; the caller must be done with ``y`` by then (passing ``y``
@@ -182,6 +187,17 @@ def as_kind(a, kind: str):
     import numpy as np
 
     return np.asarray(a)
+
+
+def graphed(fn: Callable, backend: str | None, kind: str) -> Callable:
+    """``fn`` (a prepared forward ``x -> y``) replayed from graphs recorded
+    per input shape, by the backend's ``GRAPHS`` factory (the gpu backend's is
+    r2n.gpu.GraphCache: CUDA graphs); a ValueError for a backend without one."""
+    name = pick("conv2d", backend, kind)
+    factory = getattr(_module(name), "GRAPHS", None)
+    if factory is None:
+        raise ValueError(f"r2n: backend {name!r} does not record graphs (the gpu backend does)")
+    return factory(fn)
 
 
 def prepare(op: str, backend: str | None, kind: str, *arrays, **options) -> Callable:

@@ -180,3 +180,36 @@ def test_conv_beyond_2_pow_31_elements():
             got = float(out[0, ch, y, xx])
             assert abs(got - want) <= 1e-4 * (1 + abs(want)), (name, ch, y, xx)
         del out
+
+
+# Res2Net-50's batch-1 convs that split K on a 132-SM GPU (r2n.gpu.conv.split_k_for)
+SPLIT_CASES = [
+    (1, 104, 14, 14, 104, (3, 3), (1, 1), (1, 1), (1, 1), 1),  # layer3's chain: 12 splits
+    (1, 208, 7, 7, 208, (3, 3), (1, 1), (1, 1), (1, 1), 1),  # layer4's: 15 splits
+    (1, 1024, 14, 14, 416, (1, 1), (1, 1), (0, 0), (1, 1), 1),  # layer4.0's conv1
+]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "tf32"])
+@pytest.mark.parametrize("case", SPLIT_CASES, ids=[conv_id(c) for c in SPLIT_CASES])
+def test_split_k_on_gpu_matches_reference_and_repeats_bit_for_bit(rng, case, precision):
+    """The launcher splits these by the device's SM count; the sum order is fixed."""
+    import cupy
+
+    from r2n.gpu import _runtime
+    from r2n.gpu import conv as gconv
+    from r2n.gpu import conv_tensor_core as tc
+
+    x, weight, bias, args = conv_inputs(rng, case, np.float32)
+    sms = _runtime.executor().sm_count
+    kernel = "gemm_1x1" if gconv.is_gemm_1x1(*case[5:8]) else "4_pipelined"
+    pixel, channel = -(-case[2] * case[3] // 64), -(-case[4] // 64)
+    assert gconv.split_k_for(pixel * channel, case[1] * case[5][0] * case[5][1], sms) > 1, kernel
+    dev = [cupy.asarray(a) for a in (x, weight, bias)]
+    out = r2n.conv2d(*dev, stride=args["stride"], padding=args["padding"], precision=precision)
+    again = r2n.conv2d(*dev, stride=args["stride"], padding=args["padding"], precision=precision)
+    expected = ref.conv2d(x.astype(np.float64), weight.astype(np.float64),
+                          bias.astype(np.float64), **args)  # fmt: skip
+    err = float(np.linalg.norm(cupy.asnumpy(out) - expected) / np.linalg.norm(expected))
+    assert err <= (1e-5 if precision == "fp32" else tc.tolerance(precision)), err
+    assert cupy.array_equal(out, again)

@@ -270,3 +270,17 @@ def test_replays_from_four_threads_on_their_own_streams(rng):
     for t in threads:
         t.join()
     assert not errors, errors[:3]
+
+
+@needs_gpu
+def test_graph_true_model_replays_per_shape_and_matches_eager(rng):
+    import cupy
+
+    small = {"layers": (1, 1, 1, 1)}
+    model = r2n.models.create("res2net50_26w_4s", _params=small, graph=True)
+    eager = r2n.models.create("res2net50_26w_4s", _params=small)
+    for shape in ((1, 3, 45, 37), (2, 3, 32, 32), (1, 3, 45, 37)):
+        x = cupy.asarray(rng.standard_normal(shape).astype(np.float32))
+        out = model(x)
+        assert rel_err(cupy.asnumpy(out), cupy.asnumpy(eager(x))) <= 1e-6
+    assert model.graphs().captures == 2 and len(model.graphs()) == 2

@@ -109,8 +109,10 @@ def _launches_of(step_name, args):
     """The launches a chain step makes: per conv, 1_unfused runs the conv and a
     ReLU, the fused steps the conv alone; the pooled last chunk ("stage", scale
     > 1) is its own launch except in 3_fused, where the first conv's extra blocks
-    write it."""
+    write it, and where a "stage" chain's independent convs are one launch."""
     nums = max(args["scale"] - 1, 1)
+    if step_name == "3_fused" and args["stype"] == "stage":
+        return 1
     per_conv = 2 if step_name == "1_unfused" else 1
     pooled = args["stype"] == "stage" and args["scale"] > 1 and step_name != "3_fused"
     return nums * per_conv + pooled

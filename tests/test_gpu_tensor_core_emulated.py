@@ -141,7 +141,12 @@ def test_tensor_core_conv_matches_reference(ex, rng, case, precision):
     ex.launches.clear()
     out = gconv.conv2d(x, weight, bias, executor=ex, precision=precision, **args)
     c_out_g = case[4] // case[9]
-    assert ex.launches == [(tc.FILE, tc.name(precision, tc.tile_for(c_out_g)))]
+    if gconv.is_gemm_1x1(*case[5:8]):  # the plane GEMM on tensor cores
+        tile = tc.tile_for(c_out_g)
+        kernel = (gconv.TC_GEMM_FILE, gconv._tc_gemm_name(precision, tile, gconv.LOAD_PLANE))
+    else:
+        kernel = (tc.FILE, tc.name(precision, tc.tile_for(c_out_g)))
+    assert ex.launches == [kernel]
     assert out.dtype == np.float32 and out.shape == args["out_shape"]
     check_conv(out, x, weight, bias, args, precision)
 
@@ -264,7 +269,8 @@ def test_tensor_core_chain_matches_reference(ex, rng, case, precision):
     ex.launches.clear()
     out = gres.res2net_chain(x, weights, biases, executor=ex, precision=precision, **args)
     nums = max(args["scale"] - 1, 1)
-    assert [f for f, _ in ex.launches] == [tc.FILE] * nums  # one launch per conv
+    # one launch per conv; a "stage" chain's (independent) convs in one
+    assert [f for f, _ in ex.launches] == [tc.FILE] * (nums if args["stype"] == "normal" else 1)
     # a "normal" chain's convs depend on each other: errors add up along the chain
     layers = nums if args["stype"] == "normal" else 1
     assert rel_err(out, expected) <= tc.tolerance(precision, layers)
@@ -288,7 +294,7 @@ BLOCK_CASES = [
     (36, 36, 9, 4, "normal", 1, 1, "identity"),
     (20, 40, 10, 2, "stage", 1, 1, "conv"),
     (20, 40, 27, 4, "stage", 2, 3, "conv"),
-    (20, 40, 9, 4, "stage", 2, 1, "pool"),  # the "d" shortcut stays float32
+    (20, 40, 9, 4, "stage", 2, 1, "pool"),  # the "d" shortcut, pooled on load
 ]
 
 
@@ -326,8 +332,12 @@ def test_tensor_core_bottle2neck_matches_reference(ex, rng, case, precision):
     expected = ref.bottle2neck(_f64(x), params.map(_f64), **args)
     ex.launches.clear()
     out = gres.bottle2neck(x, params, executor=ex, precision=precision, **args)
-    fp32_files = [f for f, _ in ex.launches if f != tc.FILE]
-    assert fp32_files == (["gemm_1x1.cu"] if kind == "pool" else [])  # the pooled shortcut
+    # every conv on tensor cores: the chain on step 5, conv1 and conv3 (+ the
+    # shortcut, pooled or strided, as more K rows) on the plane GEMM
+    chain_launches = 1 if stype == "stage" else max(scale - 1, 1)
+    assert [f for f, _ in ex.launches] == [gconv.TC_GEMM_FILE] + [tc.FILE] * chain_launches + [
+        gconv.TC_GEMM_FILE
+    ]
     assert rel_err(out, expected) <= tc.tolerance(precision, bottleneck_layers(scale, stype))
 
 
@@ -356,6 +366,16 @@ def cupy_like(monkeypatch):
                 "may_share_memory": staticmethod(
                     lambda a, b: np.may_share_memory(
                         getattr(a, "array", a), getattr(b, "array", b)
+                    )
+                ),
+                "concatenate": staticmethod(
+                    lambda arrays, axis=0: EmulatedCupyArray(
+                        np.concatenate([getattr(a, "array", a) for a in arrays], axis=axis)
+                    )
+                ),
+                "add": staticmethod(
+                    lambda a, b: EmulatedCupyArray(
+                        np.add(getattr(a, "array", a), getattr(b, "array", b))
                     )
                 ),
                 "asarray": staticmethod(
@@ -400,7 +420,7 @@ def test_public_ops_take_precision_on_gpu_arrays(cupy_like, rng, precision):
     expected = ref.bottle2neck(_f64(x), params.map(_f64), **args)
     launches = len(ex.launches)
     out = r2n.bottle2neck(wrap(x), params.map(wrap), scale=4, precision=precision)
-    assert {f for f, _ in ex.launches[launches:]} == {tc.FILE}
+    assert {f for f, _ in ex.launches[launches:]} == {tc.FILE, gconv.TC_GEMM_FILE}
     assert rel_err(out.array, expected) <= tc.tolerance(precision, bottleneck_layers(4, "normal"))
 
 
@@ -476,7 +496,9 @@ def test_scaled_down_model_on_tensor_cores(cupy_like, rng):
     x = rng.standard_normal((1, 3, 32, 32)).astype(np.float32)
     ex.launches.clear()
     logits = model(wrap(x))
-    assert sum(f == tc.FILE for f, _ in ex.launches) == 1 + 4 * 6  # stem, 4 x (3 + chain 3)
+    # the stem, and per block conv1, one "stage" chain launch, conv3 + shortcut
+    assert sum(f == tc.FILE for f, _ in ex.launches) == 1 + 4
+    assert sum(f == gconv.TC_GEMM_FILE for f, _ in ex.launches) == 4 * 2
     with pytest.raises(ValueError, match="gpu backend"):
         model(x)  # NumPy images: no tensor cores there
     # the network's longest path: the stem and 4 blocks of conv1, 3 chain convs, conv3

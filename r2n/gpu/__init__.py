@@ -15,12 +15,15 @@ module             ops
                    squeeze_excite
 ``conv``           conv2d: a ladder of 5 steps, one kernel file each
                    (kernels/conv_<step>.cu; ``conv_tensor_core``: step 5,
-                   tf32 / bf16 on tensor cores), and the 1x1 GEMMs of the
-                   fused launchers (kernels/gemm_1x1.cu)
+                   tf32 / bf16 on tensor cores), and the GEMMs of the
+                   fused launchers (kernels/gemm_1x1.cu; conv_gemm*.cu:
+                   split-K, 1x1 on tensor cores, conv3 + shortcut)
 ``res2net``        res2net_chain (a 3-step ladder: unfused to fused),
                    bottle2neck, fused
 ``prepared``       the PREPARE factories: prepared conv2d and bottle2neck
-``graph``          :func:`capture`: a whole forward recorded as one CUDA graph
+``graph``          :func:`capture`: a whole forward recorded as one CUDA graph;
+                   :class:`GraphCache`: one per input shape, on first call
+                   (``r2n.models.create(..., graph=True)``)
 =================  ==========================================================
 
 :data:`LADDERS` lists every numbered step of conv2d, res2net_chain,
@@ -41,7 +44,11 @@ import importlib.util
 from .._checks import array_kind
 from . import conv, elementwise, layers, pool, prepared, res2net
 from .graph import CapturedCall as CapturedCall
+from .graph import GraphCache as GraphCache
 from .graph import capture as capture
+
+#: The factory r2n._backends.graphed uses: a prepared forward -> its graph cache.
+GRAPHS = GraphCache
 
 
 def _on_input_device(impl):

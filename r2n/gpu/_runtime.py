@@ -274,6 +274,15 @@ class CupyExecutor:
             self._max_shared = limit
         return limit
 
+    @property
+    def sm_count(self) -> int:
+        """The device's streaming multiprocessors (r2n.gpu.conv.split_k_for), read once."""
+        count = getattr(self, "_sm_count", None)
+        if count is None:
+            attributes = getattr(self.xp.cuda.Device(self.device_id), "attributes", {})
+            count = self._sm_count = int(attributes.get("MultiProcessorCount", 0)) or None
+        return count
+
     def module(self, file: str):
         """The compiled RawModule of ``file`` for this executor's device."""
         with self._lock:

@@ -42,11 +42,24 @@ convs with fewer than 8 output channels per group (depthwise) to
 ``1_naive``, because a GEMM tile would leave >= 3/4 of its rows empty;
 everything else to ``4_pipelined``. With ``precision="tf32"`` or ``"bf16"``
 (the caller's choice, never the default) every conv with at least 8 output
-channels per group goes to ``5_tensor_core`` (1x1 convs too, through its
-im2col loads); depthwise convs stay on ``1_naive`` in float32, which is
-within the requested precision's bounds. These rules follow from tile
-utilisation; the first timings on a GPU (an H100) are in
-benchmarks/results/NOTES-gpu.md.
+channels per group runs on tensor cores: the 1x1 / stride-1 / padding-0 ones
+as ``gemm_1x1`` on the tensor-core plane GEMM (kernels/conv_gemm_tensor_core.cu,
+no im2col arithmetic), the others on ``5_tensor_core``; depthwise convs stay
+on ``1_naive`` in float32, which is within the requested precision's bounds.
+These rules follow from tile utilisation; the first timings on a GPU (an
+H100) are in benchmarks/results/NOTES-gpu.md.
+
+Beyond the ladder, :func:`launch_conv` runs the GEMMs of kernels/conv_gemm.cu
+(and conv_gemm_tensor_core.cu on tensor cores), step 4's / step 5's bodies
+with two more ideas, when a launch needs them:
+
+* split-K: a grid of few blocks (batch 1 at 14x14 and 7x7) splits each
+  output tile's K rows over ``k_splits`` blocks (:func:`split_k_for`, a
+  deterministic rule from the grid, K and the GPU's SM count), and a second
+  launch adds the partial sums in split order and applies the epilogue;
+* a shortcut as more K rows: a bottleneck's conv3 and its shortcut conv
+  (strided, or the "d" form pooled on load) as one GEMM over
+  ``[W3 | W_shortcut]`` (r2n.gpu.res2net).
 """
 
 from __future__ import annotations
@@ -127,6 +140,127 @@ for _variant_name, (_file, _kernel) in KERNELS.items():
         ],
     )
 
+# The fused launchers' GEMMs beyond the ladder (kernels/conv_gemm.cu and, on
+# tensor cores, conv_gemm_tensor_core.cu): split-K, the 1x1 convs on tensor
+# cores and the K-concatenated conv3 + shortcut, by what the GEMM's right
+# matrix is (the kernels' LOAD). launch_conv runs them instead of the ladder's
+# kernel when a launch splits K, has a shortcut, or is a 1x1 GEMM in tf32 /
+# bf16; the ladder's files stay one idea each.
+#: conv_gemm.cu: the float32 / float64 GEMMs and the split-K reduction.
+GEMM_FILE = "conv_gemm.cu"
+#: conv_gemm_tensor_core.cu: the same on tensor cores (float32 data).
+TC_GEMM_FILE = "conv_gemm_tensor_core.cu"
+LOAD_IM2COL, LOAD_PLANE, LOAD_PLANE_SHORTCUT = 0, 1, 3  # conv_common.cuh's R2N_LOAD_*
+
+
+def _gemm_tiles(load: int, ctype: str) -> tuple:
+    """The tiles conv_gemm.cu's kernel is instantiated with for ``load``: the
+    im2col step's two (float64: the wide one); the 1x1 GEMMs split only when
+    blocks are few, so the 64 x 64 tile, and the shortcut GEMM (also unsplit
+    at large batch) the large tile too."""
+    if load == LOAD_IM2COL:  # the double narrow tile spills 4 bytes on sm_80 here
+        return (_TILE_WIDE, _TILE_NARROW) if ctype == "float" else (_TILE_WIDE,)
+    if load == LOAD_PLANE:
+        return (_TILE_WIDE,)
+    return (_TILE_WIDE, _TILE_LARGE[ctype])
+
+
+def _gemm_name(ctype: str, tile, load: int) -> str:
+    return f"conv2d_pipelined_gemm<{ctype}, {', '.join(map(str, tile))}, {load}>"
+
+
+def _tc_gemm_tiles(load: int) -> tuple:
+    """The tensor-core GEMM's tiles for ``load``: both of step 5's, but the
+    shortcut GEMM (conv3: C_out >= 64 in every Res2Net) only the wide one."""
+    return (_tc.TILE_WIDE,) if load == LOAD_PLANE_SHORTCUT else _tc.TILES
+
+
+def _tc_gemm_name(precision: str, tile, load: int) -> str:
+    fmt = _tc.FORMATS[precision]
+    return f"conv2d_tensor_core_gemm<float, {fmt}, {', '.join(map(str, tile))}, {load}>"
+
+
+def _reduce_name(ctype: str) -> str:
+    return f"conv2d_split_k_reduce<{ctype}>"
+
+
+_runtime.register(
+    GEMM_FILE,
+    [
+        _gemm_name(ctype, tile, load)
+        for ctype in ("float", "double")
+        for load in (LOAD_IM2COL, LOAD_PLANE, LOAD_PLANE_SHORTCUT)
+        for tile in _gemm_tiles(load, ctype)
+    ]
+    + [_reduce_name(ctype) for ctype in ("float", "double")],
+)
+_runtime.register(
+    TC_GEMM_FILE,
+    [
+        _tc_gemm_name(precision, tile, load)
+        for precision in _tc.PRECISIONS
+        for load in (LOAD_IM2COL, LOAD_PLANE, LOAD_PLANE_SHORTCUT)
+        for tile in _tc_gemm_tiles(load)
+    ],
+)
+
+# Split-K (kernels/conv_gemm.cu): when a conv's grid has few blocks for the
+# GPU (batch 1 at 14x14 and 7x7: 4-32 blocks on an H100's or H200's 132 SMs,
+# each looping over K = C_in * 9 = 936-1872 rows), split_k_for splits its K
+# rows over k_splits blocks per output tile; a second launch adds the splits
+# (in order: deterministic) and applies the epilogue. The constants are
+# PREDICTIONS, not measurements (no GPU has run split-K yet;
+# benchmarks/results/NOTES-gpu.md says what to measure):
+#: Blocks per SM a split grid aims at: the 4 x 4 and tensor-core tiles keep 2
+#: or more blocks per SM resident (launch bounds), so 2 per SM is one full
+#: wave in which each block's loads overlap another's multiplies.
+SPLIT_K_BLOCKS_PER_SM = 2
+#: The fewest K rows a split gets: a block's fixed costs (its first slice's
+#: load latency, the partial store, a share of the reduction) should stay
+#: below its loop, which is 4 slices of the float32 kernels (BK = 16) or 2 of
+#: the tensor-core ones (BK = 32) at 64 rows.
+SPLIT_K_MIN_ROWS = 64
+#: The most splits: the reduction reads k_splits partial sums per output.
+SPLIT_K_MAX = 16
+#: The fewest K rows a conv must have to split at all: its unsplit loop is
+#: then >= 32 slices of 16, ~45 us at the ~1.4 us per slice measured on the
+#: H100 (NOTES-gpu.md, v3); a shorter loop saves less than the reduction's
+#: launch costs the host at batch 1 without a graph (~20-50 us, v2).
+SPLIT_K_MIN_K = 512
+#: The variants that split (the ladder's other steps stay one idea each).
+SPLIT_K_VARIANTS = ("4_pipelined", "5_tensor_core", GEMM_1X1)
+
+
+def split_k_for(blocks: int, k_rows: int, sm_count, rule: tuple | None = None) -> int:
+    """How many blocks split each output tile's K rows (1: no split).
+
+    The deterministic rule of the launcher, from (grid blocks without split,
+    K rows of the GEMM, SMs of the GPU): aim at ``SPLIT_K_BLOCKS_PER_SM`` x
+    SMs blocks in all (``floor(target / blocks)``, so a grid that already has
+    more than half a wave is left alone), give every split at least
+    ``SPLIT_K_MIN_ROWS`` rows, split at most ``SPLIT_K_MAX`` times, and only
+    convs of at least ``SPLIT_K_MIN_K`` rows. An executor that does not know
+    its SM count (the CPU emulator) never splits unless a test forces
+    ``k_splits``. On an H100 / H200 (132 SMs), batch 1: 3x3 104->104 at
+    14x14 (8 blocks of 64 x 64, K = 936) -> 14 splits; 3x3 208->208 at 7x7
+    (4 blocks, K = 1872) -> 16; conv1 1024->416 at 14x14 (28 blocks, K =
+    1024) -> 9; the 3x3 26->26 and 52->52 convs (K = 234, 468) -> 1; at batch
+    32, 3x3 208->208 at 7x7 (128 blocks) -> 2; every 56x56 and 28x28 conv of
+    batch 32 -> 1. (The launcher then runs ceil(slices / ceil(slices /
+    splits)) splits, so that none is empty.) ``rule``: the four constants
+    (per SM, min rows, max, min K) as :func:`_split_rule` reads them (default:
+    the module's, which tests and benchmarks may change; plans are keyed on
+    them).
+    """
+    per_sm, min_rows, max_splits, min_k = _split_rule() if rule is None else rule
+    if not sm_count or blocks <= 0 or k_rows < min_k:
+        return 1
+    return max(1, min(per_sm * int(sm_count) // blocks, k_rows // min_rows, max_splits))
+
+
+def _split_rule() -> tuple:
+    return (SPLIT_K_BLOCKS_PER_SM, SPLIT_K_MIN_ROWS, SPLIT_K_MAX, SPLIT_K_MIN_K)
+
 
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
@@ -139,14 +273,37 @@ def is_gemm_1x1(kernel_hw, stride, padding) -> bool:
 
 def pick_variant(kernel_hw, stride, padding, c_out_g: int, precision: str = "fp32") -> str:
     """The kernel :func:`conv2d` runs for a conv of this shape and precision:
-    the fastest applicable step of the ladder, or ``gemm_1x1`` (module docstring)."""
-    if precision != "fp32" and c_out_g >= 8:
-        return "5_tensor_core"
+    the fastest applicable step of the ladder, or ``gemm_1x1`` (module docstring).
+    :func:`computes_in` says in which precision."""
     if is_gemm_1x1(kernel_hw, stride, padding):
         return GEMM_1X1
+    if precision != "fp32" and c_out_g >= 8:
+        return "5_tensor_core"
     if c_out_g < 8:
         return "1_naive"
     return "4_pipelined"
+
+
+def computes_in(variant: str, precision: str, c_out_g: int) -> str:
+    """The precision :func:`pick_variant`'s ``variant`` runs a conv in when the
+    caller asked for ``precision``: tf32 / bf16 on the tensor-core kernels
+    (step 5, the tensor-core 1x1 GEMM) for groups of at least 8 output
+    channels, else float32 (depthwise-like convs: within the requested
+    precision's bounds anyway)."""
+    if precision != "fp32" and c_out_g >= 8 and precision in VARIANT_PRECISIONS[variant]:
+        return precision
+    return "fp32"
+
+
+class _Shortcut(NamedTuple):
+    """A bottleneck's shortcut as more K rows of conv3's GEMM (launch_conv's
+    ``shortcut``): ``x`` (N, C_sc, H_sc, W_sc), every channel of it, sampled at
+    ``stride`` (a strided 1x1 conv) or, with ``pool``, averaged over the
+    stride x stride window there (the "d" shortcut)."""
+
+    x: object
+    stride: tuple
+    pool: bool
 
 
 def launch_conv(
@@ -172,6 +329,8 @@ def launch_conv(
     side_c0: int = 0,
     side_c: int = 0,
     precision: str = "fp32",
+    k_splits: int | None = None,
+    shortcut: _Shortcut | None = None,
     op: str = "conv2d",
 ) -> None:
     """Launch one conv kernel writing ``out[:, out_c0 : out_c0 + C_out]``.
@@ -197,7 +356,18 @@ def launch_conv(
         pad-1 average-pooled (SIDE_AVG_POOL_3X3) into the same channels of out,
         by extra blocks of this launch.
     precision : "fp32" (every kernel but 5_tensor_core), or "tf32" / "bf16"
-        (5_tensor_core only)
+        (5_tensor_core, and gemm_1x1 on tensor cores: conv_gemm_tensor_core.cu)
+    k_splits : None (:func:`split_k_for` from the grid, K and the executor's
+        ``sm_count``; an executor without one, the CPU emulator, never splits)
+        or the number of splits to run (tests), at most one per K slice;
+        variants :data:`SPLIT_K_VARIANTS` only. Split launches write float32
+        (float64) partial sums into a scratch array of k_splits x N x C_out x
+        H_out*W_out and a second launch adds them in split order
+        (deterministic) and applies the epilogue.
+    shortcut : None, or ``(x_sc, stride, pool)`` (variant gemm_1x1, groups 1):
+        the bottleneck's shortcut conv as more rows of this GEMM; ``weight``
+        is then (C_out, C_in + C_sc, 1, 1), conv3's columns then the
+        shortcut's, and ``bias`` their sum (conv_gemm.cu)
 
     Every slice and shape is checked here, before the launch, so that no
     combination of arguments can make a kernel index outside its arrays.
@@ -205,6 +375,9 @@ def launch_conv(
     dtype = np.dtype(x.dtype)
     arrays = {"x": x, "weight": weight, "out": out, "bias": bias, "add": add}
     arrays["residual"] = residual
+    if shortcut is not None:
+        shortcut = _Shortcut(*shortcut)
+        arrays["shortcut x"] = shortcut.x
     for name, a in arrays.items():
         if a is not None and (np.dtype(a.dtype) != dtype or not a.flags.c_contiguous):
             layout = "C-contiguous" if a.flags.c_contiguous else "non-contiguous"
@@ -235,6 +408,9 @@ def launch_conv(
         precision,
         op,
         _tunables(),
+        k_splits,
+        getattr(ex, "sm_count", None),
+        None if shortcut is None else (shortcut.x.shape, tuple(shortcut.stride), shortcut.pool),
     )
     plan = _PLANS.get(key)
     if plan is None:
@@ -243,7 +419,7 @@ def launch_conv(
             _PLANS[key] = plan
     if plan is _EMPTY:
         return
-    file, name, grid, block, shared_mem, _, channels, sizes = plan
+    file, name, grid, block, shared_mem, _, channels, sizes, more, reduce = plan
     x_c_total, x_c0, add_c_total, add_c0, out_c_total, out_c0 = channels
     # An absent optional array is passed as any valid pointer of its type: never
     # read, the flags say so.
@@ -261,7 +437,22 @@ def launch_conv(
         out_c_total,
         out_c0,
     ) + sizes
-    ex.launch(file, name, grid, block, args, shared_mem=shared_mem)
+    if more is None:  # a step of the ladder
+        ex.launch(file, name, grid, block, args, shared_mem=shared_mem)
+        return
+    # conv_gemm*.cu: R2N_CONV_MORE_PARAMS after the ladder's parameters
+    partial = out if reduce is None else ex.empty(reduce.partial_shape, reduce.partial_dtype)
+    sc_x = x if shortcut is None else shortcut.x
+    ex.launch(file, name, grid, block, args + (partial, more[0], sc_x) + more[1:], shared_mem)
+    if reduce is not None:
+        reduce_args = (
+            partial,
+            more[0],
+            weight if bias is None else bias,
+            out if residual is None else residual,
+            out,
+        ) + reduce.scalars
+        ex.launch(GEMM_FILE, reduce.name, reduce.grid, reduce.block, reduce_args)
 
 
 class ConvScalars(NamedTuple):
@@ -310,6 +501,17 @@ class ConvScalars(NamedTuple):
 _SIZES_START = ConvScalars._fields.index("n_img")
 
 
+class SplitReduce(NamedTuple):
+    """Split-K's second launch (conv_gemm.cu's conv2d_split_k_reduce)."""
+
+    name: str
+    grid: tuple
+    block: tuple
+    partial_shape: tuple  # (k_splits, N, C_out, H_out * W_out)
+    partial_dtype: np.dtype  # float32 for tf32 / bf16, else the data's
+    scalars: tuple  # out_c_total, out_c0, n_img, c_out, plane_out, flags, activation, slope
+
+
 class ConvPlan(NamedTuple):
     """One launch_conv call's launch, computed once per shapes and options."""
 
@@ -321,6 +523,11 @@ class ConvPlan(NamedTuple):
     scalars: ConvScalars
     channels: tuple  # scalars[:_SIZES_START], built once
     sizes: tuple  # scalars[_SIZES_START:], built once
+    # conv_gemm*.cu only (None for the ladder's kernels): R2N_CONV_MORE_PARAMS'
+    # scalars (k_splits, then sc_c_total .. sc_pool; the arrays partial and
+    # sc_x are passed at launch), and split-K's reduction (None: no split)
+    more: tuple | None = None
+    reduce: SplitReduce | None = None
 
 
 #: Launch plans of launch_conv by the shapes and options of a call (every check
@@ -344,6 +551,7 @@ def _tunables() -> tuple:
         _LARGE_TILE_MIN_BLOCKS,
         _runtime.MAX_BLOCKS_1D,
         _runtime.MAX_GRID_DIM,
+        _split_rule(),
     )
 
 
@@ -371,16 +579,34 @@ def _plan(
     precision,
     op,
     tunables,
+    k_splits,
+    sm_count,
+    shortcut,
 ):
     """Check one launch_conv call's shapes and options and compute its launch
     (a :class:`ConvPlan`), or _EMPTY when there is nothing to compute."""
-    large_tile_min_blocks, max_blocks_1d, max_grid_dim = tunables
+    large_tile_min_blocks, max_blocks_1d, max_grid_dim, split_rule = tunables
     ctype = _runtime.dtype_name(dtype)
     n_img, x_c_total, h, w = x_shape
     c_out, c_in_g, kh, kw = weight_shape
+    sc_c = 0
+    if shortcut is not None:
+        (sc_n, sc_c, sc_h, sc_w), sc_stride, sc_pool = shortcut
+        if variant != GEMM_1X1 or groups != 1 or add_shape is not None or side_mode != SIDE_NONE:
+            raise ValueError(
+                f"r2n.{op}: a shortcut joins variant gemm_1x1 with groups 1, no add and no "
+                f"side job; got variant {variant!r}, groups {groups}"
+            )
+        if sc_n != n_img or not 0 < sc_c < c_in_g:
+            raise ValueError(
+                f"r2n.{op}: the shortcut's input ({sc_n}, {sc_c}, ...) must have x's batch "
+                f"{n_img} and fewer channels than the weight's {c_in_g} columns"
+            )
+        c_in_g -= sc_c  # the main conv's columns; the shortcut's follow
     c_in = c_in_g * groups
     _, out_c_total, h_out, w_out = out_shape
-    if variant == "5_tensor_core":
+    tensor_cores = variant == "5_tensor_core" or (variant == GEMM_1X1 and precision != "fp32")
+    if tensor_cores:
         if precision not in _tc.PRECISIONS:
             raise ValueError(
                 f"r2n.{op}: variant 5_tensor_core computes in {' or '.join(_tc.PRECISIONS)}; "
@@ -394,7 +620,16 @@ def _plan(
     elif precision != "fp32":
         raise ValueError(
             f"r2n.{op}: variant {variant} computes in fp32, got precision={precision!r} "
-            "(tf32 and bf16 run on variant 5_tensor_core)"
+            "(tf32 and bf16 run on variants 5_tensor_core and gemm_1x1)"
+        )
+    if k_splits is not None and (
+        not isinstance(k_splits, (int, np.integer)) or isinstance(k_splits, bool) or k_splits < 1
+    ):
+        raise ValueError(f"r2n.{op}: k_splits must be None or an int >= 1, got {k_splits!r}")
+    if k_splits not in (None, 1) and variant not in SPLIT_K_VARIANTS:
+        raise ValueError(
+            f"r2n.{op}: variant {variant} does not split K (k_splits={k_splits}); "
+            f"variants {list(SPLIT_K_VARIANTS)} do"
         )
     if groups < 1 or c_out % groups:
         raise ValueError(f"r2n.{op}: groups={groups} must divide C_out={c_out}")
@@ -444,6 +679,18 @@ def _plan(
         )
     if expect != (h_out, w_out):
         raise ValueError(f"r2n.{op}: out has H_out, W_out = {(h_out, w_out)}, expected {expect}")
+    if shortcut is not None:
+        # the shortcut's output size: a 1x1 stride-s conv, or a ceil-mode s x s pool
+        sc_expect = tuple(
+            _checks.pool_output_size(op, a, s_, k, k, 0, True)
+            if sc_pool
+            else _checks.conv_output_size(op, a, s_, 1, k, 0, 1)
+            for a, s_, k in (("H", sc_h, sc_stride[0]), ("W", sc_w, sc_stride[1]))
+        )
+        if sc_expect != (h_out, w_out):
+            raise ValueError(
+                f"r2n.{op}: the shortcut makes H_out, W_out = {sc_expect}, conv3 {(h_out, w_out)}"
+            )
     if side_mode != SIDE_NONE:
         same_size = (h_out, w_out) == (h, w)
         if not (0 <= side_c0 and side_c0 + side_c <= min(x_c_total, out_c_total) and side_c > 0):
@@ -483,10 +730,17 @@ def _plan(
         ("W + stride", w + stride[1]),
     ):
         i32(op, what, value)
+    if shortcut is not None:
+        for what, value in (
+            ("the shortcut's H * W", sc_h * sc_w),
+            ("the shortcut's H + stride", sc_h + sc_stride[0]),
+            ("the shortcut's W + stride", sc_w + sc_stride[1]),
+        ):
+            i32(op, what, value)
     plane_out = h_out * w_out
     side_total = n_img * side_c * plane_out if side_mode != SIDE_NONE else 0
 
-    if variant == "5_tensor_core":
+    if tensor_cores:
         file, kernel = _tc.FILE, None
     elif variant in KERNELS:
         file, kernel = KERNELS[variant]
@@ -495,6 +749,7 @@ def _plan(
             f"r2n.{op}: unknown variant {variant!r}; expected one of "
             f"{[*VARIANT_PRECISIONS, AVG_POOL_GEMM_1X1]}"
         )
+    gemm_load = None  # a conv_gemm*.cu kernel's LOAD, or None: the ladder's kernel
     if variant == "1_naive":
         block = NAIVE_THREADS
         conv_blocks = min(_cdiv(n_img * c_out * plane_out, block), max_blocks_1d)
@@ -504,8 +759,8 @@ def _plan(
         shared = 0
     else:
         c_out_g = c_out // groups
-        if variant == "5_tensor_core":
-            tile = _tc.tile_for(c_out_g)
+        if tensor_cores:
+            tile = _tc.TILE_WIDE if shortcut is not None else _tc.tile_for(c_out_g)
         elif variant == GEMM_1X1:
             large = _TILE_LARGE[ctype]
             n_large = _cdiv(plane_out, large[1]) * _cdiv(c_out_g, large[0]) * n_img * groups
@@ -517,7 +772,7 @@ def _plan(
         else:
             tile = _TILE_NARROW if c_out_g <= 32 else _TILE_WIDE
         bm, bn, bk = tile[:3]
-        if variant == "5_tensor_core":
+        if tensor_cores:
             threads = _tc.threads(tile)
         elif variant == "2_smem_tiles":
             threads = bm * bn
@@ -525,16 +780,42 @@ def _plan(
             threads = (bm // tile[3]) * (bn // tile[4])
         pixel_tiles = _cdiv(plane_out, bn)
         channel_tiles = _cdiv(c_out_g, bm)
-        if channel_tiles > max_grid_dim[1]:
-            raise ValueError(f"r2n.{op}: {c_out_g} output channels per group is too many")
         images_groups = min(n_img * groups, max_grid_dim[2])
-        per_side_block = threads * channel_tiles * images_groups
+        k_rows = c_in_g * kh * kw + sc_c
+        if variant not in SPLIT_K_VARIANTS:
+            k_splits = 1
+        elif k_splits is None:
+            blocks = pixel_tiles * channel_tiles * images_groups
+            k_splits = split_k_for(blocks, k_rows, sm_count, split_rule)
+        if k_splits > 1 or shortcut is not None or tensor_cores and variant == GEMM_1X1:
+            if shortcut is not None:
+                gemm_load = LOAD_PLANE_SHORTCUT
+            else:
+                gemm_load = LOAD_IM2COL if variant != GEMM_1X1 else LOAD_PLANE
+            if not tensor_cores and tile not in _gemm_tiles(gemm_load, ctype):
+                # conv_gemm.cu has the 64 x 64 tile for every LOAD (split_k_for
+                # never splits a grid of large tiles: >= 264 blocks)
+                tile, threads = _TILE_WIDE, (_TILE_WIDE[0] // 4) * (_TILE_WIDE[1] // 4)
+                bm, bn, bk = tile[:3]
+                pixel_tiles, channel_tiles = _cdiv(plane_out, bn), _cdiv(c_out_g, bm)
+        # at most one split per K slice, and none empty: ceil(slices / per)
+        # splits of ``per`` consecutive slices (conv_split_k_range)
+        n_slices = _cdiv(k_rows, bk)
+        k_splits = _cdiv(n_slices, _cdiv(n_slices, min(int(k_splits), n_slices)))
+        if channel_tiles * k_splits > max_grid_dim[1]:
+            raise ValueError(
+                f"r2n.{op}: {c_out_g} output channels per group in {k_splits} K splits is too many"
+            )
+        per_side_block = threads * channel_tiles * k_splits * images_groups
         side_blocks = min(_cdiv(side_total, per_side_block), max_blocks_1d)
-        grid = (pixel_tiles + side_blocks, channel_tiles, images_groups)
+        grid = (pixel_tiles + side_blocks, channel_tiles * k_splits, images_groups)
         block = threads
-        if variant == "5_tensor_core":
-            name = _tc.name(precision, tile)
+        if tensor_cores:
             shared = _tc.shared_bytes(precision, tile)
+            if gemm_load is None:
+                name = _tc.name(precision, tile)
+            else:
+                file, name = TC_GEMM_FILE, _tc_gemm_name(precision, tile, gemm_load)
         else:
             name = _name(kernel, ctype, tile)
             # the two tiles (weight rows padded by one), then 3 * BK ints of
@@ -542,6 +823,10 @@ def _plan(
             # the next slice's being written)
             tables = 1 if variant in ("2_smem_tiles", "3_register_tiles") else 2
             shared = (bk * (bm + 1) + bk * bn) * np.dtype(dtype).itemsize + tables * 3 * bk * 4
+            if gemm_load is not None:
+                file, name = GEMM_FILE, _gemm_name(ctype, tile, gemm_load)
+        if gemm_load is not None and name not in _runtime.names_of(file):
+            raise AssertionError(f"r2n.{op}: {name} is not instantiated in {file}")
 
     flags = 0
     if bias_shape is not None:
@@ -583,6 +868,42 @@ def _plan(
         side_c=i32(op, "side channels", side_c),
         side_blocks=i32(op, "side blocks", side_blocks),
     )
+    more = reduce = None
+    if gemm_load is not None:
+        sc_h, sc_w, sc_sh, sc_sw, sc_pool_code = (1, 1, 1, 1, 0)
+        if shortcut is not None:
+            sc_h, sc_w = shortcut[0][2:]
+            (sc_sh, sc_sw), sc_pool_code = shortcut[1], int(shortcut[2])
+        more = (
+            np.int32(k_splits),
+            i64(sc_c if shortcut is not None else 0),
+            np.int32(sc_c),
+            i32(op, "the shortcut's H", sc_h),
+            i32(op, "the shortcut's W", sc_w),
+            i32(op, "the shortcut's stride", sc_sh),
+            i32(op, "the shortcut's stride", sc_sw),
+            np.int32(sc_pool_code),
+        )
+        if k_splits > 1:
+            partial_dtype = np.dtype(np.float32) if tensor_cores else np.dtype(dtype)
+            reduce_threads = _runtime.THREADS_1D
+            reduce = SplitReduce(
+                _reduce_name(_runtime.dtype_name(partial_dtype)),
+                (min(_cdiv(n_img * c_out * plane_out, reduce_threads), max_blocks_1d),),
+                (reduce_threads,),
+                (k_splits, n_img, c_out, plane_out),
+                partial_dtype,
+                (
+                    i64(out_c_total),
+                    i64(out_c0),
+                    scalars.n_img,
+                    scalars.c_out,
+                    i64(plane_out),
+                    np.int32(flags & ~_FLAG_ADD),
+                    scalars.activation,
+                    scalars.negative_slope,
+                ),
+            )
     return ConvPlan(
         file,
         name,
@@ -592,6 +913,8 @@ def _plan(
         scalars,
         channels=scalars[:_SIZES_START],
         sizes=scalars[_SIZES_START:],
+        more=more,
+        reduce=reduce,
     )
 
 
@@ -645,8 +968,8 @@ def conv2d_fused(
     if variant is None:
         c_out_g = weight.shape[0] // groups
         variant = pick_variant(weight.shape[2:], stride, padding, c_out_g, precision)
-        if precision not in VARIANT_PRECISIONS[variant]:
-            precision = "fp32"  # a conv tensor cores do not speed up (pick_variant)
+        # a conv tensor cores do not speed up runs in float32 (computes_in)
+        precision = computes_in(variant, precision, c_out_g)
     elif variant not in VARIANT_PRECISIONS:
         raise ValueError(
             f"r2n.conv2d: variant must be one of {list(VARIANT_PRECISIONS)}, got {variant!r}"
@@ -756,7 +1079,7 @@ _STEPS = {
 #: variant name -> the precisions it computes in (``precision=`` of conv2d): the
 #: ladder's steps and ``gemm_1x1``, every variant :func:`conv2d` takes.
 VARIANT_PRECISIONS = {name: precisions for name, (precisions, _) in _STEPS.items()}
-VARIANT_PRECISIONS[GEMM_1X1] = ("fp32",)
+VARIANT_PRECISIONS[GEMM_1X1] = ("fp32", *_tc.PRECISIONS)  # tf32 / bf16: conv_gemm_tensor_core.cu
 
 #: The ladder's steps: name -> conv2d with that step forced (same signature as
 #: conv2d; ``5_tensor_core`` needs ``precision="tf32"`` or ``"bf16"``).

@@ -15,7 +15,10 @@ precision  operands                                      instruction
 
 Both accumulate in float32, and every other step (bias, residual, ReLU, the
 chain's adds on load, the side job) stays float32. ``fp32`` (the default of
-every op) never uses this step. float64 has no tensor-core path.
+every op) never uses this step. float64 has no tensor-core path. The same
+body, with the 1x1 convs' plane loads, split-K and a bottleneck's shortcut as
+more K rows, is kernels/conv_gemm_tensor_core.cu (r2n.gpu.conv); the bounds
+below hold for it with K the GEMM's rows (C_mid + C_in for conv3 + shortcut).
 
 Error bounds
 ------------
@@ -57,8 +60,8 @@ PRECISIONS = ("tf32", "bf16")
 #: Unit roundoff of each precision's operands (half the spacing of numbers in [1, 2)).
 UNIT_ROUNDOFF = {"fp32": 2.0**-24, "tf32": 2.0**-11, "bf16": 2.0**-8}
 
-# The kernel's input-format types (conv_5_tensor_core.cu).
-_FORMAT = {"tf32": "r2n_tf32", "bf16": "r2n_bf16"}
+#: The kernel's input-format types (conv_5_tensor_core.cu), by precision.
+FORMATS = {"tf32": "r2n_tf32", "bf16": "r2n_bf16"}
 # Padding of a weight row in shared memory, in floats (the formats' A_PAD).
 _A_PAD = {"tf32": 4, "bf16": 8}
 # Bytes of an input element in shared memory (the formats' B_BYTES).
@@ -85,7 +88,7 @@ def threads(tile) -> int:
 
 def name(precision: str, tile) -> str:
     """The name expression of the kernel for ``precision`` and ``tile``."""
-    return f"conv2d_5_tensor_core<float, {_FORMAT[precision]}, {', '.join(map(str, tile))}>"
+    return f"conv2d_5_tensor_core<float, {FORMATS[precision]}, {', '.join(map(str, tile))}>"
 
 
 def shared_bytes(precision: str, tile) -> int:

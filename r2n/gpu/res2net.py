@@ -2,7 +2,9 @@
 
 A framework runs the chain of a scale-4 block as ~15 kernels, each a pass over
 memory: split, conv, BN, ReLU, add, conv, BN, ReLU, add, ..., pool, cat. Here
-the chain is one launch per conv (``max(scale - 1, 1)`` launches), each the
+the chain is one launch per conv (``max(scale - 1, 1)`` launches; one in all
+for a "stage" block, whose convs are independent: a grouped conv of
+``groups * (scale - 1)`` groups over the stacked weights), each the
 conv2d ladder's fastest applicable step (r2n.gpu.conv.pick_variant: step
 4_pipelined, or 1_naive for groups of fewer than 8 channels):
 
@@ -21,24 +23,32 @@ split copy, the add, the conv + bias, a ReLU pass and a cat copy, then the
 last chunk), ``2_fused_epilogue`` (:func:`chain_2_fused_epilogue`: bias and
 ReLU in the conv's store, chunks read and written in their channel slices:
 the add and the last chunk remain passes of their own) and ``3_fused``
-(:func:`res2net_chain`: all of the above, one launch per conv). All three
+(:func:`res2net_chain`: all of the above, one launch per conv; one in all
+for a "stage" chain). All three
 run the same conv kernel (r2n.gpu.conv.pick_variant).
 
 ``bottle2neck`` adds the 1x1 convs around it, on the 1x1 GEMM beside the
-ladder (kernels/gemm_1x1.cu): conv1 (+ bias + ReLU), the chain, the shortcut
-(a 1x1 conv; its stride-s form runs through step 4_pipelined; the "d" form
-pools on load, conv2d_avg_pool_gemm_1x1), and conv3, whose epilogue adds the
-shortcut and applies the final ReLU.
+ladder (kernels/gemm_1x1.cu): conv1 (+ bias + ReLU), the chain, and conv3,
+whose epilogue adds the identity and applies the final ReLU; a block with a
+shortcut conv (a strided 1x1 conv, or the "d" form's pool + 1x1 conv) runs
+conv3 and the shortcut as ONE GEMM over K = C_mid + C_in (kernels/conv_gemm.cu:
+weights ``[W3 | Ws]``, bias ``b3 + bs``, the shortcut's input sampled at its
+stride or pooled as it is loaded), so a "stage" block is 3 launches (conv1,
+the chain, conv3 + shortcut) and a "normal" one 2 + (scale - 1).
 
 :class:`PreparedChain` and :class:`PreparedBottle2neck` move and lay out the
 weights once (on the device, C-contiguous, in the compute dtype) for repeated
 calls; the public ops prepare on every call.
 
 With ``precision="tf32"`` or ``"bf16"`` (float32 only) every conv of the chain
-and the block runs on step 5_tensor_core instead (r2n.gpu.conv_tensor_core:
-operands rounded, float32 accumulators and epilogues), except groups of fewer
-than 8 channels (step 1_naive, float32) and the "d" shortcut's pooled 1x1 conv
-(float32).
+and the block runs on tensor cores instead (r2n.gpu.conv_tensor_core:
+operands rounded, float32 accumulators and epilogues): the chain on step
+5_tensor_core, conv1 and conv3 + shortcut on the tensor-core plane GEMM (the
+pooled shortcut's averages, computed in float32, are rounded as operands),
+except groups of fewer than 8 channels (step 1_naive, float32).
+
+Batch-1 grids of few blocks split K (r2n.gpu.conv.split_k_for, on a GPU; the
+emulator never splits unless a test passes ``k_splits``).
 """
 
 from __future__ import annotations
@@ -49,12 +59,13 @@ from .. import _checks
 from .._ladder import Step
 from . import _runtime, elementwise, pool
 from .conv import (
-    AVG_POOL_GEMM_1X1,
     GEMM_1X1,
     SIDE_AVG_POOL_3X3,
     SIDE_COPY,
     SIDE_NONE,
+    SPLIT_K_VARIANTS,
     VARIANT_PRECISIONS,
+    computes_in,
     conv2d_fused,
     launch_conv,
     pick_variant,
@@ -117,11 +128,28 @@ class PreparedChain:
                 f"computes in precision={precision!r}, got {variant!r}"
             )
         self.variant = variant
+        # A "stage" chain's convs are independent (conv i reads x_i only), so
+        # they run as ONE grouped conv: groups * nums groups over the first
+        # nums * width channels, weights stacked along C_out (conv i's groups
+        # are groups i * groups .. (i + 1) * groups - 1). Biases all present or
+        # all absent (BN-folded blocks have them all); else one launch per conv.
+        self.stage_weight = self.stage_bias = None
+        with_bias = [b is not None for b in self.biases]
+        if stype == "stage" and self.nums > 1 and len(set(with_bias)) == 1:
+            self.stage_weight = xp.concatenate(self.weights, axis=0)
+            if with_bias[0]:
+                self.stage_bias = xp.concatenate(self.biases, axis=0)
 
-    def __call__(self, x, out=None):
+    def launches(self) -> int:
+        """Kernel launches per call (split-K's reductions not counted)."""
+        return 1 if self.stage_weight is not None else self.nums
+
+    def __call__(self, x, out=None, *, k_splits=None):
         """x (N, scale*width, H, W) -> out (N, scale*width, H_out, W_out), a new array
         unless ``out`` (C-contiguous, that shape, x's dtype, not overlapping x: the
-        convs read x while others write out) is given."""
+        convs read x while others write out) is given. ``k_splits``: as
+        r2n.gpu.conv.launch_conv's, for every conv whose variant splits (tests
+        force splits)."""
         channels = self.scale * self.width
         ok = (
             x.ndim == 4
@@ -154,6 +182,30 @@ class PreparedChain:
                 f"got {out.dtype} {tuple(out.shape)}{overlap}"
             )
         stage = self.stype == "stage"
+        precision = self.precision if self.variant == "5_tensor_core" else "fp32"
+        if self.variant not in SPLIT_K_VARIANTS:
+            k_splits = None  # step 1_naive (groups of < 8 channels) never splits
+        if self.stage_weight is not None:  # one grouped launch (see __init__)
+            launch_conv(
+                self.ex,
+                self.variant,
+                x,
+                self.stage_weight,
+                self.stage_bias,
+                out,
+                stride=(s, s),
+                padding=(1, 1),
+                dilation=(1, 1),
+                groups=self.groups * nums,
+                activation="relu",
+                side_mode=SIDE_AVG_POOL_3X3,
+                side_c0=nums * width,
+                side_c=width,
+                precision=precision,
+                k_splits=k_splits,
+                op="res2net_chain",
+            )
+            return out
         for i in range(nums):
             chained = not stage and i > 0  # conv i reads x_i + y_{i-1}
             side = SIDE_NONE
@@ -178,7 +230,8 @@ class PreparedChain:
                 side_mode=side,
                 side_c0=nums * width,
                 side_c=width if side != SIDE_NONE else 0,
-                precision=self.precision if self.variant == "5_tensor_core" else "fp32",
+                precision=precision,
+                k_splits=k_splits,
                 op="res2net_chain",
             )
         return out
@@ -387,8 +440,26 @@ class PreparedBottle2neck:
             executor=self.ex,
             precision=precision,
         )
-        # conv1 and conv3 (1x1 GEMMs) and the plain shortcut, in the block's precision
-        self._gemm_1x1 = GEMM_1X1 if precision == "fp32" else "5_tensor_core"
+        # conv1 and conv3 (+ shortcut) are 1x1 GEMMs in the block's precision
+        # (tf32 / bf16: conv_gemm_tensor_core.cu), unless too few channels per
+        # group for a tensor-core tile (computes_in).
+        self._precision_1x1 = computes_in(GEMM_1X1, precision, self.conv1[0].shape[0])
+        # conv3 + shortcut as ONE GEMM over K = C_mid + C_in (conv_gemm.cu):
+        # weights [W3 | Ws], bias b3 + bs; the shortcut's input is sampled at
+        # its stride or pooled on load. No shortcut conv: conv3 adds x itself.
+        self.conv3_shortcut = None
+        if self.shortcut is not None:
+            (w3, b3), (ws, bs) = self.conv3, self.shortcut
+            if b3 is None or bs is None:
+                bias = bs if b3 is None else b3
+            else:
+                bias = xp.ascontiguousarray(xp.add(b3, bs))
+            self.conv3_shortcut = (xp.concatenate([w3, ws], axis=1), bias)
+
+    def launches(self) -> int:
+        """Kernel launches per call (split-K's reductions not counted): conv1,
+        the chain, conv3 with the shortcut."""
+        return 2 + self.chain.launches()
 
     def _args(self, x):
         """Check x against the weights (the public op's checks and errors)."""
@@ -410,71 +481,28 @@ class PreparedBottle2neck:
         args = self._args(x)
         return self.run(x, args)
 
-    def run(self, x, args):
-        """The block on checked arguments ``args`` (r2n._checks.bottle2neck_args)."""
+    def run(self, x, args, *, k_splits=None):
+        """The block on checked arguments ``args`` (r2n._checks.bottle2neck_args);
+        ``k_splits``: as r2n.gpu.conv.launch_conv's, for every conv (tests)."""
         ex = self.ex
         x = ex.xp.ascontiguousarray(x)
         one = (1, 1)
+        gemm = dict(stride=one, padding=(0, 0), dilation=one, groups=1, activation="relu")
+        gemm.update(precision=self._precision_1x1, k_splits=k_splits, op="bottle2neck")
         conv1 = args["conv1"]
         t1 = ex.empty(conv1["out_shape"], x.dtype)  # N, width*scale, H, W
-        launch_conv(
-            ex,
-            self._gemm_1x1,
-            x,
-            *self.conv1,
-            t1,
-            stride=one,
-            padding=(0, 0),
-            dilation=one,
-            groups=1,
-            activation="relu",
-            precision=self.precision,
-            op="bottle2neck",
-        )
-        t2 = self.chain(t1)  # N, width*scale, H_out, W_out
+        launch_conv(ex, GEMM_1X1, x, *self.conv1, t1, **gemm)
+        t2 = ex.empty(args["chain"]["out_shape"], x.dtype)  # N, width*scale, H_out, W_out
+        self.chain(t1, t2, k_splits=k_splits)
         out = ex.empty(args["out_shape"], x.dtype)  # N, C_out, H_out, W_out
-        if self.shortcut is None:
-            identity = x
+        if self.conv3_shortcut is None:  # identity: conv3's epilogue adds x
+            launch_conv(ex, GEMM_1X1, t2, *self.conv3, out, residual=x, **gemm)
+            return out
+        if self.shortcut_avg_pool:
+            shortcut = (x, args["shortcut"]["pool"]["stride"], True)
         else:
-            identity = ex.empty(args["out_shape"], x.dtype)
-            conv = args["shortcut"]["conv"]
-            precision = "fp32"  # the pooled shortcut has no tensor-core form
-            if self.shortcut_avg_pool:
-                pool = args["shortcut"]["pool"]
-                variant, stride = AVG_POOL_GEMM_1X1, pool["stride"]
-            else:
-                stride = conv["stride"]
-                c_out = identity.shape[1]
-                variant = pick_variant((1, 1), stride, (0, 0), c_out, self.precision)
-                precision = self.precision if variant == "5_tensor_core" else "fp32"
-            launch_conv(
-                ex,
-                variant,
-                x,
-                *self.shortcut,
-                identity,
-                stride=stride,
-                padding=(0, 0),
-                dilation=one,
-                groups=1,
-                precision=precision,
-                op="bottle2neck",
-            )
-        launch_conv(
-            ex,
-            self._gemm_1x1,
-            t2,
-            *self.conv3,
-            out,
-            stride=one,
-            padding=(0, 0),
-            dilation=one,
-            groups=1,
-            residual=identity,
-            activation="relu",
-            precision=self.precision,
-            op="bottle2neck",
-        )
+            shortcut = (x, args["shortcut"]["conv"]["stride"], False)
+        launch_conv(ex, GEMM_1X1, t2, *self.conv3_shortcut, out, shortcut=shortcut, **gemm)
         return out
 
 
@@ -525,7 +553,7 @@ LADDER = (
     ),
     Step(
         "3_fused",
-        "the add summed on load, the last chunk by the first launch: one launch per conv",
+        "the add summed on load, the last chunk by the first launch: a launch per conv (stage: 1)",
         res2net_chain,
         source="r2n/gpu/res2net.py",
     ),

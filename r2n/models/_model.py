@@ -17,6 +17,7 @@ Models never import a backend package: a backend plugs in through its
 from __future__ import annotations
 
 import dataclasses
+import threading
 import zlib
 from collections.abc import Callable
 
@@ -193,6 +194,8 @@ class Model:
     ----------
     name, num_classes, backend (None: by the input's kind), dtype
     precision : "fp32", or "tf32" / "bf16" (convs on tensor cores; CuPy inputs only)
+    graph : True: CuPy inputs replay CUDA graphs (:meth:`graphs`), one recorded
+        per input shape on its first call
     preprocess : timm's default eval config (see r2n.models.preprocess)
 
     Notes
@@ -204,7 +207,14 @@ class Model:
     """
 
     def __init__(
-        self, arch: Arch, build: Callable, weights: Weights, num_classes, backend, precision="fp32"
+        self,
+        arch: Arch,
+        build: Callable,
+        weights: Weights,
+        num_classes,
+        backend,
+        precision="fp32",
+        graph=False,
     ):
         self.name = arch.name
         self.arch = arch
@@ -212,7 +222,14 @@ class Model:
         self.backend = backend
         self.dtype = weights.dtype
         self.precision = precision
+        self.graph = graph
         self.preprocess = dict(arch.preprocess)
+        # graph=True: the CuPy forward replayed from CUDA graphs, one recorded
+        # per input shape / dtype / device on its first call (a bounded LRU;
+        # r2n.gpu.graph.GraphCache, thread-safe). Built on first use: importing
+        # it needs no CuPy, recording does.
+        self._graphs = None
+        self._graphs_lock = threading.Lock()
         self._build = build
         self._weights = weights
         # kind -> forward(x): built once per array kind from the fixed weights;
@@ -264,22 +281,38 @@ class Model:
             )
         if x.shape[0] == 0:
             raise ValueError(f"r2n model {self.name}: x must hold at least one image")
+        if self.graph and kind == "cupy":
+            return self.graphs()(x)
         return self._prepared(kind)(x)
+
+    def graphs(self):
+        """The r2n.gpu.GraphCache of a ``graph=True`` model's GPU forward
+        (its ``captures``, ``len()`` and ``clear()``)."""
+        if not self.graph:
+            raise ValueError(f"r2n model {self.name}: created with graph=False")
+        with self._graphs_lock:
+            if self._graphs is None:
+                self._graphs = _backends.graphed(self._prepared("cupy"), self.backend, "cupy")
+            return self._graphs
 
     def __repr__(self):
         backend = self.backend or "auto"
         precision = "" if self.precision == "fp32" else f", precision={self.precision!r}"
+        graph = ", graph=True" if self.graph else ""
         return (
             f"r2n.models.Model({self.name!r}, num_classes={self.num_classes}, "
-            f"backend={backend!r}, dtype={self.dtype}{precision})"
+            f"backend={backend!r}, dtype={self.dtype}{precision}{graph})"
         )
 
 
-def make_model(arch, family, state_dict, num_classes, backend, dtype, seed, precision="fp32"):
+def make_model(
+    arch, family, state_dict, num_classes, backend, dtype, seed, precision="fp32", graph=False
+):
     """Check or draw the weights, fold them, and prepare the model."""
     expected = family.expected_keys(arch, num_classes)
     if state_dict is None:
         seed = zlib.crc32(arch.name.encode()) if seed is None else seed
         state_dict = random_state_dict(expected, seed)
     arrays = check_state_dict(state_dict, expected, arch.name)
-    return Model(arch, family.build, Weights(arrays, dtype), num_classes, backend, precision)
+    weights = Weights(arrays, dtype)
+    return Model(arch, family.build, weights, num_classes, backend, precision, graph)

@@ -125,6 +125,7 @@ def create(
     dtype="float32",
     seed: int | None = None,
     precision: str = "fp32",
+    graph: bool = False,
     _params: dict | None = None,
 ) -> Model:
     """Build and prepare a model.
@@ -154,6 +155,13 @@ def create(
         r2n.gpu.conv_tensor_core). Needs float32, CuPy inputs and the gpu
         backend (None or "gpu"); the model is prepared on the current GPU when
         created.
+    graph : False (default), or True: on CuPy inputs the forward is recorded
+        as a CUDA graph on the first call per input shape, dtype and device,
+        and replayed after (r2n.gpu.GraphCache: at most
+        r2n.gpu.graph.MAX_GRAPHS kept, least recently used dropped; safe from
+        several threads, replays of one shape one after another). Removes the
+        host's launch cost at batch 1. Needs the gpu backend (None or "gpu");
+        NumPy inputs of a ``backend=None`` model run as without it.
 
     Returns
     -------
@@ -209,8 +217,15 @@ def create(
         raise TypeError(f"r2n.models.create: dtype must be float32 or float64, got {dt}")
     kind = "cupy" if backend in (None, "gpu") else _backends.kind_of(backend)
     _checks.precision_arg("models.create", precision, kind, dt)
+    if not isinstance(graph, bool):
+        raise TypeError(f"r2n.models.create: graph must be True or False, got {graph!r}")
+    if graph and kind != "cupy":
+        raise ValueError(
+            f"r2n.models.create: graph=True records CUDA graphs, which needs the gpu "
+            f"backend (backend=None or 'gpu'), got backend={backend!r}"
+        )
     family = _FAMILIES[arch.family]
-    return make_model(arch, family, state_dict, num_classes, backend, dt, seed, precision)
+    return make_model(arch, family, state_dict, num_classes, backend, dt, seed, precision, graph)
 
 
 def hub_checkpoint(path) -> _hub.HubCheckpoint:

@@ -35,7 +35,10 @@
 // shortcut, pool + 1x1 conv in one pass). Tile shapes are template
 // parameters (r2n/gpu/conv.py: 64 x 64 and, for groups of <= 32 output
 // channels such as Res2Net's 26-channel chain convs, 32 x 64; 4 x 4 per
-// thread; gemm_1x1.cu also takes 8 x 8 and 8 x 4).
+// thread; gemm_1x1.cu also takes 8 x 8 and 8 x 4). conv_gemm.cu adds split-K
+// and a bottleneck's shortcut as more K rows through R2N_CONV_MORE_PARAMS,
+// which this step and gemm_1x1.cu fix to R2N_CONV_MORE_NONE (their PTX is
+// unchanged by them).
 //
 // Grid: x = pixel tiles (+ side_blocks extra blocks), y = channel tiles of one
 // group, z = images * groups (a grid-stride loop, so N * groups may exceed
@@ -43,12 +46,8 @@
 
 #include "conv_common.cuh"
 
-#define R2N_LOAD_IM2COL 0
-#define R2N_LOAD_PLANE 1
-#define R2N_LOAD_AVG_POOL 2
-
 template <typename T, int BM, int BN, int BK, int TM, int TN, int LOAD>
-__device__ inline void conv2d_pipelined_body(R2N_CONV_PARAMS) {
+__device__ inline void conv2d_pipelined_body(R2N_CONV_PARAMS, R2N_CONV_MORE_PARAMS) {
     constexpr int NT = (BM / TM) * (BN / TN);  // threads per block
     static_assert(NT % BN == 0, "each thread must load one fixed pixel column");
     static_assert(NT % BK == 0, "each thread must load one fixed k of the weights");
@@ -77,9 +76,18 @@ __device__ inline void conv2d_pipelined_body(R2N_CONV_PARAMS) {
     const int tx = tid % (BN / TN), ty = tid / (BN / TN);
     const int c_in_g = c_in / groups, c_out_g = c_out / groups;
     const int khw = kh * kw;
-    const int K = c_in_g * khw;
+    // K: the main conv's rows, then (conv_gemm.cu) the shortcut's
+    const int K = c_in_g * khw + (LOAD == R2N_LOAD_PLANE_SHORTCUT ? sc_c : 0);
     const idx_t plane_in = (idx_t)h * w, plane_out = (idx_t)h_out * w_out;
-    const int m0 = blockIdx.y * BM;
+    const idx_t sc_plane = (idx_t)sc_h * sc_w;
+    // Split-K (conv_gemm.cu): blockIdx.y = split * channel tiles + channel tile.
+    int m_tile = blockIdx.y, split = 0;
+    if (k_splits > 1) {
+        const int channel_tiles = gridDim.y / k_splits;
+        split = m_tile / channel_tiles;
+        m_tile -= split * channel_tiles;
+    }
+    const int m0 = m_tile * BM;
     const idx_t p0 = (idx_t)blockIdx.x * BN;
 
     // This thread's fixed load coordinates: one pixel column of Bs, one k of As.
@@ -98,6 +106,7 @@ __device__ inline void conv2d_pipelined_body(R2N_CONV_PARAMS) {
         const idx_t x_base = (n * x_c_total + x_c0 + (idx_t)g * c_in_g) * plane_in;
         const idx_t add_base = (n * add_c_total + add_c0 + (idx_t)g * c_in_g) * plane_in;
         const T* wg = weight + (idx_t)g * c_out_g * K;
+        const idx_t sc_base = n * sc_c_total * sc_plane;
 
         T acc[TM][TN];
 #pragma unroll
@@ -139,6 +148,12 @@ __device__ inline void conv2d_pipelined_body(R2N_CONV_PARAMS) {
                                                     iy0, ix0, h, w, flags);
                     else if (LOAD == R2N_LOAD_PLANE)
                         v = conv_load_plane(x, x_base, add, add_base, plane_in, k, b_p, flags);
+                    else if (LOAD == R2N_LOAD_PLANE_SHORTCUT)
+                        v = k < c_in_g ? conv_load_plane(x, x_base, add, add_base, plane_in, k,
+                                                         b_p, flags)
+                                       : conv_load_shortcut(sc_x, sc_base, sc_plane, k - c_in_g,
+                                                            b_oy, b_ox, sc_sh, sc_sw, sc_h, sc_w,
+                                                            sc_pool);
                     else
                         v = conv_load_avg_pool(x, x_base, plane_in, k, iy0, ix0, sh, sw, h, w);
                 }
@@ -146,20 +161,23 @@ __device__ inline void conv2d_pipelined_body(R2N_CONV_PARAMS) {
             }
         };
 
+        // All K slices, or under split-K this block's run of them.
         const int n_slices = (K + BK - 1) / BK;
-        decode_rows(0, k_tab);
+        int s_begin = 0, s_end = n_slices;
+        if (k_splits > 1) conv_split_k_range(n_slices, k_splits, split, s_begin, s_end);
+        decode_rows(s_begin * BK, k_tab);
         __syncthreads();
-        fetch_slice(0, k_tab);
-        for (int s = 0; s < n_slices; ++s) {
+        fetch_slice(s_begin * BK, k_tab);
+        for (int s = s_begin; s < s_end; ++s) {
             // Every thread is past the previous slice's FMAs (the barrier at
             // the end of the loop), so the tiles can be overwritten; the
             // table copy decoded here was last read two slices ago.
-            int* next_tab = k_tab + ((s + 1) & 1) * 3 * BK;
+            int* next_tab = k_tab + ((s - s_begin + 1) & 1) * 3 * BK;
 #pragma unroll
             for (int r = 0; r < A_LOADS; ++r) As[a_k][a_row0 + r * (NT / BK)] = a_next[r];
 #pragma unroll
             for (int r = 0; r < B_LOADS; ++r) Bs[b_row0 + r * (NT / BN)][b_col] = b_next[r];
-            const bool more = s + 1 < n_slices;
+            const bool more = s + 1 < s_end;
             if (more) decode_rows((s + 1) * BK, next_tab);
             __syncthreads();
             if (more) fetch_slice((s + 1) * BK, next_tab);
@@ -187,8 +205,10 @@ __device__ inline void conv2d_pipelined_body(R2N_CONV_PARAMS) {
 #pragma unroll
             for (int j = 0; j < TN; ++j) {
                 const idx_t p = p0 + tx + j * (BN / TN);
-                if (p < plane_out) conv_store(acc[i][j], out, bias, residual, row + p, co, flags,
-                                              activation, negative_slope);
+                if (p < plane_out)
+                    conv_store_or_partial(acc[i][j], out, bias, residual, row + p, co, flags,
+                                          activation, negative_slope, partial, k_splits, split, n,
+                                          n_img, c_out, plane_out, p);
             }
         }
     }
@@ -197,5 +217,6 @@ __device__ inline void conv2d_pipelined_body(R2N_CONV_PARAMS) {
 template <typename T, int BM, int BN, int BK, int TM, int TN>
 __global__ void __launch_bounds__(R2N_GEMM_THREADS, R2N_GEMM_MIN_BLOCKS)
     conv2d_4_pipelined(R2N_CONV_PARAMS) {
-    conv2d_pipelined_body<T, BM, BN, BK, TM, TN, R2N_LOAD_IM2COL>(R2N_CONV_ARGS);
+    conv2d_pipelined_body<T, BM, BN, BK, TM, TN, R2N_LOAD_IM2COL>(R2N_CONV_ARGS,
+                                                                  R2N_CONV_MORE_NONE);
 }

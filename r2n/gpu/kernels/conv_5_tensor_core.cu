@@ -57,9 +57,11 @@
 // this step (never the default).
 //
 // Measured: not yet on a GPU (written after the H100 session of
-// benchmarks/results/NOTES-gpu.md). The tiles are template parameters
-// (per-shape tile rules and a 1x1 loader without the row table can build on
-// this kernel).
+// benchmarks/results/NOTES-gpu.md). The tiles are template parameters. The
+// body is shared with conv_gemm_tensor_core.cu (the 1x1 plane loader without
+// the row table, split-K, a bottleneck's shortcut as more K rows), through
+// LOAD and R2N_CONV_MORE_PARAMS, which this step fixes to R2N_LOAD_IM2COL and
+// R2N_CONV_MORE_NONE: its PTX is unchanged by them.
 
 #include "conv_common.cuh"
 #include "mma.cuh"
@@ -88,9 +90,13 @@ struct r2n_bf16 {
 #define R2N_TC_MMA_TILES ((BM / WARPS_M / 16) * (BN / WARPS_N / 8))
 #define R2N_TC_MIN_BLOCKS ((R2N_TC_MMA_TILES >= 8 ? 256 : 512) / R2N_TC_THREADS)
 
-template <typename T, typename P, int BM, int BN, int BK, int WARPS_M, int WARPS_N>
-__global__ void __launch_bounds__(R2N_TC_THREADS, R2N_TC_MIN_BLOCKS)
-    conv2d_5_tensor_core(R2N_CONV_PARAMS) {
+// The body, shared with the fused launchers' tensor-core GEMMs
+// (conv_gemm_tensor_core.cu): LOAD selects the GEMM's right matrix as in step
+// 4 (R2N_LOAD_IM2COL here; the plain plane, and the plane followed by the
+// bottleneck shortcut's rows, there), and R2N_CONV_MORE_PARAMS add split-K
+// and that shortcut (conv_common.cuh); this step passes R2N_CONV_MORE_NONE.
+template <typename T, typename P, int BM, int BN, int BK, int WARPS_M, int WARPS_N, int LOAD>
+__device__ inline void conv2d_tensor_core_body(R2N_CONV_PARAMS, R2N_CONV_MORE_PARAMS) {
     static_assert(sizeof(T) == 4, "tensor cores take float32 data, rounded to TF32 or bf16");
     constexpr int NT = R2N_TC_THREADS;
     constexpr int WTM = BM / WARPS_M, WTN = BN / WARPS_N;  // the warp tile
@@ -121,9 +127,18 @@ __global__ void __launch_bounds__(R2N_TC_THREADS, R2N_TC_MIN_BLOCKS)
     const int wm0 = (warp / WARPS_N) * WTM, wn0 = (warp % WARPS_N) * WTN;
     const int c_in_g = c_in / groups, c_out_g = c_out / groups;
     const int khw = kh * kw;
-    const int K = c_in_g * khw;
+    // K: the main conv's rows, then (conv_gemm_tensor_core.cu) the shortcut's
+    const int K = c_in_g * khw + (LOAD == R2N_LOAD_PLANE_SHORTCUT ? sc_c : 0);
     const idx_t plane_in = (idx_t)h * w, plane_out = (idx_t)h_out * w_out;
-    const int m0 = blockIdx.y * BM;
+    const idx_t sc_plane = (idx_t)sc_h * sc_w;
+    // Split-K: blockIdx.y = split * channel tiles + channel tile.
+    int m_tile = blockIdx.y, split = 0;
+    if (k_splits > 1) {
+        const int channel_tiles = gridDim.y / k_splits;
+        split = m_tile / channel_tiles;
+        m_tile -= split * channel_tiles;
+    }
+    const int m0 = m_tile * BM;
     const idx_t p0 = (idx_t)blockIdx.x * BN;
 
     // This thread's fixed load coordinates: one pixel column of Bs, one k of As.
@@ -143,6 +158,7 @@ __global__ void __launch_bounds__(R2N_TC_THREADS, R2N_TC_MIN_BLOCKS)
         const idx_t x_base = (n * x_c_total + x_c0 + (idx_t)g * c_in_g) * plane_in;
         const idx_t add_base = (n * add_c_total + add_c0 + (idx_t)g * c_in_g) * plane_in;
         const T* wg = weight + (idx_t)g * c_out_g * K;
+        const idx_t sc_base = n * sc_c_total * sc_plane;
 
         float acc[MI][NI][4];
 #pragma unroll
@@ -167,16 +183,28 @@ __global__ void __launch_bounds__(R2N_TC_THREADS, R2N_TC_MIN_BLOCKS)
             }
             r2n_cp_async_commit();
         };
-        // This thread's share of slice k0's im2col columns into b_next.
+        // This thread's share of slice k0's input columns into b_next.
         auto fetch_input = [&](int k0, const int* tab) {
 #pragma unroll
             for (int r = 0; r < B_LOADS; ++r) {
                 const int kr = b_row0 + r * (NT / BN);
-                b_next[r] = (b_p_ok && k0 + kr < K)
-                                ? conv_load_im2col<T, BK>(x, x_base, add, add_base, plane_in, tab,
-                                                          kr, iy0, ix0, h, w, flags)
-                                : T(0);
+                const int k = k0 + kr;
+                T v = T(0);
+                if (b_p_ok && k < K) {
+                    if (LOAD == R2N_LOAD_IM2COL)
+                        v = conv_load_im2col<T, BK>(x, x_base, add, add_base, plane_in, tab, kr,
+                                                    iy0, ix0, h, w, flags);
+                    else if (LOAD == R2N_LOAD_PLANE || k < c_in_g)
+                        v = conv_load_plane(x, x_base, add, add_base, plane_in, k, b_p, flags);
+                    else
+                        v = conv_load_shortcut(sc_x, sc_base, sc_plane, k - c_in_g, b_oy, b_ox,
+                                               sc_sh, sc_sw, sc_h, sc_w, sc_pool);
+                }
+                b_next[r] = v;
             }
+        };
+        auto decode_rows = [&](int k0, int* tab) {
+            if (LOAD == R2N_LOAD_IM2COL) conv_decode_k_rows<BK>(k0, tab, khw, kw, dh, dw);
         };
         // b_next, rounded, into Bs[stage].
         auto store_input = [&](int stage) {
@@ -253,17 +281,21 @@ __global__ void __launch_bounds__(R2N_TC_THREADS, R2N_TC_MIN_BLOCKS)
             }
         };
 
+        // All K slices, or under split-K this block's run of them (never
+        // empty: r2n/gpu/conv.py picks k_splits so).
         const int n_slices = (K + BK - 1) / BK;
-        conv_decode_k_rows<BK>(0, k_tab, khw, kw, dh, dw);
-        issue_weights(0, 0);
-        __syncthreads();  // slice 0's table
-        fetch_input(0, k_tab);
+        int s_begin = 0, s_end = n_slices;
+        if (k_splits > 1) conv_split_k_range(n_slices, k_splits, split, s_begin, s_end);
+        decode_rows(s_begin * BK, k_tab);
+        issue_weights(s_begin * BK, 0);
+        __syncthreads();  // the first slice's table
+        fetch_input(s_begin * BK, k_tab);
         store_input(0);
-        for (int s = 0; s < n_slices; ++s) {
-            const int cur = s & 1, nxt = cur ^ 1;
-            const bool more = s + 1 < n_slices;
+        for (int s = s_begin; s < s_end; ++s) {
+            const int cur = (s - s_begin) & 1, nxt = cur ^ 1;
+            const bool more = s + 1 < s_end;
             int* next_tab = k_tab + nxt * 3 * BK;  // last read by slice s - 1's fetch
-            if (more) conv_decode_k_rows<BK>((s + 1) * BK, next_tab, khw, kw, dh, dw);
+            if (more) decode_rows((s + 1) * BK, next_tab);
             r2n_cp_async_wait<0>();  // this thread's weights of slice s have landed
             // Slice s (weights, input) and the next table are visible to all, and
             // every warp is done with slice s - 1's stage, which is refilled now.
@@ -292,10 +324,19 @@ __global__ void __launch_bounds__(R2N_TC_THREADS, R2N_TC_MIN_BLOCKS)
                     for (int q1 = 0; q1 < 2; ++q1) {
                         const idx_t p = p0 + wn0 + ni * 8 + 2 * tig + q1;
                         if (p < plane_out)
-                            conv_store<T>(acc[mi][ni][2 * q2 + q1], out, bias, residual, row + p,
-                                          co, flags, activation, negative_slope);
+                            conv_store_or_partial<T>(acc[mi][ni][2 * q2 + q1], out, bias,
+                                                     residual, row + p, co, flags, activation,
+                                                     negative_slope, partial, k_splits, split, n,
+                                                     n_img, c_out, plane_out, p);
                     }
             }
         __syncthreads();  // the next (image, group) refills every buffer
     }
+}
+
+template <typename T, typename P, int BM, int BN, int BK, int WARPS_M, int WARPS_N>
+__global__ void __launch_bounds__(R2N_TC_THREADS, R2N_TC_MIN_BLOCKS)
+    conv2d_5_tensor_core(R2N_CONV_PARAMS) {
+    conv2d_tensor_core_body<T, P, BM, BN, BK, WARPS_M, WARPS_N, R2N_LOAD_IM2COL>(
+        R2N_CONV_ARGS, R2N_CONV_MORE_NONE);
 }

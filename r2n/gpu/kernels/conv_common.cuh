@@ -193,6 +193,88 @@ __device__ inline T conv_load_avg_pool(const T* x, idx_t x_base, idx_t plane_in,
     return v / T((y1 - iy0) * (x1 - ix0));
 }
 
+// The right matrices the GEMM bodies load (their LOAD template parameter):
+// im2col columns of any conv (conv_load_im2col), the plain plane of a 1x1 /
+// stride-1 / pad-0 conv (conv_load_plane), that plane average-pooled on load
+// (conv_load_avg_pool: the "d" shortcut), and the plane followed by the
+// shortcut's rows (R2N_CONV_MORE_PARAMS below: conv3 + shortcut in one GEMM).
+#define R2N_LOAD_IM2COL 0
+#define R2N_LOAD_PLANE 1
+#define R2N_LOAD_AVG_POOL 2
+#define R2N_LOAD_PLANE_SHORTCUT 3
+
+// ------------------------------------------------------------------------- //
+// Beyond the ladder: split-K and a K-concatenated shortcut (conv_gemm.cu)
+// ------------------------------------------------------------------------- //
+//
+// The fused launchers' GEMM kernels (conv_gemm.cu, conv_gemm_tensor_core.cu)
+// take R2N_CONV_MORE_PARAMS after R2N_CONV_PARAMS; the ladder's kernels pass
+// R2N_CONV_MORE_NONE to the bodies they share with them, which makes every
+// extra branch below dead code there.
+//
+//   partial, k_splits  split-K. With k_splits > 1 the grid's y is k_splits x
+//                      the channel tiles (blockIdx.y = split * channel tiles +
+//                      channel tile); a block sums only the K slices of its
+//                      split (conv_split_k_range) and stores the raw sums in
+//                      partial[split][n][co][p] (k_splits x N x C_out x
+//                      H_out*W_out); conv2d_split_k_reduce then adds the splits
+//                      in split order (deterministic) and applies the epilogue.
+//   sc_x ... sc_pool   the bottleneck's shortcut conv as more rows of the
+//                      GEMM's right matrix (R2N_LOAD_PLANE_SHORTCUT): rows
+//                      K1 .. K1 + sc_c - 1 (K1 = C_in of the main 1x1 conv) are
+//                      channels 0 .. sc_c - 1 of sc_x (N x sc_c_total x sc_h x
+//                      sc_w) at output pixel (oy, ox), sampled at (oy sc_sh,
+//                      ox sc_sw) (a strided 1x1 conv) or, with sc_pool, averaged
+//                      over the sc_sh x sc_sw window there (the "d" shortcut:
+//                      ceil mode, count_include_pad=False). The weight rows are
+//                      [W3 | W_shortcut] and the bias b3 + b_shortcut, so one
+//                      GEMM computes conv3(t2) + shortcut(x).
+#define R2N_CONV_MORE_PARAMS                                                                 \
+    T *partial, int k_splits, const T *sc_x, idx_t sc_c_total, int sc_c, int sc_h, int sc_w, \
+        int sc_sh, int sc_sw, int sc_pool
+#define R2N_CONV_MORE_ARGS \
+    partial, k_splits, sc_x, sc_c_total, sc_c, sc_h, sc_w, sc_sh, sc_sw, sc_pool
+// No split, no shortcut (inside a template with parameter T).
+#define R2N_CONV_MORE_NONE \
+    static_cast<T*>(nullptr), 1, static_cast<const T*>(nullptr), idx_t(0), 0, 1, 1, 1, 1, 0
+
+// The K slices [s_begin, s_end) of split `split` of k_splits: consecutive runs
+// of ceil(n_slices / k_splits) slices (the launcher picks k_splits so that no
+// split is empty; an empty one would store zeros).
+__device__ inline void conv_split_k_range(int n_slices, int k_splits, int split, int& s_begin,
+                                          int& s_end) {
+    const int per = (n_slices + k_splits - 1) / k_splits;
+    s_begin = split * per < n_slices ? split * per : n_slices;
+    s_end = s_begin + per < n_slices ? s_begin + per : n_slices;
+}
+
+// Element (shortcut channel c, output pixel (oy, ox)) of the shortcut's input:
+// sampled at (oy sh, ox sw), or the sh x sw window there averaged (sc_pool).
+// sc_base: image n's first channel plane of sc_x.
+template <typename T>
+__device__ inline T conv_load_shortcut(const T* sc_x, idx_t sc_base, idx_t sc_plane, int c, int oy,
+                                       int ox, int sc_sh, int sc_sw, int sc_h, int sc_w,
+                                       int sc_pool) {
+    const int iy0 = oy * sc_sh, ix0 = ox * sc_sw;
+    if (sc_pool)
+        return conv_load_avg_pool(sc_x, sc_base, sc_plane, c, iy0, ix0, sc_sh, sc_sw, sc_h, sc_w);
+    return sc_x[sc_base + (idx_t)c * sc_plane + (idx_t)iy0 * sc_w + ix0];
+}
+
+// The store of one GEMM output: the fused epilogue (conv_store), or under
+// split-K the raw sum into the block's split of ``partial``.
+template <typename T>
+__device__ inline void conv_store_or_partial(T acc, T* out, const T* bias, const T* residual,
+                                             idx_t out_idx, int co, int flags, int activation,
+                                             T negative_slope, T* partial, int k_splits,
+                                             int split, idx_t n, int n_img, int c_out,
+                                             idx_t plane_out, idx_t p) {
+    if (k_splits > 1)
+        partial[(((idx_t)split * n_img + n) * c_out + co) * plane_out + p] = acc;
+    else
+        conv_store(acc, out, bias, residual, out_idx, co, flags, activation, negative_slope);
+}
+
 // Threads per block of a BM x BN block tile of TM x TN thread tiles (steps 3
 // and 4, gemm_1x1.cu), and the blocks per SM their register budget must
 // allow: the 4 x 4 tiles keep <= 128 registers per thread (at least 16 warps

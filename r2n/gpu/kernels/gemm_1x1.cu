@@ -38,11 +38,13 @@
 template <typename T, int BM, int BN, int BK, int TM, int TN>
 __global__ void __launch_bounds__(R2N_GEMM_THREADS, R2N_GEMM_MIN_BLOCKS)
     conv2d_gemm_1x1(R2N_CONV_PARAMS) {
-    conv2d_pipelined_body<T, BM, BN, BK, TM, TN, R2N_LOAD_PLANE>(R2N_CONV_ARGS);
+    conv2d_pipelined_body<T, BM, BN, BK, TM, TN, R2N_LOAD_PLANE>(R2N_CONV_ARGS,
+                                                                 R2N_CONV_MORE_NONE);
 }
 
 template <typename T, int BM, int BN, int BK, int TM, int TN>
 __global__ void __launch_bounds__(R2N_GEMM_THREADS, R2N_GEMM_MIN_BLOCKS)
     conv2d_avg_pool_gemm_1x1(R2N_CONV_PARAMS) {
-    conv2d_pipelined_body<T, BM, BN, BK, TM, TN, R2N_LOAD_AVG_POOL>(R2N_CONV_ARGS);
+    conv2d_pipelined_body<T, BM, BN, BK, TM, TN, R2N_LOAD_AVG_POOL>(R2N_CONV_ARGS,
+                                                                    R2N_CONV_MORE_NONE);
 }

@@ -1,0 +1,326 @@
+"""Split-K, the 1x1 convs on tensor cores, the one-launch "stage" chain and the
+K-concatenated conv3 + shortcut, under the CPU emulator (tests/cuda_emu).
+
+The kernels of r2n/gpu/kernels/conv_gemm.cu and conv_gemm_tensor_core.cu
+run as r2n/gpu/conv.py launches them, every launch twice (ascending and
+descending thread order) with canaries around every array: odd shapes,
+forced splits (the emulator has no SM count, so the launcher's rule never
+splits here unless told), float32 / float64 against the float64 reference
+with the tolerances of tests/helpers.py, tf32 / bf16 with those of
+r2n.gpu.conv_tensor_core. The GPU timings of these changes are owed
+(benchmarks/gpu_bench.py, benchmarks/results/NOTES-gpu.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from cuda_emu import EmuExecutor
+from gpu_cases import chain_inputs, conv_inputs
+from helpers import assert_close, rel_err
+from test_gpu_tensor_core_emulated import _block, bottleneck_layers
+
+from r2n import _checks
+from r2n import reference as ref
+from r2n.gpu import conv as gconv
+from r2n.gpu import conv_tensor_core as tc
+from r2n.gpu import res2net as gres
+
+DTYPE_IDS = ["f64", "f32"]
+ONE = dict(stride=(1, 1), padding=(0, 0), dilation=(1, 1))
+
+
+@pytest.fixture(scope="module")
+def ex():
+    return EmuExecutor()
+
+
+def _f64(a):
+    return None if a is None else np.asarray(a, np.float64)
+
+
+def _launch(ex, variant, x, weight, bias, args, precision="fp32", **kwargs):
+    out = ex.empty(args["out_shape"], x.dtype)
+    geometry = {k: args[k] for k in ("stride", "padding", "dilation", "groups")}
+    gconv.launch_conv(ex, variant, x, weight, bias, out, precision=precision, **geometry, **kwargs)
+    return out
+
+
+def _check(out, expected, precision, dtype):
+    if precision == "fp32":
+        assert_close(out, expected)
+        assert out.dtype == dtype
+    else:
+        assert rel_err(out, expected) <= tc.tolerance(precision)
+
+
+# n, c_in, h, w, c_out, (kh, kw), stride, padding, dilation, groups
+SPLIT_CASES = [
+    # K = 20 * 9 = 180: 12 slices of 16 (fp32), 6 of 32 (tensor cores);
+    # 70 channels: two channel tiles; 13 x 11: three pixel tiles
+    (1, 20, 13, 11, 70, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    (2, 15, 7, 9, 15, (3, 3), (2, 2), (1, 1), (1, 1), 3),  # 3 groups of 5, stride 2
+    (1, 40, 13, 11, 70, (1, 1), (1, 1), (0, 0), (1, 1), 1),  # 1x1: the plane GEMM
+    (2, 99, 7, 9, 12, (1, 1), (1, 1), (0, 0), (1, 1), 3),  # grouped 1x1, K = 33
+]
+
+
+def _variant(case, precision):
+    kernel, stride, padding = case[5], case[6], case[7]
+    if gconv.is_gemm_1x1(kernel, stride, padding):
+        return gconv.GEMM_1X1
+    return "4_pipelined" if precision == "fp32" else "5_tensor_core"
+
+
+@pytest.mark.parametrize(
+    "precision, dtype",
+    [("fp32", np.float64), ("fp32", np.float32), ("tf32", np.float32), ("bf16", np.float32)],
+    ids=["f64", "f32", "tf32", "bf16"],
+)
+@pytest.mark.parametrize("case", SPLIT_CASES, ids=lambda c: f"{c[1]}-{c[4]}-k{c[5][0]}-g{c[9]}")
+def test_split_k_matches_reference_and_is_deterministic(ex, rng, case, precision, dtype):
+    x, weight, bias, args = conv_inputs(rng, case, dtype)
+    residual = rng.standard_normal(args["out_shape"]).astype(dtype)
+    expected = np.maximum(ref.conv2d(_f64(x), _f64(weight), _f64(bias), **args) + residual, 0)
+    variant = _variant(case, precision)
+    epilogue = dict(residual=residual, activation="relu")
+    unsplit = _launch(ex, variant, x, weight, bias, args, precision, **epilogue)
+    _check(unsplit, expected, precision, dtype)
+    for k_splits in (2, 3, 16):
+        ex.launches.clear()
+        out = _launch(ex, variant, x, weight, bias, args, precision, k_splits=k_splits, **epilogue)
+        tc_file = precision != "fp32"
+        assert [f for f, _ in ex.launches] == [
+            gconv.TC_GEMM_FILE if tc_file else gconv.GEMM_FILE,
+            gconv.GEMM_FILE,  # the reduction
+        ], k_splits
+        assert ex.launches[-1][1].startswith("conv2d_split_k_reduce<")
+        _check(out, expected, precision, dtype)
+        again = _launch(
+            ex, variant, x, weight, bias, args, precision, k_splits=k_splits, **epilogue
+        )
+        np.testing.assert_array_equal(out, again)  # a fixed summation order
+
+
+def test_split_k_reads_and_writes_channel_slices(ex, rng):
+    """A split chain-like conv: input x slice + addend slice, output slice only."""
+    x = rng.standard_normal((2, 30, 7, 9)).astype(np.float32)
+    weight = rng.standard_normal((10, 10, 3, 3)).astype(np.float32)
+    out = rng.standard_normal((2, 30, 7, 9)).astype(np.float32)
+    before = out.copy()
+    geometry = dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1)
+    gconv.launch_conv(ex, "4_pipelined", x, weight, None, out, x_c0=10, add=before,
+                      add_c0=20, out_c0=0, activation="relu", k_splits=4,
+                      side_mode=gconv.SIDE_COPY, side_c0=20, side_c=10, **geometry)  # fmt: skip
+    summed = _f64(x[:, 10:20]) + _f64(before[:, 20:30])
+    expected = np.maximum(ref.conv2d(summed, _f64(weight), None, out_shape=(2, 10, 7, 9),
+                                     **geometry), 0)  # fmt: skip
+    assert_close(out[:, :10], expected)
+    np.testing.assert_array_equal(out[:, 10:20], before[:, 10:20])  # untouched
+    np.testing.assert_array_equal(out[:, 20:], x[:, 20:])  # the side job's copy
+
+
+def test_changing_shapes_in_one_process(ex, rng):
+    """Plans of several shapes and splits interleaved: each call is its own."""
+    for _ in range(2):
+        for case, k_splits in ((SPLIT_CASES[0], 3), (SPLIT_CASES[2], None), (SPLIT_CASES[1], 2)):
+            x, weight, bias, args = conv_inputs(rng, case, np.float32)
+            out = _launch(ex, _variant(case, "fp32"), x, weight, bias, args, k_splits=k_splits)
+            assert_close(out, ref.conv2d(_f64(x), _f64(weight), _f64(bias), **args))
+
+
+def test_split_rule_is_deterministic_from_shape_and_sm_count(rng):
+    assert gconv.split_k_for(8, 936, 132) == 14  # 3x3 104 -> 104 at 14x14, batch 1
+    assert gconv.split_k_for(4, 1872, 132) == 16  # 3x3 208 -> 208 at 7x7
+    assert gconv.split_k_for(28, 1024, 132) == 9  # conv1 1024 -> 416 at 14x14
+    assert gconv.split_k_for(128, 1872, 132) == 2  # batch 32 at 7x7
+    assert gconv.split_k_for(400, 576, 132) == 1  # a full wave: never split
+    assert gconv.split_k_for(8, 100, 132) == 1  # too few K rows
+    assert gconv.split_k_for(49, 234, 132) == 1  # 3x3 26 -> 26 at 56x56: a short loop
+    assert gconv.split_k_for(2, 576, 132) == 9
+    assert gconv.split_k_for(8, 936, None) == 1  # no SM count (the emulator)
+    # the executor's SM count drives the launcher: a 132-SM "GPU" splits this
+    # 70-channel, K = 576 conv (2 blocks), and the plan is keyed on the count
+    case = (1, 64, 7, 9, 70, (3, 3), (1, 1), (1, 1), (1, 1), 1)
+    x, weight, bias, args = conv_inputs(rng, case, np.float32)
+    expected = ref.conv2d(_f64(x), _f64(weight), _f64(bias), **args)
+    for sm_count, launches in ((None, 1), (132, 2), (None, 1)):
+        emu = EmuExecutor(check_order=False)
+        emu.sm_count = sm_count
+        assert_close(_launch(emu, "4_pipelined", x, weight, bias, args), expected)
+        assert len(emu.launches) == launches
+
+
+def test_split_rule_constants_are_part_of_the_plan(rng, monkeypatch):
+    """Benchmarks change the rule's constants (gpu_bench's "nosplit" rows):
+    the next launch follows them, and the old plan is not reused."""
+    case = (1, 64, 7, 9, 70, (3, 3), (1, 1), (1, 1), (1, 1), 1)
+    x, weight, bias, args = conv_inputs(rng, case, np.float32)
+    emu = EmuExecutor(check_order=False)
+    emu.sm_count = 132
+    _launch(emu, "4_pipelined", x, weight, bias, args)
+    monkeypatch.setattr(gconv, "SPLIT_K_MIN_K", 10**9)
+    out = _launch(emu, "4_pipelined", x, weight, bias, args)
+    assert len(emu.launches) == 2 + 1  # split (conv + reduction), then unsplit
+    assert_close(out, ref.conv2d(_f64(x), _f64(weight), _f64(bias), **args))
+
+
+def test_one_by_one_convs_run_on_tensor_cores(ex, rng):
+    case = SPLIT_CASES[2]
+    x, weight, bias, args = conv_inputs(rng, case, np.float32)
+    expected = ref.conv2d(_f64(x), _f64(weight), _f64(bias), **args)
+    for precision in tc.PRECISIONS:
+        ex.launches.clear()
+        out = gconv.conv2d(x, weight, bias, executor=ex, precision=precision, **args)
+        assert ex.launches == [
+            (gconv.TC_GEMM_FILE, gconv._tc_gemm_name(precision, tc.TILE_WIDE, gconv.LOAD_PLANE))
+        ]
+        _check(out, expected, precision, np.float32)
+        assert gconv.computes_in(gconv.GEMM_1X1, precision, 70) == precision
+    assert gconv.computes_in(gconv.GEMM_1X1, "tf32", 4) == "fp32"  # too few rows for a tile
+
+
+def test_bad_splits_and_shortcuts_are_clear_errors(ex, rng):
+    x, weight, bias, args = conv_inputs(rng, SPLIT_CASES[0], np.float32)
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match="k_splits must be None or an int"):
+            _launch(ex, "4_pipelined", x, weight, bias, args, k_splits=bad)
+    with pytest.raises(ValueError, match="does not split K"):
+        _launch(ex, "1_naive", x, weight, bias, args, k_splits=2)
+    t2 = rng.standard_normal((1, 12, 4, 5)).astype(np.float32)
+    sc_x = rng.standard_normal((1, 6, 7, 9)).astype(np.float32)
+    w = rng.standard_normal((8, 18, 1, 1)).astype(np.float32)
+    out = np.empty((1, 8, 4, 5), np.float32)
+    with pytest.raises(ValueError, match="the shortcut makes"):  # 7x9 at stride 1 is 7x9
+        gconv.launch_conv(
+            ex, "gemm_1x1", t2, w, None, out, groups=1, shortcut=(sc_x, (1, 1), False), **ONE
+        )
+    with pytest.raises(ValueError, match="a shortcut joins variant gemm_1x1"):
+        gconv.launch_conv(
+            ex, "4_pipelined", t2, w, None, out, groups=1, shortcut=(sc_x, (2, 2), False), **ONE
+        )
+    with pytest.raises(ValueError, match="fewer channels than the weight"):
+        gconv.launch_conv(
+            ex,
+            "gemm_1x1",
+            t2,
+            np.ascontiguousarray(w[:, :6]),
+            None,
+            out,
+            groups=1,
+            shortcut=(sc_x, (2, 2), False),
+            **ONE,
+        )
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        gconv.launch_conv(
+            ex,
+            "gemm_1x1",
+            t2,
+            w,
+            None,
+            out,
+            groups=1,
+            shortcut=(sc_x[:, ::2], (2, 2), False),
+            **ONE,
+        )
+
+
+# --------------------------------------------------------------------------- #
+# The chain and the bottleneck: fewer launches
+# --------------------------------------------------------------------------- #
+
+# stype, stride, scale, groups, width, batch, H, W
+STAGE_CASES = [
+    ("stage", 2, 4, 1, 9, 2, 7, 9),
+    ("stage", 1, 3, 3, 15, 1, 9, 7),  # 3 groups of 5: 6 groups in the one launch
+]
+
+
+@pytest.mark.parametrize(
+    "precision, dtype",
+    [("fp32", np.float64), ("fp32", np.float32), ("tf32", np.float32)],
+    ids=["f64", "f32", "tf32"],
+)
+@pytest.mark.parametrize("case", STAGE_CASES, ids=lambda c: f"s{c[1]}-scale{c[2]}-g{c[3]}")
+def test_stage_chain_is_one_launch(ex, rng, case, precision, dtype):
+    x, weights, biases, args = chain_inputs(rng, case, dtype)
+    expected = ref.res2net_chain(
+        _f64(x), [_f64(w) for w in weights], [_f64(b) for b in biases], **args
+    )
+    for k_splits in (None, 2):
+        chain = gres.PreparedChain(
+            weights,
+            biases,
+            dtype=dtype,
+            executor=ex,
+            precision=precision,
+            **{k: args[k] for k in ("scale", "stype", "stride", "groups", "width")},
+        )
+        assert chain.launches() == 1
+        ex.launches.clear()
+        out = chain(x, k_splits=k_splits)
+        splits = k_splits is not None and chain.variant in gconv.SPLIT_K_VARIANTS
+        assert len(ex.launches) == (2 if splits else 1)  # + the reduction
+        _check(out, expected, precision, dtype)
+
+
+BLOCK_CASES = [
+    (20, 40, 10, 2, "stage", 1, 1, "conv"),
+    (20, 40, 9, 4, "stage", 2, 1, "conv"),
+    (20, 40, 9, 4, "stage", 2, 3, "pool"),  # the "d" shortcut, pooled on load
+    (36, 36, 9, 4, "normal", 1, 1, "identity"),
+]
+
+
+@pytest.mark.parametrize(
+    "precision, dtype",
+    [("fp32", np.float64), ("fp32", np.float32), ("tf32", np.float32), ("bf16", np.float32)],
+    ids=["f64", "f32", "tf32", "bf16"],
+)
+@pytest.mark.parametrize("case", BLOCK_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_bottle2neck_launches_and_matches_reference(ex, rng, case, precision, dtype):
+    c_in, c_out, width, scale, stype, stride, groups, kind = case
+    params = _block(rng, case).map(lambda a: a.astype(dtype))
+    x = rng.standard_normal((1, c_in, 7, 9)).astype(dtype)
+    args = _checks.bottle2neck_args("bottle2neck", x, params, scale, stype, stride, groups)
+    expected = ref.bottle2neck(_f64(x), params.map(_f64), **args)
+    block = gres.PreparedBottle2neck(
+        params, scale=scale, stype=stype, stride=stride, groups=groups, executor=ex,
+        precision=precision,
+    )  # fmt: skip
+    # conv1, the chain (one launch for "stage" blocks), conv3 + shortcut as one GEMM
+    assert block.launches() == (3 if stype == "stage" else 2 + scale - 1)
+    for k_splits in (None, 2):
+        ex.launches.clear()
+        out = block.run(x, args, k_splits=k_splits)
+        reduces = [n for _, n in ex.launches if n.startswith("conv2d_split_k_reduce")]
+        assert len(ex.launches) - len(reduces) == block.launches()
+        assert bool(reduces) == (k_splits is not None)
+        if precision == "fp32":
+            assert_close(out, expected)
+        else:
+            files = {f for f, n in ex.launches if n not in reduces}
+            if groups == 1:  # chain convs of 3 channels per group: step 1_naive
+                assert files <= {tc.FILE, gconv.TC_GEMM_FILE}  # all on tensor cores
+            assert rel_err(out, expected) <= tc.tolerance(
+                precision, bottleneck_layers(scale, stype)
+            )
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_shortcut_gemm_on_the_large_tile(ex, rng, monkeypatch, dtype):
+    """conv3 + shortcut on the 128-wide tile (which a GPU picks for large grids):
+    forced here by letting any grid take it."""
+    monkeypatch.setattr(gconv, "_LARGE_TILE_MIN_BLOCKS", 1)
+    case = BLOCK_CASES[2]  # the pooled "d" shortcut
+    c_in, c_out, width, scale, stype, stride, groups, kind = case
+    params = _block(rng, case).map(lambda a: a.astype(dtype))
+    x = rng.standard_normal((2, c_in, 9, 7)).astype(dtype)
+    args = _checks.bottle2neck_args("bottle2neck", x, params, scale, stype, stride, groups)
+    ex.launches.clear()
+    out = gres.bottle2neck(x, params, executor=ex, **args)
+    large = ", ".join(map(str, gconv._TILE_LARGE[gconv._runtime.dtype_name(dtype)]))
+    assert ex.launches[-1][1].startswith(
+        f"conv2d_pipelined_gemm<{gconv._runtime.dtype_name(dtype)}, {large}, 3>"
+    )
+    assert_close(out, ref.bottle2neck(_f64(x), params.map(_f64), **args))
