@@ -53,6 +53,7 @@ from ..microkernel import (
     tile,
     tile_half,
 )
+from . import gemm_1x1
 from .padding import pad_kernel
 
 
@@ -403,6 +404,12 @@ def conv_simd(
     h_out = out.shape[2] - 2 * oph
     w_out = out.shape[3] - 2 * opw
     flat = (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0) and (oph, opw) == (0, 0)
+    if flat and n_conv == 1 and nxt is None and gemm_1x1.usable(x, groups, h * w):
+        return gemm_1x1.conv_1x1(
+            x, packed, c_out, bias, out, out_c0=out_c0, relu=relu,
+            negative_slope=negative_slope, res=res, res_c0=res_c0, x_c0=x_c0,
+            c_in=c_in_g, unused=unused_array(x.dtype),
+        )  # fmt: skip
     if flat and h * w >= TILE_PIXELS:
         xp, rows, cols, row_step = x, 1, h * w, 0  # the plane is one long row: a GEMM
         in_row, in_plane = h * w, h * w
