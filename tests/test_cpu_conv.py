@@ -346,6 +346,7 @@ GEMM_1X1_CASES = [
     (1, 37, 33, 5, 4, 3, 5),  # 20 pixels: overlapping tails; channel offsets in x and out
     (3, 9, 8, 4, 4, 0, 2),  # one vector per plane
     (1, 24, 40, 14, 14, 0, 0),  # several chunks at batch 1, split over threads
+    (2, 600, 17, 7, 9, 1, 0),  # the reduction in 3 blocks (K_BLOCK), with a shifted tail
 ]
 
 

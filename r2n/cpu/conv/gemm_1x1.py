@@ -35,7 +35,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .._jit import kernel, prange
+from .._jit import FASTMATH, kernel, prange
 from ..microkernel import TILE_VECTORS, VECTOR_BYTES, block_layout
 
 #: Output channels of the register tile, and pixel vectors.
@@ -49,9 +49,17 @@ PIXEL_VECTORS = 3
 #: are prefetched; 256 KiB was never the slowest).
 CHUNK_BYTES = 256 * 1024
 #: Pixels computed / pixels in the plane above which a plane stays on step
-#: 4's 7-pixel tiles: a 7x7 plane (49) runs 48 + 16 pixels here (1.31x) and
-#: measured 0.74-0.80x step 4; 14x14 (196 -> 208, 1.06x) is faster here.
-MAX_WASTE = 1.1
+#: 4's 7-pixel tiles, which fit every ImageNet map exactly: a 7x7 plane (49)
+#: runs 48 + 16 pixels here (1.31x) and measured 0.74-0.80x step 4, 14x14
+#: (196 -> 208, 1.06x) 0.93-0.95x; 28x28 and 56x56 (whole vectors) run
+#: 1.06-1.45x step 4 here.
+MAX_WASTE = 1.05
+#: Input channels per pass of the reduction over a chunk: a tile reads one
+#: 64-byte line of the 8 channels' weights per input channel, so 256 of
+#: them (16 KiB) stay in the 32 KiB L1 while the pass runs over the chunk
+#: (unblocked, 1024 -> 416 and 1024 -> 832 at 14x14 measured 0.74-0.97x
+#: step 4).
+K_BLOCK = 256
 
 
 @functools.cache  # code, not data: a function of (t, nv) alone
@@ -62,7 +70,8 @@ def pixel_tile_kernel(t: int, nv: int):
 
         kernel(w, w_base, w_kstride, x, x_base, x_kstride, k_len,
                out, out_base, out_cstride, bias, bias_base,
-               res, res_base, res_cstride, has_res, relu, slope)
+               res, res_base, res_cstride, has_res, relu, slope,
+               accumulate, finish)
 
     computing, for channel ``i < t`` and pixel ``p < nv * L``::
 
@@ -81,7 +90,7 @@ def pixel_tile_kernel(t: int, nv: int):
     def kernel_(
         typingctx, w, w_base, w_kstride, x, x_base, x_kstride, k_len,
         out, out_base, out_cstride, bias, bias_base,
-        res, res_base, res_cstride, has_res, relu, slope,
+        res, res_base, res_cstride, has_res, relu, slope, accumulate, finish,
     ):  # fmt: skip
         arrays = (w, x, out, bias, res)
         if not all(a.dtype == w.dtype for a in arrays) or w.dtype not in (
@@ -93,7 +102,7 @@ def pixel_tile_kernel(t: int, nv: int):
         sig = types.void(
             w, w_base, w_kstride, x, x_base, x_kstride, k_len,
             out, out_base, out_cstride, bias, bias_base,
-            res, res_base, res_cstride, has_res, relu, slope,
+            res, res_base, res_cstride, has_res, relu, slope, accumulate, finish,
         )  # fmt: skip
 
         def codegen(context, builder, signature, args):
@@ -101,6 +110,7 @@ def pixel_tile_kernel(t: int, nv: int):
                 w_arr, w_base_v, w_kstride_v, x_arr, x_base_v, x_kstride_v, k_len_v,
                 out_arr, out_base_v, out_cstride_v, bias_arr, bias_base_v,
                 res_arr, res_base_v, res_cstride_v, has_res_v, relu_v, slope_v,
+                accumulate_v, finish_v,
             ) = args  # fmt: skip
             a_ty = signature.args
             i64 = ir.IntType(64)
@@ -125,6 +135,8 @@ def pixel_tile_kernel(t: int, nv: int):
             res_cstride_v = as_i64(res_cstride_v, a_ty[14])
             has_res_b = context.cast(builder, has_res_v, a_ty[15], types.boolean)
             relu_b = context.cast(builder, relu_v, a_ty[16], types.boolean)
+            accumulate_b = context.cast(builder, accumulate_v, a_ty[18], types.boolean)
+            finish_b = context.cast(builder, finish_v, a_ty[19], types.boolean)
 
             suffix = f"v{n_lanes}f{32 if scalar == ir.FloatType() else 64}"
             fma = cgutils.get_or_insert_function(
@@ -169,6 +181,12 @@ def pixel_tile_kernel(t: int, nv: int):
 
             # Accumulators: allocas with constant indices only -> registers after mem2reg.
             acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(nv)] for _ in range(t)]
+            with builder.if_then(accumulate_b):  # a later block of the reduction
+                for i in range(t):
+                    o_i = builder.gep(out_ptr, [builder.mul(out_cstride_v, ir.Constant(i64, i))])
+                    for j in range(nv):
+                        partial = vload(builder.gep(o_i, [ir.Constant(i64, j * n_lanes)]))
+                        builder.store(partial, acc[i][j])
             with cgutils.for_range(builder, k_len_v) as loop:
                 k = loop.index
                 x_k = builder.gep(x_ptr, [builder.mul(k, x_kstride_v)])
@@ -185,26 +203,30 @@ def pixel_tile_kernel(t: int, nv: int):
                         total = builder.call(fma, [weight, pixels[j], builder.load(acc[i][j])])
                         builder.store(total, acc[i][j])
 
-            # Epilogue in registers: + bias, (+ residual), (leaky) ReLU, store.
-            for i in range(t):
-                bias_i = splat(builder.load(builder.gep(bias_ptr, [ir.Constant(i64, i)])))
-                for j in range(nv):
-                    builder.store(builder.fadd(builder.load(acc[i][j]), bias_i), acc[i][j])
-            with builder.if_then(has_res_b):
+            # Epilogue in registers after the reduction's last block: + bias,
+            # (+ residual), (leaky) ReLU; earlier blocks store the partial sums.
+            with builder.if_then(finish_b):
                 for i in range(t):
-                    r_i = builder.gep(res_ptr, [builder.mul(res_cstride_v, ir.Constant(i64, i))])
+                    bias_i = splat(builder.load(builder.gep(bias_ptr, [ir.Constant(i64, i)])))
                     for j in range(nv):
-                        r = vload(builder.gep(r_i, [ir.Constant(i64, j * n_lanes)]))
-                        builder.store(builder.fadd(builder.load(acc[i][j]), r), acc[i][j])
-            slope_vec = splat(slope_v)
-            plain = builder.fcmp_ordered("==", slope_v, ir.Constant(scalar, 0.0))
-            with builder.if_then(relu_b):
-                for i in range(t):
-                    for j in range(nv):
-                        v = builder.load(acc[i][j])
-                        negative = builder.fcmp_ordered("<", v, zero)
-                        replaced = builder.select(plain, zero, builder.fmul(v, slope_vec))
-                        builder.store(builder.select(negative, replaced, v), acc[i][j])
+                        builder.store(builder.fadd(builder.load(acc[i][j]), bias_i), acc[i][j])
+                with builder.if_then(has_res_b):
+                    for i in range(t):
+                        r_i = builder.gep(
+                            res_ptr, [builder.mul(res_cstride_v, ir.Constant(i64, i))]
+                        )
+                        for j in range(nv):
+                            r = vload(builder.gep(r_i, [ir.Constant(i64, j * n_lanes)]))
+                            builder.store(builder.fadd(builder.load(acc[i][j]), r), acc[i][j])
+                slope_vec = splat(slope_v)
+                plain = builder.fcmp_ordered("==", slope_v, ir.Constant(scalar, 0.0))
+                with builder.if_then(relu_b):
+                    for i in range(t):
+                        for j in range(nv):
+                            v = builder.load(acc[i][j])
+                            negative = builder.fcmp_ordered("<", v, zero)
+                            replaced = builder.select(plain, zero, builder.fmul(v, slope_vec))
+                            builder.store(builder.select(negative, replaced, v), acc[i][j])
             for i in range(t):
                 o_i = builder.gep(out_ptr, [builder.mul(out_cstride_v, ir.Constant(i64, i))])
                 for j in range(nv):
@@ -216,6 +238,9 @@ def pixel_tile_kernel(t: int, nv: int):
 
     return kernel_
 
+
+# Helpers inlined into the kernel (a call per tile would cost more than its tail).
+_inline = numba.njit(inline="always", fastmath=FASTMATH)
 
 _main = pixel_tile_kernel(TILE_CHANNELS, PIXEL_VECTORS)  # 8 channels x 48 pixels (f32)
 _main_narrow = pixel_tile_kernel(TILE_CHANNELS, 1)  # 8 channels x 16 pixels: a chunk's tail
@@ -264,28 +289,64 @@ def _conv_1x1_kernel(
             for c in range(0, n_ch, TILE_CHANNELS if n_ch == TILE_CHANNELS else 1):
                 o_base = n * out_img + (out_c0 + c0 + c) * plane
                 r_base = n * residual_img + (residual_c0 + c0 + c) * plane
-                p = p0
-                while p < p1:
-                    if p + wide <= p1:
-                        step = wide
-                    else:
-                        step = lanes
-                        p = min(p, p1 - lanes)  # the last vector ends at the chunk's end
+                w_c = w_base + (0 if n_ch == TILE_CHANNELS else c)
+                # The reduction in blocks of K_BLOCK channels (partial sums kept
+                # in the output rows), each over all the chunk's whole tiles.
+                for kb in range(0, k_len, K_BLOCK):
                     args = (
-                        x, x_base + p, plane, k_len, out, o_base + p, plane,
-                        bias, c0 + c, residual, r_base + p, plane,
-                        has_residual, activation, negative_slope,
+                        min(K_BLOCK, k_len - kb), out, 0, plane, bias, c0 + c,
+                        residual, 0, plane, has_residual, activation, negative_slope,
+                        kb > 0, kb + K_BLOCK >= k_len,
                     )  # fmt: skip
-                    if n_ch == TILE_CHANNELS:
-                        if step == wide:
-                            _main(packed, w_base, w_kstride, *args)
-                        else:
-                            _main_narrow(packed, w_base, w_kstride, *args)
-                    elif step == wide:
-                        _one(packed, w_base + c, w_kstride, *args)
-                    else:
-                        _one_narrow(packed, w_base + c, w_kstride, *args)
-                    p += step
+                    w_k, x_k = w_c + kb * w_kstride, x_base + kb * plane
+                    p = p0
+                    while p + wide <= p1:
+                        _tile(n_ch, True, packed, w_k, w_kstride, x, x_k + p, o_base + p,
+                              r_base + p, args)  # fmt: skip
+                        p += wide
+                    while p + lanes <= p1:
+                        _tile(n_ch, False, packed, w_k, w_kstride, x, x_k + p, o_base + p,
+                              r_base + p, args)  # fmt: skip
+                        p += lanes
+                if (p1 - p0) % lanes:
+                    # The chunk's last vector, shifted back to end at its end,
+                    # over the whole reduction at once: its pixels shared with
+                    # the tile before get the same values again (a blocked
+                    # pass would add its partial sums to finished outputs).
+                    p = p1 - lanes
+                    args = (
+                        k_len, out, 0, plane, bias, c0 + c, residual, 0, plane,
+                        has_residual, activation, negative_slope, False, True,
+                    )  # fmt: skip
+                    _tile(n_ch, False, packed, w_c, w_kstride, x, x_base + p, o_base + p,
+                          r_base + p, args)  # fmt: skip
+
+
+@_inline
+def _tile(n_ch, wide, w, w_base, w_kstride, x, x_base, o_base, r_base, args):
+    """One micro-kernel call: 8 channels (or 1 when ``n_ch`` < 8) x 3 pixel
+    vectors (``wide``) or 1; ``args`` = (k_len, out, -, out_cstride, bias,
+    bias_base, res, -, res_cstride, has_res, relu, slope, accumulate, finish)."""
+    # x's channel stride is the plane, as out's and res's (out_cstride).
+    (k_len, out, _, out_cstride, bias, bias_base, res, _, res_cstride, has_res, relu, slope,
+     accumulate, finish) = args  # fmt: skip
+    if n_ch == TILE_CHANNELS:
+        if wide:
+            _main(w, w_base, w_kstride, x, x_base, out_cstride, k_len,
+                  out, o_base, out_cstride, bias, bias_base, res, r_base, res_cstride,
+                  has_res, relu, slope, accumulate, finish)  # fmt: skip
+        else:
+            _main_narrow(w, w_base, w_kstride, x, x_base, out_cstride, k_len,
+                         out, o_base, out_cstride, bias, bias_base, res, r_base, res_cstride,
+                         has_res, relu, slope, accumulate, finish)  # fmt: skip
+    elif wide:
+        _one(w, w_base, w_kstride, x, x_base, out_cstride, k_len,
+             out, o_base, out_cstride, bias, bias_base, res, r_base, res_cstride,
+             has_res, relu, slope, accumulate, finish)  # fmt: skip
+    else:
+        _one_narrow(w, w_base, w_kstride, x, x_base, out_cstride, k_len,
+                    out, o_base, out_cstride, bias, bias_base, res, r_base, res_cstride,
+                    has_res, relu, slope, accumulate, finish)  # fmt: skip
 
 
 def usable(x, groups, plane):
