@@ -33,6 +33,7 @@ CONV_CASES = [
     (2, 15, 48, 7, 9, (3, 3), 2, 1, 1, 3),  # > one channel block per group
     (1, 64, 40, 9, 7, (1, 1), 1, 0, 1, 1),  # 1x1: the plane as one row
     (2, 64, 40, 9, 7, (1, 1), 2, 0, 1, 1),  # strided 1x1 (the shortcut)
+    (2, 24, 40, 15, 16, (1, 1), 2, 0, 1, 1),  # strided 1x1, 8x8 out: gathered, then the GEMM
     (2, 16, 16, 13, 11, (3, 3), 1, 2, 2, 16),  # depthwise, dilated
     (1, 8, 40, 17, 19, (5, 5), 3, 2, 1, 1),  # 5x5, stride 3
     (3, 4, 33, 2, 3, (1, 1), 1, 0, 1, 1),  # plane smaller than a tile

@@ -410,6 +410,20 @@ def conv_simd(
             negative_slope=negative_slope, res=res, res_c0=res_c0, x_c0=x_c0,
             c_in=c_in_g, unused=unused_array(x.dtype),
         )  # fmt: skip
+    pointwise = (kh, kw, ph, pw) == (1, 1, 0, 0) and (oph, opw) == (0, 0)
+    if pointwise and not flat and n_conv == 1 and nxt is None:
+        # A strided 1x1 conv (the shortcut): gather the pixels it reads into a
+        # contiguous (N, C, H_out, W_out) copy, then the GEMM above.
+        geometry = (1, 1), tuple(stride), (0, 0), tuple(dilation)
+        layout = input_layout(h, w, h_out, w_out, *geometry)
+        if layout is not None and layout.shape == (h_out, w_out):
+            if gemm_1x1.usable(x, groups, h_out * w_out):
+                xs = read_layout(x, layout, np.empty if scratch is None else _role(scratch))
+                return gemm_1x1.conv_1x1(
+                    xs, packed, c_out, bias, out, out_c0=out_c0, relu=relu,
+                    negative_slope=negative_slope, res=res, res_c0=res_c0, x_c0=x_c0,
+                    c_in=c_in_g, unused=unused_array(x.dtype),
+                )  # fmt: skip
     if flat and h * w >= TILE_PIXELS:
         xp, rows, cols, row_step = x, 1, h * w, 0  # the plane is one long row: a GEMM
         in_row, in_plane = h * w, h * w
