@@ -40,7 +40,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import _scratch
-from .._jit import kernel, prange
+from .._jit import as_tuples, kernel, prange
 from ..elementwise import kernel_input, unused_array, vector_or
 from ..microkernel import (
     TILE_PIXELS,
@@ -75,69 +75,92 @@ def _cached_tap_offsets(c_in_g, kernel_hw, dilation, plane, row):
 _scratch.on_clear(_cached_tap_offsets.cache_clear)
 
 
+class Channels(NamedTuple):
+    """Where a kernel finds channel ``ch`` of image ``n``, row ``y`` in a flat buffer:
+    ``data[n * image + (c0 + ch) * plane + base + y * row]``.
+
+    data : 1-D view of an (N, C, H, W) contiguous array (or unused_array)
+    image, plane, row : elements per image, per channel plane, per row step
+    base : the offset of the first interior element in a padded plane
+    c0 : the first channel read or written
+    """
+
+    data: np.ndarray
+    image: int
+    plane: int
+    row: int
+    base: int
+    c0: int
+
+
+class ConvWeights(NamedTuple):
+    """The packed weights of ``n_conv`` convs and what the kernel reads with them.
+
+    packed : pack_weights(...) of each conv, concatenated ; conv_stride : its
+        elements per conv ; offsets : tap_offsets(...) into the padded input
+    c_in_g : input channels per group ; bias : (n_conv * C_out,)
+    """
+
+    packed: np.ndarray
+    conv_stride: int
+    offsets: np.ndarray
+    c_in_g: int
+    bias: np.ndarray
+
+
+class ConvShape(NamedTuple):
+    """The launch's geometry: ``n_conv`` convs of ``groups`` groups of
+    ``c_out_g`` output channels on ``n_img`` images, ``h_out`` x ``w_out``
+    outputs; the input's column step (the stride, in elements) and conv i's
+    first input channel shift ``x_conv_step * i``."""
+
+    n_img: int
+    groups: int
+    c_out_g: int
+    h_out: int
+    w_out: int
+    x_step: int
+    n_conv: int
+    x_conv_step: int
+
+
+class Epilogue(NamedTuple):
+    """What the epilogue does per finished row: add ``residual`` (if
+    has_residual), the activation (``activation``: a leaky ReLU of
+    ``negative_slope``, 0 for ReLU), and write value + ``next_chunk`` into
+    ``next_input`` (if has_next_input)."""
+
+    activation: bool
+    negative_slope: float
+    has_residual: bool
+    has_next_input: bool
+
+
 @kernel
-def _conv_simd_kernel(
-    xf,
-    x_img,
-    x_plane,
-    x_c0,
-    row_step,
-    x_step,  # input: flattened, padded
-    wpk,
-    offs,
-    k_len,
-    c_in_g,
-    bias,  # packed weights, tap offsets, (C_out,) bias
-    n_img,
-    groups,
-    c_out_g,
-    h_out,
-    w_out,  # geometry
-    out,
-    out_img,
-    out_plane,
-    out_row,
-    out_base,
-    out_c0,
-    relu,  # output addressing
-    slope,  # with relu: the leaky ReLU's negative slope (0: plain ReLU)
-    res,
-    res_img,
-    res_c0,
-    has_res,  # optional residual: + res before ReLU
-    nxt,
-    nxt_img,
-    nxt_plane,
-    nxt_row,
-    nxt_base,  # optional: write value + src ...
-    src,
-    src_img,
-    src_c0,
-    has_nxt,  # ... into a second (padded) buffer
-    n_conv,
-    w_conv_stride,
-    x_conv_step,  # n_conv independent convs in one launch (the stage chain)
-):
+def _conv_simd_kernel(x, weights, shape, out, epilogue, residual, next_input, next_chunk):
     """One parallel launch of a whole conv, in register tiles.
 
+    The arguments are the records above (:class:`Channels` for every buffer,
+    unpacked into locals first: the loops below see plain arrays and ints).
     Job = (image n, group g, channel block ob, output row y); each job walks
     its row in tiles of TILE_PIXELS. For output channel ch = g*c_out_g + c:
 
-        v = conv + bias[ch] (+ res[n, res_c0 + ch, y, x])
-        v = (v if v >= 0 else slope * v) if relu      (slope 0: ReLU, NaN kept)
-        out[n, out_c0 + ch, y, x] = v
-        nxt[n, ch, y, x] (padded) = v + src[n, src_c0 + ch, y, x]   if has_nxt
+        v = conv + bias[ch] (+ residual[n, ch, y, x])          if has_residual
+        v = v if v >= 0 else negative_slope * v                 if activation
+        out[n, ch, y, x] = v                                  (NaN kept)
+        next_input[n, ch, y, x] = v + next_chunk[n, ch, y, x]   if has_next_input
 
-    The last line is the Res2Net chain's "sp + x_{i+1}", computed while the
-    value is in hand and written straight into the next conv's padded input.
+    (channels counted from each record's ``c0``). The last line is the
+    Res2Net chain's "sp + x_{i+1}", computed while the value is in hand and
+    written straight into the next conv's padded input.
 
     ``n_conv`` > 1 runs that many independent convs of one geometry in the
     same launch (the "stage" chain, whose convs do not feed each other): conv
-    i reads input channels from ``x_c0 + i * x_conv_step``, weights from
-    ``i * w_conv_stride`` in ``wpk``, bias and output channels shifted by
-    ``i * C_out`` (``bias`` holds all of them). One launch instead of
-    ``n_conv``: one wake-up of the workers and one barrier, and ``n_conv``
-    times more jobs to share out.
+    i reads input channels from ``x.c0 + i * x_conv_step``, weights from
+    ``i * weights.conv_stride`` in ``weights.packed``, bias and output
+    channels shifted by ``i * C_out`` (``bias`` holds all of them). One
+    launch instead of ``n_conv``: one wake-up of the workers and one barrier,
+    and ``n_conv`` times more jobs to share out.
 
     Every tile is a full SIMD tile. A row's last, partial tile is shifted back
     to end at the row's end (some pixels are computed twice, with the same
@@ -145,12 +168,20 @@ def _conv_simd_kernel(
     (``min_input_width``). So no tile reads outside the input, and no scalar
     fallback is needed.
     """
+    xf, x_img, x_plane, row_step, _, x_c0 = x
+    wpk, w_conv_stride, offs, c_in_g, bias = weights
+    n_img, groups, c_out_g, h_out, w_out, x_step, n_conv, x_conv_step = shape
+    out_data, out_img, out_plane, out_row, out_base, out_c0 = out
+    activation, negative_slope, has_residual, has_next_input = epilogue
+    res, res_img, res_plane, res_row, _, res_c0 = residual
+    nxt, nxt_img, nxt_plane, nxt_row, nxt_base, _ = next_input
+    chunk, chunk_img, chunk_plane, chunk_row, _, chunk_c0 = next_chunk
+    k_len = offs.size
     b = TILE_VECTORS * (VECTOR_BYTES // xf.itemsize)  # = block_channels(dtype)
     full, tail = block_layout(c_out_g, b)
     blocks = full + tail
     group_stride = k_len * (full * b + tail * (b // 2))  # packed weights per group
-    p_out = h_out * w_out
-    zero = out.dtype.type(0)
+    zero = out_data.dtype.type(0)
     c_out = groups * c_out_g
     for job in prange(n_conv * n_img * groups * blocks * h_out):
         # Rows vary fastest: a thread's consecutive jobs share one block's
@@ -185,24 +216,24 @@ def _conv_simd_kernel(
         for c in range(n_ch):
             ch = g * c_out_g + ob * b + c
             o_idx = n * out_img + (out_c0 + ch_shift + ch) * out_plane + out_base + y * out_row
-            o_row = out[o_idx : o_idx + w_out]
+            o_row = out_data[o_idx : o_idx + w_out]
             bc = bias[ch_shift + ch]
             for i in range(w_out):
                 o_row[i] = row_buf[i * bw + c] + bc
-            if has_res:
-                r_idx = n * res_img + (res_c0 + ch) * p_out + y * w_out
+            if has_residual:
+                r_idx = n * res_img + (res_c0 + ch) * res_plane + y * res_row
                 r_row = res[r_idx : r_idx + w_out]
                 for i in range(w_out):
                     o_row[i] += r_row[i]
-            if relu and slope == zero:
+            if activation and negative_slope == zero:
                 for i in range(w_out):
                     if o_row[i] < zero:  # NaN stays NaN, as in PyTorch
                         o_row[i] = zero
-            elif relu:  # leaky ReLU (TResNet); a product, so -inf stays -inf
+            elif activation:  # leaky ReLU (TResNet); a product, so -inf stays -inf
                 for i in range(w_out):
                     if o_row[i] < zero:
-                        o_row[i] *= slope
-        if has_nxt:
+                        o_row[i] *= negative_slope
+        if has_next_input:
             # Once the whole row is done (and still in L1), add the next chunk to
             # it, a row at a time. Row slices make the loop index a plain range:
             # with computed indices Numba checks each for wraparound and the
@@ -210,10 +241,10 @@ def _conv_simd_kernel(
             for c in range(n_ch):
                 ch = g * c_out_g + ob * b + c
                 o_idx = n * out_img + (out_c0 + ch) * out_plane + out_base + y * out_row
-                s_idx = n * src_img + (src_c0 + ch) * p_out + y * w_out
+                s_idx = n * chunk_img + (chunk_c0 + ch) * chunk_plane + y * chunk_row
                 q_idx = n * nxt_img + ch * nxt_plane + nxt_base + y * nxt_row
-                o_row = out[o_idx : o_idx + w_out]
-                s_row = src[s_idx : s_idx + w_out]
+                o_row = out_data[o_idx : o_idx + w_out]
+                s_row = chunk[s_idx : s_idx + w_out]
                 q_row = nxt[q_idx : q_idx + w_out]
                 for i in range(w_out):
                     q_row[i] = o_row[i] + s_row[i]
@@ -438,51 +469,35 @@ def conv_simd(
         in_row, in_plane = xp.shape[3], xp.shape[2] * xp.shape[3]
     offs = _cached_tap_offsets(c_in_g, tuple(kernel_hw), tuple(dilation), in_plane, in_row)
     dt = x.dtype
-    res_a = unused_array(dt) if res is None else res.reshape(-1)
-    nxt_a = unused_array(dt) if nxt is None else nxt.reshape(-1)
-    src_a = unused_array(dt) if src is None else src.reshape(-1)
+    unused = Channels(unused_array(dt), 0, 0, 0, 0, 0)
+    residual = unused
+    if res is not None:
+        residual = Channels(res.reshape(-1), res[0].size, rows * cols, cols, 0, res_c0)
+    next_input = next_chunk = unused
+    if nxt is not None:  # nxt is padded by 1 on each side: the interior starts at (1, 1)
+        hp, wp = nxt.shape[2], nxt.shape[3]
+        next_input = Channels(nxt.reshape(-1), nxt[0].size, hp * wp, wp, wp + 1, 0)
+    if src is not None:
+        next_chunk = Channels(src.reshape(-1), src[0].size, rows * cols, cols, 0, src_c0)
     out_row = out.shape[3]
     _conv_simd_kernel(
-        xp.reshape(-1),
-        xp[0].size,
-        in_plane,
-        x_c0,
-        row_step,
-        sw,
-        packed,
-        offs,
-        len(offs),
-        c_in_g,
-        bias,
-        n,
-        groups,
-        c_out // groups,
-        rows,
-        cols,
-        out.reshape(-1),
-        out[0].size,
-        out.shape[2] * out.shape[3],
-        out_row,
-        oph * out_row + opw,
-        out_c0,
-        relu,
-        dt.type(negative_slope),
-        res_a,
-        0 if res is None else res[0].size,
-        res_c0,
-        res is not None,
-        nxt_a,
-        0 if nxt is None else nxt[0].size,
-        0 if nxt is None else nxt.shape[2] * nxt.shape[3],
-        0 if nxt is None else nxt.shape[3],
-        0 if nxt is None else nxt.shape[3] + 1,
-        src_a,
-        0 if src is None else src[0].size,
-        src_c0,
-        nxt is not None,
-        n_conv,
-        len(packed) // n_conv,
-        x_conv_step,
+        *as_tuples(
+            Channels(xp.reshape(-1), xp[0].size, in_plane, row_step, 0, x_c0),
+            ConvWeights(packed, len(packed) // n_conv, offs, c_in_g, bias),
+            ConvShape(n, groups, c_out // groups, rows, cols, sw, n_conv, x_conv_step),
+            Channels(
+                out.reshape(-1),
+                out[0].size,
+                out.shape[2] * out.shape[3],
+                out_row,
+                oph * out_row + opw,
+                out_c0,
+            ),
+            Epilogue(relu, dt.type(negative_slope), res is not None, nxt is not None),
+            residual,
+            next_input,
+            next_chunk,
+        )
     )
     return out
 

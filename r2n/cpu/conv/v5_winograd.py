@@ -70,10 +70,12 @@ benchmarks/results/NOTES.md "Winograd F(2x2,3x3) (v6)").
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numba
 import numpy as np
 
-from .._jit import FASTMATH, kernel, prange
+from .._jit import FASTMATH, as_tuples, kernel, prange
 from ..elementwise import kernel_input, vector_or
 from ..microkernel import (
     TILE_PIXELS,
@@ -203,56 +205,90 @@ def _triple_sum(dst, d0, src, x0, step, negate, count, one):
         dst[d0 + i] = src[x0 + i] + sign * src[y0 + i] + sign * src[z0 + i]
 
 
+class Source(NamedTuple):
+    """An input the convs read: conv i reads channels ``c0 + i * conv_step``
+    onwards of ``data``, the flattened (N, C, H, W) array of ``image``
+    elements per image; ``present`` False: none (data: any array of the
+    first source's type, never read)."""
+
+    data: np.ndarray
+    image: int
+    c0: int
+    conv_step: int
+    present: bool
+
+
+class WinogradWeights(NamedTuple):
+    """transform_weights(...) of each conv, concatenated (``conv_stride``
+    elements per conv), ``offsets`` (k * tbp for the micro-kernel), the
+    grouping and the (n_conv * C_out,) bias."""
+
+    packed_u: np.ndarray
+    conv_stride: int
+    offsets: np.ndarray
+    c_in_g: int
+    groups: int
+    c_out_g: int
+    bias: np.ndarray
+
+
+class WinogradOutput(NamedTuple):
+    """Conv i writes channels ``c0 + i * C_out`` onwards of ``data`` (flattened
+    (N, C, h_out, w_out), ``image`` elements per image), with ReLU if
+    ``activation``."""
+
+    data: np.ndarray
+    image: int
+    c0: int
+    h_out: int
+    w_out: int
+    activation: bool
+
+
+class WinogradPlan(NamedTuple):
+    """The input's size and padding, and how the launch splits into jobs
+    (:func:`plan`): ``n_conv * n_img * n_row_blocks`` jobs of
+    ``rows_per_block`` tile rows, V's row pitch ``tbp``."""
+
+    h: int
+    w: int
+    ph: int
+    pw: int
+    n_img: int
+    n_conv: int
+    rows_per_block: int
+    n_row_blocks: int
+    tbp: int
+
+
+class WinogradScratch(NamedTuple):
+    """Per-worker scratch, (workers, ...) each: V, M, S and Y, the parity
+    planes P and the vertical sums T (see :func:`_winograd_kernel`)."""
+
+    v: np.ndarray
+    m: np.ndarray
+    y: np.ndarray
+    planes: np.ndarray
+
+
 @kernel
-def _winograd_kernel(
-    a,
-    a_img,
-    a_c0,
-    a_conv_step,  # input source (flattened N, C, H, W)
-    b,
-    b_img,
-    b_c0,
-    b_conv_step,
-    has_b,  # optional second source, added on the read
-    h,
-    w,
-    ph,
-    pw,  # input size and padding
-    u,
-    u_conv_stride,
-    offs,
-    c_in_g,
-    groups,
-    c_out_g,
-    bias,  # transformed packed weights, (n_conv * C_out,) bias
-    out,
-    out_img,
-    out_c0,
-    h_out,
-    w_out,
-    relu,  # output (flattened)
-    n_img,
-    n_conv,
-    rows_per_block,
-    n_row_blocks,  # jobs
-    tbp,  # V's row pitch (plan)
-    v_scr,
-    m_scr,
-    y_scr,
-    p_scr,  # per-worker scratch: V, M, S and Y, the input rows and T
-):
+def _winograd_kernel(source, add, weights, output, geometry, scratch):
     """One launch of ``n_conv`` Winograd convs (see the module docstring).
 
     For conv i, image n and output channel ch = g * c_out_g + c:
 
-        s = a[n, a_c0 + i*a_conv_step + C_in-slice] (+ b[n, b_c0 + i*b_conv_step + ...])
+        s = source[n, C_in-slice of conv i] (+ add[n, C_in-slice of conv i])
         v = conv3x3(s zero-padded by (ph, pw))[ch] + bias[i * C_out + ch]
-        out[n, out_c0 + i * C_out + ch] = max(v, 0) if relu else v   (NaN kept)
+        out[n, out.c0 + i * C_out + ch] = max(v, 0) if activation else v  (NaN kept)
+
+    The arguments are the records above, unpacked into locals first (the
+    loops below see plain arrays and ints); ``add`` is read only if
+    ``add.present``.
 
     Layouts. A job's tiles are numbered ``idx = lt * R + tx`` (local tile row
     lt, column tx, R = ntx + 1: one unused column per row, so that every
     transform is a flat loop over the block). V[xi][c][idx] has the row pitch
-    TBP (the argument ``tbp``, >= rows * R + TILE_PIXELS: a micro-kernel call
+    TBP (``geometry.tbp``, >= rows * R + TILE_PIXELS: a micro-kernel call
     may run past the block), M[xi][idx][channel of the block]; per tile row, S (8 rows)
     and Y (4 rows) of R x bw. The input of one channel: the parity planes
     P[ri][cj][pr * R + k] = padded[2 pr + ri][2 k + cj] (rows+1 rows of R),
@@ -269,6 +305,12 @@ def _winograd_kernel(
     counts); the transforms' 36 loops as 4 loops over tables of rows,
     inlined (written out, they took 30 s more to compile).
     """
+    a, a_img, a_c0, a_conv_step, _ = source
+    b, b_img, b_c0, b_conv_step, has_b = add
+    u, u_conv_stride, offs, c_in_g, groups, c_out_g, bias = weights
+    out, out_img, out_c0, h_out, w_out, relu = output
+    h, w, ph, pw, n_img, n_conv, rows_per_block, n_row_blocks, tbp = geometry
+    v_scr, m_scr, y_scr, p_scr = scratch
     n_workers = v_scr.shape[0]
     c_in = groups * c_in_g
     c_out = groups * c_out_g
@@ -585,41 +627,24 @@ def conv_winograd(
     # Inputs read-only (kernel_input): one compiled signature per dtype, whether
     # the caller's arrays are writeable (the chain) or not (vector_or's bias).
     _winograd_kernel(
-        kernel_input(a.reshape(-1)),
-        a[0].size,
-        a_c0,
-        a_conv_step,
-        kernel_input(b_arr.reshape(-1)),
-        b_arr[0].size,
-        b_c0,
-        b_conv_step,
-        b is not None,
-        h,
-        w,
-        ph,
-        pw,
-        kernel_input(packed_u),
-        per_conv,
-        offs,
-        c_in_g,
-        groups,
-        c_out // groups,
-        kernel_input(bias),
-        out.reshape(-1),
-        out[0].size,
-        out_c0,
-        h_out,
-        w_out,
-        relu,
-        n,
-        n_conv,
-        rows,
-        n_blocks,
-        tbp,
-        v_scr,
-        m_scr,
-        y_scr,
-        p_scr,
+        *as_tuples(
+            Source(kernel_input(a.reshape(-1)), a[0].size, a_c0, a_conv_step, True),
+            Source(
+                kernel_input(b_arr.reshape(-1)), b_arr[0].size, b_c0, b_conv_step, b is not None
+            ),
+            WinogradWeights(
+                kernel_input(packed_u),
+                per_conv,
+                offs,
+                c_in_g,
+                groups,
+                c_out // groups,
+                kernel_input(bias),
+            ),
+            WinogradOutput(out.reshape(-1), out[0].size, out_c0, h_out, w_out, relu),
+            WinogradPlan(h, w, ph, pw, n, n_conv, rows, n_blocks, tbp),
+            WinogradScratch(v_scr, m_scr, y_scr, p_scr),
+        )
     )
     return out
 
