@@ -455,6 +455,7 @@ class PreparedBottle2neck:
             self.conv1[1],
             t1,
             relu=True,
+            scratch=scratch,  # an input copy (planes under a tile) from this thread's cache
         )
         self.chain(t1, t2)
         if self.shortcut is None:
@@ -463,7 +464,10 @@ class PreparedBottle2neck:
             conv = args["shortcut"]["conv"]
             source = x
             if args["shortcut"]["pool"] is not None:
-                source = avg_pool2d(x, **args["shortcut"]["pool"])
+                pool = args["shortcut"]["pool"]
+                source = avg_pool2d(
+                    x, **pool, out=scratch("block.pooled", pool["out_shape"], x.dtype)
+                )
             conv_simd(
                 source,
                 self.shortcut[0],
@@ -475,6 +479,7 @@ class PreparedBottle2neck:
                 (1, 1),
                 self.shortcut[1],
                 identity,
+                scratch=scratch,  # the strided shortcut's gathered input: no new array
             )
         if out is None:
             out = np.empty(args["out_shape"], x.dtype)
@@ -491,6 +496,7 @@ class PreparedBottle2neck:
             out,
             relu=True,
             res=identity,
+            scratch=scratch,
         )
         return out
 
