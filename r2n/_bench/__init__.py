@@ -18,7 +18,6 @@ module                what
 ``network``           the whole res2net50_26w_4s (r2n.models against timm)
 ``suite``             the cases ``r2n bench`` runs (op cases and the network)
 ``ladder_cases``      the shapes of ``r2n ladder``: Res2Net-50 defaults, --shape
-``interim_ladders``   r2n/cpu's ladders from today's code, until r2n.cpu.LADDERS
 ``profile``           ``r2n profile``: timed layers, ONNX Runtime's nodes
 ``model``             the Res2Net-accelerator speedup model
 ``plot``              the PNGs: speedup bars and a roofline chart; ladder bars

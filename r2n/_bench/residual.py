@@ -5,8 +5,9 @@ chunks (a copy each, when the chunk must be contiguous), add the previous
 output to the next chunk, and concatenate the outputs. The speedup model
 (:mod:`r2n._bench.model`) times these steps (its T2) apart from the convs, so
 they need parallel implementations whose speedup with threads can be measured:
-NumPy's own copies and adds run on one thread. These kernels parallelise over
-(image, channel) planes with ``prange`` and honour ``r2n.set_num_threads``.
+NumPy's own copies and adds run on one thread. The kernels (the channel copy
+and the add of r2n.cpu.res2net_ladder, step 1 of the chain's ladder, and a
+flat copy) parallelise with ``prange`` and honour ``r2n.set_num_threads``.
 Every plane is written by one thread only: no write races.
 
 Importing this module imports Numba (the cpu backend's dependency).
@@ -18,29 +19,11 @@ import numpy as np
 from numba import prange
 
 from ..cpu._jit import jit
+from ..cpu.res2net_ladder import add_kernel, copy_channels_kernel
 
 # numba.njit(parallel=True) with the disk cache where one can be written (as
 # the cpu backend's kernels; a read-only install runs without it).
 _parallel = jit(parallel=True)
-
-
-@_parallel
-def _copy_channels_kernel(x, c0, out):
-    n, c, h, w = out.shape
-    for p in prange(n * c):
-        i, j = p // c, p % c
-        for y in range(h):
-            out[i, j, y, :] = x[i, c0 + j, y, :]
-
-
-@_parallel
-def _add_kernel(a, b, out):
-    n, c, h, w = out.shape
-    for p in prange(n * c):
-        i, j = p // c, p % c
-        for y in range(h):
-            for z in range(w):
-                out[i, j, y, z] = a[i, j, y, z] + b[i, j, y, z]
 
 
 @_parallel
@@ -64,14 +47,14 @@ def split(x, c0: int, width: int):
     (N, width, H, W)
     """
     out = np.empty((x.shape[0], width) + x.shape[2:], x.dtype)
-    _copy_channels_kernel(x, c0, out)
+    copy_channels_kernel(x, c0, out)
     return out
 
 
 def add(a, b):
     """``a + b`` elementwise; a, b and the result (N, C, H, W), same dtype."""
     out = np.empty_like(a)
-    _add_kernel(a, b, out)
+    add_kernel(a, b, out)
     return out
 
 
@@ -82,7 +65,7 @@ def concatenate(chunks):
     c0 = 0
     for c in chunks:
         # The same plane-parallel copy, into a channel slice of out.
-        _copy_channels_kernel(c, 0, out[:, c0 : c0 + c.shape[1]])
+        copy_channels_kernel(c, 0, out[:, c0 : c0 + c.shape[1]])
         c0 += c.shape[1]
     return out
 

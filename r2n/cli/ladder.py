@@ -146,16 +146,11 @@ def gpu_device() -> Device | None:
 
 
 def ladders_of(backend: str) -> tuple[dict, str]:
-    """(op -> Steps, where they come from): ``r2n.<backend>.LADDERS``, else on
-    the cpu the interim ladders of today's code (r2n._bench.interim_ladders)."""
+    """(op -> Steps, where they come from): ``r2n.<backend>.LADDERS``."""
     module = importlib.import_module(f"r2n.{backend}")
     ladders = getattr(module, "LADDERS", None)
     if ladders is not None:
         return dict(ladders), f"r2n.{backend}.LADDERS"
-    if backend == "cpu":
-        from .._bench import interim_ladders
-
-        return interim_ladders.cpu_ladders(), "r2n._bench.interim_ladders (today's r2n/cpu)"
     return {}, f"r2n.{backend} has no LADDERS"
 
 

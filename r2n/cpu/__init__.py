@@ -14,7 +14,14 @@ module             ops
 ``layers``         linear, space_to_depth, blur_pool2d, squeeze_excite
 ``prepared``       ``PREPARE``: packed conv2d (fused epilogue) and bottle2neck
                    layers for whole networks (``r2n._backends.prepare``)
+``res2net_ladder`` the res2net_chain ladder's unfused steps
 =================  ==========================================================
+
+:data:`LADDERS` lists every numbered step of conv2d (``conv``: 5 steps, one
+file each), res2net_chain (``res2net_ladder``: 3 steps, unfused to fused),
+global_avg_pool2d (``pool``: 2) and linear (``layers``: 3), in order
+(r2n._ladder; ``r2n ladder``). It is built on first access, which imports
+Numba.
 
 Numba is imported only when a CPU kernel first runs: ``import r2n`` works
 without it. Kernels compile on first use per dtype, cached on disk where Numba
@@ -84,6 +91,28 @@ PREPARE = {
     "conv2d": _lazy_factory("prepare_conv2d"),
     "bottle2neck": _lazy_factory("prepare_bottle2neck"),
 }
+
+
+# op -> (module in r2n.cpu holding its ladder as LADDER), in r2n._ladder.LADDER_OPS order.
+_LADDER_MODULES = {
+    "conv2d": "conv",
+    "res2net_chain": "res2net_ladder",
+    "global_avg_pool2d": "pool",
+    "linear": "layers",
+}
+
+
+def __getattr__(name: str):
+    """``LADDERS`` (op -> its ladder's Steps), imported on first access so that
+    ``import r2n`` does not import Numba."""
+    if name == "LADDERS":
+        ladders = {
+            op: importlib.import_module(f"r2n.cpu.{module}").LADDER
+            for op, module in _LADDER_MODULES.items()
+        }
+        globals()["LADDERS"] = ladders
+        return ladders
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def available() -> bool:

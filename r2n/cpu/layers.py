@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._jit import kernel, prange
+from .._ladder import Step
+from ._jit import jit, kernel, prange
 from .elementwise import kernel_input, vector_or
 
 # linear tiles: LINEAR_ROWS rows of x share each weight row loaded into cache,
@@ -27,6 +28,42 @@ LINEAR_COLS = 16
 # --------------------------------------------------------------------------- #
 # Linear
 # --------------------------------------------------------------------------- #
+
+
+# Step 1 of the linear ladder: parallel, but IEEE order (no fastmath).
+_in_order = jit(parallel=True)
+
+
+@_in_order
+def _linear_naive_kernel(x, weight, bias, out):
+    """out = x @ weight.T + bias, a job per output, each dot product summed in
+    index order (no fastmath: one multiply-add waits for the one before).
+
+    x : (M, K); weight : (O, K); bias : (O,); out : (M, O), all C-contiguous.
+    """
+    m, k = x.shape
+    o = weight.shape[0]
+    for t in prange(m * o):
+        r, j = t // o, t % o
+        acc = x.dtype.type(0)
+        for q in range(k):
+            acc += x[r, q] * weight[j, q]
+        out[r, j] = acc + bias[j]
+
+
+@kernel
+def _linear_simd_kernel(x, weight, bias, out):
+    """Step 1's loop compiled with fastmath (contract, reassoc): the dot
+    product becomes fused multiply-adds into partial sums across vector
+    lanes. A job per output, as step 1."""
+    m, k = x.shape
+    o = weight.shape[0]
+    for t in prange(m * o):
+        r, j = t // o, t % o
+        acc = x.dtype.type(0)
+        for q in range(k):
+            acc += x[r, q] * weight[j, q]
+        out[r, j] = acc + bias[j]
 
 
 @kernel
@@ -62,16 +99,55 @@ def linear(x, weight, bias):
     -------
     (..., out_features) new C-contiguous array of x's dtype.
     """
+    return _launch_linear(_linear_kernel, x, weight, bias)
+
+
+def _launch_linear(linear_kernel, x, weight, bias):
+    """Run one of the linear kernels on the arguments of :func:`linear`."""
     o, k = weight.shape
     m = int(np.prod(x.shape[:-1], dtype=np.int64))  # 1 for a 1-D x
     out = np.empty(x.shape[:-1] + (o,), dtype=x.dtype)
-    _linear_kernel(
+    linear_kernel(
         kernel_input(x).reshape(m, k),
         kernel_input(weight),
         vector_or(bias, 0, o, x.dtype),
         out.reshape(m, o),
     )
     return out
+
+
+def linear_1_naive(x, weight, bias):
+    """Step ``1_naive`` of the linear ladder (arguments as :func:`linear`)."""
+    return _launch_linear(_linear_naive_kernel, x, weight, bias)
+
+
+def linear_2_simd_reduce(x, weight, bias):
+    """Step ``2_simd_reduce`` of the linear ladder (arguments as :func:`linear`)."""
+    return _launch_linear(_linear_simd_kernel, x, weight, bias)
+
+
+#: The linear ladder (r2n._ladder); step 3 is the backend's op.
+LADDER = (
+    Step(
+        "1_naive",
+        "a thread per output, the dot product summed in index order: one multiply-add at a time",
+        linear_1_naive,
+        source="r2n/cpu/layers.py",
+    ),
+    Step(
+        "2_simd_reduce",
+        "the same loop, reassociated: FMAs into partial sums in vector lanes",
+        linear_2_simd_reduce,
+        source="r2n/cpu/layers.py",
+    ),
+    Step(
+        "3_tiles",
+        f"{LINEAR_ROWS} rows x {LINEAR_COLS} outputs a job: each weight row read once per "
+        f"{LINEAR_ROWS} rows",
+        linear,
+        source="r2n/cpu/layers.py",
+    ),
+)
 
 
 # --------------------------------------------------------------------------- #

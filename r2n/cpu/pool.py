@@ -21,8 +21,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._jit import kernel, prange
+from .._ladder import Step
+from ._jit import jit, kernel, prange
 from .elementwise import kernel_input
+
+# Step 1 of the global_avg_pool2d ladder: parallel, but IEEE order (no fastmath).
+in_order = jit(parallel=True)
 
 # Output rows per prange iteration: each iteration allocates one scratch row.
 POOL_ROWS = 8
@@ -112,9 +116,27 @@ def _avg_pool2d_kernel(x, kh, kw, sh, sw, ph, pw, count_include_pad, out):
                 dst[ox] /= x.dtype.type(div_h * div_w)
 
 
+@in_order
+def _global_avg_pool2d_naive_kernel(x, out):
+    """x : (P, H*W) planes -> out : (P,) means, each summed in float64 in
+    index order (compiled without fastmath: no reassociation, so one add
+    waits for the one before and nothing vectorises)."""
+    planes, hw = x.shape
+    for p in prange(planes):
+        acc = 0.0
+        for k in range(hw):
+            acc += x[p, k]
+        out[p] = acc / hw
+
+
 @kernel
 def _global_avg_pool2d_kernel(x, out):
-    """x : (P, H*W) planes -> out : (P,) means, summed in float64."""
+    """x : (P, H*W) planes -> out : (P,) means, summed in float64.
+
+    The loop is step 1's; ``fastmath`` reassoc lets LLVM split the sum into
+    partial sums across vector lanes (and unrolled registers), added up at
+    the end: the adds no longer wait for each other.
+    """
     planes, hw = x.shape
     for p in prange(planes):
         acc = 0.0  # float64 for both dtypes: no float32 rounding in the running sum
@@ -202,3 +224,29 @@ def global_avg_pool2d(x):
     out = np.empty((n, c), dtype=x.dtype)
     _global_avg_pool2d_kernel(kernel_input(x).reshape(n * c, h * w), out.reshape(n * c))
     return out
+
+
+def global_avg_pool2d_1_naive(x):
+    """Step ``1_naive`` of the global_avg_pool2d ladder: a thread per (n, c)
+    plane, its sum in index order. x (N, C, H, W) -> (N, C)."""
+    n, c, h, w = x.shape
+    out = np.empty((n, c), dtype=x.dtype)
+    _global_avg_pool2d_naive_kernel(kernel_input(x).reshape(n * c, h * w), out.reshape(n * c))
+    return out
+
+
+#: The global_avg_pool2d ladder (r2n._ladder); step 2 is the backend's op.
+LADDER = (
+    Step(
+        "1_naive",
+        "a thread per (n, c) plane, the float64 sum in index order: one add after another",
+        global_avg_pool2d_1_naive,
+        source="r2n/cpu/pool.py",
+    ),
+    Step(
+        "2_simd_reduce",
+        "the same loop, reassociated: partial sums in vector lanes, added up at the end",
+        global_avg_pool2d,
+        source="r2n/cpu/pool.py",
+    ),
+)

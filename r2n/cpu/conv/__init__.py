@@ -70,8 +70,7 @@ LADDER = (
     ),
     Step(
         "5_winograd",
-        "Winograd F(2x2, 3x3): 16 multiplies per 2x2 tile instead of 36, through step 4's "
-        "micro-kernel",
+        "Winograd F(2x2, 3x3): 16 multiplies per 2x2 tile, not 36; GEMMs in step 4's kernel",
         v5_winograd.conv2d_5_winograd,
         applies=v5_winograd.step_applies,
         source="r2n/cpu/conv/v5_winograd.py",
