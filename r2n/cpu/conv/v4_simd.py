@@ -19,8 +19,9 @@ The epilogue
     Bias, a residual, the activation and the write into a channel slice of
     a larger (optionally padded) output run once per finished row, over row
     slices (see :func:`conv_simd`), so the fused Res2Net blocks
-    (r2n.cpu.res2net) need no passes of their own. 1x1 stride-1 convs run
-    each plane as one long row: a GEMM.
+    (r2n.cpu.res2net) need no passes of their own. 1x1 convs run as the
+    GEMM of r2n.cpu.conv.gemm_1x1 where it applies (``gemm_1x1.usable``),
+    else, at stride 1, each plane as one long row.
 Measured
     ~170 GFLOP/s (one thread, float32, 32 -> 32 channels, 3x3, 56x56, on the
     2-core Zen 5 development machine, 2026-11-22; PyTorch 2.13's oneDNN:
@@ -422,7 +423,9 @@ def conv_simd(
     scratch : optional ``scratch(role, shape, dtype)`` (r2n.cpu._scratch)
         supplying the input copy's buffer, reused across calls
 
-    1x1 stride-1 unpadded convs run on each plane as one long row (a GEMM).
+    Unpadded 1x1 convs run as gemm_1x1's GEMM where ``gemm_1x1.usable``
+    (strided ones on a gathered copy of the pixels they read); other 1x1
+    stride-1 convs run on each plane as one long row.
     """
     n, c_total, h, w = x.shape
     if n == 0:
