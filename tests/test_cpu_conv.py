@@ -205,12 +205,12 @@ def test_stage_convs_in_one_launch_match_one_launch_per_conv(rng, dtype):
     separate = np.full((n, nums * width + 5, h_out, w_out), np.nan, dtype)
     for i in range(nums):
         v4_simd.conv_simd(
-            xp, packed[i], *geometry, biases[i], separate, out_c0=i * width, relu=True,
+            xp, packed[i], *geometry, biases[i], separate, out_c0=i * width, activation="relu",
             x_c0=i * width, c_in_g=width // groups,
         )  # fmt: skip
     merged = np.full_like(separate, np.nan)
     v4_simd.conv_simd(
-        xp, np.concatenate(packed), *geometry, np.concatenate(biases), merged, relu=True,
+        xp, np.concatenate(packed), *geometry, np.concatenate(biases), merged, activation="relu",
         c_in_g=width // groups, n_conv=nums, x_conv_step=width,
     )  # fmt: skip
     np.testing.assert_array_equal(merged, separate)
@@ -218,7 +218,7 @@ def test_stage_convs_in_one_launch_match_one_launch_per_conv(rng, dtype):
     with pytest.raises(ValueError, match="n_conv"):
         v4_simd.conv_simd(
             xp, np.concatenate(packed), *geometry, np.concatenate(biases), merged,
-            res=merged, n_conv=nums, x_conv_step=width,
+            residual=merged, n_conv=nums, x_conv_step=width,
         )  # fmt: skip
 
 
@@ -380,8 +380,8 @@ def test_1x1_gemm_matches_the_reference(rng, case, epilogue, dtype):
         try:
             gemm_1x1.conv_1x1(
                 x, microkernel.pack_weights(weight, 1), c_out, bias, out, out_c0=out_c0,
-                relu=epilogue != "plain", negative_slope=slope, res=res, res_c0=2,
-                x_c0=x_c0, c_in=c_in, unused=np.empty(0, dtype),
+                activation={"plain": None, "leaky": "leaky_relu"}.get(epilogue, "relu"),
+                negative_slope=slope, residual=res, residual_c0=2, x_c0=x_c0, c_in=c_in,
             )  # fmt: skip
         finally:
             r2n.set_num_threads(before)

@@ -129,7 +129,7 @@ def test_winograd_variant_matches_the_reference_on_drawn_arguments(
             dict(out=np.empty((1, 8, 7, 14), np.float32)[..., ::2]),
             r"out must be a C-contiguous float32 .*got float32, not C-contiguous",
         ),
-        (dict(b=np.empty((1, 8, 7, 7))), r"b must be a C-contiguous float32 .*got float64"),
+        (dict(add=np.empty((1, 8, 7, 7))), r"add must be a C-contiguous float32 .*got float64"),
         (dict(packed_u="float64"), r"packed_u and bias must be float32, got float64 and float32"),
         (dict(bias=np.zeros(8)), r"packed_u and bias must be float32, got float32 and float64"),
         (dict(a_c0=1), r"the convs read channels 1 \.\. 8 of a, which has 8"),

@@ -1,8 +1,8 @@
 """Numba kernels for the elementwise ops: activations and inference batch norm.
 
-Same functions and signatures as ``r2n.reference.activations`` and
-``r2n.reference.norm``. Each public function is a small Python wrapper that
-makes the inputs C-contiguous, allocates the output and calls one ``@kernel``.
+Same functions and signatures as ``r2n.reference.elementwise``. Each public
+function is a small Python wrapper that makes the inputs C-contiguous,
+allocates the output and calls one ``@kernel``.
 
 The activations flatten their input and run one flat ``prange`` over it:
 Numba hands each thread one contiguous range, which LLVM vectorises. (A

@@ -1,8 +1,8 @@
 """Numba kernels for the linear layer and TResNet's layers.
 
-Same functions and signatures as ``r2n.reference.conv.linear`` and
-``r2n.reference.tresnet``. Each public function is a Python wrapper (contiguous
-inputs, output allocation, None biases as zeros) around one ``@kernel``.
+Same functions and signatures as ``r2n.reference.layers``. Each public
+function is a Python wrapper (contiguous inputs, output allocation, None
+biases as zeros) around one ``@kernel``.
 
 ``linear`` is a ``prange`` over tiles of (rows x output features), not a call
 to ``np.dot``: BLAS would start threads of its own, outside

@@ -90,7 +90,7 @@ class PreparedConv2d:
             None if bias is None else np.asarray(bias), 0, self.c_out, self.dtype
         )
         self.geometry = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-        self.relu = activation is not None
+        self.activation = activation
         self.negative_slope = negative_slope if activation == "leaky_relu" else 0.0
         self.reuse_output = reuse_output
         self._shapes = {}  # x.shape -> out_shape (see the module docstring)
@@ -139,9 +139,9 @@ class PreparedConv2d:
             g["dilation"],
             self.bias,
             out,
-            relu=self.relu,
+            activation=self.activation,
             negative_slope=self.negative_slope,
-            res=residual,
+            residual=residual,
             scratch=scratch,
         )
 

@@ -45,7 +45,7 @@ import numpy as np
 
 from ._jit import kernel, prange
 from ._scratch import clear_scratch, scratch  # noqa: F401  (clear_scratch: re-exported)
-from .conv.v4_simd import conv_simd, input_layout
+from .conv.v4_simd import NextInput, conv_simd, input_layout
 from .conv.v5_winograd import (
     conv_winograd,
     transform_weights,
@@ -58,12 +58,12 @@ from .pool import avg_pool2d
 
 
 @kernel
-def _chain_prologue(x, width, n_pad, stage, stride, last_c, xp, nxt, out, out_c0):
+def _chain_prologue(x, width, n_pad, stage, stride, last_c, xp, next_input, out, out_c0):
     """Pad chunks 0 .. n_pad-1 of x into xp (N, n_pad*width, H+2, W_p), and
     write chunk ``last_c`` (if >= 0) into out[:, out_c0 : out_c0 + width]:
     a copy, or for stage a 3x3 / stride / pad-1 average (count_include_pad).
 
-    ``nxt`` (shaped like xp, or empty): the "normal" chain's second padded
+    ``next_input`` (shaped like xp, or empty): the "normal" chain's second padded
     buffer, whose interior the convs write; here its border (rows 0 and H+1,
     column 0 and the columns from W+1 on) is zeroed, so that no earlier call,
     of any width, leaves values in the padding: O(border), not O(buffer).
@@ -77,7 +77,7 @@ def _chain_prologue(x, width, n_pad, stage, stride, last_c, xp, nxt, out, out_c0
     zero = x.dtype.type(0)
     ninth = x.dtype.type(1.0 / 9.0)
     per_img = n_pad * width + n_last
-    border_nxt = nxt.size > 0
+    border_next = next_input.size > 0
     for job in prange(n_img * per_img):
         n = job // per_img
         c = job % per_img
@@ -90,9 +90,9 @@ def _chain_prologue(x, width, n_pad, stage, stride, last_c, xp, nxt, out, out_c0
                     src = x[n, c, y - 1]
                     for i in range(w):
                         dst[1 + i] = src[i]
-            if border_nxt:
+            if border_next:
                 for y in range(hp):
-                    dst = nxt[n, c, y]
+                    dst = next_input[n, c, y]
                     if y == 0 or y > h:
                         for i in range(wp):
                             dst[i] = zero
@@ -240,19 +240,19 @@ class PreparedChain:
                 return out
         # Both padded buffers are written in full by this call before any conv
         # reads them (see r2n.cpu._scratch): the prologue rewrites all of xp
-        # and zeroes nxt's border; "normal" conv i reads one of them and writes
+        # and zeroes next_input's border; "normal" conv i reads one of them and writes
         # sp + x_{i+1} into the other's whole interior (H x W), and the two swap.
         # So what an earlier call of another width left in them (wp is the same
         # for every width up to TILE_PIXELS) is never read.
         xp = scratch("chain.xp", (n, n_pad * width, h + 2, wp), x.dtype)
-        nxt = no_buffer = unused_array(x.dtype).reshape(0, 0, 0, 0)
+        next_input = no_buffer = unused_array(x.dtype).reshape(0, 0, 0, 0)
         if not stage and nums > 1:
-            nxt = scratch("chain.nxt", xp.shape, x.dtype)
+            next_input = scratch("chain.next_input", xp.shape, x.dtype)
         _chain_prologue(
-            x, width, n_pad, self.stype == "stage", s, last, xp, nxt, out, nums * width
+            x, width, n_pad, self.stype == "stage", s, last, xp, next_input, out, nums * width
         )  # fmt: skip
-        if nxt is no_buffer:
-            nxt = None
+        if next_input is no_buffer:
+            next_input = None
         if stage:
             # Conv i reads padded chunk i and writes output chunk i; one launch
             # for all of them (one wake-up, one barrier, nums times the jobs).
@@ -267,7 +267,7 @@ class PreparedChain:
                 (1, 1),
                 self.biases_all,
                 out,
-                relu=True,
+                activation="relu",
                 c_in_g=width // self.groups,
                 n_conv=nums,
                 x_conv_step=width,
@@ -288,14 +288,12 @@ class PreparedChain:
                 self.biases[i],
                 out,
                 out_c0=i * width,
-                relu=True,
-                nxt=nxt if feeds_next else None,
-                src=x if feeds_next else None,
-                src_c0=(i + 1) * width,
+                activation="relu",
+                next_input=NextInput(next_input, x, (i + 1) * width) if feeds_next else None,
                 c_in_g=width // self.groups,
             )
             if feeds_next:
-                cur, nxt = nxt, cur
+                cur, next_input = next_input, cur
         return out
 
     def _gathered(self, x, out):
@@ -309,7 +307,7 @@ class PreparedChain:
         _chain_prologue(x, width, 0, True, self.stride, last, no_pad, no_pad, out, nums * width)
         conv_simd(
             x, self.packed_all, width, self.groups, (3, 3), (self.stride, self.stride), (1, 1),
-            (1, 1), self.biases_all, out, relu=True, c_in_g=width // self.groups,
+            (1, 1), self.biases_all, out, activation="relu", c_in_g=width // self.groups,
             n_conv=nums, x_conv_step=width, scratch=scratch,
         )  # fmt: skip
         return out
@@ -330,7 +328,7 @@ class PreparedChain:
                 x, width, 0, self.stype == "stage", 1, nums * width, no_pad, no_pad, out,
                 nums * width,
             )  # fmt: skip
-        common = dict(c_in_g=width // groups, relu=True, scratch=scratch)
+        common = dict(c_in_g=width // groups, activation="relu", scratch=scratch)
         if stage:
             conv_winograd(
                 x, self.wino_all, width, groups, (1, 1), self.biases_all, out,
@@ -340,7 +338,7 @@ class PreparedChain:
         for i in range(nums):
             conv_winograd(
                 x if i == 0 else out, self.wino[i], width, groups, (1, 1), self.biases[i], out,
-                a_c0=0 if i == 0 else (i - 1) * width, b=None if i == 0 else x, b_c0=i * width,
+                a_c0=0 if i == 0 else (i - 1) * width, add=None if i == 0 else x, add_c0=i * width,
                 out_c0=i * width, **common,
             )  # fmt: skip
         return out
@@ -454,7 +452,7 @@ class PreparedBottle2neck:
             (1, 1),
             self.conv1[1],
             t1,
-            relu=True,
+            activation="relu",
             scratch=scratch,  # an input copy (planes under a tile) from this thread's cache
         )
         self.chain(t1, t2)
@@ -494,8 +492,8 @@ class PreparedBottle2neck:
             (1, 1),
             self.conv3[1],
             out,
-            relu=True,
-            res=identity,
+            activation="relu",
+            residual=identity,
             scratch=scratch,
         )
         return out

@@ -144,7 +144,7 @@ def chain_2_fused_epilogue(x, weights, biases, *, scale, stype, stride, groups, 
             chunk = summed
         packed = pack_weights(np.asarray(weights[i], x.dtype), groups)
         bias = vector_or(None if biases is None else biases[i], 0, width, x.dtype)
-        common = dict(out_c0=i * width, relu=True, c_in_g=width // groups)
+        common = dict(out_c0=i * width, activation="relu", c_in_g=width // groups)
         if layout.rows is None and layout.cols is None:
             # The conv's padded input copy, of this chunk only (read in place
             # from x's channel slice, or from the sum).

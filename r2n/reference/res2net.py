@@ -25,8 +25,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _checks
-from .activations import relu
 from .conv import conv2d
+from .elementwise import relu
 from .pool import avg_pool2d
 
 

@@ -36,6 +36,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .._jit import FASTMATH, kernel, prange
+from ..elementwise import unused_array
 from ..microkernel import TILE_VECTORS, VECTOR_BYTES, block_layout
 
 #: Output channels of the register tile, and pixel vectors.
@@ -386,22 +387,25 @@ def job_split(n_img, c_out, plane, k_len, itemsize, threads):
     return chunk, n_chunks, n_splits
 
 
-def conv_1x1(x, packed, c_out, bias, out, *, out_c0, relu, negative_slope, res, res_c0,
-             x_c0, c_in, unused):  # fmt: skip
+def conv_1x1(
+    x, packed, c_out, bias, out, *,
+    out_c0, activation, negative_slope, residual, residual_c0, x_c0, c_in,
+):  # fmt: skip
     """Launch the 1x1 GEMM (arguments as r2n.cpu.conv.v4_simd.conv_simd's,
-    for a flat 1x1 conv: stride 1, no padding, one group; ``unused`` the
-    empty array passed for no residual)."""
+    for a 1x1 conv of stride 1, no padding, one group: ``x`` holds exactly
+    the pixels it reads; ``activation`` None, "relu" or "leaky_relu")."""
     n, c_x, h, w = x.shape
     plane = h * w
     chunk, n_chunks, n_splits = job_split(
         n, c_out, plane, c_in, x.itemsize, numba.get_num_threads()
     )
+    slope = negative_slope if activation == "leaky_relu" else 0.0
     _conv_1x1_kernel(
         x.reshape(-1), c_x * plane, x_c0, plane, c_in,
         packed, bias, n, c_out,
-        out.reshape(-1), out[0].size, out_c0, relu, x.dtype.type(negative_slope),
-        unused if res is None else res.reshape(-1), 0 if res is None else res[0].size,
-        res_c0, res is not None,
+        out.reshape(-1), out[0].size, out_c0, activation is not None, x.dtype.type(slope),
+        unused_array(x.dtype) if residual is None else residual.reshape(-1),
+        0 if residual is None else residual[0].size, residual_c0, residual is not None,
         chunk, n_chunks, n_splits,
     )  # fmt: skip
     return out

@@ -251,6 +251,24 @@ def _conv_simd_kernel(x, weights, shape, out, epilogue, residual, next_input, ne
                     q_row[i] = o_row[i] + s_row[i]
 
 
+#: conv_simd's activations (the fused argument's values on every backend).
+ACTIVATIONS = (None, "relu", "leaky_relu")
+
+
+class NextInput(NamedTuple):
+    """conv_simd's ``next_input``: the Res2Net "normal" chain's next conv input.
+
+    buffer : (N, C_out, H_out + 2, W_out + 2), the next conv's zero-padded
+        input; the epilogue writes its interior
+    chunk : (N, C, H_out, W_out) contiguous, the chain's input x; channels
+        chunk_c0 .. chunk_c0 + C_out (x_{i+1}) are added to the conv's output
+    """
+
+    buffer: np.ndarray
+    chunk: np.ndarray
+    chunk_c0: int
+
+
 class InputLayout(NamedTuple):
     """The buffer step 4 reads instead of x (see :func:`input_layout`).
 
@@ -383,13 +401,11 @@ def conv_simd(
     out,
     *,
     out_c0=0,
-    relu=False,
+    activation=None,
     negative_slope=0.0,
-    res=None,
-    res_c0=0,
-    nxt=None,
-    src=None,
-    src_c0=0,
+    residual=None,
+    residual_c0=0,
+    next_input=None,
     x_c0=0,
     c_in_g=None,
     out_padding=(0, 0),
@@ -411,15 +427,17 @@ def conv_simd(
     kernel_hw, stride, padding, dilation : pairs ; bias : (c_out,) contiguous
     out : (N, C_tot, H_out + 2*oph, W_out + 2*opw) contiguous; channels
         out_c0 .. out_c0 + c_out are written (interior only if out_padding)
-    relu : apply ReLU after bias (and residual); with ``negative_slope`` != 0
-        a leaky ReLU (``v if v >= 0 else negative_slope * v``)
-    res : optional (N, C_res, H_out, W_out) contiguous, channels res_c0 + ch added
-    nxt, src : optional; nxt (N, c_out, H_out + 2, W_out + 2) receives
-        value + src[:, src_c0 + ch] in its interior (the chain's next input)
+    activation : None, "relu" or "leaky_relu" (``v if v >= 0 else
+        negative_slope * v``), after the bias and the residual
+    residual : optional (N, C_res, H_out, W_out) contiguous, channels
+        residual_c0 + ch added before the activation
+    next_input : optional :class:`NextInput` (the Res2Net chain's "sp +
+        x_{i+1}"): its buffer (N, c_out, H_out + 2, W_out + 2) receives value +
+        chunk[:, chunk_c0 + ch] in its interior, the next conv's padded input
     n_conv, x_conv_step : run ``n_conv`` independent convs of this geometry
         in one launch: ``packed`` and ``bias`` are their packed weights and
         biases concatenated, conv i reads channels from x_c0 + i * x_conv_step
-        and writes out_c0 + i * c_out ... (no res / nxt then)
+        and writes out_c0 + i * c_out ... (no residual / next_input then)
     scratch : optional ``scratch(role, shape, dtype)`` (r2n.cpu._scratch)
         supplying the input copy's buffer, reused across calls
 
@@ -430,22 +448,24 @@ def conv_simd(
     n, c_total, h, w = x.shape
     if n == 0:
         return out
-    if n_conv != 1 and (res is not None or nxt is not None):
-        raise ValueError("conv_simd: n_conv > 1 takes no res or nxt")
+    if n_conv != 1 and (residual is not None or next_input is not None):
+        raise ValueError("conv_simd: n_conv > 1 takes no residual or next_input")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"conv_simd: activation must be one of {ACTIVATIONS}, got {activation!r}")
     c_in_g = c_total // groups if c_in_g is None else c_in_g
     (kh, kw), (sh, sw), (ph, pw) = kernel_hw, stride, padding
     oph, opw = out_padding
     h_out = out.shape[2] - 2 * oph
     w_out = out.shape[3] - 2 * opw
     flat = (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0) and (oph, opw) == (0, 0)
-    if flat and n_conv == 1 and nxt is None and gemm_1x1.usable(x, groups, h * w):
-        return gemm_1x1.conv_1x1(
-            x, packed, c_out, bias, out, out_c0=out_c0, relu=relu,
-            negative_slope=negative_slope, res=res, res_c0=res_c0, x_c0=x_c0,
-            c_in=c_in_g, unused=unused_array(x.dtype),
-        )  # fmt: skip
+    gemm_args = dict(
+        out_c0=out_c0, activation=activation, negative_slope=negative_slope,
+        residual=residual, residual_c0=residual_c0, x_c0=x_c0, c_in=c_in_g,
+    )  # fmt: skip
+    if flat and n_conv == 1 and next_input is None and gemm_1x1.usable(x, groups, h * w):
+        return gemm_1x1.conv_1x1(x, packed, c_out, bias, out, **gemm_args)
     pointwise = (kh, kw, ph, pw) == (1, 1, 0, 0) and (oph, opw) == (0, 0)
-    if pointwise and not flat and n_conv == 1 and nxt is None:
+    if pointwise and not flat and n_conv == 1 and next_input is None:
         # A strided 1x1 conv (the shortcut): gather the pixels it reads into a
         # contiguous (N, C, H_out, W_out) copy, then the GEMM above.
         geometry = (1, 1), tuple(stride), (0, 0), tuple(dilation)
@@ -453,11 +473,7 @@ def conv_simd(
         if layout is not None and layout.shape == (h_out, w_out):
             if gemm_1x1.usable(x, groups, h_out * w_out):
                 xs = read_layout(x, layout, np.empty if scratch is None else _role(scratch))
-                return gemm_1x1.conv_1x1(
-                    xs, packed, c_out, bias, out, out_c0=out_c0, relu=relu,
-                    negative_slope=negative_slope, res=res, res_c0=res_c0, x_c0=x_c0,
-                    c_in=c_in_g, unused=unused_array(x.dtype),
-                )  # fmt: skip
+                return gemm_1x1.conv_1x1(xs, packed, c_out, bias, out, **gemm_args)
     if flat and h * w >= TILE_PIXELS:
         xp, rows, cols, row_step = x, 1, h * w, 0  # the plane is one long row: a GEMM
         in_row, in_plane = h * w, h * w
@@ -473,15 +489,18 @@ def conv_simd(
     offs = _cached_tap_offsets(c_in_g, tuple(kernel_hw), tuple(dilation), in_plane, in_row)
     dt = x.dtype
     unused = Channels(unused_array(dt), 0, 0, 0, 0, 0)
-    residual = unused
-    if res is not None:
-        residual = Channels(res.reshape(-1), res[0].size, rows * cols, cols, 0, res_c0)
-    next_input = next_chunk = unused
-    if nxt is not None:  # nxt is padded by 1 on each side: the interior starts at (1, 1)
-        hp, wp = nxt.shape[2], nxt.shape[3]
-        next_input = Channels(nxt.reshape(-1), nxt[0].size, hp * wp, wp, wp + 1, 0)
-    if src is not None:
-        next_chunk = Channels(src.reshape(-1), src[0].size, rows * cols, cols, 0, src_c0)
+    residual_rows = next_rows = next_chunk = unused
+    if residual is not None:
+        residual_rows = Channels(
+            residual.reshape(-1), residual[0].size, rows * cols, cols, 0, residual_c0
+        )
+    if next_input is not None:  # padded by 1 on each side: the interior starts at (1, 1)
+        buf, chunk = next_input.buffer, next_input.chunk
+        hp, wp = buf.shape[2], buf.shape[3]
+        next_rows = Channels(buf.reshape(-1), buf[0].size, hp * wp, wp, wp + 1, 0)
+        next_chunk = Channels(
+            chunk.reshape(-1), chunk[0].size, rows * cols, cols, 0, next_input.chunk_c0
+        )
     out_row = out.shape[3]
     _conv_simd_kernel(
         *as_tuples(
@@ -496,9 +515,14 @@ def conv_simd(
                 oph * out_row + opw,
                 out_c0,
             ),
-            Epilogue(relu, dt.type(negative_slope), res is not None, nxt is not None),
-            residual,
-            next_input,
+            Epilogue(
+                activation is not None,
+                dt.type(negative_slope if activation == "leaky_relu" else 0),
+                residual is not None,
+                next_input is not None,
+            ),
+            residual_rows,
+            next_rows,
             next_chunk,
         )
     )

@@ -367,9 +367,9 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch):
     inlined (written out, they took 30 s more to compile).
     """
     a, a_img, a_c0, a_conv_step, _ = source
-    b, b_img, b_c0, b_conv_step, has_b = add
+    add_data, add_img, add_c0, add_conv_step, has_add = add
     u, u_conv_stride, offs, c_in_g, groups, c_out_g, bias = weights
-    out, out_img, out_c0, h_out, w_out, relu = output
+    out, out_img, out_c0, h_out, w_out, apply_relu = output
     h, w, ph, pw, n_img, n_conv, rows_per_block, n_row_blocks, tbp = geometry
     v_scr, m_scr, y_scr, p_scr = scratch
     n_workers = v_scr.shape[0]
@@ -422,7 +422,7 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch):
             # 1. Input transform, one input channel at a time.
             for c in range(c_in):
                 a_base = n * a_img + (a_c0 + conv_i * a_conv_step + c) * plane
-                b_base = n * b_img + (b_c0 + conv_i * b_conv_step + c) * plane
+                add_base = n * add_img + (add_c0 + conv_i * add_conv_step + c) * plane
                 # The padded rows 2l + ri, split by column parity:
                 # P[ri][cj][pr * R + k] = padded[2 pr + ri][2k + cj].
                 for ri in range(2):
@@ -436,7 +436,7 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch):
                                 ps[po + k] = zero
                             continue
                         row = a_base + iy * w
-                        row_b = b_base + iy * w
+                        row_add = add_base + iy * w
                         for kk in range(pitch - (k_b - k_a)):  # the edges, one at a time
                             k = kk if kk < k_a else kk + k_b - k_a
                             for cj in range(2):
@@ -444,19 +444,21 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch):
                                 val = zero
                                 if 0 <= ix < w:
                                     val = a[row + ix]
-                                    if has_b:
-                                        val += b[row_b + ix]
+                                    if has_add:
+                                        val += add_data[row_add + ix]
                                 ps[pe + cj * p_len + k] = val
                         # the interior, both parities in one loop (a stride-2
                         # read that vectorises)
                         src = np.uint64(row + 2 * k_a - pw)
-                        src_b = np.uint64(row_b + 2 * k_a - pw)
+                        src_add = np.uint64(row_add + 2 * k_a - pw)
                         de = np.uint64(pe + k_a)
                         do = np.uint64(po + k_a)
-                        if has_b:  # the chain's sp + x_{i+1}, added on the read
+                        if has_add:  # the chain's sp + x_{i+1}, added on the read
                             for j in range(np.uint64(k_b - k_a)):
-                                ps[de + j] = a[src + two * j] + b[src_b + two * j]
-                                ps[do + j] = a[src + two * j + one] + b[src_b + two * j + one]
+                                ps[de + j] = a[src + two * j] + add_data[src_add + two * j]
+                                ps[do + j] = (
+                                    a[src + two * j + one] + add_data[src_add + two * j + one]
+                                )
                         else:
                             for j in range(np.uint64(k_b - k_a)):
                                 ps[de + j] = a[src + two * j]
@@ -536,14 +538,14 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch):
                                 for tx in range(np.uint64(pairs)):
                                     v0 = ys[ye + tx * u_bw] + bc
                                     v1 = ys[yo + tx * u_bw] + bc
-                                    if relu:  # NaN stays NaN, as in PyTorch
+                                    if apply_relu:  # NaN stays NaN, as in PyTorch
                                         v0 = zero if v0 < zero else v0
                                         v1 = zero if v1 < zero else v1
                                     out[o_row + two * tx] = v0
                                     out[o_row + two * tx + one] = v1
                                 if pairs < ntx:  # odd width: the last column
                                     v0 = ys[ye + np.uint64(pairs) * u_bw] + bc
-                                    if relu:
+                                    if apply_relu:
                                         v0 = zero if v0 < zero else v0
                                     out[o_row + np.uint64(2 * pairs)] = v0
 
@@ -589,13 +591,13 @@ def conv_winograd(
     *,
     a_c0=0,
     c_in_g=None,
-    b=None,
-    b_c0=0,
+    add=None,
+    add_c0=0,
     out_c0=0,
-    relu=False,
+    activation=None,
     n_conv=1,
     a_conv_step=0,
-    b_conv_step=0,
+    add_conv_step=0,
     scratch=None,
 ):
     """Launch the Winograd kernel on prepared arguments (the chain's building block).
@@ -609,9 +611,9 @@ def conv_winograd(
     bias : (n_conv * c_out,) contiguous
     out : (N, C_tot, H + 2*ph - 2, W + 2*pw - 2) C-contiguous; conv i writes
         channels out_c0 + i * c_out .. out_c0 + (i + 1) * c_out
-    b : optional array shaped like ``a``: conv i reads a + b, b's channels from
-        b_c0 + i * b_conv_step
-    relu : ReLU after the bias
+    add : optional array shaped like ``a``: conv i reads a + add, add's channels
+        from add_c0 + i * add_conv_step (the Res2Net chain's sp + x_{i+1})
+    activation : None or "relu" (after the bias)
     scratch : optional ``scratch(role, shape, dtype, make)`` supplying reusable
         buffers (r2n.cpu._scratch.scratch); default: new zero-filled arrays
     """
@@ -627,11 +629,13 @@ def conv_winograd(
         )
     if n == 0 or h_out <= 0 or w_out <= 0:
         return out
-    if b is not None and (b.shape[0] != n or b.shape[2:] != (h, w)):
-        raise ValueError(f"conv_winograd: b must be (N={n}, C, {h}, {w}), got {b.shape}")
+    if activation not in (None, "relu"):
+        raise ValueError(f"conv_winograd: activation must be None or 'relu', got {activation!r}")
+    if add is not None and (add.shape[0] != n or add.shape[2:] != (h, w)):
+        raise ValueError(f"conv_winograd: add must be (N={n}, C, {h}, {w}), got {add.shape}")
     for name, arr, c0, step, verb in (
         ("a", a, a_c0, a_conv_step, "read"),
-        ("b", b, b_c0, b_conv_step, "read"),
+        ("add", add, add_c0, add_conv_step, "read"),
         ("out", out, out_c0, c_out, "write"),
     ):
         if arr is None:
@@ -684,14 +688,18 @@ def conv_winograd(
     p_len, t_len = (rows + 1) * (ntx + 1), rows * (ntx + 1) + 1
     p_scr = make("wino.planes", (workers, 4 * p_len + 8 * t_len), dt, np.zeros)
     offs = kernel_input(np.arange(c_in_g, dtype=np.int64) * tbp)
-    b_arr = a if b is None else b
+    add_arr = a if add is None else add
     # Inputs read-only (kernel_input): one compiled signature per dtype, whether
     # the caller's arrays are writeable (the chain) or not (vector_or's bias).
     _winograd_kernel(
         *as_tuples(
             Source(kernel_input(a.reshape(-1)), a[0].size, a_c0, a_conv_step, True),
             Source(
-                kernel_input(b_arr.reshape(-1)), b_arr[0].size, b_c0, b_conv_step, b is not None
+                kernel_input(add_arr.reshape(-1)),
+                add_arr[0].size,
+                add_c0,
+                add_conv_step,
+                add is not None,
             ),
             WinogradWeights(
                 kernel_input(packed_u),
@@ -702,7 +710,9 @@ def conv_winograd(
                 c_out // groups,
                 kernel_input(bias),
             ),
-            WinogradOutput(out.reshape(-1), out[0].size, out_c0, h_out, w_out, relu),
+            WinogradOutput(
+                out.reshape(-1), out[0].size, out_c0, h_out, w_out, activation == "relu"
+            ),
             WinogradPlan(h, w, ph, pw, n, n_conv, rows, n_blocks, tbp),
             WinogradScratch(v_scr, m_scr, y_scr, p_scr),
         )
