@@ -389,3 +389,49 @@ def test_prepared_chain_runs_direct_convs_where_the_rule_says_so(rng, launches, 
         assert launches == expected
         ref = r2n.res2net_chain(x, weights, biases, backend="reference", **kw)
         assert_close(out, ref)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "activation, residual", [(None, False), ("relu", False), ("relu", True), ("leaky_relu", False)]
+)
+def test_prepared_conv2d_takes_winograd_where_the_rule_says(rng, monkeypatch, dtype, activation,
+                                                            residual):  # fmt: skip
+    # r2n.prepare's 3x3 stride-1 convs (TResNet's) on Winograd weights: the
+    # kernel's bias (+ ReLU), then residual and leaky ReLU in one pass; on odd
+    # images, 2 groups of 17 channels; the direct path below the rule's size.
+    from r2n.cpu import prepared
+
+    calls, launches = [], []
+    monkeypatch.setattr(prepared, "_epilogue_kernel", _counting(calls, prepared._epilogue_kernel))
+    monkeypatch.setattr(winograd, "conv_winograd", _counting(launches, winograd.conv_winograd))
+    weight = randn(rng, 40, 17, 3, 3, dtype=dtype) / 12
+    bias = randn(rng, 40, dtype=dtype)
+    conv = prepared.PreparedConv2d(
+        weight, bias, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=2,
+        activation=activation, negative_slope=0.1,
+    )  # fmt: skip
+    assert conv.wino is not None
+    for hw in [(9, 7), (5, 6)]:
+        x = randn(rng, 2, 34, *hw, dtype=dtype)
+        res = randn(rng, 2, 40, *hw, dtype=dtype) if residual else None
+        to64 = [a.astype(np.float64) for a in (x, weight, bias)]
+        ref = r2n.conv2d(*to64, padding=1, groups=2, backend="reference")
+        if residual:
+            ref = ref + res
+        if activation is not None:
+            ref = np.where(ref < 0, (0.1 if activation == "leaky_relu" else 0.0) * ref, ref)
+        calls.clear()
+        launches.clear()
+        assert_close(conv(x, res), ref, dtype)
+        wino = winograd.use_winograd(34, 2, 2, *hw)
+        assert wino == (hw == (9, 7)) and len(launches) == wino
+        assert len(calls) == (1 if wino and (residual or activation == "leaky_relu") else 0)
+
+
+def _counting(calls, fn):
+    def run(*args, **kwargs):
+        calls.append(1)
+        return fn(*args, **kwargs)
+
+    return run
