@@ -33,6 +33,7 @@ CONV_CASES = [
     (2, 15, 48, 7, 9, (3, 3), 2, 1, 1, 3),  # > one channel block per group
     (1, 64, 40, 9, 7, (1, 1), 1, 0, 1, 1),  # 1x1: the plane as one row
     (2, 64, 40, 9, 7, (1, 1), 2, 0, 1, 1),  # strided 1x1 (the shortcut)
+    (2, 24, 40, 15, 16, (1, 1), 2, 0, 1, 1),  # strided 1x1, 8x8 out: gathered, then the GEMM
     (2, 16, 16, 13, 11, (3, 3), 1, 2, 2, 16),  # depthwise, dilated
     (1, 8, 40, 17, 19, (5, 5), 3, 2, 1, 1),  # 5x5, stride 3
     (3, 4, 33, 2, 3, (1, 1), 1, 0, 1, 1),  # plane smaller than a tile
@@ -337,3 +338,74 @@ def test_importing_r2n_does_not_import_numba():
     code = "import sys, r2n; print('numba' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+# n, c_in, c_out, h, w, x_c0, out_c0 (channels before the conv's in x / out)
+GEMM_1X1_CASES = [
+    (1, 13, 15, 7, 9, 0, 0),  # 63 pixels: one 48-pixel tile + a tail shifted back; 15 = 8 + 7
+    (2, 64, 104, 8, 8, 0, 0),  # 104 = 3 x 32 + a half block of 8
+    (1, 37, 33, 5, 4, 3, 5),  # 20 pixels: overlapping tails; channel offsets in x and out
+    (3, 9, 8, 4, 4, 0, 2),  # one vector per plane
+    (1, 24, 40, 14, 14, 0, 0),  # several chunks at batch 1, split over threads
+    (2, 600, 17, 7, 9, 1, 0),  # the reduction in 3 blocks (K_BLOCK), with a shifted tail
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", GEMM_1X1_CASES, ids=str)
+@pytest.mark.parametrize("epilogue", ["plain", "residual+relu", "leaky"])
+def test_1x1_gemm_matches_the_reference(rng, case, epilogue, dtype):
+    """The 1x1 GEMM (pixels in the lanes, r2n.cpu.conv.gemm_1x1) with its
+    epilogue in registers, on channel slices of larger arrays, at 1 and 2
+    threads (different job splits give identical results), every output
+    channel written and nothing else."""
+    from r2n.cpu.conv import gemm_1x1
+
+    n, c_in, c_out, h, w, x_c0, out_c0 = case
+    x = randn(rng, n, x_c0 + c_in + 2, h, w, dtype=dtype)
+    weight = randn(rng, c_out, c_in, 1, 1, dtype=dtype)
+    bias = randn(rng, c_out, dtype=dtype)
+    res = randn(rng, n, c_out + 3, h, w, dtype=dtype) if epilogue == "residual+relu" else None
+    slope = 0.1 if epilogue == "leaky" else 0.0
+    ref = _reference(x[:, x_c0 : x_c0 + c_in], weight, bias, stride=1, padding=0, dilation=1)
+    if res is not None:
+        ref = ref + res[:, 2 : 2 + c_out].astype(np.float64)
+    if epilogue != "plain":
+        ref = np.where(ref < 0, slope * ref, ref)
+    outs = []
+    for threads in (1, 2):
+        out = np.full((n, out_c0 + c_out + 1, h, w), np.nan, dtype)
+        before = r2n.get_num_threads()
+        r2n.set_num_threads(min(threads, before))
+        try:
+            gemm_1x1.conv_1x1(
+                x, microkernel.pack_weights(weight, 1), c_out, bias, out, out_c0=out_c0,
+                activation={"plain": None, "leaky": "leaky_relu"}.get(epilogue, "relu"),
+                negative_slope=slope, residual=res, residual_c0=2, x_c0=x_c0, c_in=c_in,
+            )  # fmt: skip
+        finally:
+            r2n.set_num_threads(before)
+        assert np.isnan(out[:, :out_c0]).all() and np.isnan(out[:, out_c0 + c_out :]).all()
+        assert_close(out[:, out_c0 : out_c0 + c_out], ref, dtype)
+        outs.append(out)
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("itemsize", [4, 8])
+def test_1x1_gemm_job_split_covers_every_pixel_once(itemsize):
+    """Chunks are whole vectors, the last runs to the plane's end and holds at
+    least one vector (its last tile is shifted back inside it, never into a
+    neighbour's pixels), and the channel splits cover every 8-channel block."""
+    from r2n.cpu.conv import gemm_1x1
+
+    lanes = 64 // itemsize
+    for n_img in (1, 2, 8):
+        for plane in (lanes, lanes + 1, 49, 63, 196, 784, 3136, 12544):
+            for k_len in (3, 64, 1024):
+                for threads in (1, 2, 3, 16):
+                    chunk, n_chunks, n_splits = gemm_1x1.job_split(
+                        n_img, 40, plane, k_len, itemsize, threads
+                    )
+                    assert chunk % lanes == 0 and n_chunks >= 1 and 1 <= n_splits <= 5
+                    assert (n_chunks - 1) * chunk < plane
+                    assert plane - (n_chunks - 1) * chunk >= lanes

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import DTYPES, assert_close, randn
+from helpers import DTYPES, as_float64, assert_close, randn, random_block
 from hypothesis import given
 from hypothesis import strategies as st
 from torch_res2net import TorchChain, chain_arrays, randomize, torch_out
@@ -281,18 +281,53 @@ def test_chain_rejects_an_out_it_cannot_write(rng, winograd_path, bad_out):
     np.testing.assert_array_equal(x, before)
 
 
-def test_one_call_ops_keep_the_direct_convs(rng, launches):
-    # r2n.res2net_chain prepares its weights on every call: a Winograd
-    # transform there would cost more than it saves, so it is not made.
-    x = randn(rng, 1, 4 * 32, 9, 7, dtype=np.float32)
-    weights = [randn(rng, 32, 32, 3, 3, dtype=np.float32) for _ in range(3)]
-    assert winograd.use_winograd(32, 1, 1, 9, 7)
+@pytest.mark.parametrize("hw", [(9, 7), (5, 9)], ids=["winograd", "direct"])
+def test_one_call_ops_follow_the_prepared_rule(rng, launches, hw):
+    # r2n.res2net_chain / r2n.bottle2neck transform their weights per call
+    # (one Numba kernel) and take the path use_winograd gives for the input's
+    # shape, as a prepared chain does: the same launches, the same values.
+    x = randn(rng, 1, 4 * 32, *hw, dtype=np.float32)
+    weights = [randn(rng, 32, 32, 3, 3, dtype=np.float32) / 17 for _ in range(3)]
+    wino = winograd.use_winograd(32, 1, 1, *hw)
+    assert wino == (hw == (9, 7))
     out = r2n.res2net_chain(x, weights, None, scale=4, backend="cpu")
-    assert launches == {"winograd": 0, "direct": 3}
+    assert launches == ({"winograd": 3, "direct": 0} if wino else {"winograd": 0, "direct": 3})
     prepared = _prepared_chain(weights, None, dtype=np.float32, scale=4, stype="normal",
                                stride=1, groups=1)(x)  # fmt: skip
-    assert launches == {"winograd": 3, "direct": 3}
-    assert_close(prepared, out.astype(np.float64), dtype=np.float32)
+    np.testing.assert_array_equal(prepared, out)
+    ref = r2n.res2net_chain(x.astype(np.float64), [w.astype(np.float64) for w in weights],
+                            None, scale=4, backend="reference")  # fmt: skip
+    assert_close(out, ref, np.float32)
+
+    params = random_block(rng, 24, 24, 32, 4, dtype=np.float32)
+    xb = randn(rng, 1, 24, *hw, dtype=np.float32)
+    launches.update(winograd=0, direct=0)
+    block = r2n.bottle2neck(xb, params, scale=4, backend="cpu")
+    assert launches["winograd"] == (3 if wino else 0)
+    ref = r2n.bottle2neck(xb.astype(np.float64), as_float64(params), scale=4, backend="reference")
+    assert_close(block, ref, np.float32)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "c_out, c_in_g, groups", [(104, 104, 1), (15, 5, 3), (48, 16, 3), (40, 7, 1)]
+)
+def test_weight_transform_kernel_packs_g_g_gt(rng, dtype, c_out, c_in_g, groups):
+    # The Numba transform against G g G^T in float64 (NumPy), packed by
+    # pack_weights: the same values in the same places, zeros in the padding.
+    from r2n.cpu import microkernel
+
+    weight = randn(rng, c_out, c_in_g, 3, 3, dtype=dtype)
+    g_mat = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+    u = np.einsum("ai,oxij,bj->abox", g_mat, weight.astype(np.float64), g_mat)
+    expected = microkernel.pack_weights(u.astype(dtype).reshape(16 * c_out, c_in_g, 1, 1),
+                                        16 * groups)  # fmt: skip
+    got = winograd.transform_weights(weight, groups)
+    assert got.dtype == dtype and got.shape == expected.shape
+    # Summation order differs (sums of 9 terms that may cancel): a few ulps of
+    # the largest weight.
+    atol = 8 * np.finfo(dtype).eps * float(np.abs(weight).max())
+    np.testing.assert_allclose(got, expected, rtol=4 * np.finfo(dtype).eps, atol=atol)
 
 
 def test_layer3_1_chain_takes_the_winograd_path(rng, launches):
@@ -354,3 +389,49 @@ def test_prepared_chain_runs_direct_convs_where_the_rule_says_so(rng, launches, 
         assert launches == expected
         ref = r2n.res2net_chain(x, weights, biases, backend="reference", **kw)
         assert_close(out, ref)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "activation, residual", [(None, False), ("relu", False), ("relu", True), ("leaky_relu", False)]
+)
+def test_prepared_conv2d_takes_winograd_where_the_rule_says(rng, monkeypatch, dtype, activation,
+                                                            residual):  # fmt: skip
+    # r2n.prepare's 3x3 stride-1 convs (TResNet's) on Winograd weights: the
+    # kernel's bias (+ ReLU), then residual and leaky ReLU in one pass; on odd
+    # images, 2 groups of 17 channels; the direct path below the rule's size.
+    from r2n.cpu import prepared
+
+    calls, launches = [], []
+    monkeypatch.setattr(prepared, "_epilogue_kernel", _counting(calls, prepared._epilogue_kernel))
+    monkeypatch.setattr(winograd, "conv_winograd", _counting(launches, winograd.conv_winograd))
+    weight = randn(rng, 40, 17, 3, 3, dtype=dtype) / 12
+    bias = randn(rng, 40, dtype=dtype)
+    conv = prepared.PreparedConv2d(
+        weight, bias, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=2,
+        activation=activation, negative_slope=0.1,
+    )  # fmt: skip
+    assert conv.wino is not None
+    for hw in [(9, 7), (5, 6)]:
+        x = randn(rng, 2, 34, *hw, dtype=dtype)
+        res = randn(rng, 2, 40, *hw, dtype=dtype) if residual else None
+        to64 = [a.astype(np.float64) for a in (x, weight, bias)]
+        ref = r2n.conv2d(*to64, padding=1, groups=2, backend="reference")
+        if residual:
+            ref = ref + res
+        if activation is not None:
+            ref = np.where(ref < 0, (0.1 if activation == "leaky_relu" else 0.0) * ref, ref)
+        calls.clear()
+        launches.clear()
+        assert_close(conv(x, res), ref, dtype)
+        wino = winograd.use_winograd(34, 2, 2, *hw)
+        assert wino == (hw == (9, 7)) and len(launches) == wino
+        assert len(calls) == (1 if wino and (residual or activation == "leaky_relu") else 0)
+
+
+def _counting(calls, fn):
+    def run(*args, **kwargs):
+        calls.append(1)
+        return fn(*args, **kwargs)
+
+    return run

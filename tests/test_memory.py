@@ -197,3 +197,20 @@ def test_clear_scratch_imports_neither_numba_nor_cupy():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "False False", out.stderr
+
+
+@pytest.mark.parametrize("name", ["res2net50_26w_4s", "res2net50d"])
+def test_a_warm_res2net_forward_allocates_only_its_pools_and_logits(rng, name):
+    """A warm forward's blocks take every buffer from the thread's scratch
+    (the strided shortcut's gathered input and the "d" shortcut's average
+    pool included): NumPy's peak over the call is the stem's max-pool
+    output, the global pool and the logits, which still come from the
+    generic ops (issue 13: those and TResNet's SE / blur / space-to-depth
+    outputs are not reused yet)."""
+    model = r2n.models.create(name, backend="cpu")
+    x = randn(rng, 2, 3, 64, 64, dtype=np.float32)
+    max_pool = 2 * 64 * 16 * 16 * 4  # N x 64 x H/4 x W/4 float32
+    global_pool, logits = 2 * 2048 * 4, 2 * 1000 * 4
+    peak = _peak_bytes(lambda: model(x))
+    # 4 KiB for NumPy's small objects (views, shape tuples) over the call.
+    assert peak <= max_pool + global_pool + logits + 4096, peak

@@ -171,7 +171,9 @@ def max_pool2d(x, *, kernel_size, stride, padding, ceil_mode, out_shape):
     return out
 
 
-def avg_pool2d(x, *, kernel_size, stride, padding, ceil_mode, count_include_pad, out_shape):
+def avg_pool2d(
+    x, *, kernel_size, stride, padding, ceil_mode, count_include_pad, out_shape, out=None
+):
     """Mean over each window, with PyTorch's divisor rules.
 
     Parameters
@@ -182,13 +184,16 @@ def avg_pool2d(x, *, kernel_size, stride, padding, ceil_mode, count_include_pad,
     count_include_pad : divide by the window clipped to the padded input (True)
         or by the number of input elements in it (False)
     out_shape : (N, C, H_out, W_out)
+    out : optional C-contiguous array of that shape and x's dtype, not
+        overlapping x, written in full (a caller's reused buffer)
 
     Returns
     -------
-    (N, C, H_out, W_out) new C-contiguous array of x's dtype.
+    (N, C, H_out, W_out) C-contiguous array of x's dtype: ``out``, or a new one.
     """
     n, c, h_out, w_out = out_shape
-    out = np.empty(out_shape, dtype=x.dtype)
+    if out is None:
+        out = np.empty(out_shape, dtype=x.dtype)
     (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
     _avg_pool2d_kernel(
         _planes(x, n, c),

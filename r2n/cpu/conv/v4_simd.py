@@ -19,8 +19,9 @@ The epilogue
     Bias, a residual, the activation and the write into a channel slice of
     a larger (optionally padded) output run once per finished row, over row
     slices (see :func:`conv_simd`), so the fused Res2Net blocks
-    (r2n.cpu.res2net) need no passes of their own. 1x1 stride-1 convs run
-    each plane as one long row: a GEMM.
+    (r2n.cpu.res2net) need no passes of their own. 1x1 convs run as the
+    GEMM of r2n.cpu.conv.gemm_1x1 where it applies (``gemm_1x1.usable``),
+    else, at stride 1, each plane as one long row.
 Measured
     ~170 GFLOP/s (one thread, float32, 32 -> 32 channels, 3x3, 56x56, on the
     2-core Zen 5 development machine, 2026-11-22; PyTorch 2.13's oneDNN:
@@ -53,6 +54,7 @@ from ..microkernel import (
     tile,
     tile_half,
 )
+from . import gemm_1x1
 from .padding import pad_kernel
 
 
@@ -439,7 +441,9 @@ def conv_simd(
     scratch : optional ``scratch(role, shape, dtype)`` (r2n.cpu._scratch)
         supplying the input copy's buffer, reused across calls
 
-    1x1 stride-1 unpadded convs run on each plane as one long row (a GEMM).
+    Unpadded 1x1 convs run as gemm_1x1's GEMM where ``gemm_1x1.usable``
+    (strided ones on a gathered copy of the pixels they read); other 1x1
+    stride-1 convs run on each plane as one long row.
     """
     n, c_total, h, w = x.shape
     if n == 0:
@@ -454,6 +458,22 @@ def conv_simd(
     h_out = out.shape[2] - 2 * oph
     w_out = out.shape[3] - 2 * opw
     flat = (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0) and (oph, opw) == (0, 0)
+    gemm_args = dict(
+        out_c0=out_c0, activation=activation, negative_slope=negative_slope,
+        residual=residual, residual_c0=residual_c0, x_c0=x_c0, c_in=c_in_g,
+    )  # fmt: skip
+    if flat and n_conv == 1 and next_input is None and gemm_1x1.usable(x, groups, h * w):
+        return gemm_1x1.conv_1x1(x, packed, c_out, bias, out, **gemm_args)
+    pointwise = (kh, kw, ph, pw) == (1, 1, 0, 0) and (oph, opw) == (0, 0)
+    if pointwise and not flat and n_conv == 1 and next_input is None:
+        # A strided 1x1 conv (the shortcut): gather the pixels it reads into a
+        # contiguous (N, C, H_out, W_out) copy, then the GEMM above.
+        geometry = (1, 1), tuple(stride), (0, 0), tuple(dilation)
+        layout = input_layout(h, w, h_out, w_out, *geometry)
+        if layout is not None and layout.shape == (h_out, w_out):
+            if gemm_1x1.usable(x, groups, h_out * w_out):
+                xs = read_layout(x, layout, np.empty if scratch is None else _role(scratch))
+                return gemm_1x1.conv_1x1(xs, packed, c_out, bias, out, **gemm_args)
     if flat and h * w >= TILE_PIXELS:
         xp, rows, cols, row_step = x, 1, h * w, 0  # the plane is one long row: a GEMM
         in_row, in_plane = h * w, h * w

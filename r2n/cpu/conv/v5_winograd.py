@@ -83,7 +83,6 @@ from ..microkernel import (
     VECTOR_BYTES,
     block_channels,
     block_layout,
-    pack_weights,
     tile,
     tile_half,
 )
@@ -153,29 +152,91 @@ def use_winograd(width, groups, n, h, w) -> bool:
     return c_in_g < WIDE_CHANNELS or tiles >= WIDE_MIN_TILES
 
 
-def transform_weights(weight, groups):
+def transform_weights(weight, groups, out=None):
     """U = G g G^T of every (C_out, C_in/g) 3x3 kernel, packed for the micro-kernel.
 
     weight (C_out, C_in/groups, 3, 3) -> 1-D array of 16 consecutive parts, one
     per tile position xi = 4 * row + col, each ``microkernel.pack_weights`` of the
     (C_out, C_in/groups, 1, 1) matrix U[:, :, row, col]. Computed in float64,
-    then cast to the weight's dtype.
+    then cast to the weight's dtype, by one Numba kernel that writes the packed
+    layout directly (:func:`_transform_kernel`), every element of it (the
+    padding channels' zeros too): ``out``, if given, a 1-D array of the
+    weight's dtype and :func:`transformed_size`, receives it (e.g. a slice of
+    several convs' buffer) whatever it held.
     """
     weight = np.asarray(weight)
     if weight.ndim != 4 or weight.shape[2:] != (3, 3):
         raise ValueError(f"winograd: weight must be (C_out, C_in/g, 3, 3), got {weight.shape}")
-    c_out, c_in_g = weight.shape[:2]
-    kernels = c_out * c_in_g
-    # G g G^T for all kernels at once, as matrix products on (row, col,
-    # kernel)-ordered arrays, every step contiguous (batched 4x3 @ 3x3
-    # products, or arithmetic on strided views, took 2-3 ms for 104 x 104).
-    g = np.ascontiguousarray(weight.transpose(2, 3, 0, 1), dtype=np.float64)  # (i, j, K)
-    rows = (_G @ g.reshape(3, 3 * kernels)).reshape(4, 3, kernels)  # (a, j, K)
-    u = _G @ rows  # U[a, b, K]
-    # The 16 matrices as one conv of 16 x groups groups, [xi][g][C_out/g] in
-    # that order: pack_weights lays them out [xi][g][channel blocks].
-    u = u.astype(weight.dtype).reshape(16 * c_out, c_in_g, 1, 1)
-    return pack_weights(u, 16 * groups)
+    size = transformed_size(weight.shape, groups, weight.dtype)
+    if out is None:
+        out = np.empty(size, weight.dtype)
+    elif out.shape != (size,) or out.dtype != weight.dtype or not out.flags.c_contiguous:
+        raise ValueError(
+            f"winograd: out must be a contiguous ({size},) {weight.dtype} array, got "
+            f"{out.dtype} {out.shape}"
+        )
+    _transform_kernel(kernel_input(np.ascontiguousarray(weight)), groups, out)
+    return out
+
+
+def transformed_size(weight_shape, groups, dtype):
+    """Elements of transform_weights' result for a (C_out, C_in/g, 3, 3) weight."""
+    c_out, c_in_g = weight_shape[:2]
+    b = block_channels(dtype)
+    full, tail = block_layout(c_out // groups, b)
+    return 16 * groups * c_in_g * (full * b + tail * (b // 2))
+
+
+@kernel
+def _transform_kernel(weight, groups, packed):
+    """packed <- transform_weights(weight, groups): per (output channel,
+    input channel), T = G g (4x3) and U = T G^T (4x4) in float64, each of the
+    16 values written where pack_weights puts U[xi][g] (xi = 4 * row + col,
+    the matrices laid out as one conv of 16 x groups groups). One job per
+    output channel; the 0.5 factors are exact, so the values match the
+    former NumPy matrix products' to the last bit but for summation order.
+
+    Written as a kernel because the NumPy form (two float64 matrix
+    products through OpenBLAS) cost 0.25-1.5 ms for one 104 x 104 weight,
+    10x apart between processes (NOTES.md, "Should the one-call
+    r2n.res2net_chain use Winograd too?").
+    """
+    c_out, c_in_g = weight.shape[0], weight.shape[1]
+    c_out_g = c_out // groups
+    b = TILE_VECTORS * (VECTOR_BYTES // weight.itemsize)  # = block_channels(dtype)
+    full, tail = block_layout(c_out_g, b)
+    group_stride = c_in_g * (full * b + tail * (b // 2))
+    for co in prange(c_out):
+        t = np.empty((4, 3), np.float64)  # G g of one kernel, this job's own
+        g = co // c_out_g
+        c = co - g * c_out_g
+        ob = c // b
+        if ob < full:
+            base, width = ob * c_in_g * b + (c - ob * b), b
+        else:
+            base, width = full * c_in_g * b + (c - full * b), b // 2
+        if c == c_out_g - 1:
+            # The group's last channel writes the zeros of its block's padding
+            # channels (c_out_g .. the block's end), for every ci and xi.
+            for pad in range(1, width - (c - (ob * b if ob < full else full * b))):
+                for ci in range(c_in_g):
+                    for xi in range(16):
+                        packed[(xi * groups + g) * group_stride + base + pad + ci * width] = 0
+        for ci in range(c_in_g):
+            w = weight[co, ci]
+            for j in range(3):  # T = G g
+                g0, g1, g2 = np.float64(w[0, j]), np.float64(w[1, j]), np.float64(w[2, j])
+                t[0, j] = g0
+                t[1, j] = 0.5 * (g0 + g1 + g2)
+                t[2, j] = 0.5 * (g0 - g1 + g2)
+                t[3, j] = g2
+            for r in range(4):  # U = T G^T, row r
+                t0, t1, t2 = t[r, 0], t[r, 1], t[r, 2]
+                u = (t0, 0.5 * (t0 + t1 + t2), 0.5 * (t0 - t1 + t2), t2)
+                for col in range(4):
+                    xi = 4 * r + col
+                    at = (xi * groups + g) * group_stride + base + ci * width
+                    packed[at] = u[col]
 
 
 @_inline

@@ -1,0 +1,411 @@
+"""1x1 stride-1 convs as a GEMM with the pixels in the vector lanes.
+
+A 1x1 conv on an NCHW plane is ``out[c, p] = sum_k w[c, k] * x[k, p]``: a
+matrix product whose right operand, the input, already lies pixel-contiguous
+in each channel's plane. So here the register tile is the other way round
+from step 4's (:mod:`r2n.cpu.microkernel`): ``T`` = 8 output channels x
+``NV`` = 3 vectors of consecutive pixels (48 float32), 24 accumulators. Per
+reduction step ``k`` it loads 3 input vectors straight from channel ``k``'s
+plane and broadcasts 8 weights (from step 4's packed layout, which already
+holds a tap's channels side by side), 24 FMAs for 11 loads; the finished
+tile goes, with the bias, the residual and the (leaky) ReLU applied in
+registers, straight into the 8 output rows as whole vectors.
+
+What this removes, measured on the 2-core Zen 4 (``benchmarks/results/
+NOTES.md``, "1x1 convs with the pixels in the lanes"): step 4's flat 1x1
+ran a plane as one long row per 32-channel block, so each block streamed the
+whole input plane again from L3 (1.3-3.2 MB per image at 56x56, beyond the
+1 MiB L2) through a per-job row buffer of (H W + 7) x 32 values (400 KB),
+and its epilogue read that buffer back at a stride of 32 values to
+transpose it into the output. Here a job takes a chunk of pixels whose
+input (K x P values) fits in L2 and runs every 8-channel block of its
+channel range over it, writes the output in place, and needs no buffer at
+all. At batch 1 the jobs split the pixels (and, on small planes, the
+output channels) so that every thread has work.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numba
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from .._jit import FASTMATH, kernel, prange
+from ..elementwise import unused_array
+from ..microkernel import TILE_VECTORS, VECTOR_BYTES, block_layout
+
+#: Output channels of the register tile, and pixel vectors.
+TILE_CHANNELS = 8
+PIXEL_VECTORS = 3
+#: Bytes of input one job's pixel chunk may hold (K x P values): a quarter
+#: of the 1 MiB L2 per core of the development machine, so the chunk stays
+#: in L2 while every channel block of the job runs over it, beside the
+#: output and residual lines passing through (128, 256, 512 KiB and whole
+#: planes measured within noise of each other once the epilogue's lines
+#: are prefetched; 256 KiB was never the slowest).
+CHUNK_BYTES = 256 * 1024
+#: Pixels computed / pixels in the plane above which a plane stays on step
+#: 4's 7-pixel tiles, which fit every ImageNet map exactly: a 7x7 plane (49)
+#: runs 48 + 16 pixels here (1.31x) and measured 0.74-0.80x step 4, 14x14
+#: (196 -> 208, 1.06x) 0.93-0.95x; 28x28 and 56x56 (whole vectors) run
+#: 1.06-1.45x step 4 here.
+MAX_WASTE = 1.05
+#: Input channels per pass of the reduction over a chunk: a tile reads one
+#: 64-byte line of the 8 channels' weights per input channel, so 256 of
+#: them (16 KiB) stay in the 32 KiB L1 while the pass runs over the chunk
+#: (unblocked, 1024 -> 416 and 1024 -> 832 at 14x14 measured 0.74-0.97x
+#: step 4).
+K_BLOCK = 256
+
+
+@functools.cache  # code, not data: a function of (t, nv) alone
+def pixel_tile_kernel(t: int, nv: int):
+    """The micro-kernel for tiles of ``t`` output channels x ``nv`` pixel vectors.
+
+    Returns a Numba intrinsic callable from jitted code as::
+
+        kernel(w, w_base, w_kstride, x, x_base, x_kstride, k_len,
+               out, out_base, out_cstride, bias, bias_base,
+               res, res_base, res_cstride, has_res, relu, slope,
+               accumulate, finish)
+
+    computing, for channel ``i < t`` and pixel ``p < nv * L``::
+
+        v = sum_k w[w_base + k * w_kstride + i] * x[x_base + k * x_kstride + p]
+        v = v + bias[bias_base + i]  (+ res[res_base + i * res_cstride + p] if has_res)
+        v = (v if not v < 0 else (slope * v if slope != 0 else 0)) if relu
+        out[out_base + i * out_cstride + p] = v
+
+    (the order of step 4's epilogue: NaN stays NaN, -inf times a leaky slope
+    stays -inf). ``w``, ``x``, ``out``, ``bias``, ``res``: 1-D C-contiguous
+    arrays of one float dtype; the rest int64, except ``slope`` (the dtype's
+    scalar). No bounds checks: the caller keeps every index inside.
+    """
+
+    @intrinsic
+    def kernel_(
+        typingctx, w, w_base, w_kstride, x, x_base, x_kstride, k_len,
+        out, out_base, out_cstride, bias, bias_base,
+        res, res_base, res_cstride, has_res, relu, slope, accumulate, finish,
+    ):  # fmt: skip
+        arrays = (w, x, out, bias, res)
+        if not all(a.dtype == w.dtype for a in arrays) or w.dtype not in (
+            types.float32,
+            types.float64,
+        ):
+            return None
+        n_lanes = VECTOR_BYTES * 8 // w.dtype.bitwidth
+        sig = types.void(
+            w, w_base, w_kstride, x, x_base, x_kstride, k_len,
+            out, out_base, out_cstride, bias, bias_base,
+            res, res_base, res_cstride, has_res, relu, slope, accumulate, finish,
+        )  # fmt: skip
+
+        def codegen(context, builder, signature, args):
+            (
+                w_arr, w_base_v, w_kstride_v, x_arr, x_base_v, x_kstride_v, k_len_v,
+                out_arr, out_base_v, out_cstride_v, bias_arr, bias_base_v,
+                res_arr, res_base_v, res_cstride_v, has_res_v, relu_v, slope_v,
+                accumulate_v, finish_v,
+            ) = args  # fmt: skip
+            a_ty = signature.args
+            i64 = ir.IntType(64)
+            scalar = context.get_value_type(w.dtype)
+            vec = ir.VectorType(scalar, n_lanes)
+            vec_ptr = vec.as_pointer()
+
+            def data(ty, value):
+                return context.make_array(ty)(context, builder, value).data
+
+            def as_i64(value, ty):
+                return context.cast(builder, value, ty, types.int64)
+
+            w_ptr = builder.gep(data(a_ty[0], w_arr), [as_i64(w_base_v, a_ty[1])])
+            x_ptr = builder.gep(data(a_ty[3], x_arr), [as_i64(x_base_v, a_ty[4])])
+            out_ptr = builder.gep(data(a_ty[7], out_arr), [as_i64(out_base_v, a_ty[8])])
+            bias_ptr = builder.gep(data(a_ty[10], bias_arr), [as_i64(bias_base_v, a_ty[11])])
+            res_ptr = builder.gep(data(a_ty[12], res_arr), [as_i64(res_base_v, a_ty[13])])
+            w_kstride_v = as_i64(w_kstride_v, a_ty[2])
+            x_kstride_v = as_i64(x_kstride_v, a_ty[5])
+            out_cstride_v = as_i64(out_cstride_v, a_ty[9])
+            res_cstride_v = as_i64(res_cstride_v, a_ty[14])
+            has_res_b = context.cast(builder, has_res_v, a_ty[15], types.boolean)
+            relu_b = context.cast(builder, relu_v, a_ty[16], types.boolean)
+            accumulate_b = context.cast(builder, accumulate_v, a_ty[18], types.boolean)
+            finish_b = context.cast(builder, finish_v, a_ty[19], types.boolean)
+
+            suffix = f"v{n_lanes}f{32 if scalar == ir.FloatType() else 64}"
+            fma = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fma.{suffix}"
+            )
+            zero = ir.Constant(vec, [0.0] * n_lanes)
+            undef = ir.Constant(vec, ir.Undefined)
+            lane_ids = ir.Constant(ir.VectorType(ir.IntType(32), n_lanes), [0] * n_lanes)
+
+            def splat(value):
+                spread = builder.insert_element(undef, value, ir.Constant(ir.IntType(32), 0))
+                return builder.shuffle_vector(spread, undef, lane_ids)
+
+            def vload(ptr):
+                return builder.load(builder.bitcast(ptr, vec_ptr), align=1)
+
+            # Fetch the lines the epilogue reads (residual) and writes (output)
+            # while the reduction runs: at 56x56 they are in L3 or memory, and
+            # waiting for them at the end of every tile cost ~20% (measured).
+            i8_ptr = ir.IntType(8).as_pointer()
+            i32 = ir.IntType(32)
+            prefetch = cgutils.get_or_insert_function(
+                builder.module,
+                ir.FunctionType(ir.VoidType(), [i8_ptr, i32, i32, i32]),
+                "llvm.prefetch.p0i8",
+            )
+
+            def fetch_rows(base, stride, write):
+                for i in range(t):
+                    row = builder.gep(base, [builder.mul(stride, ir.Constant(i64, i))])
+                    for j in range(nv):
+                        line = builder.bitcast(
+                            builder.gep(row, [ir.Constant(i64, j * n_lanes)]), i8_ptr
+                        )
+                        flags = [ir.Constant(i32, write), ir.Constant(i32, 3), ir.Constant(i32, 1)]
+                        builder.call(prefetch, [line, *flags])
+
+            read_flags = [ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)]
+            fetch_rows(out_ptr, out_cstride_v, 1)
+            with builder.if_then(has_res_b):
+                fetch_rows(res_ptr, res_cstride_v, 0)
+
+            # Accumulators: allocas with constant indices only -> registers after mem2reg.
+            acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(nv)] for _ in range(t)]
+            with builder.if_then(accumulate_b):  # a later block of the reduction
+                for i in range(t):
+                    o_i = builder.gep(out_ptr, [builder.mul(out_cstride_v, ir.Constant(i64, i))])
+                    for j in range(nv):
+                        partial = vload(builder.gep(o_i, [ir.Constant(i64, j * n_lanes)]))
+                        builder.store(partial, acc[i][j])
+            with cgutils.for_range(builder, k_len_v) as loop:
+                k = loop.index
+                x_k = builder.gep(x_ptr, [builder.mul(k, x_kstride_v)])
+                pixels = [
+                    vload(builder.gep(x_k, [ir.Constant(i64, j * n_lanes)])) for j in range(nv)
+                ]
+                for j in range(nv):  # the next tile's input lines
+                    ahead = builder.gep(x_k, [ir.Constant(i64, (nv + j) * n_lanes)])
+                    builder.call(prefetch, [builder.bitcast(ahead, i8_ptr), *read_flags])
+                w_k = builder.gep(w_ptr, [builder.mul(k, w_kstride_v)])
+                for i in range(t):
+                    weight = splat(builder.load(builder.gep(w_k, [ir.Constant(i64, i)])))
+                    for j in range(nv):
+                        total = builder.call(fma, [weight, pixels[j], builder.load(acc[i][j])])
+                        builder.store(total, acc[i][j])
+
+            # Epilogue in registers after the reduction's last block: + bias,
+            # (+ residual), (leaky) ReLU; earlier blocks store the partial sums.
+            with builder.if_then(finish_b):
+                for i in range(t):
+                    bias_i = splat(builder.load(builder.gep(bias_ptr, [ir.Constant(i64, i)])))
+                    for j in range(nv):
+                        builder.store(builder.fadd(builder.load(acc[i][j]), bias_i), acc[i][j])
+                with builder.if_then(has_res_b):
+                    for i in range(t):
+                        r_i = builder.gep(
+                            res_ptr, [builder.mul(res_cstride_v, ir.Constant(i64, i))]
+                        )
+                        for j in range(nv):
+                            r = vload(builder.gep(r_i, [ir.Constant(i64, j * n_lanes)]))
+                            builder.store(builder.fadd(builder.load(acc[i][j]), r), acc[i][j])
+                slope_vec = splat(slope_v)
+                plain = builder.fcmp_ordered("==", slope_v, ir.Constant(scalar, 0.0))
+                with builder.if_then(relu_b):
+                    for i in range(t):
+                        for j in range(nv):
+                            v = builder.load(acc[i][j])
+                            negative = builder.fcmp_ordered("<", v, zero)
+                            replaced = builder.select(plain, zero, builder.fmul(v, slope_vec))
+                            builder.store(builder.select(negative, replaced, v), acc[i][j])
+            for i in range(t):
+                o_i = builder.gep(out_ptr, [builder.mul(out_cstride_v, ir.Constant(i64, i))])
+                for j in range(nv):
+                    dst = builder.gep(o_i, [ir.Constant(i64, j * n_lanes)])
+                    builder.store(builder.load(acc[i][j]), builder.bitcast(dst, vec_ptr), align=1)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return kernel_
+
+
+# Helpers inlined into the kernel (a call per tile would cost more than its tail).
+_inline = numba.njit(inline="always", fastmath=FASTMATH)
+
+_main = pixel_tile_kernel(TILE_CHANNELS, PIXEL_VECTORS)  # 8 channels x 48 pixels (f32)
+_main_narrow = pixel_tile_kernel(TILE_CHANNELS, 1)  # 8 channels x 16 pixels: a chunk's tail
+_one = pixel_tile_kernel(1, PIXEL_VECTORS)  # 1 channel: channels past the last full 8
+_one_narrow = pixel_tile_kernel(1, 1)
+
+
+@kernel
+def _conv_1x1_kernel(
+    x, x_img, x_c0, plane, k_len,
+    packed, bias, n_img, c_out,
+    out, out_img, out_c0, activation, negative_slope,
+    residual, residual_img, residual_c0, has_residual,
+    chunk, n_chunks, n_splits,
+):  # fmt: skip
+    """One parallel launch of a 1x1 stride-1 conv (``groups`` = 1).
+
+    x : flattened (N, C_x, plane) input, reduction over channels x_c0 ..
+    x_c0 + k_len; out / residual: flattened (N, C, plane), channels out_c0 +
+    c / residual_c0 + c for output channel c < c_out. Job = (image, a range
+    of 8-channel blocks, a chunk of ``chunk`` pixels; the last chunk runs to
+    the plane's end and holds at least one vector): the chunk's input stays
+    in L2 while the job's channel blocks run over it.
+    """
+    lanes = VECTOR_BYTES // x.itemsize
+    b = TILE_VECTORS * lanes  # step 4's block of packed channels
+    full, tail = block_layout(c_out, b)
+    units = (c_out + TILE_CHANNELS - 1) // TILE_CHANNELS
+    wide = PIXEL_VECTORS * lanes
+    for job in prange(n_img * n_splits * n_chunks):
+        part = job % n_chunks
+        rest = job // n_chunks
+        split = rest % n_splits
+        n = rest // n_splits
+        p0 = part * chunk
+        p1 = plane if part == n_chunks - 1 else p0 + chunk
+        x_base = n * x_img + x_c0 * plane
+        for u in range(split * units // n_splits, (split + 1) * units // n_splits):
+            c0 = u * TILE_CHANNELS
+            ob = c0 // b
+            if ob < full:
+                w_base, w_kstride = ob * k_len * b + c0 % b, b
+            else:
+                w_base, w_kstride = full * k_len * b + (c0 - full * b), b // 2
+            n_ch = min(TILE_CHANNELS, c_out - c0)
+            for c in range(0, n_ch, TILE_CHANNELS if n_ch == TILE_CHANNELS else 1):
+                o_base = n * out_img + (out_c0 + c0 + c) * plane
+                r_base = n * residual_img + (residual_c0 + c0 + c) * plane
+                w_c = w_base + (0 if n_ch == TILE_CHANNELS else c)
+                # The reduction in blocks of K_BLOCK channels (partial sums kept
+                # in the output rows), each over all the chunk's whole tiles.
+                for kb in range(0, k_len, K_BLOCK):
+                    args = (
+                        min(K_BLOCK, k_len - kb), out, 0, plane, bias, c0 + c,
+                        residual, 0, plane, has_residual, activation, negative_slope,
+                        kb > 0, kb + K_BLOCK >= k_len,
+                    )  # fmt: skip
+                    w_k, x_k = w_c + kb * w_kstride, x_base + kb * plane
+                    p = p0
+                    while p + wide <= p1:
+                        _tile(n_ch, True, packed, w_k, w_kstride, x, x_k + p, o_base + p,
+                              r_base + p, args)  # fmt: skip
+                        p += wide
+                    while p + lanes <= p1:
+                        _tile(n_ch, False, packed, w_k, w_kstride, x, x_k + p, o_base + p,
+                              r_base + p, args)  # fmt: skip
+                        p += lanes
+                if (p1 - p0) % lanes:
+                    # The chunk's last vector, shifted back to end at its end,
+                    # over the whole reduction at once: its pixels shared with
+                    # the tile before get the same values again (a blocked
+                    # pass would add its partial sums to finished outputs).
+                    p = p1 - lanes
+                    args = (
+                        k_len, out, 0, plane, bias, c0 + c, residual, 0, plane,
+                        has_residual, activation, negative_slope, False, True,
+                    )  # fmt: skip
+                    _tile(n_ch, False, packed, w_c, w_kstride, x, x_base + p, o_base + p,
+                          r_base + p, args)  # fmt: skip
+
+
+@_inline
+def _tile(n_ch, wide, w, w_base, w_kstride, x, x_base, o_base, r_base, args):
+    """One micro-kernel call: 8 channels (or 1 when ``n_ch`` < 8) x 3 pixel
+    vectors (``wide``) or 1; ``args`` = (k_len, out, -, out_cstride, bias,
+    bias_base, res, -, res_cstride, has_res, relu, slope, accumulate, finish)."""
+    # x's channel stride is the plane, as out's and res's (out_cstride).
+    (k_len, out, _, out_cstride, bias, bias_base, res, _, res_cstride, has_res, relu, slope,
+     accumulate, finish) = args  # fmt: skip
+    if n_ch == TILE_CHANNELS:
+        if wide:
+            _main(w, w_base, w_kstride, x, x_base, out_cstride, k_len,
+                  out, o_base, out_cstride, bias, bias_base, res, r_base, res_cstride,
+                  has_res, relu, slope, accumulate, finish)  # fmt: skip
+        else:
+            _main_narrow(w, w_base, w_kstride, x, x_base, out_cstride, k_len,
+                         out, o_base, out_cstride, bias, bias_base, res, r_base, res_cstride,
+                         has_res, relu, slope, accumulate, finish)  # fmt: skip
+    elif wide:
+        _one(w, w_base, w_kstride, x, x_base, out_cstride, k_len,
+             out, o_base, out_cstride, bias, bias_base, res, r_base, res_cstride,
+             has_res, relu, slope, accumulate, finish)  # fmt: skip
+    else:
+        _one_narrow(w, w_base, w_kstride, x, x_base, out_cstride, k_len,
+                    out, o_base, out_cstride, bias, bias_base, res, r_base, res_cstride,
+                    has_res, relu, slope, accumulate, finish)  # fmt: skip
+
+
+def usable(x, groups, plane):
+    """Whether :func:`conv_1x1` runs a flat 1x1 conv of this input: one
+    group, and a plane of at least one vector whose tiles compute at most
+    MAX_WASTE times its pixels (a function of the shape and dtype alone)."""
+    lanes = VECTOR_BYTES // x.itemsize
+    if groups != 1 or plane < lanes:
+        return False
+    wide = PIXEL_VECTORS * lanes
+    computed = plane // wide * wide + math.ceil(plane % wide / lanes) * lanes
+    return computed <= MAX_WASTE * plane
+
+
+def job_split(n_img, c_out, plane, k_len, itemsize, threads):
+    """(chunk, n_chunks, n_splits) for :func:`_conv_1x1_kernel`.
+
+    Chunks of whole vectors whose input (k_len x chunk values) fits
+    CHUNK_BYTES; at least 2 jobs per thread where the plane allows, by
+    cutting the pixels finer, then the output channels. A function of the
+    shape and the thread count only; the result does not depend on it (each
+    output is the same sum in the same order whichever job computes it).
+    """
+    lanes = VECTOR_BYTES // itemsize
+    vectors = plane // lanes  # whole vectors; the rest joins the last chunk
+    n_chunks = max(1, math.ceil(k_len * plane * itemsize / CHUNK_BYTES))
+    want = 2 * threads
+    if n_img * n_chunks < want:
+        n_chunks = math.ceil(want / n_img)
+    n_chunks = min(n_chunks, vectors)
+    chunk = math.ceil(vectors / n_chunks) * lanes
+    n_chunks = max(1, min(n_chunks, (plane - lanes) // chunk + 1))
+    units = (c_out + TILE_CHANNELS - 1) // TILE_CHANNELS
+    n_splits = 1
+    if n_img * n_chunks < want:
+        n_splits = min(units, math.ceil(want / (n_img * n_chunks)))
+    return chunk, n_chunks, n_splits
+
+
+def conv_1x1(
+    x, packed, c_out, bias, out, *,
+    out_c0, activation, negative_slope, residual, residual_c0, x_c0, c_in,
+):  # fmt: skip
+    """Launch the 1x1 GEMM (arguments as r2n.cpu.conv.v4_simd.conv_simd's,
+    for a 1x1 conv of stride 1, no padding, one group: ``x`` holds exactly
+    the pixels it reads; ``activation`` None, "relu" or "leaky_relu")."""
+    n, c_x, h, w = x.shape
+    plane = h * w
+    chunk, n_chunks, n_splits = job_split(
+        n, c_out, plane, c_in, x.itemsize, numba.get_num_threads()
+    )
+    slope = negative_slope if activation == "leaky_relu" else 0.0
+    _conv_1x1_kernel(
+        x.reshape(-1), c_x * plane, x_c0, plane, c_in,
+        packed, bias, n, c_out,
+        out.reshape(-1), out[0].size, out_c0, activation is not None, x.dtype.type(slope),
+        unused_array(x.dtype) if residual is None else residual.reshape(-1),
+        0 if residual is None else residual[0].size, residual_c0, residual is not None,
+        chunk, n_chunks, n_splits,
+    )  # fmt: skip
+    return out
