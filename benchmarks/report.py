@@ -65,6 +65,9 @@ import argparse
 import json
 import re
 
+# The ladder tables' number formats are r2n ladder's own, so both print the same.
+from r2n.cli.ladder import format_flops, format_percent, format_rate
+
 
 def rows_of(data: dict, baseline: str, keep_rows=None, keep_threads=None) -> list[tuple]:
     groups: dict[str, list[dict]] = {}
@@ -201,23 +204,6 @@ def bench_markdown(data: dict, keep_rows=None, keep_threads=None) -> str:
 # --------------------------------------------------------------------------- #
 
 
-def _flops(value: float) -> str:
-    """FLOPs with a unit: "38.2 MFLOP", "2.9 kFLOP"."""
-    for unit, scale in (("GFLOP", 1e9), ("MFLOP", 1e6), ("kFLOP", 1e3)):
-        if value >= scale:
-            return f"{value / scale:.1f} {unit}"
-    return f"{value:.0f} FLOP"
-
-
-def _rate(value) -> str:
-    """GFLOP/s: one decimal, more digits below 1 (tiny shapes, memory-bound ops)."""
-    return "" if value is None else f"{value:.{1 if value >= 1 else 3}f}"
-
-
-def _pct(value) -> str:
-    return "" if value is None else f"{value:.{1 if value < 10 else 0}f}%"
-
-
 def ladder_markdown(data: dict) -> str:
     """Markdown of an ``r2n ladder --json`` report: the machine and its peaks, then
     per ladder (op and shape) one row per step, the library last. A step that was
@@ -252,8 +238,8 @@ def ladder_markdown(data: dict) -> str:
     for lad in data["ladders"]:
         out += [
             "",
-            f"**{lad['op']} {lad['case']}** ({lad['origin']}): {_flops(lad['flops'])}, "
-            f"{lad['intensity']:.2f} FLOP/byte, roofline {_rate(lad['roofline_gflops'])} "
+            f"**{lad['op']} {lad['case']}** ({lad['origin']}): {format_flops(lad['flops'])}, "
+            f"{lad['intensity']:.2f} FLOP/byte, roofline {format_rate(lad['roofline_gflops'])} "
             "GFLOP/s",
             "",
             "| step | what it changes | ms | GFLOP/s | % of roofline | vs previous | vs step 1 |",
@@ -266,10 +252,10 @@ def ladder_markdown(data: dict) -> str:
             elif r["status"] != "ok":
                 ms = r["status"]
             step = f"`{r['step']}`" if r["kind"] == "step" else r["step"]
+            rate, pct = format_rate(r.get("gflops")), format_percent(r.get("pct_roofline"))
             out.append(
-                f"| {step} | {r.get('summary') or ''} | {ms} | {_rate(r.get('gflops'))} | "
-                f"{_pct(r.get('pct_roofline'))} | {_f(r.get('x_previous'), '.2f', 'x')} | "
-                f"{_f(r.get('x_step1'), '.2f', 'x')} |"
+                f"| {step} | {r.get('summary') or ''} | {ms} | {rate} | {pct} | "
+                f"{_f(r.get('x_previous'), '.2f', 'x')} | {_f(r.get('x_step1'), '.2f', 'x')} |"
             )
     return "\n".join(out)
 

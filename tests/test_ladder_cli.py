@@ -300,7 +300,7 @@ def test_report_renders_the_ladder_json_and_the_command_dispatches(tmp_path, mon
     text = report.ladder_markdown(data)
     first, skipped, library = data["ladders"][0]["rows"]
     assert "**conv2d 3x3 6->5 N=1 7x9** (--shape 1x6x7x9->5,k=3)" in text
-    rate = report._rate(first["gflops"])  # 1 decimal, 3 below 1 GFLOP/s (a loaded machine)
+    rate = report.format_rate(first["gflops"])  # 1 decimal, 3 below 1 GFLOP/s (a loaded machine)
     assert f"| `1_first` | the first | {first['ms']:.3f} | {rate} |" in text
     assert "| `2_skip` | never | skipped: this step does not compute this case |" in text
     assert f"| {library['step']} | PyTorch, eager: F.conv2d (oneDNN) |" in text

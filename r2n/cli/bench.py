@@ -43,6 +43,7 @@ from .._bench import cases as bench_cases
 from .._bench import engines, machine, suite, timing
 from .._bench.cases import Skip
 from .._bench.torch_import import import_torch
+from .tables import text_table
 
 BACKEND_CHOICES = ("reference", "cpu", "gpu", "torch") + engines.ENGINES
 OP_CHOICES = bench_cases.OPS + ("model",)
@@ -341,18 +342,7 @@ def format_table(rows: list[dict]) -> str:
                 _fmt(r.get("vs_best_engine"), ".2f", "x"),
             )
         )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    right = {4, 5, 6, 7, 8, 9, 10}
-    out = []
-    for k, line in enumerate(lines):
-        cells = [
-            c.rjust(w) if i in right else c.ljust(w)
-            for i, (c, w) in enumerate(zip(line, widths, strict=True))
-        ]
-        out.append("  ".join(cells).rstrip())
-        if k == 0:
-            out.append("  ".join("-" * w for w in widths))
-    return "\n".join(out)
+    return text_table(lines[0], lines[1:], right={4, 5, 6, 7, 8, 9, 10})
 
 
 def format_peaks(peaks: dict, gpu_peaks: dict | None) -> str:

@@ -47,6 +47,7 @@ from .._bench import ladder_cases, machine, timing
 from .._bench.torch_import import import_torch
 from .._ladder import LADDER_OPS
 from . import bench
+from .tables import text_table
 
 DESCRIPTION = "Every numbered variant of an op, checked, then timed against the roofline."
 BACKENDS = ("cpu", "gpu")
@@ -291,7 +292,7 @@ def _fmt(value, spec: str, suffix: str = "") -> str:
     return "" if value is None else f"{value:{spec}}{suffix}"
 
 
-def _flops(value: float) -> str:
+def format_flops(value: float) -> str:
     """FLOPs with a unit: "38.2 MFLOP", "2.9 kFLOP"."""
     for unit, scale in (("GFLOP", 1e9), ("MFLOP", 1e6), ("kFLOP", 1e3)):
         if value >= scale:
@@ -299,12 +300,12 @@ def _flops(value: float) -> str:
     return f"{value:.0f} FLOP"
 
 
-def _rate(value) -> str:
+def format_rate(value) -> str:
     """GFLOP/s: one decimal, more digits below 1 (tiny shapes, memory-bound ops)."""
     return "" if value is None else f"{value:.{1 if value >= 1 else 3}f}"
 
 
-def _pct(value) -> str:
+def format_percent(value) -> str:
     """A percentage: one decimal below 10% (memory-bound and GPU rows), else none."""
     return "" if value is None else f"{value:.{1 if value < 10 else 0}f}%"
 
@@ -327,32 +328,18 @@ def format_ladder(ladder: dict) -> str:
                 status,
                 _fmt(r.get("rel_err"), ".1e"),
                 _fmt(r.get("ms"), ".3f"),
-                _rate(r.get("gflops")),
-                _fmt(
-                    r.get("pct_roofline"),
-                    ".1f" if (r.get("pct_roofline") or 99) < 10 else ".0f",
-                    "%",
-                ),  # fmt: skip
+                format_rate(r.get("gflops")),
+                format_percent(r.get("pct_roofline")),
                 _fmt(r.get("x_previous"), ".2f", "x"),
                 _fmt(r.get("x_step1"), ".2f", "x"),
             )
         )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    right = {3, 4, 5, 6, 7, 8}
-    out = [
-        f"{ladder['op']} {ladder['case']} ({ladder['origin']}): {_flops(ladder['flops'])}, "
+    title = (
+        f"{ladder['op']} {ladder['case']} ({ladder['origin']}): {format_flops(ladder['flops'])}, "
         f"{ladder['intensity']:.2f} FLOP/byte, roofline "
-        f"{_rate(ladder['roofline_gflops']) or 'n/a'} GFLOP/s"
-    ]
-    for k, line in enumerate(lines):
-        cells = [
-            c.rjust(w) if i in right else c.ljust(w)
-            for i, (c, w) in enumerate(zip(line, widths, strict=True))
-        ]
-        out.append("  ".join(cells).rstrip())
-        if k == 0:
-            out.append("  ".join("-" * w for w in widths))
-    return "\n".join(out)
+        f"{format_rate(ladder['roofline_gflops']) or 'n/a'} GFLOP/s"
+    )
+    return title + "\n" + text_table(lines[0], lines[1:], right={3, 4, 5, 6, 7, 8})
 
 
 # --------------------------------------------------------------------------- #

@@ -25,6 +25,7 @@ import sys
 import numpy as np
 
 from .. import __version__
+from .tables import text_table
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -214,21 +215,6 @@ def _shape(shape) -> str:
     return "x".join(str(d) for d in shape[1:])
 
 
-def _table(header, rows, right) -> str:
-    lines = [header] + rows
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    out = []
-    for k, line in enumerate(lines):
-        cells = [
-            c.rjust(w) if i in right else c.ljust(w)
-            for i, (c, w) in enumerate(zip(line, widths, strict=True))
-        ]
-        out.append("  ".join(cells).rstrip())
-        if k == 0:
-            out.append("  ".join("-" * w for w in widths))
-    return "\n".join(out)
-
-
 def format_report(report: dict) -> str:
     """The text of ``r2n profile``: header, per-layer table, summary by role."""
     peak = report["fma_peak_gflops"]
@@ -277,7 +263,7 @@ def format_report(report: dict) -> str:
         if ort_layers is not None:
             row.append(_fmt(ort_layers.get(r["name"]), ".3f"))
         rows.append(row)
-    lines += ["", _table(header, rows, right=set(range(3, len(header))))]
+    lines += ["", text_table(header, rows, right=set(range(3, len(header))))]
     by_role_ort = {}
     if ort_layers is not None:
         role_of = {r["name"]: r["role"] for r in report["layers"]}
@@ -301,7 +287,7 @@ def format_report(report: dict) -> str:
         if ort_layers is not None:
             row.append(_fmt(by_role_ort.get(g["role"]), ".2f"))
         rows.append(row)
-    by_role = _table(header, rows, set(range(1, len(header))))
+    by_role = text_table(header, rows, set(range(1, len(header))))
     lines += ["", "By role (sorted by time):", "", by_role]
     return "\n".join(lines)
 
