@@ -600,18 +600,26 @@ def _finish(report: dict, opts) -> int:
         print(f"{len(failed)} row(s) disagree with the reference: " + "; ".join(report["failed"]))
     elif not report["interrupted"]:
         print("every row agrees with the reference")
-    if opts.json:
-        write_json(report, opts.json)
-        print(f"wrote {opts.json}")
-    if opts.plot and report["rows"]:
-        try:
-            from .._bench import plot
+    write_outputs(report, opts.json, opts.plot if report["rows"] else None, "plot")
+    return code
 
-            plot.plot(report, opts.plot)
-            print(f"wrote {opts.plot}")
+
+def write_outputs(report: dict, json_path, plot_path, draw: str) -> None:
+    """Write ``report`` to ``json_path`` and draw it to ``plot_path`` with
+    ``r2n._bench.plot.<draw>`` (each skipped when its path is None; the plot,
+    with a message, when matplotlib is missing). Shared by bench and ladder."""
+    if json_path:
+        write_json(report, json_path)
+        print(f"wrote {json_path}")
+    if plot_path:
+        from .._bench import plot
+
+        try:
+            getattr(plot, draw)(report, plot_path)
         except ImportError:
             print("--plot needs matplotlib (pip install matplotlib); no plot written")
-    return code
+            return
+        print(f"wrote {plot_path}")
 
 
 def write_json(report: dict, path: str) -> None:

@@ -536,15 +536,6 @@ def _finish(report: dict, opts) -> int:
         print(f"{len(failed)} step(s) disagree with the reference: " + "; ".join(failed))
     elif not report["interrupted"]:
         print("every step agrees with the reference (or does not apply)")
-    if opts.json:
-        bench.write_json(report, opts.json)
-        print(f"wrote {opts.json}")
-    if opts.plot and report["ladders"]:
-        try:
-            from .._bench import plot
-
-            plot.plot_ladders(report, opts.plot)
-            print(f"wrote {opts.plot}")
-        except ImportError:
-            print("--plot needs matplotlib (pip install matplotlib); no plot written")
+    plot_path = opts.plot if report["ladders"] else None
+    bench.write_outputs(report, opts.json, plot_path, "plot_ladders")
     return code
