@@ -530,6 +530,8 @@ def _conv_1x1_rows_kernel(
     for job in prange(n_img * blocks * n_parts):
         part = job % n_parts
         rest = job // n_parts
+        # Images outermost (the other order, a block's weights kept in L2
+        # across the images, measured 0.95-1.01x this one at batch 8).
         ob = rest % blocks
         n = rest // blocks
         t0 = part * tiles // n_parts
@@ -648,7 +650,8 @@ def conv_1x1(
 
 
 #: Input channels per pass of :func:`_conv_1x1_rows_kernel` over a job's
-#: tiles: 64 x 32 weights (8 KiB float32) stay in L1 beside the input lines.
+#: tiles: 64 x 32 weights (8 KiB float32) stay in L1 beside the input lines
+#: (128 measured 0.97-1.02x of 64 at batch 1, and slower at batch 8 on 14x14).
 ROWS_K_BLOCK = 64
 #: Whether every tile prefetches the next reduction block's weights into L2.
 #: In a forward the weights of a 7x7 layer (6.8 MB for 832 -> 2048) come
@@ -662,7 +665,11 @@ ROWS_PREFETCH = True
 
 def rows_usable(x, groups, plane):
     """Whether :func:`conv_1x1_rows` runs a flat 1x1 conv of this input: one
-    group and at least one tile of pixels (a function of the shape alone)."""
+    group and at least one tile of pixels (a function of the shape alone).
+    Asked where :func:`usable` says no (7x7, 14x14): with the weights coming
+    from memory, as in a forward, it ran 832 -> 2048 and 2048 -> 832 at 7x7
+    1.2x step 4's long rows, 14x14 convs 0.98-1.03x (NOTES.md, "1x1 convs on
+    7x7 and 14x14 planes")."""
     return groups == 1 and plane >= TILE_PIXELS
 
 
@@ -676,6 +683,8 @@ def rows_job_split(n_img, c_out, plane, itemsize, threads):
     blocks = full + (1 if tail else 0)  # block_layout's count, either way
     tiles = plane // TILE_PIXELS
     jobs = n_img * blocks
+    # More parts than needed were slower: parts of at most 7 / 4 tiles
+    # measured 0.85-0.98x / 0.71-0.95x whole planes at 14x14.
     for n_parts in range(1, tiles + 1):
         if (jobs * n_parts) % threads == 0 or jobs * n_parts >= 8 * threads:
             return n_parts
