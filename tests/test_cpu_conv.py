@@ -34,6 +34,8 @@ CONV_CASES = [
     (1, 64, 40, 9, 7, (1, 1), 1, 0, 1, 1),  # 1x1: the plane as one row
     (2, 64, 40, 9, 7, (1, 1), 2, 0, 1, 1),  # strided 1x1 (the shortcut)
     (2, 24, 40, 15, 16, (1, 1), 2, 0, 1, 1),  # strided 1x1, 8x8 out: gathered, then the GEMM
+    (1, 37, 70, 13, 14, (1, 1), 2, 0, 1, 1),  # strided 1x1, 7x7 out: gathered, then 7-pixel tiles
+    (1, 20, 33, 9, 7, (1, 1), (3, 2), 0, 1, 1),  # 3x4 out: gathered, a tile shifted back
     (2, 16, 16, 13, 11, (3, 3), 1, 2, 2, 16),  # depthwise, dilated
     (1, 8, 40, 17, 19, (5, 5), 3, 2, 1, 1),  # 5x5, stride 3
     (3, 4, 33, 2, 3, (1, 1), 1, 0, 1, 1),  # plane smaller than a tile

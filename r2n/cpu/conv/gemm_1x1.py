@@ -71,6 +71,18 @@ MAX_WASTE = 1.05
 #: (unblocked, 1024 -> 416 and 1024 -> 832 at 14x14 measured 0.74-0.97x
 #: step 4).
 K_BLOCK = 256
+#: Input channels per pass of :func:`conv_1x1_rows` over a job's tiles: 64 x
+#: 32 weights (8 KiB float32) stay in L1 beside the input lines (128
+#: measured 0.97-1.02x of 64 at batch 1, and slower at batch 8 on 14x14).
+ROWS_K_BLOCK = 64
+#: Whether every tile prefetches the next reduction block's weights into L2.
+#: In a forward the weights of a 7x7 layer (6.8 MB for 832 -> 2048) come
+#: from memory, and step 4 / this kernel without the prefetch ran there at
+#: 68-71% of the peak against 86-88% with it (1 thread, batch 1, weights
+#: cycled through 48 MB of copies; with the weights in L3, 81-91% either
+#: way). Prefetching from the first tile of a block only, or into L1, gained
+#: less (measured 1.04-1.15x instead of 1.23x).
+ROWS_PREFETCH = True
 
 
 @functools.cache  # code, not data: a function of (t, nv) alone
@@ -647,20 +659,6 @@ def conv_1x1(
         chunk, n_chunks, n_splits,
     )  # fmt: skip
     return out
-
-
-#: Input channels per pass of :func:`_conv_1x1_rows_kernel` over a job's
-#: tiles: 64 x 32 weights (8 KiB float32) stay in L1 beside the input lines
-#: (128 measured 0.97-1.02x of 64 at batch 1, and slower at batch 8 on 14x14).
-ROWS_K_BLOCK = 64
-#: Whether every tile prefetches the next reduction block's weights into L2.
-#: In a forward the weights of a 7x7 layer (6.8 MB for 832 -> 2048) come
-#: from memory, and step 4 / this kernel without the prefetch ran there at
-#: 68-71% of the peak against 86-88% with it (1 thread, batch 1, weights
-#: cycled through 48 MB of copies; with the weights in L3, 81-91% either
-#: way). Prefetching from the first tile of a block only, or into L1, gained
-#: less (measured 1.04-1.15x instead of 1.23x).
-ROWS_PREFETCH = True
 
 
 def rows_usable(x, groups, plane):
