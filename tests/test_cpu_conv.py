@@ -34,6 +34,8 @@ CONV_CASES = [
     (1, 64, 40, 9, 7, (1, 1), 1, 0, 1, 1),  # 1x1: the plane as one row
     (2, 64, 40, 9, 7, (1, 1), 2, 0, 1, 1),  # strided 1x1 (the shortcut)
     (2, 24, 40, 15, 16, (1, 1), 2, 0, 1, 1),  # strided 1x1, 8x8 out: gathered, then the GEMM
+    (1, 37, 70, 13, 14, (1, 1), 2, 0, 1, 1),  # strided 1x1, 7x7 out: gathered, then 7-pixel tiles
+    (1, 20, 33, 9, 7, (1, 1), (3, 2), 0, 1, 1),  # 3x4 out: gathered, a tile shifted back
     (2, 16, 16, 13, 11, (3, 3), 1, 2, 2, 16),  # depthwise, dilated
     (1, 8, 40, 17, 19, (5, 5), 3, 2, 1, 1),  # 5x5, stride 3
     (3, 4, 33, 2, 3, (1, 1), 1, 0, 1, 1),  # plane smaller than a tile
@@ -349,16 +351,29 @@ GEMM_1X1_CASES = [
     (1, 24, 40, 14, 14, 0, 0),  # several chunks at batch 1, split over threads
     (2, 600, 17, 7, 9, 1, 0),  # the reduction in 3 blocks (K_BLOCK), with a shifted tail
 ]
+# conv_1x1_rows (7-pixel tiles, planes of >= 7 pixels) on the cases above, and:
+GEMM_1X1_ROWS_CASES = [
+    (1, 150, 50, 7, 7, 2, 1),  # 3 reduction blocks (ROWS_K_BLOCK) of 64, 64, 22; 50 = 32 + 18
+    (3, 70, 104, 3, 3, 0, 0),  # 9 pixels: a tile + one shifted back over it; a half block
+    (1, 130, 33, 1, 7, 0, 2),  # one tile per plane; 33 = 32 + a half block of 1
+    (1, 200, 70, 14, 14, 0, 0),  # 28 tiles, parts of them per job at 2 threads
+]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", GEMM_1X1_CASES, ids=str)
+@pytest.mark.parametrize(
+    "launcher, case",
+    [("conv_1x1", c) for c in GEMM_1X1_CASES]
+    + [("conv_1x1_rows", c) for c in GEMM_1X1_CASES + GEMM_1X1_ROWS_CASES],
+    ids=str,
+)
 @pytest.mark.parametrize("epilogue", ["plain", "residual+relu", "leaky"])
-def test_1x1_gemm_matches_the_reference(rng, case, epilogue, dtype):
-    """The 1x1 GEMM (pixels in the lanes, r2n.cpu.conv.gemm_1x1) with its
-    epilogue in registers, on channel slices of larger arrays, at 1 and 2
-    threads (different job splits give identical results), every output
-    channel written and nothing else."""
+def test_1x1_gemm_matches_the_reference(rng, launcher, case, epilogue, dtype):
+    """The 1x1 GEMMs of r2n.cpu.conv.gemm_1x1 (pixels in the lanes, epilogue
+    in registers; and 7-pixel tiles with a blocked reduction, for small
+    planes), on channel slices of larger arrays, at 1 and 2 threads
+    (different job splits give identical results), every output channel
+    written and nothing else."""
     from r2n.cpu.conv import gemm_1x1
 
     n, c_in, c_out, h, w, x_c0, out_c0 = case
@@ -378,7 +393,7 @@ def test_1x1_gemm_matches_the_reference(rng, case, epilogue, dtype):
         before = r2n.get_num_threads()
         r2n.set_num_threads(min(threads, before))
         try:
-            gemm_1x1.conv_1x1(
+            getattr(gemm_1x1, launcher)(
                 x, microkernel.pack_weights(weight, 1), c_out, bias, out, out_c0=out_c0,
                 activation={"plain": None, "leaky": "leaky_relu"}.get(epilogue, "relu"),
                 negative_slope=slope, residual=res, residual_c0=2, x_c0=x_c0, c_in=c_in,
@@ -409,3 +424,18 @@ def test_1x1_gemm_job_split_covers_every_pixel_once(itemsize):
                     assert chunk % lanes == 0 and n_chunks >= 1 and 1 <= n_splits <= 5
                     assert (n_chunks - 1) * chunk < plane
                     assert plane - (n_chunks - 1) * chunk >= lanes
+
+
+def test_1x1_rows_job_split_gives_every_job_whole_tiles():
+    """conv_1x1_rows' parts: between 1 and the plane's whole tiles (so every
+    part holds at least one tile), jobs shared evenly or >= 8 per thread."""
+    from r2n.cpu.conv import gemm_1x1
+
+    for n_img in (1, 2, 8):
+        for c_out in (8, 33, 416, 2048):
+            for plane in (7, 9, 49, 63, 196):
+                for threads in (1, 2, 3, 16):
+                    n_parts = gemm_1x1.rows_job_split(n_img, c_out, plane, 4, threads)
+                    assert 1 <= n_parts <= plane // microkernel.TILE_PIXELS
+                    jobs = n_img * -(-c_out // 32) * n_parts
+                    assert jobs % threads == 0 or jobs >= 8 * threads or n_parts == plane // 7

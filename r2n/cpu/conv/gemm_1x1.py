@@ -22,6 +22,15 @@ input (K x P values) fits in L2 and runs every 8-channel block of its
 channel range over it, writes the output in place, and needs no buffer at
 all. At batch 1 the jobs split the pixels (and, on small planes, the
 output channels) so that every thread has work.
+
+Planes whose last pixel vector would be mostly waste (7x7, 14x14: the
+stages where the weights are largest) run :func:`conv_1x1_rows` instead:
+step 4's orientation (7 pixels x 32 channels, each plane one long row,
+which 7 divides on every ImageNet map), but with the reduction in blocks of
+ROWS_K_BLOCK channels run over all of a job's tiles (so a block's weights
+are read from L1, not L2, by every tile after the first) and the next
+block's weights prefetched while they run: in a forward those weights come
+from memory (6.8 MB per 7x7 layer of res2net50), which step 4 waited for.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import functools
 import math
 
 import numba
+import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -37,7 +47,7 @@ from numba.extending import intrinsic
 
 from .._jit import FASTMATH, kernel, prange
 from ..elementwise import unused_array
-from ..microkernel import TILE_VECTORS, VECTOR_BYTES, block_layout
+from ..microkernel import TILE_PIXELS, TILE_VECTORS, VECTOR_BYTES, block_layout
 
 #: Output channels of the register tile, and pixel vectors.
 TILE_CHANNELS = 8
@@ -61,6 +71,18 @@ MAX_WASTE = 1.05
 #: (unblocked, 1024 -> 416 and 1024 -> 832 at 14x14 measured 0.74-0.97x
 #: step 4).
 K_BLOCK = 256
+#: Input channels per pass of :func:`conv_1x1_rows` over a job's tiles: 64 x
+#: 32 weights (8 KiB float32) stay in L1 beside the input lines (128
+#: measured 0.97-1.02x of 64 at batch 1, and slower at batch 8 on 14x14).
+ROWS_K_BLOCK = 64
+#: Whether every tile prefetches the next reduction block's weights into L2.
+#: In a forward the weights of a 7x7 layer (6.8 MB for 832 -> 2048) come
+#: from memory, and step 4 / this kernel without the prefetch ran there at
+#: 68-71% of the peak against 86-88% with it (1 thread, batch 1, weights
+#: cycled through 48 MB of copies; with the weights in L3, 81-91% either
+#: way). Prefetching from the first tile of a block only, or into L1, gained
+#: less (measured 1.04-1.15x instead of 1.23x).
+ROWS_PREFETCH = True
 
 
 @functools.cache  # code, not data: a function of (t, nv) alone
@@ -240,6 +262,141 @@ def pixel_tile_kernel(t: int, nv: int):
     return kernel_
 
 
+@functools.cache  # code, not data: a function of (t, nv) alone
+def channel_tile_kernel(t: int, nv: int):
+    """Step 4's tile (``t`` pixels x ``nv`` channel vectors) for a 1x1 conv,
+    accumulating into its buffer: a pass over one block of the reduction.
+
+    Returns a Numba intrinsic callable from jitted code as::
+
+        kernel(w, w_base, x, x_base, x_kstride, k_len, buf, buf_base, accumulate,
+                w_ahead)
+
+    computing, for pixel ``i < t`` and channel ``c < nv * L``::
+
+        buf[buf_base + i * nv*L + c] = (buf[...] if accumulate else 0)
+            + sum_k w[w_base + k * nv*L + c] * x[x_base + k * x_kstride + i]
+
+    (the packed weights of :func:`r2n.cpu.microkernel.pack_weights`; pixel
+    ``i`` of input channel ``k`` at ``x_base + k * x_kstride + i``). The sum
+    runs in k order on float accumulators, so a reduction split into blocks
+    (partial sums stored and reloaded) gives the bits of one pass. ``w``,
+    ``x``, ``buf``: 1-D C-contiguous arrays of one float dtype; the rest
+    int64 (``accumulate`` a boolean). ``w_ahead`` > 0: per ``k`` also
+    prefetch into L2 the weight lines ``w_ahead`` values further on (the next block
+    of the reduction, which the caller knows), so that weights coming from
+    memory arrive while this block's tiles run; 0: no prefetch. No bounds
+    checks (a prefetch past the array's end is harmless: it cannot fault).
+    """
+
+    @intrinsic
+    def kernel_(
+        typingctx, w, w_base, x, x_base, x_kstride, k_len, buf, buf_base, accumulate, w_ahead
+    ):  # fmt: skip
+        if not (w.dtype == x.dtype == buf.dtype and w.dtype in (types.float32, types.float64)):
+            return None
+        n_lanes = VECTOR_BYTES * 8 // w.dtype.bitwidth
+        sig = types.void(
+            w, w_base, x, x_base, x_kstride, k_len, buf, buf_base, accumulate, w_ahead
+        )
+
+        def codegen(context, builder, signature, args):
+            (
+                w_arr, w_base_v, x_arr, x_base_v, x_kstride_v, k_len_v, buf_arr, buf_base_v,
+                acc_v, w_ahead_v,
+            ) = args  # fmt: skip
+            a_ty = signature.args
+            i64 = ir.IntType(64)
+            scalar = context.get_value_type(w.dtype)
+            vec = ir.VectorType(scalar, n_lanes)
+            vec_ptr = vec.as_pointer()
+
+            def data(ty, value):
+                return context.make_array(ty)(context, builder, value).data
+
+            def as_i64(value, ty):
+                return context.cast(builder, value, ty, types.int64)
+
+            w_ptr = builder.gep(data(a_ty[0], w_arr), [as_i64(w_base_v, a_ty[1])])
+            x_ptr = builder.gep(data(a_ty[2], x_arr), [as_i64(x_base_v, a_ty[3])])
+            buf_ptr = builder.gep(data(a_ty[6], buf_arr), [as_i64(buf_base_v, a_ty[7])])
+            x_kstride_v = as_i64(x_kstride_v, a_ty[4])
+            accumulate_b = context.cast(builder, acc_v, a_ty[8], types.boolean)
+            w_ahead_v = as_i64(w_ahead_v, a_ty[9])
+            i8_ptr = ir.IntType(8).as_pointer()
+            i32 = ir.IntType(32)
+            prefetch = cgutils.get_or_insert_function(
+                builder.module,
+                ir.FunctionType(ir.VoidType(), [i8_ptr, i32, i32, i32]),
+                "llvm.prefetch.p0i8",
+            )
+            # Locality 2 (prefetcht1): into L2, not L1 (measured better; see ROWS_PREFETCH).
+            read_flags = [ir.Constant(i32, 0), ir.Constant(i32, 2), ir.Constant(i32, 1)]
+
+            suffix = f"v{n_lanes}f{32 if scalar == ir.FloatType() else 64}"
+            fma = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fma.{suffix}"
+            )
+            zero = ir.Constant(vec, [0.0] * n_lanes)
+            undef = ir.Constant(vec, ir.Undefined)
+            lane_ids = ir.Constant(ir.VectorType(ir.IntType(32), n_lanes), [0] * n_lanes)
+
+            def slot(i, j):
+                ptr = builder.gep(buf_ptr, [ir.Constant(i64, (i * nv + j) * n_lanes)])
+                return builder.bitcast(ptr, vec_ptr)
+
+            # Accumulators: allocas with constant indices only -> registers after mem2reg.
+            acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(nv)] for _ in range(t)]
+            with builder.if_then(accumulate_b):  # a later block of the reduction
+                for i in range(t):
+                    for j in range(nv):
+                        builder.store(builder.load(slot(i, j), align=1), acc[i][j])
+            block = ir.Constant(i64, nv * n_lanes)
+
+            def reduction(prefetching):
+                with cgutils.for_range(builder, k_len_v) as loop:
+                    k = loop.index
+                    w_k = builder.gep(w_ptr, [builder.mul(k, block)])
+                    weights = [
+                        builder.load(
+                            builder.bitcast(
+                                builder.gep(w_k, [ir.Constant(i64, j * n_lanes)]), vec_ptr
+                            ),
+                            align=1,
+                        )
+                        for j in range(nv)
+                    ]
+                    if prefetching:  # one 64-byte line per weight vector
+                        ahead = builder.gep(w_k, [w_ahead_v])
+                        for j in range(nv):
+                            line = builder.gep(ahead, [ir.Constant(i64, j * n_lanes)])
+                            builder.call(prefetch, [builder.bitcast(line, i8_ptr), *read_flags])
+                    x_k = builder.gep(x_ptr, [builder.mul(k, x_kstride_v)])
+                    for i in range(t):
+                        pixel = builder.load(builder.gep(x_k, [ir.Constant(i64, i)]))
+                        spread = builder.insert_element(undef, pixel, ir.Constant(i32, 0))
+                        spread = builder.shuffle_vector(spread, undef, lane_ids)
+                        for j in range(nv):
+                            partial = builder.load(acc[i][j])
+                            total = builder.call(fma, [spread, weights[j], partial])
+                            builder.store(total, acc[i][j])
+
+            has_ahead = builder.icmp_signed("!=", w_ahead_v, ir.Constant(i64, 0))
+            with builder.if_else(has_ahead) as (then, otherwise):
+                with then:
+                    reduction(True)
+                with otherwise:
+                    reduction(False)
+            for i in range(t):
+                for j in range(nv):
+                    builder.store(builder.load(acc[i][j]), slot(i, j), align=1)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return kernel_
+
+
 # Helpers inlined into the kernel (a call per tile would cost more than its tail).
 _inline = numba.njit(inline="always", fastmath=FASTMATH)
 
@@ -350,6 +507,99 @@ def _tile(n_ch, wide, w, w_base, w_kstride, x, x_base, o_base, r_base, args):
                     has_res, relu, slope, accumulate, finish)  # fmt: skip
 
 
+_rows = channel_tile_kernel(TILE_PIXELS, TILE_VECTORS)  # 7 pixels x 32 channels (f32)
+_rows_half = channel_tile_kernel(TILE_PIXELS, 1)  # a narrower last block (block_layout)
+
+
+@kernel
+def _conv_1x1_rows_kernel(
+    x, x_img, x_c0, plane, k_len,
+    packed, bias, n_img, c_out,
+    out, out_img, out_c0, activation, negative_slope,
+    residual, residual_img, residual_c0, has_residual,
+    k_block, n_parts, w_prefetch,
+):  # fmt: skip
+    """One parallel launch of a 1x1 stride-1 conv on small planes (``groups``
+    = 1, plane >= TILE_PIXELS): step 4's tiles (7 pixels x 32 channels),
+    each plane one long row, the reduction in blocks of ``k_block`` channels.
+
+    Arguments as :func:`_conv_1x1_kernel`'s. Job = (image, block of 32 output
+    channels, part of the plane's whole tiles). Per block of the reduction
+    every tile of the job runs over the same ``k_block`` x 32 weights (in L1
+    after the first tile; step 4 streams all K x 32 of them from L2 again
+    for every tile), adding into the job's pixel-major buffer. A plane that
+    is not whole tiles ends with one tile shifted back to end at its end,
+    run over the whole reduction at once (its pixels shared with the tile
+    before get the same sum in the same order again). Then bias, residual
+    and (leaky) ReLU, transposed into the output rows as step 4's epilogue.
+    """
+    lanes = VECTOR_BYTES // x.itemsize
+    b = TILE_VECTORS * lanes
+    full, tail = block_layout(c_out, b)
+    blocks = full + tail
+    tiles = plane // TILE_PIXELS
+    zero = out.dtype.type(0)
+    for job in prange(n_img * blocks * n_parts):
+        part = job % n_parts
+        rest = job // n_parts
+        # Images outermost (the other order, a block's weights kept in L2
+        # across the images, measured 0.95-1.01x this one at batch 8).
+        ob = rest % blocks
+        n = rest // blocks
+        t0 = part * tiles // n_parts
+        t1 = (part + 1) * tiles // n_parts
+        p0 = t0 * TILE_PIXELS
+        p1 = plane if part == n_parts - 1 else t1 * TILE_PIXELS
+        bw = b if ob < full else b // 2
+        buf = np.empty((p1 - p0) * bw, x.dtype)
+        w_base = ob * k_len * b
+        x_base = n * x_img + x_c0 * plane
+        for kb in range(0, k_len, k_block):
+            kl = min(k_block, k_len - kb)
+            w_k = w_base + kb * bw
+            x_k = x_base + kb * plane
+            for t in range(t0, t1):
+                p = t * TILE_PIXELS
+                # Every tile prefetches the next block's weights into L2 (past
+                # the last block: the next channel block's, usually this
+                # thread's next job's), see ROWS_PREFETCH.
+                ahead = k_block * bw if w_prefetch else 0
+                at = (p - p0) * bw
+                if bw == b:
+                    _rows(packed, w_k, x, x_k + p, plane, kl, buf, at, kb > 0, ahead)
+                else:
+                    _rows_half(packed, w_k, x, x_k + p, plane, kl, buf, at, kb > 0, ahead)
+        if p1 - p0 > (t1 - t0) * TILE_PIXELS:
+            p = p1 - TILE_PIXELS
+            at = (p - p0) * bw
+            if bw == b:
+                _rows(packed, w_base, x, x_base + p, plane, k_len, buf, at, False, 0)
+            else:
+                _rows_half(packed, w_base, x, x_base + p, plane, k_len, buf, at, False, 0)
+        # Epilogue, a channel's pixels at a time over slices (plain range
+        # indices vectorise; computed ones pay Numba's wraparound checks).
+        for c in range(min(bw, c_out - ob * b)):
+            ch = ob * b + c
+            o_idx = n * out_img + (out_c0 + ch) * plane + p0
+            o_row = out[o_idx : o_idx + p1 - p0]
+            bc = bias[ch]
+            for i in range(p1 - p0):
+                o_row[i] = buf[i * bw + c] + bc
+            if has_residual:
+                r_idx = n * residual_img + (residual_c0 + ch) * plane + p0
+                r_row = residual[r_idx : r_idx + p1 - p0]
+                for i in range(p1 - p0):
+                    o_row[i] += r_row[i]
+            if activation and negative_slope == zero:
+                for i in range(p1 - p0):
+                    if o_row[i] < zero:  # NaN stays NaN, as in PyTorch
+                        o_row[i] = zero
+            elif activation:  # leaky ReLU; a product, so -inf stays -inf
+                for i in range(p1 - p0):
+                    if o_row[i] < zero:
+                        o_row[i] *= negative_slope
+
+
 def usable(x, groups, plane):
     """Whether :func:`conv_1x1` runs a flat 1x1 conv of this input: one
     group, and a plane of at least one vector whose tiles compute at most
@@ -407,5 +657,53 @@ def conv_1x1(
         unused_array(x.dtype) if residual is None else residual.reshape(-1),
         0 if residual is None else residual[0].size, residual_c0, residual is not None,
         chunk, n_chunks, n_splits,
+    )  # fmt: skip
+    return out
+
+
+def rows_usable(x, groups, plane):
+    """Whether :func:`conv_1x1_rows` runs a flat 1x1 conv of this input: one
+    group and at least one tile of pixels (a function of the shape alone).
+    Asked where :func:`usable` says no (7x7, 14x14): with the weights coming
+    from memory, as in a forward, it ran 832 -> 2048 and 2048 -> 832 at 7x7
+    1.2x step 4's long rows, 14x14 convs 0.98-1.03x (NOTES.md, "1x1 convs on
+    7x7 and 14x14 planes")."""
+    return groups == 1 and plane >= TILE_PIXELS
+
+
+def rows_job_split(n_img, c_out, plane, itemsize, threads):
+    """n_parts for :func:`_conv_1x1_rows_kernel`: the fewest parts of the
+    plane's whole tiles per (image, channel block) giving every thread the
+    same number of jobs, or at least 8 jobs per thread. A function of the
+    shape and the thread count; the result does not depend on it."""
+    b = TILE_VECTORS * VECTOR_BYTES // itemsize
+    full, tail = divmod(c_out, b)
+    blocks = full + (1 if tail else 0)  # block_layout's count, either way
+    tiles = plane // TILE_PIXELS
+    jobs = n_img * blocks
+    # More parts than needed were slower: parts of at most 7 / 4 tiles
+    # measured 0.85-0.98x / 0.71-0.95x whole planes at 14x14.
+    for n_parts in range(1, tiles + 1):
+        if (jobs * n_parts) % threads == 0 or jobs * n_parts >= 8 * threads:
+            return n_parts
+    return tiles
+
+
+def conv_1x1_rows(
+    x, packed, c_out, bias, out, *,
+    out_c0, activation, negative_slope, residual, residual_c0, x_c0, c_in,
+):  # fmt: skip
+    """Launch :func:`_conv_1x1_rows_kernel` (arguments as :func:`conv_1x1`)."""
+    n, c_x, h, w = x.shape
+    plane = h * w
+    n_parts = rows_job_split(n, c_out, plane, x.itemsize, numba.get_num_threads())
+    slope = negative_slope if activation == "leaky_relu" else 0.0
+    _conv_1x1_rows_kernel(
+        x.reshape(-1), c_x * plane, x_c0, plane, c_in,
+        packed, bias, n, c_out,
+        out.reshape(-1), out[0].size, out_c0, activation is not None, x.dtype.type(slope),
+        unused_array(x.dtype) if residual is None else residual.reshape(-1),
+        0 if residual is None else residual[0].size, residual_c0, residual is not None,
+        ROWS_K_BLOCK, n_parts, ROWS_PREFETCH,
     )  # fmt: skip
     return out

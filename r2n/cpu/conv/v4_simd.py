@@ -19,9 +19,11 @@ The epilogue
     Bias, a residual, the activation and the write into a channel slice of
     a larger (optionally padded) output run once per finished row, over row
     slices (see :func:`conv_simd`), so the fused Res2Net blocks
-    (r2n.cpu.res2net) need no passes of their own. 1x1 convs run as the
-    GEMM of r2n.cpu.conv.gemm_1x1 where it applies (``gemm_1x1.usable``),
-    else, at stride 1, each plane as one long row.
+    (r2n.cpu.res2net) need no passes of their own. 1x1 convs of one group
+    run in r2n.cpu.conv.gemm_1x1: the GEMM with the pixels in the lanes
+    where ``gemm_1x1.usable``, else (7x7, 14x14) its 7-pixel tiles with a
+    blocked reduction (``gemm_1x1.rows_usable``); strided ones on a gathered
+    copy of the pixels they read.
 Measured
     ~170 GFLOP/s (one thread, float32, 32 -> 32 channels, 3x3, 56x56, on the
     2-core Zen 5 development machine, 2026-11-22; PyTorch 2.13's oneDNN:
@@ -383,6 +385,19 @@ def read_layout(x, layout, make=np.empty):
     return buf
 
 
+@functools.lru_cache(maxsize=256)
+def _pointwise_layout(h, w, h_out, w_out, stride):
+    """The :class:`InputLayout` of a strided 1x1 conv's gathered pixels:
+    buffer (H_out, W_out), ``buffer[y, q] = x[y * sh, q * sw]`` (memoized as
+    :func:`input_layout`; r2n.clear_scratch empties it)."""
+    rows = _gather_index(h_out, 1, stride[0], 0, 1, h)
+    cols = _gather_index(w_out, 1, stride[1], 0, 1, w)
+    return InputLayout((h_out, w_out), (1, 1), (1, 1), (0, 0), rows, cols)
+
+
+_scratch.on_clear(_pointwise_layout.cache_clear)
+
+
 def _role(scratch):
     """``make(shape, dtype)`` for read_layout from a scratch cache."""
     return lambda shape, dtype: scratch("conv.input", shape, dtype)
@@ -441,9 +456,11 @@ def conv_simd(
     scratch : optional ``scratch(role, shape, dtype)`` (r2n.cpu._scratch)
         supplying the input copy's buffer, reused across calls
 
-    Unpadded 1x1 convs run as gemm_1x1's GEMM where ``gemm_1x1.usable``
-    (strided ones on a gathered copy of the pixels they read); other 1x1
-    stride-1 convs run on each plane as one long row.
+    Unpadded 1x1 convs of one group run in gemm_1x1 (strided ones on a
+    gathered copy of the pixels they read): ``conv_1x1`` where
+    ``gemm_1x1.usable``, else ``conv_1x1_rows`` where ``gemm_1x1.rows_usable``
+    (planes of at least 7 pixels); others (grouped, smaller planes) run here,
+    each plane as one long row at stride 1.
     """
     n, c_total, h, w = x.shape
     if n == 0:
@@ -462,18 +479,26 @@ def conv_simd(
         out_c0=out_c0, activation=activation, negative_slope=negative_slope,
         residual=residual, residual_c0=residual_c0, x_c0=x_c0, c_in=c_in_g,
     )  # fmt: skip
-    if flat and n_conv == 1 and next_input is None and gemm_1x1.usable(x, groups, h * w):
-        return gemm_1x1.conv_1x1(x, packed, c_out, bias, out, **gemm_args)
+    if flat and n_conv == 1 and next_input is None:
+        if gemm_1x1.usable(x, groups, h * w):  # pixels in the lanes (28x28, 56x56)
+            return gemm_1x1.conv_1x1(x, packed, c_out, bias, out, **gemm_args)
+        if gemm_1x1.rows_usable(x, groups, h * w):  # 7-pixel tiles (7x7, 14x14)
+            return gemm_1x1.conv_1x1_rows(x, packed, c_out, bias, out, **gemm_args)
     pointwise = (kh, kw, ph, pw) == (1, 1, 0, 0) and (oph, opw) == (0, 0)
     if pointwise and not flat and n_conv == 1 and next_input is None:
         # A strided 1x1 conv (the shortcut): gather the pixels it reads into a
-        # contiguous (N, C, H_out, W_out) copy, then the GEMM above.
-        geometry = (1, 1), tuple(stride), (0, 0), tuple(dilation)
-        layout = input_layout(h, w, h_out, w_out, *geometry)
-        if layout is not None and layout.shape == (h_out, w_out):
-            if gemm_1x1.usable(x, groups, h_out * w_out):
-                xs = read_layout(x, layout, np.empty if scratch is None else _role(scratch))
-                return gemm_1x1.conv_1x1(xs, packed, c_out, bias, out, **gemm_args)
+        # contiguous (N, C, H_out, W_out) copy, then a GEMM above (measured
+        # 1.10-1.12x step 4 reading them in place, and 1.02-1.07x the 7-pixel
+        # tiles reading them in place at stride 2: the copy is 2-6% of the
+        # conv and the GEMM reads whole lines after it).
+        plane_out = h_out * w_out
+        gemm = gemm_1x1.conv_1x1 if gemm_1x1.usable(x, groups, plane_out) else None
+        if gemm is None and gemm_1x1.rows_usable(x, groups, plane_out):
+            gemm = gemm_1x1.conv_1x1_rows
+        if gemm is not None:
+            layout = _pointwise_layout(h, w, h_out, w_out, tuple(stride))
+            xs = read_layout(x, layout, np.empty if scratch is None else _role(scratch))
+            return gemm(xs, packed, c_out, bias, out, **gemm_args)
     if flat and h * w >= TILE_PIXELS:
         xp, rows, cols, row_step = x, 1, h * w, 0  # the plane is one long row: a GEMM
         in_row, in_plane = h * w, h * w
