@@ -280,26 +280,40 @@ class PreparedStep:
 
     def __call__(self, x, residual=None):
         """x (N, C, H, W) -> the op's output; residual (squeeze_excite only) shaped like x."""
-        names, optional = _checks.STEP_WEIGHTS[self.op]
-        arrays = {"x": x, **dict(zip(names, self.weights, strict=True))}
-        kind, _ = _checks.check_arrays(self.op, arrays, optional)  # x's type and dtype
-        if kind != "numpy":
-            raise TypeError(
-                f"r2n.{self.op} (prepared for cpu): x must be a numpy.ndarray, "
-                f"got {type(x).__name__}"
-            )
-        cached = self._args.get(x.shape)
-        if cached is None or residual is not None:
+        cached = self._args.get(x.shape) if type(x) is np.ndarray else None
+        if cached is not None and self._same_kind(x, residual):  # the warm path
+            args, out_shape = cached
+        else:  # the public op's checks, and its errors
+            names, optional = _checks.STEP_WEIGHTS[self.op]
+            arrays = {"x": x, **dict(zip(names, self.weights, strict=True))}
+            kind, _ = _checks.check_arrays(self.op, arrays, optional)
+            if kind != "numpy":
+                raise TypeError(
+                    f"r2n.{self.op} (prepared for cpu): x must be a numpy.ndarray, "
+                    f"got {type(x).__name__}"
+                )
             _, args, out_shape = _checks.step_call_args(
                 self.op, x, self.weights, residual, self.options
             )
             _remember(self._args, x.shape, (args, out_shape))
-        else:
-            args, out_shape = cached
         out = _reused(self, out_shape, x.dtype, x, residual)
         if self.op == "squeeze_excite":
             return self._kernel(x, *self.weights, residual=residual, relu=self.relu, out=out)
         return self._kernel(x, **args, out=out)
+
+    def _same_kind(self, x, residual):
+        """x (of a shape already checked) of the weights' dtype (any float
+        dtype without weights), and residual None or a NumPy array of x's
+        shape and dtype: then the full checks would pass."""
+        if x.dtype != (self.weights[0].dtype if self.weights else x.dtype):
+            return False
+        if x.dtype not in _checks.FLOAT_DTYPES:
+            return False
+        if residual is None:
+            return True
+        if self.op != "squeeze_excite" or type(residual) is not np.ndarray:
+            return False
+        return residual.dtype == x.dtype and residual.shape == x.shape
 
 
 def _remember(cache, key, value):
