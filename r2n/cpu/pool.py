@@ -64,8 +64,20 @@ def _max_pool2d_kernel(x, kh, kw, sh, sw, ph, pw, out):
                     v = src[c]
                     m = v if v > inner[c] else inner[c]
                     inner[c] = m if v == v else v
-            dst = out[p, oy]  # one pass per kernel column, over the whole output row
-            for ox in range(w_out):
+            dst = out[p, oy]
+            if sw == 2 and kw == 3:
+                # ResNet's stem pool: with the stride a literal, LLVM loads the
+                # three taps as interleaved vectors (deinterleaving shuffles)
+                # instead of gathering them one by one: 1.9-2.2x faster at
+                # 64x112x112 (issue 13). Same order of maxima as below.
+                for ox in range(w_out):
+                    a, b, c = row[2 * ox], row[2 * ox + 1], row[2 * ox + 2]
+                    m = b if b > a else a
+                    m = m if b == b else b
+                    m2 = c if c > m else m
+                    dst[ox] = m2 if c == c else c
+                continue
+            for ox in range(w_out):  # one pass per kernel column, over the whole output row
                 dst[ox] = row[ox * sw]
             for j in range(1, kw):
                 tap = row[j:]
