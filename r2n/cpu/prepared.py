@@ -6,7 +6,11 @@ callable that checks its input and runs the fused kernels:
 * ``conv2d``: one launch of ``conv.conv_simd`` whose epilogue adds the bias,
   the optional residual and applies ReLU or leaky ReLU (a conv + BN + act of
   TResNet, a stem conv, a BasicBlock's second conv with its shortcut);
-* ``bottle2neck``: ``res2net.PreparedBottle2neck``.
+* ``bottle2neck``: ``res2net.PreparedBottle2neck``;
+* the steps between them (``r2n._backends.STEPS``: the pools,
+  space_to_depth, blur_pool2d, squeeze_excite with an optional residual +
+  ReLU): ``PreparedStep``, the public op's kernel with ``out=`` the layer's
+  reused output.
 
 See ``r2n._backends`` for the contract they implement. What they keep
 between calls, and why no call can see another's state:
