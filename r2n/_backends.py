@@ -50,6 +50,19 @@ residual (N, C_out, H_out, W_out) or None.
 reuse_output)`` with params an ``r2n.Bottle2neckParams`` of NumPy arrays.
 Returns ``f(x) -> y`` as :func:`r2n.bottle2neck`.
 
+The steps between them (pools, TResNet's layers) are prepared too, so that a
+warm forward pass can take every intermediate from reused buffers:
+``"max_pool2d"``, ``"avg_pool2d"``, ``"global_avg_pool2d"``,
+``"space_to_depth"``, ``"blur_pool2d"`` and ``"squeeze_excite"``, factory
+``factory(*weights, reuse_output, **options)``: weights are the public op's
+arrays after x (squeeze_excite's w1, b1, w2, b2; none for the others),
+options its keyword arguments as the public op takes them (``kernel_size``,
+``stride``, ``padding``, ``ceil_mode``, ``count_include_pad``,
+``block_size``; checked on each call by ``r2n._checks.step_args``).
+squeeze_excite also takes ``activation`` (None or ``"relu"``): its callable is
+``f(x, residual=None) -> act(squeeze_excite(x) + residual)`` (TResNet's
+BasicBlock end); the others' is ``f(x)``.
+
 Both take ``precision`` too (``"fp32"`` when not given): :func:`prepare` checks
 it (``r2n._checks.precision_arg``: ``"tf32"`` / ``"bf16"`` need the gpu backend
 and float32 weights) and passes it to the factory only when it is not
@@ -72,6 +85,7 @@ read by another's).
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable
 
@@ -158,8 +172,19 @@ def resolve(op: str, backend: str | None, kind: str) -> Callable:
 # Prepared ops
 # --------------------------------------------------------------------------- #
 
+#: The prepared steps (module docstring): ops without fused weights layouts,
+#: prepared so that their outputs can be reused buffers.
+STEPS = (
+    "max_pool2d",
+    "avg_pool2d",
+    "global_avg_pool2d",
+    "space_to_depth",
+    "blur_pool2d",
+    "squeeze_excite",
+)
+
 #: Ops that :func:`prepare` accepts (see the module docstring for signatures).
-PREPARABLE = ("conv2d", "bottle2neck")
+PREPARABLE = ("conv2d", "bottle2neck") + STEPS
 
 _ACTIVATIONS = (None, "relu", "leaky_relu")
 
@@ -231,6 +256,8 @@ def prepare(op: str, backend: str | None, kind: str, *arrays, **options) -> Call
         raise ValueError(
             f"r2n: activation must be one of {_ACTIVATIONS}, got {options.get('activation')!r}"
         )
+    if op in STEPS:
+        _check_step_options(op, arrays, options)
     factory = getattr(_module(name), "PREPARE", {}).get(op)
     if factory is not None:
         return factory(*arrays, **options)
@@ -306,4 +333,60 @@ def _fallback_bottle2neck(
     return bottle2neck_prepared
 
 
+#: Each prepared step's keyword arguments besides ``reuse_output``.
+_STEP_OPTIONS = {
+    "max_pool2d": {"kernel_size", "stride", "padding", "ceil_mode"},
+    "avg_pool2d": {"kernel_size", "stride", "padding", "ceil_mode", "count_include_pad"},
+    "global_avg_pool2d": set(),
+    "space_to_depth": {"block_size"},
+    "blur_pool2d": set(),
+    "squeeze_excite": {"activation"},
+}
+
+
+def _check_step_options(op, arrays, options):
+    """The step's weights count and option names, and squeeze_excite's activation."""
+    from . import _checks
+
+    names = _checks.STEP_WEIGHTS[op][0]
+    if len(arrays) != len(names):
+        raise TypeError(
+            f"r2n: prepared {op} takes {len(names)} weight array(s) "
+            f"({', '.join(names) or 'none'}), got {len(arrays)}"
+        )
+    unknown = set(options) - _STEP_OPTIONS[op] - {"reuse_output"}
+    if unknown:
+        raise TypeError(
+            f"r2n: prepared {op} got unknown option(s) {', '.join(sorted(unknown))}; "
+            f"it takes {', '.join(sorted(_STEP_OPTIONS[op])) or 'none'} and reuse_output"
+        )
+    if op == "squeeze_excite" and options.get("activation") not in (None, "relu"):
+        raise ValueError(
+            f"r2n: squeeze_excite's activation must be None or 'relu', "
+            f"got {options.get('activation')!r}"
+        )
+
+
+def _fallback_step(op, backend, kind, *weights, reuse_output=False, activation=None, **options):
+    """A prepared step through the backend's own op (a new array per call):
+    each call checks x as the public op does, then runs ``backend``'s ``op``
+    (and for squeeze_excite the residual add and ReLU)."""
+    from . import _checks
+
+    weights = tuple(as_kind(w, kind) for w in weights)
+    impl = resolve(op, backend, kind)
+    relu = resolve("relu", backend, kind) if activation == "relu" else None
+
+    def step_prepared(x, residual=None):
+        _, args, _ = _checks.step_call_args(op, x, weights, residual, options)
+        y = impl(x, *weights, **args)
+        if residual is not None:
+            y += residual  # y is a new array: adding in place modifies no input
+        return y if relu is None else relu(y)
+
+    step_prepared.__name__ = step_prepared.__qualname__ = f"{op}_prepared"
+    return step_prepared
+
+
 _FALLBACKS = {"conv2d": _fallback_conv2d, "bottle2neck": _fallback_bottle2neck}
+_FALLBACKS.update({op: functools.partial(_fallback_step, op) for op in STEPS})

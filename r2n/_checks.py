@@ -417,6 +417,82 @@ def squeeze_excite_args(op: str, x, w1, b1, w2, b2) -> dict:
     return {}
 
 
+#: The ops :func:`step_args` checks (``r2n._backends.prepare``'s prepared
+#: steps): op -> the names of its weight arrays, in order, and which may be None.
+STEP_WEIGHTS = {
+    "max_pool2d": ((), ()),
+    "avg_pool2d": ((), ()),
+    "global_avg_pool2d": ((), ()),
+    "space_to_depth": ((), ()),
+    "blur_pool2d": ((), ()),
+    "squeeze_excite": (("w1", "b1", "w2", "b2"), ("b1", "b2")),
+}
+
+
+def step_args(op: str, x, weights: Sequence, options: dict) -> tuple[dict, tuple]:
+    """A prepared step's checks on x: the public op's shape checks and
+    normalised arguments (what ``r2n._api`` passes its backend), and the
+    output's shape.
+
+    Parameters
+    ----------
+    op : a key of STEP_WEIGHTS
+    x : (N, C, H, W), already of a checked kind and dtype
+    weights : the op's arrays in STEP_WEIGHTS order (squeeze_excite's w1, b1,
+        w2, b2), or shape-only stand-ins
+    options : the op's keyword arguments as the public op takes them
+        (kernel_size, stride, padding, ceil_mode, count_include_pad, block_size)
+
+    Returns
+    -------
+    (args, out_shape) : the backend's keyword arguments, and (N, C', H', W')
+    or (N, C) for global_avg_pool2d.
+    """
+    if op in ("max_pool2d", "avg_pool2d"):
+        args = pool2d_args(
+            op,
+            x,
+            options["kernel_size"],
+            options.get("stride"),
+            options.get("padding", 0),
+            options.get("ceil_mode", False),
+        )
+        if op == "avg_pool2d":
+            include = options.get("count_include_pad", True)
+            args["count_include_pad"] = as_bool(op, "count_include_pad", include)
+        return args, args["out_shape"]
+    n, c, h, w = x.shape if x.ndim == 4 else (None,) * 4
+    if op == "global_avg_pool2d":
+        return image_args(op, x), (n, c)
+    if op == "space_to_depth":
+        args = space_to_depth_args(op, x, options.get("block_size", 4))
+        b = args["block_size"]
+        return args, (n, b * b * c, h // b, w // b)
+    if op == "blur_pool2d":
+        return blur_pool_args(op, x), (n, c, (h - 1) // 2 + 1, (w - 1) // 2 + 1)
+    if op == "squeeze_excite":
+        return squeeze_excite_args(op, x, *weights), tuple(x.shape)
+    raise ValueError(f"r2n: {op!r} is not a prepared step; steps: {', '.join(STEP_WEIGHTS)}")
+
+
+def step_call_args(op, x, weights, residual, options):
+    """A prepared step's per-call checks, as the public op's: x's kind and
+    dtype against the weights', then shapes (:func:`step_args`), and a
+    residual (squeeze_excite only) of x's kind, dtype and shape.
+
+    Returns (kind, args, out_shape).
+    """
+    names, optional = STEP_WEIGHTS[op]
+    kind, _ = check_arrays(op, {"x": x, **dict(zip(names, weights, strict=True))}, optional)
+    args, out_shape = step_args(op, x, weights, options)
+    if residual is not None:
+        if op != "squeeze_excite":
+            raise TypeError(f"r2n: prepared {op} takes no residual")
+        check_arrays(op, {"x": x, "residual": residual})
+        check_shape(op, "residual", residual, out_shape, "(N, C, H, W) as x")
+    return kind, args, out_shape
+
+
 def chain_args(op: str, x, weights, biases, scale, stype, stride, groups) -> dict:
     """Validate a Res2Net chain and return normalised arguments and out_shape.
 

@@ -329,6 +329,21 @@ def test_max_pool2d_nan_anywhere_in_the_window_wins(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("w", [13, 14])
+def test_the_stems_3x3_stride_2_max_pool_is_the_reference_with_nan_and_inf(rng, dtype, w):
+    """The 3x3 / stride 2 path (interleaved taps) against the reference, NaN
+    and -inf at random places, padding on both sides, odd and even widths."""
+    x = randn(rng, 2, 3, 11, w, dtype=dtype)
+    x[rng.random(x.shape) < 0.05] = np.nan
+    x[rng.random(x.shape) < 0.05] = -np.inf
+    for ceil_mode in (False, True):
+        args = dict(kernel_size=3, stride=2, padding=1, ceil_mode=ceil_mode)
+        out = r2n.max_pool2d(x, backend="cpu", **args)
+        ref = r2n.max_pool2d(x, backend="reference", **args)
+        np.testing.assert_array_equal(out, ref)  # a max is exact; NaN where the reference has it
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_relu_signed_zeros_as_reference(dtype):
     # np.maximum(-0.0, 0) is +0.0 (torch.relu keeps -0.0); the cpu backend follows the reference.
     x = np.array([-0.0, 0.0, -1.0], dtype=dtype)

@@ -114,6 +114,20 @@ def test_one_model_in_four_threads(rng):
 
 
 @needs_cpu
+def test_one_tresnet_in_four_threads(rng):
+    """TResNet's prepared steps (space-to-depth, blur, SE with the fused add +
+    ReLU, shortcut pools, global pool) reuse their outputs per thread."""
+    params = {"layers": (1, 2, 1, 1), "width_factor": 0.25}
+    model = r2n.models.create("tresnet_m", backend="cpu", num_classes=10, _params=params)
+    reference = r2n.models.create(
+        "tresnet_m", backend="reference", dtype="float64", num_classes=10, _params=params
+    )
+    shapes = [(1, 3, 32, 32), (2, 3, 32, 40), (1, 3, 48, 32), (2, 3, 36, 28)]
+    cases = _cases(rng, shapes, _randn, lambda x: reference(x.astype(np.float64)))
+    _in_threads(_calls(cases, model, NETWORK_TOL, calls=20))
+
+
+@needs_cpu
 @pytest.mark.parametrize("width", [4, 16], ids=["direct", "winograd"])
 def test_one_prepared_block_in_four_threads(rng, width):
     """The block reuses its output buffer (reuse_output=True, as in a model):

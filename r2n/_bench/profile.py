@@ -6,8 +6,8 @@ weights), with every layer under a named timer (``time.perf_counter`` around
 the call; the CPU kernels return when their result is ready):
 
 * each prepared conv (its bias, residual add and activation are fused in it);
-* each step that is not a prepared layer: pools, space-to-depth, blur, SE,
-  TResNet's add + ReLU, the fc;
+* each step between them: pools, space-to-depth, blur, SE (in a TResNet
+  BasicBlock with the block's residual add + ReLU fused in), the fc;
 * each Res2Net block as its four parts: ``conv1`` (1x1 + ReLU), ``chain``
   (the hierarchical 3x3 convs, r2n's fused chain: ``PreparedChain`` on the
   cpu backend), ``shortcut`` (the downsample conv, after its average pool
@@ -146,7 +146,6 @@ _STEP_ROLES = {
     "global_avg_pool2d": "pool",
     "blur_pool2d": "blur",
     "squeeze_excite": "SE",
-    "add_relu": "add + ReLU",
     "linear": "fc",
     "space_to_depth": "stem",
 }
@@ -206,13 +205,18 @@ class ProfilingLayers(Layers):
 
         def describe(args, kwargs, y):
             x = args[0]
+            residual = kwargs.get("residual", args[1] if len(args) > 1 else None)
+            block = re.match(r"(.*layer\d+\.\d+)\.", name)
+            # TResNet's BasicBlock: the residual add + ReLU fused into its SE
+            extra = (f"{block.group(1)}.act",) if residual is not None and block else ()
             return dict(
                 role=_STEP_ROLES.get(op, op),
                 in_shape=tuple(x.shape),
                 out_shape=tuple(y.shape),
                 flops=2 * x.shape[0] * matrix,
-                min_bytes=_nbytes(*args, *weights, y),
-                residual=op == "add_relu",  # TResNet's add + ReLU after SE
+                min_bytes=_nbytes(*args, *kwargs.values(), *weights, y),
+                residual=residual is not None,
+                aliases=extra,
             )
 
         return self.recorder.timed(name, op, fn, describe)

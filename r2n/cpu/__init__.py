@@ -13,7 +13,8 @@ module             ops
 ``pool``           max_pool2d, avg_pool2d, global_avg_pool2d
 ``layers``         linear, space_to_depth, blur_pool2d, squeeze_excite
 ``prepared``       ``PREPARE``: packed conv2d (fused epilogue) and bottle2neck
-                   layers for whole networks (``r2n._backends.prepare``)
+                   layers for whole networks (``r2n._backends.prepare``), and
+                   the pools / TResNet layers writing into reused outputs
 ``res2net_ladder`` the res2net_chain ladder's unfused steps
 =================  ==========================================================
 
@@ -36,6 +37,7 @@ by ``r2n.clear_scratch``).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 
@@ -91,6 +93,17 @@ PREPARE = {
     "conv2d": _lazy_factory("prepare_conv2d"),
     "bottle2neck": _lazy_factory("prepare_bottle2neck"),
 }
+# The pools and TResNet's layers, writing into reused outputs (r2n._backends.STEPS).
+for _op in (
+    "max_pool2d",
+    "avg_pool2d",
+    "global_avg_pool2d",
+    "space_to_depth",
+    "blur_pool2d",
+    "squeeze_excite",
+):
+    PREPARE[_op] = functools.partial(_lazy_factory("prepare_step"), _op)
+del _op
 
 
 # op -> (module in r2n.cpu holding its ladder as LADDER), in r2n._ladder.LADDER_OPS order.

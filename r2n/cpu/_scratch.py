@@ -41,11 +41,12 @@ from collections import OrderedDict
 import numpy as np
 
 #: Buffers kept per thread, least recently used evicted first. One forward
-#: pass (224x224) uses 53 of them in res2net50_26w_4s (46 MiB at batch 1), 56
-#: in res2net50d and 67 in tresnet_m (31 MiB): a thread keeps the buffers of
-#: its last 2-3 input shapes, so alternating between two shapes allocates
-#: nothing (an LRU smaller than one cycle of shapes would miss every time).
-SCRATCH_ENTRIES = 160
+#: pass (224x224) uses 55 of them in res2net50_26w_4s (47 MiB at batch 1), 64
+#: in res2net50d (53 MiB) and 106 in tresnet_m (39 MiB; every pool, blur and
+#: SE output is one): a thread keeps the buffers of its last 2-4 input
+#: shapes, so alternating between two shapes allocates nothing (an LRU
+#: smaller than one cycle of shapes would miss every time).
+SCRATCH_ENTRIES = 256
 
 
 class _ThreadBuffers:

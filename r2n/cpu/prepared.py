@@ -6,7 +6,11 @@ callable that checks its input and runs the fused kernels:
 * ``conv2d``: one launch of ``conv.conv_simd`` whose epilogue adds the bias,
   the optional residual and applies ReLU or leaky ReLU (a conv + BN + act of
   TResNet, a stem conv, a BasicBlock's second conv with its shortcut);
-* ``bottle2neck``: ``res2net.PreparedBottle2neck``.
+* ``bottle2neck``: ``res2net.PreparedBottle2neck``;
+* the steps between them (``r2n._backends.STEPS``: the pools,
+  space_to_depth, blur_pool2d, squeeze_excite with an optional residual +
+  ReLU): ``PreparedStep``, the public op's kernel with ``out=`` the layer's
+  reused output.
 
 See ``r2n._backends`` for the contract they implement. What they keep
 between calls, and why no call can see another's state:
@@ -35,7 +39,7 @@ from ._jit import kernel, prange
 from ._scratch import owner_token, scratch
 from .conv import v5_winograd
 from .conv.v4_simd import conv_simd
-from .elementwise import vector_or
+from .elementwise import kernel_input, vector_or
 from .microkernel import pack_weights
 from .res2net import PreparedBottle2neck
 
@@ -245,6 +249,77 @@ class PreparedBottle2neckLayer:
         return self._block.run(x, args, _output(self, args["out_shape"], x))
 
 
+class PreparedStep:
+    """A pool or TResNet layer (``r2n._backends.STEPS``) writing into a reused
+    output: the same kernel as the public op, ``out=`` the layer's buffer.
+
+    Parameters
+    ----------
+    op : one of r2n._backends.STEPS
+    *weights : squeeze_excite's w1 (C_mid, C, 1, 1), b1 (C_mid,) or None,
+        w2 (C, C_mid, 1, 1), b2 (C,) or None; nothing for the others
+    reuse_output : return a buffer reused by the next call of the same shape
+    activation : squeeze_excite only: None or "relu" (after the residual add)
+    **options : the public op's keyword arguments (r2n._checks.step_args)
+    """
+
+    def __init__(self, op, *weights, reuse_output=False, activation=None, **options):
+        from . import layers, pool  # Numba compiles on first call, not here
+
+        self.op = op
+        # Read-only contiguous copies, as the kernels take them (no view per call).
+        weights = tuple(None if w is None else kernel_input(np.array(w)) for w in weights)
+        if op == "squeeze_excite":  # absent biases as zeros once, not per call
+            w1, b1, w2, b2 = weights
+            b1 = vector_or(b1, 0, w1.shape[0], w1.dtype)
+            b2 = vector_or(b2, 0, w2.shape[0], w2.dtype)
+            weights = (w1, b1, w2, b2)
+        self.weights = weights
+        self.options = options
+        self.relu = activation == "relu"
+        self.reuse_output = reuse_output
+        self.output_owner = owner_token()  # the scratch role of this layer's outputs
+        self._args = {}  # x.shape -> (args, out_shape) (see the module docstring)
+        self._kernel = getattr(layers if hasattr(layers, op) else pool, op)
+
+    def __call__(self, x, residual=None):
+        """x (N, C, H, W) -> the op's output; residual (squeeze_excite only) shaped like x."""
+        cached = self._args.get(x.shape) if type(x) is np.ndarray else None
+        if cached is not None and self._same_kind(x, residual):  # the warm path
+            args, out_shape = cached
+        else:  # the public op's checks, and its errors
+            names, optional = _checks.STEP_WEIGHTS[self.op]
+            arrays = {"x": x, **dict(zip(names, self.weights, strict=True))}
+            kind, _ = _checks.check_arrays(self.op, arrays, optional)
+            if kind != "numpy":
+                raise TypeError(
+                    f"r2n.{self.op} (prepared for cpu): x must be a numpy.ndarray, "
+                    f"got {type(x).__name__}"
+                )
+            _, args, out_shape = _checks.step_call_args(
+                self.op, x, self.weights, residual, self.options
+            )
+            _remember(self._args, x.shape, (args, out_shape))
+        out = _reused(self, out_shape, x.dtype, x, residual)
+        if self.op == "squeeze_excite":
+            return self._kernel(x, *self.weights, residual=residual, relu=self.relu, out=out)
+        return self._kernel(x, **args, out=out)
+
+    def _same_kind(self, x, residual):
+        """x (of a shape already checked) of the weights' dtype (any float
+        dtype without weights), and residual None or a NumPy array of x's
+        shape and dtype: then the full checks would pass."""
+        if x.dtype != (self.weights[0].dtype if self.weights else x.dtype):
+            return False
+        if x.dtype not in _checks.FLOAT_DTYPES:
+            return False
+        if residual is None:
+            return True
+        if self.op != "squeeze_excite" or type(residual) is not np.ndarray:
+            return False
+        return residual.dtype == x.dtype and residual.shape == x.shape
+
+
 def _remember(cache, key, value):
     """cache[key] = value, emptying ``cache`` first when it holds SHAPE_ENTRIES.
     (Plain dict operations: atomic under the GIL, so threads may share it.)"""
@@ -258,11 +333,16 @@ def _output(layer, shape, *inputs):
     buffer of this shape in the calling thread's scratch (written in full by
     the call), unless an input is that very buffer (the caller passed an
     earlier output back in); else a new array."""
+    return _reused(layer, shape, layer.dtype, *inputs)
+
+
+def _reused(layer, shape, dtype, *inputs):
+    """:func:`_output` for a layer whose dtype is its input's (the steps)."""
     if layer.reuse_output:
-        out = scratch(("out", layer.output_owner), shape, layer.dtype)
+        out = scratch(("out", layer.output_owner), shape, dtype)
         if not any(a is not None and np.may_share_memory(out, a) for a in inputs):
             return out
-    return np.empty(shape, layer.dtype)
+    return np.empty(shape, dtype)
 
 
 def _shapes_only(params):
@@ -278,3 +358,8 @@ def prepare_conv2d(weight, bias, **options):
 def prepare_bottle2neck(params, **options):
     """The ``"bottle2neck"`` factory of r2n.cpu.PREPARE."""
     return PreparedBottle2neckLayer(params, **options)
+
+
+def prepare_step(op, *weights, **options):
+    """The factory of r2n.cpu.PREPARE for each of r2n._backends.STEPS."""
+    return PreparedStep(op, *weights, **options)

@@ -100,6 +100,10 @@ class Layers:
     prepared layer runs once per forward pass, and every value it returns is
     consumed before that layer runs again in the same thread (the cpu
     backend keeps a reused output per thread, so threads do not share them).
+    The convs, blocks and the steps between them (:meth:`prepared`: pools,
+    space-to-depth, blur, SE) all do, so a warm forward on the cpu backend
+    allocates only its logits, which the fc (``r2n.linear``) returns as a new
+    array: the caller's to keep.
     ``precision`` goes to every conv and bottleneck (r2n._backends.prepare
     checks it).
 
@@ -148,6 +152,15 @@ class Layers:
             groups=groups,
             reuse_output=True,
             precision=self.precision,
+        )
+
+    def prepared(self, op: str, *weights, **options) -> Callable:
+        """A prepared step (``r2n._backends.STEPS``: a pool, space_to_depth,
+        blur_pool2d, squeeze_excite) that may reuse its output, as the convs:
+        ``f(x)``, or for squeeze_excite ``f(x, residual=None)``. ``weights``
+        are host arrays; options are the public op's keyword arguments."""
+        return _backends.prepare(
+            op, self.backend, self.kind, *weights, reuse_output=True, **options
         )
 
     def step(self, name: str, op: str, fn: Callable, weights=()) -> Callable:

@@ -163,10 +163,12 @@ def build(arch, weights, layers):
     fc_w = layers.arr(weights.array(f"{CLASSIFIER}.weight"))
     fc_b = layers.arr(weights.array(f"{CLASSIFIER}.bias"))
     max_pool = layers.step(
-        "maxpool", "max_pool2d", lambda x: _api.max_pool2d(x, 3, 2, 1, backend=backend)
+        "maxpool",
+        "max_pool2d",
+        layers.prepared("max_pool2d", kernel_size=3, stride=2, padding=1),
     )
     global_pool = layers.step(
-        "global_pool", "global_avg_pool2d", lambda x: _api.global_avg_pool2d(x, backend=backend)
+        "global_pool", "global_avg_pool2d", layers.prepared("global_avg_pool2d")
     )
     fc = layers.step(
         "fc", "linear", lambda x: _api.linear(x, fc_w, fc_b, backend=backend), weights=(fc_w,)
@@ -178,8 +180,8 @@ def build(arch, weights, layers):
         x = max_pool(x)
         for block in blocks:
             x = block(x)
-        x = global_pool(x)  # N, 2048
-        return fc(x)  # N, num_classes (a new array)
+        x = global_pool(x)  # N, 2048 (a reused buffer, as every layer's output above)
+        return fc(x)  # N, num_classes (a new array: the caller keeps it)
 
     return forward
 

@@ -29,7 +29,10 @@ count_include_pad=False) then a 1x1 conv + BN (key ``downsample.1``; without
 the pool, at stride 1 and a channel change, ``downsample.0``). Each conv + BN
 is folded into one conv; the activation runs in the conv's epilogue, and so do
 the residual add and ReLU in every Bottleneck (its SE comes before conv3) and
-in a BasicBlock without SE.
+in a BasicBlock without SE; a BasicBlock with SE adds its residual and applies
+the ReLU in the SE's last pass. Every step is a prepared layer (the pools,
+space-to-depth, blur and SE through ``Layers.prepared``), so a warm forward on
+the cpu backend allocates only the logits.
 
 Official (InplaceABN) checkpoints
 ---------------------------------
@@ -127,7 +130,6 @@ def expected_keys(arch, num_classes):
 
 def _block_forward(prefix, kind, stride, downsample, use_se, weights, layers):
     """One block's forward on prepared layers: x -> y."""
-    backend = layers.backend
 
     def cb(name):
         return weights.conv_bn(f"{prefix}.{name}.conv.weight", f"{prefix}.{name}.bn")
@@ -142,20 +144,27 @@ def _block_forward(prefix, kind, stride, downsample, use_se, weights, layers):
             pool = layers.step(
                 f"{prefix}.downsample.0",
                 "avg_pool2d",
-                lambda x: _api.avg_pool2d(
-                    x, 2, 2, 0, ceil_mode=True, count_include_pad=False, backend=backend
+                layers.prepared(
+                    "avg_pool2d",
+                    kernel_size=2,
+                    stride=2,
+                    ceil_mode=True,
+                    count_include_pad=False,
                 ),
             )
     se = None
     if use_se:
         se_weights = tuple(
-            layers.arr(weights.array(f"{prefix}.se.{k}"))
+            weights.array(f"{prefix}.se.{k}")
             for k in ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias")
         )
+        # A BasicBlock ends with SE + shortcut + ReLU: fused into the SE's last pass.
         se = layers.step(
             f"{prefix}.se",
             "squeeze_excite",
-            lambda x: _api.squeeze_excite(x, *se_weights, backend=backend),
+            layers.prepared(
+                "squeeze_excite", *se_weights, activation="relu" if kind == "basic" else None
+            ),
             weights=se_weights[::2],
         )
     if kind == "basic":
@@ -172,14 +181,8 @@ def _block_forward(prefix, kind, stride, downsample, use_se, weights, layers):
     blur = layers.step(
         f"{prefix}.{'conv1' if mid is None else 'conv2'}.aa",
         "blur_pool2d",
-        lambda x: _api.blur_pool2d(x, backend=backend),
+        layers.prepared("blur_pool2d"),
     )
-
-    def add_relu(out, identity):
-        out += identity  # out is squeeze_excite's new array
-        return _api.relu(out, backend=backend)
-
-    add_relu = layers.step(f"{prefix}.act", "add_relu", add_relu)
 
     def forward(x):
         identity = x
@@ -191,7 +194,7 @@ def _block_forward(prefix, kind, stride, downsample, use_se, weights, layers):
                 out = blur(out)
             if se is None:
                 return last(out, residual=identity)
-            out = se(last(out))
+            return se(last(out), residual=identity)  # relu(se(out) + identity)
         else:  # bottleneck: blur after conv2, SE before conv3
             out = mid(out)
             if stride == 2:
@@ -199,7 +202,6 @@ def _block_forward(prefix, kind, stride, downsample, use_se, weights, layers):
             if se is not None:
                 out = se(out)
             return last(out, residual=identity)
-        return add_relu(out, identity)
 
     return forward
 
@@ -222,12 +224,10 @@ def build(arch, weights, layers):
     fc_w = layers.arr(weights.array(f"{CLASSIFIER}.weight"))
     fc_b = layers.arr(weights.array(f"{CLASSIFIER}.bias"))
     s2d = layers.step(
-        "body.s2d", "space_to_depth", lambda x: _api.space_to_depth(x, 4, backend=backend)
+        "body.s2d", "space_to_depth", layers.prepared("space_to_depth", block_size=4)
     )
     global_pool = layers.step(
-        "head.global_pool",
-        "global_avg_pool2d",
-        lambda x: _api.global_avg_pool2d(x, backend=backend),
+        "head.global_pool", "global_avg_pool2d", layers.prepared("global_avg_pool2d")
     )
     fc = layers.step(
         "head.fc", "linear", lambda x: _api.linear(x, fc_w, fc_b, backend=backend), weights=(fc_w,)
