@@ -43,7 +43,7 @@ and 5 import; no step imports another's module back.
 from __future__ import annotations
 
 from ..._ladder import Step
-from . import v1_naive, v2_loop_order, v3_register_tiles, v4_simd, v5_winograd
+from . import v1_naive, v2_loop_order, v3_register_tiles, v4_simd, v5_winograd, v6_winograd_4x4
 
 #: The conv2d ladder, in order.
 LADDER = (
@@ -77,6 +77,13 @@ LADDER = (
         v5_winograd.conv2d_5_winograd,
         applies=v5_winograd.step_applies,
         source="r2n/cpu/conv/v5_winograd.py",
+    ),
+    Step(
+        "6_winograd_4x4",
+        "Winograd F(4x4, 3x3): 36 multiplies per 4x4 tile (2.25 per output, not 4)",
+        v6_winograd_4x4.conv2d_6_winograd_4x4,
+        applies=v6_winograd_4x4.step_applies,
+        source="r2n/cpu/conv/v6_winograd_4x4.py",
     ),
 )
 
