@@ -179,3 +179,112 @@ def test_conv_winograd_4x4_says_what_it_expected_and_what_came(rng, change, mess
             args.pop("a"), args.pop("packed_u"), 8, 1, (1, 1), args.pop("bias"), args.pop("out"),
             **args,
         )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- #
+# The rule, and the fused chain and prepared convs that follow it
+# --------------------------------------------------------------------------- #
+
+
+def test_rule_picks_4x4_tiles_on_wide_convs_of_sides_near_multiples_of_4():
+    # Res2Net-50's chains: only layer2's (52 channels, 28x28); TResNet-M's 3x3
+    # convs at 56x56 and 28x28; 14x14 and 7x7 (1.31x the outputs computed)
+    # and 26-channel chunks stay on F(2x2).
+    rule = wino4.use_winograd_4x4
+    assert [rule(c, 1, 1, s, s) for c, s in [(26, 56), (52, 28), (104, 14), (208, 7)]] == [
+        False, True, False, False,
+    ]  # fmt: skip
+    assert all(rule(c, 1, 8, s, s) for c, s in [(48, 56), (64, 56), (128, 28), (256, 28)])
+    assert not any(rule(c, 1, 8, s, s) for c, s in [(256, 14), (512, 14), (512, 7)])
+    assert rule(64, 2, None, None, None) and not rule(62, 2, None, None, None)
+    assert rule(32, 1, 1, 31, 30) and not rule(32, 1, 1, 16, 17) and not rule(32, 1, 1, 12, 12)
+
+
+@pytest.fixture
+def launches4(monkeypatch):
+    """Counts the chain's launches: {"4x4": n, "2x2": n, "direct": n}."""
+    from r2n.cpu import res2net
+
+    counts = {"4x4": 0, "2x2": 0, "direct": 0}
+
+    def counting(kind, fn):
+        def run(*args, **kwargs):
+            counts[kind] += 1
+            return fn(*args, **kwargs)
+
+        return run
+
+    monkeypatch.setattr(res2net, "conv_winograd_4x4", counting("4x4", res2net.conv_winograd_4x4))
+    monkeypatch.setattr(res2net, "conv_winograd", counting("2x2", res2net.conv_winograd))
+    monkeypatch.setattr(res2net, "conv_simd", counting("direct", res2net.conv_simd))
+    return counts
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "stype, groups, width, hw",
+    [("normal", 1, 32, (31, 30)), ("stage", 2, 64, (23, 24)), ("normal", 1, 40, (12, 12))],
+    ids=["normal-4x4", "stage-groups-4x4", "normal-12x12-2x2"],
+)
+def test_chain_takes_4x4_tiles_where_the_rule_says(rng, launches4, dtype, stype, groups, width,
+                                                   hw):  # fmt: skip
+    # The prepared chain (as models run it) and the one-call op: the same
+    # launches and bits; F(4x4) on the rule's shapes, F(2x2) below them.
+    from r2n.cpu import res2net
+
+    x = randn(rng, 2, 4 * width, *hw, dtype=dtype)
+    weights = [randn(rng, width, width // groups, 3, 3, dtype=dtype) / 12 for _ in range(3)]
+    biases = [randn(rng, width, dtype=dtype) for _ in range(3)]
+    kw = dict(scale=4, stype=stype, stride=1, groups=groups)
+    chain = res2net.PreparedChain(weights, biases, width=width, dtype=dtype, **kw)
+    out = chain(x)
+    four = wino4.use_winograd_4x4(width, groups, 2, *hw)
+    assert four == (hw != (12, 12))
+    calls = 1 if stype == "stage" else 3
+    assert launches4 == {"4x4": calls if four else 0, "2x2": 0 if four else calls, "direct": 0}
+    np.testing.assert_array_equal(chain(x), out)  # the weights transformed on the first call
+    np.testing.assert_array_equal(r2n.res2net_chain(x, weights, biases, backend="cpu", **kw), out)
+    to64 = [[a.astype(np.float64) for a in arrays] for arrays in (weights, biases)]
+    ref = r2n.res2net_chain(x.astype(np.float64), *to64, backend="reference", **kw)
+    assert_close(out, ref)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "activation, residual",
+    [(None, False), ("relu", True), ("leaky_relu", False), ("leaky_relu", True)],
+)
+def test_prepared_conv2d_takes_4x4_tiles_where_the_rule_says(rng, monkeypatch, dtype, activation,
+                                                             residual):  # fmt: skip
+    # r2n.prepare's conv2d (TResNet's): bias, residual and leaky ReLU in the
+    # F(4x4) kernel, one launch; F(2x2) on 14x14 (the rule), each against the
+    # reference; changing the caller's weights after prepare changes nothing.
+    from r2n.cpu import prepared
+    from r2n.cpu.conv import v5_winograd
+
+    calls = {"4x4": 0, "2x2": 0}
+    for kind, module, name in [("4x4", wino4, "conv_winograd_4x4"),
+                               ("2x2", v5_winograd, "conv_winograd")]:  # fmt: skip
+        fn = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _f=fn, _k=kind, **k: (
+            calls.__setitem__(_k, calls[_k] + 1), _f(*a, **k))[1])  # fmt: skip
+    weight = randn(rng, 40, 32, 3, 3, dtype=dtype) / 20
+    bias = randn(rng, 40, dtype=dtype)
+    keep = weight.copy()
+    conv = prepared.PreparedConv2d(
+        weight, bias, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=2,
+        activation=activation, negative_slope=0.1,
+    )  # fmt: skip
+    weight[:] = np.nan  # the layer holds its own copy
+    for hw, kind in [((23, 24), "4x4"), ((14, 14), "2x2")]:
+        x = randn(rng, 1, 64, *hw, dtype=dtype)
+        res = randn(rng, 1, 40, *hw, dtype=dtype) if residual else None
+        ref = r2n.conv2d(x.astype(np.float64), keep.astype(np.float64), bias.astype(np.float64),
+                         padding=1, groups=2, backend="reference")  # fmt: skip
+        if residual:
+            ref = ref + res
+        if activation is not None:
+            ref = np.where(ref < 0, (0.1 if activation == "leaky_relu" else 0.0) * ref, ref)
+        calls.update({"4x4": 0, "2x2": 0})
+        assert_close(conv(x, res), ref, dtype)
+        assert calls == {"4x4": int(kind == "4x4"), "2x2": int(kind == "2x2")}

@@ -33,7 +33,7 @@ import numpy as np
 from .. import _checks
 from ._jit import kernel, prange
 from ._scratch import owner_token, scratch
-from .conv import v5_winograd
+from .conv import v5_winograd, v6_winograd_4x4
 from .conv.v4_simd import conv_simd
 from .elementwise import vector_or
 from .microkernel import pack_weights
@@ -107,6 +107,18 @@ class PreparedConv2d:
             v5_winograd.use_winograd(self.c_in, groups, None, None, None)
         ):
             self.wino = v5_winograd.transform_weights(np.ascontiguousarray(weight), groups)
+        # F(4x4, 3x3) weights (v6_winograd_4x4), for the calls whose shape
+        # use_winograd_4x4 sends there: transformed on the first such call
+        # from a private copy of the weights (36 values per kernel, 2.25x
+        # F(2x2)'s: only the layers that meet such shapes hold them). A
+        # function of the weights alone, so two threads computing them at
+        # once store equal arrays.
+        self._weight = None
+        self._wino4 = None
+        if self.wino is not None and v6_winograd_4x4.use_winograd_4x4(
+            self.c_in, groups, None, None, None
+        ):
+            self._weight = np.array(weight, copy=True)
 
     def __call__(self, x, residual=None):
         """x (N, C_in, H, W) -> (N, C_out, H_out, W_out); residual shaped like the output."""
@@ -140,6 +152,9 @@ class PreparedConv2d:
         g = self.geometry
         n, _, h, w = x.shape
         if self.wino is not None and v5_winograd.use_winograd(self.c_in, g["groups"], n, h, w):
+            h_out, w_out = out_shape[2:]
+            if v6_winograd_4x4.use_winograd_4x4(self.c_in, g["groups"], n, h_out, w_out):
+                return self._winograd_4x4(x, out, residual)
             return self._winograd(x, out, residual)
         # The padded (or gathered) input goes into this thread's scratch: the
         # copy writes all of it (conv.read_layout).
@@ -159,6 +174,21 @@ class PreparedConv2d:
             residual=residual,
             scratch=scratch,
         )
+
+    def _winograd_4x4(self, x, out, residual):
+        """The call on F(4x4, 3x3) weights: bias, residual and (leaky) ReLU
+        in the kernel's output transform, one launch."""
+        g = self.geometry
+        if self._wino4 is None:
+            self._wino4 = v6_winograd_4x4.transform_weights(
+                np.ascontiguousarray(self._weight), g["groups"]
+            )
+        v6_winograd_4x4.conv_winograd_4x4(
+            x, self._wino4, self.c_out, g["groups"], tuple(g["padding"]), self.bias, out,
+            activation=self.activation, negative_slope=self.negative_slope, residual=residual,
+            scratch=scratch,
+        )  # fmt: skip
+        return out
 
     def _winograd(self, x, out, residual):
         """The call on Winograd weights: the kernel adds the bias (and applies a

@@ -77,8 +77,11 @@ from ..microkernel import (
 )
 
 #: Target size of a worker's V and M scratch (36 x (C_in + 32) floats per
-#: tile): a job's tile rows are chosen so that both stay in the 1 MiB L2.
-SCRATCH_BYTES = 512 * 2**10
+#: tile). Larger than step 5's 512 KiB, and than the 1 MiB L2: a job streams
+#: all of U (36 x C_in x C_out floats, 2.25x step 5's) through the cache
+#: once, so more tiles per job pay for it. Measured (1 thread, 52-512
+#: channels): 2 MiB 1.04-1.6x faster than 512 KiB, 4 MiB no better.
+SCRATCH_BYTES = 2 * 2**20
 
 _inline = numba.njit(inline="always", fastmath=FASTMATH)
 
@@ -134,9 +137,11 @@ TERMS = 5
 _B_INDEX, _B_COEF = _terms(_BT)
 _A_INDEX, _A_COEF = _terms(_AT)
 
-#: use_winograd_4x4's lines (measured: NOTES.md "Winograd F(4x4,3x3)").
-MIN_CHANNELS = 16
-MIN_SIZE = 12
+#: use_winograd_4x4's lines: input channels per group, image sides, and the
+#: most the 4x4 tiles may compute past the image (14x14 computes 16x16, 1.31x).
+MIN_CHANNELS = 32
+MIN_SIZE = 16
+MAX_WASTE = 1.15
 
 
 def applicable(kernel_hw, stride, dilation) -> bool:
@@ -150,20 +155,30 @@ def step_applies(x, weight, bias, *, stride, dilation, **_) -> bool:
 
 
 def use_winograd_4x4(width, groups, n, h, w) -> bool:
-    """Whether a 3x3 stride-1 conv runs as F(4x4, 3x3) rather than F(2x2, 3x3).
+    """Whether a 3x3 stride-1 conv that takes Winograd runs F(4x4, 3x3), not F(2x2, 3x3).
 
     A deterministic function of the shape: ``width`` input channels in
-    ``groups`` groups, batch ``n``, ``h`` x ``w`` images (n, h, w None: not
-    known yet, asked at prepare time to decide which weights to transform).
-    F(4x4) when each group has >= MIN_CHANNELS input channels and the images
-    are >= MIN_SIZE on both sides (smaller images waste too much of the 4x4
-    tiles at their edges: 14x14 computes 16x16).
+    ``groups`` groups, batch ``n``, ``h`` x ``w`` images (the output's size:
+    the convs here pad by 1; n, h, w None: not known yet, asked at prepare
+    time). Asked only where step 5's ``use_winograd`` already chose
+    Winograd. F(4x4) when
+
+    * each group has >= MIN_CHANNELS input channels (at 26 its transforms,
+      heavier than F(2x2)'s, eat the saving: 0.88-1.1x; 48-52: 1.1-1.3x),
+    * the images are >= MIN_SIZE on both sides, and
+    * the 4x4 tiles compute at most MAX_WASTE times the outputs (14x14 and
+      7x7, 1.31x: F(4x4) lost 0.6-0.8x to F(2x2) at 104-208 channels there).
+
+    Measured on the 2-core EPYC (NOTES.md "Winograd F(4x4,3x3)").
     """
     if width // groups < MIN_CHANNELS:
         return False
     if n is None:
         return True
-    return h >= MIN_SIZE and w >= MIN_SIZE
+    if h < MIN_SIZE or w < MIN_SIZE:
+        return False
+    computed = (-(-h // 4) * 4) * (-(-w // 4) * 4)
+    return computed <= MAX_WASTE * h * w
 
 
 def transform_weights(weight, groups, out=None):
@@ -244,17 +259,30 @@ def _transform_kernel(weight, groups, packed):
                     packed[at] = acc
 
 
+#: The transforms' loops run in chunks of CHUNK elements (one or two vectors):
+#: their trip counts (a block's tiles: 10-60) are too short for LLVM's
+#: vectorised loop body (4 vectors an iteration), which would leave them to its
+#: scalar remainder loop; a fixed-length inner loop is vectorised whole.
+CHUNK = 16
+
+
 @_inline
 def _combo(dst, d0, src, offsets, coefs, count):
     """dst[d0 + i] = sum over 5 terms t of coefs[t] * src[offsets[t] + i], for
-    i < count (offsets >= 0; one loop, vectorised by LLVM)."""
+    i < count rounded up to a multiple of CHUNK (offsets >= 0; the caller's
+    buffers have room for the rounding)."""
     o0, o1, o2, o3, o4 = offsets
     c0, c1, c2, c3, c4 = coefs
-    for i in range(count):
+    n = (count + np.uint64(CHUNK - 1)) // np.uint64(CHUNK) * np.uint64(CHUNK)
+    for i in range(n):
         dst[d0 + i] = (
             c0 * src[o0 + i] + c1 * src[o1 + i] + c2 * src[o2 + i] + c3 * src[o3 + i]
             + c4 * src[o4 + i]
         )  # fmt: skip
+
+
+def _round_up(count, chunk=CHUNK):
+    return -(-count // chunk) * chunk
 
 
 class Source4(NamedTuple):
@@ -359,8 +387,10 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch):
     nty = (h_out + 3) // 4
     ntx = (w_out + 3) // 4
     pitch = ntx + 1  # R
-    p_len = (rows_per_block + 1) * pitch  # one phase plane
-    t_len = rows_per_block * pitch + 1  # one row sum (+1: read at idx + 1)
+    # One phase plane and one row sum, with room for the transforms' chunks
+    # (CHUNK) and T's read at idx + 1; the same lengths as conv_winograd_4x4's.
+    p_len = (rows_per_block + 1) * pitch + CHUNK
+    t_len = (rows_per_block * pitch + CHUNK - 1) // CHUNK * CHUNK + CHUNK
     t0 = 16 * p_len  # T after the 16 planes
     m_step = tbp * blk  # M[xi] stride
     zero = out.dtype.type(0)
@@ -485,7 +515,10 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch):
                                 tile(u, u_base, v, x_base + i0, offs, c_in_g, 1, dst_m)
                             else:
                                 tile_half(u, u_base, v, x_base + i0, offs, c_in_g, 1, dst_m)
-                    el = pitch * bw
+                    # A tile row of M is el values; S and Y rows are el rounded
+                    # up to CHUNK apart (the loops run over whole chunks).
+                    el_count = np.uint64(pitch * bw)
+                    el = (pitch * bw + CHUNK - 1) // CHUNK * CHUNK
                     u_el = np.uint64(el)
                     ch0 = g * c_out_g + ob * blk
                     n_ch = min(bw, c_out_g - ob * blk)
@@ -505,7 +538,7 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch):
                                 out.dtype.type(a_coef[ar, 2]), out.dtype.type(a_coef[ar, 3]),
                                 out.dtype.type(a_coef[ar, 4]),
                             )  # fmt: skip
-                            _combo(ys, np.uint64(q * el), m, o, cf, u_el)
+                            _combo(ys, np.uint64(q * el), m, o, cf, el_count)
                         # Y[a][b] = sum_col A^T[b, col] S[a][col]
                         for q in range(16):
                             ar, bc = q >> 2, q & 3
@@ -522,7 +555,7 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch):
                                 out.dtype.type(a_coef[bc, 2]), out.dtype.type(a_coef[bc, 3]),
                                 out.dtype.type(a_coef[bc, 4]),
                             )  # fmt: skip
-                            _combo(ys, np.uint64((24 + q) * el), ys, o, cf, u_el)
+                            _combo(ys, np.uint64((24 + q) * el), ys, o, cf, el_count)
                         # ... then channel by channel into the output rows, with
                         # bias, residual and the activation.
                         oy0 = 4 * (ty0 + lt)
@@ -570,7 +603,7 @@ def plan(n_jobs_outer, c_in, h_out, w_out, dtype, workers):
         if best is None or cost < best[0]:
             best = (cost, rows, n_blocks)
     _, rows, n_blocks = best
-    tbp = rows * (ntx + 1) + TILE_PIXELS
+    tbp = _round_up(rows * (ntx + 1)) + max(CHUNK, TILE_PIXELS)
     return rows, n_blocks, tbp
 
 
@@ -675,8 +708,8 @@ def conv_winograd_4x4(
     # the buffers hold and never written out.
     v_scr = make("wino4.v", (workers, 36 * c_in * tbp), dt, np.zeros)
     m_scr = make("wino4.m", (workers, 36 * tbp * blk), dt, np.zeros)
-    y_scr = make("wino4.y", (workers, 40 * (ntx + 1) * blk), dt, np.zeros)
-    p_len, t_len = (rows + 1) * (ntx + 1), rows * (ntx + 1) + 1
+    y_scr = make("wino4.y", (workers, 40 * _round_up((ntx + 1) * blk)), dt, np.zeros)
+    p_len, t_len = (rows + 1) * (ntx + 1) + CHUNK, _round_up(rows * (ntx + 1)) + CHUNK
     p_scr = make("wino4.planes", (workers, 16 * p_len + 24 * t_len), dt, np.zeros)
     offs = kernel_input(np.arange(c_in_g, dtype=np.int64) * tbp)
     add_arr = a if add is None else add
