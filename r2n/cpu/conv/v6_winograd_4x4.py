@@ -142,6 +142,8 @@ _A_INDEX, _A_COEF = _terms(_AT)
 MIN_CHANNELS = 32
 MIN_SIZE = 16
 MAX_WASTE = 1.15
+#: From this many input channels per group on, F(4x4) whatever the waste.
+WIDE_CHANNELS = 512
 
 
 def applicable(kernel_hw, stride, dilation) -> bool:
@@ -167,13 +169,17 @@ def use_winograd_4x4(width, groups, n, h, w) -> bool:
       heavier than F(2x2)'s, eat the saving: 0.88-1.1x; 48-52: 1.1-1.3x),
     * the images are >= MIN_SIZE on both sides, and
     * the 4x4 tiles compute at most MAX_WASTE times the outputs (14x14 and
-      7x7, 1.31x: F(4x4) lost 0.6-0.8x to F(2x2) at 104-208 channels there).
+      7x7, 1.31x: F(4x4) lost 0.6-0.9x to F(2x2) at 104-256 channels there),
+      unless the groups have >= WIDE_CHANNELS channels (512 at 14x14 and 7x7,
+      batch 8: 1.1-1.5x; step 5's rule keeps such convs direct below 64 2x2
+      tiles, so batch 1 at 14x14 / 7x7 is not asked).
 
     Measured on the 2-core EPYC (NOTES.md "Winograd F(4x4,3x3)").
     """
-    if width // groups < MIN_CHANNELS:
+    c_in_g = width // groups
+    if c_in_g < MIN_CHANNELS:
         return False
-    if n is None:
+    if n is None or c_in_g >= WIDE_CHANNELS:
         return True
     if h < MIN_SIZE or w < MIN_SIZE:
         return False
