@@ -64,17 +64,25 @@ def test_winograd_4x4_matches_the_reference(rng, case, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("activation", [None, "relu", "leaky_relu"])
 @pytest.mark.parametrize("residual", [False, True])
-def test_epilogue_adds_bias_residual_and_activation(rng, dtype, activation, residual):
+@pytest.mark.parametrize("tiles", ["2x2", "4x4"])
+def test_epilogue_adds_bias_residual_and_activation(rng, dtype, activation, residual, tiles):
     # Batch 1, 7x9, 3 groups of 5 channels, written into channels 4.. of a
-    # wider output (out_c0), reading a + add (the Res2Net chain's sp + x_{i+1}).
+    # wider output (out_c0), reading a + add (the Res2Net chain's sp + x_{i+1});
+    # steps 5 and 6 share the epilogue's contract.
+    from r2n.cpu.conv import v5_winograd
+
+    module, launch = (
+        (v5_winograd, v5_winograd.conv_winograd) if tiles == "2x2"
+        else (wino4, wino4.conv_winograd_4x4)
+    )  # fmt: skip
     x = randn(rng, 1, 17, 7, 9, dtype=dtype)
     add = randn(rng, 1, 20, 7, 9, dtype=dtype)
     weight = randn(rng, 15, 5, 3, 3, dtype=dtype)
     bias = randn(rng, 15, dtype=dtype)
     out = np.full((1, 21, 7, 9), np.nan, dtype)
     res = randn(rng, *out.shape, dtype=dtype) if residual else None
-    wino4.conv_winograd_4x4(
-        x, wino4.transform_weights(weight, 3), 15, 3, (1, 1), bias, out, a_c0=2, add=add,
+    launch(
+        x, module.transform_weights(weight, 3), 15, 3, (1, 1), bias, out, a_c0=2, add=add,
         add_c0=5, out_c0=4, activation=activation, negative_slope=0.1, residual=res,
     )  # fmt: skip
     source = (x[:, 2:17] + add[:, 5:20]).astype(np.float64)

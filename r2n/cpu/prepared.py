@@ -3,9 +3,11 @@
 Each factory packs its weights once (``microkernel.pack_weights``) and returns a
 callable that checks its input and runs the fused kernels:
 
-* ``conv2d``: one launch of ``conv.conv_simd`` whose epilogue adds the bias,
-  the optional residual and applies ReLU or leaky ReLU (a conv + BN + act of
-  TResNet, a stem conv, a BasicBlock's second conv with its shortcut);
+* ``conv2d``: one launch of ``conv.conv_simd`` (or, for 3x3 stride-1 convs
+  the Winograd rules admit, of ``conv.v5_winograd`` / ``conv.v6_winograd_4x4``)
+  whose epilogue adds the bias, the optional residual and applies ReLU or
+  leaky ReLU (a conv + BN + act of TResNet, a stem conv, a BasicBlock's
+  second conv with its shortcut);
 * ``bottle2neck``: ``res2net.PreparedBottle2neck``.
 
 See ``r2n._backends`` for the contract they implement. What they keep
@@ -31,7 +33,6 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _checks
-from ._jit import kernel, prange
 from ._scratch import owner_token, scratch
 from .conv import v5_winograd, v6_winograd_4x4
 from .conv.v4_simd import conv_simd
@@ -191,49 +192,15 @@ class PreparedConv2d:
         return out
 
     def _winograd(self, x, out, residual):
-        """The call on Winograd weights: the kernel adds the bias (and applies a
-        plain ReLU when nothing comes after it); a residual and a leaky ReLU
-        follow in one pass over the output, in conv_simd's order (bias,
-        residual, activation)."""
+        """The call on F(2x2, 3x3) weights: bias, residual and (leaky) ReLU in
+        the kernel's output transform, one launch, in conv_simd's order."""
         g = self.geometry
-        relu = self.activation is not None
-        fused = relu and self.negative_slope == 0 and residual is None
         v5_winograd.conv_winograd(
             x, self.wino, self.c_out, g["groups"], tuple(g["padding"]), self.bias, out,
-            activation="relu" if fused else None, scratch=scratch,
+            activation=self.activation, negative_slope=self.negative_slope, residual=residual,
+            scratch=scratch,
         )  # fmt: skip
-        if residual is not None or (relu and not fused):
-            _epilogue_kernel(
-                out.reshape(-1),
-                out.reshape(-1) if residual is None else residual.reshape(-1),
-                residual is not None,
-                relu,
-                out.dtype.type(self.negative_slope),
-            )
         return out
-
-
-@kernel
-def _epilogue_kernel(out, residual, has_residual, relu, negative_slope):
-    """out = act(out (+ residual)) in place, elementwise, in blocks of 4096:
-    act = v if not v < 0 else (negative_slope * v if negative_slope else 0),
-    as conv_simd's epilogue (NaN stays NaN, -inf times a slope stays -inf)."""
-    zero = out.dtype.type(0)
-    block = 4096
-    for b in prange((out.size + block - 1) // block):
-        o = out[b * block : min(out.size, (b + 1) * block)]
-        if has_residual:
-            r = residual[b * block : min(out.size, (b + 1) * block)]
-            for i in range(o.size):
-                o[i] += r[i]
-        if relu and negative_slope == zero:
-            for i in range(o.size):
-                if o[i] < zero:
-                    o[i] = zero
-        elif relu:
-            for i in range(o.size):
-                if o[i] < zero:
-                    o[i] *= negative_slope
 
 
 class PreparedBottle2neckLayer:

@@ -7,9 +7,8 @@ What changes (from ``5_winograd``)
     block instead of 16, each over a quarter as many tiles. The transforms
     are no longer sums of two or three terms with coefficients +-1: each
     value is a combination of up to 5 terms with coefficients such as 5/2
-    or 8, written as one table-driven loop (``_combo``). The epilogue also
-    takes a residual and leaky ReLU (step 5 does bias and ReLU only; its
-    prepared conv adds them in a second pass).
+    or 8, written as one table-driven loop (``_combo``). The epilogue is
+    step 5's: bias, a residual, ReLU or leaky ReLU.
 Why it can be faster
     1.78x fewer FMAs than step 5 in the GEMMs, at the same FMA rate; the
     transforms cost more per value but there are fewer values per output
