@@ -147,11 +147,15 @@ class PreparedChain:
     Parameters as r2n.res2net_chain (weights and biases BN-folded).
     ``winograd``: also prepare Winograd weights, for the shapes
     ``winograd.use_winograd`` sends there (False: direct convs only).
+    ``winograd_4x4``: "lazy" (F(4x4) weights transformed on the first call
+    ``use_winograd_4x4`` sends there, from a private copy of the weights),
+    True (transformed now) or False (none: F(2x2) only).
     """
 
     def __init__(
-        self, weights, biases, *, scale, stype, stride, groups, width, dtype, winograd=True
-    ):
+        self, weights, biases, *, scale, stype, stride, groups, width, dtype, winograd=True,
+        winograd_4x4="lazy",
+    ):  # fmt: skip
         if stype == "normal" and stride != 1:  # as r2n._checks.chain_args
             raise ValueError(f"PreparedChain: stype 'normal' needs stride 1, got {stride}")
         self.scale, self.stype, self.stride, self.groups = scale, stype, stride, groups
@@ -187,10 +191,17 @@ class PreparedChain:
         # F(4x4, 3x3) weights (r2n.cpu.conv.v6_winograd_4x4) for the inputs
         # use_winograd_4x4 sends there, transformed on the first such call
         # from a private copy of the weights (a function of them alone: two
-        # threads doing it at once store equal arrays).
+        # threads doing it at once store equal arrays), or now.
         self._weights4 = self.wino4_all = self.wino4 = None
-        if self.wino is not None and use_winograd_4x4(width, groups, None, None, None):
-            self._weights4 = [np.array(w, dtype) for w in weights[: self.nums]]
+        if (
+            winograd_4x4 and self.wino is not None
+            and use_winograd_4x4(width, groups, None, None, None)
+        ):  # fmt: skip
+            # (True: transformed at once, so the caller's arrays need no copy.)
+            keep = np.asarray if winograd_4x4 is True else np.array
+            self._weights4 = [keep(w, dtype) for w in weights[: self.nums]]
+            if winograd_4x4 is True:
+                self._winograd_4x4_weights()
 
     def _winograd_4x4_weights(self):
         """(all convs' F(4x4) weights in one buffer, one view per conv)."""
@@ -395,6 +406,7 @@ def res2net_chain(x, weights, biases, *, scale, stype, stride, groups, width, ou
         width=width,
         dtype=x.dtype,
         winograd=use_winograd(width, groups, n, h, w),
+        winograd_4x4=use_winograd_4x4(width, groups, n, h, w),
     )
     return chain(x, np.empty(out_shape, x.dtype))
 
@@ -404,10 +416,11 @@ class PreparedBottle2neck:
 
     ``params`` is an r2n.Bottle2neckParams; ``args`` the normalised arguments
     from r2n._checks.bottle2neck_args for the inputs ``__call__`` will get;
-    :meth:`run` takes those of another input shape. ``winograd``: as PreparedChain.
+    :meth:`run` takes those of another input shape. ``winograd``,
+    ``winograd_4x4``: as PreparedChain.
     """
 
-    def __init__(self, params, args, dtype, winograd=True):
+    def __init__(self, params, args, dtype, winograd=True, winograd_4x4="lazy"):
         self.args = args
         self.c1 = params.conv1.weight.shape[0]
         self.conv1 = (
@@ -419,6 +432,7 @@ class PreparedBottle2neck:
             params.chain_biases,
             dtype=dtype,
             winograd=winograd,
+            winograd_4x4=winograd_4x4,
             **{k: args["chain"][k] for k in ("scale", "stype", "stride", "groups", "width")},
         )
         self.c3 = params.conv3.weight.shape[0]
@@ -539,5 +553,8 @@ def bottle2neck(x, params, *, conv1, chain, conv3, shortcut, out_shape):
     x = np.ascontiguousarray(x)
     args = dict(conv1=conv1, chain=chain, conv3=conv3, shortcut=shortcut, out_shape=out_shape)
     n, _, h, w = x.shape  # the chain's input: conv1 is 1x1, stride 1
-    winograd = use_winograd(chain["width"], chain["groups"], n, h, w)
-    return PreparedBottle2neck(params, args, x.dtype, winograd=winograd)(x)
+    shape = (chain["width"], chain["groups"], n, h, w)
+    block = PreparedBottle2neck(
+        params, args, x.dtype, winograd=use_winograd(*shape), winograd_4x4=use_winograd_4x4(*shape)
+    )
+    return block(x)
