@@ -297,3 +297,40 @@ def test_prepared_conv2d_takes_4x4_tiles_where_the_rule_says(rng, monkeypatch, d
         calls.update({"4x4": 0, "2x2": 0})
         assert_close(conv(x, res), ref, dtype)
         assert calls == {"4x4": int(kind == "4x4"), "2x2": int(kind == "2x2")}
+
+
+def test_scratch_contents_never_reach_an_output(rng):
+    # The F(4x4) buffers come from the thread's scratch cache, keyed on size
+    # only: filled with NaN between calls of changing shapes and thread
+    # counts, no NaN and no earlier call's values may reach an output (as
+    # tests/test_stateful.py does for the ops, whose sizes stay below F(4x4)'s).
+    from r2n.cpu import _scratch, prepared, res2net
+
+    weight = randn(rng, 40, 32, 3, 3, dtype=np.float32) / 17
+    bias = randn(rng, 40, dtype=np.float32)
+    conv = prepared.PreparedConv2d(
+        weight, bias, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1,
+        activation="leaky_relu", negative_slope=0.1,
+    )  # fmt: skip
+    chain_w = [randn(rng, 32, 32, 3, 3, dtype=np.float32) / 17 for _ in range(3)]
+    chain = res2net.PreparedChain(chain_w, None, scale=4, stype="normal", stride=1, groups=1,
+                                  width=32, dtype=np.float32)  # fmt: skip
+    before = r2n.get_num_threads()
+    try:
+        for i, hw in enumerate([(16, 20), (31, 30), (16, 16), (23, 24), (16, 20)]):
+            assert wino4.use_winograd_4x4(32, 1, 1, *hw)
+            r2n.set_num_threads(1 if i % 2 else before)
+            for buf in _scratch._this_thread().buffers.values():
+                buf.fill(np.nan)
+            x = randn(rng, 1 + i % 2, 32, *hw, dtype=np.float32)
+            ref = r2n.conv2d(x.astype(np.float64), weight.astype(np.float64),
+                             bias.astype(np.float64), padding=1, backend="reference")  # fmt: skip
+            assert_close(conv(x), np.where(ref < 0, 0.1 * ref, ref), np.float32)
+            for buf in _scratch._this_thread().buffers.values():
+                buf.fill(np.nan)
+            xc = randn(rng, 1 + i % 2, 128, *hw, dtype=np.float32)
+            ref = r2n.res2net_chain(xc.astype(np.float64), [w.astype(np.float64) for w in chain_w],
+                                    None, scale=4, backend="reference")  # fmt: skip
+            assert_close(chain(xc), ref, np.float32)
+    finally:
+        r2n.set_num_threads(before)
