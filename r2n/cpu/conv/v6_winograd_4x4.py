@@ -576,8 +576,10 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch):
                                     val = ys[at] + bc
                                     if has_resid:
                                         val += resid[o_row + tx]
-                                    if apply_relu and val < zero:  # NaN stays NaN
-                                        val = slope * val if leaky else zero
+                                    if apply_relu:  # NaN stays NaN; selects, not
+                                        # branches on the sign (mispredicted)
+                                        neg = slope * val if leaky else zero
+                                        val = neg if val < zero else val
                                     out[o_row + tx] = val
                                 for ox in range(quads * 4, w_out):  # the last, partial tile
                                     at = y_row + np.uint64(ox % 4) * u_el
@@ -585,8 +587,9 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch):
                                     val = ys[at] + bc
                                     if has_resid:
                                         val += resid[o_row + np.uint64(ox)]
-                                    if apply_relu and val < zero:
-                                        val = slope * val if leaky else zero
+                                    if apply_relu:
+                                        neg = slope * val if leaky else zero
+                                        val = neg if val < zero else val
                                     out[o_row + np.uint64(ox)] = val
 
 
