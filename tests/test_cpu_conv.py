@@ -63,7 +63,7 @@ def _reference(x, weight, bias, **kw):
 def test_every_conv_variant_matches_the_reference(rng, case, variant, dtype):
     x, weight, bias, kw = _conv_case(rng, case, dtype)
     args = _checks.conv2d_args("conv2d", x, weight, bias, **kw)
-    if variant == "5_winograd" and not v5_winograd.applicable(
+    if variant in ("5_winograd", "6_winograd_4x4") and not v5_winograd.applicable(
         weight.shape[2:], args["stride"], args["dilation"]
     ):
         with pytest.raises(ValueError, match="needs a 3x3 kernel, stride 1 and dilation 1"):

@@ -3,9 +3,11 @@
 Each factory packs its weights once (``microkernel.pack_weights``) and returns a
 callable that checks its input and runs the fused kernels:
 
-* ``conv2d``: one launch of ``conv.conv_simd`` whose epilogue adds the bias,
-  the optional residual and applies ReLU or leaky ReLU (a conv + BN + act of
-  TResNet, a stem conv, a BasicBlock's second conv with its shortcut);
+* ``conv2d``: one launch of ``conv.conv_simd`` (or, for 3x3 stride-1 convs
+  the Winograd rules admit, of ``conv.v5_winograd`` / ``conv.v6_winograd_4x4``)
+  whose epilogue adds the bias, the optional residual and applies ReLU or
+  leaky ReLU (a conv + BN + act of TResNet, a stem conv, a BasicBlock's
+  second conv with its shortcut);
 * ``bottle2neck``: ``res2net.PreparedBottle2neck``;
 * the steps between them (``r2n._backends.STEPS``: the pools,
   space_to_depth, blur_pool2d, squeeze_excite with an optional residual +
@@ -35,9 +37,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _checks
-from ._jit import kernel, prange
 from ._scratch import owner_token, scratch
-from .conv import v5_winograd
+from .conv import v5_winograd, v6_winograd_4x4
 from .conv.v4_simd import conv_simd
 from .elementwise import kernel_input, vector_or
 from .microkernel import pack_weights
@@ -111,6 +112,18 @@ class PreparedConv2d:
             v5_winograd.use_winograd(self.c_in, groups, None, None, None)
         ):
             self.wino = v5_winograd.transform_weights(np.ascontiguousarray(weight), groups)
+        # F(4x4, 3x3) weights (v6_winograd_4x4), for the calls whose shape
+        # use_winograd_4x4 sends there: transformed on the first such call
+        # from a private copy of the weights (36 values per kernel, 2.25x
+        # F(2x2)'s: only the layers that meet such shapes hold them). A
+        # function of the weights alone, so two threads computing them at
+        # once store equal arrays.
+        self._weight = None
+        self._wino4 = None
+        if self.wino is not None and v6_winograd_4x4.use_winograd_4x4(
+            self.c_in, groups, None, None, None
+        ):
+            self._weight = np.array(weight, copy=True)
 
     def __call__(self, x, residual=None):
         """x (N, C_in, H, W) -> (N, C_out, H_out, W_out); residual shaped like the output."""
@@ -144,6 +157,9 @@ class PreparedConv2d:
         g = self.geometry
         n, _, h, w = x.shape
         if self.wino is not None and v5_winograd.use_winograd(self.c_in, g["groups"], n, h, w):
+            h_out, w_out = out_shape[2:]
+            if v6_winograd_4x4.use_winograd_4x4(self.c_in, g["groups"], n, h_out, w_out):
+                return self._winograd_4x4(x, out, residual)
             return self._winograd(x, out, residual)
         # The padded (or gathered) input goes into this thread's scratch: the
         # copy writes all of it (conv.read_layout).
@@ -164,50 +180,31 @@ class PreparedConv2d:
             scratch=scratch,
         )
 
-    def _winograd(self, x, out, residual):
-        """The call on Winograd weights: the kernel adds the bias (and applies a
-        plain ReLU when nothing comes after it); a residual and a leaky ReLU
-        follow in one pass over the output, in conv_simd's order (bias,
-        residual, activation)."""
+    def _winograd_4x4(self, x, out, residual):
+        """The call on F(4x4, 3x3) weights: bias, residual and (leaky) ReLU
+        in the kernel's output transform, one launch."""
         g = self.geometry
-        relu = self.activation is not None
-        fused = relu and self.negative_slope == 0 and residual is None
-        v5_winograd.conv_winograd(
-            x, self.wino, self.c_out, g["groups"], tuple(g["padding"]), self.bias, out,
-            activation="relu" if fused else None, scratch=scratch,
-        )  # fmt: skip
-        if residual is not None or (relu and not fused):
-            _epilogue_kernel(
-                out.reshape(-1),
-                out.reshape(-1) if residual is None else residual.reshape(-1),
-                residual is not None,
-                relu,
-                out.dtype.type(self.negative_slope),
+        if self._wino4 is None:
+            self._wino4 = v6_winograd_4x4.transform_weights(
+                np.ascontiguousarray(self._weight), g["groups"]
             )
+        v6_winograd_4x4.conv_winograd_4x4(
+            x, self._wino4, self.c_out, g["groups"], tuple(g["padding"]), self.bias, out,
+            activation=self.activation, negative_slope=self.negative_slope, residual=residual,
+            scratch=scratch,
+        )  # fmt: skip
         return out
 
-
-@kernel
-def _epilogue_kernel(out, residual, has_residual, relu, negative_slope):
-    """out = act(out (+ residual)) in place, elementwise, in blocks of 4096:
-    act = v if not v < 0 else (negative_slope * v if negative_slope else 0),
-    as conv_simd's epilogue (NaN stays NaN, -inf times a slope stays -inf)."""
-    zero = out.dtype.type(0)
-    block = 4096
-    for b in prange((out.size + block - 1) // block):
-        o = out[b * block : min(out.size, (b + 1) * block)]
-        if has_residual:
-            r = residual[b * block : min(out.size, (b + 1) * block)]
-            for i in range(o.size):
-                o[i] += r[i]
-        if relu and negative_slope == zero:
-            for i in range(o.size):
-                if o[i] < zero:
-                    o[i] = zero
-        elif relu:
-            for i in range(o.size):
-                if o[i] < zero:
-                    o[i] *= negative_slope
+    def _winograd(self, x, out, residual):
+        """The call on F(2x2, 3x3) weights: bias, residual and (leaky) ReLU in
+        the kernel's output transform, one launch, in conv_simd's order."""
+        g = self.geometry
+        v5_winograd.conv_winograd(
+            x, self.wino, self.c_out, g["groups"], tuple(g["padding"]), self.bias, out,
+            activation=self.activation, negative_slope=self.negative_slope, residual=residual,
+            scratch=scratch,
+        )  # fmt: skip
+        return out
 
 
 class PreparedBottle2neckLayer:

@@ -19,7 +19,9 @@ the shortcut conv (after the "d" variant's average pool, if any), and conv3
 whose epilogue adds the shortcut and applies the final ReLU.
 
 Prepared chains run their 3x3 stride-1 convs as Winograd F(2x2, 3x3)
-(step 5_winograd, r2n.cpu.conv.v5_winograd) where ``use_winograd`` says so: 2.25x fewer
+(step 5_winograd, r2n.cpu.conv.v5_winograd) where ``use_winograd`` says so, and
+of those as F(4x4, 3x3) (step 6_winograd_4x4) where ``use_winograd_4x4`` says so
+(>= 32 channels, images whose sides are near multiples of 4): 2.25x (4x) fewer
 multiplies, the BN-folded weights transformed once (U = G g G^T), the input
 transform reading the unpadded chunks (for "normal": adding sp + x_{i+1} on
 the read), bias and ReLU in the output transform, each conv writing its
@@ -45,6 +47,7 @@ import numpy as np
 
 from ._jit import kernel, prange
 from ._scratch import clear_scratch, scratch  # noqa: F401  (clear_scratch: re-exported)
+from .conv import v6_winograd_4x4
 from .conv.v4_simd import NextInput, conv_simd, input_layout
 from .conv.v5_winograd import (
     conv_winograd,
@@ -52,6 +55,7 @@ from .conv.v5_winograd import (
     transformed_size,
     use_winograd,
 )
+from .conv.v6_winograd_4x4 import conv_winograd_4x4, use_winograd_4x4
 from .elementwise import unused_array, vector_or
 from .microkernel import pack_weights
 from .pool import avg_pool2d
@@ -143,11 +147,15 @@ class PreparedChain:
     Parameters as r2n.res2net_chain (weights and biases BN-folded).
     ``winograd``: also prepare Winograd weights, for the shapes
     ``winograd.use_winograd`` sends there (False: direct convs only).
+    ``winograd_4x4``: "lazy" (F(4x4) weights transformed on the first call
+    ``use_winograd_4x4`` sends there, from a private copy of the weights),
+    True (transformed now) or False (none: F(2x2) only).
     """
 
     def __init__(
-        self, weights, biases, *, scale, stype, stride, groups, width, dtype, winograd=True
-    ):
+        self, weights, biases, *, scale, stype, stride, groups, width, dtype, winograd=True,
+        winograd_4x4="lazy",
+    ):  # fmt: skip
         if stype == "normal" and stride != 1:  # as r2n._checks.chain_args
             raise ValueError(f"PreparedChain: stype 'normal' needs stride 1, got {stride}")
         self.scale, self.stype, self.stride, self.groups = scale, stype, stride, groups
@@ -180,6 +188,33 @@ class PreparedChain:
             self.wino = np.split(self.wino_all, self.nums)
             for w, u in zip(weights[: self.nums], self.wino, strict=True):
                 transform_weights(np.asarray(w, dtype), groups, out=u)
+        # F(4x4, 3x3) weights (r2n.cpu.conv.v6_winograd_4x4) for the inputs
+        # use_winograd_4x4 sends there, transformed on the first such call
+        # from a private copy of the weights (a function of them alone: two
+        # threads doing it at once store equal arrays), or now.
+        self._weights4 = self.wino4_all = self.wino4 = None
+        if (
+            winograd_4x4 and self.wino is not None
+            and use_winograd_4x4(width, groups, None, None, None)
+        ):  # fmt: skip
+            # (True: transformed at once, so the caller's arrays need no copy.)
+            keep = np.asarray if winograd_4x4 is True else np.array
+            self._weights4 = [keep(w, dtype) for w in weights[: self.nums]]
+            if winograd_4x4 is True:
+                self._winograd_4x4_weights()
+
+    def _winograd_4x4_weights(self):
+        """(all convs' F(4x4) weights in one buffer, one view per conv)."""
+        if self.wino4_all is None:
+            width, groups = self.width, self.groups
+            dtype = self._weights4[0].dtype
+            per_conv = v6_winograd_4x4.transformed_size((width, width // groups), groups, dtype)
+            wino4_all = np.empty(self.nums * per_conv, dtype)
+            parts = np.split(wino4_all, self.nums)
+            for w, u in zip(self._weights4, parts, strict=True):
+                v6_winograd_4x4.transform_weights(w, groups, out=u)
+            self.wino4, self.wino4_all = parts, wino4_all
+        return self.wino4_all, self.wino4
 
     def __call__(self, x, out=None):
         """x (N, scale*width, H, W) contiguous -> out (N, scale*width, H_out, W_out).
@@ -313,7 +348,9 @@ class PreparedChain:
         return out
 
     def _winograd(self, x, out):
-        """The stride-1 chain with Winograd convs (r2n.cpu.conv.v5_winograd.conv_winograd).
+        """The stride-1 chain with Winograd convs: F(2x2, 3x3)
+        (r2n.cpu.conv.v5_winograd.conv_winograd), or F(4x4, 3x3)
+        (v6_winograd_4x4.conv_winograd_4x4) where ``use_winograd_4x4`` says so.
 
         The convs read the unpadded chunks (their input transform pads), so
         the prologue only passes the last chunk through (or pools it, for
@@ -329,15 +366,20 @@ class PreparedChain:
                 nums * width,
             )  # fmt: skip
         common = dict(c_in_g=width // groups, activation="relu", scratch=scratch)
+        n, _, h, w = x.shape
+        conv, u_all, u = conv_winograd, self.wino_all, self.wino
+        if self._weights4 is not None and use_winograd_4x4(width, groups, n, h, w):
+            conv = conv_winograd_4x4
+            u_all, u = self._winograd_4x4_weights()
         if stage:
-            conv_winograd(
-                x, self.wino_all, width, groups, (1, 1), self.biases_all, out,
+            conv(
+                x, u_all, width, groups, (1, 1), self.biases_all, out,
                 n_conv=nums, a_conv_step=width, **common,
             )  # fmt: skip
             return out
         for i in range(nums):
-            conv_winograd(
-                x if i == 0 else out, self.wino[i], width, groups, (1, 1), self.biases[i], out,
+            conv(
+                x if i == 0 else out, u[i], width, groups, (1, 1), self.biases[i], out,
                 a_c0=0 if i == 0 else (i - 1) * width, add=None if i == 0 else x, add_c0=i * width,
                 out_c0=i * width, **common,
             )  # fmt: skip
@@ -364,6 +406,7 @@ def res2net_chain(x, weights, biases, *, scale, stype, stride, groups, width, ou
         width=width,
         dtype=x.dtype,
         winograd=use_winograd(width, groups, n, h, w),
+        winograd_4x4=use_winograd_4x4(width, groups, n, h, w),
     )
     return chain(x, np.empty(out_shape, x.dtype))
 
@@ -373,10 +416,11 @@ class PreparedBottle2neck:
 
     ``params`` is an r2n.Bottle2neckParams; ``args`` the normalised arguments
     from r2n._checks.bottle2neck_args for the inputs ``__call__`` will get;
-    :meth:`run` takes those of another input shape. ``winograd``: as PreparedChain.
+    :meth:`run` takes those of another input shape. ``winograd``,
+    ``winograd_4x4``: as PreparedChain.
     """
 
-    def __init__(self, params, args, dtype, winograd=True):
+    def __init__(self, params, args, dtype, winograd=True, winograd_4x4="lazy"):
         self.args = args
         self.c1 = params.conv1.weight.shape[0]
         self.conv1 = (
@@ -388,6 +432,7 @@ class PreparedBottle2neck:
             params.chain_biases,
             dtype=dtype,
             winograd=winograd,
+            winograd_4x4=winograd_4x4,
             **{k: args["chain"][k] for k in ("scale", "stype", "stride", "groups", "width")},
         )
         self.c3 = params.conv3.weight.shape[0]
@@ -508,5 +553,8 @@ def bottle2neck(x, params, *, conv1, chain, conv3, shortcut, out_shape):
     x = np.ascontiguousarray(x)
     args = dict(conv1=conv1, chain=chain, conv3=conv3, shortcut=shortcut, out_shape=out_shape)
     n, _, h, w = x.shape  # the chain's input: conv1 is 1x1, stride 1
-    winograd = use_winograd(chain["width"], chain["groups"], n, h, w)
-    return PreparedBottle2neck(params, args, x.dtype, winograd=winograd)(x)
+    shape = (chain["width"], chain["groups"], n, h, w)
+    block = PreparedBottle2neck(
+        params, args, x.dtype, winograd=use_winograd(*shape), winograd_4x4=use_winograd_4x4(*shape)
+    )
+    return block(x)

@@ -17,6 +17,9 @@ step (file)            what it changes                                      GFLO
 ``5_winograd``         Winograd F(2x2, 3x3) for 3x3 stride-1 convs: 16      ~157**
 (v5_winograd.py)       multiplies per 2x2 tile instead of 36, the GEMMs
                        through step 4's micro-kernel.
+``6_winograd_4x4``     Winograd F(4x4, 3x3): 36 multiplies per 4x4 tile     ****
+(v6_winograd_4x4.py)   (2.25 per output, not 4); 5-term transforms;
+                       bias, residual and leaky ReLU in the output transform.
 =====================  ===================================================  =========
 
 \\* one thread, float32, 32 -> 32 channels, 3x3, 56x56, on the 2-core Zen 5
@@ -28,12 +31,16 @@ runs this conv at ~90 there).
 \\*\\*\\* measured on the 2-core EPYC of 2026-12-04 (one thread, 32 -> 32,
 56x56; step 2: 4.5, step 4: 84 in the same run); the prototype of this step
 in NOTES.md reached 46 on the Zen 5 machine.
+\\*\\*\\*\\* measured against step 5 only, per shape (NOTES.md "Winograd
+F(4x4,3x3)"): 1.1-1.5x its speed at 48-512 channels on 28x28 and 56x56,
+0.6-0.9x on 14x14 and 7x7 below 512 channels.
 
 ``LADDER`` lists the steps in order (r2n._ladder.Step), ``VARIANTS`` maps
 their names to their implementations, each taking the arguments of
 r2n._checks.conv2d_args. :func:`conv2d`, the backend's op, is step 4 for
-every conv; the fused Res2Net chain (r2n.cpu.res2net) runs its 3x3 stride-1
-convs as step 5 where ``v5_winograd.use_winograd`` says so.
+every conv; the fused Res2Net chain (r2n.cpu.res2net) and the prepared
+convs run their 3x3 stride-1 convs as step 5 where ``v5_winograd.use_winograd``
+says so, and as step 6 where ``v6_winograd_4x4.use_winograd_4x4`` also does.
 
 Beside the ladder: ``padding`` (the zero-padded input copy of steps 2-4) and
 the micro-kernel with its tile layout (r2n.cpu.microkernel), which steps 4
@@ -43,7 +50,7 @@ and 5 import; no step imports another's module back.
 from __future__ import annotations
 
 from ..._ladder import Step
-from . import v1_naive, v2_loop_order, v3_register_tiles, v4_simd, v5_winograd
+from . import v1_naive, v2_loop_order, v3_register_tiles, v4_simd, v5_winograd, v6_winograd_4x4
 
 #: The conv2d ladder, in order.
 LADDER = (
@@ -77,6 +84,13 @@ LADDER = (
         v5_winograd.conv2d_5_winograd,
         applies=v5_winograd.step_applies,
         source="r2n/cpu/conv/v5_winograd.py",
+    ),
+    Step(
+        "6_winograd_4x4",
+        "Winograd F(4x4, 3x3): 36 multiplies per 4x4 tile (2.25 per output, not 4)",
+        v6_winograd_4x4.conv2d_6_winograd_4x4,
+        applies=v6_winograd_4x4.step_applies,
+        source="r2n/cpu/conv/v6_winograd_4x4.py",
     ),
 )
 

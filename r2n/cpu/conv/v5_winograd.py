@@ -76,7 +76,7 @@ import numba
 import numpy as np
 
 from .._jit import FASTMATH, as_tuples, kernel, prange
-from ..elementwise import kernel_input, vector_or
+from ..elementwise import kernel_input, unused_array, vector_or
 from ..microkernel import (
     TILE_PIXELS,
     TILE_VECTORS,
@@ -295,8 +295,9 @@ class WinogradWeights(NamedTuple):
 
 class WinogradOutput(NamedTuple):
     """Conv i writes channels ``c0 + i * C_out`` onwards of ``data`` (flattened
-    (N, C, h_out, w_out), ``image`` elements per image), with ReLU if
-    ``activation``."""
+    (N, C, h_out, w_out), ``image`` elements per image); adds ``residual``
+    (laid out as data) if ``has_residual``; then ReLU if ``activation``
+    (leaky, of slope ``negative_slope``, if that is not 0)."""
 
     data: np.ndarray
     image: int
@@ -304,6 +305,9 @@ class WinogradOutput(NamedTuple):
     h_out: int
     w_out: int
     activation: bool
+    residual: np.ndarray
+    has_residual: bool
+    negative_slope: float
 
 
 class WinogradPlan(NamedTuple):
@@ -340,7 +344,9 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch):
 
         s = source[n, C_in-slice of conv i] (+ add[n, C_in-slice of conv i])
         v = conv3x3(s zero-padded by (ph, pw))[ch] + bias[i * C_out + ch]
-        out[n, out.c0 + i * C_out + ch] = max(v, 0) if activation else v  (NaN kept)
+        v += residual[same element]                    (if has_residual)
+        v = v if not v < 0 else slope * v              (if activation; slope 0: 0)
+        out[n, out.c0 + i * C_out + ch] = v                           (NaN kept)
 
     The arguments are the records above, unpacked into locals first (the
     loops below see plain arrays and ints); ``add`` is read only if
@@ -369,7 +375,7 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch):
     a, a_img, a_c0, a_conv_step, _ = source
     add_data, add_img, add_c0, add_conv_step, has_add = add
     u, u_conv_stride, offs, c_in_g, groups, c_out_g, bias = weights
-    out, out_img, out_c0, h_out, w_out, apply_relu = output
+    out, out_img, out_c0, h_out, w_out, apply_relu, resid, has_resid, slope_f = output
     h, w, ph, pw, n_img, n_conv, rows_per_block, n_row_blocks, tbp = geometry
     v_scr, m_scr, y_scr, p_scr = scratch
     n_workers = v_scr.shape[0]
@@ -389,6 +395,8 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch):
     t_len = rows_per_block * pitch + 1  # one vertical sum (+1: read at idx + 1)
     m_step = tbp * blk  # M[xi] stride
     zero = out.dtype.type(0)
+    slope = out.dtype.type(slope_f)
+    leaky = slope_f != 0.0
     jobs = n_conv * n_img * n_row_blocks
     # Unsigned copies of the offsets the flat loops add to their counter.
     one = np.uint64(1)
@@ -525,8 +533,8 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch):
                             y_at = np.uint64(8 + 2 * row + second) * el
                             _triple_sum(ys, y_at, ys, s_at, el, second, el, one_f)
                         # ... then channel by channel into the output rows, with
-                        # bias and ReLU (the transpose; outputs past an odd edge
-                        # are not written).
+                        # bias, residual and (leaky) ReLU (the transpose; outputs
+                        # past an odd edge are not written).
                         oy = 2 * (ty0 + lt)
                         for c in range(n_ch):
                             o_c = n * out_img + (out_c0 + conv_i * c_out + ch0 + c) * plane_out
@@ -535,18 +543,38 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch):
                                 o_row = np.uint64(o_c + (oy + half) * w_out)
                                 ye = np.uint64(8 + 2 * half) * el + np.uint64(c)
                                 yo = ye + el
-                                for tx in range(np.uint64(pairs)):
+                                if not (has_resid or leaky):  # the chains' case, kept lean
+                                    for tx in range(np.uint64(pairs)):
+                                        v0 = ys[ye + tx * u_bw] + bc
+                                        v1 = ys[yo + tx * u_bw] + bc
+                                        if apply_relu:  # NaN stays NaN, as in PyTorch
+                                            v0 = zero if v0 < zero else v0
+                                            v1 = zero if v1 < zero else v1
+                                        out[o_row + two * tx] = v0
+                                        out[o_row + two * tx + one] = v1
+                                for tx in range(np.uint64(pairs if has_resid or leaky else 0)):
                                     v0 = ys[ye + tx * u_bw] + bc
                                     v1 = ys[yo + tx * u_bw] + bc
+                                    if has_resid:
+                                        v0 += resid[o_row + two * tx]
+                                        v1 += resid[o_row + two * tx + one]
                                     if apply_relu:  # NaN stays NaN, as in PyTorch
-                                        v0 = zero if v0 < zero else v0
-                                        v1 = zero if v1 < zero else v1
+                                        # Selects, not branches on the sign
+                                        # (half the values: mispredicted
+                                        # branches made this loop 1.5x slower).
+                                        n0 = slope * v0 if leaky else zero
+                                        n1 = slope * v1 if leaky else zero
+                                        v0 = n0 if v0 < zero else v0
+                                        v1 = n1 if v1 < zero else v1
                                     out[o_row + two * tx] = v0
                                     out[o_row + two * tx + one] = v1
                                 if pairs < ntx:  # odd width: the last column
                                     v0 = ys[ye + np.uint64(pairs) * u_bw] + bc
+                                    if has_resid:
+                                        v0 += resid[o_row + np.uint64(2 * pairs)]
                                     if apply_relu:
-                                        v0 = zero if v0 < zero else v0
+                                        n0 = slope * v0 if leaky else zero
+                                        v0 = n0 if v0 < zero else v0
                                     out[o_row + np.uint64(2 * pairs)] = v0
 
 
@@ -595,6 +623,8 @@ def conv_winograd(
     add_c0=0,
     out_c0=0,
     activation=None,
+    negative_slope=0.0,
+    residual=None,
     n_conv=1,
     a_conv_step=0,
     add_conv_step=0,
@@ -613,7 +643,10 @@ def conv_winograd(
         channels out_c0 + i * c_out .. out_c0 + (i + 1) * c_out
     add : optional array shaped like ``a``: conv i reads a + add, add's channels
         from add_c0 + i * add_conv_step (the Res2Net chain's sp + x_{i+1})
-    activation : None or "relu" (after the bias)
+    activation : None, "relu" or "leaky_relu" (slope ``negative_slope``), after
+        the bias and the residual
+    residual : optional array shaped like ``out`` (C-contiguous, a's dtype),
+        added element by element after the bias
     scratch : optional ``scratch(role, shape, dtype, make)`` supplying reusable
         buffers (r2n.cpu._scratch.scratch); default: new zero-filled arrays
     """
@@ -629,14 +662,21 @@ def conv_winograd(
         )
     if n == 0 or h_out <= 0 or w_out <= 0:
         return out
-    if activation not in (None, "relu"):
-        raise ValueError(f"conv_winograd: activation must be None or 'relu', got {activation!r}")
+    if activation not in (None, "relu", "leaky_relu"):
+        raise ValueError(
+            f"conv_winograd: activation must be None, 'relu' or 'leaky_relu', got {activation!r}"
+        )
+    if residual is not None and residual.shape != out.shape:
+        raise ValueError(
+            f"conv_winograd: residual must be shaped like out {out.shape}, got {residual.shape}"
+        )
     if add is not None and (add.shape[0] != n or add.shape[2:] != (h, w)):
         raise ValueError(f"conv_winograd: add must be (N={n}, C, {h}, {w}), got {add.shape}")
     for name, arr, c0, step, verb in (
         ("a", a, a_c0, a_conv_step, "read"),
         ("add", add, add_c0, add_conv_step, "read"),
         ("out", out, out_c0, c_out, "write"),
+        ("residual", residual, out_c0, c_out, "read"),
     ):
         if arr is None:
             continue
@@ -645,7 +685,7 @@ def conv_winograd(
                 f"conv_winograd: {name} must be a C-contiguous {a.dtype} array, got {arr.dtype}"
                 + ("" if arr.flags.c_contiguous else ", not C-contiguous")
             )
-        last = c0 + (n_conv - 1) * step + (c_in if name != "out" else c_out) - 1
+        last = c0 + (n_conv - 1) * step + (c_in if name in ("a", "add") else c_out) - 1
         if last >= arr.shape[1]:
             raise ValueError(
                 f"conv_winograd: the convs {verb} channels {c0} .. {last} of {name}, which "
@@ -711,7 +751,15 @@ def conv_winograd(
                 kernel_input(bias),
             ),
             WinogradOutput(
-                out.reshape(-1), out[0].size, out_c0, h_out, w_out, activation == "relu"
+                out.reshape(-1),
+                out[0].size,
+                out_c0,
+                h_out,
+                w_out,
+                activation is not None,
+                unused_array(dt) if residual is None else kernel_input(residual.reshape(-1)),
+                residual is not None,
+                float(negative_slope) if activation == "leaky_relu" else 0.0,
             ),
             WinogradPlan(h, w, ph, pw, n, n_conv, rows, n_blocks, tbp),
             WinogradScratch(v_scr, m_scr, y_scr, p_scr),
