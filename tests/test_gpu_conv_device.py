@@ -213,3 +213,38 @@ def test_split_k_on_gpu_matches_reference_and_repeats_bit_for_bit(rng, case, pre
     err = float(np.linalg.norm(cupy.asnumpy(out) - expected) / np.linalg.norm(expected))
     assert err <= (1e-5 if precision == "fp32" else tc.tolerance(precision)), err
     assert cupy.array_equal(out, again)
+
+
+def test_split_k_on_two_streams_from_two_threads(rng):
+    """Split convs on two non-blocking streams at once, one thread each: the
+    streams get separate scratch arrays (r2n.gpu.conv.split_k_scratch), so the
+    launches may overlap; every result is bit-identical to the conv run alone."""
+    import threading
+
+    import cupy
+
+    x, weight, bias, args = conv_inputs(rng, SPLIT_CASES[0], np.float32)
+    dev = [cupy.asarray(a) for a in (x, weight, bias)]
+    kwargs = dict(stride=args["stride"], padding=args["padding"])
+    alone = r2n.conv2d(*dev, **kwargs)
+    cupy.cuda.Device().synchronize()  # the inputs, written on the null stream, are ready
+    results, errors = [[], []], []
+
+    def work(i):
+        try:
+            stream = cupy.cuda.Stream(non_blocking=True)
+            with stream:
+                for _ in range(20):
+                    results[i].append(r2n.conv2d(*dev, **kwargs))
+            stream.synchronize()
+        except BaseException as e:  # noqa: BLE001 (re-raised in the main thread)
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    assert all(cupy.array_equal(out, alone) for outs in results for out in outs)

@@ -13,6 +13,10 @@ r2n.gpu.conv_tensor_core. The GPU timings of these changes are owed
 
 from __future__ import annotations
 
+import gc
+import threading
+import weakref
+
 import numpy as np
 import pytest
 from cuda_emu import EmuExecutor
@@ -90,16 +94,44 @@ def test_split_k_matches_reference_and_is_deterministic(ex, rng, case, precision
         ex.launches.clear()
         out = _launch(ex, variant, x, weight, bias, args, precision, k_splits=k_splits, **epilogue)
         tc_file = precision != "fp32"
-        assert [f for f, _ in ex.launches] == [
-            gconv.TC_GEMM_FILE if tc_file else gconv.GEMM_FILE,
-            gconv.GEMM_FILE,  # the reduction
-        ], k_splits
-        assert ex.launches[-1][1].startswith("conv2d_split_k_reduce<")
+        # one launch: each tile's last split adds the partials (no second kernel)
+        assert [f for f, _ in ex.launches] == [gconv.TC_GEMM_FILE if tc_file else gconv.GEMM_FILE]
         _check(out, expected, precision, dtype)
+        partial, counts = _scratch(ex, variant, x, weight, precision, k_splits)
+        assert not counts.any()  # every tile's count is back to 0 for the next call
+        _assert_ordered_sum(out, partial, bias, residual)
         again = _launch(
             ex, variant, x, weight, bias, args, precision, k_splits=k_splits, **epilogue
         )
         np.testing.assert_array_equal(out, again)  # a fixed summation order
+
+
+def _scratch(ex, variant, x, weight, precision, k_splits):
+    """The scratch arrays (partials, tile counts) the last split launch of this
+    conv (variant, dtype, shapes, precision, k_splits asked for) used on
+    ``ex``: split_k_scratch hands out the same arrays again."""
+    # launch_conv's plan key: (variant, dtype, x shape, weight shape, ...,
+    # precision at 20, ..., k_splits at 23, ...)
+    for key, plan in list(gconv._PLANS.items()):
+        if plan and plan.split is not None and key[:4] == (variant, x.dtype, x.shape,
+                                                           weight.shape) \
+                and (key[20], key[23]) == (precision, k_splits):  # fmt: skip
+            return gconv.split_k_scratch(ex, plan.split)
+    raise AssertionError(f"no split plan for {variant} {x.shape} {weight.shape} {k_splits}")
+
+
+def _assert_ordered_sum(out, partial, bias, residual):
+    """``out`` is bit for bit relu(((p_0 + p_1) + ... + p_{S-1}) + bias + residual),
+    summed in split order in the partials' dtype (what the two-launch path
+    computed before, and what the one-launch path must keep)."""
+    acc = partial[0].copy()
+    for s in range(1, partial.shape[0]):
+        acc += partial[s]
+    acc = acc.reshape(out.shape)
+    if bias is not None:
+        acc += bias.astype(acc.dtype)[None, :, None, None]
+    acc += residual.astype(acc.dtype)
+    np.testing.assert_array_equal(out, np.maximum(acc, 0).astype(out.dtype))
 
 
 def test_split_k_reads_and_writes_channel_slices(ex, rng):
@@ -129,6 +161,141 @@ def test_changing_shapes_in_one_process(ex, rng):
             assert_close(out, ref.conv2d(_f64(x), _f64(weight), _f64(bias), **args))
 
 
+@pytest.mark.parametrize("precision", ["fp32", "tf32"])
+def test_split_k_when_blocks_loop_over_images_and_groups(ex, rng, monkeypatch, precision):
+    """A grid of z = 2 for 2 images x 3 groups: each block loops over three
+    (image, group) pairs, and every pair's tiles have counts of their own."""
+    monkeypatch.setattr(gconv._runtime, "MAX_GRID_DIM", (2**31 - 1, 65535, 2))
+    case = (2, 24, 7, 9, 48, (3, 3), (1, 1), (1, 1), (1, 1), 3)  # 3 groups of 16
+    x, weight, bias, args = conv_inputs(rng, case, np.float32)
+    residual = rng.standard_normal(args["out_shape"]).astype(np.float32)
+    expected = np.maximum(ref.conv2d(_f64(x), _f64(weight), _f64(bias), **args) + residual, 0)
+    variant = _variant(case, precision)
+    for k_splits in (2, 4, 2):
+        out = _launch(ex, variant, x, weight, bias, args, precision, k_splits=k_splits,
+                      residual=residual, activation="relu")  # fmt: skip
+        _check(out, expected, precision, np.float32)
+        partial, counts = _scratch(ex, variant, x, weight, precision, k_splits)
+        assert counts.size == 2 * 3 and not counts.any()  # one tile per (image, group)
+        _assert_ordered_sum(out, partial, bias, residual)
+
+
+def test_repeated_split_calls_and_changing_shapes_reuse_only_fitting_scratch(ex, rng):
+    """Calls of several shapes and split counts, interleaved and repeated: each
+    result matches the reference (so every call found its counts at zero), a
+    shape keeps its scratch arrays across calls, and other sizes get arrays of
+    their own (equal sizes, e.g. a 1x1 and a 3x3 conv of one output shape and
+    split count, may share: one stream runs them one after another)."""
+    seen = {}
+    for _ in range(2):
+        for case, k_splits in ((SPLIT_CASES[0], 3), (SPLIT_CASES[1], 2), (SPLIT_CASES[0], 5),
+                               (SPLIT_CASES[3], 2), (SPLIT_CASES[2], 4)):  # fmt: skip
+            x, weight, bias, args = conv_inputs(rng, case, np.float32)
+            variant = _variant(case, "fp32")
+            out = _launch(ex, variant, x, weight, bias, args, k_splits=k_splits)
+            assert_close(out, ref.conv2d(_f64(x), _f64(weight), _f64(bias), **args))
+            partial, counts = _scratch(ex, variant, x, weight, "fp32", k_splits)
+            assert partial.shape[1:] == (x.shape[0], weight.shape[0], np.prod(out.shape[2:]))
+            assert not counts.any()
+            # arrays are shared exactly by the calls whose sizes are equal
+            sizes = (partial.shape, counts.shape)
+            assert seen.setdefault(sizes, (id(partial), id(counts))) == (id(partial), id(counts))
+    assert len(set(seen.values())) == len(seen) >= 4
+
+
+class _Stream:
+    """A stand-in for a cupy.cuda.Stream (weakly referable, a handle ``ptr``)."""
+
+    def __init__(self, ptr):
+        self.ptr = ptr
+
+
+class StreamEmuExecutor(EmuExecutor):
+    """The emulator with a current stream per thread, as CuPy has."""
+
+    def __init__(self):
+        super().__init__(check_order=False)
+        self.current = threading.local()
+
+    def stream(self):
+        return getattr(self.current, "stream", None) or NULL_STREAM
+
+
+NULL_STREAM = _Stream(0)
+
+
+def test_split_scratch_belongs_to_the_stream(rng):
+    """Two streams get separate arrays (their launches may overlap), one stream
+    shares them (its launches run in order), the per-thread default stream's
+    are per thread, and a stream's arrays go with it."""
+    ex = StreamEmuExecutor()
+    split = gconv.SplitK((2, 1, 8, 63), np.dtype(np.float32), 3)
+    on_null = gconv.split_k_scratch(ex, split)
+    assert on_null[0].shape == (2, 1, 8, 63) and on_null[1].shape == (3,)
+    assert on_null[1].dtype == np.int32 and not on_null[1].any()
+    assert all(a is b for a, b in zip(gconv.split_k_scratch(ex, split), on_null, strict=True))
+    ex.current.stream = other = _Stream(77)
+    on_other = gconv.split_k_scratch(ex, split)
+    assert on_other[0] is not on_null[0] and on_other[1] is not on_null[1]
+    bigger = gconv.split_k_scratch(ex, split._replace(partial_shape=(3, 1, 8, 63), n_counts=4))
+    assert bigger[0].shape == (3, 1, 8, 63) and bigger[1].shape == (4,)
+    freed = weakref.ref(on_other[0])
+    del other, on_other, bigger
+    ex.current.stream = None
+    gc.collect()
+    assert freed() is None  # the stream is gone, and its arrays with it
+    # cudaStreamPerThread: one handle, one stream per thread, so arrays per thread
+    per_thread = _Stream(gconv._PER_THREAD_STREAM)
+    ex.current.stream = per_thread
+    mine = gconv.split_k_scratch(ex, split)
+    theirs = []
+
+    def other_thread():
+        ex.current.stream = per_thread
+        theirs.append(gconv.split_k_scratch(ex, split))
+
+    t = threading.Thread(target=other_thread)
+    t.start()
+    t.join()
+    assert theirs[0][0] is not mine[0]
+    assert gconv.split_k_scratch(ex, split)[0] is mine[0]
+
+
+def test_split_prepared_block_from_four_threads(rng):
+    """A prepared "normal" bottleneck run with split-K by four threads at once
+    on one stream (the emulator: one launch at a time, in call order, as on
+    one CUDA stream), each with inputs of its own shape: every result right."""
+    case = BLOCK_CASES[3]
+    c_in, c_out, width, scale, stype, stride, groups, kind = case
+    params = _block(rng, case).map(lambda a: a.astype(np.float32))
+    ex = EmuExecutor(check_order=False)
+    block = gres.PreparedBottle2neck(params, scale=scale, stype=stype, stride=stride,
+                                     groups=groups, executor=ex)  # fmt: skip
+    shapes = [(1, c_in, 7, 9), (2, c_in, 5, 4), (1, c_in, 9, 7), (1, c_in, 3, 11)]
+    inputs = [rng.standard_normal(shape).astype(np.float32) for shape in shapes]
+    errors = []
+    barrier = threading.Barrier(len(shapes))
+
+    def work(i):
+        try:
+            x = inputs[i]
+            args = _checks.bottle2neck_args("bottle2neck", x, params, scale, stype, stride, groups)
+            expected = ref.bottle2neck(_f64(x), params.map(_f64), **args)
+            barrier.wait(timeout=60)
+            for k_splits in (2, 3, 2):
+                assert_close(block.run(x, args, k_splits=k_splits), expected)
+        except BaseException as e:  # noqa: BLE001 (re-raised in the main thread)
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(shapes))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
 def test_split_rule_is_deterministic_from_shape_and_sm_count(rng):
     assert gconv.split_k_for(8, 936, 132) == 14  # 3x3 104 -> 104 at 14x14, batch 1
     assert gconv.split_k_for(4, 1872, 132) == 16  # 3x3 208 -> 208 at 7x7
@@ -144,11 +311,11 @@ def test_split_rule_is_deterministic_from_shape_and_sm_count(rng):
     case = (1, 64, 7, 9, 70, (3, 3), (1, 1), (1, 1), (1, 1), 1)
     x, weight, bias, args = conv_inputs(rng, case, np.float32)
     expected = ref.conv2d(_f64(x), _f64(weight), _f64(bias), **args)
-    for sm_count, launches in ((None, 1), (132, 2), (None, 1)):
+    for sm_count, file in ((None, "conv_4_pipelined.cu"), (132, gconv.GEMM_FILE), (None, None)):
         emu = EmuExecutor(check_order=False)
         emu.sm_count = sm_count
         assert_close(_launch(emu, "4_pipelined", x, weight, bias, args), expected)
-        assert len(emu.launches) == launches
+        assert [f for f, _ in emu.launches] == [file or "conv_4_pipelined.cu"]  # split: one launch
 
 
 def test_split_rule_constants_are_part_of_the_plan(rng, monkeypatch):
@@ -161,7 +328,8 @@ def test_split_rule_constants_are_part_of_the_plan(rng, monkeypatch):
     _launch(emu, "4_pipelined", x, weight, bias, args)
     monkeypatch.setattr(gconv, "SPLIT_K_MIN_K", 10**9)
     out = _launch(emu, "4_pipelined", x, weight, bias, args)
-    assert len(emu.launches) == 2 + 1  # split (conv + reduction), then unsplit
+    # split (the split-K GEMM), then unsplit (the ladder's step)
+    assert [f for f, _ in emu.launches] == [gconv.GEMM_FILE, "conv_4_pipelined.cu"]
     assert_close(out, ref.conv2d(_f64(x), _f64(weight), _f64(bias), **args))
 
 
@@ -259,8 +427,7 @@ def test_stage_chain_is_one_launch(ex, rng, case, precision, dtype):
         assert chain.launches() == 1
         ex.launches.clear()
         out = chain(x, k_splits=k_splits)
-        splits = k_splits is not None and chain.variant in gconv.SPLIT_K_VARIANTS
-        assert len(ex.launches) == (2 if splits else 1)  # + the reduction
+        assert len(ex.launches) == 1  # split or not: the reduction is in the launch
         _check(out, expected, precision, dtype)
 
 
@@ -293,13 +460,11 @@ def test_bottle2neck_launches_and_matches_reference(ex, rng, case, precision, dt
     for k_splits in (None, 2):
         ex.launches.clear()
         out = block.run(x, args, k_splits=k_splits)
-        reduces = [n for _, n in ex.launches if n.startswith("conv2d_split_k_reduce")]
-        assert len(ex.launches) - len(reduces) == block.launches()
-        assert bool(reduces) == (k_splits is not None)
+        assert len(ex.launches) == block.launches()  # split-K adds no launch
         if precision == "fp32":
             assert_close(out, expected)
         else:
-            files = {f for f, n in ex.launches if n not in reduces}
+            files = {f for f, n in ex.launches}
             if groups == 1:  # chain convs of 3 channels per group: step 1_naive
                 assert files <= {tc.FILE, gconv.TC_GEMM_FILE}  # all on tensor cores
             assert rel_err(out, expected) <= tc.tolerance(

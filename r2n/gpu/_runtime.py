@@ -12,6 +12,9 @@ The executor protocol::
     ex.xp                          # the array module: cupy or numpy
     ex.empty(shape, dtype)         # new uninitialised array
     ex.launch(file, name_expr, grid, block, args, shared_mem=0)
+    ex.zeros(shape, dtype)         # optional: new array of zeros (else empty + fill(0))
+    ex.stream()                    # optional: the stream launches go to (else one,
+                                   # in call order: the emulator)
 
 ``file`` names a source in ``r2n/gpu/kernels``; the text compiled is
 ``common.cuh`` followed by that file, with the ``.cuh`` headers it names in
@@ -263,6 +266,15 @@ class CupyExecutor:
     def empty(self, shape, dtype):
         """New uninitialised CuPy array on the current device."""
         return self.xp.empty(shape, dtype)
+
+    def zeros(self, shape, dtype):
+        """New CuPy array of zeros on the current device (set on the current stream)."""
+        return self.xp.zeros(shape, dtype)
+
+    def stream(self):
+        """CuPy's current stream, which :meth:`launch` launches on (split-K's
+        scratch arrays belong to it: r2n.gpu.conv.split_k_scratch)."""
+        return self.xp.cuda.get_current_stream()
 
     def max_shared_per_block(self) -> int:
         """The opt-in shared memory limit of this device (99 KiB on sm_86/89,

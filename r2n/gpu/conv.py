@@ -55,8 +55,9 @@ with two more ideas, when a launch needs them:
 
 * split-K: a grid of few blocks (batch 1 at 14x14 and 7x7) splits each
   output tile's K rows over ``k_splits`` blocks (:func:`split_k_for`, a
-  deterministic rule from the grid, K and the GPU's SM count), and a second
-  launch adds the partial sums in split order and applies the epilogue;
+  deterministic rule from the grid, K and the GPU's SM count); each tile's
+  last split to finish adds the partial sums in split order and applies the
+  epilogue, in the same launch (scratch buffers: :func:`split_k_scratch`);
 * a shortcut as more K rows: a bottleneck's conv3 and its shortcut conv
   (strided, or the "d" form pooled on load) as one GEMM over
   ``[W3 | W_shortcut]`` (r2n.gpu.res2net).
@@ -64,6 +65,8 @@ with two more ideas, when a launch needs them:
 
 from __future__ import annotations
 
+import threading
+import weakref
 from typing import NamedTuple
 
 import numpy as np
@@ -146,7 +149,7 @@ for _variant_name, (_file, _kernel) in KERNELS.items():
 # matrix is (the kernels' LOAD). launch_conv runs them instead of the ladder's
 # kernel when a launch splits K, has a shortcut, or is a 1x1 GEMM in tf32 /
 # bf16; the ladder's files stay one idea each.
-#: conv_gemm.cu: the float32 / float64 GEMMs and the split-K reduction.
+#: conv_gemm.cu: the float32 / float64 GEMMs.
 GEMM_FILE = "conv_gemm.cu"
 #: conv_gemm_tensor_core.cu: the same on tensor cores (float32 data).
 TC_GEMM_FILE = "conv_gemm_tensor_core.cu"
@@ -180,10 +183,6 @@ def _tc_gemm_name(precision: str, tile, load: int) -> str:
     return f"conv2d_tensor_core_gemm<float, {fmt}, {', '.join(map(str, tile))}, {load}>"
 
 
-def _reduce_name(ctype: str) -> str:
-    return f"conv2d_split_k_reduce<{ctype}>"
-
-
 _runtime.register(
     GEMM_FILE,
     [
@@ -191,8 +190,7 @@ _runtime.register(
         for ctype in ("float", "double")
         for load in (LOAD_IM2COL, LOAD_PLANE, LOAD_PLANE_SHORTCUT)
         for tile in _gemm_tiles(load, ctype)
-    ]
-    + [_reduce_name(ctype) for ctype in ("float", "double")],
+    ],
 )
 _runtime.register(
     TC_GEMM_FILE,
@@ -207,10 +205,10 @@ _runtime.register(
 # Split-K (kernels/conv_gemm.cu): when a conv's grid has few blocks for the
 # GPU (batch 1 at 14x14 and 7x7: 4-32 blocks on an H100's or H200's 132 SMs,
 # each looping over K = C_in * 9 = 936-1872 rows), split_k_for splits its K
-# rows over k_splits blocks per output tile; a second launch adds the splits
-# (in order: deterministic) and applies the epilogue. The constants are
-# PREDICTIONS, not measurements (no GPU has run split-K yet;
-# benchmarks/results/NOTES-gpu.md says what to measure):
+# rows over k_splits blocks per output tile; the last of them to finish adds
+# the splits (in order: deterministic) and applies the epilogue, in the same
+# launch. The constants are PREDICTIONS, not measurements (no GPU has run
+# split-K yet; benchmarks/results/NOTES-gpu.md says what to measure):
 #: Blocks per SM a split grid aims at: the 4 x 4 and tensor-core tiles keep 2
 #: or more blocks per SM resident (launch bounds), so 2 per SM is one full
 #: wave in which each block's loads overlap another's multiplies.
@@ -224,8 +222,12 @@ SPLIT_K_MIN_ROWS = 64
 SPLIT_K_MAX = 16
 #: The fewest K rows a conv must have to split at all: its unsplit loop is
 #: then >= 32 slices of 16, ~45 us at the ~1.4 us per slice measured on the
-#: H100 (NOTES-gpu.md, v3); a shorter loop saves less than the reduction's
-#: launch costs the host at batch 1 without a graph (~20-50 us, v2).
+#: H100 (NOTES-gpu.md, v3). Chosen when the reduction was a second launch
+#: (~20-50 us of host time at batch 1 without a graph, v2); now each tile's
+#: last split reduces in the same launch, so what a split costs is the
+#: partial stores and that block's serial pass over k_splits partial tiles
+#: (a few us, L2-latency bound): the first constant to lower if the
+#: ``nosplit`` rows of benchmarks/gpu_bench.py show split-K winning.
 SPLIT_K_MIN_K = 512
 #: The variants that split (the ladder's other steps stay one idea each).
 SPLIT_K_VARIANTS = ("4_pipelined", "5_tensor_core", GEMM_1X1)
@@ -362,8 +364,9 @@ def launch_conv(
         or the number of splits to run (tests), at most one per K slice;
         variants :data:`SPLIT_K_VARIANTS` only. Split launches write float32
         (float64) partial sums into a scratch array of k_splits x N x C_out x
-        H_out*W_out and a second launch adds them in split order
-        (deterministic) and applies the epilogue.
+        H_out*W_out, and each output tile's last split adds them in split
+        order (deterministic) and applies the epilogue, in the same launch
+        (the scratch arrays: :func:`split_k_scratch`).
     shortcut : None, or ``(x_sc, stride, pool)`` (variant gemm_1x1, groups 1):
         the bottleneck's shortcut conv as more rows of this GEMM; ``weight``
         is then (C_out, C_in + C_sc, 1, 1), conv3's columns then the
@@ -419,7 +422,7 @@ def launch_conv(
             _PLANS[key] = plan
     if plan is _EMPTY:
         return
-    file, name, grid, block, shared_mem, _, channels, sizes, more, reduce = plan
+    file, name, grid, block, shared_mem, _, channels, sizes, more, split = plan
     x_c_total, x_c0, add_c_total, add_c0, out_c_total, out_c0 = channels
     # An absent optional array is passed as any valid pointer of its type: never
     # read, the flags say so.
@@ -441,18 +444,13 @@ def launch_conv(
         ex.launch(file, name, grid, block, args, shared_mem=shared_mem)
         return
     # conv_gemm*.cu: R2N_CONV_MORE_PARAMS after the ladder's parameters
-    partial = out if reduce is None else ex.empty(reduce.partial_shape, reduce.partial_dtype)
+    if split is None:
+        partial, counts = out, _no_counts(ex)  # never read: k_splits is 1
+    else:
+        partial, counts = split_k_scratch(ex, split)
     sc_x = x if shortcut is None else shortcut.x
-    ex.launch(file, name, grid, block, args + (partial, more[0], sc_x) + more[1:], shared_mem)
-    if reduce is not None:
-        reduce_args = (
-            partial,
-            more[0],
-            weight if bias is None else bias,
-            out if residual is None else residual,
-            out,
-        ) + reduce.scalars
-        ex.launch(GEMM_FILE, reduce.name, reduce.grid, reduce.block, reduce_args)
+    more_args = (partial, more[0], counts, sc_x) + more[1:]
+    ex.launch(file, name, grid, block, args + more_args, shared_mem)
 
 
 class ConvScalars(NamedTuple):
@@ -501,15 +499,13 @@ class ConvScalars(NamedTuple):
 _SIZES_START = ConvScalars._fields.index("n_img")
 
 
-class SplitReduce(NamedTuple):
-    """Split-K's second launch (conv_gemm.cu's conv2d_split_k_reduce)."""
+class SplitK(NamedTuple):
+    """What a split launch needs beside its arguments: the sizes of its two
+    scratch arrays (:func:`split_k_scratch`)."""
 
-    name: str
-    grid: tuple
-    block: tuple
     partial_shape: tuple  # (k_splits, N, C_out, H_out * W_out)
     partial_dtype: np.dtype  # float32 for tf32 / bf16, else the data's
-    scalars: tuple  # out_c_total, out_c0, n_img, c_out, plane_out, flags, activation, slope
+    n_counts: int  # output tiles: N * groups x channel tiles x pixel tiles
 
 
 class ConvPlan(NamedTuple):
@@ -524,10 +520,11 @@ class ConvPlan(NamedTuple):
     channels: tuple  # scalars[:_SIZES_START], built once
     sizes: tuple  # scalars[_SIZES_START:], built once
     # conv_gemm*.cu only (None for the ladder's kernels): R2N_CONV_MORE_PARAMS'
-    # scalars (k_splits, then sc_c_total .. sc_pool; the arrays partial and
-    # sc_x are passed at launch), and split-K's reduction (None: no split)
+    # scalars (k_splits, then sc_c_total .. sc_pool; the arrays partial,
+    # tile_counts and sc_x are passed at launch), and split-K's scratch sizes
+    # (None: no split)
     more: tuple | None = None
-    reduce: SplitReduce | None = None
+    split: SplitK | None = None
 
 
 #: Launch plans of launch_conv by the shapes and options of a call (every check
@@ -542,6 +539,102 @@ class ConvPlan(NamedTuple):
 _PLANS: dict[tuple, ConvPlan | tuple] = {}
 _MAX_PLANS = 4096
 _EMPTY = ()  # the plan of a call with nothing to compute (not None: "not planned yet")
+
+
+# Split-K's scratch arrays (the partial sums and the per-tile counts of
+# conv_split_k_finish), allocated once and reused, instead of a pool
+# allocation (and, before, a second launch) per call.
+#
+# What outlives a call, and why no call sees another's state:
+# * partials: every launch writes every element it reads (each split stores
+#   its whole tile before it counts itself), so stale values are never read;
+# * counts: zero when allocated (a memset on the allocating stream, before the
+#   first launch that uses them), and every launch leaves them zero (each
+#   tile's last split resets its count), so every launch starts from zeros;
+# * sizes: the arrays are keyed on their exact shapes and dtype (a plan's
+#   SplitK), so a conv of another shape never reuses a smaller (or larger)
+#   array, and an array a CUDA graph has recorded is never replaced or freed
+#   while its stream (the graph's capture stream) lives;
+# * concurrency: the arrays belong to a CUDA stream (per-stream, not locked):
+#   launches on one stream run one after another even when several host
+#   threads make them, so they can share; two streams (threads with streams
+#   of their own, a graph's capture stream) get separate arrays and run
+#   concurrently. CUDA's per-thread default stream is one handle for many
+#   streams, so there the arrays belong to the calling thread. An executor
+#   without streams (the CPU emulator: one launch at a time, in call order)
+#   owns its arrays itself. Owners are held weakly: a stream's arrays are
+#   freed when the stream is (a captured graph's with the graph).
+_SCRATCH: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_SCRATCH_LOCK = threading.Lock()
+#: Scratch sets kept per stream (shapes x dtypes); beyond it a call allocates
+#: its own (and zeroes its counts) as a one-off.
+_MAX_SCRATCH_PER_OWNER = 64
+#: cudaStreamPerThread's handle: one handle, a different stream in each thread.
+_PER_THREAD_STREAM = 2
+_THREAD = threading.local()
+_NO_COUNTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+class _ThreadOwner:
+    """Owns the scratch arrays of one host thread's per-thread default stream
+    (referenced only by that thread's threading.local: freed when it ends)."""
+
+
+def _scratch_owner(ex):
+    stream_of = getattr(ex, "stream", None)
+    if stream_of is None:
+        return ex
+    stream = stream_of()
+    if getattr(stream, "ptr", None) != _PER_THREAD_STREAM:
+        return stream
+    owner = getattr(_THREAD, "owner", None)
+    if owner is None:
+        owner = _THREAD.owner = _ThreadOwner()
+    return owner
+
+
+def _zeros(ex, shape, dtype):
+    zeros = getattr(ex, "zeros", None)
+    if zeros is not None:
+        return zeros(shape, dtype)
+    a = ex.empty(shape, dtype)
+    a.fill(0)
+    return a
+
+
+def split_k_scratch(ex, split: SplitK) -> tuple:
+    """The (partial sums, tile counts) arrays a split launch described by
+    ``split`` runs with on ``ex``'s current stream: (k_splits, N, C_out,
+    H_out*W_out) of ``split.partial_dtype`` and (n_counts,) int32, all zero.
+    Made on the first call per (stream, device, shapes) and kept while the
+    stream lives (the rules above); later calls return the same arrays."""
+    owner = _scratch_owner(ex)
+    key = (getattr(ex, "device_id", None), *split)
+    with _SCRATCH_LOCK:
+        sets = _SCRATCH.get(owner)
+        if sets is None:
+            sets = _SCRATCH[owner] = {}
+        found = sets.get(key)
+    if found is not None:
+        return found
+    found = (ex.empty(split.partial_shape, split.partial_dtype),
+             _zeros(ex, (split.n_counts,), np.int32))  # fmt: skip
+    with _SCRATCH_LOCK:
+        if len(sets) < _MAX_SCRATCH_PER_OWNER:
+            # two threads on one stream may both get here: the first one's stays
+            found = sets.setdefault(key, found)
+    return found
+
+
+def _no_counts(ex):
+    """An int32 array for an unsplit conv_gemm*.cu launch's tile_counts (never
+    read or written there: k_splits is 1), one per executor."""
+    counts = _NO_COUNTS.get(ex)
+    if counts is None:
+        counts = _zeros(ex, (1,), np.int32)
+        with _SCRATCH_LOCK:
+            counts = _NO_COUNTS.setdefault(ex, counts)
+    return counts
 
 
 def _tunables() -> tuple:
@@ -868,7 +961,7 @@ def _plan(
         side_c=i32(op, "side channels", side_c),
         side_blocks=i32(op, "side blocks", side_blocks),
     )
-    more = reduce = None
+    more = split = None
     if gemm_load is not None:
         sc_h, sc_w, sc_sh, sc_sw, sc_pool_code = (1, 1, 1, 1, 0)
         if shortcut is not None:
@@ -885,24 +978,12 @@ def _plan(
             np.int32(sc_pool_code),
         )
         if k_splits > 1:
-            partial_dtype = np.dtype(np.float32) if tensor_cores else np.dtype(dtype)
-            reduce_threads = _runtime.THREADS_1D
-            reduce = SplitReduce(
-                _reduce_name(_runtime.dtype_name(partial_dtype)),
-                (min(_cdiv(n_img * c_out * plane_out, reduce_threads), max_blocks_1d),),
-                (reduce_threads,),
+            split = SplitK(
                 (k_splits, n_img, c_out, plane_out),
-                partial_dtype,
-                (
-                    i64(out_c_total),
-                    i64(out_c0),
-                    scalars.n_img,
-                    scalars.c_out,
-                    i64(plane_out),
-                    np.int32(flags & ~_FLAG_ADD),
-                    scalars.activation,
-                    scalars.negative_slope,
-                ),
+                np.dtype(np.float32) if tensor_cores else np.dtype(dtype),
+                # one count per output tile of every (image, group), also those
+                # the z grid-stride loop reaches (conv_split_k_tile)
+                n_img * groups * channel_tiles * pixel_tiles,
             )
     return ConvPlan(
         file,
@@ -914,7 +995,7 @@ def _plan(
         channels=scalars[:_SIZES_START],
         sizes=scalars[_SIZES_START:],
         more=more,
-        reduce=reduce,
+        split=split,
     )
 
 

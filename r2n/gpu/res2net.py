@@ -141,7 +141,7 @@ class PreparedChain:
                 self.stage_bias = xp.concatenate(self.biases, axis=0)
 
     def launches(self) -> int:
-        """Kernel launches per call (split-K's reductions not counted)."""
+        """Kernel launches per call (split-K adds none: it reduces in the same launch)."""
         return 1 if self.stage_weight is not None else self.nums
 
     def __call__(self, x, out=None, *, k_splits=None):
@@ -457,8 +457,8 @@ class PreparedBottle2neck:
             self.conv3_shortcut = (xp.concatenate([w3, ws], axis=1), bias)
 
     def launches(self) -> int:
-        """Kernel launches per call (split-K's reductions not counted): conv1,
-        the chain, conv3 with the shortcut."""
+        """Kernel launches per call (split-K adds none): conv1, the chain, conv3
+        with the shortcut."""
         return 2 + self.chain.launches()
 
     def _args(self, x):

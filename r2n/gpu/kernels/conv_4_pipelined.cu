@@ -211,6 +211,12 @@ __device__ inline void conv2d_pipelined_body(R2N_CONV_PARAMS, R2N_CONV_MORE_PARA
                                           n_img, c_out, plane_out, p);
             }
         }
+        // Split-K (conv_gemm.cu): the tile's last split adds all of them.
+        if (k_splits > 1)
+            conv_split_k_end<T, BM, BN, NT, sizeof(T) == 8>(
+                partial, k_splits, tile_counts, side_blocks, ng, groups, out, bias, residual,
+                out_c_total, out_c0, n_img, c_out, h_out, w_out, flags, activation,
+                negative_slope);
     }
 }
 

@@ -212,13 +212,17 @@ __device__ inline T conv_load_avg_pool(const T* x, idx_t x_base, idx_t plane_in,
 // R2N_CONV_MORE_NONE to the bodies they share with them, which makes every
 // extra branch below dead code there.
 //
-//   partial, k_splits  split-K. With k_splits > 1 the grid's y is k_splits x
-//                      the channel tiles (blockIdx.y = split * channel tiles +
+//   partial, k_splits, split-K. With k_splits > 1 the grid's y is k_splits x
+//   tile_counts        the channel tiles (blockIdx.y = split * channel tiles +
 //                      channel tile); a block sums only the K slices of its
 //                      split (conv_split_k_range) and stores the raw sums in
 //                      partial[split][n][co][p] (k_splits x N x C_out x
-//                      H_out*W_out); conv2d_split_k_reduce then adds the splits
-//                      in split order (deterministic) and applies the epilogue.
+//                      H_out*W_out), then counts itself in tile_counts (one int
+//                      per output tile, zero before the launch); the block that
+//                      arrives last adds the splits in split order 0 .. k_splits
+//                      - 1 (deterministic), applies the epilogue and sets the
+//                      count back to zero (conv_split_k_finish), so the next
+//                      launch, or a CUDA graph's next replay, starts clean.
 //   sc_x ... sc_pool   the bottleneck's shortcut conv as more rows of the
 //                      GEMM's right matrix (R2N_LOAD_PLANE_SHORTCUT): rows
 //                      K1 .. K1 + sc_c - 1 (K1 = C_in of the main 1x1 conv) are
@@ -229,14 +233,15 @@ __device__ inline T conv_load_avg_pool(const T* x, idx_t x_base, idx_t plane_in,
 //                      ceil mode, count_include_pad=False). The weight rows are
 //                      [W3 | W_shortcut] and the bias b3 + b_shortcut, so one
 //                      GEMM computes conv3(t2) + shortcut(x).
-#define R2N_CONV_MORE_PARAMS                                                                 \
-    T *partial, int k_splits, const T *sc_x, idx_t sc_c_total, int sc_c, int sc_h, int sc_w, \
-        int sc_sh, int sc_sw, int sc_pool
+#define R2N_CONV_MORE_PARAMS                                                           \
+    T *partial, int k_splits, int *tile_counts, const T *sc_x, idx_t sc_c_total, int sc_c, \
+        int sc_h, int sc_w, int sc_sh, int sc_sw, int sc_pool
 #define R2N_CONV_MORE_ARGS \
-    partial, k_splits, sc_x, sc_c_total, sc_c, sc_h, sc_w, sc_sh, sc_sw, sc_pool
+    partial, k_splits, tile_counts, sc_x, sc_c_total, sc_c, sc_h, sc_w, sc_sh, sc_sw, sc_pool
 // No split, no shortcut (inside a template with parameter T).
-#define R2N_CONV_MORE_NONE \
-    static_cast<T*>(nullptr), 1, static_cast<const T*>(nullptr), idx_t(0), 0, 1, 1, 1, 1, 0
+#define R2N_CONV_MORE_NONE                                                                    \
+    static_cast<T*>(nullptr), 1, static_cast<int*>(nullptr), static_cast<const T*>(nullptr), \
+        idx_t(0), 0, 1, 1, 1, 1, 0
 
 // The K slices [s_begin, s_end) of split `split` of k_splits: consecutive runs
 // of ceil(n_slices / k_splits) slices (the launcher picks k_splits so that no
@@ -273,6 +278,103 @@ __device__ inline void conv_store_or_partial(T acc, T* out, const T* bias, const
         partial[(((idx_t)split * n_img + n) * c_out + co) * plane_out + p] = acc;
     else
         conv_store(acc, out, bias, residual, out_idx, co, flags, activation, negative_slope);
+}
+
+// Split-K's reduction, in the launch itself. Every block of a split grid
+// calls this (all its threads, after storing its BM x BN partial tile with
+// conv_store_or_partial) for its output tile of image-group ng:
+//   1. each thread fences its partial stores (__threadfence: visible to the
+//      whole GPU before the count says so), the block meets at a barrier,
+//      and thread 0 adds 1 to the tile's count;
+//   2. the block that brings the count to k_splits is the last of the tile:
+//      every other split's partial tile is in memory. It alone reads the
+//      k_splits partials of each output (volatile loads: from L2, never a
+//      stale L1 line), adds them in split order 0 .. k_splits - 1, exactly as
+//      the former second launch did (so the result does not depend on which
+//      block comes last, and is bit-identical to it), applies the fused
+//      epilogue (conv_store: bias, residual, activation, the output's channel
+//      slice) and sets the count back to 0 for the next launch.
+// No block waits for another, so this is correct whatever the order or
+// residency of blocks (the CPU emulator runs them one after another). The
+// tile's threads walk its BM * BN outputs in pixel order (coalesced loads),
+// independently of how the GEMM body mapped them.
+template <typename T, int BM, int BN, int NT>
+__device__ inline void conv_split_k_finish(const T* partial, int k_splits, int* tile_counts,
+                                           int side_blocks, idx_t ng, int groups, T* out,
+                                           const T* bias, const T* residual, idx_t out_c_total,
+                                           idx_t out_c0, int n_img, int c_out, int h_out,
+                                           int w_out, int flags, int activation,
+                                           T negative_slope) {
+    // The tile's coordinates again from the grid (not kept live through the
+    // GEMM's loop by the caller: registers are tight there).
+    const int channel_tiles = gridDim.y / k_splits;
+    const int m_tile = blockIdx.y % channel_tiles;
+    const idx_t pixel_tiles = (idx_t)gridDim.x - side_blocks;
+    const idx_t tile = (ng * channel_tiles + m_tile) * pixel_tiles + blockIdx.x;
+    __threadfence();
+    __syncthreads();  // every thread's partial stores are fenced
+    int last = 0;
+    if (threadIdx.x == 0) last = atomicAdd(tile_counts + tile, 1) == k_splits - 1;
+    if (!__syncthreads_or(last)) return;
+    __threadfence();  // the other splits' partials, seen through the count, are read after it
+    const volatile T* parts = partial;
+    const idx_t plane_out = (idx_t)h_out * w_out;
+    const idx_t per_split = (idx_t)n_img * c_out * plane_out;
+    const idx_t n = ng / groups;
+    const int c_out_g = c_out / groups, g = (int)(ng % groups);
+    const int m0 = m_tile * BM;
+    const idx_t p0 = (idx_t)blockIdx.x * BN;
+    for (int e = threadIdx.x; e < BM * BN; e += NT) {
+        const int gm = m0 + e / BN;
+        const idx_t p = p0 + e % BN;
+        if (gm >= c_out_g || p >= plane_out) continue;
+        const int co = g * c_out_g + gm;
+        const idx_t i = (n * c_out + co) * plane_out + p;
+        T acc = parts[i];
+        for (int s = 1; s < k_splits; ++s) acc += parts[(idx_t)s * per_split + i];
+        conv_store(acc, out, bias, residual, (n * out_c_total + out_c0 + co) * plane_out + p, co,
+                   flags, activation, negative_slope);
+    }
+    if (threadIdx.x == 0) tile_counts[tile] = 0;
+}
+
+// conv_split_k_finish as a call rather than inlined (OUTLINE): the GEMM
+// bodies call conv_split_k_end, which picks. Inlined, its values raise the
+// register pressure of the whole kernel: float64's 4 x 4 tiles sit at the
+// 128-register cap of two blocks per SM, and the conv3 + shortcut GEMM then
+// spilled 48 bytes (sm_80); the tensor-core GEMMs' narrow tile 4 bytes (tf32,
+// 1x1, sm_80). As a call (once per tile and image, at the end of the block)
+// none spills and those kernels keep their registers; step 4's float32 GEMMs
+// inline it (no spills either way, and no call).
+template <typename T, int BM, int BN, int NT>
+__device__ __noinline__ void conv_split_k_finish_call(const T* partial, int k_splits,
+                                                      int* tile_counts, int side_blocks, idx_t ng,
+                                                      int groups, T* out, const T* bias,
+                                                      const T* residual, idx_t out_c_total,
+                                                      idx_t out_c0, int n_img, int c_out,
+                                                      int h_out, int w_out, int flags,
+                                                      int activation, T negative_slope) {
+    conv_split_k_finish<T, BM, BN, NT>(partial, k_splits, tile_counts, side_blocks, ng, groups,
+                                       out, bias, residual, out_c_total, out_c0, n_img, c_out,
+                                       h_out, w_out, flags, activation, negative_slope);
+}
+
+template <typename T, int BM, int BN, int NT, bool OUTLINE>
+__device__ inline void conv_split_k_end(const T* partial, int k_splits, int* tile_counts,
+                                        int side_blocks, idx_t ng, int groups, T* out,
+                                        const T* bias, const T* residual, idx_t out_c_total,
+                                        idx_t out_c0, int n_img, int c_out, int h_out, int w_out,
+                                        int flags, int activation, T negative_slope) {
+    if (OUTLINE)
+        conv_split_k_finish_call<T, BM, BN, NT>(partial, k_splits, tile_counts, side_blocks, ng,
+                                                groups, out, bias, residual, out_c_total, out_c0,
+                                                n_img, c_out, h_out, w_out, flags, activation,
+                                                negative_slope);
+    else
+        conv_split_k_finish<T, BM, BN, NT>(partial, k_splits, tile_counts, side_blocks, ng,
+                                           groups, out, bias, residual, out_c_total, out_c0,
+                                           n_img, c_out, h_out, w_out, flags, activation,
+                                           negative_slope);
 }
 
 // Threads per block of a BM x BN block tile of TM x TN thread tiles (steps 3

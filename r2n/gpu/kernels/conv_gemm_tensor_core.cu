@@ -11,8 +11,8 @@
 //     tf32 / bf16 bottleneck runs on tensor cores end to end;
 //     R2N_LOAD_IM2COL: step 5 itself, for split-K.
 //     Each with or without split-K (k_splits; conv_common.cuh); the partial
-//     sums are float32 and conv_gemm.cu's conv2d_split_k_reduce<float> adds
-//     them.
+//     sums are float32, added by each tile's last split in the same launch
+//     (conv_split_k_finish).
 //
 // Rounding is step 5's: every operand element of the GEMM (weights, plane or
 // shortcut inputs, pooled averages) rounded once to TF32 / bfloat16, float32
