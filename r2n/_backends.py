@@ -246,6 +246,11 @@ def prepare(op: str, backend: str | None, kind: str, *arrays, **options) -> Call
     name = pick(op, backend, kind)
     resolve(op, name, kind)  # the same errors as a direct call (unknown, wrong kind, missing)
     precision = options.pop("precision", "fp32")
+    if precision != "fp32" and op in STEPS:
+        raise ValueError(
+            f"r2n: prepared {op} takes no precision (it has no matrix product); "
+            f"got precision={precision!r}"
+        )
     if precision != "fp32":
         from . import _checks
 
@@ -360,6 +365,8 @@ def _check_step_options(op, arrays, options):
             f"r2n: prepared {op} got unknown option(s) {', '.join(sorted(unknown))}; "
             f"it takes {', '.join(sorted(_STEP_OPTIONS[op])) or 'none'} and reuse_output"
         )
+    if op in ("max_pool2d", "avg_pool2d") and "kernel_size" not in options:
+        raise TypeError(f"r2n: prepared {op} needs kernel_size=, as {op} does")
     if op == "squeeze_excite" and options.get("activation") not in (None, "relu"):
         raise ValueError(
             f"r2n: squeeze_excite's activation must be None or 'relu', "

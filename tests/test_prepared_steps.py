@@ -160,5 +160,13 @@ def test_prepared_steps_refuse_bad_input_as_the_public_ops(rng, backend):
         prepare("global_avg_pool2d", weights[0])
     with pytest.raises(ValueError, match=r"activation must be None or 'relu'"):
         prepare("squeeze_excite", *weights, activation="leaky_relu")
+    with pytest.raises(TypeError, match=r"prepared max_pool2d needs kernel_size="):
+        prepare("max_pool2d", stride=2)
+    with pytest.raises(TypeError, match=r"prepared avg_pool2d needs kernel_size="):
+        prepare("avg_pool2d")
+    with pytest.raises(ValueError, match=r"prepared max_pool2d takes no precision"):
+        prepare("max_pool2d", kernel_size=2, precision="tf32")
+    with pytest.raises(ValueError, match=r"prepared squeeze_excite takes no precision"):
+        prepare("squeeze_excite", *weights, precision="bf16")
     with pytest.raises(ValueError, match=r"cannot prepare 'linear'"):
         prepare("linear", weights[0])

@@ -18,6 +18,9 @@ See ``r2n._backends`` for the contract they implement. What they keep
 between calls, and why no call can see another's state:
 
 * the packed weights: written once, in ``__init__``, and only read after;
+  except the F(4x4,3x3) weights, built on the first call that takes F(4x4)
+  (a function of the weights alone; two threads may both build them) and
+  assigned only when complete;
 * per input shape, the output shape / checked arguments (``_shapes`` /
   ``_args``): a function of the shape and the layer's fixed options alone,
   so computing one twice gives the same value (two threads may); at most

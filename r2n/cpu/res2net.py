@@ -29,8 +29,9 @@ channel slice of the output.
 
 ``PreparedChain`` / ``PreparedBottle2neck`` pack the weights once; the public
 ops prepare on every call (packing is O(weights), small next to the convs)
-and use the direct convs only (a Winograd weight transform per call would
-cost more than it saves).
+and take Winograd where ``use_winograd`` / ``use_winograd_4x4`` pick it for
+the input's shape, transforming the weights on that call (a Numba kernel,
+~0.14 ms for 104 x 104 channels).
 Their intermediate buffers (padded chunks, t1, the chain's output, the
 shortcut) come from ``r2n.cpu._scratch.scratch``, a bounded per-thread cache
 keyed by role and shape: repeated calls on one shape (a model's forward

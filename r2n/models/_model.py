@@ -7,8 +7,10 @@ hyper-parameters:
   state_dict, timm's key names, in timm's order;
 * ``build(arch, weights, layers) -> forward(x)``: reads weights through a
   :class:`Weights` (which folds each BN into its conv) and builds the forward
-  pass from a :class:`Layers`, which prepares convs and bottlenecks through
-  ``r2n._backends.prepare`` and runs every other step through the public ops.
+  pass from a :class:`Layers`, which prepares convs, bottlenecks and the
+  steps between them (pools, space-to-depth, blur, squeeze-excite:
+  ``Layers.prepared``) through ``r2n._backends.prepare`` and runs the rest
+  (the classifier) through the public ops.
 
 Models never import a backend package: a backend plugs in through its
 ``PREPARE`` factories (or the fallback over its public ops).
