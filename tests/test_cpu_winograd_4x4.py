@@ -31,6 +31,8 @@ CASES = [
     (1, 6, 9, 6, 8, 0, 3),  # no padding
     (2, 5, 5, 9, 7, 2, 1),  # padding 2
     (1, 17, 20, 13, 18, 1, 1),  # several tile rows and columns, none a multiple of 4
+    (1, 6, 33, 5, 7, (1, 0), 1),  # asymmetric padding
+    (2, 3, 5, 2, 1, (5, 6), 1),  # padding wider than the image
 ]
 
 
