@@ -151,7 +151,10 @@ def applicable(kernel_hw, stride, dilation) -> bool:
 
 
 def step_applies(x, weight, bias, *, stride, dilation, **_) -> bool:
-    """The ladder's ``applies``: 3x3 kernels at stride 1, dilation 1 only."""
+    """Winograd F(4x4, 3x3) computes 3x3 kernels at stride 1, dilation 1 only.
+
+    The ladder's ``applies`` (r2n._ladder.Step); its first line is the reason
+    ``r2n ladder`` prints when it skips the step."""
     return applicable(weight.shape[2:], stride, dilation)
 
 
