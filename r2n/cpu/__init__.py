@@ -41,6 +41,7 @@ import functools
 import importlib
 import importlib.util
 
+from .. import _backends
 from .._diskcache import DiskCacheWarning as DiskCacheWarning  # public: r2n.cpu.DiskCacheWarning
 
 # op name -> (module in r2n.cpu, function name)
@@ -93,15 +94,8 @@ PREPARE = {
     "conv2d": _lazy_factory("prepare_conv2d"),
     "bottle2neck": _lazy_factory("prepare_bottle2neck"),
 }
-# The pools and TResNet's layers, writing into reused outputs (r2n._backends.STEPS).
-for _op in (
-    "max_pool2d",
-    "avg_pool2d",
-    "global_avg_pool2d",
-    "space_to_depth",
-    "blur_pool2d",
-    "squeeze_excite",
-):
+# The pools and TResNet's layers, writing into reused outputs.
+for _op in _backends.STEPS:
     PREPARE[_op] = functools.partial(_lazy_factory("prepare_step"), _op)
 del _op
 

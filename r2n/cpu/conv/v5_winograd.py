@@ -608,6 +608,92 @@ def plan(n_jobs_outer, c_in, h_out, w_out, dtype, workers):
     return rows, n_blocks, tbp
 
 
+def check_launch(
+    fname,
+    tile_values,
+    a,
+    packed_u,
+    c_out,
+    groups,
+    padding,
+    bias,
+    out,
+    *,
+    a_c0,
+    c_in_g,
+    add,
+    add_c0,
+    out_c0,
+    activation,
+    residual,
+    n_conv,
+    a_conv_step,
+    add_conv_step,
+):
+    """The Winograd launchers' argument checks (step 5's :func:`conv_winograd`
+    and step 6's ``conv_winograd_4x4``, whose arguments these are):
+    ``tile_values`` transformed weights per (input, output) channel pair (16
+    for F(2x2, 3x3), 36 for F(4x4, 3x3)); errors name ``fname``.
+
+    Returns c_in_g (input channels per group), or None when the output is
+    empty (nothing to compute).
+    """
+    n, c_a, h, w = a.shape
+    c_in_g = c_a // groups if c_in_g is None else c_in_g
+    c_in = groups * c_in_g
+    ph, pw = padding
+    h_out, w_out = out.shape[2], out.shape[3]
+    if (h_out, w_out) != (h + 2 * ph - 2, w + 2 * pw - 2) or out.shape[0] != n:
+        raise ValueError(
+            f"{fname}: out must be (N={n}, C, {h + 2 * ph - 2}, {w + 2 * pw - 2}), got {out.shape}"
+        )
+    if n == 0 or h_out <= 0 or w_out <= 0:
+        return None
+    if activation not in (None, "relu", "leaky_relu"):
+        raise ValueError(
+            f"{fname}: activation must be None, 'relu' or 'leaky_relu', got {activation!r}"
+        )
+    if residual is not None and residual.shape != out.shape:
+        raise ValueError(
+            f"{fname}: residual must be shaped like out {out.shape}, got {residual.shape}"
+        )
+    if add is not None and (add.shape[0] != n or add.shape[2:] != (h, w)):
+        raise ValueError(f"{fname}: add must be (N={n}, C, {h}, {w}), got {add.shape}")
+    for name, arr, c0, step, verb in (
+        ("a", a, a_c0, a_conv_step, "read"),
+        ("add", add, add_c0, add_conv_step, "read"),
+        ("out", out, out_c0, c_out, "write"),
+        ("residual", residual, out_c0, c_out, "read"),
+    ):
+        if arr is None:
+            continue
+        if not arr.flags.c_contiguous or arr.dtype != a.dtype:
+            raise ValueError(
+                f"{fname}: {name} must be a C-contiguous {a.dtype} array, got {arr.dtype}"
+                + ("" if arr.flags.c_contiguous else ", not C-contiguous")
+            )
+        last = c0 + (n_conv - 1) * step + (c_in if name in ("a", "add") else c_out) - 1
+        if last >= arr.shape[1]:
+            raise ValueError(
+                f"{fname}: the convs {verb} channels {c0} .. {last} of {name}, which "
+                f"has {arr.shape[1]}"
+            )
+    if packed_u.dtype != a.dtype or bias.dtype != a.dtype:
+        raise ValueError(
+            f"{fname}: packed_u and bias must be {a.dtype}, got {packed_u.dtype} and {bias.dtype}"
+        )
+    dt = a.dtype
+    blk = block_channels(dt)
+    full, tail = block_layout(c_out // groups, blk)
+    per_conv = tile_values * groups * c_in_g * (full * blk + tail * (blk // 2))
+    if packed_u.size != n_conv * per_conv or bias.size != n_conv * c_out:
+        raise ValueError(
+            f"{fname}: packed_u / bias of {packed_u.size} / {bias.size} elements do "
+            f"not fit {n_conv} conv(s) of {c_in} -> {c_out} channels in {groups} groups"
+        )
+    return c_in_g
+
+
 def conv_winograd(
     a,
     packed_u,
@@ -650,61 +736,37 @@ def conv_winograd(
     scratch : optional ``scratch(role, shape, dtype, make)`` supplying reusable
         buffers (r2n.cpu._scratch.scratch); default: new zero-filled arrays
     """
-    n, c_a, h, w = a.shape
-    c_in_g = c_a // groups if c_in_g is None else c_in_g
+    c_in_g = check_launch(
+        "conv_winograd",
+        16,
+        a,
+        packed_u,
+        c_out,
+        groups,
+        padding,
+        bias,
+        out,
+        a_c0=a_c0,
+        c_in_g=c_in_g,
+        add=add,
+        add_c0=add_c0,
+        out_c0=out_c0,
+        activation=activation,
+        residual=residual,
+        n_conv=n_conv,
+        a_conv_step=a_conv_step,
+        add_conv_step=add_conv_step,
+    )
+    if c_in_g is None:
+        return out
+    n, _, h, w = a.shape
     c_in = groups * c_in_g
     ph, pw = padding
     h_out, w_out = out.shape[2], out.shape[3]
-    if (h_out, w_out) != (h + 2 * ph - 2, w + 2 * pw - 2) or out.shape[0] != n:
-        raise ValueError(
-            f"conv_winograd: out must be (N={n}, C, {h + 2 * ph - 2}, {w + 2 * pw - 2}), "
-            f"got {out.shape}"
-        )
-    if n == 0 or h_out <= 0 or w_out <= 0:
-        return out
-    if activation not in (None, "relu", "leaky_relu"):
-        raise ValueError(
-            f"conv_winograd: activation must be None, 'relu' or 'leaky_relu', got {activation!r}"
-        )
-    if residual is not None and residual.shape != out.shape:
-        raise ValueError(
-            f"conv_winograd: residual must be shaped like out {out.shape}, got {residual.shape}"
-        )
-    if add is not None and (add.shape[0] != n or add.shape[2:] != (h, w)):
-        raise ValueError(f"conv_winograd: add must be (N={n}, C, {h}, {w}), got {add.shape}")
-    for name, arr, c0, step, verb in (
-        ("a", a, a_c0, a_conv_step, "read"),
-        ("add", add, add_c0, add_conv_step, "read"),
-        ("out", out, out_c0, c_out, "write"),
-        ("residual", residual, out_c0, c_out, "read"),
-    ):
-        if arr is None:
-            continue
-        if not arr.flags.c_contiguous or arr.dtype != a.dtype:
-            raise ValueError(
-                f"conv_winograd: {name} must be a C-contiguous {a.dtype} array, got {arr.dtype}"
-                + ("" if arr.flags.c_contiguous else ", not C-contiguous")
-            )
-        last = c0 + (n_conv - 1) * step + (c_in if name in ("a", "add") else c_out) - 1
-        if last >= arr.shape[1]:
-            raise ValueError(
-                f"conv_winograd: the convs {verb} channels {c0} .. {last} of {name}, which "
-                f"has {arr.shape[1]}"
-            )
-    if packed_u.dtype != a.dtype or bias.dtype != a.dtype:
-        raise ValueError(
-            f"conv_winograd: packed_u and bias must be {a.dtype}, got {packed_u.dtype} and "
-            f"{bias.dtype}"
-        )
     dt = a.dtype
     blk = block_channels(dt)
     full, tail = block_layout(c_out // groups, blk)
     per_conv = 16 * groups * c_in_g * (full * blk + tail * (blk // 2))
-    if packed_u.size != n_conv * per_conv or bias.size != n_conv * c_out:
-        raise ValueError(
-            f"conv_winograd: packed_u / bias of {packed_u.size} / {bias.size} elements do "
-            f"not fit {n_conv} conv(s) of {c_in} -> {c_out} channels in {groups} groups"
-        )
     workers = numba.get_num_threads()
     rows, n_blocks, tbp = plan(n_conv * n, c_in, h_out, w_out, dt, workers)
     workers = max(1, min(workers, n_conv * n * n_blocks))

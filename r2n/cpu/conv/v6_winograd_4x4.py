@@ -74,6 +74,7 @@ from ..microkernel import (
     tile,
     tile_half,
 )
+from .v5_winograd import check_launch
 
 #: Target size of a worker's V and M scratch (36 x (C_in + 32) floats per
 #: tile). Larger than step 5's 512 KiB, and than the 1 MiB L2: a job streams
@@ -649,63 +650,37 @@ def conv_winograd_4x4(
     residual : optional array shaped like ``out`` (C-contiguous, same dtype),
         added after the bias, before the activation, element by element.
     """
-    n, c_a, h, w = a.shape
-    c_in_g = c_a // groups if c_in_g is None else c_in_g
+    c_in_g = check_launch(
+        "conv_winograd_4x4",
+        36,
+        a,
+        packed_u,
+        c_out,
+        groups,
+        padding,
+        bias,
+        out,
+        a_c0=a_c0,
+        c_in_g=c_in_g,
+        add=add,
+        add_c0=add_c0,
+        out_c0=out_c0,
+        activation=activation,
+        residual=residual,
+        n_conv=n_conv,
+        a_conv_step=a_conv_step,
+        add_conv_step=add_conv_step,
+    )
+    if c_in_g is None:
+        return out
+    n, _, h, w = a.shape
     c_in = groups * c_in_g
     ph, pw = padding
     h_out, w_out = out.shape[2], out.shape[3]
-    if (h_out, w_out) != (h + 2 * ph - 2, w + 2 * pw - 2) or out.shape[0] != n:
-        raise ValueError(
-            f"conv_winograd_4x4: out must be (N={n}, C, {h + 2 * ph - 2}, {w + 2 * pw - 2}), "
-            f"got {out.shape}"
-        )
-    if n == 0 or h_out <= 0 or w_out <= 0:
-        return out
-    if activation not in (None, "relu", "leaky_relu"):
-        raise ValueError(
-            "conv_winograd_4x4: activation must be None, 'relu' or 'leaky_relu', got "
-            f"{activation!r}"
-        )
-    if add is not None and (add.shape[0] != n or add.shape[2:] != (h, w)):
-        raise ValueError(f"conv_winograd_4x4: add must be (N={n}, C, {h}, {w}), got {add.shape}")
-    if residual is not None and residual.shape != out.shape:
-        raise ValueError(
-            f"conv_winograd_4x4: residual must be shaped like out {out.shape}, got "
-            f"{residual.shape}"
-        )
-    for name, arr, c0, step, verb in (
-        ("a", a, a_c0, a_conv_step, "read"),
-        ("add", add, add_c0, add_conv_step, "read"),
-        ("out", out, out_c0, c_out, "write"),
-        ("residual", residual, out_c0, c_out, "read"),
-    ):
-        if arr is None:
-            continue
-        if not arr.flags.c_contiguous or arr.dtype != a.dtype:
-            raise ValueError(
-                f"conv_winograd_4x4: {name} must be a C-contiguous {a.dtype} array, got "
-                f"{arr.dtype}" + ("" if arr.flags.c_contiguous else ", not C-contiguous")
-            )
-        last = c0 + (n_conv - 1) * step + (c_in if name in ("a", "add") else c_out) - 1
-        if last >= arr.shape[1]:
-            raise ValueError(
-                f"conv_winograd_4x4: the convs {verb} channels {c0} .. {last} of {name}, "
-                f"which has {arr.shape[1]}"
-            )
-    if packed_u.dtype != a.dtype or bias.dtype != a.dtype:
-        raise ValueError(
-            f"conv_winograd_4x4: packed_u and bias must be {a.dtype}, got {packed_u.dtype} "
-            f"and {bias.dtype}"
-        )
     dt = a.dtype
     blk = block_channels(dt)
     full, tail = block_layout(c_out // groups, blk)
     per_conv = 36 * groups * c_in_g * (full * blk + tail * (blk // 2))
-    if packed_u.size != n_conv * per_conv or bias.size != n_conv * c_out:
-        raise ValueError(
-            f"conv_winograd_4x4: packed_u / bias of {packed_u.size} / {bias.size} elements "
-            f"do not fit {n_conv} conv(s) of {c_in} -> {c_out} channels in {groups} groups"
-        )
     workers = numba.get_num_threads()
     rows, n_blocks, tbp = plan(n_conv * n, c_in, h_out, w_out, dt, workers)
     workers = max(1, min(workers, n_conv * n * n_blocks))
