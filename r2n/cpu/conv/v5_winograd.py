@@ -635,8 +635,9 @@ def check_launch(
     ``tile_values`` transformed weights per (input, output) channel pair (16
     for F(2x2, 3x3), 36 for F(4x4, 3x3)); errors name ``fname``.
 
-    Returns c_in_g (input channels per group), or None when the output is
-    empty (nothing to compute).
+    Returns (c_in_g, per_conv): input channels per group and the packed
+    weights' elements per conv; None when the output is empty (nothing to
+    compute).
     """
     n, c_a, h, w = a.shape
     c_in_g = c_a // groups if c_in_g is None else c_in_g
@@ -691,7 +692,7 @@ def check_launch(
             f"{fname}: packed_u / bias of {packed_u.size} / {bias.size} elements do "
             f"not fit {n_conv} conv(s) of {c_in} -> {c_out} channels in {groups} groups"
         )
-    return c_in_g
+    return c_in_g, per_conv
 
 
 def conv_winograd(
@@ -736,7 +737,7 @@ def conv_winograd(
     scratch : optional ``scratch(role, shape, dtype, make)`` supplying reusable
         buffers (r2n.cpu._scratch.scratch); default: new zero-filled arrays
     """
-    c_in_g = check_launch(
+    checked = check_launch(
         "conv_winograd",
         16,
         a,
@@ -757,16 +758,15 @@ def conv_winograd(
         a_conv_step=a_conv_step,
         add_conv_step=add_conv_step,
     )
-    if c_in_g is None:
+    if checked is None:
         return out
+    c_in_g, per_conv = checked
     n, _, h, w = a.shape
     c_in = groups * c_in_g
     ph, pw = padding
     h_out, w_out = out.shape[2], out.shape[3]
     dt = a.dtype
     blk = block_channels(dt)
-    full, tail = block_layout(c_out // groups, blk)
-    per_conv = 16 * groups * c_in_g * (full * blk + tail * (blk // 2))
     workers = numba.get_num_threads()
     rows, n_blocks, tbp = plan(n_conv * n, c_in, h_out, w_out, dt, workers)
     workers = max(1, min(workers, n_conv * n * n_blocks))

@@ -650,7 +650,7 @@ def conv_winograd_4x4(
     residual : optional array shaped like ``out`` (C-contiguous, same dtype),
         added after the bias, before the activation, element by element.
     """
-    c_in_g = check_launch(
+    checked = check_launch(
         "conv_winograd_4x4",
         36,
         a,
@@ -671,16 +671,15 @@ def conv_winograd_4x4(
         a_conv_step=a_conv_step,
         add_conv_step=add_conv_step,
     )
-    if c_in_g is None:
+    if checked is None:
         return out
+    c_in_g, per_conv = checked
     n, _, h, w = a.shape
     c_in = groups * c_in_g
     ph, pw = padding
     h_out, w_out = out.shape[2], out.shape[3]
     dt = a.dtype
     blk = block_channels(dt)
-    full, tail = block_layout(c_out // groups, blk)
-    per_conv = 36 * groups * c_in_g * (full * blk + tail * (blk // 2))
     workers = numba.get_num_threads()
     rows, n_blocks, tbp = plan(n_conv * n, c_in, h_out, w_out, dt, workers)
     workers = max(1, min(workers, n_conv * n * n_blocks))
