@@ -15,11 +15,20 @@ OUT=${OUT:-gpu-run-out}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 PY=${PY:-python3}
-# Every test in the GPU test files, plus the gpu/cupy cases of the mixed files.
+# Every test that needs a GPU: the device test files, the GPU step of the ladder test,
+# and the gpu / cupy / cuda cases of the mixed files (the emulator's and NVRTC's files
+# run in CI; they are left out here to spend the lease on what only a GPU can check).
 GPU_TESTS="tests/test_gpu_device.py tests/test_gpu_conv_device.py tests/test_gpu_tensor_core_device.py
-  tests/test_gpu_ladder.py tests/test_gpu_runtime.py tests/test_gpu_review.py tests/test_gpu_graph.py
-  tests/test_api.py tests/test_bad_inputs.py tests/test_models.py"
+  tests/test_gpu_graph.py tests/test_gpu_graph_cache.py tests/test_dlpack.py
+  tests/test_gpu_ladder.py::test_every_step_on_the_gpu_matches_the_reference
+  tests/test_models.py tests/test_api.py tests/test_bad_inputs.py tests/test_stateful.py
+  tests/test_threads.py"
+GPU_K="gpu or cupy or Gpu or device or cuda or dlpack or graph"
 PYTEST="$PY -m pytest -p no:cacheprovider -q -rfEs --benchmark-disable"
+# pytest-xdist workers when it is installed: NVRTC compiles are CPU-bound, and a
+# device machine has the cores (XDIST=0 runs in one process).
+XDIST=${XDIST:-8}
+if [ "$XDIST" != 0 ] && $PY -c "import xdist" 2>/dev/null; then PAR="-n $XDIST"; else PAR=; fi
 
 step() {  # step NAME LIMIT_S COMMAND...
     local name=$1 limit=$2 start rc
@@ -49,7 +58,7 @@ PY
 run_step() {
     case $1 in
     env) export -f env_report; export PY; step env 60 bash -c env_report ;;
-    tests) step tests 200 $PYTEST $GPU_TESTS -k "gpu or cupy or Gpu or device" ;;
+    tests) step tests "${TESTS_LIMIT:-200}" $PYTEST $PAR $GPU_TESTS -k "$GPU_K" ;;
     memcheck)
         step memcheck 150 compute-sanitizer --tool memcheck --error-exitcode 99 \
             --print-limit 20 $PYTEST -x tests/test_gpu_device.py tests/test_gpu_conv_device.py ;;
@@ -57,8 +66,11 @@ run_step() {
         step racecheck 120 compute-sanitizer --tool racecheck --error-exitcode 99 \
             --print-limit 20 $PYTEST -x tests/test_gpu_conv_device.py -k "chain or bottle" ;;
     bench) step bench 200 $PY -m r2n bench --backend gpu torch --json "$OUT/bench.json" ;;
-    ladder) step ladder 200 $PY -m r2n ladder --backend gpu --json "$OUT/ladder-gpu.json" ;;
-    gpubench) step gpubench 600 $PY benchmarks/gpu_bench.py --out "$OUT" ;;  # issue 14 (~9 min)
+    ladder) step ladder "${LADDER_LIMIT:-200}" $PY -m r2n ladder --backend gpu \
+        --batch "${LADDER_BATCH:-1}" --json "$OUT/ladder-gpu-n${LADDER_BATCH:-1}.json" ;;
+    # issue 14 (~9 min with the defaults; BENCH_ARGS="--budget-s 200 ..." for less)
+    gpubench) step gpubench "${BENCH_LIMIT:-600}" $PY benchmarks/gpu_bench.py --out "$OUT" \
+        ${BENCH_ARGS:-} ;;
     *) echo "unknown step $1" ;;
     esac
 }
