@@ -101,6 +101,8 @@ def main(argv=None) -> int:
     parser.add_argument("--profiled", type=int, default=3, help="profiled forwards")
     parser.add_argument("--top", type=int, default=20, help="kernels listed")
     parser.add_argument("--label", default=None, help="name of this checkout in the output")
+    parser.add_argument("--torch", action="store_true",
+                        help="also time timm's model eager, TF32 off and on")  # fmt: skip
     parser.add_argument("--json", metavar="PATH", help="append one JSON line per case")
     opts = parser.parse_args(argv)
 
@@ -147,7 +149,36 @@ def main(argv=None) -> int:
             del inputs
         del model
         cupy.get_default_memory_pool().free_all_blocks()
+    if opts.torch:
+        torch_rows(opts, rng)
     return 0
+
+
+def torch_rows(opts, rng) -> None:
+    """timm's model (random weights: only its time matters here) in PyTorch
+    eager, cuDNN, TF32 off and on, timed like r2n's forward."""
+    import cupy
+    import numpy as np
+    import timm
+    import torch
+
+    net = timm.create_model(opts.model, pretrained=False).eval().cuda()
+    for batch in opts.batch:
+        shape = (batch, 3, opts.size, opts.size)
+        sets = max(2, min(8, (256 << 20) // (4 * int(np.prod(shape)))))
+        inputs = [torch.from_numpy(rng.standard_normal(shape, dtype=np.float32)).cuda()
+                  for _ in range(sets)]  # fmt: skip
+        for tf32 in (False, True):
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
+            with torch.no_grad():
+                for x in inputs[:3]:
+                    net(x)
+                torch.cuda.synchronize()
+                with cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream):
+                    ms = forward_ms(net, inputs, opts.reps)
+            print(f"[torch {torch.__version__}] {opts.model} N={batch} eager "
+                  f"TF32 {'on' if tf32 else 'off'}: forward {ms:.3f} ms")  # fmt: skip
+    torch.backends.cudnn.allow_tf32 = True
 
 
 if __name__ == "__main__":
