@@ -6,14 +6,15 @@
 #
 # Usage, on a machine with a CUDA GPU, CuPy, numba and PyTorch (run from the repo root):
 #     bash benchmarks/gpu_run.sh [STEP ...]      # steps: env tests memcheck racecheck bench ladder
-#                                                 # gpubench (benchmarks/gpu_bench.py; not by default)
+#                                                 # not by default: gpubench (benchmarks/gpu_bench.py),
+#                                                 # kernels (benchmarks/gpu_kernels.py)
 # Each step's full log goes to $OUT/<step>.log (OUT defaults to ./gpu-run-out); the
 # last lines of each are printed. A step that runs past its limit is stopped (rc 124)
 # and the next one starts, so one hang cannot cost the others.
 set -u
 OUT=${OUT:-gpu-run-out}
 mkdir -p "$OUT"
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 OUT PY
 PY=${PY:-python3}
 # Every test that needs a GPU: the device test files, the GPU step of the ladder test,
 # and the gpu / cupy / cuda cases of the mixed files (the emulator's and NVRTC's files
@@ -68,6 +69,15 @@ run_step() {
     bench) step bench 200 $PY -m r2n bench --backend gpu torch --json "$OUT/bench.json" ;;
     ladder) step ladder "${LADDER_LIMIT:-200}" $PY -m r2n ladder --backend gpu \
         --batch "${LADDER_BATCH:-1}" --json "$OUT/ladder-gpu-n${LADDER_BATCH:-1}.json" ;;
+    # per-kernel device time of the network (this checkout; AB_OLD=DIR: also the r2n
+    # package under DIR, e.g. an older commit's `git archive`, for a side-by-side A/B)
+    kernels) step kernels "${KERNELS_LIMIT:-150}" bash -c '
+        if [ -n "${AB_OLD:-}" ]; then
+            PYTHONPATH=$AB_OLD $PY benchmarks/gpu_kernels.py --batch ${KERNELS_BATCH:-1 32} \
+                --label old --json "$OUT/kernels.jsonl"
+        fi
+        $PY benchmarks/gpu_kernels.py --batch ${KERNELS_BATCH:-1 32} --precision fp32 tf32 \
+            --label new --torch --json "$OUT/kernels.jsonl"' ;;
     # issue 14 (~9 min with the defaults; BENCH_ARGS="--budget-s 200 ..." for less)
     gpubench) step gpubench "${BENCH_LIMIT:-600}" $PY benchmarks/gpu_bench.py --out "$OUT" \
         ${BENCH_ARGS:-} ;;
