@@ -73,7 +73,7 @@ run_step() {
     # package under DIR, e.g. an older commit's `git archive`, for a side-by-side A/B)
     kernels) step kernels "${KERNELS_LIMIT:-150}" bash -c '
         if [ -n "${AB_OLD:-}" ]; then
-            PYTHONPATH=$AB_OLD $PY benchmarks/gpu_kernels.py --batch ${KERNELS_BATCH:-1 32} \
+            PYTHONPATH=$AB_OLD $PY benchmarks/gpu_kernels.py --batch ${KERNELS_OLD_BATCH:-32} \
                 --label old --json "$OUT/kernels.jsonl"
         fi
         $PY benchmarks/gpu_kernels.py --batch ${KERNELS_BATCH:-1 32} --precision fp32 tf32 \
