@@ -77,6 +77,29 @@ def test_the_graphs_memory_is_its_own(rng):
 
 
 @needs_gpu
+def test_clear_scratch_keeps_what_a_captured_graph_uses(rng):
+    """r2n.clear_scratch() drops split-K's per-stream arrays, but not those a
+    captured graph replays into: NaN-filled allocations afterwards must not
+    change a replay, and eager calls after it allocate their arrays again."""
+    import cupy
+
+    from r2n.gpu import conv as gconv
+
+    model = _small_model()
+    x = cupy.asarray(rng.standard_normal((1, 3, 45, 37)).astype(np.float32))
+    expected = cupy.asnumpy(model(x))
+    assert gconv._SCRATCH, "no split-K launch: the test would prove nothing"
+    forward = r2n.gpu.capture(model, x)
+    r2n.clear_scratch()
+    for _ in range(2):
+        junk = [cupy.full((1 << 20,), cupy.nan, cupy.float32) for _ in range(64)]
+        del junk
+        assert rel_err(cupy.asnumpy(forward(x)), expected) <= 1e-6
+        assert rel_err(cupy.asnumpy(model(x)), expected) <= 1e-6
+        r2n.clear_scratch()
+
+
+@needs_gpu
 def test_replay_refuses_other_shapes_dtypes_and_kinds(rng):
     import cupy
 

@@ -24,6 +24,7 @@ from gpu_cases import chain_inputs, conv_inputs
 from helpers import assert_close, rel_err
 from test_gpu_tensor_core_emulated import _block, bottleneck_layers
 
+import r2n
 from r2n import _checks
 from r2n import reference as ref
 from r2n.gpu import conv as gconv
@@ -259,6 +260,61 @@ def test_split_scratch_belongs_to_the_stream(rng):
     t.join()
     assert theirs[0][0] is not mine[0]
     assert gconv.split_k_scratch(ex, split)[0] is mine[0]
+
+
+class _CapturingStream(_Stream):
+    capturing = True
+
+    def is_capturing(self):
+        return self.capturing
+
+
+def test_clear_scratch_drops_split_arrays_but_pinned_and_capturing_ones(rng):
+    """r2n.clear_scratch() forgets every stream's split-K arrays (the next call
+    gets new, zeroed ones) except a pinned stream's (a captured graph holds
+    their addresses) and a stream's that is capturing now."""
+    ex = StreamEmuExecutor()
+    split = gconv.SplitK((2, 1, 8, 63), np.dtype(np.float32), 3)
+    on_null = gconv.split_k_scratch(ex, split)
+    ex.current.stream = pinned = _Stream(91)
+    gconv.pin_split_k_scratch(pinned)
+    on_pinned = gconv.split_k_scratch(ex, split)
+    ex.current.stream = capturing = _CapturingStream(92)
+    on_capturing = gconv.split_k_scratch(ex, split)
+    freed = weakref.ref(on_null[0])
+    del on_null
+    r2n.clear_scratch()
+    gc.collect()
+    assert freed() is None, "the null stream's partials are still held"
+    assert gconv.split_k_scratch(ex, split)[0] is on_capturing[0]
+    ex.current.stream = pinned
+    assert gconv.split_k_scratch(ex, split)[0] is on_pinned[0]
+    ex.current.stream = None
+    again = gconv.split_k_scratch(ex, split)
+    assert again[1].shape == (3,) and not again[1].any()
+    capturing.capturing = False  # the capture ended: now its arrays may go too
+    assert gconv.clear_split_k_scratch() >= 2  # the null stream's and the ended capture's
+    ex.current.stream = capturing
+    assert gconv.split_k_scratch(ex, split)[0] is not on_capturing[0]
+    ex.current.stream = pinned
+    assert gconv.split_k_scratch(ex, split)[0] is on_pinned[0]
+
+
+def test_a_split_block_is_right_after_clear_scratch(rng):
+    """Calls after r2n.clear_scratch() allocate the split arrays again and
+    still compute the block (counts start at zero again)."""
+    case = BLOCK_CASES[3]
+    c_in, c_out, width, scale, stype, stride, groups, kind = case
+    params = _block(rng, case).map(lambda a: a.astype(np.float32))
+    ex = EmuExecutor(check_order=False)
+    block = gres.PreparedBottle2neck(params, scale=scale, stype=stype, stride=stride,
+                                     groups=groups, executor=ex)  # fmt: skip
+    x = rng.standard_normal((1, c_in, 7, 9)).astype(np.float32)
+    args = _checks.bottle2neck_args("bottle2neck", x, params, scale, stype, stride, groups)
+    expected = ref.bottle2neck(_f64(x), params.map(_f64), **args)
+    for _ in range(2):
+        assert_close(block.run(x, args, k_splits=3), expected)
+        r2n.clear_scratch()
 
 
 def test_split_prepared_block_from_four_threads(rng):

@@ -155,7 +155,8 @@ def clear_scratch() -> None:
     """Free every buffer the CPU backend keeps between calls, in every thread:
     intermediates of the fused blocks, padded inputs, and the outputs that
     prepared layers (and so models) reuse. Later calls allocate them again.
-    (The GPU backend keeps none: its arrays come from CuPy's memory pool.)
+    Also the GPU backend's split-K arrays, once r2n.gpu.conv is imported
+    (r2n.gpu.conv.clear_split_k_scratch: all but a captured graph's).
     Imports neither Numba nor CuPy."""
     from ._scratch import clear_scratch as clear
 

@@ -564,7 +564,12 @@ _EMPTY = ()  # the plan of a call with nothing to compute (not None: "not planne
 #   without streams (the CPU emulator: one launch at a time, in call order)
 #   owns its arrays itself. Owners are held weakly: a stream's arrays are
 #   freed when the stream is (a captured graph's with the graph).
+# * r2n.clear_scratch() drops every owner's arrays (clear_split_k_scratch)
+#   except a pinned owner's (pin_split_k_scratch: r2n.gpu.capture pins its
+#   capture stream before recording, since the graph keeps the arrays'
+#   addresses) and a stream's that is capturing right now.
 _SCRATCH: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_PINNED: weakref.WeakSet = weakref.WeakSet()
 _SCRATCH_LOCK = threading.Lock()
 #: Scratch sets kept per stream (shapes x dtypes); beyond it a call allocates
 #: its own (and zeroes its counts) as a one-off.
@@ -626,6 +631,37 @@ def split_k_scratch(ex, split: SplitK) -> tuple:
     return found
 
 
+def pin_split_k_scratch(owner) -> None:
+    """Keep ``owner``'s (a stream's) split-K arrays through
+    :func:`clear_split_k_scratch`: call it before capturing a CUDA graph on
+    that stream yourself (``r2n.gpu.capture`` and ``graph=True`` models do),
+    since the graph writes the arrays' addresses on every replay."""
+    with _SCRATCH_LOCK:
+        _PINNED.add(owner)
+
+
+def _is_capturing(owner) -> bool:
+    is_capturing = getattr(owner, "is_capturing", None)
+    try:
+        return bool(is_capturing()) if is_capturing is not None else False
+    except Exception:  # noqa: BLE001 (a stream CUDA cannot query: keep its arrays)
+        return True
+
+
+def clear_split_k_scratch() -> int:
+    """Forget the split-K arrays of every stream and thread (``r2n.clear_scratch()``
+    calls it), except those of pinned owners (:func:`pin_split_k_scratch`) and
+    of a stream that is capturing a graph now; returns how many owners' sets
+    were dropped. Their memory goes back to CuPy's memory pool (per stream, so
+    a launch still in flight on the stream finishes before another allocation
+    there reuses it); the next split launch allocates and zeroes new arrays."""
+    with _SCRATCH_LOCK:
+        owners = [o for o in list(_SCRATCH.keys()) if o not in _PINNED and not _is_capturing(o)]
+        for owner in owners:
+            del _SCRATCH[owner]
+    return len(owners)
+
+
 def _no_counts(ex):
     """An int32 array for an unsplit conv_gemm*.cu launch's tile_counts (never
     read or written there: k_splits is 1), one per executor."""
@@ -635,6 +671,15 @@ def _no_counts(ex):
         with _SCRATCH_LOCK:
             counts = _NO_COUNTS.setdefault(ex, counts)
     return counts
+
+
+def _register_clear() -> None:
+    from ..cpu import _scratch  # NumPy only: no Numba import
+
+    _scratch.on_clear(clear_split_k_scratch)
+
+
+_register_clear()
 
 
 def _tunables() -> tuple:

@@ -44,6 +44,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from .._checks import array_kind
+from . import conv
 
 
 class CapturedCall:
@@ -91,6 +92,9 @@ class CapturedCall:
                 for dst, src in zip(self._inputs, example_args, strict=True):
                     dst[...] = src
                 cupy.cuda.get_current_stream().synchronize()
+                # The graph records split-K's scratch addresses for this
+                # stream: r2n.clear_scratch() must not free them.
+                conv.pin_split_k_scratch(self._stream)
                 with self._stream:
                     self._stream.begin_capture()
                     try:
