@@ -4,7 +4,7 @@ Issue 14 item 3 (tiles chosen per shape by a deterministic rule from measurement
 
 Run on a machine with a CUDA GPU, CuPy and PyTorch, from the repo root::
 
-    python benchmarks/gpu_tiles.py [--out DIR] [--budget-s 50] [--batch 1 32 256]
+    python benchmarks/gpu_tiles.py [--out DIR] [--budget-s 45] [--batch 1 32 256]
     python benchmarks/gpu_tiles.py --dry-run       # no GPU: list the plan, exit 0
 
 Shapes: every distinct conv launch of res2net50_26w_4s's forward on 224 x 224
@@ -240,21 +240,22 @@ def build_plan(batches, sm_count=DEFAULT_SMS) -> list[Case]:
 
 
 class _Inputs:
-    """Random float32 inputs of one case on the GPU: ``sets`` input sets (and
-    shortcut inputs), the weights and bias, the float64 result for set 0."""
+    """Random float32 inputs of one case: ``sets`` input sets (and shortcut
+    inputs), the weights and bias as ``xp`` arrays (CuPy; NumPy for the
+    emulator's test) and as torch tensors sharing their memory (DLPack), and
+    the float64 result for set 0."""
 
-    def __init__(self, case: Case, seed: int):
-        import cupy
+    def __init__(self, case: Case, seed: int, xp):
         import torch
 
         s, n = case.shape, case.n
         self.shape_of = s
-        rng = cupy.random.default_rng(seed)
+        rng = xp.random.default_rng(seed)
         x_shape = (n, s.c_in, s.h, s.h)
         sc_shape = (n, s.sc_c, s.sc_h, s.sc_h) if s.sc_c else None
         x_bytes = 4 * (math.prod(x_shape) + (math.prod(sc_shape) if sc_shape else 0))
         self.sets = max(2, min(MAX_SETS, math.ceil(2 * L2_BYTES / x_bytes)))
-        f32 = cupy.float32
+        f32 = xp.float32
         self.xs = [rng.standard_normal(x_shape, dtype=f32) for _ in range(self.sets)]
         self.scs = None
         if sc_shape:
@@ -290,12 +291,12 @@ class _Inputs:
 
 def _r2n_call(case: Case, choice: Choice, inputs: _Inputs, ex):
     """i -> one launch of the choice on input set i (into one output array)."""
-    import cupy
+    import numpy as np
 
     from r2n.gpu import conv as gconv
 
     s = case.shape
-    out = cupy.empty(inputs.out_shape, cupy.float32)
+    out = ex.empty(inputs.out_shape, np.float32)
 
     def call(i):
         shortcut = None if not s.sc_c else (inputs.scs[i], (s.sc_stride,) * 2, False)
@@ -344,6 +345,38 @@ def _time_r2n(call, sets: int, reps: int) -> list[float]:
     return [cupy.cuda.get_elapsed_time(s_, e) / sets for s_, e in events]
 
 
+def _time_r2n_eager(call, sets: int, reps: int) -> list[float]:
+    """ms per launch, CUDA events around each launch (the fallback when a graph
+    cannot be recorded: then the host's launch time counts too)."""
+    import cupy
+
+    for i in range(2):
+        call(i % sets)
+    events = [(cupy.cuda.Event(), cupy.cuda.Event()) for _ in range(reps)]
+    for i, (start, end) in enumerate(events):
+        start.record()
+        call(i % sets)
+        end.record()
+    events[-1][1].synchronize()
+    return [cupy.cuda.get_elapsed_time(s_, e) for s_, e in events]
+
+
+def _time_torch_eager(inputs: _Inputs, sets: int, reps: int) -> list[float]:
+    import torch
+
+    with torch.no_grad():
+        for i in range(2):
+            inputs.torch_conv(i % sets)
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                  for _ in range(reps)]  # fmt: skip
+        for i, (start, end) in enumerate(events):
+            start.record()
+            inputs.torch_conv(i % sets)
+            end.record()
+    torch.cuda.synchronize()
+    return [s_.elapsed_time(e) for s_, e in events]
+
+
 def _time_torch(inputs: _Inputs, sets: int, reps: int) -> list[float]:
     import torch
 
@@ -369,13 +402,24 @@ def _time_torch(inputs: _Inputs, sets: int, reps: int) -> list[float]:
     return [s_.elapsed_time(e) / sets for s_, e in events]
 
 
-def run_case(case: Case, ex, reps: int, seed: int) -> bool:
-    """Check and time every choice of ``case`` (fills it); False if one failed."""
-    import cupy
+#: How choices are timed: (r2n, cuDNN) in CUDA graphs, and the eager fallback.
+TIMERS = {"graph": (_time_r2n, _time_torch), "eager": (_time_r2n_eager, _time_torch_eager)}
+
+
+def run_case(case: Case, ex, reps: int, seed: int, xp=None, timers=None) -> bool:
+    """Check and time every choice of ``case`` (fills it); False if one failed.
+
+    ``xp``: the array module (default CuPy); ``timers``: {"graph": (r2n, cuDNN),
+    "eager": (r2n, cuDNN)} functions ``(call or inputs, sets, reps) -> ms per
+    launch`` (default :data:`TIMERS`; the graph ones, then the eager ones if a
+    graph fails: such a choice's status says so)."""
     import numpy as np
     import torch
 
-    inputs = _Inputs(case, seed)
+    if xp is None:
+        import cupy as xp
+    timers = TIMERS if timers is None else timers
+    inputs = _Inputs(case, seed, xp)
     ok = True
     for choice in case.choices:
         try:
@@ -390,20 +434,24 @@ def run_case(case: Case, ex, reps: int, seed: int) -> bool:
                 choice.status = f"FAILED check: rel err {choice.err:.2e} > {TOL:.0e}"
                 ok = False
                 continue
-            if choice.variant == "cudnn":
-                times = _time_torch(inputs, inputs.sets, reps)
-            else:
-                times = _time_r2n(call, inputs.sets, reps)
+            cudnn = choice.variant == "cudnn"
+            what = inputs if cudnn else call
+            choice.status = "ok"
+            try:
+                times = timers["graph"][int(cudnn)](what, inputs.sets, reps)
+            except Exception as exc:  # noqa: BLE001 (timed eagerly instead, and said so)
+                choice.status = f"ok (eager: graph failed: {type(exc).__name__}: {str(exc)[:120]})"
+                times = timers["eager"][int(cudnn)](what, inputs.sets, reps)
             choice.ms = float(np.median(times))
             choice.ms_spread = [float(np.percentile(times, 10)), float(np.percentile(times, 90))]
-            choice.status = "ok"
         except Exception as exc:  # report and go on: one choice never costs the others
             choice.status = f"error: {type(exc).__name__}: {str(exc)[:200]}"
             ok = False
     case.status = "ok" if ok else "failed"
     del inputs
-    cupy.get_default_memory_pool().free_all_blocks()
-    torch.cuda.empty_cache()
+    if xp.__name__ == "cupy":
+        xp.get_default_memory_pool().free_all_blocks()
+        torch.cuda.empty_cache()
     return ok
 
 
@@ -441,6 +489,8 @@ def table(cases: list[Case]) -> list[str]:
         parts = []
         for c in case.choices:
             value = f"{c.ms:.4f}" if c.ms is not None else c.status.split(":")[0]
+            if c.status.startswith("ok (eager"):
+                value += "(eager)"
             parts.append(f"{c.label}={value}")
         sm = summary(case)
         best, loss = sm["best"], sm["loss"]
@@ -485,8 +535,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="benchmarks/results", help="JSON folder")
     parser.add_argument("--tag", default=None, help="file name tag (default: the GPU's name)")
     parser.add_argument("--reps", type=int, default=7, help="timed graph replays per choice")
-    parser.add_argument("--budget-s", type=float, default=50.0,
-                        help="start no shape after this many seconds (default 50)")  # fmt: skip
+    parser.add_argument("--budget-s", type=float, default=45.0,
+                        help="start no case after this many seconds (default 45)")  # fmt: skip
     parser.add_argument("--min-gain", type=float, default=0.05,
                         help="suggest table entries where the rule loses more")  # fmt: skip
     parser.add_argument("--sms", type=int, default=DEFAULT_SMS, help="SM count of the dry run")
@@ -539,7 +589,11 @@ def main(argv=None) -> int:
         if time.monotonic() - started > opts.budget_s:
             case.status = "skipped: --budget-s spent"
             continue
-        failed |= not run_case(case, ex, opts.reps, seed=i)
+        try:
+            failed |= not run_case(case, ex, opts.reps, seed=i)
+        except Exception as exc:  # report and go on: one case never costs the others
+            case.status = f"error: {type(exc).__name__}: {str(exc)[:200]}"
+            failed = True
         print(table([case])[0], flush=True)
         save(False)
     skipped = [c for c in plan if c.status.startswith("skipped")]

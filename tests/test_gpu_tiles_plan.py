@@ -11,6 +11,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from r2n._bench.cases import res2net50_flops
@@ -109,3 +110,67 @@ def test_summary_and_suggested_entries(gpu_tiles):
     assert gconv.fp32_tile_rule(*shape.rule_key(32, 132), rule=rule) == ("wide", 1)
     assert gpu_tiles.suggested_entries([case], 0.5) == []  # within the margin
     assert "1x1 large x1.33" in gpu_tiles.table([case])[0]
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        # K >= 128: each has split choices (two rows of 64)
+        ("t 3x3", "im2col", 16, 10, 3, 1, 7),
+        ("t stage", "im2col", 45, 9, 3, 2, 7, 3),  # a "stage" chain: 3 groups, stride 2
+        ("t 1x1", "plane", 130, 70, 1, 1, 5),
+        ("t conv3+sc", "plane+shortcut", 70, 12, 1, 1, 4, 1, 60, 8),  # shortcut 60 @ 8, s2
+    ],
+    ids=lambda s: s[0],
+)
+def test_check_and_time_path_on_the_emulator(gpu_tiles, shape):
+    """run_case as on the GPU, with the emulator for CuPy's executor, NumPy for
+    CuPy and torch on the CPU: every choice (forced tiles and splits, the
+    shortcut) is launched, checked against the float64 result, and timed by
+    the timers given (a graph timer that fails falls back to the eager one)."""
+    from cuda_emu import EmuExecutor
+
+    case = gpu_tiles.plan_case(gpu_tiles.ConvShape(*shape), 2, 132)
+    assert any(c.k_splits > 1 for c in case.choices)
+    calls = []
+
+    def fake_graph(what, sets, reps):
+        raise RuntimeError("no CUDA graphs here")
+
+    def fake_eager(what, sets, reps):
+        calls.append(what)
+        if callable(what):
+            what(sets - 1)  # the last input set
+        else:
+            what.torch_conv(sets - 1)
+        return [1.0] * reps
+
+    timers = {"graph": (fake_graph, fake_graph), "eager": (fake_eager, fake_eager)}
+    ok = gpu_tiles.run_case(case, EmuExecutor(check_order=False), 3, 0, xp=np, timers=timers)
+    assert ok, [(c.label, c.status) for c in case.choices]
+    assert len(calls) == len(case.choices)
+    for choice in case.choices:
+        assert choice.err <= 1e-5 and choice.ms == 1.0
+        assert choice.status.startswith("ok (eager: graph failed: RuntimeError")
+    assert "(eager)" in gpu_tiles.table([case])[0]
+
+
+def test_a_failing_choice_is_reported_not_timed(gpu_tiles, monkeypatch):
+    from cuda_emu import EmuExecutor
+
+    case = gpu_tiles.plan_case(gpu_tiles.ConvShape("t", "plane", 12, 70, 1, 1, 5), 1, 132)
+    original = gpu_tiles._r2n_call
+
+    def broken(case, choice, inputs, ex):
+        call = original(case, choice, inputs, ex)
+        if choice.tile != "large":
+            return call
+        return lambda i: call(i) * 1.001  # off by 1e-3
+
+    monkeypatch.setattr(gpu_tiles, "_r2n_call", broken)
+    timers = {"graph": (lambda *a: [2.0],) * 2, "eager": (None, None)}
+    ok = gpu_tiles.run_case(case, EmuExecutor(check_order=False), 3, 0, xp=np, timers=timers)
+    assert not ok
+    large = next(c for c in case.choices if c.tile == "large")
+    assert large.status.startswith("FAILED check") and large.ms is None
+    assert all(c.ms == 2.0 for c in case.choices if c is not large)
