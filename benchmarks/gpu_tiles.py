@@ -13,7 +13,9 @@ table): the stem (7x7, step 4), each block's conv1 (1x1, gemm_1x1), its chain
 3x3 convs ("normal" blocks: one launch per conv; "stage" blocks: one grouped
 launch of the 3 convs), its conv3 (1x1 + bias; "stage" blocks: conv3 and the
 strided 1x1 shortcut as ONE GEMM over K = C_mid + C_in, as r2n runs them, so
-the shortcut never runs alone), at every ``--batch`` (default 1, 32, 256).
+the shortcut never runs alone; "normal" blocks: + the block's input as a
+residual), every launch with bias and ReLU fused as r2n runs it, at every
+``--batch`` (default 1, 32, 256).
 Shapes run in order of their share of the network's FLOPs (count x FLOPs per
 launch: a proxy for their share of its time at batch 32 / 256), each at every
 batch, so that a run cut short by ``--budget-s`` has measured the shapes that
@@ -24,13 +26,14 @@ forced; labels ``<variant> <tile>[ k<splits>]``):
 
 * im2col convs (3x3, the stem): ``4p narrow``, ``4p wide`` (step 4_pipelined);
 * 1x1 convs: ``1x1 wide``, ``1x1 large`` (gemm_1x1: 64 x 64 / 4 x 4 and
-  128 x 128 / 8 x 8 tiles), and ``4p wide`` (step 4 through its im2col loads,
-  for comparison);
+  128 x 128 / 8 x 8 tiles), ``1x1 half`` (8 x 8 per thread in 64 x 128, 3
+  blocks per SM: a candidate no rule picks yet) and ``4p wide`` (step 4
+  through its im2col loads, for comparison); conv3 + shortcut: wide / large;
 * split-K on the rule's tile: the rule's split r and 2 r when r > 1; when the
   rule does not split, the split the rule would pick without its
   ``SPLIT_K_MIN_K`` threshold, when that is > 1;
-* ``cudnn``: torch.nn.functional.conv2d, TF32 off (conv3 + shortcut: its two
-  convs and the add, as PyTorch runs them).
+* ``cudnn``: torch.nn.functional.conv2d, TF32 off, then the residual add and
+  ReLU as PyTorch runs them (conv3 + shortcut: its two convs and the add).
 
 The rule's own choice (:func:`r2n.gpu.conv.fp32_tile_rule`, on this GPU's SM
 count) is always one of them. Check, then time: every choice first runs once
@@ -88,6 +91,7 @@ class ConvShape:
     groups: int = 1
     sc_c: int = 0  # the shortcut's input channels (plane+shortcut)
     sc_h: int = 0  # the shortcut's input size; its stride is h_sc // h_out
+    residual: bool = False  # adds a residual (a "normal" block's conv3: its input)
     count: int = 1  # launches of this shape per forward
 
     @property
@@ -123,6 +127,8 @@ class ConvShape:
         what += f" {self.h}->{self.h_out}"
         if self.sc_c:
             what += f" +sc {self.sc_c}@{self.sc_h}/s{self.sc_stride}"
+        if self.residual:
+            what += " +res"
         return what
 
 
@@ -165,7 +171,7 @@ def network_convs(hw: int = 224, base_width: int = 26, scale: int = 4) -> list[C
                               sc_c=c_in, sc_h=h))  # fmt: skip
             else:
                 add(ConvShape(f"{where} chain", im2col, width, width, 3, 1, h, count=scale - 1))
-                add(ConvShape(f"{where} conv3", plane, mid, c_out, 1, 1, h))
+                add(ConvShape(f"{where} conv3", plane, mid, c_out, 1, 1, h, residual=True))
             h, c_in = h_out, c_out
     return sorted(found.values(), key=lambda s: -s.count * s.flops(1))
 
@@ -254,6 +260,8 @@ class _Inputs:
         x_shape = (n, s.c_in, s.h, s.h)
         sc_shape = (n, s.sc_c, s.sc_h, s.sc_h) if s.sc_c else None
         x_bytes = 4 * (math.prod(x_shape) + (math.prod(sc_shape) if sc_shape else 0))
+        if s.residual:
+            x_bytes += 4 * n * s.c_out * s.h_out**2
         self.sets = max(2, min(MAX_SETS, math.ceil(2 * L2_BYTES / x_bytes)))
         f32 = xp.float32
         self.xs = [rng.standard_normal(x_shape, dtype=f32) for _ in range(self.sets)]
@@ -264,9 +272,13 @@ class _Inputs:
         self.w = (rng.standard_normal(w_shape, dtype=f32) / math.sqrt(s.k_rows)).astype(f32)
         self.b = rng.standard_normal(s.c_out, dtype=f32)
         self.out_shape = (n, s.c_out, s.h_out, s.h_out)
+        self.res = None
+        if s.residual:
+            self.res = [rng.standard_normal(self.out_shape, dtype=f32) for _ in range(self.sets)]
         t = torch.from_dlpack
         self.t_xs = [t(x) for x in self.xs]
         self.t_scs = [t(x) for x in self.scs] if sc_shape else None
+        self.t_res = [t(r) for r in self.res] if s.residual else None
         c_main = s.c_in // s.groups
         self.t_w, self.t_ws = t(self.w[:, :c_main]).contiguous(), None
         if s.sc_c:
@@ -286,7 +298,9 @@ class _Inputs:
         out = conv(self.t_xs[i], self.t_w, self.t_b, s.stride, s.padding, s.groups)
         if s.sc_c:
             out = out + conv(self.t_scs[i], self.t_ws, None, s.sc_stride, 0, 1)
-        return out
+        if s.residual:
+            out = out + (self.t_res[i] if dtype is None else self.t_res[i].to(dtype))
+        return out.relu_()
 
 
 def _r2n_call(case: Case, choice: Choice, inputs: _Inputs, ex):
@@ -300,10 +314,11 @@ def _r2n_call(case: Case, choice: Choice, inputs: _Inputs, ex):
 
     def call(i):
         shortcut = None if not s.sc_c else (inputs.scs[i], (s.sc_stride,) * 2, False)
+        residual = inputs.res[i] if s.residual else None
         gconv.launch_conv(ex, choice.variant, inputs.xs[i], inputs.w, inputs.b, out,
                           stride=(s.stride,) * 2, padding=(s.padding,) * 2, dilation=(1, 1),
                           groups=s.groups, tile=choice.tile, k_splits=choice.k_splits,
-                          shortcut=shortcut)  # fmt: skip
+                          shortcut=shortcut, residual=residual, activation="relu")  # fmt: skip
         return out
 
     return call

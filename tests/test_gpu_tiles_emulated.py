@@ -128,13 +128,14 @@ def _name(variant, ctype, tile, k_splits):
         ("4_pipelined", CONV_3X3, "narrow", 3),
         ("4_pipelined", CONV_3X3, "wide", 2),
         ("gemm_1x1", CONV_1X1, "large", 1),
+        ("gemm_1x1", CONV_1X1, "half", 1),
         ("gemm_1x1", CONV_1X1, "wide", 3),
         ("4_pipelined", CONV_1X1, "narrow", 1),
     ],
 )
 def test_forced_tiles_and_splits_match_reference(ex, rng, dtype, variant, case, tile, k_splits):
-    if dtype == np.float64 and tile == "narrow" and k_splits > 1:
-        pytest.skip("float64 splits on the wide tile only (the narrow one spills on sm_80)")
+    if dtype == np.float64 and (tile == "half" or tile == "narrow" and k_splits > 1):
+        pytest.skip("float64 has no half tile, and splits on the wide one only")
     x, weight, bias, args = conv_inputs(rng, case, dtype)
     expected = ref.conv2d(_f64(x), _f64(weight), _f64(bias), **args)
     ex.launches.clear()
@@ -199,6 +200,11 @@ def test_impossible_tiles_are_clear_errors(ex, rng):
         _launch(ex, "gemm_1x1", x, weight, bias, args, tile="large", k_splits=2)
     with pytest.raises(ValueError, match="variant gemm_1x1 has tiles"):
         _launch(ex, "gemm_1x1", x, weight, bias, args, tile="narrow")
+    with pytest.raises(ValueError, match="half tile has no float kernel that splits K"):
+        _launch(ex, "gemm_1x1", x, weight, bias, args, tile="half", k_splits=2)
+    x, weight, bias = (a.astype(np.float64) for a in (x, weight, bias))
+    with pytest.raises(ValueError, match="the half tile is float32's only"):
+        _launch(ex, "gemm_1x1", x, weight, bias, args, tile="half")
 
 
 def test_prepared_block_follows_the_table(ex, rng, monkeypatch):

@@ -38,7 +38,7 @@ def test_dry_run_lists_the_plan_and_exits_0():
                           text=True, cwd=ROOT, timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[-1].startswith("25 shapes, 75 cases, 294 choices; 132 SMs")
+    assert lines[-1].startswith("25 shapes, 75 cases, 330 choices; 132 SMs")
     assert "layer3.1 chain     N=1    rule 4p wide k14" in proc.stdout
 
 
@@ -72,6 +72,7 @@ def test_every_case_has_the_choices_of_the_issue(gpu_tiles):
             assert {"4p wide", "4p narrow"} <= set(labels)
         else:
             assert {"1x1 wide", "1x1 large"} <= set(labels)
+            assert ("1x1 half" in labels) == (kind == gconv.KIND_PLANE)
         for choice in case.choices[:-1]:  # every forced choice is one launch_conv can run
             key = case.shape.rule_key(case.n, 132)
             assert (
@@ -95,7 +96,8 @@ def test_every_case_has_the_choices_of_the_issue(gpu_tiles):
 def test_summary_and_suggested_entries(gpu_tiles):
     shape = next(s for s in gpu_tiles.network_convs() if s.name == "layer1.1 conv1")
     case = gpu_tiles.plan_case(shape, 32, 132)
-    times = {"1x1 wide": 0.30, "1x1 large": 0.40, "4p wide": 0.35, "cudnn": 0.20}
+    times = {"1x1 wide": 0.30, "1x1 large": 0.40, "1x1 half": 0.31, "4p wide": 0.35,
+             "cudnn": 0.20}  # fmt: skip
     for choice in case.choices:
         choice.ms, choice.status = times[choice.label], "ok"
     case.status = "ok"
@@ -119,6 +121,7 @@ def test_summary_and_suggested_entries(gpu_tiles):
         ("t 3x3", "im2col", 16, 10, 3, 1, 7),
         ("t stage", "im2col", 45, 9, 3, 2, 7, 3),  # a "stage" chain: 3 groups, stride 2
         ("t 1x1", "plane", 130, 70, 1, 1, 5),
+        ("t conv3", "plane", 130, 70, 1, 1, 5, 1, 0, 0, True),  # + a residual
         ("t conv3+sc", "plane+shortcut", 70, 12, 1, 1, 4, 1, 60, 8),  # shortcut 60 @ 8, s2
     ],
     ids=lambda s: s[0],
@@ -126,7 +129,8 @@ def test_summary_and_suggested_entries(gpu_tiles):
 def test_check_and_time_path_on_the_emulator(gpu_tiles, shape):
     """run_case as on the GPU, with the emulator for CuPy's executor, NumPy for
     CuPy and torch on the CPU: every choice (forced tiles and splits, the
-    shortcut) is launched, checked against the float64 result, and timed by
+    shortcut, the residual; bias and ReLU) is launched, checked against the
+    float64 result, and timed by
     the timers given (a graph timer that fails falls back to the eager one)."""
     from cuda_emu import EmuExecutor
 

@@ -92,6 +92,12 @@ NAIVE_THREADS = 256
 _TILE_WIDE = (64, 64, 16, 4, 4)
 _TILE_NARROW = (32, 64, 16, 4, 4)  # groups of <= 32 output channels
 _TILE_LARGE = {"float": (128, 128, 8, 8, 8), "double": (128, 64, 8, 8, 4)}
+# float32 gemm_1x1 only, never the rule's default: the large tile's 8 x 8
+# outputs per thread in a 64 x 128 block of 128 threads. Same registers per
+# thread (163-168 on sm_80 / sm_90), so 3 blocks (12 warps) fit an SM where
+# the large tile fits 1 (8 warps): a candidate the GPU run times
+# (benchmarks/gpu_tiles.py, NOTES-gpu.md 2026-12-04) before any rule uses it.
+_TILE_HALF = (64, 128, 8, 8, 8)
 #: Step 2's block tile (BM, BN, BK): one output per thread, 256 threads.
 _TILE_SMEM = (16, 16, 16)
 #: gemm_1x1 uses the large tile when it still makes at least this many blocks
@@ -108,6 +114,7 @@ TILES = {
     "wide": {"float": _TILE_WIDE, "double": _TILE_WIDE},
     "narrow": {"float": _TILE_NARROW, "double": _TILE_NARROW},
     "large": _TILE_LARGE,
+    "half": {"float": _TILE_HALF},
 }
 
 #: The building blocks of the fused launchers beside the ladder (kernels/gemm_1x1.cu).
@@ -139,7 +146,7 @@ def _tiles_of(variant: str, ctype: str) -> tuple:
     if variant == "2_smem_tiles":
         return (_TILE_SMEM,)
     if variant == GEMM_1X1:
-        return (_TILE_WIDE, _TILE_LARGE[ctype])
+        return (_TILE_WIDE, _TILE_LARGE[ctype]) + ((_TILE_HALF,) if ctype == "float" else ())
     if variant == AVG_POOL_GEMM_1X1:
         return (_TILE_WIDE,)
     return (_TILE_WIDE, _TILE_NARROW)
@@ -341,7 +348,7 @@ class MeasuredTiles(Mapping):
 #: (conv_gemm.cu's instantiations, :func:`_gemm_tiles`).
 _RULE_TILES = {
     KIND_IM2COL: ("wide", "narrow"),
-    KIND_PLANE: ("wide", "large"),
+    KIND_PLANE: ("wide", "large", "half"),  # half: float32 only
     KIND_PLANE_SHORTCUT: ("wide", "large"),
 }
 _SPLIT_TILES = {
@@ -532,7 +539,8 @@ def launch_conv(
         (the scratch arrays: :func:`split_k_scratch`).
     tile : None (:func:`fp32_tile_rule`'s) or a key of :data:`TILES` forcing
         the block tile of variants 4_pipelined ("wide", "narrow") and gemm_1x1
-        ("wide", "large"; split or with a shortcut as conv_gemm.cu has them),
+        ("wide", "large", float32 "half"; split or with a shortcut as
+        conv_gemm.cu has them),
         float32 / float64 only (benchmarks/gpu_tiles.py times each; tests);
         ``k_splits=None`` then splits as the rule would for that tile
     shortcut : None, or ``(x_sc, stride, pool)`` (variant gemm_1x1, groups 1):
@@ -1039,6 +1047,8 @@ def _plan(
                     f"r2n.{op}: variant {variant} has tiles {list(_RULE_TILES[kind])}, "
                     f"got tile={tile_forced!r}"
                 )
+            if tile_forced is not None and ctype not in TILES[tile_forced]:
+                raise ValueError(f"r2n.{op}: the {tile_forced} tile is float32's only")
             tile_name, rule_splits = fp32_tile_rule(
                 kind, c_out_g, k_rows, plane_out, images_groups, sm_count, ctype,
                 tile_forced, fp32_rule,
