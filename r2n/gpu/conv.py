@@ -817,7 +817,18 @@ def _no_counts(ex):
 def _tunables() -> tuple:
     """The module settings a plan depends on (part of its key: tests and tuning
     change them)."""
-    return (_fp32_rule(), _runtime.MAX_BLOCKS_1D, _runtime.MAX_GRID_DIM)
+    # one flat tuple (built on every launch): the rule's settings, then the grid's
+    return (
+        _LARGE_TILE_MIN_BLOCKS,
+        _NARROW_MAX_C_OUT_G,
+        FP32_MEASURED,
+        SPLIT_K_BLOCKS_PER_SM,
+        SPLIT_K_MIN_ROWS,
+        SPLIT_K_MAX,
+        SPLIT_K_MIN_K,
+        _runtime.MAX_BLOCKS_1D,
+        _runtime.MAX_GRID_DIM,
+    )
 
 
 def _plan(
@@ -851,7 +862,8 @@ def _plan(
 ):
     """Check one launch_conv call's shapes and options and compute its launch
     (a :class:`ConvPlan`), or _EMPTY when there is nothing to compute."""
-    fp32_rule, max_blocks_1d, max_grid_dim = tunables
+    *settings, max_blocks_1d, max_grid_dim = tunables
+    fp32_rule = (*settings[:3], tuple(settings[3:]))  # as _fp32_rule() has them
     ctype = _runtime.dtype_name(dtype)
     n_img, x_c_total, h, w = x_shape
     c_out, c_in_g, kh, kw = weight_shape
