@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import numpy as np
@@ -91,12 +92,30 @@ NAIVE_THREADS = 256
 _TILE_WIDE = (64, 64, 16, 4, 4)
 _TILE_NARROW = (32, 64, 16, 4, 4)  # groups of <= 32 output channels
 _TILE_LARGE = {"float": (128, 128, 8, 8, 8), "double": (128, 64, 8, 8, 4)}
+# float32 gemm_1x1 only, never the rule's default: the large tile's 8 x 8
+# outputs per thread in a 64 x 128 block of 128 threads. Same registers per
+# thread (163-168 on sm_80 / sm_90), so 3 blocks (12 warps) fit an SM where
+# the large tile fits 1 (8 warps): a candidate the GPU run times
+# (benchmarks/gpu_tiles.py, NOTES-gpu.md 2026-12-04) before any rule uses it.
+_TILE_HALF = (64, 128, 8, 8, 8)
 #: Step 2's block tile (BM, BN, BK): one output per thread, 256 threads.
 _TILE_SMEM = (16, 16, 16)
 #: gemm_1x1 uses the large tile when it still makes at least this many blocks
 #: (two per SM of a 132-SM H100); smaller problems keep the GPU busier with
-#: 64 x 64 tiles.
+#: 64 x 64 tiles. (A default of :func:`fp32_tile_rule`, never timed.)
 _LARGE_TILE_MIN_BLOCKS = 264
+#: Step 4 (im2col) takes the narrow 32 x 64 tile for groups of at most this many
+#: output channels (Res2Net's 26-channel chain convs), else the wide one. (A
+#: default of :func:`fp32_tile_rule`.)
+_NARROW_MAX_C_OUT_G = 32
+#: The SIMT kernels' block tiles by name (``launch_conv(..., tile=)``,
+#: :func:`fp32_tile_rule`): (BM, BN, BK, TM, TN) of float / double.
+TILES = {
+    "wide": {"float": _TILE_WIDE, "double": _TILE_WIDE},
+    "narrow": {"float": _TILE_NARROW, "double": _TILE_NARROW},
+    "large": _TILE_LARGE,
+    "half": {"float": _TILE_HALF},
+}
 
 #: The building blocks of the fused launchers beside the ladder (kernels/gemm_1x1.cu).
 GEMM_1X1 = "gemm_1x1"
@@ -127,7 +146,7 @@ def _tiles_of(variant: str, ctype: str) -> tuple:
     if variant == "2_smem_tiles":
         return (_TILE_SMEM,)
     if variant == GEMM_1X1:
-        return (_TILE_WIDE, _TILE_LARGE[ctype])
+        return (_TILE_WIDE, _TILE_LARGE[ctype]) + ((_TILE_HALF,) if ctype == "float" else ())
     if variant == AVG_POOL_GEMM_1X1:
         return (_TILE_WIDE,)
     return (_TILE_WIDE, _TILE_NARROW)
@@ -231,6 +250,9 @@ SPLIT_K_MAX = 16
 SPLIT_K_MIN_K = 512
 #: The variants that split (the ladder's other steps stay one idea each).
 SPLIT_K_VARIANTS = ("4_pipelined", "5_tensor_core", GEMM_1X1)
+#: The float32 / float64 variants whose tile and split :func:`fp32_tile_rule`
+#: decides (and ``launch_conv(..., tile=)`` can force).
+_TILE_VARIANTS = ("4_pipelined", GEMM_1X1)
 
 
 def split_k_for(blocks: int, k_rows: int, sm_count, rule: tuple | None = None) -> int:
@@ -266,6 +288,153 @@ def _split_rule() -> tuple:
 
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
+
+
+# The float32 / float64 tile and split rule: ONE deterministic function of the
+# GEMM's shape and the GPU's SM count (fp32_tile_rule), so that a measurement
+# (benchmarks/gpu_tiles.py) sets it by changing numbers, not code: the table
+# FP32_MEASURED for the shapes that were timed, and the thresholds above
+# (_NARROW_MAX_C_OUT_G, _LARGE_TILE_MIN_BLOCKS, SPLIT_K_*) for every other.
+#: The GEMM kinds of the rule: step 4's im2col loads (any conv), gemm_1x1's
+#: plane loads (1x1 / stride 1 / padding 0), gemm_1x1 with a bottleneck's
+#: shortcut as more K rows.
+KIND_IM2COL, KIND_PLANE, KIND_PLANE_SHORTCUT = "im2col", "plane", "plane+shortcut"
+
+
+class MeasuredTiles(Mapping):
+    """A read-only table of measured (tile, k_splits) choices, keyed on
+    ``(kind, c_out_g, k_rows, pixels, images_groups, sm_count)`` (the
+    arguments of :func:`fp32_tile_rule`).
+
+    Hashed and compared by identity, so that launch plans, which are keyed on
+    the rule's settings (:func:`_tunables`), stay cheap to look up: change the
+    rule by assigning a new table to :data:`FP32_MEASURED`, never by changing
+    one in place (it has no way to be changed)."""
+
+    __slots__ = ("_entries",)
+
+    def __init__(self, entries=()):
+        entries = dict(entries)
+        for key, (tile, k_splits) in entries.items():
+            kind, *sizes = key
+            if kind not in (KIND_IM2COL, KIND_PLANE, KIND_PLANE_SHORTCUT) or len(sizes) != 5:
+                raise ValueError(f"MeasuredTiles: bad key {key!r}")
+            if tile not in TILES or not isinstance(k_splits, int) or k_splits < 1:
+                raise ValueError(f"MeasuredTiles: bad choice {(tile, k_splits)!r} for {key!r}")
+            if tile not in _RULE_TILES[kind] or (k_splits > 1 and tile not in _SPLIT_TILES[kind]):
+                raise ValueError(
+                    f"MeasuredTiles: {kind} GEMMs have no {tile} tile"
+                    + (f" that splits K ({k_splits})" if k_splits > 1 else "")
+                )
+        self._entries = entries
+
+    def __getitem__(self, key):
+        return self._entries[key]
+
+    def __iter__(self):
+        return iter(self._entries)
+
+    def __len__(self):
+        return len(self._entries)
+
+    __hash__ = object.__hash__
+    __eq__ = object.__eq__
+
+    def __repr__(self):
+        return f"MeasuredTiles({self._entries!r})"
+
+
+#: Tiles a float32 GEMM of each kind has (unsplit), and those that also split K
+#: (conv_gemm.cu's instantiations, :func:`_gemm_tiles`).
+_RULE_TILES = {
+    KIND_IM2COL: ("wide", "narrow"),
+    KIND_PLANE: ("wide", "large", "half"),  # half: float32 only
+    KIND_PLANE_SHORTCUT: ("wide", "large"),
+}
+_SPLIT_TILES = {
+    KIND_IM2COL: ("wide", "narrow"),
+    KIND_PLANE: ("wide",),
+    KIND_PLANE_SHORTCUT: ("wide", "large"),
+}
+
+#: Measured float32 choices (benchmarks/gpu_tiles.py prints the entries to put
+#: here); empty: no measurement has set any yet, every shape follows the
+#: thresholds. Keys of another SM count never match, so a table measured on
+#: one GPU changes nothing on another.
+FP32_MEASURED = MeasuredTiles()
+
+
+def fp32_tile_rule(
+    kind: str,
+    c_out_g: int,
+    k_rows: int,
+    pixels: int,
+    images_groups: int,
+    sm_count,
+    ctype: str = "float",
+    tile: str | None = None,
+    rule: tuple | None = None,
+) -> tuple[str, int]:
+    """The (tile name, k_splits) the launcher runs a SIMT GEMM with.
+
+    One deterministic function of the GEMM's shape, which benchmarks/gpu_tiles.py
+    times choice by choice:
+
+    Parameters
+    ----------
+    kind : KIND_IM2COL (step 4), KIND_PLANE (gemm_1x1) or KIND_PLANE_SHORTCUT
+        (gemm_1x1 + a bottleneck's shortcut)
+    c_out_g : output channels per group (the GEMM's M)
+    k_rows : K, input channels per group x kH x kW (+ the shortcut's channels)
+    pixels : H_out * W_out (the GEMM's N per image)
+    images_groups : N * groups, as the grid's z (at most its limit)
+    sm_count : the GPU's SMs, or None (the CPU emulator: never splits)
+    ctype : "float" or "double" (the measured table is float32's only)
+    tile : None (the rule's), or a tile name of :data:`TILES` forced by the
+        caller: then only k_splits is the rule's, for that tile's grid (1
+        where that tile does not split)
+    rule : the settings (:func:`_tunables`), default the module's
+
+    Returns
+    -------
+    (tile, k_splits): a key of :data:`TILES` and the splits of each output
+    tile's K rows (1: none). A float32 shape in :data:`FP32_MEASURED` gets its
+    entry. Otherwise, the defaults (what r2n ran before any measurement): step
+    4 the narrow tile for c_out_g <= ``_NARROW_MAX_C_OUT_G`` (32), else the wide
+    one; gemm_1x1 the large 128 x 128 tile when it makes at least
+    ``_LARGE_TILE_MIN_BLOCKS`` (264) blocks, else the wide one; and
+    k_splits = :func:`split_k_for` of that tile's grid (a split plane GEMM
+    runs on the wide tile, the only one conv_gemm.cu has for it).
+
+    Examples (132 SMs, float32): 1x1 256 -> 104 at 56x56 (K 256), batch 32
+    -> ("large", 1); batch 1 -> ("wide", 1); 3x3 26 -> 26 at 56x56 (K 234)
+    -> ("narrow", 1); 3x3 104 -> 104 at 14x14 (K 936), batch 1 -> ("wide", 14).
+    """
+    large_min_blocks, narrow_max, measured, split_rule = _fp32_rule() if rule is None else rule
+    if tile is None and ctype == "float":
+        found = measured.get((kind, c_out_g, k_rows, pixels, images_groups, sm_count))
+        if found is not None:
+            return found
+    forced = tile is not None
+    if not forced:
+        if kind == KIND_IM2COL:
+            tile = "narrow" if c_out_g <= narrow_max else "wide"
+        else:
+            bm, bn = TILES["large"][ctype][:2]
+            n_large = _cdiv(pixels, bn) * _cdiv(c_out_g, bm) * images_groups
+            tile = "large" if n_large >= large_min_blocks else "wide"
+    bm, bn = TILES[tile][ctype][:2]
+    blocks = _cdiv(pixels, bn) * _cdiv(c_out_g, bm) * images_groups
+    k_splits = split_k_for(blocks, k_rows, sm_count, split_rule)
+    if k_splits > 1 and tile not in _SPLIT_TILES[kind]:
+        if forced:  # the caller's tile, unsplit
+            return tile, 1
+        tile = "wide"
+    return tile, k_splits
+
+
+def _fp32_rule() -> tuple:
+    return (_LARGE_TILE_MIN_BLOCKS, _NARROW_MAX_C_OUT_G, FP32_MEASURED, _split_rule())
 
 
 def is_gemm_1x1(kernel_hw, stride, padding) -> bool:
@@ -334,6 +503,7 @@ def launch_conv(
     k_splits: int | None = None,
     shortcut: _Shortcut | None = None,
     op: str = "conv2d",
+    tile: str | None = None,
 ) -> None:
     """Launch one conv kernel writing ``out[:, out_c0 : out_c0 + C_out]``.
 
@@ -367,6 +537,12 @@ def launch_conv(
         H_out*W_out, and each output tile's last split adds them in split
         order (deterministic) and applies the epilogue, in the same launch
         (the scratch arrays: :func:`split_k_scratch`).
+    tile : None (:func:`fp32_tile_rule`'s) or a key of :data:`TILES` forcing
+        the block tile of variants 4_pipelined ("wide", "narrow") and gemm_1x1
+        ("wide", "large", float32 "half"; split or with a shortcut as
+        conv_gemm.cu has them),
+        float32 / float64 only (benchmarks/gpu_tiles.py times each; tests);
+        ``k_splits=None`` then splits as the rule would for that tile
     shortcut : None, or ``(x_sc, stride, pool)`` (variant gemm_1x1, groups 1):
         the bottleneck's shortcut conv as more rows of this GEMM; ``weight``
         is then (C_out, C_in + C_sc, 1, 1), conv3's columns then the
@@ -414,6 +590,7 @@ def launch_conv(
         k_splits,
         getattr(ex, "sm_count", None),
         None if shortcut is None else (shortcut.x.shape, tuple(shortcut.stride), shortcut.pool),
+        tile,
     )
     plan = _PLANS.get(key)
     if plan is None:
@@ -685,11 +862,17 @@ _register_clear()
 def _tunables() -> tuple:
     """The module settings a plan depends on (part of its key: tests and tuning
     change them)."""
+    # one flat tuple (built on every launch): the rule's settings, then the grid's
     return (
         _LARGE_TILE_MIN_BLOCKS,
+        _NARROW_MAX_C_OUT_G,
+        FP32_MEASURED,
+        SPLIT_K_BLOCKS_PER_SM,
+        SPLIT_K_MIN_ROWS,
+        SPLIT_K_MAX,
+        SPLIT_K_MIN_K,
         _runtime.MAX_BLOCKS_1D,
         _runtime.MAX_GRID_DIM,
-        _split_rule(),
     )
 
 
@@ -720,10 +903,12 @@ def _plan(
     k_splits,
     sm_count,
     shortcut,
+    tile_forced,
 ):
     """Check one launch_conv call's shapes and options and compute its launch
     (a :class:`ConvPlan`), or _EMPTY when there is nothing to compute."""
-    large_tile_min_blocks, max_blocks_1d, max_grid_dim, split_rule = tunables
+    *settings, max_blocks_1d, max_grid_dim = tunables
+    fp32_rule = (*settings[:3], tuple(settings[3:]))  # as _fp32_rule() has them
     ctype = _runtime.dtype_name(dtype)
     n_img, x_c_total, h, w = x_shape
     c_out, c_in_g, kh, kw = weight_shape
@@ -768,6 +953,14 @@ def _plan(
         raise ValueError(
             f"r2n.{op}: variant {variant} does not split K (k_splits={k_splits}); "
             f"variants {list(SPLIT_K_VARIANTS)} do"
+        )
+    if tile_forced is not None and (
+        tile_forced not in TILES or variant not in _TILE_VARIANTS or tensor_cores
+    ):
+        raise ValueError(
+            f"r2n.{op}: tile= forces one of {list(TILES)} on the float32 / float64 variants "
+            f"{list(_TILE_VARIANTS)}; got tile={tile_forced!r} with variant {variant!r}, "
+            f"precision {precision!r}"
         )
     if groups < 1 or c_out % groups:
         raise ValueError(f"r2n.{op}: groups={groups} must divide C_out={c_out}")
@@ -897,12 +1090,29 @@ def _plan(
         shared = 0
     else:
         c_out_g = c_out // groups
+        images_groups = min(n_img * groups, max_grid_dim[2])
+        k_rows = c_in_g * kh * kw + sc_c
         if tensor_cores:
             tile = _tc.TILE_WIDE if shortcut is not None else _tc.tile_for(c_out_g)
-        elif variant == GEMM_1X1:
-            large = _TILE_LARGE[ctype]
-            n_large = _cdiv(plane_out, large[1]) * _cdiv(c_out_g, large[0]) * n_img * groups
-            tile = large if n_large >= large_tile_min_blocks else _TILE_WIDE
+        elif variant in _TILE_VARIANTS:
+            if variant == "4_pipelined":
+                kind = KIND_IM2COL
+            else:
+                kind = KIND_PLANE if shortcut is None else KIND_PLANE_SHORTCUT
+            if tile_forced is not None and tile_forced not in _RULE_TILES[kind]:
+                raise ValueError(
+                    f"r2n.{op}: variant {variant} has tiles {list(_RULE_TILES[kind])}, "
+                    f"got tile={tile_forced!r}"
+                )
+            if tile_forced is not None and ctype not in TILES[tile_forced]:
+                raise ValueError(f"r2n.{op}: the {tile_forced} tile is float32's only")
+            tile_name, rule_splits = fp32_tile_rule(
+                kind, c_out_g, k_rows, plane_out, images_groups, sm_count, ctype,
+                tile_forced, fp32_rule,
+            )  # fmt: skip
+            tile = TILES[tile_name][ctype]
+            if k_splits is None:
+                k_splits = rule_splits
         elif variant == AVG_POOL_GEMM_1X1:
             tile = _TILE_WIDE
         elif variant == "2_smem_tiles":
@@ -918,19 +1128,22 @@ def _plan(
             threads = (bm // tile[3]) * (bn // tile[4])
         pixel_tiles = _cdiv(plane_out, bn)
         channel_tiles = _cdiv(c_out_g, bm)
-        images_groups = min(n_img * groups, max_grid_dim[2])
-        k_rows = c_in_g * kh * kw + sc_c
         if variant not in SPLIT_K_VARIANTS:
             k_splits = 1
-        elif k_splits is None:
+        elif k_splits is None:  # 5_tensor_core (the SIMT variants' came from the rule)
             blocks = pixel_tiles * channel_tiles * images_groups
-            k_splits = split_k_for(blocks, k_rows, sm_count, split_rule)
+            k_splits = split_k_for(blocks, k_rows, sm_count, fp32_rule[3])
         if k_splits > 1 or shortcut is not None or tensor_cores and variant == GEMM_1X1:
             if shortcut is not None:
                 gemm_load = LOAD_PLANE_SHORTCUT
             else:
                 gemm_load = LOAD_IM2COL if variant != GEMM_1X1 else LOAD_PLANE
             if not tensor_cores and tile not in _gemm_tiles(gemm_load, ctype):
+                if tile_forced is not None:
+                    raise ValueError(
+                        f"r2n.{op}: the {tile_forced} tile has no {ctype} kernel that "
+                        f"splits K ({k_splits}) or adds a shortcut for variant {variant}"
+                    )
                 # conv_gemm.cu has the 64 x 64 tile for every LOAD (split_k_for
                 # never splits a grid of large tiles: >= 264 blocks)
                 tile, threads = _TILE_WIDE, (_TILE_WIDE[0] // 4) * (_TILE_WIDE[1] // 4)
