@@ -72,12 +72,12 @@ run_step() {
     # per-kernel device time of the network (this checkout; AB_OLD=DIR: also the r2n
     # package under DIR, e.g. an older commit's `git archive`, for a side-by-side A/B)
     kernels) step kernels "${KERNELS_LIMIT:-150}" bash -c '
+        $PY benchmarks/gpu_kernels.py --batch ${KERNELS_BATCH:-1 32} --precision fp32 tf32 \
+            --label new --torch --json "$OUT/kernels.jsonl"
         if [ -n "${AB_OLD:-}" ]; then
             PYTHONPATH=$AB_OLD $PY benchmarks/gpu_kernels.py --batch ${KERNELS_OLD_BATCH:-32} \
                 --label old --json "$OUT/kernels.jsonl"
-        fi
-        $PY benchmarks/gpu_kernels.py --batch ${KERNELS_BATCH:-1 32} --precision fp32 tf32 \
-            --label new --torch --json "$OUT/kernels.jsonl"' ;;
+        fi' ;;
     # issue 14 (~9 min with the defaults; BENCH_ARGS="--budget-s 200 ..." for less)
     gpubench) step gpubench "${BENCH_LIMIT:-600}" $PY benchmarks/gpu_bench.py --out "$OUT" \
         ${BENCH_ARGS:-} ;;
