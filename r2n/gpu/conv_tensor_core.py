@@ -110,3 +110,59 @@ def tolerance(precision: str, layers: int = 1) -> float:
 
 
 _runtime.register(FILE, [name(p, t) for p in PRECISIONS for t in TILES])
+
+
+# --------------------------------------------------------------------------- #
+# The 1x1 convs at batch throughput: kernels/gemm_1x1_tensor_core.cu
+# --------------------------------------------------------------------------- #
+
+#: The multistage 1x1 GEMM's source (cp.async for both operands, a ring of
+#: STAGES slices, operands rounded when fragments are read; r2n.gpu.conv
+#: routes a 1x1 / stride-1 / padding-0 tf32 / bf16 conv to it when its grid
+#: fills the GPU and the launch needs no split-K, add or shortcut).
+GEMM_1X1_FILE = "gemm_1x1_tensor_core.cu"
+# Block tiles (BM, BN, BK, WARPS_M, WARPS_N, STAGES): warps of 64 x 32 (4 x 4
+# mma tiles) each, rings of 32-deep slices: 4 stages (140 KB) for the
+# 256-thread tile (one block per SM), 3 (~80 KB) for the 128-thread ones (two).
+GEMM_1X1_TILE = (128, 128, 32, 2, 4, 4)
+#: Groups of <= 64 output channels: half the rows, as many pixels.
+GEMM_1X1_TILE_FEW_CHANNELS = (64, 128, 32, 1, 4, 3)
+#: Planes of <= 64 pixels (Res2Net-50's 7x7 layer 4): half the pixels, so a
+#: 49-pixel plane fills 77% of a tile instead of 38%.
+GEMM_1X1_TILE_SMALL_PLANE = (128, 64, 32, 2, 2, 3)
+GEMM_1X1_TILES = (GEMM_1X1_TILE, GEMM_1X1_TILE_FEW_CHANNELS, GEMM_1X1_TILE_SMALL_PLANE)
+# Row paddings in floats (the .cu file's bank arithmetic): weights BK + pad,
+# inputs BN + pad.
+_GEMM_1X1_PAD = {"tf32": (4, 8), "bf16": (8, 4)}
+
+
+def gemm_1x1_tile(c_out_g: int, plane: int) -> tuple:
+    """The multistage 1x1 GEMM's block tile for ``c_out_g`` output channels per
+    group and ``plane`` = H * W pixels (a deterministic rule: fewer wasted rows
+    or columns first, else the 128 x 128 tile)."""
+    if c_out_g <= 64:
+        return GEMM_1X1_TILE_FEW_CHANNELS
+    if plane <= 64:
+        return GEMM_1X1_TILE_SMALL_PLANE
+    return GEMM_1X1_TILE
+
+
+def gemm_1x1_name(precision: str, tile) -> str:
+    """The name expression of the multistage 1x1 GEMM for ``precision`` and ``tile``."""
+    return f"conv2d_gemm_1x1_tensor_core<float, {FORMATS[precision]}, {', '.join(map(str, tile))}>"
+
+
+def gemm_1x1_threads(tile) -> int:
+    """Threads per block of a multistage 1x1 GEMM tile."""
+    return tile[3] * tile[4] * 32
+
+
+def gemm_1x1_shared_bytes(precision: str, tile) -> int:
+    """Dynamic shared memory of one block: STAGES x (BM rows of BK + pad raw
+    float32 weights, BK rows of BN + pad raw float32 inputs)."""
+    bm, bn, bk, _, _, stages = tile
+    a_pad, b_pad = _GEMM_1X1_PAD[precision]
+    return stages * (bm * (bk + a_pad) + bk * (bn + b_pad)) * 4
+
+
+_runtime.register(GEMM_1X1_FILE, [gemm_1x1_name(p, t) for p in PRECISIONS for t in GEMM_1X1_TILES])
