@@ -9,7 +9,10 @@ Cases: Res2Net-50 layer1's 1x1 convs at 56x56, 256 -> 104 (conv1) and
 first checked against the float64 product (CuPy matmul per image) within
 r2n.gpu.conv_tensor_core.tolerance, then timed:
 
-* ``multistage``: r2n.conv2d's choice now, kernels/gemm_1x1_tensor_core.cu;
+* ``multistage``: r2n.conv2d's choice now, kernels/gemm_1x1_tensor_core.cu
+  (its tile by r2n.gpu.conv_tensor_core.gemm_1x1_tile: 128 x 64 here);
+* ``ms 128x128``: the same kernel on its 128 x 128 tile (forced through
+  GEMM_1X1_LARGE_MIN_K), the alternative that rule weighs;
 * ``plane 64x64``: the tensor-core plane GEMM it replaces at these sizes
   (conv_gemm_tensor_core.cu, forced by r2n.gpu.conv.TC_GEMM_1X1_MIN_WAVES);
 * ``5_tensor_core``: the ladder's step 5 on the same conv (its im2col loads);
@@ -53,6 +56,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--precision", nargs="+", default=["tf32", "bf16"])
     parser.add_argument("--batch", nargs="+", type=int, default=[32, 256])
+    parser.add_argument("--size", type=int, default=56, help="H = W of the maps")
+    parser.add_argument("--reps", type=int, default=20, help="timed calls per row")
     parser.add_argument("--json", default=None, help="write every row here")
     args = parser.parse_args(argv)
 
@@ -77,13 +82,21 @@ def main(argv=None) -> int:
     except ImportError:
         torch = None
 
+    launched = {}  # the name expression of r2n's last launch, printed per row
+    launch = ex.launch
+
+    def recording_launch(file, name, *a, **k):
+        launched["name"] = name
+        return launch(file, name, *a, **k)
+
+    ex.launch = recording_launch
     gpu = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
-    print(f"{gpu}, {ex.sm_count} SMs; kernel times, median of 20 (CUDA events)")
-    rows, failed = [], False
+    print(f"{gpu}, {ex.sm_count} SMs; kernel times, median of {args.reps} (CUDA events)")
+    rows, failed, hw = [], False, args.size
     rng = np.random.default_rng(0)
     for n in args.batch:
         for c_in, c_out in ((256, 104), (104, 256)):
-            x = cupy.asarray(rng.standard_normal((n, c_in, 56, 56), dtype=np.float32))
+            x = cupy.asarray(rng.standard_normal((n, c_in, hw, hw), dtype=np.float32))
             w = cupy.asarray(
                 (rng.standard_normal((c_out, c_in, 1, 1)) / np.sqrt(c_in)).astype(np.float32)
             )
@@ -95,9 +108,9 @@ def main(argv=None) -> int:
                 )
                 + b.astype(cupy.float64)[:, None]
             )
-            exact = exact.reshape(n, c_out, 56, 56)
-            flop = 2.0 * n * c_out * c_in * 56 * 56
-            nbytes = 4.0 * (n * (c_in + c_out) * 56 * 56 + c_out * c_in)
+            exact = exact.reshape(n, c_out, hw, hw)
+            flop = 2.0 * n * c_out * c_in * hw * hw
+            nbytes = 4.0 * (n * (c_in + c_out) * hw * hw + c_out * c_in)
             for precision in args.precision:
                 base = None
 
@@ -106,20 +119,22 @@ def main(argv=None) -> int:
                         return r2n.conv2d(_x, _w, _b, precision=_p)
                     return gconv.VARIANTS[variant](
                         _x, _w, _b, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
-                        out_shape=(_x.shape[0], _w.shape[0], 56, 56), precision=_p,
+                        out_shape=(_x.shape[0], _w.shape[0], hw, hw), precision=_p,
                     )  # fmt: skip
 
-                def old_plane(_f=r2n_conv):
-                    saved = gconv.TC_GEMM_1X1_MIN_WAVES
-                    gconv.TC_GEMM_1X1_MIN_WAVES = float("inf")
+                def forced(module, constant, value, _f=r2n_conv):
+                    # plans are keyed on these constants (r2n.gpu.conv._tunables)
+                    saved = getattr(module, constant)
+                    setattr(module, constant, value)
                     try:
                         return _f()
                     finally:
-                        gconv.TC_GEMM_1X1_MIN_WAVES = saved
+                        setattr(module, constant, saved)
 
                 candidates = [
-                    ("plane 64x64", old_plane),
+                    ("plane 64x64", lambda: forced(gconv, "TC_GEMM_1X1_MIN_WAVES", float("inf"))),
                     ("multistage", r2n_conv),
+                    ("ms 128x128", lambda: forced(tc, "GEMM_1X1_LARGE_MIN_K", 0)),
                     ("5_tensor_core", lambda _f=r2n_conv: _f("5_tensor_core")),
                 ]
                 if torch is not None:
@@ -130,25 +145,27 @@ def main(argv=None) -> int:
                         ("cudnn", lambda _a=(tx, tw, tb): F.conv2d(*_a))  # noqa: B023
                     )
                 for label, fn in candidates:
+                    launched.clear()
                     out = fn()
+                    kernel = launched.get("name", "")
                     if label == "cudnn":
                         out = cupy.asarray(out.float())
                     err = float(cupy.linalg.norm(out - exact) / cupy.linalg.norm(exact))
                     ok = err <= tc.tolerance(precision)
-                    ms = _time_ms(cupy, fn) if ok else float("nan")
+                    ms = _time_ms(cupy, fn, reps=args.reps) if ok else float("nan")
                     if label == "plane 64x64":
                         base = ms
                     row = dict(
                         batch=n, c_in=c_in, c_out=c_out, precision=precision, kernel=label,
                         ms=ms, tflops=flop / ms / 1e9, gbs=nbytes / ms / 1e6, rel_err=err,
-                        ok=ok,
+                        ok=ok, name=kernel,
                     )  # fmt: skip
                     rows.append(row)
                     failed |= not ok
                     print(
                         f"1x1 {c_in:>3}->{c_out:<3} N={n:<3} {precision} {label:<14} "
                         f"{ms:8.4f} ms {row['tflops']:7.1f} TFLOP/s {row['gbs']:7.0f} GB/s "
-                        f"x{base / ms:5.2f} err {err:.1e}{'' if ok else ' WRONG'}",
+                        f"x{base / ms:5.2f} err {err:.1e}{'' if ok else ' WRONG'} {kernel}",
                         flush=True,
                     )
                     del out

@@ -350,7 +350,7 @@ def test_one_by_one_convs_run_on_tensor_cores(ex, rng):
         _check(out, expected, precision, np.float32)
         ex.launches.clear()
         out = gconv.conv2d(x, weight, bias, executor=ex, precision=precision, **args)
-        tile = tc.gemm_1x1_tile(70, 13 * 11)
+        tile = tc.gemm_1x1_tile(70, 13 * 11, 40)
         assert ex.launches == [(tc.GEMM_1X1_FILE, tc.gemm_1x1_name(precision, tile))]
         _check(out, expected, precision, np.float32)
         assert gconv.computes_in(gconv.GEMM_1X1, precision, 70) == precision

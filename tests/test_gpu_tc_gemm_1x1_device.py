@@ -54,10 +54,10 @@ def _conv_1x1_f64(cupy, x, weight, bias, residual, activation):
 
 # n, c_in, h, w, c_out, activation, residual, x_offset (elements before x's start)
 CASES = [
-    (32, 256, 56, 56, 104, "relu", False, 0),  # layer1 conv1: the 128 x 128 tile
+    (32, 256, 56, 56, 104, "relu", False, 0),  # layer1 conv1: the 128 x 64 tile
     (32, 104, 56, 56, 256, "relu", True, 0),  # layer1 conv3 + identity
-    (32, 1024, 14, 14, 416, "relu", False, 0),  # layer3 conv1
-    (32, 2048, 7, 7, 832, "leaky_relu", False, 0),  # layer4: 128 x 64, 4-byte copies
+    (32, 1024, 14, 14, 416, "relu", False, 0),  # layer3 conv1: 128 x 128 (K >= 512)
+    (32, 2048, 7, 7, 832, "leaky_relu", False, 0),  # layer4: 49 pixels, 4-byte copies
     (32, 64, 28, 28, 52, None, True, 1),  # 64 x 128 tile; x 4 bytes off alignment
 ]
 
@@ -93,7 +93,7 @@ def test_multistage_1x1_on_gpu(rng, monkeypatch, case, precision):
         dilation=(1, 1), groups=1, residual=residual, out_c0=out_c0, activation=activation,
         negative_slope=0.2, precision=precision,
     )  # fmt: skip
-    tile = tc.gemm_1x1_tile(c_out, h * w)
+    tile = tc.gemm_1x1_tile(c_out, h * w, c_in)
     assert launches == [(tc.GEMM_1X1_FILE, tc.gemm_1x1_name(precision, tile))]
     got = out[:, out_c0 : out_c0 + c_out]
     assert not bool(cupy.isnan(got).any()), "an output element was not written"

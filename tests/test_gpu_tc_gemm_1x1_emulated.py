@@ -36,8 +36,9 @@ CASES = [
     (2, 5, 7, 9, 26, 1, (True, False, None), 0, 0),  # K = 5, 63 pixels: 4-byte copies
     (2, 13, 3, 5, 40, 1, (True, True, "relu"), 2, 3),  # K = 13, 15 pixels, slices
     (3, 36, 4, 4, 7, 1, (False, True, "leaky_relu"), 0, 1),  # 16-byte copies, a K tail
-    (1, 36, 9, 9, 70, 1, (True, True, "relu"), 1, 0),  # the 128 x 128 tile, 81 pixels
-    (2, 36, 8, 8, 70, 1, (True, False, "leaky_relu"), 0, 2),  # the 128 x 64 tile
+    (1, 36, 9, 9, 70, 1, (True, True, "relu"), 1, 0),  # 128 x 64, two pixel tiles
+    (2, 36, 8, 8, 70, 1, (True, False, "leaky_relu"), 0, 2),  # 128 x 64, 16-byte copies
+    (1, 516, 9, 9, 70, 1, (True, True, "relu"), 0, 0),  # 128 x 128: K >= 512, 17 slices
     (1, 26, 4, 6, 52, 2, (True, True, None), 0, 0),  # 2 groups of 13 -> 26
 ]
 
@@ -85,13 +86,13 @@ def test_multistage_1x1_matches_reference(ex, rng, case, precision):
     n, c_in, h, w, c_out, groups = case[:6]
     ex.launches.clear()
     out, x, weight, bias, args, residual, activation = _run(ex, rng, case, precision)
-    tile = tc.gemm_1x1_tile(c_out // groups, h * w)
+    tile = tc.gemm_1x1_tile(c_out // groups, h * w, c_in // groups)
     assert ex.launches == [(tc.GEMM_1X1_FILE, tc.gemm_1x1_name(precision, tile))]
     check_conv(out, x, weight, bias, args, precision, residual, activation)
 
 
 def test_every_tile_is_reached_by_the_cases():
-    tiles = {tc.gemm_1x1_tile(c[4] // c[5], c[2] * c[3]) for c in CASES}
+    tiles = {tc.gemm_1x1_tile(c[4] // c[5], c[2] * c[3], c[1] // c[5]) for c in CASES}
     assert tiles == set(tc.GEMM_1X1_TILES)
 
 
@@ -116,7 +117,7 @@ def test_routing_by_blocks_split_and_options(rng, monkeypatch):
     """The multistage GEMM when its grid has a wave of blocks (or the executor
     has no SM count); the 64 x 64 plane GEMM for fewer blocks, forced splits,
     an add on load, a shortcut; the rule's constant is part of the plan."""
-    case = (2, 13, 3, 5, 40, 1, (True, False, None), 0, 0)  # 2 blocks of the 64 x 128 tile
+    case = (2, 13, 3, 5, 40, 1, (True, False, None), 0, 0)  # 2 blocks of 64 x 128
     emu = EmuExecutor(check_order=False)
     assert _file_of(emu, rng, case) == tc.GEMM_1X1_FILE  # no SM count
     emu.sm_count = 2
@@ -144,9 +145,10 @@ def test_routing_by_blocks_split_and_options(rng, monkeypatch):
 
 def test_shared_memory_and_threads_of_the_tiles():
     # 128 x 128 x 32 in 4 stages of (128 x 36 + 32 x 136) floats: 140 KB (TF32)
-    assert tc.gemm_1x1_shared_bytes("tf32", tc.GEMM_1X1_TILE) == 4 * (128 * 36 + 32 * 136) * 4
-    assert tc.gemm_1x1_shared_bytes("bf16", tc.GEMM_1X1_TILE) == 4 * (128 * 40 + 32 * 132) * 4
+    large = tc.GEMM_1X1_TILE_LARGE
+    assert tc.gemm_1x1_shared_bytes("tf32", large) == 4 * (128 * 36 + 32 * 136) * 4
+    assert tc.gemm_1x1_shared_bytes("bf16", large) == 4 * (128 * 40 + 32 * 132) * 4
     for tile in tc.GEMM_1X1_TILES:
         for precision in tc.PRECISIONS:
             assert tc.gemm_1x1_shared_bytes(precision, tile) <= _runtime.MAX_SHARED_PER_BLOCK
-    assert [tc.gemm_1x1_threads(t) for t in tc.GEMM_1X1_TILES] == [256, 128, 128]
+    assert [tc.gemm_1x1_threads(t) for t in tc.GEMM_1X1_TILES] == [128, 128, 256]

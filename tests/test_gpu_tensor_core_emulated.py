@@ -142,7 +142,7 @@ def test_tensor_core_conv_matches_reference(ex, rng, case, precision):
     out = gconv.conv2d(x, weight, bias, executor=ex, precision=precision, **args)
     c_out_g = case[4] // case[9]
     if gconv.is_gemm_1x1(*case[5:8]):  # the multistage plane GEMM (no SM count: always)
-        tile = tc.gemm_1x1_tile(c_out_g, case[2] * case[3])
+        tile = tc.gemm_1x1_tile(c_out_g, case[2] * case[3], case[1] // case[9])
         kernel = (tc.GEMM_1X1_FILE, tc.gemm_1x1_name(precision, tile))
     else:
         kernel = (tc.FILE, tc.name(precision, tc.tile_for(c_out_g)))
@@ -337,9 +337,7 @@ def test_tensor_core_bottle2neck_matches_reference(ex, rng, case, precision):
     # the shortcut (pooled or strided, as more K rows) on the plane GEMM
     chain_launches = 1 if stype == "stage" else max(scale - 1, 1)
     conv3 = tc.GEMM_1X1_FILE if kind == "identity" else gconv.TC_GEMM_FILE
-    assert [f for f, _ in ex.launches] == [tc.GEMM_1X1_FILE] + [tc.FILE] * chain_launches + [
-        conv3
-    ]
+    assert [f for f, _ in ex.launches] == [tc.GEMM_1X1_FILE] + [tc.FILE] * chain_launches + [conv3]
     assert rel_err(out, expected) <= tc.tolerance(precision, bottleneck_layers(scale, stype))
 
 

@@ -653,6 +653,7 @@ def _tunables() -> tuple:
         _runtime.MAX_GRID_DIM,
         _split_rule(),
         TC_GEMM_1X1_MIN_WAVES,
+        _tc.GEMM_1X1_LARGE_MIN_K,
     )
 
 
@@ -686,7 +687,7 @@ def _plan(
 ):
     """Check one launch_conv call's shapes and options and compute its launch
     (a :class:`ConvPlan`), or _EMPTY when there is nothing to compute."""
-    large_tile_min_blocks, max_blocks_1d, max_grid_dim, split_rule, tc_1x1_min_waves = tunables
+    large_tile_min_blocks, max_blocks_1d, max_grid_dim, split_rule, tc_1x1_min_waves, _ = tunables
     ctype = _runtime.dtype_name(dtype)
     n_img, x_c_total, h, w = x_shape
     c_out, c_in_g, kh, kw = weight_shape
@@ -900,7 +901,7 @@ def _plan(
             and side_mode == SIDE_NONE
         )
         if multistage:
-            ms_tile = _tc.gemm_1x1_tile(c_out_g, plane_out)
+            ms_tile = _tc.gemm_1x1_tile(c_out_g, plane_out, c_in_g)
             ms_pixel_tiles = _cdiv(plane_out, ms_tile[1])
             ms_channel_tiles = _cdiv(c_out_g, ms_tile[0])
             ms_blocks = ms_pixel_tiles * ms_channel_tiles * images_groups

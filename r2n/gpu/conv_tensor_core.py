@@ -122,28 +122,40 @@ _runtime.register(FILE, [name(p, t) for p in PRECISIONS for t in TILES])
 #: fills the GPU and the launch needs no split-K, add or shortcut).
 GEMM_1X1_FILE = "gemm_1x1_tensor_core.cu"
 # Block tiles (BM, BN, BK, WARPS_M, WARPS_N, STAGES): warps of 64 x 32 (4 x 4
-# mma tiles) each, rings of 32-deep slices: 4 stages (140 KB) for the
-# 256-thread tile (one block per SM), 3 (~80 KB) for the 128-thread ones (two).
-GEMM_1X1_TILE = (128, 128, 32, 2, 4, 4)
-#: Groups of <= 64 output channels: half the rows, as many pixels.
+# mma tiles) each, rings of 32-deep slices. The compiler keeps the next k
+# step's fragments in registers beside the 64 accumulators (~190-255
+# registers a thread; capped at 128, the 8-warp tile spills), so a 4-warp
+# block runs two per SM (3 stages, ~80 KB each) and the 8-warp one alone (4
+# stages, 140 KB): 8 warps per SM either way, but two blocks overlap each
+# other's prologue (the ring's first loads) and epilogue (stores, residual
+# loads), which a conv with a short K loop (conv3: K = 104) spends much of its
+# time in, while the 8-warp tile loads each weight and input once per 128 x
+# 128 outputs instead of per 128 x 64 (half the L2 -> SM traffic).
+#: More than 64 output channels per group: 128 x 64, 4 warps.
+GEMM_1X1_TILE = (128, 64, 32, 2, 2, 3)
+#: Groups of <= 64 output channels: 64 x 128, 4 warps.
 GEMM_1X1_TILE_FEW_CHANNELS = (64, 128, 32, 1, 4, 3)
-#: Planes of <= 64 pixels (Res2Net-50's 7x7 layer 4): half the pixels, so a
-#: 49-pixel plane fills 77% of a tile instead of 38%.
-GEMM_1X1_TILE_SMALL_PLANE = (128, 64, 32, 2, 2, 3)
-GEMM_1X1_TILES = (GEMM_1X1_TILE, GEMM_1X1_TILE_FEW_CHANNELS, GEMM_1X1_TILE_SMALL_PLANE)
+#: Long K loops (K >= GEMM_1X1_LARGE_MIN_K) on planes of more than 64 pixels:
+#: 128 x 128, 8 warps.
+GEMM_1X1_TILE_LARGE = (128, 128, 32, 2, 4, 4)
+GEMM_1X1_TILES = (GEMM_1X1_TILE, GEMM_1X1_TILE_FEW_CHANNELS, GEMM_1X1_TILE_LARGE)
+#: The K (input channels per group) from which the 128 x 128 tile is used: 16
+#: slices or more, where one block's prologue and epilogue are a small part of
+#: its time (a prediction: benchmarks/gpu_tc_1x1.py times both tiles).
+GEMM_1X1_LARGE_MIN_K = 512
 # Row paddings in floats (the .cu file's bank arithmetic): weights BK + pad,
 # inputs BN + pad.
 _GEMM_1X1_PAD = {"tf32": (4, 8), "bf16": (8, 4)}
 
 
-def gemm_1x1_tile(c_out_g: int, plane: int) -> tuple:
-    """The multistage 1x1 GEMM's block tile for ``c_out_g`` output channels per
-    group and ``plane`` = H * W pixels (a deterministic rule: fewer wasted rows
-    or columns first, else the 128 x 128 tile)."""
+def gemm_1x1_tile(c_out_g: int, plane: int, k: int) -> tuple:
+    """The multistage 1x1 GEMM's block tile for ``c_out_g`` output channels
+    per group, ``plane`` = H * W pixels and ``k`` input channels per group (a
+    deterministic rule, see the tiles above)."""
     if c_out_g <= 64:
         return GEMM_1X1_TILE_FEW_CHANNELS
-    if plane <= 64:
-        return GEMM_1X1_TILE_SMALL_PLANE
+    if k >= GEMM_1X1_LARGE_MIN_K and plane > 64:
+        return GEMM_1X1_TILE_LARGE
     return GEMM_1X1_TILE
 
 

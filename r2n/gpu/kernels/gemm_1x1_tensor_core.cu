@@ -31,12 +31,14 @@
 //    multiply instead of one; cp.async.wait_group STAGES - 2, then one
 //    __syncthreads per slice, which both publishes slice s and proves every
 //    warp is done with the stage refilled next (slice s - 1's).
-// 3. Larger block tiles: 128 x 128 (8 warps of 64 x 32), 64 x 128 for groups
-//    of <= 64 output channels, 128 x 64 for planes of <= 64 pixels (7x7);
-//    each warp's 64 x 32 tile is 4 x 4 mma tiles, so per 8-deep k step a
-//    warp issues 16 mma.sync for 4 ldmatrix.x4 and 8 (TF32) 32-bit shared
-//    loads: 3 wavefronts of shared memory per 2 mma (step 5's 64 x 64 tile of
-//    4 warps: 32 x 32 warp tiles, 4 wavefronts per 2 mma).
+// 3. Block tiles of 64 x 32 warp tiles (4 x 4 mma tiles each): per 8-deep k
+//    step a warp issues 16 mma.sync for 4 ldmatrix.x4 and 8 (TF32) 32-bit
+//    shared loads, 3 wavefronts of shared memory per 2 mma (step 5's 64 x 64
+//    tile: 32 x 32 warp tiles, 4 wavefronts per 2 mma). 128 x 64 (4 warps,
+//    two blocks per SM), 64 x 128 for groups of <= 64 output channels, and
+//    128 x 128 (8 warps, one block per SM) for K >= 512 on planes of more
+//    than 64 pixels; the rule and why: r2n/gpu/conv_tensor_core.py
+//    (gemm_1x1_tile).
 // 4. The rounding (cvt.rna.tf32 / cvt.rn.bf16x2) moves to the fragment reads
 //    of both operands (step 5 rounded the input before storing it). Every
 //    operand element is still rounded exactly once per use, by the same
@@ -70,17 +72,20 @@
 // measured by gpu_bench): a Res2Net-50 1x1 conv at batch 32 moves more bytes
 // than a TF32 GEMM needs time for (1x1 256->104 at 56x56, N=32: 145 MB of
 // input and output, 34 us; 5.3 GFLOP, 13 us at the TF32 peak), so it should
-// run at the memory's pace if enough loads are in flight: with 3 stages of
-// 35 KB and 2 blocks per SM, ~140 KB per SM are requested ahead, against
-// ~30 KB that the latency-bandwidth product of one SM needs (32 GB/s per SM
-// x ~1 us). Step 5's plane GEMM keeps one slice's loads in flight per block
-// and its input waits in registers: it measured 0.381 ms there (14 TFLOP/s).
+// run at the memory's pace if enough loads are in flight: two 128 x 64
+// blocks per SM with two slices each requested ahead keep ~32 KB of input
+// (and as much of L2-resident weights) in flight per SM, about the
+// latency-bandwidth product of one SM (32 GB/s per SM x ~1 us). The plane
+// GEMM it replaces keeps one slice in flight per block, its input waiting in
+// registers: layer1.1's two 1x1 convs took ~0.67 ms at N=32 in tf32 (~16
+// TFLOP/s), and step 5 0.381 ms on the 256->104 one (14 TFLOP/s).
 //
 // Prediction (H200, kernel time, TF32; bf16 about the same: memory-bound):
-//   1x1 256->104 N=32 56x56:  0.381 ms -> ~0.07 ms (~50% of the copy rate)
-//   1x1 104->256 N=32 56x56:  ~0.38 ms -> ~0.08 ms (its output is the bigger half)
-//   N=256: ~8x those; res2net50 N=32 tf32 19.3 ms -> ~15 ms (the 1x1 convs are
-//   ~40% of its time now; the chain's 3x3 convs stay on step 5).
+//   1x1 256->104 N=32 56x56:  plane GEMM ~0.33 ms (step 5: 0.381) -> ~0.08 ms
+//   1x1 104->256 N=32 56x56:  ~0.33 ms -> ~0.09 ms (its output is the bigger half)
+//   N=256: ~8x those. bottle2neck layer1.1 N=32 tf32 1.089 -> ~0.6 ms;
+//   res2net50 N=32 tf32 19.3 ms -> ~13-15 ms (the 1x1 convs are ~40% of its
+//   time now; the chain's 3x3 convs stay on step 5).
 //
 // Measured: not yet on a GPU.
 
@@ -89,7 +94,8 @@
 // Threads per block, and the blocks per SM the register budget must allow:
 // 8 warps per SM either way (one 256-thread block, or two of 128), since the
 // compiler keeps the next k step's fragments in registers beside the 64
-// accumulators (~200-255 registers; capped at 128 the 256-thread tile spilled).
+// accumulators (~185-255 registers; capped at 128, the 256-thread tile
+// spilled 60-120 bytes even with the k steps not unrolled).
 #define R2N_TC1X1_THREADS (WARPS_M * WARPS_N * 32)
 #define R2N_TC1X1_MIN_BLOCKS (R2N_TC1X1_THREADS >= 256 ? 1 : 2)
 
