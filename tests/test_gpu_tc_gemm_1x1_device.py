@@ -110,6 +110,10 @@ def test_multistage_1x1_on_gpu(rng, monkeypatch, case, precision):
     assert err <= ROUNDED_TOL, f"not the rounded operands' product: {err:.2e}"
 
 
+#: layer1.1 of res2net50_26w_4s at batch 32: (batch, channels, width, H = W)
+LAYER1 = (32, 256, 26, 56)
+
+
 @pytest.mark.parametrize("precision", tc.PRECISIONS)
 def test_layer1_bottleneck_on_multistage_1x1(monkeypatch, precision):
     import cupy
@@ -119,8 +123,9 @@ def test_layer1_bottleneck_on_multistage_1x1(monkeypatch, precision):
     from r2n.gpu.prepared import prepare_bottle2neck
 
     rng = np.random.default_rng(5)
-    params = random_block(rng, 256, 256, 26, 4, dtype=np.float32)
-    x = rng.standard_normal((32, 256, 56, 56)).astype(np.float32)
+    n, channels, width, hw = LAYER1
+    params = random_block(rng, channels, channels, width, 4, dtype=np.float32)
+    x = rng.standard_normal((n, channels, hw, hw)).astype(np.float32)
     kw = dict(scale=4, stype="normal", stride=1, groups=1)
     params64 = params.map(lambda a: cupy.asarray(a, cupy.float64))
     exact = r2n.bottle2neck(cupy.asarray(x, dtype=cupy.float64), params64, **kw)
