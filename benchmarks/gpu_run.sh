@@ -20,6 +20,7 @@ PY=${PY:-python3}
 # and the gpu / cupy / cuda cases of the mixed files (the emulator's and NVRTC's files
 # run in CI; they are left out here to spend the lease on what only a GPU can check).
 GPU_TESTS="tests/test_gpu_device.py tests/test_gpu_conv_device.py tests/test_gpu_tensor_core_device.py
+  tests/test_gpu_tc_gemm_1x1_device.py
   tests/test_gpu_graph.py tests/test_gpu_graph_cache.py tests/test_dlpack.py
   tests/test_gpu_ladder.py::test_every_step_on_the_gpu_matches_the_reference
   tests/test_models.py tests/test_api.py tests/test_bad_inputs.py tests/test_stateful.py

@@ -393,12 +393,21 @@ def test_one_by_one_convs_run_on_tensor_cores(ex, rng):
     case = SPLIT_CASES[2]
     x, weight, bias, args = conv_inputs(rng, case, np.float32)
     expected = ref.conv2d(_f64(x), _f64(weight), _f64(bias), **args)
+    # a grid of one block: on a 132-SM "GPU" the 64 x 64 plane GEMM (which can
+    # split); with no SM count (or a full wave) the multistage GEMM
+    few_sms = EmuExecutor(check_order=False)
+    few_sms.sm_count = 132
     for precision in tc.PRECISIONS:
-        ex.launches.clear()
-        out = gconv.conv2d(x, weight, bias, executor=ex, precision=precision, **args)
-        assert ex.launches == [
+        few_sms.launches.clear()
+        out = gconv.conv2d(x, weight, bias, executor=few_sms, precision=precision, **args)
+        assert few_sms.launches == [
             (gconv.TC_GEMM_FILE, gconv._tc_gemm_name(precision, tc.TILE_WIDE, gconv.LOAD_PLANE))
         ]
+        _check(out, expected, precision, np.float32)
+        ex.launches.clear()
+        out = gconv.conv2d(x, weight, bias, executor=ex, precision=precision, **args)
+        tile = tc.gemm_1x1_tile(70, 13 * 11, 40)
+        assert ex.launches == [(tc.GEMM_1X1_FILE, tc.gemm_1x1_name(precision, tile))]
         _check(out, expected, precision, np.float32)
         assert gconv.computes_in(gconv.GEMM_1X1, precision, 70) == precision
     assert gconv.computes_in(gconv.GEMM_1X1, "tf32", 4) == "fp32"  # too few rows for a tile
@@ -522,7 +531,8 @@ def test_bottle2neck_launches_and_matches_reference(ex, rng, case, precision, dt
         else:
             files = {f for f, n in ex.launches}
             if groups == 1:  # chain convs of 3 channels per group: step 1_naive
-                assert files <= {tc.FILE, gconv.TC_GEMM_FILE}  # all on tensor cores
+                # all on tensor cores
+                assert files <= {tc.FILE, gconv.TC_GEMM_FILE, tc.GEMM_1X1_FILE}
             assert rel_err(out, expected) <= tc.tolerance(
                 precision, bottleneck_layers(scale, stype)
             )

@@ -141,9 +141,9 @@ def test_tensor_core_conv_matches_reference(ex, rng, case, precision):
     ex.launches.clear()
     out = gconv.conv2d(x, weight, bias, executor=ex, precision=precision, **args)
     c_out_g = case[4] // case[9]
-    if gconv.is_gemm_1x1(*case[5:8]):  # the plane GEMM on tensor cores
-        tile = tc.tile_for(c_out_g)
-        kernel = (gconv.TC_GEMM_FILE, gconv._tc_gemm_name(precision, tile, gconv.LOAD_PLANE))
+    if gconv.is_gemm_1x1(*case[5:8]):  # the multistage plane GEMM (no SM count: always)
+        tile = tc.gemm_1x1_tile(c_out_g, case[2] * case[3], case[1] // case[9])
+        kernel = (tc.GEMM_1X1_FILE, tc.gemm_1x1_name(precision, tile))
     else:
         kernel = (tc.FILE, tc.name(precision, tc.tile_for(c_out_g)))
     assert ex.launches == [kernel]
@@ -332,12 +332,12 @@ def test_tensor_core_bottle2neck_matches_reference(ex, rng, case, precision):
     expected = ref.bottle2neck(_f64(x), params.map(_f64), **args)
     ex.launches.clear()
     out = gres.bottle2neck(x, params, executor=ex, precision=precision, **args)
-    # every conv on tensor cores: the chain on step 5, conv1 and conv3 (+ the
-    # shortcut, pooled or strided, as more K rows) on the plane GEMM
+    # every conv on tensor cores: the chain on step 5, conv1 (and an identity
+    # block's conv3 with its residual) on the multistage plane GEMM, conv3 +
+    # the shortcut (pooled or strided, as more K rows) on the plane GEMM
     chain_launches = 1 if stype == "stage" else max(scale - 1, 1)
-    assert [f for f, _ in ex.launches] == [gconv.TC_GEMM_FILE] + [tc.FILE] * chain_launches + [
-        gconv.TC_GEMM_FILE
-    ]
+    conv3 = tc.GEMM_1X1_FILE if kind == "identity" else gconv.TC_GEMM_FILE
+    assert [f for f, _ in ex.launches] == [tc.GEMM_1X1_FILE] + [tc.FILE] * chain_launches + [conv3]
     assert rel_err(out, expected) <= tc.tolerance(precision, bottleneck_layers(scale, stype))
 
 
@@ -420,7 +420,7 @@ def test_public_ops_take_precision_on_gpu_arrays(cupy_like, rng, precision):
     expected = ref.bottle2neck(_f64(x), params.map(_f64), **args)
     launches = len(ex.launches)
     out = r2n.bottle2neck(wrap(x), params.map(wrap), scale=4, precision=precision)
-    assert {f for f, _ in ex.launches[launches:]} == {tc.FILE, gconv.TC_GEMM_FILE}
+    assert {f for f, _ in ex.launches[launches:]} == {tc.FILE, tc.GEMM_1X1_FILE}
     assert rel_err(out.array, expected) <= tc.tolerance(precision, bottleneck_layers(4, "normal"))
 
 
@@ -496,9 +496,11 @@ def test_scaled_down_model_on_tensor_cores(cupy_like, rng):
     x = rng.standard_normal((1, 3, 32, 32)).astype(np.float32)
     ex.launches.clear()
     logits = model(wrap(x))
-    # the stem, and per block conv1, one "stage" chain launch, conv3 + shortcut
+    # the stem, and per block conv1 (multistage), one "stage" chain launch,
+    # conv3 + shortcut (the plane GEMM with the shortcut's rows)
     assert sum(f == tc.FILE for f, _ in ex.launches) == 1 + 4
-    assert sum(f == gconv.TC_GEMM_FILE for f, _ in ex.launches) == 4 * 2
+    assert sum(f == tc.GEMM_1X1_FILE for f, _ in ex.launches) == 4
+    assert sum(f == gconv.TC_GEMM_FILE for f, _ in ex.launches) == 4
     with pytest.raises(ValueError, match="gpu backend"):
         model(x)  # NumPy images: no tensor cores there
     # the network's longest path: the stem and 4 blocks of conv1, 3 chain convs, conv3

@@ -248,6 +248,13 @@ SPLIT_K_MAX = 16
 #: (a few us, L2-latency bound): the first constant to lower if the
 #: ``nosplit`` rows of benchmarks/gpu_bench.py show split-K winning.
 SPLIT_K_MIN_K = 512
+#: The tf32 / bf16 1x1 convs run on the multistage GEMM
+#: (kernels/gemm_1x1_tensor_core.cu, large tiles) when its grid has at least
+#: this many blocks per SM (one wave; an executor that does not know its SM
+#: count, the CPU emulator, always runs it), else on the 64 x 64 tensor-core
+#: plane GEMM, which also splits K. A prediction, like split-K's constants:
+#: benchmarks/gpu_tc_1x1.py times both.
+TC_GEMM_1X1_MIN_WAVES = 1
 #: The variants that split (the ladder's other steps stay one idea each).
 SPLIT_K_VARIANTS = ("4_pipelined", "5_tensor_core", GEMM_1X1)
 #: The float32 / float64 variants whose tile and split :func:`fp32_tile_rule`
@@ -873,6 +880,8 @@ def _tunables() -> tuple:
         SPLIT_K_MIN_K,
         _runtime.MAX_BLOCKS_1D,
         _runtime.MAX_GRID_DIM,
+        TC_GEMM_1X1_MIN_WAVES,
+        _tc.GEMM_1X1_LARGE_MIN_K,
     )
 
 
@@ -907,7 +916,7 @@ def _plan(
 ):
     """Check one launch_conv call's shapes and options and compute its launch
     (a :class:`ConvPlan`), or _EMPTY when there is nothing to compute."""
-    *settings, max_blocks_1d, max_grid_dim = tunables
+    *settings, max_blocks_1d, max_grid_dim, tc_1x1_min_waves, _ = tunables
     fp32_rule = (*settings[:3], tuple(settings[3:]))  # as _fp32_rule() has them
     ctype = _runtime.dtype_name(dtype)
     n_img, x_c_total, h, w = x_shape
@@ -1133,7 +1142,28 @@ def _plan(
         elif k_splits is None:  # 5_tensor_core (the SIMT variants' came from the rule)
             blocks = pixel_tiles * channel_tiles * images_groups
             k_splits = split_k_for(blocks, k_rows, sm_count, fp32_rule[3])
-        if k_splits > 1 or shortcut is not None or tensor_cores and variant == GEMM_1X1:
+        # tf32 / bf16 1x1 convs whose grid fills the GPU: the multistage GEMM
+        # (kernels/gemm_1x1_tensor_core.cu; R2N_CONV_PARAMS only, so no split,
+        # add or shortcut); fewer blocks keep the 64 x 64 tiles and split-K
+        multistage = (
+            tensor_cores
+            and variant == GEMM_1X1
+            and k_splits == 1
+            and shortcut is None
+            and add_shape is None
+            and side_mode == SIDE_NONE
+        )
+        if multistage:
+            ms_tile = _tc.gemm_1x1_tile(c_out_g, plane_out, c_in_g)
+            ms_pixel_tiles = _cdiv(plane_out, ms_tile[1])
+            ms_channel_tiles = _cdiv(c_out_g, ms_tile[0])
+            ms_blocks = ms_pixel_tiles * ms_channel_tiles * images_groups
+            multistage = not sm_count or ms_blocks >= tc_1x1_min_waves * sm_count
+        if multistage:
+            tile, threads = ms_tile, _tc.gemm_1x1_threads(ms_tile)
+            bm, bn, bk = tile[:3]
+            pixel_tiles, channel_tiles = ms_pixel_tiles, ms_channel_tiles
+        elif k_splits > 1 or shortcut is not None or tensor_cores and variant == GEMM_1X1:
             if shortcut is not None:
                 gemm_load = LOAD_PLANE_SHORTCUT
             else:
@@ -1161,7 +1191,10 @@ def _plan(
         side_blocks = min(_cdiv(side_total, per_side_block), max_blocks_1d)
         grid = (pixel_tiles + side_blocks, channel_tiles * k_splits, images_groups)
         block = threads
-        if tensor_cores:
+        if multistage:
+            file, name = _tc.GEMM_1X1_FILE, _tc.gemm_1x1_name(precision, tile)
+            shared = _tc.gemm_1x1_shared_bytes(precision, tile)
+        elif tensor_cores:
             shared = _tc.shared_bytes(precision, tile)
             if gemm_load is None:
                 name = _tc.name(precision, tile)

@@ -110,3 +110,71 @@ def tolerance(precision: str, layers: int = 1) -> float:
 
 
 _runtime.register(FILE, [name(p, t) for p in PRECISIONS for t in TILES])
+
+
+# --------------------------------------------------------------------------- #
+# The 1x1 convs at batch throughput: kernels/gemm_1x1_tensor_core.cu
+# --------------------------------------------------------------------------- #
+
+#: The multistage 1x1 GEMM's source (cp.async for both operands, a ring of
+#: STAGES slices, operands rounded when fragments are read; r2n.gpu.conv
+#: routes a 1x1 / stride-1 / padding-0 tf32 / bf16 conv to it when its grid
+#: fills the GPU and the launch needs no split-K, add or shortcut).
+GEMM_1X1_FILE = "gemm_1x1_tensor_core.cu"
+# Block tiles (BM, BN, BK, WARPS_M, WARPS_N, STAGES): warps of 64 x 32 (4 x 4
+# mma tiles) each, rings of 32-deep slices. The compiler keeps the next k
+# step's fragments in registers beside the 64 accumulators (~190-255
+# registers a thread; capped at 128, the 8-warp tile spills), so a 4-warp
+# block runs two per SM (3 stages, ~80 KB each) and the 8-warp one alone (4
+# stages, 140 KB): 8 warps per SM either way, but two blocks overlap each
+# other's prologue (the ring's first loads) and epilogue (stores, residual
+# loads), which a conv with a short K loop (conv3: K = 104) spends much of its
+# time in, while the 8-warp tile loads each weight and input once per 128 x
+# 128 outputs instead of per 128 x 64 (half the L2 -> SM traffic).
+#: More than 64 output channels per group: 128 x 64, 4 warps.
+GEMM_1X1_TILE = (128, 64, 32, 2, 2, 3)
+#: Groups of <= 64 output channels: 64 x 128, 4 warps.
+GEMM_1X1_TILE_FEW_CHANNELS = (64, 128, 32, 1, 4, 3)
+#: Long K loops (K >= GEMM_1X1_LARGE_MIN_K) on planes of more than 64 pixels:
+#: 128 x 128, 8 warps.
+GEMM_1X1_TILE_LARGE = (128, 128, 32, 2, 4, 4)
+GEMM_1X1_TILES = (GEMM_1X1_TILE, GEMM_1X1_TILE_FEW_CHANNELS, GEMM_1X1_TILE_LARGE)
+#: The K (input channels per group) from which the 128 x 128 tile is used: 16
+#: slices or more, where one block's prologue and epilogue are a small part of
+#: its time (a prediction: benchmarks/gpu_tc_1x1.py times both tiles).
+GEMM_1X1_LARGE_MIN_K = 512
+# Row paddings in floats (the .cu file's bank arithmetic): weights BK + pad,
+# inputs BN + pad.
+_GEMM_1X1_PAD = {"tf32": (4, 8), "bf16": (8, 4)}
+
+
+def gemm_1x1_tile(c_out_g: int, plane: int, k: int) -> tuple:
+    """The multistage 1x1 GEMM's block tile for ``c_out_g`` output channels
+    per group, ``plane`` = H * W pixels and ``k`` input channels per group (a
+    deterministic rule, see the tiles above)."""
+    if c_out_g <= 64:
+        return GEMM_1X1_TILE_FEW_CHANNELS
+    if k >= GEMM_1X1_LARGE_MIN_K and plane > 64:
+        return GEMM_1X1_TILE_LARGE
+    return GEMM_1X1_TILE
+
+
+def gemm_1x1_name(precision: str, tile) -> str:
+    """The name expression of the multistage 1x1 GEMM for ``precision`` and ``tile``."""
+    return f"conv2d_gemm_1x1_tensor_core<float, {FORMATS[precision]}, {', '.join(map(str, tile))}>"
+
+
+def gemm_1x1_threads(tile) -> int:
+    """Threads per block of a multistage 1x1 GEMM tile."""
+    return tile[3] * tile[4] * 32
+
+
+def gemm_1x1_shared_bytes(precision: str, tile) -> int:
+    """Dynamic shared memory of one block: STAGES x (BM rows of BK + pad raw
+    float32 weights, BK rows of BN + pad raw float32 inputs)."""
+    bm, bn, bk, _, _, stages = tile
+    a_pad, b_pad = _GEMM_1X1_PAD[precision]
+    return stages * (bm * (bk + a_pad) + bk * (bn + b_pad)) * 4
+
+
+_runtime.register(GEMM_1X1_FILE, [gemm_1x1_name(p, t) for p in PRECISIONS for t in GEMM_1X1_TILES])
