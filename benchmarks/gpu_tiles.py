@@ -594,7 +594,8 @@ def main(argv=None) -> int:
     def save(done: bool) -> None:
         rows = [dict(shape=asdict(c.shape), describe=c.shape.describe(), n=c.n,
                      key=list(c.shape.rule_key(c.n, c.sm_count)), rule=c.rule, status=c.status,
-                     choices=[asdict(x) for x in c.choices], **summary(c))
+                     choices=[asdict(x) for x in c.choices],
+                     **{k: v for k, v in summary(c).items() if k != "rule"})
                 for c in plan]  # fmt: skip
         with open(path, "w") as f:
             json.dump(dict(info=info, done=done, seconds=time.monotonic() - started, rows=rows),
