@@ -127,15 +127,16 @@ def test_random_geometries_match_reference(ex, seed):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_gemm_1x1_large_tile_matches_reference(ex, rng, dtype, monkeypatch):
-    # The 128-wide tile is picked for big problems only; force it on a small one
-    # (not a multiple of either tile side, 150 channels -> 2 row tiles).
+    # The bigger tile (float32: 64 x 128, float64: 128 x 64) is picked for big
+    # problems only; force it on a small one (not a multiple of either tile
+    # side, 150 channels -> 2 or 3 row tiles, 143 pixels -> 2 or 3 column tiles).
     monkeypatch.setattr(gconv, "_LARGE_TILE_MIN_BLOCKS", 0)
     case = (2, 9, 13, 11, 150, (1, 1), (1, 1), (0, 0), (1, 1), 1)
     x, weight, bias, args = _conv_inputs(rng, case, dtype)
     ex.launches.clear()
     out = gconv.conv2d(x, weight, bias, executor=ex, **args)
     ctype = gconv._runtime.dtype_name(dtype)
-    large = gconv._TILE_LARGE[ctype]
+    large = gconv.TILES["half" if ctype == "float" else "large"][ctype]
     assert ex.launches[-1] == ("gemm_1x1.cu", gconv._name("conv2d_gemm_1x1", ctype, large))
     assert_close(out, ref.conv2d(_f64(x), _f64(weight), _f64(bias), **args))
 

@@ -313,7 +313,7 @@ def test_conv_launches_fit_their_kernels_launch_bounds(monkeypatch):
             ("3_register_tiles", 40, 3, 1),  # the 64-row tile
             ("4_pipelined", 16, 3, 1),
             ("4_pipelined", 40, 3, 1),
-            ("gemm_1x1", 40, 1, 1),  # the large tile (cap lowered above)
+            ("gemm_1x1", 40, 1, 1),  # float64's large tile (cap lowered above)
             ("avg_pool_gemm_1x1", 40, 1, 2),
         ]:
             pad = k // 2 if variant != "avg_pool_gemm_1x1" else 0
@@ -326,10 +326,11 @@ def test_conv_launches_fit_their_kernels_launch_bounds(monkeypatch):
                          np.zeros((1, 40, 6, 6), dtype), stride=(1, 1), padding=(0, 0),
                          dilation=(1, 1), groups=1)  # fmt: skip
         monkeypatch.setattr(conv, "_LARGE_TILE_MIN_BLOCKS", 0)
-        if dtype == np.float32:  # and float32's half tile, which only tile= launches
-            conv.launch_conv(ex, "gemm_1x1", x, np.zeros((40, 40, 1, 1), dtype), None,
-                             np.zeros((1, 40, 6, 6), dtype), stride=(1, 1), padding=(0, 0),
-                             dilation=(1, 1), groups=1, tile="half")  # fmt: skip
+        if dtype == np.float32:  # float32's large and half tiles (6x6: forced)
+            for tile in ("large", "half"):
+                conv.launch_conv(ex, "gemm_1x1", x, np.zeros((40, 40, 1, 1), dtype), None,
+                                 np.zeros((1, 40, 6, 6), dtype), stride=(1, 1), padding=(0, 0),
+                                 dilation=(1, 1), groups=1, tile=tile)  # fmt: skip
     launched = {name for _, name, _ in ex.blocks}
     assert set(limits) <= launched, f"not launched here: {set(limits) - launched}"
     for _, name, block in ex.blocks:

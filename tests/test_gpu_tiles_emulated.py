@@ -41,16 +41,19 @@ def _launch(ex, variant, x, weight, bias, args, **kwargs):
     return out
 
 
-# (kind, c_out_g, K, pixels, N * groups, SMs) -> (tile, k_splits): the defaults,
-# i.e. what r2n ran on the H200 on 2026-12-04 (132 SMs)
+# (kind, c_out_g, K, pixels, N * groups, SMs) -> (tile, k_splits): the rule as
+# the H200 run of 2026-12-04 set it (benchmarks/results/2026-12-04-gpu-tiles-h200.*:
+# the half tile on planes of >= 128 pixels with >= 264 of its blocks, never the
+# large one in float32), 132 SMs; the measured best beside each
 PINNED = {
-    (PLANE, 104, 256, 3136, 32, 132): ("large", 1),  # layer1 conv1, N=32
-    (PLANE, 256, 104, 3136, 32, 132): ("large", 1),  # layer1 conv3, N=32
-    (PLANE, 104, 256, 3136, 1, 132): ("wide", 1),  # layer1 conv1, N=1: 49 x 2 blocks
+    (PLANE, 104, 256, 3136, 32, 132): ("half", 1),  # layer1 conv1, N=32 (best)
+    (PLANE, 256, 104, 3136, 32, 132): ("half", 1),  # layer1 conv3, N=32 (wide 1.01x, 4p 0.82x)
+    (PLANE, 104, 256, 3136, 1, 132): ("wide", 1),  # layer1 conv1, N=1: 25 x 2 half blocks
     (PLANE, 416, 1024, 196, 1, 132): ("wide", 9),  # layer3 conv1, N=1: 28 blocks, split
-    (PLANE, 832, 2048, 49, 32, 132): ("wide", 1),  # layer4 conv1, N=32: 13 x 32 blocks
-    (PLANE, 832, 2048, 49, 256, 132): ("large", 1),
-    (SHORTCUT, 1024, 928, 196, 32, 132): ("large", 1),  # layer3.0 conv3 + shortcut
+    (PLANE, 416, 1024, 196, 32, 132): ("half", 1),  # layer3 conv1, N=32 (best)
+    (PLANE, 832, 2048, 49, 32, 132): ("wide", 1),  # layer4 conv1, N=32: 7x7, half's 128 wasted
+    (PLANE, 832, 2048, 49, 256, 132): ("wide", 1),  # (was large: 2.2x slower)
+    (SHORTCUT, 1024, 928, 196, 32, 132): ("wide", 1),  # layer3.0 conv3 + shortcut (best)
     (IM2COL, 26, 234, 3136, 32, 132): ("narrow", 1),  # layer1 chain, N=32
     (IM2COL, 26, 234, 3136, 1, 132): ("narrow", 1),  # K < 512: never split
     (IM2COL, 104, 936, 196, 1, 132): ("wide", 14),  # layer3 chain, N=1
@@ -67,9 +70,16 @@ def test_the_rule_pins_todays_choices(shape):
 
 
 def test_float64_and_forced_tiles_follow_the_thresholds():
-    # float64's large tile is 128 x 64: more blocks, so it is taken sooner
+    # float64 takes its large 128 x 64 tile, float32 its half 64 x 128 one, from
+    # 264 blocks of it on (here 49 x 1 and 25 x 2 a image)
     assert gconv.fp32_tile_rule(PLANE, 104, 256, 3136, 6, 132, "double") == ("large", 1)
-    assert gconv.fp32_tile_rule(PLANE, 104, 256, 3136, 6, 132, "float") == ("wide", 1)
+    assert gconv.fp32_tile_rule(PLANE, 104, 256, 3136, 6, 132, "float") == ("half", 1)
+    assert gconv.fp32_tile_rule(PLANE, 104, 256, 3136, 5, 132, "double") == ("wide", 1)
+    assert gconv.fp32_tile_rule(PLANE, 104, 256, 3136, 5, 132, "float") == ("wide", 1)
+    # float32: never the half tile below 128 pixels, never a bigger one with a shortcut
+    assert gconv.fp32_tile_rule(PLANE, 832, 2048, 49, 256, 132) == ("wide", 1)
+    assert gconv.fp32_tile_rule(SHORTCUT, 256, 168, 3136, 256, 132) == ("wide", 1)
+    assert gconv.fp32_tile_rule(SHORTCUT, 256, 168, 3136, 256, 132, "double") == ("large", 1)
     # a forced tile gets the rule's split for its own grid
     assert gconv.fp32_tile_rule(IM2COL, 104, 936, 196, 1, 132, tile="narrow") == ("narrow", 14)
     assert gconv.fp32_tile_rule(IM2COL, 26, 936, 196, 1, 132, tile="wide") == ("wide", 14)
@@ -84,9 +94,9 @@ def test_a_measured_entry_decides_its_shape_only(monkeypatch):
     key = (PLANE, 104, 256, 3136, 32, 132)
     monkeypatch.setattr(gconv, "FP32_MEASURED", gconv.MeasuredTiles({key: ("wide", 1)}))
     assert gconv.fp32_tile_rule(*key) == ("wide", 1)
-    assert gconv.fp32_tile_rule(PLANE, 104, 256, 3136, 32, 114) == ("large", 1)  # other GPU
+    assert gconv.fp32_tile_rule(PLANE, 104, 256, 3136, 32, 114) == ("half", 1)  # other GPU
     assert gconv.fp32_tile_rule(PLANE, 104, 256, 3136, 32, 132, "double") == ("large", 1)
-    assert gconv.fp32_tile_rule(PLANE, 256, 104, 3136, 32, 132) == ("large", 1)
+    assert gconv.fp32_tile_rule(PLANE, 256, 104, 3136, 32, 132) == ("half", 1)
 
 
 def test_measured_tables_are_checked_and_read_only():

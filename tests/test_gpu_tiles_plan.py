@@ -90,19 +90,19 @@ def test_every_case_has_the_choices_of_the_issue(gpu_tiles):
         "4p wide", "4p narrow", "4p wide k14", "4p wide k28", "cudnn"]  # fmt: skip
     assert [c.label for c in rules["layer1.1 chain", 1].choices] == [
         "4p wide", "4p narrow", "4p narrow k3", "cudnn"]  # fmt: skip
-    assert rules["layer1.1 conv1", 32].rule == "1x1 large"
+    assert rules["layer1.1 conv1", 32].rule == "1x1 half"
 
 
 def test_summary_and_suggested_entries(gpu_tiles):
     shape = next(s for s in gpu_tiles.network_convs() if s.name == "layer1.1 conv1")
     case = gpu_tiles.plan_case(shape, 32, 132)
-    times = {"1x1 wide": 0.30, "1x1 large": 0.40, "1x1 half": 0.31, "4p wide": 0.35,
+    times = {"1x1 wide": 0.30, "1x1 large": 0.31, "1x1 half": 0.40, "4p wide": 0.35,
              "cudnn": 0.20}  # fmt: skip
     for choice in case.choices:
         choice.ms, choice.status = times[choice.label], "ok"
     case.status = "ok"
     sm = gpu_tiles.summary(case)
-    assert (sm["best"], sm["rule"]) == ("1x1 wide", "1x1 large")
+    assert (sm["best"], sm["rule"]) == ("1x1 wide", "1x1 half")
     assert sm["loss"] == pytest.approx(4 / 3) and sm["best_vs_cudnn"] == pytest.approx(2 / 3)
     (entry,) = gpu_tiles.suggested_entries([case], 0.05)
     assert entry.startswith("    ('plane', 104, 256, 3136, 32, 132): ('wide', 1),")
@@ -111,7 +111,7 @@ def test_summary_and_suggested_entries(gpu_tiles):
     rule = (*gconv._fp32_rule()[:2], table, gconv._split_rule())
     assert gconv.fp32_tile_rule(*shape.rule_key(32, 132), rule=rule) == ("wide", 1)
     assert gpu_tiles.suggested_entries([case], 0.5) == []  # within the margin
-    assert "1x1 large x1.33" in gpu_tiles.table([case])[0]
+    assert "1x1 half x1.33" in gpu_tiles.table([case])[0]
 
 
 @pytest.mark.parametrize(

@@ -92,18 +92,24 @@ NAIVE_THREADS = 256
 _TILE_WIDE = (64, 64, 16, 4, 4)
 _TILE_NARROW = (32, 64, 16, 4, 4)  # groups of <= 32 output channels
 _TILE_LARGE = {"float": (128, 128, 8, 8, 8), "double": (128, 64, 8, 8, 4)}
-# float32 gemm_1x1 only, never the rule's default: the large tile's 8 x 8
-# outputs per thread in a 64 x 128 block of 128 threads. Same registers per
-# thread (163-168 on sm_80 / sm_90), so 3 blocks (12 warps) fit an SM where
-# the large tile fits 1 (8 warps): a candidate the GPU run times
-# (benchmarks/gpu_tiles.py, NOTES-gpu.md 2026-12-04) before any rule uses it.
+# float32 gemm_1x1: the large tile's 8 x 8 outputs per thread in a 64 x 128
+# block of 128 threads. Same registers per thread (163-168 on sm_80 / sm_90),
+# so 3 blocks (12 warps) fit an SM where the large tile fits 1 (8 warps).
+# Measured on an H200 (benchmarks/results/2026-12-04-gpu-tiles-h200.*): the
+# fastest float32 tile of every 1x1 conv of res2net50 on planes of >= 196
+# pixels at batch 32 and 256 (1.5-2.3x the large tile), so the rule's default
+# there (fp32_tile_rule).
 _TILE_HALF = (64, 128, 8, 8, 8)
 #: Step 2's block tile (BM, BN, BK): one output per thread, 256 threads.
 _TILE_SMEM = (16, 16, 16)
-#: gemm_1x1 uses the large tile when it still makes at least this many blocks
-#: (two per SM of a 132-SM H100); smaller problems keep the GPU busier with
-#: 64 x 64 tiles. (A default of :func:`fp32_tile_rule`, never timed.)
+#: gemm_1x1 takes its bigger tile (float32: half, float64: large) when that
+#: still makes at least this many blocks (two per SM of a 132-SM H100/H200);
+#: smaller problems keep the GPU busier with 64 x 64 tiles. (A default of
+#: :func:`fp32_tile_rule`; float32's measured on an H200, float64's never.)
 _LARGE_TILE_MIN_BLOCKS = 264
+#: float32 gemm_1x1 takes the half tile only on planes of at least this many
+#: pixels (its 128-pixel width; on 7x7 planes the wide tile measured faster).
+_HALF_TILE_MIN_PIXELS = 128
 #: Step 4 (im2col) takes the narrow 32 x 64 tile for groups of at most this many
 #: output channels (Res2Net's 26-channel chain convs), else the wide one. (A
 #: default of :func:`fp32_tile_rule`.)
@@ -406,15 +412,18 @@ def fp32_tile_rule(
     -------
     (tile, k_splits): a key of :data:`TILES` and the splits of each output
     tile's K rows (1: none). A float32 shape in :data:`FP32_MEASURED` gets its
-    entry. Otherwise, the defaults (what r2n ran before any measurement): step
-    4 the narrow tile for c_out_g <= ``_NARROW_MAX_C_OUT_G`` (32), else the wide
-    one; gemm_1x1 the large 128 x 128 tile when it makes at least
-    ``_LARGE_TILE_MIN_BLOCKS`` (264) blocks, else the wide one; and
-    k_splits = :func:`split_k_for` of that tile's grid (a split plane GEMM
-    runs on the wide tile, the only one conv_gemm.cu has for it).
+    entry. Otherwise: step 4 the narrow tile for c_out_g <=
+    ``_NARROW_MAX_C_OUT_G`` (32), else the wide one; float32 gemm_1x1 the half
+    64 x 128 tile on planes of >= ``_HALF_TILE_MIN_PIXELS`` (128) pixels when
+    it makes at least ``_LARGE_TILE_MIN_BLOCKS`` (264) blocks, else the wide
+    one (with a shortcut: the wide one; the large 128 x 128 tile lost to both
+    on every res2net50 1x1 conv an H200 timed, by 1.05-2.9x); float64
+    gemm_1x1 the large tile at >= 264 blocks (not timed); and k_splits =
+    :func:`split_k_for` of that tile's grid (a split plane GEMM runs on the
+    wide tile, the only one conv_gemm.cu has for it).
 
     Examples (132 SMs, float32): 1x1 256 -> 104 at 56x56 (K 256), batch 32
-    -> ("large", 1); batch 1 -> ("wide", 1); 3x3 26 -> 26 at 56x56 (K 234)
+    -> ("half", 1); batch 1 -> ("wide", 1); 3x3 26 -> 26 at 56x56 (K 234)
     -> ("narrow", 1); 3x3 104 -> 104 at 14x14 (K 936), batch 1 -> ("wide", 14).
     """
     large_min_blocks, narrow_max, measured, split_rule = _fp32_rule() if rule is None else rule
@@ -426,6 +435,11 @@ def fp32_tile_rule(
     if not forced:
         if kind == KIND_IM2COL:
             tile = "narrow" if c_out_g <= narrow_max else "wide"
+        elif ctype == "float":
+            bm, bn = TILES["half"][ctype][:2]
+            n_half = _cdiv(pixels, bn) * _cdiv(c_out_g, bm) * images_groups
+            big = kind == KIND_PLANE and pixels >= _HALF_TILE_MIN_PIXELS
+            tile = "half" if big and n_half >= large_min_blocks else "wide"
         else:
             bm, bn = TILES["large"][ctype][:2]
             n_large = _cdiv(pixels, bn) * _cdiv(c_out_g, bm) * images_groups
