@@ -359,7 +359,9 @@ def test_split_rule_is_deterministic_from_shape_and_sm_count(rng):
     assert gconv.split_k_for(128, 1872, 132) == 2  # batch 32 at 7x7
     assert gconv.split_k_for(400, 576, 132) == 1  # a full wave: never split
     assert gconv.split_k_for(8, 100, 132) == 1  # too few K rows
-    assert gconv.split_k_for(49, 234, 132) == 1  # 3x3 26 -> 26 at 56x56: a short loop
+    assert gconv.split_k_for(49, 234, 132) == 3  # 3x3 26 -> 26 at 56x56 (H200: best)
+    assert gconv.split_k_for(13, 468, 132) == 7  # 3x3 52 -> 52 at 28x28 (H200: best)
+    assert gconv.split_k_for(196, 104, 132) == 1  # conv3 104 -> 256 at 56x56: K < 128
     assert gconv.split_k_for(2, 576, 132) == 9
     assert gconv.split_k_for(8, 936, None) == 1  # no SM count (the emulator)
     # the executor's SM count drives the launcher: a 132-SM "GPU" splits this

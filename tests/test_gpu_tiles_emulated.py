@@ -48,14 +48,14 @@ def _launch(ex, variant, x, weight, bias, args, **kwargs):
 PINNED = {
     (PLANE, 104, 256, 3136, 32, 132): ("half", 1),  # layer1 conv1, N=32 (best)
     (PLANE, 256, 104, 3136, 32, 132): ("half", 1),  # layer1 conv3, N=32 (wide 1.01x, 4p 0.82x)
-    (PLANE, 104, 256, 3136, 1, 132): ("wide", 1),  # layer1 conv1, N=1: 25 x 2 half blocks
+    (PLANE, 104, 256, 3136, 1, 132): ("wide", 2),  # layer1 conv1, N=1: 25 x 2 half blocks
     (PLANE, 416, 1024, 196, 1, 132): ("wide", 9),  # layer3 conv1, N=1: 28 blocks, split
     (PLANE, 416, 1024, 196, 32, 132): ("half", 1),  # layer3 conv1, N=32 (best)
     (PLANE, 832, 2048, 49, 32, 132): ("wide", 1),  # layer4 conv1, N=32: 7x7, half's 128 wasted
     (PLANE, 832, 2048, 49, 256, 132): ("wide", 1),  # (was large: 2.2x slower)
     (SHORTCUT, 1024, 928, 196, 32, 132): ("wide", 1),  # layer3.0 conv3 + shortcut (best)
     (IM2COL, 26, 234, 3136, 32, 132): ("narrow", 1),  # layer1 chain, N=32
-    (IM2COL, 26, 234, 3136, 1, 132): ("narrow", 1),  # K < 512: never split
+    (IM2COL, 26, 234, 3136, 1, 132): ("narrow", 3),  # split since SPLIT_K_MIN_K = 128
     (IM2COL, 104, 936, 196, 1, 132): ("wide", 14),  # layer3 chain, N=1
     (IM2COL, 208, 1872, 49, 1, 132): ("wide", 16),  # layer4 chain, N=1
     (IM2COL, 208, 1872, 49, 32, 132): ("wide", 2),

@@ -38,7 +38,7 @@ def test_dry_run_lists_the_plan_and_exits_0():
                           text=True, cwd=ROOT, timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[-1].startswith("25 shapes, 75 cases, 330 choices; 132 SMs")
+    assert lines[-1].startswith("25 shapes, 75 cases, 337 choices; 132 SMs")
     assert "layer3.1 chain     N=1    rule 4p wide k14" in proc.stdout
 
 
@@ -85,11 +85,11 @@ def test_every_case_has_the_choices_of_the_issue(gpu_tiles):
                 assert choice.tile in gconv._SPLIT_TILES[key[0]]
     rules = {(c.shape.name, c.n): c for c in plan}
     # the rule's split and twice it where it splits; where it does not, the
-    # split it would make without its K threshold (K = 234 < SPLIT_K_MIN_K)
+    # split it would make without its K threshold (K = 104 < SPLIT_K_MIN_K)
     assert [c.label for c in rules["layer3.1 chain", 1].choices] == [
         "4p wide", "4p narrow", "4p wide k14", "4p wide k28", "cudnn"]  # fmt: skip
     assert [c.label for c in rules["layer1.1 chain", 1].choices] == [
-        "4p wide", "4p narrow", "4p narrow k3", "cudnn"]  # fmt: skip
+        "4p wide", "4p narrow", "4p narrow k3", "4p narrow k6", "cudnn"]  # fmt: skip
     assert rules["layer1.1 conv1", 32].rule == "1x1 half"
 
 

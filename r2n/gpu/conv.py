@@ -245,15 +245,17 @@ SPLIT_K_BLOCKS_PER_SM = 2
 SPLIT_K_MIN_ROWS = 64
 #: The most splits: the reduction reads k_splits partial sums per output.
 SPLIT_K_MAX = 16
-#: The fewest K rows a conv must have to split at all: its unsplit loop is
-#: then >= 32 slices of 16, ~45 us at the ~1.4 us per slice measured on the
-#: H100 (NOTES-gpu.md, v3). Chosen when the reduction was a second launch
-#: (~20-50 us of host time at batch 1 without a graph, v2); now each tile's
-#: last split reduces in the same launch, so what a split costs is the
-#: partial stores and that block's serial pass over k_splits partial tiles
-#: (a few us, L2-latency bound): the first constant to lower if the
-#: ``nosplit`` rows of benchmarks/gpu_bench.py show split-K winning.
-SPLIT_K_MIN_K = 512
+#: The fewest K rows a conv must have to split at all (two splits of
+#: SPLIT_K_MIN_ROWS). It was 512, chosen when the reduction was a second launch
+#: (~20-50 us of host time at batch 1 without a graph, v2); with the reduction
+#: in the split launch, an H200 timed every res2net50 conv at batch 1
+#: (benchmarks/results/2026-12-04-gpu-tiles-h200.*) and the splits this rule
+#: gives with 128 were the measured best on each conv of K 234-468 it had
+#: left unsplit: 3x3 26->26 at 56x56 (K 234) 3 splits 0.0231 -> 0.0199 ms,
+#: 3x3 52->52 at 28x28 (K 468) 7 splits 0.0418 -> 0.0204, conv3 416->1024 at
+#: 14x14 (K 416) 4 splits 0.0692 -> 0.0342, conv1 256->104 at 56x56 2
+#: splits 0.0425 -> 0.0236; the forward's convs 2.65 -> ~2.16 ms.
+SPLIT_K_MIN_K = 128
 #: The tf32 / bf16 1x1 convs run on the multistage GEMM
 #: (kernels/gemm_1x1_tensor_core.cu, large tiles) when its grid has at least
 #: this many blocks per SM (one wave; an executor that does not know its SM
@@ -281,7 +283,7 @@ def split_k_for(blocks: int, k_rows: int, sm_count, rule: tuple | None = None) -
     ``k_splits``. On an H100 / H200 (132 SMs), batch 1: 3x3 104->104 at
     14x14 (8 blocks of 64 x 64, K = 936) -> 14 splits; 3x3 208->208 at 7x7
     (4 blocks, K = 1872) -> 16; conv1 1024->416 at 14x14 (28 blocks, K =
-    1024) -> 9; the 3x3 26->26 and 52->52 convs (K = 234, 468) -> 1; at batch
+    1024) -> 9; 3x3 26->26 at 56x56 (49 narrow blocks, K = 234) -> 3; at batch
     32, 3x3 208->208 at 7x7 (128 blocks) -> 2; every 56x56 and 28x28 conv of
     batch 32 -> 1. (The launcher then runs ceil(slices / ceil(slices /
     splits)) splits, so that none is empty.) ``rule``: the four constants
