@@ -300,15 +300,22 @@ def test_clear_scratch_drops_split_arrays_but_pinned_and_capturing_ones(rng):
     assert gconv.split_k_scratch(ex, split)[0] is on_pinned[0]
 
 
-def test_a_split_block_is_right_after_clear_scratch(rng):
-    """Calls after r2n.clear_scratch() allocate the split arrays again and
-    still compute the block (counts start at zero again)."""
+def _prepared_normal_block(rng):
+    """(block, params, c_in, (scale, stype, stride, groups)): BLOCK_CASES[3],
+    a "normal" bottleneck, prepared in float32 on an emulator of its own."""
     case = BLOCK_CASES[3]
     c_in, c_out, width, scale, stype, stride, groups, kind = case
     params = _block(rng, case).map(lambda a: a.astype(np.float32))
     ex = EmuExecutor(check_order=False)
     block = gres.PreparedBottle2neck(params, scale=scale, stype=stype, stride=stride,
                                      groups=groups, executor=ex)  # fmt: skip
+    return block, params, c_in, (scale, stype, stride, groups)
+
+
+def test_a_split_block_is_right_after_clear_scratch(rng):
+    """Calls after r2n.clear_scratch() allocate the split arrays again and
+    still compute the block (counts start at zero again)."""
+    block, params, c_in, (scale, stype, stride, groups) = _prepared_normal_block(rng)
     x = rng.standard_normal((1, c_in, 7, 9)).astype(np.float32)
     args = _checks.bottle2neck_args("bottle2neck", x, params, scale, stype, stride, groups)
     expected = ref.bottle2neck(_f64(x), params.map(_f64), **args)
@@ -321,12 +328,7 @@ def test_split_prepared_block_from_four_threads(rng):
     """A prepared "normal" bottleneck run with split-K by four threads at once
     on one stream (the emulator: one launch at a time, in call order, as on
     one CUDA stream), each with inputs of its own shape: every result right."""
-    case = BLOCK_CASES[3]
-    c_in, c_out, width, scale, stype, stride, groups, kind = case
-    params = _block(rng, case).map(lambda a: a.astype(np.float32))
-    ex = EmuExecutor(check_order=False)
-    block = gres.PreparedBottle2neck(params, scale=scale, stype=stype, stride=stride,
-                                     groups=groups, executor=ex)  # fmt: skip
+    block, params, c_in, (scale, stype, stride, groups) = _prepared_normal_block(rng)
     shapes = [(1, c_in, 7, 9), (2, c_in, 5, 4), (1, c_in, 9, 7), (1, c_in, 3, 11)]
     inputs = [rng.standard_normal(shape).astype(np.float32) for shape in shapes]
     errors = []
