@@ -293,6 +293,53 @@ def test_conv_reads_summed_slices_and_writes_its_slice_only(ex, rng, variant):
     np.testing.assert_array_equal(out[:, 12:], before[:, 12:])
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("tile", ["wide", "large"])
+def test_gemm_1x1_summed_slices_over_several_k_slices(ex, rng, dtype, tile, monkeypatch):
+    # float's plane loads keep the addend's element in a register of its own
+    # and sum it when the slice is stored into shared memory (after the
+    # previous slice's FMAs): K = 21 input channels make 2 slices of the wide
+    # tile's 16 and 3 of the large tile's 8, each with a tail, so a sum
+    # landing in the wrong slice or row, or an addend left from the previous
+    # slice in the tail's rows, changes the result.
+    if tile == "large":
+        monkeypatch.setattr(gconv, "_LARGE_TILE_MIN_BLOCKS", 0)
+    else:
+        monkeypatch.setattr(gconv, "_LARGE_TILE_MIN_BLOCKS", 10**9)
+    x = randn(rng, 2, 25, 7, 9, dtype=dtype)
+    a = randn(rng, 2, 23, 7, 9, dtype=dtype)
+    weight = randn(rng, 150, 21, 1, 1, dtype=dtype)
+    bias = randn(rng, 150, dtype=dtype)
+    _read_only(x, a, weight, bias)
+    out = randn(rng, 2, 153, 7, 9, dtype=dtype)
+    before = out.copy()
+    ex.launches.clear()
+    gconv.launch_conv(
+        ex,
+        "gemm_1x1",
+        x,
+        weight,
+        bias,
+        out,
+        stride=(1, 1),
+        padding=(0, 0),
+        dilation=(1, 1),
+        groups=1,
+        x_c0=3,
+        add=a,
+        add_c0=2,
+        out_c0=2,
+    )
+    ctype = gconv._runtime.dtype_name(dtype)
+    shape = gconv._TILE_LARGE[ctype] if tile == "large" else gconv._TILE_WIDE
+    assert ex.launches[-1] == ("gemm_1x1.cu", gconv._name("conv2d_gemm_1x1", ctype, shape))
+    summed = _f64(x[:, 3:24]) + _f64(a[:, 2:23])
+    args = _checks.conv2d_args("conv2d", summed, weight, bias, 1, 0, 1, 1)
+    assert_close(out[:, 2:152], ref.conv2d(summed, _f64(weight), _f64(bias), **args), dtype)
+    np.testing.assert_array_equal(out[:, :2], before[:, :2])
+    np.testing.assert_array_equal(out[:, 152:], before[:, 152:])
+
+
 def test_batch_zero_launches_nothing(ex, rng):
     case = (1, 4, 7, 9, 4, (3, 3), (1, 1), (1, 1), (1, 1), 1)
     _, weight, bias, _ = _conv_inputs(rng, case, np.float32)

@@ -119,6 +119,22 @@ __device__ inline void conv2d_pipelined_body(R2N_CONV_PARAMS, R2N_CONV_MORE_PARA
         // loads' latency overlaps the FMAs (two barriers per slice).
         constexpr int A_LOADS = (BK * BM) / NT, B_LOADS = (BK * BN) / NT;
         T a_next[A_LOADS], b_next[B_LOADS];
+        // float plane loads (the 1x1 GEMMs): the addend's elements, summed
+        // with b_next only when stored into Bs, after this slice's FMAs.
+        // Summed in the fetch (conv_load_plane), each FADD waited for its
+        // load, even predicated off when flags has no ADD (a scoreboard wait
+        // applies whatever the predicate), and NVRTC put each of the B_LOADS
+        // loads and its FADD in a branch of its own: the loads' latency, which
+        // the pipeline is there to hide, was paid B_LOADS times per slice, one
+        // round trip after another (SASS, sm_90; the H200 measured these
+        // kernels 1.75x slower than the same code compiled beside steps 1 and
+        // 4, where NVRTC happened to unswitch the flag test out of the loop).
+        // float64 keeps the sum in the fetch: B_LOADS more doubles spill its
+        // 128-register conv3 + shortcut GEMM.
+        constexpr bool DEFER_ADD =
+            (LOAD == R2N_LOAD_PLANE || LOAD == R2N_LOAD_PLANE_SHORTCUT) && sizeof(T) == 4;
+        const bool add_on = DEFER_ADD && (flags & R2N_CONV_ADD);
+        T b_add[DEFER_ADD ? B_LOADS : 1];
 
         // Rows k0 .. k0 + BK - 1 of the row table (im2col loads only). A lambda
         // as in the kernel measured on the H100 (2_implicit_gemm): with it this
@@ -142,11 +158,16 @@ __device__ inline void conv2d_pipelined_body(R2N_CONV_PARAMS, R2N_CONV_MORE_PARA
                 const int kr = b_row0 + r * (NT / BN);
                 const int k = k0 + kr;
                 T v = T(0);
+                if (DEFER_ADD) b_add[DEFER_ADD ? r : 0] = T(0);
                 if (b_p_ok && k < K) {
                     if (LOAD == R2N_LOAD_IM2COL)
                         v = conv_load_im2col<T, BK>(x, x_base, add, add_base, plane_in, tab, kr,
                                                     iy0, ix0, h, w, flags);
-                    else if (LOAD == R2N_LOAD_PLANE)
+                    else if (DEFER_ADD && (LOAD == R2N_LOAD_PLANE || k < c_in_g)) {
+                        const idx_t off = (idx_t)k * plane_in + b_p;
+                        v = x[x_base + off];
+                        if (add_on) b_add[DEFER_ADD ? r : 0] = add[add_base + off];
+                    } else if (LOAD == R2N_LOAD_PLANE)
                         v = conv_load_plane(x, x_base, add, add_base, plane_in, k, b_p, flags);
                     else if (LOAD == R2N_LOAD_PLANE_SHORTCUT)
                         v = k < c_in_g ? conv_load_plane(x, x_base, add, add_base, plane_in, k,
@@ -176,7 +197,9 @@ __device__ inline void conv2d_pipelined_body(R2N_CONV_PARAMS, R2N_CONV_MORE_PARA
 #pragma unroll
             for (int r = 0; r < A_LOADS; ++r) As[a_k][a_row0 + r * (NT / BK)] = a_next[r];
 #pragma unroll
-            for (int r = 0; r < B_LOADS; ++r) Bs[b_row0 + r * (NT / BN)][b_col] = b_next[r];
+            for (int r = 0; r < B_LOADS; ++r)
+                Bs[b_row0 + r * (NT / BN)][b_col] =
+                    add_on ? b_next[r] + b_add[DEFER_ADD ? r : 0] : b_next[r];
             const bool more = s + 1 < s_end;
             if (more) decode_rows((s + 1) * BK, next_tab);
             __syncthreads();
