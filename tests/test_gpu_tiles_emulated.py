@@ -159,6 +159,23 @@ def test_forced_tiles_and_splits_match_reference(ex, rng, dtype, variant, case, 
     assert_close(out, expected)
 
 
+def test_the_rule_thresholds_reach_the_launch(ex, rng, monkeypatch):
+    """The half tile's thresholds are part of the plan's key too: lowering them
+    switches a cached 1x1 launch (143 pixels, 3 x 2 x 2 half blocks) to it."""
+    x, weight, bias, args = conv_inputs(rng, CONV_1X1, np.float32)
+    expected = ref.conv2d(_f64(x), _f64(weight), _f64(bias), **args)
+    ex.launches.clear()
+    _launch(ex, "gemm_1x1", x, weight, bias, args)
+    monkeypatch.setattr(gconv, "_LARGE_TILE_MIN_BLOCKS", 1)
+    monkeypatch.setattr(gconv, "_HALF_TILE_MIN_PIXELS", 10**6)
+    _launch(ex, "gemm_1x1", x, weight, bias, args)
+    monkeypatch.setattr(gconv, "_HALF_TILE_MIN_PIXELS", 128)
+    out = _launch(ex, "gemm_1x1", x, weight, bias, args)
+    tiles = ("wide", "wide", "half")
+    assert ex.launches == [_name("gemm_1x1", "float", tile, 1) for tile in tiles]
+    assert_close(out, expected)
+
+
 def test_a_measured_entry_reaches_the_launch(ex, rng, monkeypatch):
     """The table is part of the plan's key: a launch after the table changes
     follows it, the plan made before is not reused."""

@@ -898,6 +898,7 @@ def _tunables() -> tuple:
         _runtime.MAX_GRID_DIM,
         TC_GEMM_1X1_MIN_WAVES,
         _tc.GEMM_1X1_LARGE_MIN_K,
+        _HALF_TILE_MIN_PIXELS,  # read by fp32_tile_rule itself: here for the key
     )
 
 
@@ -932,7 +933,7 @@ def _plan(
 ):
     """Check one launch_conv call's shapes and options and compute its launch
     (a :class:`ConvPlan`), or _EMPTY when there is nothing to compute."""
-    *settings, max_blocks_1d, max_grid_dim, tc_1x1_min_waves, _ = tunables
+    *settings, max_blocks_1d, max_grid_dim, tc_1x1_min_waves, _, _ = tunables
     fp32_rule = (*settings[:3], tuple(settings[3:]))  # as _fp32_rule() has them
     ctype = _runtime.dtype_name(dtype)
     n_img, x_c_total, h, w = x_shape
