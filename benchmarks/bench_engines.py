@@ -81,6 +81,9 @@ from r2n._bench import engines, machine  # noqa: E402
 MODELS = ("res2net50_26w_4s", "res2net50d", "tresnet_m")
 ENGINE_ORDER = ("r2n", "torch") + engines.ENGINES
 TOLERANCE = 1e-4  # whole networks, float32 against float64 (tests/helpers.py)
+#: Issue 13's target: r2n this many times as fast as the faster of ONNX
+#: Runtime and OpenVINO in every cell.
+TARGET = 1.25
 #: The --quick run: one block per stage, small images.
 QUICK = dict(models=["res2net50_26w_4s"], params={"layers": [1, 1, 1, 1]}, hw=64)
 #: SIMD flags worth recording from /proc/cpuinfo.
@@ -195,6 +198,7 @@ def prepare(spec: dict) -> dict:
         "hw": spec["hw"],
         "params": spec["params"],
         "flops": int(sum(flops)),
+        "r2n_algorithm_flops": _r2n_algorithm_flops(spec, state, x),
         "weights_digest": engines.weights_digest(state),
         "onnx": None,
     }
@@ -238,6 +242,23 @@ def _runner(spec: dict, state):
 
         return run
     return engines.RUNNERS[engine](spec["onnx_path"], threads)
+
+
+def _r2n_algorithm_flops(spec: dict, state, x) -> int | None:
+    """The multiply-adds x 2 of the algorithms r2n's cpu model runs on x:
+    fewer than the definition's where its Winograd rules pick F(2x2) or
+    F(4x4) (r2n._bench.profile.count_flops). None without Numba."""
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return None
+    import r2n.models
+    from r2n._bench.profile import count_flops
+
+    model = r2n.models.create(
+        spec["model"], state, backend="cpu", _params=_tuple_params(spec["params"])
+    )
+    return count_flops(model, x)["algorithm_flops"]
 
 
 def _tuple_params(params):
@@ -457,6 +478,7 @@ def run(opts: argparse.Namespace) -> dict:
         for cell in cells:
             f = facts[(cell["model"], cell["batch"])]
             cell["flops"] = f.get("flops")
+            cell["r2n_algorithm_flops"] = f.get("r2n_algorithm_flops")
             cell["prepare"] = {k: v for k, v in f.items() if k not in ("model", "batch", "hw")}
             cell["results"] = {e: [] for e in active}
         for r in range(opts.rounds):
@@ -552,6 +574,29 @@ def derive(cell: dict, peak: float | None) -> None:
     cell["r2n_vs_faster_engine_cpu"] = None
     if cpu.get("r2n") and cpu_others and cell["threads"] == 1:
         cell["r2n_vs_faster_engine_cpu"] = min(cpu_others) / cpu["r2n"]
+    cell["target"] = target_needs(cell, ms, peak)
+
+
+def target_needs(cell: dict, ms: dict, peak: float | None) -> dict | None:
+    """What TARGET x the faster engine asks of r2n in this cell.
+
+    ms: engine -> best median ms. Returns None without an engine time, r2n's
+    algorithm FLOPs (``cell["r2n_algorithm_flops"]``) or a peak; else a dict:
+    ms (the faster engine's / TARGET), gflops (r2n's algorithm FLOPs in that
+    time), pct_peak (of the FMA peak x threads: over 100 no schedule of
+    r2n's algorithms can meet it), r2n_pct_peak (r2n's own rate on the same
+    FLOPs now), met (r2n's time within it)."""
+    others = [ms[e] for e in engines.ENGINES if ms.get(e)]
+    alg = cell.get("r2n_algorithm_flops")
+    if not others or not alg or not peak:
+        return None
+    need_ms = min(others) / TARGET
+    ceiling = peak * cell["threads"]
+    out = {"ms": need_ms, "gflops": alg / need_ms / 1e6}
+    out["pct_peak"] = 100 * out["gflops"] / ceiling
+    out["r2n_pct_peak"] = 100 * alg / ms["r2n"] / 1e6 / ceiling if ms.get("r2n") else None
+    out["met"] = bool(ms.get("r2n") and ms["r2n"] <= need_ms)
+    return out
 
 
 # --------------------------------------------------------------------------- #
@@ -642,6 +687,27 @@ def markdown(data: dict) -> str:
                 text += f" ({s['pct_peak']:.0f}%)"
             row.append(text)
         out.append("| " + " | ".join(row) + " |")
+    needs = [c for c in data["cells"] if c.get("target")]
+    if needs:
+        out += [
+            "",
+            f"What {TARGET}x the faster engine asks of r2n: its time, and the rate it needs "
+            "on the FLOPs of r2n's own algorithms (Winograd where r2n's rules pick it, "
+            "transforms not counted), as a share of the FMA peak x threads (over 100%: "
+            "unreachable with these algorithms), beside r2n's rate now:",
+            "",
+            "| model | threads | batch | GFLOP (definition) | GFLOP (r2n's algorithms) "
+            f"| {TARGET}x needs ms | needs % of peak | r2n now % of peak | met |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for cell in sorted(needs, key=lambda c: (c["model"], c["threads"], c["batch"])):
+            t = cell["target"]
+            out.append(
+                f"| {cell['model']} | {cell['threads']} | {cell['batch']} | "
+                f"{cell['flops'] / 1e9:.2f} | {cell['r2n_algorithm_flops'] / 1e9:.2f} | "
+                f"{t['ms']:.1f} | {t['pct_peak']:.0f}% | {_f(t['r2n_pct_peak'], '.0f', '%')} | "
+                f"{'yes' if t['met'] else 'no'} |"
+            )
     return "\n".join(out)
 
 

@@ -88,3 +88,33 @@ def test_quick_options_and_bad_arguments():
         bench_engines.parse_args(["--models", "resnet50"])
     with pytest.raises(SystemExit):
         bench_engines.parse_args(["--threads", "0"])
+
+
+def test_what_the_target_asks_is_computed_on_r2ns_algorithm_flops():
+    cell = _cell(
+        {"r2n": [_ok(50.0)], "onnxruntime": [_ok(45.0)], "openvino": [_ok(40.0)]},
+        threads=2,
+    )
+    cell["r2n_algorithm_flops"] = 6e9  # Winograd: fewer than the definition's 8e9
+    bench_engines.derive(cell, peak=100.0)
+    t = cell["target"]
+    assert t["ms"] == pytest.approx(40.0 / bench_engines.TARGET)
+    assert t["gflops"] == pytest.approx(6e9 / (32e-3) / 1e9)  # 187.5 GFLOP/s in 32 ms
+    assert t["pct_peak"] == pytest.approx(187.5 / 200 * 100)
+    assert t["r2n_pct_peak"] == pytest.approx(6e9 / 50e-3 / 1e9 / 200 * 100)
+    assert t["met"] is False
+    cell["results"]["r2n"] = [_ok(31.0)]
+    bench_engines.derive(cell, peak=100.0)
+    assert cell["target"]["met"] is True
+    text = bench_engines.markdown(
+        {
+            "machine": {}, "versions": {}, "engines": ["r2n", "onnxruntime", "openvino"],
+            "datetime": "now", "settings": {"rounds": 1}, "fma_peak_gflops": 100.0,
+            "cells": [cell],
+        }
+    )  # fmt: skip
+    assert "| m | 2 | 1 | 8.00 | 6.00 | 32.0 | 94% | 97% | yes |" in text
+    # No algorithm FLOPs (a run without Numba, or an older JSON): no target row.
+    del cell["r2n_algorithm_flops"]
+    bench_engines.derive(cell, peak=100.0)
+    assert cell["target"] is None

@@ -121,6 +121,67 @@ def test_parts_and_fused_blocks_count_the_same_flops_as_timms_modules(rng):
     assert parts["layers"][0]["pct_peak"] is None  # no peak given: no % of it
 
 
+def test_multiply_flops_counts_each_algorithms_products():
+    # The definition: 2 x outputs x the kernel's taps x input channels per group.
+    assert profile.multiply_flops("direct", 2, 5, 15, (3, 3), 7, 9) == 2 * 2 * 15 * 7 * 9 * 5 * 9
+    assert profile.multiply_flops("direct", 1, 8, 4, (1, 1), 6, 6) == 2 * 4 * 36 * 8
+    # Winograd on whole tiles: 16 instead of 36 (F(2x2)), 36 instead of 144 (F(4x4)).
+    direct = profile.multiply_flops("direct", 1, 32, 32, (3, 3), 8, 8)
+    assert profile.multiply_flops("winograd_2x2", 1, 32, 32, (3, 3), 8, 8) * 36 == direct * 16
+    assert profile.multiply_flops("winograd_4x4", 1, 32, 32, (3, 3), 8, 8) * 144 == direct * 36
+    # Partial edge tiles count whole: 7x9 outputs are 4x5 tiles of 2x2, 2x3 of 4x4.
+    assert profile.multiply_flops("winograd_2x2", 3, 5, 6, (3, 3), 7, 9) == 2 * 3 * 20 * 16 * 30
+    assert profile.multiply_flops("winograd_4x4", 3, 5, 6, (3, 3), 7, 9) == 2 * 3 * 6 * 36 * 30
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        profile.multiply_flops("fft", 1, 1, 1, (3, 3), 4, 4)
+
+
+def test_each_conv_and_chain_reports_the_algorithm_its_prepared_layer_ran(rng):
+    from r2n.cpu.res2net import PreparedChain
+
+    model = _small("res2net50_26w_4s")
+    x = _images(rng, 1, 64)
+    report = profile.profile(model, x, threads=1, peak_gflops=100.0, min_time=0, min_reps=1)
+    rows = {r["name"]: r for r in report["layers"]}
+    seen = set()
+    for name, r in rows.items():
+        if r["op"] != "res2net_chain":
+            # 1x1s, the stem and the fc run the definition.
+            assert r["algorithm_flops"] == r["flops"], name
+            continue
+        n, c, h, w = r["in_shape"]
+        width = c // 4
+        stride = 1 if r["out_shape"][2] == h else 2
+        stype = "normal" if stride == 1 else "stage"
+        weights = [np.ones((width, width, 3, 3), np.float32)] * 3
+        chain = PreparedChain(
+            weights, None, scale=4, stype=stype, stride=stride, groups=1, width=width,
+            dtype=np.float32,
+        )  # fmt: skip
+        assert r["algorithm"] == chain.algorithm(n, h, w), name
+        seen.add(r["algorithm"])
+        ho, wo = r["out_shape"][2:]
+        want = 3 * profile.multiply_flops(r["algorithm"], n, width, width, (3, 3), ho, wo)
+        assert r["algorithm_flops"] == want, name
+        assert r["algorithm_floor_ms"] == pytest.approx(want / 100.0 / 1e6)
+    assert {"direct", "winograd_2x2"} <= seen  # stage chains direct, 16x16 chains on F(2x2)
+    assert report["algorithm_flops"] == sum(r["algorithm_flops"] for r in rows.values())
+    assert report["algorithm_flops"] < report["flops"]
+    assert profile.count_flops(model, x) == {
+        "flops": report["flops"],
+        "algorithm_flops": report["algorithm_flops"],
+    }
+    text = profile_cli.format_report({**report, **_report_header()})
+    assert "GFLOP in r2n's algorithms" in text and " F2 " in text
+
+
+def _report_header():
+    return dict(
+        model="res2net50_26w_4s", batch=1, size=64, backend="cpu", threads=1,
+        fma_peak_gflops=100.0,
+    )  # fmt: skip
+
+
 def test_tresnet_profile_times_blur_se_pools_and_adds(rng):
     model = _small("tresnet_m", num_classes=10)
     out = profile.profile(model, _images(rng, 1, 64), threads=1, peak_gflops=50.0, min_time=0)

@@ -72,6 +72,11 @@ class Record:
     min_bytes : inputs, weights and output, each once
     residual : the layer adds the block's residual (fused)
     aliases : other module paths of the ONNX export that are this layer's work
+    algorithm : how a conv or chain ran (a key of ALGORITHMS; "" for other
+        layers)
+    algorithm_flops : the multiply-adds x 2 that algorithm computes
+        (:func:`multiply_flops`; fewer than ``flops`` for Winograd); None:
+        the same as ``flops``
     times : seconds of each timed call
     """
 
@@ -84,7 +89,35 @@ class Record:
     min_bytes: int
     residual: bool = False
     aliases: tuple = ()
+    algorithm: str = ""
+    algorithm_flops: int | None = None
     times: list = dataclasses.field(default_factory=list)
+
+
+#: How the cpu backend's prepared convs and chains run a conv (their
+#: ``algorithm`` methods) -> (output tile side m, multiply-adds per m x m tile
+#: and (input, output channel) pair): the direct conv (step 4), Winograd
+#: F(2x2, 3x3) (step 5, 16 instead of 36) and F(4x4, 3x3) (step 6, 36
+#: instead of 144). None: the definition's count.
+ALGORITHMS = {"direct": None, "winograd_2x2": (2, 16), "winograd_4x4": (4, 36)}
+
+
+def multiply_flops(algorithm, n, c_in_g, c_out, kernel_hw, h_out, w_out) -> int:
+    """FLOPs (multiply-adds x 2) of the products ``algorithm`` computes for one conv.
+
+    ``c_out`` output channels, ``c_in_g`` input channels per group, a
+    ``kernel_hw`` kernel, ``n`` images of ``h_out`` x ``w_out`` outputs. For
+    Winograd the GEMMs' multiply-adds, partial edge tiles counted whole and
+    the transforms (additions) not at all: the work whose time at the FMA
+    peak is a floor for that algorithm.
+    """
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {list(ALGORITHMS)}, got {algorithm!r}")
+    if ALGORITHMS[algorithm] is None:
+        return 2 * n * c_out * h_out * w_out * c_in_g * kernel_hw[0] * kernel_hw[1]
+    m, per_tile = ALGORITHMS[algorithm]
+    tiles = n * -(-h_out // m) * -(-w_out // m)
+    return 2 * tiles * per_tile * c_in_g * c_out
 
 
 #: The clocks a profile can read: wall time, or the calling thread's CPU time
@@ -187,11 +220,20 @@ class ProfilingLayers(Layers):
             extra = ()
             if residual is not None and block:  # the block's final act (TResNet) is fused here
                 extra = (f"{block.group(1)}.act",)
+            # The cpu backend's prepared conv says which algorithm it ran;
+            # the others run the definition.
+            choose = getattr(layer, "algorithm", None)
+            algorithm = "direct" if choose is None else choose(x.shape, y.shape)
+            n, c_out, h_out, w_out = y.shape
             return dict(
                 role=role,
                 in_shape=tuple(x.shape),
                 out_shape=tuple(y.shape),
                 flops=2 * int(np.prod(y.shape)) * int(np.prod(w.shape[1:])),
+                algorithm=algorithm,
+                algorithm_flops=multiply_flops(
+                    algorithm, n, w.shape[1], c_out, w.shape[2:], h_out, w_out
+                ),
                 min_bytes=_nbytes(x, w, None if b is None else np.asarray(b), residual, y),
                 residual=residual is not None,
                 aliases=tuple(aliases) + extra,
@@ -336,11 +378,19 @@ class ProfilingLayers(Layers):
         def describe(args, kwargs, y):
             x = args[0]
             n, _, h, w = y.shape
+            algorithm = "direct"
+            if backend == "cpu":
+                algorithm = prepared.algorithm(n, x.shape[2], x.shape[3])
             return dict(
                 role="chain",
                 in_shape=tuple(x.shape),
                 out_shape=tuple(y.shape),
                 flops=2 * n * h * w * macs,
+                algorithm=algorithm,
+                algorithm_flops=sum(
+                    multiply_flops(algorithm, n, k.shape[1], k.shape[0], k.shape[2:], h, w)
+                    for k in weights
+                ),
                 min_bytes=_nbytes(x, *weights, y) + sum(np.asarray(b).nbytes for b in biases),
                 aliases=(f"{block}.convs", f"{block}.bns", f"{block}.Split", f"{block}.pool"),
             )
@@ -407,10 +457,11 @@ def profile(
     Returns
     -------
     dict: layers (list of dicts, forward order: name, op, role, in_shape,
-    out_shape, flops, min_bytes, residual, ms, share, gflops, pct_peak,
-    floor_ms, gbs, times_ms), roles (the summary), total_ms (the layers'
-    sum), forward_ms (the plain forward's median), profiled_forward_ms,
-    overhead (total_ms / forward_ms - 1), check_rel_err, reps.
+    out_shape, flops, min_bytes, residual, algorithm, algorithm_flops, ms,
+    share, gflops, pct_peak, floor_ms, algorithm_floor_ms, gbs, times_ms),
+    roles (the summary), total_ms (the layers' sum), forward_ms (the plain
+    forward's median), profiled_forward_ms, overhead (total_ms / forward_ms
+    - 1), check_rel_err, reps, flops and algorithm_flops (the layers' sums).
     """
     recorder = Recorder(clock)
     tick = CLOCKS[clock]
@@ -452,7 +503,25 @@ def profile(
         "check_rel_err": err,
         "reps": len(plain_times),
         "flops": sum(r["flops"] for r in rows),
+        "algorithm_flops": sum(r["algorithm_flops"] for r in rows),
         "clock": clock,
+    }
+
+
+def count_flops(model, x) -> dict:
+    """FLOPs of one forward of ``model`` on ``x``, untimed: ``flops`` (the
+    definition's multiply-adds x 2, as :func:`profile` counts them) and
+    ``algorithm_flops`` (those of the algorithms r2n runs on x's shape:
+    Winograd where its rules pick it, :func:`multiply_flops`)."""
+    recorder = Recorder()
+    recorder.recording = True
+    model.forward_with(ProfilingLayers(model.backend, "numpy", recorder))(x)
+    records = list(recorder.records.values())
+    return {
+        "flops": sum(r.flops for r in records),
+        "algorithm_flops": sum(
+            r.flops if r.algorithm_flops is None else r.algorithm_flops for r in records
+        ),
     }
 
 
@@ -468,20 +537,26 @@ def _row(record: Record, peak, threads) -> dict:
     row["gbs"] = record.min_bytes / ms / 1e6
     ceiling = None if not peak else peak * threads
     row["floor_ms"] = None if not ceiling else record.flops / ceiling / 1e6
+    if row["algorithm_flops"] is None:
+        row["algorithm_flops"] = record.flops
+    row["algorithm_floor_ms"] = None if not ceiling else row["algorithm_flops"] / ceiling / 1e6
     row["pct_peak"] = None if not ceiling else 100 * row["gflops"] / ceiling
     return row
 
 
 def summarise(rows: list[dict], peak, threads) -> list[dict]:
     """The layers summed by role, in order of time: ms, share, GFLOP/s, % of
-    peak, floor ms and the time above the floor."""
+    peak, floor ms and the time above the floor (FLOPs of the definition),
+    and the floor of r2n's algorithms (``algorithm_flops`` / peak)."""
     groups: dict[str, dict] = {}
     total = sum(r["ms"] for r in rows)
     for r in rows:
-        g = groups.setdefault(r["role"], {"role": r["role"], "layers": 0, "ms": 0.0, "flops": 0})
+        empty = {"role": r["role"], "layers": 0, "ms": 0.0, "flops": 0, "algorithm_flops": 0}
+        g = groups.setdefault(r["role"], empty)
         g["layers"] += 1
         g["ms"] += r["ms"]
         g["flops"] += r["flops"]
+        g["algorithm_flops"] += r["algorithm_flops"]
     out = []
     ceiling = None if not peak else peak * threads
     for g in sorted(groups.values(), key=lambda g: -g["ms"]):
@@ -490,6 +565,7 @@ def summarise(rows: list[dict], peak, threads) -> list[dict]:
         g["pct_peak"] = None if not ceiling else 100 * g["gflops"] / ceiling
         g["floor_ms"] = None if not ceiling else g["flops"] / ceiling / 1e6
         g["above_floor_ms"] = None if g["floor_ms"] is None else g["ms"] - g["floor_ms"]
+        g["algorithm_floor_ms"] = None if not ceiling else g["algorithm_flops"] / ceiling / 1e6
         out.append(g)
     return out
 

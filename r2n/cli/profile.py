@@ -223,7 +223,8 @@ def format_report(report: dict) -> str:
     lines = [
         f"{report['model']}: batch {report['batch']}, {report['size']}x{report['size']}, "
         f"{report['backend']} backend, {report['threads']} thread(s); "
-        f"{report['flops'] / 1e9:.2f} GFLOP per forward; clock: {report.get('clock', 'wall')}",
+        f"{report['flops'] / 1e9:.2f} GFLOP per forward{_algorithm_gflop(report)}; "
+        f"clock: {report.get('clock', 'wall')}",
         f"FMA peak {_fmt(peak, '.1f') or 'n/a'} GFLOP/s per core (x {report['threads']} "
         f"threads for % peak and the floors)",
         f"plain forward {report['forward_ms']:.2f} ms; the layers below sum to "
@@ -244,13 +245,14 @@ def format_report(report: dict) -> str:
         )
     elif ort:
         lines.append(f"onnxruntime: not run ({ort['status']})")
-    header = ["layer", "op", "in -> out", "ms", "share", "GFLOP", "GFLOP/s", "% peak"]
+    header = ["layer", "op", "alg.", "in -> out", "ms", "share", "GFLOP", "GFLOP/s", "% peak"]
     header += ["floor ms", "GB/s"] + (["ORT ms"] if ort_layers is not None else [])
     rows = []
     for r in report["layers"]:
         row = [
             r["name"],
             r["op"],
+            _SHORT.get(r.get("algorithm"), ""),
             f"{_shape(r['in_shape'])} -> {_shape(r['out_shape'])}",
             f"{r['ms']:.3f}",
             f"{100 * r['share']:.1f}%",
@@ -263,7 +265,7 @@ def format_report(report: dict) -> str:
         if ort_layers is not None:
             row.append(_fmt(ort_layers.get(r["name"]), ".3f"))
         rows.append(row)
-    lines += ["", text_table(header, rows, right=set(range(3, len(header))))]
+    lines += ["", text_table(header, rows, right=set(range(4, len(header))))]
     by_role_ort = {}
     if ort_layers is not None:
         role_of = {r["name"]: r["role"] for r in report["layers"]}
@@ -271,7 +273,7 @@ def format_report(report: dict) -> str:
             role = role_of.get(name, "?")
             by_role_ort[role] = by_role_ort.get(role, 0.0) + ms
     header = ["role", "layers", "ms", "share", "GFLOP/s", "% peak", "floor ms", "above floor"]
-    header += ["ORT ms"] if ort_layers is not None else []
+    header += ["alg. floor ms"] + (["ORT ms"] if ort_layers is not None else [])
     rows = []
     for g in report["roles"]:
         row = [
@@ -283,13 +285,33 @@ def format_report(report: dict) -> str:
             _fmt(g["pct_peak"], ".0f", "%"),
             _fmt(g["floor_ms"], ".2f"),
             _fmt(g["above_floor_ms"], ".2f"),
+            _fmt(g.get("algorithm_floor_ms"), ".2f"),
         ]
         if ort_layers is not None:
             row.append(_fmt(by_role_ort.get(g["role"]), ".2f"))
         rows.append(row)
     by_role = text_table(header, rows, set(range(1, len(header))))
     lines += ["", "By role (sorted by time):", "", by_role]
+    lines += [
+        "",
+        "alg.: how r2n ran the conv (F2 / F4: Winograd F(2x2,3x3) / F(4x4,3x3), else direct); "
+        "GFLOP, % peak and the floor count the definition's FLOPs, the algorithm floor the "
+        "multiply-adds r2n's algorithm computes (at the FMA peak).",
+    ]
     return "\n".join(lines)
+
+
+#: The algorithms' short names in the per-layer table.
+_SHORT = {"winograd_2x2": "F2", "winograd_4x4": "F4"}
+
+
+def _algorithm_gflop(report: dict) -> str:
+    """ " (X GFLOP in r2n's algorithms)" where Winograd makes it fewer
+    (profiles saved before the field existed have none)."""
+    alg = report.get("algorithm_flops")
+    if alg is None or alg == report["flops"]:
+        return ""
+    return f" ({alg / 1e9:.2f} GFLOP in r2n's algorithms)"
 
 
 def markdown(report: dict, top: int = 10) -> str:
@@ -303,7 +325,7 @@ def markdown(report: dict, top: int = 10) -> str:
         f"{report['model']}, batch {report['batch']}, {report['size']}x{report['size']}, "
         f"{report['threads']} thread(s), {report['backend']} backend, run "
         f"{report['datetime']}, clock {report.get('clock', 'wall')}: "
-        f"{report['flops'] / 1e9:.2f} GFLOP; FMA peak "
+        f"{report['flops'] / 1e9:.2f} GFLOP{_algorithm_gflop(report)}; FMA peak "
         f"{_fmt(peak, '.1f') or 'n/a'} GFLOP/s per core. Plain forward "
         f"{report['forward_ms']:.1f} ms, layers' sum {report['total_ms']:.1f} ms "
         f"({100 * report['overhead']:+.1f}%)"
@@ -325,8 +347,11 @@ def markdown(report: dict, top: int = 10) -> str:
     by_role_ort: dict[str, float] = {}
     for name, ms in (ort_layers or {}).items():
         by_role_ort[role_of.get(name, "?")] = by_role_ort.get(role_of.get(name, "?"), 0.0) + ms
-    head = "| role | layers | ms | share | GFLOP/s | % peak | floor ms | above floor |"
-    rule = "|---|---:|---:|---:|---:|---:|---:|---:|"
+    head = (
+        "| role | layers | ms | share | GFLOP/s | % peak | floor ms | above floor "
+        "| algorithm floor ms |"
+    )
+    rule = "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     if ort_layers is not None:
         head, rule = head + " ONNX Runtime ms |", rule + "---:|"
     lines += [head, rule]
@@ -334,7 +359,8 @@ def markdown(report: dict, top: int = 10) -> str:
         line = (
             f"| {g['role']} | {g['layers']} | {g['ms']:.2f} | {100 * g['share']:.1f}% | "
             f"{g['gflops']:.1f} | {_fmt(g['pct_peak'], '.0f', '%')} | "
-            f"{_fmt(g['floor_ms'], '.2f')} | {_fmt(g['above_floor_ms'], '.2f')} |"
+            f"{_fmt(g['floor_ms'], '.2f')} | {_fmt(g['above_floor_ms'], '.2f')} | "
+            f"{_fmt(g.get('algorithm_floor_ms'), '.2f')} |"
         )
         if ort_layers is not None:
             line += f" {_fmt(by_role_ort.get(g['role']), '.2f')} |"

@@ -158,11 +158,10 @@ class PreparedConv2d:
         x = np.ascontiguousarray(x)
         out = _output(self, out_shape, x, residual)
         g = self.geometry
-        n, _, h, w = x.shape
-        if self.wino is not None and v5_winograd.use_winograd(self.c_in, g["groups"], n, h, w):
-            h_out, w_out = out_shape[2:]
-            if v6_winograd_4x4.use_winograd_4x4(self.c_in, g["groups"], n, h_out, w_out):
-                return self._winograd_4x4(x, out, residual)
+        algorithm = self.algorithm(x.shape, out_shape)
+        if algorithm == "winograd_4x4":
+            return self._winograd_4x4(x, out, residual)
+        if algorithm == "winograd_2x2":
             return self._winograd(x, out, residual)
         # The padded (or gathered) input goes into this thread's scratch: the
         # copy writes all of it (conv.read_layout).
@@ -182,6 +181,22 @@ class PreparedConv2d:
             residual=residual,
             scratch=scratch,
         )
+
+    def algorithm(self, x_shape, out_shape):
+        """How a call on an input of ``x_shape`` (N, C_in, H, W) with output
+        ``out_shape`` runs: "direct" (step 4), "winograd_2x2" (step 5) or
+        "winograd_4x4" (step 6), by the Winograd rules (a function of the
+        shapes; ``r2n profile`` counts the FLOPs by it)."""
+        if self.wino is None:
+            return "direct"
+        n, _, h, w = x_shape
+        groups = self.geometry["groups"]
+        if not v5_winograd.use_winograd(self.c_in, groups, n, h, w):
+            return "direct"
+        h_out, w_out = out_shape[2:]
+        if v6_winograd_4x4.use_winograd_4x4(self.c_in, groups, n, h_out, w_out):
+            return "winograd_4x4"
+        return "winograd_2x2"
 
     def _winograd_4x4(self, x, out, residual):
         """The call on F(4x4, 3x3) weights: bias, residual and (leaky) ReLU

@@ -252,8 +252,9 @@ class PreparedChain:
                 + ("" if out.flags.c_contiguous else ", not C-contiguous")
                 + (", overlapping x" if np.may_share_memory(out, x) else "")
             )
-        if self.wino is not None and use_winograd(width, self.groups, n, h, w):
-            return self._winograd(x, out)
+        algorithm = self.algorithm(n, h, w)
+        if algorithm != "direct":
+            return self._winograd(x, out, algorithm == "winograd_4x4")
         stage = self.stype == "stage" or self.scale == 1
         n_pad = nums if stage else 1
         last = nums * width if self.scale > 1 else -1
@@ -332,6 +333,17 @@ class PreparedChain:
                 cur, next_input = next_input, cur
         return out
 
+    def algorithm(self, n, h, w):
+        """How the chain runs its 3x3 convs on ``n`` images of ``h`` x ``w``:
+        "direct" (step 4), "winograd_2x2" (step 5) or "winograd_4x4" (step 6),
+        by the Winograd rules (a function of the shape; ``r2n profile``
+        counts the FLOPs by it)."""
+        if self.wino is None or not use_winograd(self.width, self.groups, n, h, w):
+            return "direct"
+        if self._weights4 is not None and use_winograd_4x4(self.width, self.groups, n, h, w):
+            return "winograd_4x4"
+        return "winograd_2x2"
+
     def _gathered(self, x, out):
         """The stage chain for strides whose padded chunks would outgrow the
         input (r2n.cpu.conv.v4_simd.input_layout): the prologue pools the last chunk,
@@ -348,10 +360,10 @@ class PreparedChain:
         )  # fmt: skip
         return out
 
-    def _winograd(self, x, out):
+    def _winograd(self, x, out, f4x4):
         """The stride-1 chain with Winograd convs: F(2x2, 3x3)
         (r2n.cpu.conv.v5_winograd.conv_winograd), or F(4x4, 3x3)
-        (v6_winograd_4x4.conv_winograd_4x4) where ``use_winograd_4x4`` says so.
+        (v6_winograd_4x4.conv_winograd_4x4) if ``f4x4`` (``algorithm``).
 
         The convs read the unpadded chunks (their input transform pads), so
         the prologue only passes the last chunk through (or pools it, for
@@ -367,9 +379,8 @@ class PreparedChain:
                 nums * width,
             )  # fmt: skip
         common = dict(c_in_g=width // groups, activation="relu", scratch=scratch)
-        n, _, h, w = x.shape
         conv, u_all, u = conv_winograd, self.wino_all, self.wino
-        if self._weights4 is not None and use_winograd_4x4(width, groups, n, h, w):
+        if f4x4:
             conv = conv_winograd_4x4
             u_all, u = self._winograd_4x4_weights()
         if stage:
