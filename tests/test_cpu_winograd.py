@@ -354,9 +354,15 @@ def test_narrow_chunks_small_images_and_strides_take_the_direct_convs(rng, launc
     assert not winograd.use_winograd(2 * min_c - 2, 2, 8, 56, 56)  # per group
     assert not winograd.use_winograd(min_c, 1, 8, min_hw - 1, 56)
     assert not winograd.use_winograd(min_c, 1, 8, 56, min_hw - 1)
-    # wide groups (U beyond L2) need enough tiles: Res2Net-50's layer4 at 7x7
+    # wide groups (U beyond L2) need enough tiles, or little waste in them:
+    # Res2Net-50's layer4 at 7x7 (2x2 tiles compute 1.31x the outputs)...
     assert not winograd.use_winograd(208, 1, 3, 7, 7)
+    assert not winograd.use_winograd(512, 1, 1, 7, 7)
     assert winograd.use_winograd(208, 1, 4, 7, 7)
+    # ... but TResNet's 256 / 512 channel convs at 14x14 batch 1 (1.3-1.7x)
+    assert winograd.use_winograd(256, 1, 1, 14, 14)
+    assert winograd.use_winograd(512, 1, 1, 14, 14)
+    assert winograd.use_winograd(512, 1, 1, 8, 8)
     x = randn(rng, 1, 4 * min_c, 9, 9, dtype=np.float32)
     weights = [randn(rng, min_c, min_c, 3, 3, dtype=np.float32) for _ in range(3)]
     chain = _prepared_chain(weights, None, dtype=np.float32, scale=4, stype="stage", stride=2,

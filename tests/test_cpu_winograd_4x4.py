@@ -207,6 +207,9 @@ def test_rule_picks_4x4_tiles_on_wide_convs_of_sides_near_multiples_of_4():
     assert all(rule(c, 1, 8, s, s) for c, s in [(48, 56), (64, 56), (128, 28), (256, 28)])
     assert not any(rule(c, 1, 8, s, s) for c, s in [(256, 14), (104, 14), (208, 7)])
     assert rule(512, 1, 8, 14, 14) and rule(512, 1, 8, 7, 7) and not rule(512, 2, 8, 7, 7)
+    # 512 channels at batch 1 (14x14, 8x8: step 5 takes them for their low
+    # waste) stay on F(2x2): too few tiles for the second thread.
+    assert not rule(512, 1, 1, 14, 14) and not rule(512, 1, 1, 8, 8) and rule(512, 1, 2, 14, 14)
     assert rule(64, 2, None, None, None) and not rule(62, 2, None, None, None)
     assert rule(32, 1, 1, 31, 30) and not rule(32, 1, 1, 16, 17) and not rule(32, 1, 1, 12, 12)
 

@@ -96,11 +96,12 @@ SCRATCH_BYTES = 512 * 2**10
 _inline = numba.njit(inline="always", fastmath=FASTMATH)
 
 #: use_winograd's lines: input channels per group, image height and width,
-#: and for wide groups, 2x2 output tiles in the batch.
+#: and for wide groups, 2x2 output tiles in the batch or the tiles' waste.
 WINOGRAD_MIN_CHANNELS = 16
 WINOGRAD_MIN_SIZE = 7
 WIDE_CHANNELS = 128
 WIDE_MIN_TILES = 64
+WIDE_MAX_WASTE = 1.15
 
 # Weight transform G (4x3) of F(2x2, 3x3).
 _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
@@ -133,13 +134,20 @@ def use_winograd(width, groups, n, h, w) -> bool:
     * the images are >= WINOGRAD_MIN_SIZE on both sides, and
     * groups of >= WIDE_CHANNELS channels, whose U (16 x C_in x C_out
       floats, >= 1 MiB) does not stay in L2 and is streamed again by every
-      job, have >= WIDE_MIN_TILES 2x2 output tiles in the batch.
+      job, have >= WIDE_MIN_TILES 2x2 output tiles in the batch, or images
+      whose 2x2 tiles compute at most WIDE_MAX_WASTE times the outputs
+      (even sides: 1.0; 7x7: 1.31).
 
     Measured on the 2-core Zen 4 (benchmarks/results/NOTES.md "Winograd
     F(2x2,3x3) (v6)"): at 1 and 2 threads Winograd won on every Res2Net-50
     chain shape at batch 1 and 8 (26 ch 56x56 1.13-1.26x, 52 ch 28x28
     1.34-1.56x, 104 ch 14x14 1.48-1.91x) except 208 ch at 7x7 below batch 4
-    (2 threads: 0.80x at batch 1, 0.94x at 2, 0.84x at 3; 1.10x at 4).
+    (2 threads: 0.80x at batch 1, 0.94x at 2, 0.84x at 3; 1.10x at 4). On
+    the 2-core EPYC (NOTES.md "TResNet's wide 3x3 convs at batch 1"), batch
+    1, 1 / 2 threads: 256 ch 14x14 1.68x / 1.56x, 8x8 1.94x / 1.61x, 10x10
+    1.67x / 1.59x, 512 ch 14x14 1.54x / 1.31x, 8x8 1.52x / 1.69x, but 512
+    ch 7x7 0.82x / 0.85x: what loses at 7x7 is the odd edge's waste, not the
+    few tiles.
     """
     c_in_g = width // groups
     if c_in_g < WINOGRAD_MIN_CHANNELS:
@@ -149,7 +157,10 @@ def use_winograd(width, groups, n, h, w) -> bool:
     if h < WINOGRAD_MIN_SIZE or w < WINOGRAD_MIN_SIZE:
         return False
     tiles = n * ((h + 1) // 2) * ((w + 1) // 2)
-    return c_in_g < WIDE_CHANNELS or tiles >= WIDE_MIN_TILES
+    if c_in_g < WIDE_CHANNELS or tiles >= WIDE_MIN_TILES:
+        return True
+    computed = (-(-h // 2) * 2) * (-(-w // 2) * 2)
+    return computed <= WIDE_MAX_WASTE * h * w
 
 
 def transform_weights(weight, groups, out=None):

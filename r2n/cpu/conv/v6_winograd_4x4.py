@@ -74,6 +74,7 @@ from ..microkernel import (
     tile,
     tile_half,
 )
+from . import v5_winograd
 from .v5_winograd import check_launch
 
 #: Target size of a worker's V and M scratch (36 x (C_in + 32) floats per
@@ -174,16 +175,21 @@ def use_winograd_4x4(width, groups, n, h, w) -> bool:
     * the 4x4 tiles compute at most MAX_WASTE times the outputs (14x14 and
       7x7, 1.31x: F(4x4) lost 0.6-0.9x to F(2x2) at 104-256 channels there),
       unless the groups have >= WIDE_CHANNELS channels (512 at 14x14 and 7x7,
-      batch 8: 1.1-1.5x; step 5's rule keeps such convs direct below 64 2x2
-      tiles, so batch 1 at 14x14 / 7x7 is not asked).
+      batch 8: 1.1-1.5x) and the batch has >= step 5's WIDE_MIN_TILES 2x2
+      tiles (512 ch at batch 1, against F(2x2), 1 / 2 threads: 14x14 1.10x /
+      0.93x, 8x8 1.20x / 0.57x: too few jobs for the second thread).
 
     Measured on the 2-core EPYC (NOTES.md "Winograd F(4x4,3x3)").
     """
     c_in_g = width // groups
     if c_in_g < MIN_CHANNELS:
         return False
-    if n is None or c_in_g >= WIDE_CHANNELS:
+    if n is None:
         return True
+    if c_in_g >= WIDE_CHANNELS:
+        # Few tiles (batch 1 at 14x14 or 8x8, which step 5's rule admits by
+        # their waste): too few jobs for F(4x4)'s bigger blocks to share.
+        return n * ((h + 1) // 2) * ((w + 1) // 2) >= v5_winograd.WIDE_MIN_TILES
     if h < MIN_SIZE or w < MIN_SIZE:
         return False
     computed = (-(-h // 4) * 4) * (-(-w // 4) * 4)
