@@ -65,6 +65,7 @@ with two more ideas, when a launch needs them:
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from collections.abc import Mapping
@@ -263,6 +264,34 @@ SPLIT_K_MIN_K = 128
 #: plane GEMM, which also splits K. A prediction, like split-K's constants:
 #: benchmarks/gpu_tc_1x1.py times both.
 TC_GEMM_1X1_MIN_WAVES = 1
+#: The tf32 / bf16 im2col convs (3x3, KxK; step 5_tensor_core's) that have no
+#: add on load and no split-K run on the multistage implicit GEMM
+#: (kernels/conv_im2col_tensor_core.cu: cp.async ring, rounding at fragment
+#: reads) when True, on step 5 when False. Off by default: not timed on a GPU
+#: yet (its prediction is in that file's header). Set it here, or start Python
+#: with the environment variable ``R2N_TC_IM2COL=multistage`` (``step5``: off);
+#: plans are keyed on it, so a change reaches every later launch.
+#: benchmarks/gpu_kernels.py ``--tc-im2col step5 multistage`` times both.
+TC_IM2COL_MULTISTAGE = False
+#: The values of ``R2N_TC_IM2COL`` and the setting each gives.
+TC_IM2COL_CHOICES = {"step5": False, "multistage": True}
+
+
+def _tc_im2col_from_env(environ=os.environ) -> bool:
+    """TC_IM2COL_MULTISTAGE as the environment variable ``R2N_TC_IM2COL`` sets
+    it (unset or empty: False); a ValueError for any other value."""
+    value = environ.get("R2N_TC_IM2COL", "")
+    if value == "":
+        return False
+    if value not in TC_IM2COL_CHOICES:
+        raise ValueError(
+            f"r2n: R2N_TC_IM2COL must be one of {list(TC_IM2COL_CHOICES)} (or unset), "
+            f"got {value!r}"
+        )
+    return TC_IM2COL_CHOICES[value]
+
+
+TC_IM2COL_MULTISTAGE = _tc_im2col_from_env()
 #: The variants that split (the ladder's other steps stay one idea each).
 SPLIT_K_VARIANTS = ("4_pipelined", "5_tensor_core", GEMM_1X1)
 #: The float32 / float64 variants whose tile and split :func:`fp32_tile_rule`
@@ -899,6 +928,7 @@ def _tunables() -> tuple:
         TC_GEMM_1X1_MIN_WAVES,
         _tc.GEMM_1X1_LARGE_MIN_K,
         _HALF_TILE_MIN_PIXELS,  # read by fp32_tile_rule itself: here for the key
+        TC_IM2COL_MULTISTAGE,
     )
 
 
@@ -933,7 +963,7 @@ def _plan(
 ):
     """Check one launch_conv call's shapes and options and compute its launch
     (a :class:`ConvPlan`), or _EMPTY when there is nothing to compute."""
-    *settings, max_blocks_1d, max_grid_dim, tc_1x1_min_waves, _, _ = tunables
+    *settings, max_blocks_1d, max_grid_dim, tc_1x1_min_waves, _, _, tc_im2col_ms = tunables
     fp32_rule = (*settings[:3], tuple(settings[3:]))  # as _fp32_rule() has them
     ctype = _runtime.dtype_name(dtype)
     n_img, x_c_total, h, w = x_shape
@@ -1176,10 +1206,22 @@ def _plan(
             ms_channel_tiles = _cdiv(c_out_g, ms_tile[0])
             ms_blocks = ms_pixel_tiles * ms_channel_tiles * images_groups
             multistage = not sm_count or ms_blocks >= tc_1x1_min_waves * sm_count
+        # tf32 / bf16 im2col convs, when selected (TC_IM2COL_MULTISTAGE): the
+        # multistage implicit GEMM (kernels/conv_im2col_tensor_core.cu), which
+        # copies its input with cp.async, so never with an add on load, and
+        # does not split K
+        im2col_multistage = (
+            tc_im2col_ms and variant == "5_tensor_core" and k_splits == 1 and add_shape is None
+        )
         if multistage:
             tile, threads = ms_tile, _tc.gemm_1x1_threads(ms_tile)
             bm, bn, bk = tile[:3]
             pixel_tiles, channel_tiles = ms_pixel_tiles, ms_channel_tiles
+        elif im2col_multistage:
+            tile = _tc.im2col_tile(c_out_g)
+            threads = _tc.gemm_1x1_threads(tile)
+            bm, bn, bk = tile[:3]
+            pixel_tiles, channel_tiles = _cdiv(plane_out, bn), _cdiv(c_out_g, bm)
         elif k_splits > 1 or shortcut is not None or tensor_cores and variant == GEMM_1X1:
             if shortcut is not None:
                 gemm_load = LOAD_PLANE_SHORTCUT
@@ -1211,6 +1253,9 @@ def _plan(
         if multistage:
             file, name = _tc.GEMM_1X1_FILE, _tc.gemm_1x1_name(precision, tile)
             shared = _tc.gemm_1x1_shared_bytes(precision, tile)
+        elif im2col_multistage:
+            file, name = _tc.IM2COL_FILE, _tc.im2col_name(precision, tile)
+            shared = _tc.im2col_shared_bytes(precision, tile)
         elif tensor_cores:
             shared = _tc.shared_bytes(precision, tile)
             if gemm_load is None:

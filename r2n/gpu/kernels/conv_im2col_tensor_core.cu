@@ -1,0 +1,231 @@
+// Any conv (3x3, KxK, strided, dilated, grouped) on tensor cores at batch
+// throughput (precision="tf32" / "bf16", float32 data): a multistage cp.async
+// implicit GEMM.
+//
+// conv2d_im2col_tensor_core<float, P, BM, BN, BK, WARPS_M, WARPS_N, STAGES>
+//
+// Same computation, parameters (R2N_CONV_PARAMS), grid, fused epilogue
+// (bias, residual, ReLU / LeakyReLU, output channel slice), side job (the
+// chain's last chunk, copied or pooled) and rounding as step 5
+// (conv_5_tensor_core.cu), except the add on load: an input that is a sum
+// (the "normal" chain's x_i + y_{i-1}) cannot be copied by cp.async, so
+// r2n/gpu/conv.py keeps those launches, and split-K ones, on step 5. It runs
+// only when selected (r2n.gpu.conv.TC_IM2COL_MULTISTAGE, or the environment
+// variable R2N_TC_IM2COL=multistage): it has not been timed yet. Inputs it
+// takes in a Res2Net: the first conv of a "normal" chain (a plain channel
+// slice of x), a "stage" chain's one grouped launch, r2n.conv2d's KxK convs.
+// What changes against step 5, as gemm_1x1_tensor_core.cu changed the 1x1
+// plane GEMM (whose multiply and epilogue this kernel shares:
+// tc_multistage_multiply / tc_multistage_store):
+//
+// 1. The im2col input goes global -> shared memory by cp.async, 4 bytes per
+//    element, zero-filled (source size 0) in the padding, past the image, past
+//    K and past the last pixel. Step 5 fetched it into registers, rounded it
+//    and stored it, so the whole fetch of slice s + 1 waited in registers
+//    across slice s's multiply and then in the store. No 16-byte input
+//    copies: a 3x3 tap's run of pixels starts at ox + dx - 1, so it is never
+//    16-byte aligned for all three taps at once, and strided runs are not
+//    contiguous. The weights go by 16-byte copies when K = C_in_g kH kW is a
+//    multiple of 4 and the pointer 16-byte aligned (Res2Net-50's 52-, 104- and
+//    208-channel chains: K = 468, 936, 1872; the 26-channel one, K = 234,
+//    copies 4 bytes), as in gemm_1x1_tensor_core.cu.
+// 2. A STAGES-deep ring of slices (3): two slices' copies in flight behind
+//    each multiply instead of one; cp.async.wait_group STAGES - 2 and one
+//    __syncthreads per slice, as the 1x1 kernel.
+// 3. The im2col rows of each slice (input channel, tap dy, dx) are decoded
+//    into a ring of STAGES tables in shared memory, one per stage: slice s +
+//    STAGES is decoded right after slice s + STAGES - 1 is issued, into the
+//    table of slice s (whose copies were issued STAGES - 1 barriers ago), so
+//    the barrier of the next slice publishes it; step 5 decoded one slice
+//    ahead into two tables. Each thread keeps one pixel column of the tile
+//    (its oy sh - ph, ox sw - pw computed once per block) and issues the
+//    copies of its rows of that column: consecutive threads copy
+//    consecutive pixels of one row.
+// 4. The rounding (cvt.rna.tf32 / cvt.rn.bf16x2) moves to the fragment reads
+//    of both operands (step 5 rounded the input before storing it): every
+//    operand element is still rounded exactly once per use, by the same
+//    instruction, to the same value, so conv_tensor_core.py's bounds and the
+//    tests' rounded-operand reference hold unchanged.
+// 5. Block tiles of 64 x 32 warp tiles (4 x 4 mma tiles: 3 shared-memory
+//    wavefronts per 2 mma, step 5's 32 x 32 warp tiles 4) where the channels
+//    fill them: 128 x 64 for groups of more than 64 output channels, 64 x 128
+//    for 33-64, and 32 x 128 (32 x 32 warp tiles) for <= 32 (Res2Net's
+//    26-channel chain); r2n/gpu/conv_tensor_core.py (im2col_tile).
+//
+// Shared memory per stage: As[BM][A_PITCH] raw float32 weights, Bs[BK][B_PITCH]
+// raw float32 im2col rows (pitches and bank arithmetic as
+// gemm_1x1_tensor_core.cu's), then STAGES tables of 3 * BK ints.
+//
+// Why it should be faster (H200: TF32 mma ~405 TFLOP/s dense by the vendor's
+// figure, copy 4.26 TB/s measured by gpu_bench): a chain conv is compute-heavy
+// for a tensor core only at large batch, and there it is latency-bound in
+// step 5. Layer3.1's 3x3 104->104 at 14x14, N=256: 9.6 GFLOP (24 us at the
+// TF32 peak); its input (20 MB) and output (20 MB) take ~10 us at the copy
+// rate, and L1 / L2 serve the 9 taps' re-reads of the input (2.3 x 9 = 21
+// reads of each input element per 64 x 64 tile: ~190 MB from L1/L2). Step 5
+// ran the chain at 0.14x cuDNN (NOTES-gpu.md): each block had one slice in
+// flight, and its 16 input loads per thread per slice went through registers
+// with a dependent store before the next slice could be fetched, so a
+// block's warps waited ~1 us on memory per 32-deep slice (~150 mma each).
+// Here two slices (2 x (128 x 32 + 32 x 64) x 4 B = 48 KB per block, two
+// blocks per SM) are in flight while one is multiplied, as in the 1x1 kernel,
+// which measured 1.5-2.15x the step-5-style plane GEMM (second H200 calls).
+//
+// Prediction (H200, kernel time, TF32; bf16 about the same): 1.5-2x step 5
+// on the 3x3 convs of batch 32-256 (the 1x1 kernel's measured gain; the
+// im2col issue costs ~3x more integer instructions per copied element than
+// the 1x1 plane's, which is why not more): a "stage" block's grouped chain
+// launch at N=256 and the first conv of each "normal" chain; the chain's
+// other convs (add on load) stay on step 5, so layer3.1's whole chain only
+// ~1.2x. Small grids (batch 1, 7x7) gain nothing: they split K on step 5.
+//
+// Measured: not yet on a GPU.
+
+#include "gemm_1x1_tensor_core.cu"
+
+// Threads per block and the blocks per SM the registers must allow: as the
+// 1x1 kernel's (8 warps per SM; the 64 accumulators and the next k step's
+// fragments take ~190-255 registers a thread).
+#define R2N_TC_IM2COL_THREADS (WARPS_M * WARPS_N * 32)
+#define R2N_TC_IM2COL_MIN_BLOCKS (R2N_TC_IM2COL_THREADS >= 256 ? 1 : 2)
+
+template <typename T, typename P, int BM, int BN, int BK, int WARPS_M, int WARPS_N, int STAGES>
+__global__ void __launch_bounds__(R2N_TC_IM2COL_THREADS, R2N_TC_IM2COL_MIN_BLOCKS)
+    conv2d_im2col_tensor_core(R2N_CONV_PARAMS) {
+    static_assert(sizeof(T) == 4, "tensor cores take float32 data, rounded to TF32 or bf16");
+    constexpr int NT = R2N_TC_IM2COL_THREADS;
+    constexpr int WTM = BM / WARPS_M, WTN = BN / WARPS_N;  // the warp tile
+    constexpr int MI = WTM / 16, NI = WTN / 8;             // its 16 x 8 mma tiles
+    constexpr int A_PITCH = BK + (P::IS_TF32 ? 4 : 8);     // floats per As row
+    constexpr int B_PITCH = BN + (P::IS_TF32 ? 8 : 4);     // floats per Bs row
+    constexpr int A_STAGE = BM * A_PITCH, B_STAGE = BK * B_PITCH;  // floats
+    constexpr int A_CHUNKS = BM * BK / 4 / NT, A_ELEMS = BM * BK / NT;
+    // This thread's rows of its pixel column per slice: b_row0 + r * B_ROW_STEP.
+    constexpr int B_ROW_STEP = NT / BN, B_ROWS = BK / B_ROW_STEP;
+    static_assert(WTM % 16 == 0 && WTN % 8 == 0 && BK % P::K_STEP == 0, "tile shape");
+    static_assert(A_CHUNKS * 4 * NT == BM * BK, "even weight loads");
+    static_assert(NT % BN == 0 && BK % B_ROW_STEP == 0 && NT >= BK, "fixed pixel columns");
+    static_assert(BK % 16 == 0 && BN % 32 == 0 && STAGES >= 2, "pitches and ring");
+    static_assert((B_PITCH % 32) == (P::IS_TF32 ? 8 : 4), "conflict-free B fragment reads");
+
+    // Dynamic shared memory (the launcher passes this size): As[STAGES][BM][A_PITCH]
+    // and Bs[STAGES][BK][B_PITCH] floats, then k_tab[STAGES][3][BK] ints.
+    R2N_DYNAMIC_SHARED(float, As);
+    float* Bs = As + STAGES * A_STAGE;
+    int* k_tab = reinterpret_cast<int*>(Bs + STAGES * B_STAGE);
+
+    if (gemm_grid_side_job(x, x_c_total, out, out_c_total, n_img, h, w, h_out, w_out, sh,
+                           side_mode, side_src_c0, side_dst_c0, side_c, side_blocks))
+        return;
+    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+    const int wm0 = (warp / WARPS_N) * WTM, wn0 = (warp % WARPS_N) * WTN;
+    const int c_in_g = c_in / groups, c_out_g = c_out / groups;
+    const int khw = kh * kw;
+    const int K = c_in_g * khw;
+    const idx_t plane_in = (idx_t)h * w, plane_out = (idx_t)h_out * w_out;
+    const int m0 = blockIdx.y * BM;
+    const idx_t p0 = (idx_t)blockIdx.x * BN;
+    const bool a_vec = K % 4 == 0 && reinterpret_cast<unsigned long long>(weight) % 16 == 0;
+    const bool out_vec = plane_out % 2 == 0 && reinterpret_cast<unsigned long long>(out) % 8 == 0 &&
+                         reinterpret_cast<unsigned long long>(residual) % 8 == 0;
+    const int n_slices = (K + BK - 1) / BK;
+
+    // This thread's pixel column of the tile (fixed for the block) and the
+    // input pixel its (0, 0) tap reads.
+    const int b_col = tid % BN, b_row0 = tid / BN;
+    const idx_t b_p = p0 + b_col;
+    const bool b_p_ok = b_p < plane_out;
+    const int iy0 = (b_p_ok ? (int)(b_p / w_out) : 0) * sh - ph;
+    const int ix0 = (b_p_ok ? (int)(b_p % w_out) : 0) * sw - pw;
+
+    const idx_t groups_total = (idx_t)n_img * groups;
+    for (idx_t ng = blockIdx.z; ng < groups_total; ng += gridDim.z) {
+        const idx_t n = ng / groups;
+        const int g = (int)(ng % groups);
+        const T* xg = x + (n * x_c_total + x_c0 + (idx_t)g * c_in_g) * plane_in;
+        const T* wg = weight + (idx_t)g * c_out_g * K;
+
+        // Slice s's rows (channel, dy, dx) into table `st` (conv_common.cuh).
+        auto decode = [&](int s, int st) {
+            conv_decode_k_rows<BK>(s * BK, k_tab + st * 3 * BK, khw, kw, dh, dw);
+        };
+        // Slice s of both operands into stage `st`, as this thread's cp.async
+        // copies (the caller commits them as one group); table `st` holds
+        // slice s's decoded rows.
+        auto issue = [&](int s, int st) {
+            const int k0 = s * BK;
+            float* A = As + st * A_STAGE;
+            float* B = Bs + st * B_STAGE;
+            const int* tab = k_tab + st * 3 * BK;
+            if (a_vec) {
+#pragma unroll
+                for (int r = 0; r < A_CHUNKS; ++r) {
+                    const int c = tid + r * NT, row = c / (BK / 4), kc = (c % (BK / 4)) * 4;
+                    const bool ok = m0 + row < c_out_g && k0 + kc < K;
+                    r2n_cp_async_16(&A[row * A_PITCH + kc],
+                                    ok ? wg + (idx_t)(m0 + row) * K + k0 + kc : weight, ok);
+                }
+            } else {  // a loop, so that 16-32 addresses are not all kept live
+#pragma unroll 1
+                for (int r = 0; r < A_ELEMS; ++r) {
+                    const int e = tid + r * NT, row = e / BK, k = e % BK;
+                    const bool ok = m0 + row < c_out_g && k0 + k < K;
+                    r2n_cp_async_4(&A[row * A_PITCH + k],
+                                   ok ? wg + (idx_t)(m0 + row) * K + k0 + k : weight, ok);
+                }
+            }
+#pragma unroll 4
+            for (int r = 0; r < B_ROWS; ++r) {
+                const int kr = b_row0 + r * B_ROW_STEP;
+                const int iy = iy0 + tab[BK + kr], ix = ix0 + tab[2 * BK + kr];
+                const bool ok = b_p_ok && k0 + kr < K && (unsigned)iy < (unsigned)h &&
+                                (unsigned)ix < (unsigned)w;
+                r2n_cp_async_4(&B[kr * B_PITCH + b_col],
+                               ok ? xg + (idx_t)tab[kr] * plane_in + (idx_t)iy * w + ix : x, ok);
+            }
+        };
+
+        float acc[MI][NI][4];
+#pragma unroll
+        for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+            for (int ni = 0; ni < NI; ++ni)
+#pragma unroll
+                for (int q = 0; q < 4; ++q) acc[mi][ni][q] = 0.f;
+
+        // The ring: the tables of slices 0 .. STAGES - 1, then slices 0 ..
+        // STAGES - 2 in flight (one group each, empty past the last slice, so
+        // that wait_group counts stay uniform).
+#pragma unroll
+        for (int s = 0; s < STAGES; ++s) decode(s, s);
+        __syncthreads();
+#pragma unroll
+        for (int s = 0; s < STAGES - 1; ++s) {
+            if (s < n_slices) issue(s, s);
+            r2n_cp_async_commit();
+        }
+        int read_stage = 0, write_stage = STAGES - 1;
+        for (int s = 0; s < n_slices; ++s) {
+            r2n_cp_async_wait<STAGES - 2>();  // this thread's copies of slice s have landed
+            // Slice s and slice s + STAGES - 1's table are visible to all, and
+            // every warp is done with slice s - 1, whose stage (write_stage) is
+            // refilled now.
+            __syncthreads();
+            if (s + STAGES - 1 < n_slices) issue(s + STAGES - 1, write_stage);
+            r2n_cp_async_commit();
+            // Slice s's table was last read by its issue, STAGES - 1 barriers
+            // ago: it takes slice s + STAGES's rows, published by the next barrier.
+            if (s + STAGES < n_slices) decode(s + STAGES, read_stage);
+            tc_multistage_multiply<P, MI, NI, BK, A_PITCH, B_PITCH>(
+                acc, As + read_stage * A_STAGE, Bs + read_stage * B_STAGE, wm0, wn0, lane);
+            read_stage = read_stage + 1 == STAGES ? 0 : read_stage + 1;
+            write_stage = write_stage + 1 == STAGES ? 0 : write_stage + 1;
+        }
+        r2n_cp_async_wait<0>();  // only empty groups are left; none outlives the tile
+
+        tc_multistage_store<T, MI, NI>(acc, out, bias, residual, n, g, c_out_g, out_c_total,
+                                       out_c0, plane_out, m0, p0, wm0, wn0, lane, out_vec, flags,
+                                       activation, negative_slope);
+        __syncthreads();  // the next (image, group) refills every stage and table
+    }
+}
