@@ -9,8 +9,8 @@ loop), padding 1, stride 1 and 2, a rectangular dilated kernel, a 7x7 stem,
 each of the three block tiles, and the fused epilogue (bias, residual, ReLU,
 LeakyReLU) writing a channel slice of a NaN-filled output from a channel
 slice of the input; then the Res2Net chain with the switch on (a "normal"
-chain's first conv and a "stage" chain's grouped launch, with their side
-jobs). Each conv gets the three checks of
+chain, its later convs fed by a sum pass, and a "stage" chain's grouped
+launch, with their side jobs). Each conv gets the three checks of
 tests/test_gpu_tensor_core_emulated.py (the format's norm-wise bound, the
 element-wise bound, and the float64 product of operands rounded as the
 kernel rounds them, to 1e-5); the channels around the slice must still be
@@ -104,12 +104,23 @@ def _run(ex, rng, case, precision, **launch):
 
 @pytest.mark.parametrize("precision", tc.PRECISIONS)
 @pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
-def test_multistage_im2col_matches_reference(ex, rng, multistage, case, precision):
+def test_multistage_im2col_matches_reference(ex, multistage, monkeypatch, case, precision):
     ex.launches.clear()
-    out, x, weight, bias, args, residual, activation = _run(ex, rng, case, precision)
+    out, x, weight, bias, args, residual, activation = _run(ex, _rng(), case, precision)
     tile = tc.im2col_tile(case[4] // case[9])
     assert ex.launches == [(tc.IM2COL_FILE, tc.im2col_name(precision, tile))]
     check_conv(out, x, weight, bias, args, precision, residual, activation)
+    # step 5 on the same inputs: the same rounded operands summed in the same
+    # k order (32-deep slices of mma.sync) by the emulator, so the same values
+    monkeypatch.setattr(gconv, "TC_IM2COL_MULTISTAGE", False)
+    ex.launches.clear()
+    on_step_5 = _run(ex, _rng(), case, precision)[0]
+    assert ex.launches[0][0] == tc.FILE
+    np.testing.assert_array_equal(out, on_step_5)
+
+
+def _rng():
+    return np.random.default_rng(20261204)
 
 
 def test_every_tile_is_reached_by_the_cases():
@@ -136,11 +147,8 @@ CHAIN_CASES = [
 ]
 
 
-@pytest.mark.parametrize("precision", tc.PRECISIONS)
-@pytest.mark.parametrize("case", CHAIN_CASES, ids=lambda c: "-".join(map(str, c)))
-def test_chain_runs_its_plain_input_convs_on_the_multistage_kernel(
-    ex, rng, multistage, case, precision
-):
+def _chain(ex, rng, case, precision, **call):
+    """Run the chain case; return (out, float64 reference, args)."""
     x, weights, biases, args = chain_inputs(rng, case, np.float32)
     for a in (x, *weights, *biases):
         a.flags.writeable = False
@@ -150,16 +158,42 @@ def test_chain_runs_its_plain_input_convs_on_the_multistage_kernel(
         [b.astype(np.float64) for b in biases],
         **args,
     )
+    geometry = {k: args[k] for k in ("scale", "stype", "stride", "groups", "width")}
+    chain = gres.PreparedChain(weights, biases, dtype=np.float32, executor=ex,
+                               precision=precision, **geometry)  # fmt: skip
     ex.launches.clear()
-    out = gres.res2net_chain(x, weights, biases, executor=ex, precision=precision, **args)
+    out = chain(x, **call)
+    return out, expected, args
+
+
+@pytest.mark.parametrize("precision", tc.PRECISIONS)
+@pytest.mark.parametrize("case", CHAIN_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_chain_runs_every_conv_on_the_multistage_kernel(
+    ex, multistage, monkeypatch, case, precision
+):
+    # a "normal" chain's convs i > 0 read x_i + y_{i-1} summed by a pass of its own
+    out, expected, args = _chain(ex, _rng(), case, precision)
     nums = max(args["scale"] - 1, 1)
-    # the convs that add y_{i-1} on load stay on step 5
-    files = (
-        [tc.IM2COL_FILE] + [tc.FILE] * (nums - 1)
-        if args["stype"] == "normal"
-        else [tc.IM2COL_FILE]
-    )
-    assert [f for f, _ in ex.launches] == files
+    stage = args["stype"] == "stage"
+    assert [f for f, _ in ex.launches] == [tc.IM2COL_FILE] * (1 if stage else nums)
+    _check_chain(out, expected, args, precision)
+    # step 5 on the same inputs (its add on load): the same rounded operands,
+    # summed in the same k order by the emulator's mma.sync, so the same bits
+    monkeypatch.setattr(gconv, "TC_IM2COL_MULTISTAGE", False)
+    on_step_5, _, _ = _chain(ex, _rng(), case, precision)
+    assert [f for f, _ in ex.launches] == [tc.FILE] * (1 if stage else nums)
+    np.testing.assert_array_equal(out, on_step_5)
+
+
+def test_a_split_chain_keeps_its_add_on_load(ex, rng, multistage):
+    # split launches stay on step 5's GEMM, which sums on load: no sum pass
+    out, expected, args = _chain(ex, rng, CHAIN_CASES[0], "tf32", k_splits=2)
+    assert [f for f, _ in ex.launches] == [gconv.TC_GEMM_FILE] * 3
+    _check_chain(out, expected, args, "tf32")
+
+
+def _check_chain(out, expected, args, precision):
+    nums = max(args["scale"] - 1, 1)
     layers = nums if args["stype"] == "normal" else 1
     assert rel_err(out, expected) <= tc.tolerance(precision, layers)
     last = slice(nums * args["width"], None)  # the side job's chunk, float32
@@ -208,7 +242,7 @@ def test_switch_from_the_environment():
 def test_bad_input_still_raises_when_selected(ex, rng, multistage):
     x = rng.standard_normal((1, 15, 7, 9)).astype(np.float32)
     weight = rng.standard_normal((15, 5, 3, 3)).astype(np.float32)
-    wrong = np.empty((1, 15, 7, 8), np.float32)
+    wrong = np.zeros((1, 15, 7, 8), np.float32)
     with pytest.raises(ValueError, match=r"H_out, W_out = \(7, 8\), expected \(7, 9\)"):
         gconv.launch_conv(ex, "5_tensor_core", x, weight, None, wrong, stride=(1, 1),
                           padding=(1, 1), dilation=(1, 1), groups=3,

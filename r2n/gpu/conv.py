@@ -556,7 +556,8 @@ def launch_conv(
     shortcut: _Shortcut | None = None,
     op: str = "conv2d",
     tile: str | None = None,
-) -> None:
+    plan_only: bool = False,
+):
     """Launch one conv kernel writing ``out[:, out_c0 : out_c0 + C_out]``.
 
     Parameters
@@ -595,6 +596,9 @@ def launch_conv(
         conv_gemm.cu has them),
         float32 / float64 only (benchmarks/gpu_tiles.py times each; tests);
         ``k_splits=None`` then splits as the rule would for that tile
+    plan_only : launch nothing; return the call's :class:`ConvPlan` (its
+        ``file`` and ``name`` say which kernel the call would run), or None when
+        it has nothing to compute (the arguments are checked all the same)
     shortcut : None, or ``(x_sc, stride, pool)`` (variant gemm_1x1, groups 1):
         the bottleneck's shortcut conv as more rows of this GEMM; ``weight``
         is then (C_out, C_in + C_sc, 1, 1), conv3's columns then the
@@ -649,6 +653,8 @@ def launch_conv(
         plan = _plan(*key)
         if len(_PLANS) < _MAX_PLANS:
             _PLANS[key] = plan
+    if plan_only:
+        return None if plan is _EMPTY else plan
     if plan is _EMPTY:
         return
     file, name, grid, block, shared_mem, _, channels, sizes, more, split = plan
