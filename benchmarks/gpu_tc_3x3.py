@@ -18,6 +18,15 @@ GPU) within r2n.gpu.conv_tensor_core.tolerance, then timed:
 * ``cudnn``: torch.nn.functional.conv2d with TF32 on (``tf32`` rows; for
   ``bf16`` rows, on bfloat16 copies of the tensors, output bfloat16).
 
+Then whole "normal" chains (scale 4: three convs, each reading x_i + y_{i-1},
+bias + ReLU, the last chunk copied) at each stage's size, as
+r2n.gpu.res2net.PreparedChain runs them: ``chain step5`` (the adds on load)
+against ``chain multistage`` (each later conv's sum written by an
+elementwise pass, then the multistage kernel) and ``torch chain`` (split,
+conv + bias, ReLU, add, cat on cuDNN: TF32 on; bf16 copies for ``bf16``),
+checked against the same chain in float64 (PyTorch) within
+tolerance(precision, 3).
+
 Both r2n rows run variant 5_tensor_core with split-K as r2n's rule has it (a
 split launch stays on step 5 either way: batch 1, 7x7 maps). Timing: CUDA
 events around each call, 5 warm-up calls, the median of ``--reps`` (20).
@@ -61,6 +70,88 @@ def _time_ms(cupy, fn, warmup=5, reps=20) -> float:
         end.synchronize()
         times.append(cupy.cuda.get_elapsed_time(start, end))
     return float(np.median(times))
+
+
+def _time_chain(args, rows, n, label, width, hw, host_rng, device_rng) -> bool:
+    """Time one scale-4 "normal" chain (rows appended to ``rows``); True if a row failed."""
+    import cupy
+    import torch
+    import torch.nn.functional as F
+
+    from r2n.gpu import conv as gconv
+    from r2n.gpu import conv_tensor_core as tc
+    from r2n.gpu import res2net as gres
+
+    scale, nums = 4, 3
+    x = device_rng.standard_normal((n, scale * width, hw, hw), dtype=cupy.float32)
+    weights = [
+        (host_rng.standard_normal((width, width, 3, 3)) / np.sqrt(9 * width)).astype(np.float32)
+        for _ in range(nums)
+    ]
+    biases = [host_rng.standard_normal(width).astype(np.float32) for _ in range(nums)]
+
+    def torch_chain(tx, tws, tbs):
+        chunks = torch.split(tx, width, dim=1)
+        ys, y = [], None
+        for i in range(nums):
+            sp = chunks[i] if y is None else chunks[i] + y
+            y = F.relu(F.conv2d(sp, tws[i], tbs[i], padding=1))
+            ys.append(y)
+        return torch.cat([*ys, chunks[nums]], dim=1)
+
+    tx = torch.as_tensor(x, device="cuda")
+    tws = [torch.as_tensor(w, device="cuda") for w in weights]
+    tbs = [torch.as_tensor(b, device="cuda") for b in biases]
+    with torch.no_grad():
+        exact = cupy.asarray(
+            torch_chain(tx.double(), [w.double() for w in tws], [b.double() for b in tbs])
+        )
+    flop = 2.0 * n * nums * width * width * 9 * hw * hw
+    failed = False
+    for precision in args.precision:
+        chain = gres.PreparedChain(weights, biases, scale=scale, stype="normal", stride=1,
+                                   groups=1, width=width, dtype=np.float32,
+                                   precision=precision)  # fmt: skip
+        ttx, ttws, ttbs = tx, tws, tbs
+        if precision == "bf16":
+            ttx = tx.to(torch.bfloat16)
+            ttws = [w.to(torch.bfloat16) for w in tws]
+            ttbs = [b.to(torch.bfloat16) for b in tbs]
+
+        def r2n_chain(multistage, _chain=chain):
+            gconv.TC_IM2COL_MULTISTAGE = multistage  # plans are keyed on it
+            return _chain(x)
+
+        def torch_run(_a=(ttx, ttws, ttbs)):
+            with torch.no_grad():
+                return torch_chain(*_a)
+
+        base = None
+        for kernel_label, fn in (
+            ("chain step5", lambda _f=r2n_chain: _f(False)),
+            ("chain multistage", lambda _f=r2n_chain: _f(True)),
+            ("torch chain", torch_run),
+        ):
+            out = fn()
+            if kernel_label == "torch chain":
+                out = cupy.asarray(out.float())
+            err = float(cupy.linalg.norm(out - exact) / cupy.linalg.norm(exact))
+            ok = err <= tc.tolerance(precision, nums)
+            ms = _time_ms(cupy, fn, reps=args.reps) if ok else float("nan")
+            if base is None:
+                base = ms
+            rows.append(dict(case=label, batch=n, c=width, groups=1, hw=hw, stride=1,
+                             precision=precision, kernel=kernel_label, ms=ms,
+                             tflops=flop / ms / 1e9, rel_err=err, ok=ok, name=""))  # fmt: skip
+            failed |= not ok
+            print(
+                f"{label:<21} N={n:<3} {precision} {kernel_label:<16} {ms:8.4f} ms "
+                f"{flop / ms / 1e9:7.1f} TFLOP/s x{base / ms:5.2f} err {err:.1e}"
+                f"{'' if ok else ' WRONG'}",
+                flush=True,
+            )
+            del out
+    return failed
 
 
 def main(argv=None) -> int:
@@ -164,6 +255,10 @@ def main(argv=None) -> int:
                         )
                         del out
                 del x, tx, exact
+            for label, c, _, hw, _ in CASES[:4]:  # the "normal" chains
+                failed |= _time_chain(
+                    args, rows, n, label.replace("normal", "chain"), c, hw, host_rng, device_rng
+                )
     finally:
         gconv.TC_IM2COL_MULTISTAGE = saved
     print(f"total {time.perf_counter() - t0:.1f} s")
