@@ -61,6 +61,13 @@ with two more ideas, when a launch needs them:
 * a shortcut as more K rows: a bottleneck's conv3 and its shortcut conv
   (strided, or the "d" form pooled on load) as one GEMM over
   ``[W3 | W_shortcut]`` (r2n.gpu.res2net).
+
+On tensor cores two multistage kernels (cp.async rings, operands rounded at
+fragment reads) replace step 5's body where they apply: the 1x1 GEMM
+(kernels/gemm_1x1_tensor_core.cu, by default when its grid fills the GPU)
+and, only when :data:`TC_IM2COL_MULTISTAGE` selects it (not yet timed), the
+im2col GEMM for every other unsplit conv without an add on load
+(kernels/conv_im2col_tensor_core.cu).
 """
 
 from __future__ import annotations

@@ -45,7 +45,12 @@ and the block runs on tensor cores instead (r2n.gpu.conv_tensor_core:
 operands rounded, float32 accumulators and epilogues): the chain on step
 5_tensor_core, conv1 and conv3 + shortcut on the tensor-core plane GEMM (the
 pooled shortcut's averages, computed in float32, are rounded as operands),
-except groups of fewer than 8 channels (step 1_naive, float32).
+except groups of fewer than 8 channels (step 1_naive, float32). With
+r2n.gpu.conv.TC_IM2COL_MULTISTAGE set (not the default: untimed), the
+chain's unsplit convs run on the multistage im2col kernel instead
+(kernels/conv_im2col_tensor_core.cu), a "normal" chain's x_i + y_{i-1} then
+summed by an elementwise pass before conv i (the kernel copies its input
+with cp.async and cannot sum on load).
 
 Batch-1 grids of few blocks split K (r2n.gpu.conv.split_k_for, on a GPU; the
 emulator never splits unless a test passes ``k_splits``).

@@ -9,11 +9,16 @@
 // chain's last chunk, copied or pooled) and rounding as step 5
 // (conv_5_tensor_core.cu), except the add on load: an input that is a sum
 // (the "normal" chain's x_i + y_{i-1}) cannot be copied by cp.async, so
-// r2n/gpu/conv.py keeps those launches, and split-K ones, on step 5. It runs
-// only when selected (r2n.gpu.conv.TC_IM2COL_MULTISTAGE, or the environment
-// variable R2N_TC_IM2COL=multistage): it has not been timed yet. Inputs it
-// takes in a Res2Net: the first conv of a "normal" chain (a plain channel
-// slice of x), a "stage" chain's one grouped launch, r2n.conv2d's KxK convs.
+// r2n/gpu/conv.py keeps launches with an add, and split-K ones, on step 5.
+// It runs only when selected (r2n.gpu.conv.TC_IM2COL_MULTISTAGE, or the
+// environment variable R2N_TC_IM2COL=multistage): it has not been timed yet.
+// Selected, it runs every tf32 / bf16 im2col conv that does not split K:
+// r2n.conv2d's KxK convs, the first conv of a "normal" chain (a plain channel
+// slice of x), a "stage" chain's one grouped launch, and a "normal" chain's
+// later convs, whose x_i + y_{i-1} r2n/gpu/res2net.py then writes by an
+// elementwise pass of its own into one buffer (float32, as step 5 sums on
+// load: the same operands, rounded the same; layer3's at N=256 moves 63 MB,
+// ~15 us at the copy rate, ~1% of step 5's conv there).
 // What changes against step 5, as gemm_1x1_tensor_core.cu changed the 1x1
 // plane GEMM (whose multiply and epilogue this kernel shares:
 // tc_multistage_multiply / tc_multistage_store):
@@ -71,13 +76,18 @@
 // blocks per SM) are in flight while one is multiplied, as in the 1x1 kernel,
 // which measured 1.5-2.15x the step-5-style plane GEMM (second H200 calls).
 //
-// Prediction (H200, kernel time, TF32; bf16 about the same): 1.5-2x step 5
-// on the 3x3 convs of batch 32-256 (the 1x1 kernel's measured gain; the
-// im2col issue costs ~3x more integer instructions per copied element than
-// the 1x1 plane's, which is why not more): a "stage" block's grouped chain
-// launch at N=256 and the first conv of each "normal" chain; the chain's
-// other convs (add on load) stay on step 5, so layer3.1's whole chain only
-// ~1.2x. Small grids (batch 1, 7x7) gain nothing: they split K on step 5.
+// Prediction (H200, kernel time, TF32; bf16 about the same): ~2x step 5 on
+// the 3x3 convs of batch 32-256. The 1x1 kernel measured 1.8-3.2x step 5 on
+// its convs (0.416 -> 0.227 ms at N=32, 2.719 -> 1.006 at N=256); here each
+// 4-byte input copy costs ~10 integer instructions (3 table reads, bounds,
+// address) where the 1x1 kernel's 16-byte copies cost ~3 per 4 elements: per
+// 32-deep slice of a 128 x 64 block, ~640 warp instructions of integer work
+// against 256 mma.sync (~256 clocks of an SM's tensor cores), so the issue
+// fits beside the multiply but takes some of its gain. Layer3.1's 3x3
+// 104 -> 104 at 14x14, N=256 (9.8 GFLOP): ~1.18 ms per conv on step 5 (its
+// chain 3.54 ms, 0.14x cuDNN's 0.49) -> ~0.55 ms; the chain ~1.7 ms (sum
+// passes ~15 us each), ~0.3x cuDNN. Small grids (batch 1; 7x7 at N=32) gain
+// nothing: they split K, which stays on step 5's GEMM.
 //
 // Measured: not yet on a GPU.
 
