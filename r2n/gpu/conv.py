@@ -271,15 +271,6 @@ SPLIT_K_MIN_K = 128
 #: plane GEMM, which also splits K. A prediction, like split-K's constants:
 #: benchmarks/gpu_tc_1x1.py times both.
 TC_GEMM_1X1_MIN_WAVES = 1
-#: The tf32 / bf16 im2col convs (3x3, KxK; step 5_tensor_core's) that have no
-#: add on load and no split-K run on the multistage implicit GEMM
-#: (kernels/conv_im2col_tensor_core.cu: cp.async ring, rounding at fragment
-#: reads) when True, on step 5 when False. Off by default: not timed on a GPU
-#: yet (its prediction is in that file's header). Set it here, or start Python
-#: with the environment variable ``R2N_TC_IM2COL=multistage`` (``step5``: off);
-#: plans are keyed on it, so a change reaches every later launch.
-#: benchmarks/gpu_kernels.py ``--tc-im2col step5 multistage`` times both.
-TC_IM2COL_MULTISTAGE = False
 #: The values of ``R2N_TC_IM2COL`` and the setting each gives.
 TC_IM2COL_CHOICES = {"step5": False, "multistage": True}
 
@@ -298,6 +289,14 @@ def _tc_im2col_from_env(environ=os.environ) -> bool:
     return TC_IM2COL_CHOICES[value]
 
 
+#: The tf32 / bf16 im2col convs (3x3, KxK; step 5_tensor_core's) that have no
+#: add on load and no split-K run on the multistage implicit GEMM
+#: (kernels/conv_im2col_tensor_core.cu: cp.async ring, rounding at fragment
+#: reads) when True, on step 5 when False. Off by default: not timed on a GPU
+#: yet (its prediction is in that file's header). Set it here, or start Python
+#: with the environment variable ``R2N_TC_IM2COL=multistage`` (``step5``: off);
+#: plans are keyed on it, so a change reaches every later launch.
+#: benchmarks/gpu_kernels.py ``--tc-im2col step5 multistage`` times both.
 TC_IM2COL_MULTISTAGE = _tc_im2col_from_env()
 #: The variants that split (the ladder's other steps stay one idea each).
 SPLIT_K_VARIANTS = ("4_pipelined", "5_tensor_core", GEMM_1X1)
