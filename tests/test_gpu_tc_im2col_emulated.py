@@ -230,6 +230,30 @@ def test_routing_by_switch_add_and_split(rng, monkeypatch):
     check_conv(out, x + a, weight, None, args, "tf32")
 
 
+@pytest.mark.parametrize("dilation, file", [(2**15 - 1, tc.IM2COL_FILE), (2**15, tc.FILE)])
+def test_taps_that_do_not_fit_16_bits_stay_on_step_5(rng, multistage, dilation, file):
+    # the kernel's table holds dy, dx in 16 bits each (im2col_decode_rows)
+    emu = EmuExecutor(check_order=False)
+    x = rng.standard_normal((1, 8, 1, 2**15 + 3)).astype(np.float32)
+    weight = rng.standard_normal((8, 8, 1, 2)).astype(np.float32)
+    args = _checks.conv2d_args("conv2d", x, weight, None, 1, 0, (1, dilation), 1)
+    out = np.full(args["out_shape"], np.nan, np.float32)
+    emu.launches.clear()
+    gconv.launch_conv(emu, "5_tensor_core", x, weight, None, out, stride=(1, 1),
+                      padding=(0, 0), dilation=(1, dilation), groups=1,
+                      precision="tf32")  # fmt: skip
+    assert emu.launches[0][0] == file
+    check_conv(out, x, weight, None, args, "tf32")
+
+
+def test_im2col_fits_bounds_the_table_entries():
+    assert tc.im2col_fits(104, 14, 14, 3, 3, 1, 1)
+    assert not tc.im2col_fits(8, 64, 64, 3, 3, 2**14, 1)  # dy = 2^15
+    # rows up to a K slice (32 channels of a 1x1) past the last: 34 planes of 2^30
+    assert not tc.im2col_fits(1, 2**15, 2**15, 1, 1, 1, 1)
+    assert tc.im2col_fits(1, 2**10, 2**10, 1, 1, 1, 1)
+
+
 def test_switch_from_the_environment():
     assert gconv._tc_im2col_from_env({}) is False
     assert gconv._tc_im2col_from_env({"R2N_TC_IM2COL": ""}) is False
@@ -255,8 +279,8 @@ def test_bad_input_still_raises_when_selected(ex, rng, multistage):
 
 
 def test_shared_memory_of_the_tiles():
-    # 128 x 64 x 32 in 3 stages of (128 x 36 + 32 x 72) floats, 3 tables of 96 ints
-    assert tc.im2col_shared_bytes("tf32", tc.IM2COL_TILE) == 3 * (128 * 36 + 32 * 72 + 96) * 4
+    # 128 x 64 x 32 in 3 stages of (128 x 36 + 32 x 72) floats, 3 tables of 32 int2
+    assert tc.im2col_shared_bytes("tf32", tc.IM2COL_TILE) == 3 * (128 * 36 + 32 * 72 + 64) * 4
     for tile in tc.IM2COL_TILES:
         assert tc.gemm_1x1_threads(tile) == 128
         for precision in tc.PRECISIONS:

@@ -1223,7 +1223,11 @@ def _plan(
         # copies its input with cp.async, so never with an add on load, and
         # does not split K
         im2col_multistage = (
-            tc_im2col_ms and variant == "5_tensor_core" and k_splits == 1 and add_shape is None
+            tc_im2col_ms
+            and variant == "5_tensor_core"
+            and k_splits == 1
+            and add_shape is None
+            and _tc.im2col_fits(c_in_g, h, w, kh, kw, *dilation)
         )
         if multistage:
             tile, threads = ms_tile, _tc.gemm_1x1_threads(ms_tile)

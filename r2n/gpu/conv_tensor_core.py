@@ -219,10 +219,32 @@ def im2col_name(precision: str, tile) -> str:
 
 def im2col_shared_bytes(precision: str, tile) -> int:
     """Dynamic shared memory of one block: the 1x1 GEMM's stages
-    (:func:`gemm_1x1_shared_bytes`) and STAGES tables of 3 * BK ints (the
-    decoded im2col rows)."""
+    (:func:`gemm_1x1_shared_bytes`) and STAGES tables of BK int2 (the decoded
+    im2col rows: offset, packed dy and dx)."""
     bk, stages = tile[2], tile[5]
-    return gemm_1x1_shared_bytes(precision, tile) + stages * 3 * bk * 4
+    return gemm_1x1_shared_bytes(precision, tile) + stages * bk * 8
+
+
+#: The kernel's decoded rows hold a tap's offset in a group's input as int32
+#: and its dy, dx in 16 bits each (conv_im2col_tensor_core.cu,
+#: im2col_decode_rows): :func:`im2col_fits` says where it can run.
+IM2COL_MAX_TAP = 2**15 - 1
+
+
+def im2col_fits(c_in_g: int, h: int, w: int, kh: int, kw: int, dh: int, dw: int, bk=32) -> bool:
+    """Whether the multistage implicit GEMM can take a conv of ``c_in_g``
+    input channels per group on H x W inputs with a kH x kW kernel dilated by
+    (dh, dw): every tap offset fits 16 bits, and every decoded row's offset,
+    up to one K slice past the last channel, fits int32."""
+    dy, dx = (kh - 1) * dh, (kw - 1) * dw
+    if dy > IM2COL_MAX_TAP or dx > IM2COL_MAX_TAP:
+        return False
+    channels = c_in_g + _cdiv(bk, kh * kw) + 1
+    return channels * h * w + dy * w + dx < 2**31
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 _runtime.register(IM2COL_FILE, [im2col_name(p, t) for p in PRECISIONS for t in IM2COL_TILES])

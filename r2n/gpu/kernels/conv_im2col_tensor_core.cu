@@ -37,14 +37,19 @@
 // 2. A STAGES-deep ring of slices (3): two slices' copies in flight behind
 //    each multiply instead of one; cp.async.wait_group STAGES - 2 and one
 //    __syncthreads per slice, as the 1x1 kernel.
-// 3. The im2col rows of each slice (input channel, tap dy, dx) are decoded
-//    into a ring of STAGES tables in shared memory, one per stage: slice s +
-//    STAGES is decoded right after slice s + STAGES - 1 is issued, into the
-//    table of slice s (whose copies were issued STAGES - 1 barriers ago), so
-//    the barrier of the next slice publishes it; step 5 decoded one slice
-//    ahead into two tables. Each thread keeps one pixel column of the tile
-//    (its oy sh - ph, ox sw - pw computed once per block) and issues the
-//    copies of its rows of that column: consecutive threads copy
+// 3. The im2col rows of each slice are decoded into a ring of STAGES tables
+//    in shared memory, one per stage: slice s + STAGES is decoded right after
+//    slice s + STAGES - 1 is issued, into the table of slice s (whose copies
+//    were issued STAGES - 1 barriers ago), so the barrier of the next slice
+//    publishes it; step 5 decoded one slice ahead into two tables. A row is
+//    one int2 (im2col_decode_rows): the tap's 32-bit offset in the group's
+//    input and its (dy, dx) packed, so a copy costs one 8-byte shared load,
+//    two adds and three compares for its border test and one add for its
+//    address (step 5's table: three loads and 64-bit multiplies per
+//    element); the launcher runs the kernel only where the offsets fit
+//    (conv_tensor_core.im2col_fits). Each thread keeps one pixel column of
+//    the tile (its oy sh - ph, ox sw - pw computed once per block) and
+//    issues the copies of its rows of that column: consecutive threads copy
 //    consecutive pixels of one row.
 // 4. The rounding (cvt.rna.tf32 / cvt.rn.bf16x2) moves to the fragment reads
 //    of both operands (step 5 rounded the input before storing it): every
@@ -79,11 +84,14 @@
 // Prediction (H200, kernel time, TF32; bf16 about the same): ~2x step 5 on
 // the 3x3 convs of batch 32-256. The 1x1 kernel measured 1.8-3.2x step 5 on
 // its convs (0.416 -> 0.227 ms at N=32, 2.719 -> 1.006 at N=256); here each
-// 4-byte input copy costs ~10 integer instructions (3 table reads, bounds,
-// address) where the 1x1 kernel's 16-byte copies cost ~3 per 4 elements: per
-// 32-deep slice of a 128 x 64 block, ~640 warp instructions of integer work
-// against 256 mma.sync (~256 clocks of an SM's tensor cores), so the issue
-// fits beside the multiply but takes some of its gain. Layer3.1's 3x3
+// 4-byte input copy costs ~24 instructions (sm_90 SASS of the 128 x 64 tf32
+// tile: 95 per 4 copies, the destination and the zero-fill select included)
+// where the 1x1 kernel's 16-byte copies cost a few per 4 elements. A thread's
+// slice is ~1020 instructions for 64 mma.sync (96 of them the operands'
+// TF32 rounding, as in the 1x1 kernel): 8 warps per SM issue ~2000 clocks of
+// instructions per slice pair against ~512 of the tensor cores', so the
+// kernel is issue-bound, at best ~1/4 of the TF32 peak (~100 TFLOP/s); step 5
+// reaches ~8 here. Layer3.1's 3x3
 // 104 -> 104 at 14x14, N=256 (9.8 GFLOP): ~1.18 ms per conv on step 5 (its
 // chain 3.54 ms, 0.14x cuDNN's 0.49) -> ~0.55 ms; the chain ~1.7 ms (sum
 // passes ~15 us each), ~0.3x cuDNN. Small grids (batch 1; 7x7 at N=32) gain
@@ -92,6 +100,28 @@
 // Measured: not yet on a GPU.
 
 #include "gemm_1x1_tensor_core.cu"
+
+// Rows k0 .. k0 + BK - 1 of a K slice, decoded by the block's first BK threads
+// into tab: for row k = c kH kW + i kW + j (channel c, tap (i, j)), .x = c H W
+// + i dh W + j dw, the tap's offset from a pixel's (0, 0) tap in the group's
+// input, and .y = (i dh) << 16 | j dw, the tap's (dy, dx) for the border test
+// (the launcher runs this kernel only where (C_in_g + 1) H W + dy W + dx and
+// dy, dx fit: r2n/gpu/conv.py). One 8-byte shared load per copy then gives
+// its address and border test, without 64-bit multiplies (step 5's
+// conv_decode_k_rows stores c, dy, dx: three loads and a multiply per copy).
+// Rows k >= K are decoded (unsigned arithmetic: no overflow) but never loaded.
+template <int BK>
+__device__ inline void im2col_decode_rows(int k0, int2* tab, int khw, int kw, int dh, int dw,
+                                          int h, int w) {
+    const int r = threadIdx.x;
+    if (r < BK) {
+        const int k = k0 + r;
+        const int c = k / khw, t = k - c * khw, i = t / kw;
+        const unsigned dy = (unsigned)(i * dh), dx = (unsigned)((t - i * kw) * dw);
+        tab[r].x = (int)(((unsigned)c * (unsigned)h + dy) * (unsigned)w + dx);
+        tab[r].y = (int)(dy << 16 | dx);
+    }
+}
 
 // Threads per block and the blocks per SM the registers must allow: as the
 // 1x1 kernel's (8 warps per SM; the 64 accumulators and the next k step's
@@ -119,10 +149,11 @@ __global__ void __launch_bounds__(R2N_TC_IM2COL_THREADS, R2N_TC_IM2COL_MIN_BLOCK
     static_assert((B_PITCH % 32) == (P::IS_TF32 ? 8 : 4), "conflict-free B fragment reads");
 
     // Dynamic shared memory (the launcher passes this size): As[STAGES][BM][A_PITCH]
-    // and Bs[STAGES][BK][B_PITCH] floats, then k_tab[STAGES][3][BK] ints.
+    // and Bs[STAGES][BK][B_PITCH] floats, then k_tab[STAGES][BK] int2 (8-byte
+    // aligned: the float counts before it are multiples of 4).
     R2N_DYNAMIC_SHARED(float, As);
     float* Bs = As + STAGES * A_STAGE;
-    int* k_tab = reinterpret_cast<int*>(Bs + STAGES * B_STAGE);
+    int2* k_tab = reinterpret_cast<int2*>(Bs + STAGES * B_STAGE);
 
     if (gemm_grid_side_job(x, x_c_total, out, out_c_total, n_img, h, w, h_out, w_out, sh,
                            side_mode, side_src_c0, side_dst_c0, side_c, side_blocks))
@@ -141,12 +172,13 @@ __global__ void __launch_bounds__(R2N_TC_IM2COL_THREADS, R2N_TC_IM2COL_MIN_BLOCK
     const int n_slices = (K + BK - 1) / BK;
 
     // This thread's pixel column of the tile (fixed for the block) and the
-    // input pixel its (0, 0) tap reads.
     const int b_col = tid % BN, b_row0 = tid / BN;
     const idx_t b_p = p0 + b_col;
+    // input pixel its (0, 0) tap reads; past the plane's last pixel, a row far
+    // above the image, so that every tap fails the border test (dy < 2^15)
     const bool b_p_ok = b_p < plane_out;
-    const int iy0 = (b_p_ok ? (int)(b_p / w_out) : 0) * sh - ph;
-    const int ix0 = (b_p_ok ? (int)(b_p % w_out) : 0) * sw - pw;
+    const int iy0 = b_p_ok ? (int)(b_p / w_out) * sh - ph : -(1 << 30);
+    const int ix0 = b_p_ok ? (int)(b_p % w_out) * sw - pw : 0;
 
     const idx_t groups_total = (idx_t)n_img * groups;
     for (idx_t ng = blockIdx.z; ng < groups_total; ng += gridDim.z) {
@@ -154,10 +186,14 @@ __global__ void __launch_bounds__(R2N_TC_IM2COL_THREADS, R2N_TC_IM2COL_MIN_BLOCK
         const int g = (int)(ng % groups);
         const T* xg = x + (n * x_c_total + x_c0 + (idx_t)g * c_in_g) * plane_in;
         const T* wg = weight + (idx_t)g * c_out_g * K;
+        // This thread's pixel's (0, 0) tap in channel 0 of the group (outside
+        // the image in the padding): a copy adds its row's offset, and reads
+        // only when the border test puts the sum inside the image
+        const T* x_pix = xg + (b_p_ok ? (idx_t)iy0 * w + ix0 : 0);
 
-        // Slice s's rows (channel, dy, dx) into table `st` (conv_common.cuh).
+        // Slice s's rows (offset, dy, dx) into table `st`.
         auto decode = [&](int s, int st) {
-            conv_decode_k_rows<BK>(s * BK, k_tab + st * 3 * BK, khw, kw, dh, dw);
+            im2col_decode_rows<BK>(s * BK, k_tab + st * BK, khw, kw, dh, dw, h, w);
         };
         // Slice s of both operands into stage `st`, as this thread's cp.async
         // copies (the caller commits them as one group); table `st` holds
@@ -166,7 +202,7 @@ __global__ void __launch_bounds__(R2N_TC_IM2COL_THREADS, R2N_TC_IM2COL_MIN_BLOCK
             const int k0 = s * BK;
             float* A = As + st * A_STAGE;
             float* B = Bs + st * B_STAGE;
-            const int* tab = k_tab + st * 3 * BK;
+            const int2* tab = k_tab + st * BK;
             if (a_vec) {
 #pragma unroll
                 for (int r = 0; r < A_CHUNKS; ++r) {
@@ -184,14 +220,17 @@ __global__ void __launch_bounds__(R2N_TC_IM2COL_THREADS, R2N_TC_IM2COL_MIN_BLOCK
                                    ok ? wg + (idx_t)(m0 + row) * K + k0 + k : weight, ok);
                 }
             }
+            // this thread's rows: b_row0 + r B_ROW_STEP, those below k_rows exist
+            const int k_rows = K - k0 - b_row0;
+            const int2* b_tab = tab + b_row0;
+            float* b_dst = B + b_row0 * B_PITCH + b_col;
 #pragma unroll 4
             for (int r = 0; r < B_ROWS; ++r) {
-                const int kr = b_row0 + r * B_ROW_STEP;
-                const int iy = iy0 + tab[BK + kr], ix = ix0 + tab[2 * BK + kr];
-                const bool ok = b_p_ok && k0 + kr < K && (unsigned)iy < (unsigned)h &&
+                const int2 row = b_tab[r * B_ROW_STEP];
+                const int iy = iy0 + (row.y >> 16), ix = ix0 + (row.y & 0xffff);
+                const bool ok = r * B_ROW_STEP < k_rows && (unsigned)iy < (unsigned)h &&
                                 (unsigned)ix < (unsigned)w;
-                r2n_cp_async_4(&B[kr * B_PITCH + b_col],
-                               ok ? xg + (idx_t)tab[kr] * plane_in + (idx_t)iy * w + ix : x, ok);
+                r2n_cp_async_4(b_dst + r * B_ROW_STEP * B_PITCH, ok ? x_pix + row.x : x, ok);
             }
         };
 
