@@ -64,15 +64,14 @@
 //
 // Shared memory per stage: As[BM][A_PITCH] raw float32 weights, Bs[BK][B_PITCH]
 // raw float32 im2col rows (pitches and bank arithmetic as
-// gemm_1x1_tensor_core.cu's), then STAGES tables of 3 * BK ints.
+// gemm_1x1_tensor_core.cu's), then STAGES tables of BK int2 (item 3).
 //
 // Why it should be faster (H200: TF32 mma ~405 TFLOP/s dense by the vendor's
 // figure, copy 4.26 TB/s measured by gpu_bench): a chain conv is compute-heavy
 // for a tensor core only at large batch, and there it is latency-bound in
-// step 5. Layer3.1's 3x3 104->104 at 14x14, N=256: 9.6 GFLOP (24 us at the
+// step 5. Layer3.1's 3x3 104->104 at 14x14, N=256: 9.8 GFLOP (24 us at the
 // TF32 peak); its input (20 MB) and output (20 MB) take ~10 us at the copy
-// rate, and L1 / L2 serve the 9 taps' re-reads of the input (2.3 x 9 = 21
-// reads of each input element per 64 x 64 tile: ~190 MB from L1/L2). Step 5
+// rate, and L1 / L2 serve the 9 taps' re-reads of the input. Step 5
 // ran the chain at 0.14x cuDNN (NOTES-gpu.md): each block had one slice in
 // flight, and its 16 input loads per thread per slice went through registers
 // with a dependent store before the next slice could be fetched, so a
@@ -91,11 +90,10 @@
 // TF32 rounding, as in the 1x1 kernel): 8 warps per SM issue ~2000 clocks of
 // instructions per slice pair against ~512 of the tensor cores', so the
 // kernel is issue-bound, at best ~1/4 of the TF32 peak (~100 TFLOP/s); step 5
-// reaches ~8 here. Layer3.1's 3x3
-// 104 -> 104 at 14x14, N=256 (9.8 GFLOP): ~1.18 ms per conv on step 5 (its
-// chain 3.54 ms, 0.14x cuDNN's 0.49) -> ~0.55 ms; the chain ~1.7 ms (sum
-// passes ~15 us each), ~0.3x cuDNN. Small grids (batch 1; 7x7 at N=32) gain
-// nothing: they split K, which stays on step 5's GEMM.
+// reaches ~8 here. Layer3.1's 3x3 104 -> 104 at 14x14, N=256: ~1.18 ms per
+// conv on step 5 (its chain 3.54 ms, 0.14x cuDNN's 0.49) -> ~0.55 ms; the
+// chain ~1.7 ms (sum passes ~15 us each), ~0.3x cuDNN. Small grids (batch 1;
+// 7x7 at N=32) gain nothing: they split K, which stays on step 5's GEMM.
 //
 // Measured: not yet on a GPU.
 
@@ -105,8 +103,8 @@
 // into tab: for row k = c kH kW + i kW + j (channel c, tap (i, j)), .x = c H W
 // + i dh W + j dw, the tap's offset from a pixel's (0, 0) tap in the group's
 // input, and .y = (i dh) << 16 | j dw, the tap's (dy, dx) for the border test
-// (the launcher runs this kernel only where (C_in_g + 1) H W + dy W + dx and
-// dy, dx fit: r2n/gpu/conv.py). One 8-byte shared load per copy then gives
+// (the launcher runs this kernel only where they fit:
+// conv_tensor_core.im2col_fits). One 8-byte shared load per copy then gives
 // its address and border test, without 64-bit multiplies (step 5's
 // conv_decode_k_rows stores c, dy, dx: three loads and a multiply per copy).
 // Rows k >= K are decoded (unsigned arithmetic: no overflow) but never loaded.
@@ -172,10 +170,10 @@ __global__ void __launch_bounds__(R2N_TC_IM2COL_THREADS, R2N_TC_IM2COL_MIN_BLOCK
     const int n_slices = (K + BK - 1) / BK;
 
     // This thread's pixel column of the tile (fixed for the block) and the
-    const int b_col = tid % BN, b_row0 = tid / BN;
-    const idx_t b_p = p0 + b_col;
     // input pixel its (0, 0) tap reads; past the plane's last pixel, a row far
     // above the image, so that every tap fails the border test (dy < 2^15)
+    const int b_col = tid % BN, b_row0 = tid / BN;
+    const idx_t b_p = p0 + b_col;
     const bool b_p_ok = b_p < plane_out;
     const int iy0 = b_p_ok ? (int)(b_p / w_out) * sh - ph : -(1 << 30);
     const int ix0 = b_p_ok ? (int)(b_p % w_out) * sw - pw : 0;
