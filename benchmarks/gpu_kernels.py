@@ -4,6 +4,7 @@ Run on a machine with a CUDA GPU, CuPy and PyTorch, from any r2n checkout::
 
     python benchmarks/gpu_kernels.py [--model res2net50_26w_4s] [--batch 1 32]
                                      [--precision fp32 tf32] [--top 20] [--json PATH]
+                                     [--tc-im2col step5 multistage]
 
 For each batch and precision: r2n's model (``r2n.models.create`` with the
 model's deterministic random weights, so two checkouts get the same weights),
@@ -20,6 +21,13 @@ It imports whatever ``r2n`` is first on ``sys.path``, so the same script
 times two checkouts side by side (``PYTHONPATH=old/ python ...`` then
 ``PYTHONPATH=new/ ...``): a regression between them shows as the kernels
 whose time moved. Checkouts older than ``precision=`` are run in fp32 only.
+
+``--tc-im2col step5 multistage`` runs each tf32 / bf16 case once per value of
+r2n.gpu.conv.TC_IM2COL_MULTISTAGE (the im2col convs without an add on load on
+step 5, or on kernels/conv_im2col_tensor_core.cu), labelled ``<label>
+<value>``, so one command times both kernels in the same run; fp32 cases run
+once (the switch changes no fp32 launch). Checkouts without the switch run
+the tf32 / bf16 cases once, as they are.
 """
 
 from __future__ import annotations
@@ -104,6 +112,9 @@ def main(argv=None) -> int:
     parser.add_argument("--torch", action="store_true",
                         help="also time timm's model eager, TF32 off and on")  # fmt: skip
     parser.add_argument("--json", metavar="PATH", help="append one JSON line per case")
+    parser.add_argument("--tc-im2col", nargs="+", choices=["step5", "multistage"], default=None,
+                        help="tf32 / bf16: run once per r2n.gpu.conv.TC_IM2COL_MULTISTAGE "
+                             "setting (step 5 or the multistage im2col kernel)")  # fmt: skip
     opts = parser.parse_args(argv)
 
     import inspect
@@ -112,14 +123,27 @@ def main(argv=None) -> int:
     import numpy as np
 
     import r2n
+    from r2n.gpu import conv as gconv
 
-    label = opts.label or os.path.dirname(os.path.dirname(os.path.abspath(r2n.__file__)))
+    checkout = opts.label or os.path.dirname(os.path.dirname(os.path.abspath(r2n.__file__)))
     has_precision = "precision" in inspect.signature(r2n.models.create).parameters
+    has_switch = hasattr(gconv, "TC_IM2COL_MULTISTAGE")
+    if opts.tc_im2col and not has_switch:
+        print(f"[{checkout}] this checkout has no TC_IM2COL_MULTISTAGE; --tc-im2col ignored")
     rng = np.random.default_rng(0)
+    runs = []  # (precision, --tc-im2col value or None)
     for precision in opts.precision:
         if precision != "fp32" and not has_precision:
-            print(f"[{label}] {precision}: this checkout has no precision=; skipped")
+            print(f"[{checkout}] {precision}: this checkout has no precision=; skipped")
             continue
+        if precision == "fp32" or not opts.tc_im2col or not has_switch:
+            runs.append((precision, None))
+        else:
+            runs.extend((precision, value) for value in opts.tc_im2col)
+    for precision, tc_im2col in runs:
+        label = checkout if tc_im2col is None else f"{checkout} {tc_im2col}"
+        if tc_im2col is not None:  # launch plans are keyed on it: no stale plan is reused
+            gconv.TC_IM2COL_MULTISTAGE = tc_im2col == "multistage"
         kwargs = {"precision": precision} if has_precision else {}
         model = r2n.models.create(opts.model, backend="gpu", **kwargs)
         for batch in opts.batch:
@@ -143,7 +167,8 @@ def main(argv=None) -> int:
             if opts.json:
                 with open(opts.json, "a") as f:
                     record = dict(label=label, model=opts.model, batch=batch,
-                                  precision=precision, forward_ms=ms, kernel_ms=kernel_ms,
+                                  precision=precision, tc_im2col=tc_im2col,
+                                  forward_ms=ms, kernel_ms=kernel_ms,
                                   kernels={k: v for k, v in rows})  # fmt: skip
                     f.write(json.dumps(record) + "\n")
             del inputs

@@ -7,7 +7,9 @@
 # Usage, on a machine with a CUDA GPU, CuPy, numba and PyTorch (run from the repo root):
 #     bash benchmarks/gpu_run.sh [STEP ...]      # steps: env tests memcheck racecheck bench ladder
 #                                                 # not by default: gpubench (benchmarks/gpu_bench.py),
-#                                                 # kernels (benchmarks/gpu_kernels.py)
+#                                                 # kernels (benchmarks/gpu_kernels.py),
+#                                                 # tc3x3 (gpu_tc_3x3.py + gpu_kernels.py: the
+#                                                 # multistage im2col kernel beside step 5)
 # Each step's full log goes to $OUT/<step>.log (OUT defaults to ./gpu-run-out); the
 # last lines of each are printed. A step that runs past its limit is stopped (rc 124)
 # and the next one starts, so one hang cannot cost the others.
@@ -20,7 +22,7 @@ PY=${PY:-python3}
 # and the gpu / cupy / cuda cases of the mixed files (the emulator's and NVRTC's files
 # run in CI; they are left out here to spend the lease on what only a GPU can check).
 GPU_TESTS="tests/test_gpu_device.py tests/test_gpu_conv_device.py tests/test_gpu_tensor_core_device.py
-  tests/test_gpu_tc_gemm_1x1_device.py
+  tests/test_gpu_tc_gemm_1x1_device.py tests/test_gpu_tc_im2col_device.py
   tests/test_gpu_graph.py tests/test_gpu_graph_cache.py tests/test_dlpack.py
   tests/test_gpu_ladder.py::test_every_step_on_the_gpu_matches_the_reference
   tests/test_models.py tests/test_api.py tests/test_bad_inputs.py tests/test_stateful.py
@@ -79,6 +81,12 @@ run_step() {
             PYTHONPATH=$AB_OLD $PY benchmarks/gpu_kernels.py --batch ${KERNELS_OLD_BATCH:-32} \
                 --label old --json "$OUT/kernels.jsonl"
         fi' ;;
+    # the tf32 / bf16 3x3 convs and chains on the multistage im2col kernel beside step 5
+    # and cuDNN, then the network with the switch off and on (r2n.gpu.conv.TC_IM2COL_MULTISTAGE)
+    tc3x3) step tc3x3 "${TC3X3_LIMIT:-300}" bash -c '
+        $PY benchmarks/gpu_tc_3x3.py --json "$OUT/gpu-tc-3x3.json"
+        $PY benchmarks/gpu_kernels.py --batch ${TC3X3_BATCH:-32 256} --precision tf32 bf16 \
+            --tc-im2col step5 multistage --label tc3x3 --json "$OUT/kernels-tc3x3.jsonl"' ;;
     # issue 14 (~9 min with the defaults; BENCH_ARGS="--budget-s 200 ..." for less)
     gpubench) step gpubench "${BENCH_LIMIT:-600}" $PY benchmarks/gpu_bench.py --out "$OUT" \
         ${BENCH_ARGS:-} ;;

@@ -61,10 +61,18 @@ with two more ideas, when a launch needs them:
 * a shortcut as more K rows: a bottleneck's conv3 and its shortcut conv
   (strided, or the "d" form pooled on load) as one GEMM over
   ``[W3 | W_shortcut]`` (r2n.gpu.res2net).
+
+On tensor cores two multistage kernels (cp.async rings, operands rounded at
+fragment reads) replace step 5's body where they apply: the 1x1 GEMM
+(kernels/gemm_1x1_tensor_core.cu, by default when its grid fills the GPU)
+and, only when :data:`TC_IM2COL_MULTISTAGE` selects it (not yet timed), the
+im2col GEMM for every other unsplit conv without an add on load
+(kernels/conv_im2col_tensor_core.cu).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from collections.abc import Mapping
@@ -263,6 +271,33 @@ SPLIT_K_MIN_K = 128
 #: plane GEMM, which also splits K. A prediction, like split-K's constants:
 #: benchmarks/gpu_tc_1x1.py times both.
 TC_GEMM_1X1_MIN_WAVES = 1
+#: The values of ``R2N_TC_IM2COL`` and the setting each gives.
+TC_IM2COL_CHOICES = {"step5": False, "multistage": True}
+
+
+def _tc_im2col_from_env(environ=os.environ) -> bool:
+    """TC_IM2COL_MULTISTAGE as the environment variable ``R2N_TC_IM2COL`` sets
+    it (unset or empty: False); a ValueError for any other value."""
+    value = environ.get("R2N_TC_IM2COL", "")
+    if value == "":
+        return False
+    if value not in TC_IM2COL_CHOICES:
+        raise ValueError(
+            f"r2n: R2N_TC_IM2COL must be one of {list(TC_IM2COL_CHOICES)} (or unset), "
+            f"got {value!r}"
+        )
+    return TC_IM2COL_CHOICES[value]
+
+
+#: The tf32 / bf16 im2col convs (3x3, KxK; step 5_tensor_core's) that have no
+#: add on load and no split-K run on the multistage implicit GEMM
+#: (kernels/conv_im2col_tensor_core.cu: cp.async ring, rounding at fragment
+#: reads) when True, on step 5 when False. Off by default: not timed on a GPU
+#: yet (its prediction is in that file's header). Set it here, or start Python
+#: with the environment variable ``R2N_TC_IM2COL=multistage`` (``step5``: off);
+#: plans are keyed on it, so a change reaches every later launch.
+#: benchmarks/gpu_kernels.py ``--tc-im2col step5 multistage`` times both.
+TC_IM2COL_MULTISTAGE = _tc_im2col_from_env()
 #: The variants that split (the ladder's other steps stay one idea each).
 SPLIT_K_VARIANTS = ("4_pipelined", "5_tensor_core", GEMM_1X1)
 #: The float32 / float64 variants whose tile and split :func:`fp32_tile_rule`
@@ -527,7 +562,8 @@ def launch_conv(
     shortcut: _Shortcut | None = None,
     op: str = "conv2d",
     tile: str | None = None,
-) -> None:
+    plan_only: bool = False,
+):
     """Launch one conv kernel writing ``out[:, out_c0 : out_c0 + C_out]``.
 
     Parameters
@@ -566,6 +602,9 @@ def launch_conv(
         conv_gemm.cu has them),
         float32 / float64 only (benchmarks/gpu_tiles.py times each; tests);
         ``k_splits=None`` then splits as the rule would for that tile
+    plan_only : launch nothing; return the call's :class:`ConvPlan` (its
+        ``file`` and ``name`` say which kernel the call would run), or None when
+        it has nothing to compute (the arguments are checked all the same)
     shortcut : None, or ``(x_sc, stride, pool)`` (variant gemm_1x1, groups 1):
         the bottleneck's shortcut conv as more rows of this GEMM; ``weight``
         is then (C_out, C_in + C_sc, 1, 1), conv3's columns then the
@@ -620,6 +659,8 @@ def launch_conv(
         plan = _plan(*key)
         if len(_PLANS) < _MAX_PLANS:
             _PLANS[key] = plan
+    if plan_only:
+        return None if plan is _EMPTY else plan
     if plan is _EMPTY:
         return
     file, name, grid, block, shared_mem, _, channels, sizes, more, split = plan
@@ -899,6 +940,7 @@ def _tunables() -> tuple:
         TC_GEMM_1X1_MIN_WAVES,
         _tc.GEMM_1X1_LARGE_MIN_K,
         _HALF_TILE_MIN_PIXELS,  # read by fp32_tile_rule itself: here for the key
+        TC_IM2COL_MULTISTAGE,
     )
 
 
@@ -933,7 +975,7 @@ def _plan(
 ):
     """Check one launch_conv call's shapes and options and compute its launch
     (a :class:`ConvPlan`), or _EMPTY when there is nothing to compute."""
-    *settings, max_blocks_1d, max_grid_dim, tc_1x1_min_waves, _, _ = tunables
+    *settings, max_blocks_1d, max_grid_dim, tc_1x1_min_waves, _, _, tc_im2col_ms = tunables
     fp32_rule = (*settings[:3], tuple(settings[3:]))  # as _fp32_rule() has them
     ctype = _runtime.dtype_name(dtype)
     n_img, x_c_total, h, w = x_shape
@@ -1176,10 +1218,26 @@ def _plan(
             ms_channel_tiles = _cdiv(c_out_g, ms_tile[0])
             ms_blocks = ms_pixel_tiles * ms_channel_tiles * images_groups
             multistage = not sm_count or ms_blocks >= tc_1x1_min_waves * sm_count
+        # tf32 / bf16 im2col convs, when selected (TC_IM2COL_MULTISTAGE): the
+        # multistage implicit GEMM (kernels/conv_im2col_tensor_core.cu), which
+        # copies its input with cp.async, so never with an add on load, and
+        # does not split K
+        im2col_multistage = (
+            tc_im2col_ms
+            and variant == "5_tensor_core"
+            and k_splits == 1
+            and add_shape is None
+            and _tc.im2col_fits(c_in_g, h, w, kh, kw, *dilation)
+        )
         if multistage:
             tile, threads = ms_tile, _tc.gemm_1x1_threads(ms_tile)
             bm, bn, bk = tile[:3]
             pixel_tiles, channel_tiles = ms_pixel_tiles, ms_channel_tiles
+        elif im2col_multistage:
+            tile = _tc.im2col_tile(c_out_g)
+            threads = _tc.gemm_1x1_threads(tile)
+            bm, bn, bk = tile[:3]
+            pixel_tiles, channel_tiles = _cdiv(plane_out, bn), _cdiv(c_out_g, bm)
         elif k_splits > 1 or shortcut is not None or tensor_cores and variant == GEMM_1X1:
             if shortcut is not None:
                 gemm_load = LOAD_PLANE_SHORTCUT
@@ -1211,6 +1269,9 @@ def _plan(
         if multistage:
             file, name = _tc.GEMM_1X1_FILE, _tc.gemm_1x1_name(precision, tile)
             shared = _tc.gemm_1x1_shared_bytes(precision, tile)
+        elif im2col_multistage:
+            file, name = _tc.IM2COL_FILE, _tc.im2col_name(precision, tile)
+            shared = _tc.im2col_shared_bytes(precision, tile)
         elif tensor_cores:
             shared = _tc.shared_bytes(precision, tile)
             if gemm_load is None:

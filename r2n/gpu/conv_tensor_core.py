@@ -178,3 +178,73 @@ def gemm_1x1_shared_bytes(precision: str, tile) -> int:
 
 
 _runtime.register(GEMM_1X1_FILE, [gemm_1x1_name(p, t) for p in PRECISIONS for t in GEMM_1X1_TILES])
+
+
+# --------------------------------------------------------------------------- #
+# Any conv on a multistage ring: kernels/conv_im2col_tensor_core.cu
+# --------------------------------------------------------------------------- #
+
+#: The multistage implicit GEMM's source (the 1x1 GEMM's cp.async ring with
+#: step 5's im2col rows: 4-byte input copies, zero-filled in the padding).
+#: r2n.gpu.conv runs it instead of step 5 only when selected
+#: (r2n.gpu.conv.TC_IM2COL_MULTISTAGE; not timed on a GPU yet), for launches
+#: with no add on load and no split-K.
+IM2COL_FILE = "conv_im2col_tensor_core.cu"
+# Block tiles (BM, BN, BK, WARPS_M, WARPS_N, STAGES), 4 warps, 3 stages, two
+# blocks per SM, as the 1x1 GEMM's: 64 x 32 warp tiles where the channels fill
+# them, 32 x 32 for groups of <= 32 output channels (Res2Net's 26-channel chain).
+#: More than 64 output channels per group: 128 x 64.
+IM2COL_TILE = (128, 64, 32, 2, 2, 3)
+#: Groups of 33-64 output channels: 64 x 128.
+IM2COL_TILE_FEW_CHANNELS = (64, 128, 32, 1, 4, 3)
+#: Groups of <= 32 output channels: 32 x 128.
+IM2COL_TILE_NARROW = (32, 128, 32, 1, 4, 3)
+IM2COL_TILES = (IM2COL_TILE, IM2COL_TILE_FEW_CHANNELS, IM2COL_TILE_NARROW)
+
+
+def im2col_tile(c_out_g: int) -> tuple:
+    """The multistage implicit GEMM's block tile for ``c_out_g`` output
+    channels per group: the smallest of BM 32 / 64 / 128 that holds them."""
+    if c_out_g <= 32:
+        return IM2COL_TILE_NARROW
+    if c_out_g <= 64:
+        return IM2COL_TILE_FEW_CHANNELS
+    return IM2COL_TILE
+
+
+def im2col_name(precision: str, tile) -> str:
+    """The name expression of the multistage implicit GEMM for ``precision`` and ``tile``."""
+    return f"conv2d_im2col_tensor_core<float, {FORMATS[precision]}, {', '.join(map(str, tile))}>"
+
+
+def im2col_shared_bytes(precision: str, tile) -> int:
+    """Dynamic shared memory of one block: the 1x1 GEMM's stages
+    (:func:`gemm_1x1_shared_bytes`) and STAGES tables of BK int2 (the decoded
+    im2col rows: offset, packed dy and dx)."""
+    bk, stages = tile[2], tile[5]
+    return gemm_1x1_shared_bytes(precision, tile) + stages * bk * 8
+
+
+#: The kernel's decoded rows hold a tap's offset in a group's input as int32
+#: and its dy, dx in 16 bits each (conv_im2col_tensor_core.cu,
+#: im2col_decode_rows): :func:`im2col_fits` says where it can run.
+IM2COL_MAX_TAP = 2**15 - 1
+
+
+def im2col_fits(c_in_g: int, h: int, w: int, kh: int, kw: int, dh: int, dw: int, bk=32) -> bool:
+    """Whether the multistage implicit GEMM can take a conv of ``c_in_g``
+    input channels per group on H x W inputs with a kH x kW kernel dilated by
+    (dh, dw): every tap offset fits 16 bits, and every decoded row's offset,
+    up to one K slice past the last channel, fits int32."""
+    dy, dx = (kh - 1) * dh, (kw - 1) * dw
+    if dy > IM2COL_MAX_TAP or dx > IM2COL_MAX_TAP:
+        return False
+    channels = c_in_g + _cdiv(bk, kh * kw) + 1
+    return channels * h * w + dy * w + dx < 2**31
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+_runtime.register(IM2COL_FILE, [im2col_name(p, t) for p in PRECISIONS for t in IM2COL_TILES])

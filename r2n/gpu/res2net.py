@@ -45,7 +45,12 @@ and the block runs on tensor cores instead (r2n.gpu.conv_tensor_core:
 operands rounded, float32 accumulators and epilogues): the chain on step
 5_tensor_core, conv1 and conv3 + shortcut on the tensor-core plane GEMM (the
 pooled shortcut's averages, computed in float32, are rounded as operands),
-except groups of fewer than 8 channels (step 1_naive, float32).
+except groups of fewer than 8 channels (step 1_naive, float32). With
+r2n.gpu.conv.TC_IM2COL_MULTISTAGE set (not the default: untimed), the
+chain's unsplit convs run on the multistage im2col kernel instead
+(kernels/conv_im2col_tensor_core.cu), a "normal" chain's x_i + y_{i-1} then
+summed by an elementwise pass before conv i (the kernel copies its input
+with cp.async and cannot sum on load).
 
 Batch-1 grids of few blocks split K (r2n.gpu.conv.split_k_for, on a GPU; the
 emulator never splits unless a test passes ``k_splits``).
@@ -58,6 +63,8 @@ import numpy as np
 from .. import _checks
 from .._ladder import Step
 from . import _runtime, elementwise, pool
+from . import conv as _conv
+from . import conv_tensor_core as _tc
 from .conv import (
     GEMM_1X1,
     SIDE_AVG_POOL_3X3,
@@ -144,6 +151,17 @@ class PreparedChain:
         """Kernel launches per call (split-K adds none: it reduces in the same launch)."""
         return 1 if self.stage_weight is not None else self.nums
 
+    def _multistage(self, i, summed, out, k_splits) -> bool:
+        """Whether conv i of a "normal" chain, fed ``summed`` (N, width, H, W) as
+        a plain input, runs on the multistage im2col kernel (its launch plan's
+        kernel: not when it splits K)."""
+        s = self.stride
+        plan = launch_conv(self.ex, self.variant, summed, self.weights[i], self.biases[i], out,
+                           stride=(s, s), padding=(1, 1), dilation=(1, 1), groups=self.groups,
+                           out_c0=i * self.width, activation="relu", precision=self.precision,
+                           k_splits=k_splits, op="res2net_chain", plan_only=True)  # fmt: skip
+        return plan is not None and plan.file == _tc.IM2COL_FILE
+
     def __call__(self, x, out=None, *, k_splits=None):
         """x (N, scale*width, H, W) -> out (N, scale*width, H_out, W_out), a new array
         unless ``out`` (C-contiguous, that shape, x's dtype, not overlapping x: the
@@ -206,15 +224,38 @@ class PreparedChain:
                 op="res2net_chain",
             )
             return out
+        # With the multistage im2col kernel selected (tf32 / bf16), conv i > 0 of
+        # a "normal" chain reads x_i + y_{i-1} summed by a pass of its own into
+        # one buffer (float32, as step 5 sums on load: the same rounded
+        # operands), since the kernel copies its input by cp.async and cannot
+        # sum; where the kernel would not run (a split launch), the add stays
+        # on load.
+        summed = None
+        if (
+            not stage
+            and nums > 1
+            and precision != "fp32"
+            and self.variant == "5_tensor_core"
+            and _conv.TC_IM2COL_MULTISTAGE
+        ):
+            summed = self.ex.empty((n, width, h, w), x.dtype)
         for i in range(nums):
             chained = not stage and i > 0  # conv i reads x_i + y_{i-1}
             side = SIDE_NONE
             if i == 0 and self.scale > 1:
                 side = SIDE_AVG_POOL_3X3 if stage else SIDE_COPY
+            source, source_c0 = x, i * width
+            if chained and summed is not None and self._multistage(i, summed, out, k_splits):
+                chunk, previous = (
+                    slice(i * width, (i + 1) * width),
+                    slice((i - 1) * width, i * width),
+                )
+                self.ex.xp.add(x[:, chunk], out[:, previous], out=summed)
+                source, source_c0, chained = summed, 0, False
             launch_conv(
                 self.ex,
                 self.variant,
-                x,
+                source,
                 self.weights[i],
                 self.biases[i],
                 out,
@@ -222,7 +263,7 @@ class PreparedChain:
                 padding=(1, 1),
                 dilation=(1, 1),
                 groups=self.groups,
-                x_c0=i * width,
+                x_c0=source_c0,
                 add=out if chained else None,
                 add_c0=(i - 1) * width if chained else 0,
                 out_c0=i * width,

@@ -87,7 +87,7 @@ struct dim3 {
     dim3(unsigned int x_ = 1, unsigned int y_ = 1, unsigned int z_ = 1) : x(x_), y(y_), z(z_) {}
 };
 
-// Vector types, aligned like CUDA's (no r2n kernel uses them yet; see
+// Vector types, aligned like CUDA's (see
 // README.md, "Vector loads and alignment").
 struct __attribute__((aligned(8))) float2 {
     float x, y;
@@ -98,9 +98,13 @@ struct __attribute__((aligned(16))) float4 {
 struct __attribute__((aligned(16))) double2 {
     double x, y;
 };
+struct __attribute__((aligned(8))) int2 {
+    int x, y;
+};
 inline float2 make_float2(float x, float y) { return {x, y}; }
 inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
 inline double2 make_double2(double x, double y) { return {x, y}; }
+inline int2 make_int2(int x, int y) { return {x, y}; }
 
 static const int warpSize = 32;
 

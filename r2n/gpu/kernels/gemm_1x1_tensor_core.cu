@@ -99,6 +99,122 @@
 #define R2N_TC1X1_THREADS (WARPS_M * WARPS_N * 32)
 #define R2N_TC1X1_MIN_BLOCKS (R2N_TC1X1_THREADS >= 256 ? 1 : 2)
 
+// The warp tile's mma.sync over one stage of the multistage tensor-core
+// kernels (this file and conv_im2col_tensor_core.cu): A[BM][A_PITCH] raw
+// float32 weights, B[BK][B_PITCH] raw float32 inputs (k rows of pixels),
+// both rounded as their fragments are read, each element once per use
+// (header, item 4); the warp tile's MI x NI mma tiles start at row wm0,
+// column wn0; bank arithmetic in the header.
+template <typename P, int MI, int NI, int BK, int A_PITCH, int B_PITCH>
+__device__ __forceinline__ void tc_multistage_multiply(float (&acc)[MI][NI][4], const float* A,
+                                                       const float* B, int wm0, int wn0,
+                                                       int lane) {
+    const int gid = lane >> 2, tig = lane & 3;
+#pragma unroll
+    for (int kk = 0; kk < BK; kk += P::K_STEP) {
+        unsigned a[MI][4], b[NI][2];
+        if constexpr (P::IS_TF32) {
+            // Matrices 0-3 of ldmatrix.x4: rows 0-7 / 8-15 at k 0-3, then at k 4-7.
+#pragma unroll
+            for (int mi = 0; mi < MI; ++mi) {
+                r2n_ldmatrix_x4(
+                    a[mi], &A[(wm0 + mi * 16 + (lane & 15)) * A_PITCH + kk + (lane >> 4) * 4]);
+#pragma unroll
+                for (int i = 0; i < 4; ++i) a[mi][i] = r2n_to_tf32(__uint_as_float(a[mi][i]));
+            }
+#pragma unroll
+            for (int ni = 0; ni < NI; ++ni) {
+                const float* col = &B[(kk + tig) * B_PITCH + wn0 + ni * 8 + gid];
+                b[ni][0] = r2n_to_tf32(col[0]);
+                b[ni][1] = r2n_to_tf32(col[4 * B_PITCH]);
+            }
+        } else {
+#pragma unroll
+            for (int mi = 0; mi < MI; ++mi) {
+                const float* r0 = &A[(wm0 + mi * 16 + gid) * A_PITCH + kk + 2 * tig];
+                const float* r8 = r0 + 8 * A_PITCH;
+                const float2 v0 = *reinterpret_cast<const float2*>(r0);
+                const float2 v1 = *reinterpret_cast<const float2*>(r8);
+                const float2 v2 = *reinterpret_cast<const float2*>(r0 + 8);
+                const float2 v3 = *reinterpret_cast<const float2*>(r8 + 8);
+                a[mi][0] = r2n_pack_bf16x2(v0.x, v0.y);
+                a[mi][1] = r2n_pack_bf16x2(v1.x, v1.y);
+                a[mi][2] = r2n_pack_bf16x2(v2.x, v2.y);
+                a[mi][3] = r2n_pack_bf16x2(v3.x, v3.y);
+            }
+            // b[0] = B[2t, 2t + 1][g], b[1] = B[2t + 8, 2t + 9][g]
+#pragma unroll
+            for (int ni = 0; ni < NI; ++ni) {
+                const float* col = &B[(kk + 2 * tig) * B_PITCH + wn0 + ni * 8 + gid];
+                b[ni][0] = r2n_pack_bf16x2(col[0], col[B_PITCH]);
+                b[ni][1] = r2n_pack_bf16x2(col[8 * B_PITCH], col[9 * B_PITCH]);
+            }
+        }
+#pragma unroll
+        for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+            for (int ni = 0; ni < NI; ++ni) {
+                if constexpr (P::IS_TF32)
+                    r2n_mma_tf32_m16n8k8(acc[mi][ni], a[mi], b[ni]);
+                else
+                    r2n_mma_bf16_m16n8k16(acc[mi][ni], a[mi], b[ni]);
+            }
+    }
+}
+
+// The multistage kernels' epilogue: the warp tile's accumulators (rows m0 +
+// wm0 .., columns p0 + wn0 .. of image n, group g's GEMM) through
+// conv_store's operations (bias, residual, activation) into the output's
+// channel slice. Accumulator q of mma tile (mi, ni) is row gid + 8 (q / 2),
+// column 2 tig + q % 2 of the tile; a lane's two columns are adjacent, stored
+// (and the residual read) as a float2 when out_vec (header, item 5).
+template <typename T, int MI, int NI>
+__device__ __forceinline__ void tc_multistage_store(const float (&acc)[MI][NI][4], T* out,
+                                                    const T* bias, const T* residual, idx_t n,
+                                                    int g, int c_out_g, idx_t out_c_total,
+                                                    idx_t out_c0, idx_t plane, int m0, idx_t p0,
+                                                    int wm0, int wn0, int lane, bool out_vec,
+                                                    int flags, int activation, T negative_slope) {
+    const int gid = lane >> 2, tig = lane & 3;
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+        for (int q2 = 0; q2 < 2; ++q2) {
+            const int gm = m0 + wm0 + mi * 16 + gid + 8 * q2;
+            if (gm >= c_out_g) continue;
+            const int co = g * c_out_g + gm;
+            const idx_t row = (n * out_c_total + out_c0 + co) * plane;
+#pragma unroll
+            for (int ni = 0; ni < NI; ++ni) {
+                const idx_t p = p0 + wn0 + ni * 8 + 2 * tig;
+                if (p >= plane) continue;
+                float v0 = acc[mi][ni][2 * q2], v1 = acc[mi][ni][2 * q2 + 1];
+                if (out_vec) {  // p is even and H*W too: p + 1 < H*W
+                    // conv_store's operations, in its order, on the pair
+                    if (flags & R2N_CONV_BIAS) {
+                        v0 += bias[co];
+                        v1 += bias[co];
+                    }
+                    if (flags & R2N_CONV_RESIDUAL) {
+                        const float2 r = *reinterpret_cast<const float2*>(residual + row + p);
+                        v0 += r.x;
+                        v1 += r.y;
+                    }
+                    float2 o;
+                    o.x = conv_activation(v0, activation, negative_slope);
+                    o.y = conv_activation(v1, activation, negative_slope);
+                    *reinterpret_cast<float2*>(out + row + p) = o;
+                } else {
+                    conv_store<T>(v0, out, bias, residual, row + p, co, flags, activation,
+                                  negative_slope);
+                    if (p + 1 < plane)
+                        conv_store<T>(v1, out, bias, residual, row + p + 1, co, flags,
+                                      activation, negative_slope);
+                }
+            }
+        }
+}
+
 template <typename T, typename P, int BM, int BN, int BK, int WARPS_M, int WARPS_N, int STAGES>
 __global__ void __launch_bounds__(R2N_TC1X1_THREADS, R2N_TC1X1_MIN_BLOCKS)
     conv2d_gemm_1x1_tensor_core(R2N_CONV_PARAMS) {
@@ -199,58 +315,9 @@ __global__ void __launch_bounds__(R2N_TC1X1_THREADS, R2N_TC1X1_MIN_BLOCKS)
 
         // The warp tile's mma.sync over stage `st`, operands rounded as read.
         auto multiply = [&](int st) {
-            const float* A = As + st * A_STAGE;
-            const float* B = Bs + st * B_STAGE;
-#pragma unroll
-            for (int kk = 0; kk < BK; kk += P::K_STEP) {
-                unsigned a[MI][4], b[NI][2];
-                if constexpr (P::IS_TF32) {
-                    // Matrices 0-3 of ldmatrix.x4: rows 0-7 / 8-15 at k 0-3, then at k 4-7.
-#pragma unroll
-                    for (int mi = 0; mi < MI; ++mi) {
-                        r2n_ldmatrix_x4(
-                            a[mi], &A[(wm0 + mi * 16 + (lane & 15)) * A_PITCH + kk + (lane >> 4) * 4]);
-#pragma unroll
-                        for (int i = 0; i < 4; ++i) a[mi][i] = r2n_to_tf32(__uint_as_float(a[mi][i]));
-                    }
-#pragma unroll
-                    for (int ni = 0; ni < NI; ++ni) {
-                        const float* col = &B[(kk + tig) * B_PITCH + wn0 + ni * 8 + gid];
-                        b[ni][0] = r2n_to_tf32(col[0]);
-                        b[ni][1] = r2n_to_tf32(col[4 * B_PITCH]);
-                    }
-                } else {
-#pragma unroll
-                    for (int mi = 0; mi < MI; ++mi) {
-                        const float* r0 = &A[(wm0 + mi * 16 + gid) * A_PITCH + kk + 2 * tig];
-                        const float* r8 = r0 + 8 * A_PITCH;
-                        const float2 v0 = *reinterpret_cast<const float2*>(r0);
-                        const float2 v1 = *reinterpret_cast<const float2*>(r8);
-                        const float2 v2 = *reinterpret_cast<const float2*>(r0 + 8);
-                        const float2 v3 = *reinterpret_cast<const float2*>(r8 + 8);
-                        a[mi][0] = r2n_pack_bf16x2(v0.x, v0.y);
-                        a[mi][1] = r2n_pack_bf16x2(v1.x, v1.y);
-                        a[mi][2] = r2n_pack_bf16x2(v2.x, v2.y);
-                        a[mi][3] = r2n_pack_bf16x2(v3.x, v3.y);
-                    }
-                    // b[0] = B[2t, 2t + 1][g], b[1] = B[2t + 8, 2t + 9][g]
-#pragma unroll
-                    for (int ni = 0; ni < NI; ++ni) {
-                        const float* col = &B[(kk + 2 * tig) * B_PITCH + wn0 + ni * 8 + gid];
-                        b[ni][0] = r2n_pack_bf16x2(col[0], col[B_PITCH]);
-                        b[ni][1] = r2n_pack_bf16x2(col[8 * B_PITCH], col[9 * B_PITCH]);
-                    }
-                }
-#pragma unroll
-                for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-                    for (int ni = 0; ni < NI; ++ni) {
-                        if constexpr (P::IS_TF32)
-                            r2n_mma_tf32_m16n8k8(acc[mi][ni], a[mi], b[ni]);
-                        else
-                            r2n_mma_bf16_m16n8k16(acc[mi][ni], a[mi], b[ni]);
-                    }
-            }
+            tc_multistage_multiply<P, MI, NI, BK, A_PITCH, B_PITCH>(acc, As + st * A_STAGE,
+                                                                  Bs + st * B_STAGE, wm0, wn0,
+                                                                  lane);
         };
 
         // The ring: slices 0 .. STAGES - 2 in flight first (one group each,
@@ -274,45 +341,9 @@ __global__ void __launch_bounds__(R2N_TC1X1_THREADS, R2N_TC1X1_MIN_BLOCKS)
         }
         r2n_cp_async_wait<0>();  // only empty groups are left; none outlives the tile
 
-        // Epilogue: accumulator q of mma tile (mi, ni) is row gid + 8 (q / 2),
-        // column 2 tig + q % 2 of the tile; a lane's two columns are adjacent.
-#pragma unroll
-        for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-            for (int q2 = 0; q2 < 2; ++q2) {
-                const int gm = m0 + wm0 + mi * 16 + gid + 8 * q2;
-                if (gm >= c_out_g) continue;
-                const int co = g * c_out_g + gm;
-                const idx_t row = (n * out_c_total + out_c0 + co) * plane;
-#pragma unroll
-                for (int ni = 0; ni < NI; ++ni) {
-                    const idx_t p = p0 + wn0 + ni * 8 + 2 * tig;
-                    if (p >= plane) continue;
-                    float v0 = acc[mi][ni][2 * q2], v1 = acc[mi][ni][2 * q2 + 1];
-                    if (out_vec) {  // p is even and H*W too: p + 1 < H*W
-                        // conv_store's operations, in its order, on the pair
-                        if (flags & R2N_CONV_BIAS) {
-                            v0 += bias[co];
-                            v1 += bias[co];
-                        }
-                        if (flags & R2N_CONV_RESIDUAL) {
-                            const float2 r = *reinterpret_cast<const float2*>(residual + row + p);
-                            v0 += r.x;
-                            v1 += r.y;
-                        }
-                        float2 o;
-                        o.x = conv_activation(v0, activation, negative_slope);
-                        o.y = conv_activation(v1, activation, negative_slope);
-                        *reinterpret_cast<float2*>(out + row + p) = o;
-                    } else {
-                        conv_store<T>(v0, out, bias, residual, row + p, co, flags, activation,
-                                      negative_slope);
-                        if (p + 1 < plane)
-                            conv_store<T>(v1, out, bias, residual, row + p + 1, co, flags,
-                                          activation, negative_slope);
-                    }
-                }
-            }
+        tc_multistage_store<T, MI, NI>(acc, out, bias, residual, n, g, c_out_g, out_c_total, out_c0,
+                                       plane, m0, p0, wm0, wn0, lane, out_vec, flags, activation,
+                                       negative_slope);
         __syncthreads();  // the next (image, group) refills every stage
     }
 }
