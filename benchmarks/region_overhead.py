@@ -14,7 +14,7 @@ Usage::
 
 Prints microseconds per region (median of 5 rounds of 2000 calls) for 1
 and 2 threads, and the threading layer in use. A res2net50 forward at
-batch 1 runs ~100 regions: multiply to see what waking costs it.
+batch 1 runs ~90 regions: multiply to see what waking costs it.
 """
 
 from __future__ import annotations

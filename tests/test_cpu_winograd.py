@@ -281,6 +281,110 @@ def test_chain_rejects_an_out_it_cannot_write(rng, winograd_path, bad_out):
     np.testing.assert_array_equal(x, before)
 
 
+# --------------------------------------------------------------------------- #
+# The pass-through: the "normal" chain's last chunk copied in conv 0's launch
+# --------------------------------------------------------------------------- #
+
+
+def _winograd_launcher(four):
+    """(conv, transform_weights) of F(4x4, 3x3) if ``four``, else F(2x2, 3x3)."""
+    from r2n.cpu.conv import v6_winograd_4x4 as wino4
+
+    return (wino4.conv_winograd_4x4, wino4.transform_weights) if four else (
+        winograd.conv_winograd, winograd.transform_weights)  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 2])
+@pytest.mark.parametrize("four", [False, True], ids=["2x2", "4x4"])
+def test_pass_through_adds_an_exact_copy_to_the_conv_launch(rng, four, n, dtype):
+    # 3 groups of 5 channels on 7x9 images, at 1 and 2 threads: the launch
+    # with pass_through writes the conv's bits and the passed planes copied
+    # exactly (out starts as NaN: every passed element is written), and no
+    # other channel (16 and 22 stay NaN).
+    conv, transform = _winograd_launcher(four)
+    a = randn(rng, n, 20, 7, 9, dtype=dtype)
+    u = transform(randn(rng, 15, 5, 3, 3, dtype=dtype), 3)
+    bias = randn(rng, 15, dtype=dtype)
+    expected = np.full((n, 23, 7, 9), np.nan, dtype)
+    conv(a, u, 15, 3, (1, 1), bias, expected, c_in_g=5, activation="relu")
+    expected[:, 17:22] = a[:, 15:20]
+    before = r2n.get_num_threads()
+    try:
+        for threads in sorted({1, min(2, before)}):
+            r2n.set_num_threads(threads)
+            out = np.full((n, 23, 7, 9), np.nan, dtype)
+            conv(a, u, 15, 3, (1, 1), bias, out, c_in_g=5, activation="relu",
+                 pass_through=(15, 17, 5))  # fmt: skip
+            np.testing.assert_array_equal(out, expected)
+    finally:
+        r2n.set_num_threads(before)
+    assert np.isnan(out[:, [15, 16, 22]]).all()
+
+
+@pytest.mark.parametrize("four", [False, True], ids=["2x2", "4x4"])
+@pytest.mark.parametrize(
+    "padding, pass_through, message",
+    [
+        ((0, 0), (8, 8, 4), r"copies planes of a \(7, 9\) into out, whose planes are \(5, 7\)"),
+        ((1, 1), (9, 8, 4), r"copies channels 9 \.\. 12 of a \(12 channels\) to 8 \.\. 11"),
+        ((1, 1), (8, 9, 4), r"to 9 \.\. 12 of out \(12\); both must lie inside"),
+    ],
+    ids=["planes", "a-channels", "out-channels"],
+)
+def test_pass_through_says_what_it_expected_and_what_came(rng, four, padding, pass_through,
+                                                          message):  # fmt: skip
+    conv, transform = _winograd_launcher(four)
+    a = randn(rng, 1, 12, 7, 9, dtype=np.float32)
+    out = np.zeros((1, 12, 7 + 2 * padding[0] - 2, 9 + 2 * padding[1] - 2), np.float32)
+    u = transform(randn(rng, 8, 8, 3, 3, dtype=np.float32), 1)
+    with pytest.raises(ValueError, match=message):
+        conv(
+            a, u, 8, 1, padding, np.zeros(8, np.float32), out, c_in_g=8, pass_through=pass_through
+        )
+    assert not out.any()
+
+
+@pytest.mark.parametrize(
+    "scale, groups, width, n, hw",
+    [(4, 1, 40, 1, (7, 9)), (3, 2, 64, 2, (9, 7)), (4, 1, 32, 1, (24, 23))],
+    ids=["2x2-7x9", "2x2-groups-batch2", "4x4"],
+)
+def test_normal_chain_passes_its_last_chunk_in_the_first_conv(rng, monkeypatch, scale, groups,
+                                                              width, n, hw):  # fmt: skip
+    # The Winograd "normal" chain runs no prologue launch (one parallel
+    # region fewer per chain) and gives the bits of the launches it replaced:
+    # each conv on its own, the last chunk copied.
+    prologues = []
+    monkeypatch.setattr(res2net, "_chain_prologue", lambda *a: prologues.append(a))
+    nums = scale - 1
+    x = randn(rng, n, scale * width, *hw, dtype=np.float32)
+    weights = [randn(rng, width, width // groups, 3, 3, dtype=np.float32) / 9 for _ in range(nums)]
+    biases = [randn(rng, width, dtype=np.float32) for _ in range(nums)]
+    kw = dict(scale=scale, stype="normal", stride=1, groups=groups)
+    chain = _prepared_chain(weights, biases, dtype=np.float32, **kw)
+    out = chain(x)
+    assert prologues == []
+    from r2n.cpu.conv.v6_winograd_4x4 import use_winograd_4x4
+
+    four = use_winograd_4x4(width, groups, n, *hw)
+    assert four == (hw == (24, 23))
+    conv, transform = _winograd_launcher(four)
+    expected = np.full_like(x, np.nan)
+    for i in range(nums):
+        conv(
+            x if i == 0 else expected, transform(weights[i], groups), width, groups, (1, 1),
+            biases[i], expected, a_c0=0 if i == 0 else (i - 1) * width,
+            add=None if i == 0 else x, add_c0=i * width, out_c0=i * width, activation="relu",
+            c_in_g=width // groups,
+        )  # fmt: skip
+    expected[:, nums * width :] = x[:, nums * width :]
+    np.testing.assert_array_equal(out, expected)
+    to64 = [[a.astype(np.float64) for a in arrays] for arrays in (weights, biases)]
+    ref = r2n.res2net_chain(x.astype(np.float64), *to64, backend="reference", **kw)
+    assert_close(out, ref, np.float32)
+
+
 @pytest.mark.parametrize("hw", [(9, 7), (5, 9)], ids=["winograd", "direct"])
 def test_one_call_ops_follow_the_prepared_rule(rng, launches, hw):
     # r2n.res2net_chain / r2n.bottle2neck transform their weights per call

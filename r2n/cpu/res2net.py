@@ -25,7 +25,12 @@ of those as F(4x4, 3x3) (step 6_winograd_4x4) where ``use_winograd_4x4`` says so
 multiplies, the BN-folded weights transformed once (U = G g G^T), the input
 transform reading the unpadded chunks (for "normal": adding sp + x_{i+1} on
 the read), bias and ReLU in the output transform, each conv writing its
-channel slice of the output.
+channel slice of the output. Nothing is padded there, so the "normal" chain
+needs no prologue: its first conv's launch also copies the last chunk
+(``pass_through``), and the chain is scale - 1 parallel regions instead of
+scale (each region wakes the sleeping worker threads: 50-90 us at 2 threads,
+most of a batch-1 chain's cost over a perfect split; NOTES.md "Fewer
+parallel regions at batch 1").
 
 ``PreparedChain`` / ``PreparedBottle2neck`` pack the weights once; the public
 ops prepare on every call (packing is O(weights), small next to the convs)
@@ -366,17 +371,18 @@ class PreparedChain:
         (v6_winograd_4x4.conv_winograd_4x4) if ``f4x4`` (``algorithm``).
 
         The convs read the unpadded chunks (their input transform pads), so
-        the prologue only passes the last chunk through (or pools it, for
-        "stage"). "normal": conv i > 0 reads output chunk i - 1 plus input
+        the only other work is the last chunk: "normal" passes it through in
+        conv 0's launch (its ``pass_through``: no launch of its own, one
+        wake-up of the workers fewer per chain), "stage" pools it in the
+        prologue. "normal": conv i > 0 reads output chunk i - 1 plus input
         chunk i, added in its input transform. "stage": one launch for all.
         """
         width, nums, groups = self.width, self.nums, self.groups
         stage = self.stype == "stage" or self.scale == 1
-        if self.scale > 1:
+        if stage and self.scale > 1:
             no_pad = unused_array(x.dtype).reshape(0, 0, 0, 0)  # the prologue pads no chunk here
             _chain_prologue(
-                x, width, 0, self.stype == "stage", 1, nums * width, no_pad, no_pad, out,
-                nums * width,
+                x, width, 0, True, 1, nums * width, no_pad, no_pad, out, nums * width
             )  # fmt: skip
         common = dict(c_in_g=width // groups, activation="relu", scratch=scratch)
         conv, u_all, u = conv_winograd, self.wino_all, self.wino
@@ -389,11 +395,13 @@ class PreparedChain:
                 n_conv=nums, a_conv_step=width, **common,
             )  # fmt: skip
             return out
+        # The last chunk x_{scale-1} is output chunk scale-1 as it is.
+        last = (nums * width, nums * width, width)
         for i in range(nums):
             conv(
                 x if i == 0 else out, u[i], width, groups, (1, 1), self.biases[i], out,
                 a_c0=0 if i == 0 else (i - 1) * width, add=None if i == 0 else x, add_c0=i * width,
-                out_c0=i * width, **common,
+                out_c0=i * width, pass_through=last if i == 0 else None, **common,
             )  # fmt: skip
         return out
 

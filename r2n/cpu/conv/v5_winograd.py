@@ -347,8 +347,45 @@ class WinogradScratch(NamedTuple):
     planes: np.ndarray
 
 
+class PassThrough(NamedTuple):
+    """Channels a launch also copies, unchanged, from its input to its output:
+    ``count`` planes per image, channels ``c0`` onwards of the source ``a``
+    into channels ``out_c0`` onwards of ``out`` (count 0: none). The Res2Net
+    "normal" chain's last chunk, moved in its first conv's launch instead of
+    a launch of its own: one parallel region, one wake-up of the sleeping
+    workers (50-90 us at 2 threads, benchmarks/region_overhead.py), fewer per
+    chain. Each worker copies its contiguous share of the N x count planes
+    after its conv jobs. Also step 6's (r2n.cpu.conv.v6_winograd_4x4)."""
+
+    c0: int
+    out_c0: int
+    count: int
+
+
+def pass_through_record(fname, pass_through, a, out):
+    """The :class:`PassThrough` of a launcher's ``pass_through`` argument
+    (``None`` or ``(c0, out_c0, count)``), checked against ``a`` (N, C_a, H,
+    W) and ``out`` (N, C_out, H_out, W_out): the planes must be of one size
+    and the channels inside both arrays (else ValueError naming ``fname``)."""
+    if pass_through is None:
+        return PassThrough(0, 0, 0)
+    c0, out_c0, count = (int(v) for v in pass_through)
+    if a.shape[2:] != out.shape[2:]:
+        raise ValueError(
+            f"{fname}: pass_through copies planes of a {a.shape[2:]} into out, whose "
+            f"planes are {out.shape[2:]}"
+        )
+    if min(c0, out_c0, count) < 0 or c0 + count > a.shape[1] or out_c0 + count > out.shape[1]:
+        raise ValueError(
+            f"{fname}: pass_through copies channels {c0} .. {c0 + count - 1} of a "
+            f"({a.shape[1]} channels) to {out_c0} .. {out_c0 + count - 1} of out "
+            f"({out.shape[1]}); both must lie inside"
+        )
+    return PassThrough(c0, out_c0, count)
+
+
 @kernel
-def _winograd_kernel(source, add, weights, output, geometry, scratch):
+def _winograd_kernel(source, add, weights, output, geometry, scratch, pass_through):
     """One launch of ``n_conv`` Winograd convs (see the module docstring).
 
     For conv i, image n and output channel ch = g * c_out_g + c:
@@ -358,10 +395,12 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch):
         v += residual[same element]                    (if has_residual)
         v = v if not v < 0 else slope * v              (if activation; slope 0: 0)
         out[n, out.c0 + i * C_out + ch] = v                           (NaN kept)
+    out[n, pass.out_c0 + c] = source[n, pass.c0 + c]  for c < pass.count
 
     The arguments are the records above, unpacked into locals first (the
     loops below see plain arrays and ints); ``add`` is read only if
-    ``add.present``.
+    ``add.present``; ``pass_through`` (:class:`PassThrough`) needs the
+    source's planes as large as the output's (the launcher checks).
 
     Layouts. A job's tiles are numbered ``idx = lt * R + tx`` (local tile row
     lt, column tx, R = ntx + 1: one unused column per row, so that every
@@ -389,6 +428,7 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch):
     out, out_img, out_c0, h_out, w_out, apply_relu, resid, has_resid, slope_f = output
     h, w, ph, pw, n_img, n_conv, rows_per_block, n_row_blocks, tbp = geometry
     v_scr, m_scr, y_scr, p_scr = scratch
+    pass_c0, pass_out_c0, pass_count = pass_through
     n_workers = v_scr.shape[0]
     c_in = groups * c_in_g
     c_out = groups * c_out_g
@@ -587,6 +627,16 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch):
                                         n0 = slope * v0 if leaky else zero
                                         v0 = n0 if v0 < zero else v0
                                     out[o_row + np.uint64(2 * pairs)] = v0
+        # This worker's share of the pass-through planes (plane = plane_out,
+        # as the launcher checked), after its conv jobs.
+        n_pass = n_img * pass_count
+        for pass_i in range(wk * n_pass // n_workers, (wk + 1) * n_pass // n_workers):
+            pass_n = pass_i // pass_count
+            pass_c = pass_i % pass_count
+            from_at = np.uint64(pass_n * a_img + (pass_c0 + pass_c) * plane)
+            to_at = np.uint64(pass_n * out_img + (pass_out_c0 + pass_c) * plane)
+            for e in range(np.uint64(plane)):
+                out[to_at + e] = a[from_at + e]
 
 
 def plan(n_jobs_outer, c_in, h_out, w_out, dtype, workers):
@@ -727,6 +777,7 @@ def conv_winograd(
     a_conv_step=0,
     add_conv_step=0,
     scratch=None,
+    pass_through=None,
 ):
     """Launch the Winograd kernel on prepared arguments (the chain's building block).
 
@@ -747,6 +798,9 @@ def conv_winograd(
         added element by element after the bias
     scratch : optional ``scratch(role, shape, dtype, make)`` supplying reusable
         buffers (r2n.cpu._scratch.scratch); default: new zero-filled arrays
+    pass_through : optional ``(c0, out_c0, count)``: the same launch also
+        copies channels c0 .. c0 + count of ``a`` into out_c0 .. of ``out``
+        (:class:`PassThrough`; a's planes must be out's size: padding (1, 1))
     """
     checked = check_launch(
         "conv_winograd",
@@ -769,6 +823,7 @@ def conv_winograd(
         a_conv_step=a_conv_step,
         add_conv_step=add_conv_step,
     )
+    passing = pass_through_record("conv_winograd", pass_through, a, out)
     if checked is None:
         return out
     c_in_g, per_conv = checked
@@ -836,6 +891,7 @@ def conv_winograd(
             ),
             WinogradPlan(h, w, ph, pw, n, n_conv, rows, n_blocks, tbp),
             WinogradScratch(v_scr, m_scr, y_scr, p_scr),
+            passing,
         )
     )
     return out

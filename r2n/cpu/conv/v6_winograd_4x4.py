@@ -75,7 +75,7 @@ from ..microkernel import (
     tile_half,
 )
 from . import v5_winograd
-from .v5_winograd import check_launch
+from .v5_winograd import check_launch, pass_through_record
 
 #: Target size of a worker's V and M scratch (36 x (C_in + 32) floats per
 #: tile). Larger than step 5's 512 KiB, and than the 1 MiB L2: a job streams
@@ -367,7 +367,7 @@ class Scratch4(NamedTuple):
 
 
 @kernel
-def _winograd_kernel(source, add, weights, output, geometry, scratch):
+def _winograd_kernel(source, add, weights, output, geometry, scratch, pass_through):
     """One launch of ``n_conv`` F(4x4, 3x3) convs (see the module docstring).
 
     For conv i, image n and output channel ch = g * c_out_g + c:
@@ -377,7 +377,9 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch):
         v += residual[same element]                    (if has_residual)
         v = v if not v < 0 else slope * v              (if relu; slope 0: ReLU)
         out[n, out.c0 + i * C_out + ch] = v
+        out[n, pass.out_c0 + c] = source[n, pass.c0 + c]  for c < pass.count
 
+    (``pass_through``: step 5's PassThrough, the planes of one size.)
     Layouts as step 5's kernel, with 36 positions: V[xi][c][idx] (idx = lt *
     R + tx, R = ntx + 1, row pitch tbp), M[xi][idx][channel of the block];
     per tile row S[a][col] (24) and Y[a][b] (16) of R x bw. Planes P[ri][cj]
@@ -389,6 +391,7 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch):
     out, out_img, out_c0, h_out, w_out, resid, has_resid, apply_relu, slope_f = output
     h, w, ph, pw, n_img, n_conv, rows_per_block, n_row_blocks, tbp = geometry
     v_scr, m_scr, y_scr, p_scr = scratch
+    pass_c0, pass_out_c0, pass_count = pass_through
     n_workers = v_scr.shape[0]
     c_in = groups * c_in_g
     c_out = groups * c_out_g
@@ -601,6 +604,16 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch):
                                         neg = slope * val if leaky else zero
                                         val = neg if val < zero else val
                                     out[o_row + np.uint64(ox)] = val
+        # This worker's share of the pass-through planes (plane = plane_out,
+        # as the launcher checked), after its conv jobs: as in step 5.
+        n_pass = n_img * pass_count
+        for pass_i in range(wk * n_pass // n_workers, (wk + 1) * n_pass // n_workers):
+            pass_n = pass_i // pass_count
+            pass_c = pass_i % pass_count
+            from_at = np.uint64(pass_n * a_img + (pass_c0 + pass_c) * plane)
+            to_at = np.uint64(pass_n * out_img + (pass_out_c0 + pass_c) * plane)
+            for e in range(np.uint64(plane)):
+                out[to_at + e] = a[from_at + e]
 
 
 def plan(n_jobs_outer, c_in, h_out, w_out, dtype, workers):
@@ -646,6 +659,7 @@ def conv_winograd_4x4(
     a_conv_step=0,
     add_conv_step=0,
     scratch=None,
+    pass_through=None,
 ):
     """Launch the F(4x4, 3x3) kernel on prepared arguments.
 
@@ -655,6 +669,7 @@ def conv_winograd_4x4(
     activation : None, "relu" or "leaky_relu" (slope ``negative_slope``)
     residual : optional array shaped like ``out`` (C-contiguous, same dtype),
         added after the bias, before the activation, element by element.
+    pass_through : optional ``(c0, out_c0, count)``, as step 5's.
     """
     checked = check_launch(
         "conv_winograd_4x4",
@@ -677,6 +692,7 @@ def conv_winograd_4x4(
         a_conv_step=a_conv_step,
         add_conv_step=add_conv_step,
     )
+    passing = pass_through_record("conv_winograd_4x4", pass_through, a, out)
     if checked is None:
         return out
     c_in_g, per_conv = checked
@@ -737,6 +753,7 @@ def conv_winograd_4x4(
             ),
             Plan4(h, w, ph, pw, n, n_conv, rows, n_blocks, tbp),
             Scratch4(v_scr, m_scr, y_scr, p_scr),
+            passing,
         )
     )
     return out
