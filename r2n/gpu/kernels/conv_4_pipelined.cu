@@ -201,7 +201,8 @@ __device__ inline void conv2d_pipelined_body(R2N_CONV_PARAMS, R2N_CONV_MORE_PARA
             }
         };
         // Two inlined copies of the im2col fetch: with terms, and the summing
-        // one with the flag off (every other conv's, as it was).
+        // one with the flag off (every other conv's; its SASS grew by 19
+        // instructions per slice on the 32 x 64 tile, NOTES-gpu.md).
         auto fetch = [&](int k0, const int* tab) {
             if (LOAD == R2N_LOAD_IM2COL && add_on)
                 fetch_slice(k0, tab, true);
