@@ -337,6 +337,45 @@ def test_gemm_1x1_summed_slices_over_several_k_slices(ex, rng, dtype, tile):
     np.testing.assert_array_equal(out[:, 152:], before[:, 152:])
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize(
+    "c_out_g, k_splits, file",
+    [(5, 1, "conv_4_pipelined.cu"), (40, 1, "conv_4_pipelined.cu"), (5, 2, "conv_gemm.cu")],
+    ids=["narrow", "wide", "split"],
+)
+def test_im2col_summed_slices_equal_the_conv_of_the_sum(ex, rng, dtype, c_out_g, k_splits, file):
+    # float's im2col loads (the chain's convs i > 0) keep the addend's element
+    # in a register of its own and add it when the slice is stored into shared
+    # memory: the same sum x + a of the same two values as summing on load, so
+    # the output must equal, bit for bit, the same kernel's conv of x + a
+    # summed beforehand. 3 groups of 5 input channels: K = 45 rows, 3 slices of
+    # 16 with a tail of 13 (split: 2 splits of 2 and 1 slices), border taps on
+    # the 7x9 image; narrow (32 x 64) and wide (64 x 64) tiles, split-K.
+    x = randn(rng, 1, 17, 7, 9, dtype=dtype)
+    a = randn(rng, 1, 16, 7, 9, dtype=dtype)
+    weight = randn(rng, 3 * c_out_g, 5, 3, 3, dtype=dtype)
+    bias = randn(rng, 3 * c_out_g, dtype=dtype)
+    _read_only(x, a, weight, bias)
+    conv = dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=3, activation="relu")
+    conv.update(k_splits=k_splits, out_c0=2)
+    out = randn(rng, 1, 3 * c_out_g + 3, 7, 9, dtype=dtype)
+    before = out.copy()
+    ex.launches.clear()
+    gconv.launch_conv(ex, "4_pipelined", x, weight, bias, out, x_c0=1, add=a, add_c0=0, **conv)
+    assert ex.launches[-1][0] == file
+    summed = x[:, 1:16] + a[:, :15]  # in dtype, as the kernel sums
+    of_sum = out.copy()
+    gconv.launch_conv(ex, "4_pipelined", summed, weight, bias, of_sum, **conv)
+    assert ex.launches[-1] == ex.launches[-2]
+    channels = slice(2, 2 + 3 * c_out_g)
+    np.testing.assert_array_equal(out[:, channels], of_sum[:, channels])
+    args = _checks.conv2d_args("conv2d", summed, weight, bias, 1, 1, 1, 3)
+    expected = ref.conv2d(_f64(summed), _f64(weight), _f64(bias), **args)
+    assert_close(out[:, channels], np.maximum(expected, 0), dtype)
+    np.testing.assert_array_equal(out[:, :2], before[:, :2])
+    np.testing.assert_array_equal(out[:, channels.stop :], before[:, channels.stop :])
+
+
 def test_batch_zero_launches_nothing(ex, rng):
     case = (1, 4, 7, 9, 4, (3, 3), (1, 1), (1, 1), (1, 1), 1)
     _, weight, bias, _ = _conv_inputs(rng, case, np.float32)

@@ -131,8 +131,20 @@ __device__ inline void conv2d_pipelined_body(R2N_CONV_PARAMS, R2N_CONV_MORE_PARA
         // 4, where NVRTC happened to unswitch the flag test out of the loop).
         // float64 keeps the sum in the fetch: B_LOADS more doubles spill its
         // 128-register conv3 + shortcut GEMM.
-        constexpr bool DEFER_ADD =
-            (LOAD == R2N_LOAD_PLANE || LOAD == R2N_LOAD_PLANE_SHORTCUT) && sizeof(T) == 4;
+        //
+        // float im2col loads (this step; the Res2Net chain's convs i > 0 read
+        // x_i + y_{i-1}) likewise, in a copy of the fetch of their own (terms,
+        // below). There NVRTC did unswitch the flag test, but its add path
+        // waited for each element's two loads before fetching the next (the
+        // FADD right after them, inside the image-border branch): B_LOADS
+        // round trips per slice, one after another (4 on the 64 x 64 tile, 8
+        // on the chain's 32 x 64; SASS sm_80 / sm_90), where the path without
+        // addend waits for none; the H200 timed the chain's add-on-load step
+        // (3_fused) 1.2x slower than summing in a pass of its own
+        // (2_fused_epilogue), N=32.
+        constexpr bool DEFER_ADD = (LOAD == R2N_LOAD_PLANE || LOAD == R2N_LOAD_PLANE_SHORTCUT ||
+                                    LOAD == R2N_LOAD_IM2COL) &&
+                                   sizeof(T) == 4;
         const bool add_on = DEFER_ADD && (flags & R2N_CONV_ADD);
         T b_add[DEFER_ADD ? B_LOADS : 1];
 
@@ -144,7 +156,10 @@ __device__ inline void conv2d_pipelined_body(R2N_CONV_PARAMS, R2N_CONV_MORE_PARA
             if (LOAD == R2N_LOAD_IM2COL) conv_decode_k_rows<BK>(k0, tab, khw, kw, dh, dw);
         };
         // This thread's share of slice k0 into a_next / b_next, zero outside.
-        auto fetch_slice = [&](int k0, const int* tab) {
+        // ``terms`` (a constant at each call, see fetch): the float im2col
+        // fetch with an addend, whose elements go to b_add
+        // (conv_load_im2col_terms).
+        auto fetch_slice = [&](int k0, const int* tab, bool terms) {
             // Weights: row m of the group's (C_out_g x K) matrix is contiguous.
             const int ak = k0 + a_k;
 #pragma unroll
@@ -158,9 +173,13 @@ __device__ inline void conv2d_pipelined_body(R2N_CONV_PARAMS, R2N_CONV_MORE_PARA
                 const int kr = b_row0 + r * (NT / BN);
                 const int k = k0 + kr;
                 T v = T(0);
-                if (DEFER_ADD) b_add[DEFER_ADD ? r : 0] = T(0);
+                if (DEFER_ADD && (LOAD != R2N_LOAD_IM2COL || terms))
+                    b_add[DEFER_ADD ? r : 0] = T(0);
                 if (b_p_ok && k < K) {
-                    if (LOAD == R2N_LOAD_IM2COL)
+                    if (LOAD == R2N_LOAD_IM2COL && DEFER_ADD && terms)
+                        conv_load_im2col_terms<T, BK>(x, x_base, add, add_base, plane_in, tab, kr,
+                                                      iy0, ix0, h, w, v, b_add[DEFER_ADD ? r : 0]);
+                    else if (LOAD == R2N_LOAD_IM2COL)
                         v = conv_load_im2col<T, BK>(x, x_base, add, add_base, plane_in, tab, kr,
                                                     iy0, ix0, h, w, flags);
                     else if (DEFER_ADD && (LOAD == R2N_LOAD_PLANE || k < c_in_g)) {
@@ -181,6 +200,15 @@ __device__ inline void conv2d_pipelined_body(R2N_CONV_PARAMS, R2N_CONV_MORE_PARA
                 b_next[r] = v;
             }
         };
+        // Two inlined copies of the im2col fetch: with terms, and the summing
+        // one with the flag off (every other conv's; its SASS grew by 19
+        // instructions per slice on the 32 x 64 tile, NOTES-gpu.md).
+        auto fetch = [&](int k0, const int* tab) {
+            if (LOAD == R2N_LOAD_IM2COL && add_on)
+                fetch_slice(k0, tab, true);
+            else
+                fetch_slice(k0, tab, false);
+        };
 
         // All K slices, or under split-K this block's run of them.
         const int n_slices = (K + BK - 1) / BK;
@@ -188,7 +216,7 @@ __device__ inline void conv2d_pipelined_body(R2N_CONV_PARAMS, R2N_CONV_MORE_PARA
         if (k_splits > 1) conv_split_k_range(n_slices, k_splits, split, s_begin, s_end);
         decode_rows(s_begin * BK, k_tab);
         __syncthreads();
-        fetch_slice(s_begin * BK, k_tab);
+        fetch(s_begin * BK, k_tab);
         for (int s = s_begin; s < s_end; ++s) {
             // Every thread is past the previous slice's FMAs (the barrier at
             // the end of the loop), so the tiles can be overwritten; the
@@ -203,7 +231,7 @@ __device__ inline void conv2d_pipelined_body(R2N_CONV_PARAMS, R2N_CONV_MORE_PARA
             const bool more = s + 1 < s_end;
             if (more) decode_rows((s + 1) * BK, next_tab);
             __syncthreads();
-            if (more) fetch_slice((s + 1) * BK, next_tab);
+            if (more) fetch((s + 1) * BK, next_tab);
 #pragma unroll
             for (int kk = 0; kk < BK; ++kk) {
                 T a[TM], b[TN];

@@ -165,6 +165,26 @@ __device__ inline T conv_load_im2col(const T* x, idx_t x_base, const T* add, idx
                            ix0 + tab[2 * BK + kr], h, w, flags);
 }
 
+// The same element's two terms, not summed, for an input with an addend: the
+// input's into v, the addend's into a, both left as they are (the caller's
+// zeros) in the padding, so that v + a is conv_load_im2col's value bit for bit
+// (x + add, or 0 + 0 outside the image). For the pipelined bodies, which sum
+// the two when they store the slice into shared memory: an add right after
+// the loads made each thread wait for every element's round trip in turn
+// (SASS; conv_4_pipelined.cu says more).
+template <typename T, int BK>
+__device__ inline void conv_load_im2col_terms(const T* x, idx_t x_base, const T* add,
+                                              idx_t add_base, idx_t plane_in, const int* tab,
+                                              int kr, int iy0, int ix0, int h, int w, T& v,
+                                              T& a) {
+    const idx_t c_off = (idx_t)tab[kr] * plane_in;
+    const int iy = iy0 + tab[BK + kr], ix = ix0 + tab[2 * BK + kr];
+    if (iy < 0 || iy >= h || ix < 0 || ix >= w) return;
+    const idx_t off = (idx_t)iy * w + ix;
+    v = x[x_base + c_off + off];
+    a = add[add_base + c_off + off];
+}
+
 // The right matrix of a 1x1 / stride-1 / padding-0 conv is the input plane
 // itself (C_in_g x H*W, pixels contiguous): element (k, p), no im2col
 // arithmetic (gemm_1x1.cu).
