@@ -251,6 +251,22 @@ def _transform_kernel(weight, groups, packed):
 
 
 @_inline
+def _pass_through_share(a, a_img, out, out_img, plane, n_img, c0, out_c0, count, wk, n_workers):
+    """Worker ``wk`` of ``n_workers``'s share of the pass-through: channels c0 ..
+    c0 + count of every image of the flat input ``a`` copied, plane by plane,
+    to channels out_c0 .. of the flat output ``out`` (``a_img`` / ``out_img``
+    elements per image, ``plane`` per channel). Used by step 6 too."""
+    n_pass = n_img * count
+    for pass_i in range(wk * n_pass // n_workers, (wk + 1) * n_pass // n_workers):
+        pass_n = pass_i // count
+        pass_c = pass_i % count
+        from_at = np.uint64(pass_n * a_img + (c0 + pass_c) * plane)
+        to_at = np.uint64(pass_n * out_img + (out_c0 + pass_c) * plane)
+        for e in range(np.uint64(plane)):
+            out[to_at + e] = a[from_at + e]
+
+
+@_inline
 def _pair_sum(dst, d0, src, x0, x1, y0, y1, kind, count, one):
     """One of the 4 sums of the input transform, over ``count`` elements:
     dst[d0 + i] = (x0 - x1, y0 + x1, x1 - y0, y0 - y1)[kind] where x0 stands
@@ -629,14 +645,10 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch, pass_throu
                                     out[o_row + np.uint64(2 * pairs)] = v0
         # This worker's share of the pass-through planes (plane = plane_out,
         # as the launcher checked), after its conv jobs.
-        n_pass = n_img * pass_count
-        for pass_i in range(wk * n_pass // n_workers, (wk + 1) * n_pass // n_workers):
-            pass_n = pass_i // pass_count
-            pass_c = pass_i % pass_count
-            from_at = np.uint64(pass_n * a_img + (pass_c0 + pass_c) * plane)
-            to_at = np.uint64(pass_n * out_img + (pass_out_c0 + pass_c) * plane)
-            for e in range(np.uint64(plane)):
-                out[to_at + e] = a[from_at + e]
+        _pass_through_share(
+            a, a_img, out, out_img, plane, n_img, pass_c0, pass_out_c0, pass_count, wk,
+            n_workers,
+        )  # fmt: skip
 
 
 def plan(n_jobs_outer, c_in, h_out, w_out, dtype, workers):

@@ -75,7 +75,7 @@ from ..microkernel import (
     tile_half,
 )
 from . import v5_winograd
-from .v5_winograd import check_launch, pass_through_record
+from .v5_winograd import _pass_through_share, check_launch, pass_through_record
 
 #: Target size of a worker's V and M scratch (36 x (C_in + 32) floats per
 #: tile). Larger than step 5's 512 KiB, and than the 1 MiB L2: a job streams
@@ -606,14 +606,10 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch, pass_throu
                                     out[o_row + np.uint64(ox)] = val
         # This worker's share of the pass-through planes (plane = plane_out,
         # as the launcher checked), after its conv jobs: as in step 5.
-        n_pass = n_img * pass_count
-        for pass_i in range(wk * n_pass // n_workers, (wk + 1) * n_pass // n_workers):
-            pass_n = pass_i // pass_count
-            pass_c = pass_i % pass_count
-            from_at = np.uint64(pass_n * a_img + (pass_c0 + pass_c) * plane)
-            to_at = np.uint64(pass_n * out_img + (pass_out_c0 + pass_c) * plane)
-            for e in range(np.uint64(plane)):
-                out[to_at + e] = a[from_at + e]
+        _pass_through_share(
+            a, a_img, out, out_img, plane, n_img, pass_c0, pass_out_c0, pass_count, wk,
+            n_workers,
+        )  # fmt: skip
 
 
 def plan(n_jobs_outer, c_in, h_out, w_out, dtype, workers):
