@@ -171,8 +171,43 @@ def test_each_conv_and_chain_reports_the_algorithm_its_prepared_layer_ran(rng):
         "flops": report["flops"],
         "algorithm_flops": report["algorithm_flops"],
     }
+    # One row per block: its chain's algorithm counted the same way.
+    fused = profile.profile(
+        model, x, threads=1, peak_gflops=100.0, fused_blocks=True, min_time=0, min_reps=1
+    )
+    assert fused["algorithm_flops"] == report["algorithm_flops"]
+    assert {r["algorithm"] for r in fused["layers"] if r["op"] == "bottle2neck"} == seen
     text = profile_cli.format_report({**report, **_report_header()})
     assert "GFLOP in r2n's algorithms" in text and " F2 " in text
+
+
+@pytest.mark.parametrize(
+    "c, hw, n, algorithm",
+    [(64, 16, 1, "winograd_4x4"), (16, 10, 2, "winograd_2x2"), (256, 7, 1, "direct")],
+)
+def test_a_prepared_3x3_conv_reports_the_algorithm_it_ran(rng, c, hw, n, algorithm):
+    # TResNet's convs: the layer's own rule (F(4x4) on a 16x16 plane of 64
+    # channels, F(2x2) on 10x10 of 16, direct for 256 wide channels at 7x7)
+    # decides, and the count follows it; the output equals the plain layer's.
+    from r2n.params import FoldedConv
+
+    recorder = profile.Recorder()
+    layers = profile.ProfilingLayers("cpu", "numpy", recorder)
+    w = (rng.standard_normal((c, c, 3, 3)) / (3 * np.sqrt(c))).astype(np.float32)
+    b = rng.standard_normal(c).astype(np.float32)
+    conv = layers.conv(FoldedConv(w, b), padding=1, act="leaky_relu", slope=1e-3,
+                       name="body.layer1.0.conv1")  # fmt: skip
+    plain = Layers("cpu", "numpy").conv(FoldedConv(w, b), padding=1, act="leaky_relu", slope=1e-3)
+    x = _images(rng, n, hw)[:, :1].repeat(c, axis=1) + rng.standard_normal((n, c, hw, hw)).astype(
+        np.float32
+    )
+    recorder.recording = True
+    np.testing.assert_array_equal(conv(x), plain(x))
+    (record,) = recorder.records.values()
+    assert record.algorithm == algorithm
+    assert record.algorithm_flops == profile.multiply_flops(algorithm, n, c, c, (3, 3), hw, hw)
+    if algorithm != "direct":
+        assert record.algorithm_flops < record.flops
 
 
 def _report_header():

@@ -407,6 +407,17 @@ class ProfilingLayers(Layers):
             if params.shortcut is not None:
                 macs_out += int(np.prod(params.shortcut.weight.shape))
             flops = 2 * n * (h * w * int(np.prod(params.conv1.weight.shape)) + ho * wo * macs_out)
+            # The cpu backend's block says how its chain ran (on conv1's output,
+            # x's size); its 1x1 convs run the definition.
+            choose = getattr(layer, "algorithm", None)
+            algorithm = "direct" if choose is None else choose(x.shape)
+            chain_flops = {
+                alg: sum(
+                    multiply_flops(alg, n, k.shape[1], k.shape[0], k.shape[2:], ho, wo)
+                    for k in params.chain_weights
+                )
+                for alg in {"direct", algorithm}
+            }
             weights = params.map(np.asarray)
             arrays = [weights.conv1.weight, weights.conv3.weight, *weights.chain_weights]
             if weights.shortcut is not None:
@@ -416,6 +427,8 @@ class ProfilingLayers(Layers):
                 in_shape=tuple(x.shape),
                 out_shape=tuple(y.shape),
                 flops=flops,
+                algorithm=algorithm,
+                algorithm_flops=flops - chain_flops["direct"] + chain_flops[algorithm],
                 min_bytes=_nbytes(x, y, *arrays),
                 residual=True,
             )

@@ -189,11 +189,13 @@ class PreparedConv2d:
         shapes; ``r2n profile`` counts the FLOPs by it)."""
         if self.wino is None:
             return "direct"
-        n, _, h, w = x_shape
-        groups = self.geometry["groups"]
-        if not v5_winograd.use_winograd(self.c_in, groups, n, h, w):
-            return "direct"
+        # Both rules are asked with the output's size, whose tiles the
+        # Winograd convs compute (the same as the input's at padding 1).
+        n = x_shape[0]
         h_out, w_out = out_shape[2:]
+        groups = self.geometry["groups"]
+        if not v5_winograd.use_winograd(self.c_in, groups, n, h_out, w_out):
+            return "direct"
         if v6_winograd_4x4.use_winograd_4x4(self.c_in, groups, n, h_out, w_out):
             return "winograd_4x4"
         return "winograd_2x2"
@@ -249,6 +251,13 @@ class PreparedBottle2neckLayer:
         self._block = PreparedBottle2neck(params, args, self.dtype)
         # Later calls only need the shapes for their checks: keep no array twice.
         self.params = _shapes_only(params)
+
+    def algorithm(self, x_shape):
+        """How the block's chain runs its 3x3 convs for an input of ``x_shape``
+        (N, C_in, H, W): PreparedChain.algorithm on conv1's output (``r2n
+        profile --fused-blocks`` counts the FLOPs by it)."""
+        n, _, h, w = x_shape
+        return self._block.chain.algorithm(n, h, w)
 
     def __call__(self, x):
         """x (N, C_in, H, W) -> (N, C_out, H_out, W_out)."""

@@ -385,7 +385,14 @@ def pass_through_record(fname, pass_through, a, out):
     and the channels inside both arrays (else ValueError naming ``fname``)."""
     if pass_through is None:
         return PassThrough(0, 0, 0)
+    if len(pass_through) != 3 or any(int(v) != v for v in pass_through):
+        raise ValueError(
+            f"{fname}: pass_through must be None or 3 ints (c0, out_c0, count), "
+            f"got {pass_through!r}"
+        )
     c0, out_c0, count = (int(v) for v in pass_through)
+    if count == 0:
+        return PassThrough(0, 0, 0)
     if a.shape[2:] != out.shape[2:]:
         raise ValueError(
             f"{fname}: pass_through copies planes of a {a.shape[2:]} into out, whose "
