@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from cuda_emu import EmuExecutor
-from test_gpu_tensor_core_emulated import check_conv
+from test_gpu_tensor_core_emulated import canary_launch, check_conv
 
 from r2n import _checks
 from r2n.gpu import _runtime
@@ -50,34 +50,13 @@ def _case_id(case):
 
 
 def _run(ex, rng, case, precision, **launch):
-    """Launch the 1x1 GEMM on the case; return (out slice, x slice, weight,
-    bias, args, residual, activation), after checking the NaN canaries."""
-    n, c_in, h, w, c_out, groups, (has_bias, has_residual, activation), x_c0, out_c0 = case
-    x_full = rng.standard_normal((n, c_in + x_c0 + 1, h, w)).astype(np.float32)
-    # unscaled weights: the conv's terms outweigh the residual's, so the
-    # rounded-operand check can tell the roundings apart (check_conv)
-    weight = rng.standard_normal((c_out, c_in // groups, 1, 1)).astype(np.float32)
-    bias = rng.standard_normal(c_out).astype(np.float32) if has_bias else None
-    residual = None
-    out_c_total = c_out + out_c0 + 2
-    if has_residual:
-        residual = rng.standard_normal((n, out_c_total, h, w)).astype(np.float32)
-    out = np.full((n, out_c_total, h, w), np.nan, np.float32)
-    for a in (x_full, weight, bias, residual):
-        if a is not None:
-            a.flags.writeable = False
-    gconv.launch_conv(
-        ex, gconv.GEMM_1X1, x_full, weight, bias, out, stride=(1, 1), padding=(0, 0),
-        dilation=(1, 1), groups=groups, x_c0=x_c0, residual=residual, out_c0=out_c0,
-        activation=activation, negative_slope=0.2, precision=precision, **launch,
+    """The 1x1 GEMM on the case (tests/test_gpu_tensor_core_emulated.py's
+    canary_launch)."""
+    n, c_in, h, w, c_out, groups, epilogue, x_c0, out_c0 = case
+    return canary_launch(
+        ex, gconv.GEMM_1X1, rng, n, c_in, h, w, c_out, (1, 1), (1, 1), (0, 0), (1, 1), groups,
+        epilogue, x_c0, out_c0, precision, **launch,
     )  # fmt: skip
-    written = out[:, out_c0 : out_c0 + c_out]
-    assert not np.isnan(written).any(), "an output element was not written"
-    assert np.isnan(out[:, :out_c0]).all() and np.isnan(out[:, out_c0 + c_out :]).all()
-    x = x_full[:, x_c0 : x_c0 + c_in]
-    args = _checks.conv2d_args("conv2d", x, weight, bias, 1, 0, 1, groups)
-    res = None if residual is None else residual[:, out_c0 : out_c0 + c_out].astype(np.float64)
-    return written, x, weight, bias, args, res, activation
 
 
 @pytest.mark.parametrize("precision", tc.PRECISIONS)

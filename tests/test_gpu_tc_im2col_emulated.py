@@ -24,7 +24,7 @@ import pytest
 from cuda_emu import EmuExecutor
 from gpu_cases import chain_inputs
 from helpers import rel_err
-from test_gpu_tensor_core_emulated import check_conv
+from test_gpu_tensor_core_emulated import canary_launch, check_conv
 
 from r2n import _checks
 from r2n import reference as ref
@@ -70,36 +70,9 @@ def _case_id(case):
 
 
 def _run(ex, rng, case, precision, **launch):
-    """Launch step 5's variant on the case; return (out slice, x slice, weight,
-    bias, args, residual slice, activation), after checking the NaN canaries."""
-    n, c_in, h, w, c_out, kernel, stride, padding, dilation, groups = case[:10]
-    (has_bias, has_residual, activation), x_c0, out_c0 = case[10:]
-    x_full = rng.standard_normal((n, c_in + x_c0 + 1, h, w)).astype(np.float32)
-    # unscaled weights: the conv's terms outweigh the residual's, so the
-    # rounded-operand check can tell the roundings apart (check_conv)
-    weight = rng.standard_normal((c_out, c_in // groups, *kernel)).astype(np.float32)
-    bias = rng.standard_normal(c_out).astype(np.float32) if has_bias else None
-    x = x_full[:, x_c0 : x_c0 + c_in]
-    args = _checks.conv2d_args("conv2d", x, weight, bias, stride, padding, dilation, groups)
-    h_out, w_out = args["out_shape"][2:]
-    out_c_total = c_out + out_c0 + 2
-    residual = None
-    if has_residual:
-        residual = rng.standard_normal((n, out_c_total, h_out, w_out)).astype(np.float32)
-    out = np.full((n, out_c_total, h_out, w_out), np.nan, np.float32)
-    for a in (x_full, weight, bias, residual):
-        if a is not None:
-            a.flags.writeable = False
-    gconv.launch_conv(
-        ex, "5_tensor_core", x_full, weight, bias, out, stride=stride, padding=padding,
-        dilation=dilation, groups=groups, x_c0=x_c0, residual=residual, out_c0=out_c0,
-        activation=activation, negative_slope=0.2, precision=precision, **launch,
-    )  # fmt: skip
-    written = out[:, out_c0 : out_c0 + c_out]
-    assert not np.isnan(written).any(), "an output element was not written"
-    assert np.isnan(out[:, :out_c0]).all() and np.isnan(out[:, out_c0 + c_out :]).all()
-    res = None if residual is None else residual[:, out_c0 : out_c0 + c_out].astype(np.float64)
-    return written, x, weight, bias, args, res, activation
+    """Step 5's variant on the case (tests/test_gpu_tensor_core_emulated.py's
+    canary_launch: the multistage kernel where the switch sends it)."""
+    return canary_launch(ex, "5_tensor_core", rng, *case, precision, **launch)
 
 
 @pytest.mark.parametrize("precision", tc.PRECISIONS)

@@ -88,6 +88,44 @@ def _activation(v, activation):
     return v
 
 
+def canary_launch(ex, variant, rng, n, c_in, h, w, c_out, kernel, stride, padding, dilation,
+                  groups, epilogue, x_c0, out_c0, precision, **launch):  # fmt: skip
+    """Launch ``variant`` (r2n.gpu.conv.launch_conv) on read-only random inputs:
+    x read from channels x_c0 .. of a wider array, the output (and residual)
+    a channel slice from out_c0 of a NaN-filled array two channels wider;
+    ``epilogue`` = (bias?, residual?, activation). Checks the canaries (the
+    slice fully written, the channels around it untouched) and returns
+    (out slice, x slice, weight, bias, args, residual slice as float64 or
+    None, activation) for :func:`check_conv`."""
+    has_bias, has_residual, activation = epilogue
+    x_full = rng.standard_normal((n, c_in + x_c0 + 1, h, w)).astype(np.float32)
+    # unscaled weights: the conv's terms outweigh the residual's, so the
+    # rounded-operand check can tell the roundings apart (check_conv)
+    weight = rng.standard_normal((c_out, c_in // groups, *kernel)).astype(np.float32)
+    bias = rng.standard_normal(c_out).astype(np.float32) if has_bias else None
+    x = x_full[:, x_c0 : x_c0 + c_in]
+    args = _checks.conv2d_args("conv2d", x, weight, bias, stride, padding, dilation, groups)
+    h_out, w_out = args["out_shape"][2:]
+    out_c_total = c_out + out_c0 + 2
+    residual = None
+    if has_residual:
+        residual = rng.standard_normal((n, out_c_total, h_out, w_out)).astype(np.float32)
+    out = np.full((n, out_c_total, h_out, w_out), np.nan, np.float32)
+    for a in (x_full, weight, bias, residual):
+        if a is not None:
+            a.flags.writeable = False
+    gconv.launch_conv(
+        ex, variant, x_full, weight, bias, out, stride=stride, padding=padding,
+        dilation=dilation, groups=groups, x_c0=x_c0, residual=residual, out_c0=out_c0,
+        activation=activation, negative_slope=0.2, precision=precision, **launch,
+    )  # fmt: skip
+    written = out[:, out_c0 : out_c0 + c_out]
+    assert not np.isnan(written).any(), "an output element was not written"
+    assert np.isnan(out[:, :out_c0]).all() and np.isnan(out[:, out_c0 + c_out :]).all()
+    res = None if residual is None else residual[:, out_c0 : out_c0 + c_out].astype(np.float64)
+    return written, x, weight, bias, args, res, activation
+
+
 def check_conv(out, x, weight, bias, args, precision, residual=None, activation=None):
     """The three checks of the module docstring for one conv (+ bias + residual,
     then ReLU or LeakyReLU(0.2), both 1-Lipschitz: the bounds carry over)."""
