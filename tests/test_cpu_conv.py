@@ -406,6 +406,39 @@ def test_1x1_gemm_matches_the_reference(rng, launcher, case, epilogue, dtype):
     np.testing.assert_array_equal(outs[0], outs[1])
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", GEMM_1X1_CASES + GEMM_1X1_ROWS_CASES, ids=str)
+def test_1x1_rows_transposed_epilogue_changes_no_bit(rng, monkeypatch, case, dtype):
+    """conv_1x1_rows' in-register transpose (ROWS_TRANSPOSED) gives the bits
+    of the scalar epilogue alone, with a residual and a leaky ReLU, at 1
+    and 2 threads (parts of a plane that start inside a vector of pixels)."""
+    from r2n.cpu.conv import gemm_1x1
+
+    n, c_in, c_out, h, w, x_c0, out_c0 = case
+    x = randn(rng, n, x_c0 + c_in, h, w, dtype=dtype)
+    packed = microkernel.pack_weights(randn(rng, c_out, c_in, 1, 1, dtype=dtype), 1)
+    bias = randn(rng, c_out, dtype=dtype)
+    res = randn(rng, n, c_out, h, w, dtype=dtype)
+    outs = []
+    before = r2n.get_num_threads()
+    try:
+        for transposed in (False, True):
+            monkeypatch.setattr(gemm_1x1, "ROWS_TRANSPOSED", transposed)
+            for threads in sorted({1, min(2, before)}):
+                r2n.set_num_threads(threads)
+                out = np.full((n, out_c0 + c_out, h, w), np.nan, dtype)
+                gemm_1x1.conv_1x1_rows(
+                    x, packed, c_out, bias, out, out_c0=out_c0, activation="leaky_relu",
+                    negative_slope=0.1, residual=res, residual_c0=0, x_c0=x_c0, c_in=c_in,
+                )  # fmt: skip
+                outs.append(out)
+    finally:
+        r2n.set_num_threads(before)
+    for out in outs[1:]:
+        np.testing.assert_array_equal(out, outs[0])
+    assert not np.isnan(outs[0][:, out_c0:]).any()
+
+
 @pytest.mark.parametrize("itemsize", [4, 8])
 def test_1x1_gemm_job_split_covers_every_pixel_once(itemsize):
     """Chunks are whole vectors, the last runs to the plane's end and holds at
