@@ -322,6 +322,39 @@ def test_pass_through_adds_an_exact_copy_to_the_conv_launch(rng, four, n, dtype)
     assert np.isnan(out[:, [15, 16, 22]]).all()
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("four", [False, True], ids=["2x2", "4x4"])
+@pytest.mark.parametrize("c_out, groups", [(40, 1), (15, 3), (72, 2)], ids=str)
+def test_weight_prefetch_changes_no_bit(rng, monkeypatch, four, c_out, groups, dtype):
+    # The GEMMs' prefetch of their next weight block (PREFETCH_WEIGHTS) is a
+    # hint: on and off give the same bits, and both the reference's values,
+    # at 1 and 2 threads. Cases: 2 channel blocks (40 = 32 + a half block of
+    # 8 in float32), 3 groups of 5 (the next-group and wrap-around steps),
+    # 2 groups of 36 (a full block, then a zero-padded one, per group).
+    conv, transform = _winograd_launcher(four)
+    c_in_g = 5 if groups == 3 else 12
+    a = randn(rng, 2, groups * c_in_g, 7, 9, dtype=dtype)
+    weight = randn(rng, c_out, c_in_g, 3, 3, dtype=dtype)
+    u = transform(weight, groups)
+    bias = randn(rng, c_out, dtype=dtype)
+    ref = _reference_conv(a, weight, bias, stride=1, padding=1, dilation=1, groups=groups)
+    outs = []
+    before = r2n.get_num_threads()
+    try:
+        for prefetch in (False, True):
+            monkeypatch.setattr(winograd, "PREFETCH_WEIGHTS", prefetch)
+            for threads in sorted({1, min(2, before)}):
+                r2n.set_num_threads(threads)
+                out = np.full((2, c_out, 7, 9), np.nan, dtype)
+                conv(a, u, c_out, groups, (1, 1), bias, out, c_in_g=c_in_g)
+                outs.append(out)
+    finally:
+        r2n.set_num_threads(before)
+    for out in outs[1:]:
+        np.testing.assert_array_equal(out, outs[0])
+    assert_close(outs[0], ref, dtype)
+
+
 @pytest.mark.parametrize("four", [False, True], ids=["2x2", "4x4"])
 @pytest.mark.parametrize(
     "padding, pass_through, message",

@@ -76,8 +76,8 @@ def lanes(dtype) -> int:
     return VECTOR_BYTES // dtype.itemsize
 
 
-@functools.cache  # code, not data: a function of (t, nv) alone
-def tile_kernel(t: int, nv: int):
+@functools.cache  # code, not data: a function of (t, nv, prefetch) alone
+def tile_kernel(t: int, nv: int, prefetch: bool = False):
     """The micro-kernel for tiles of ``t`` pixels x ``nv`` channel vectors.
 
     Returns a Numba intrinsic callable from jitted code as
@@ -85,18 +85,24 @@ def tile_kernel(t: int, nv: int):
     ``w``, ``x``, ``tile`` 1-D C-contiguous arrays of one float dtype,
     ``offs`` a 1-D int64 array of at least ``k_len`` entries, and the rest
     int64. Writes ``tile[i * nv*L + c]`` for pixel ``i`` and channel ``c``.
+
+    With ``prefetch``, the kernel takes one more int64 argument, ``w_ahead``:
+    per ``k`` it also asks for the weight lines ``w_ahead`` values away
+    (into L2; a hint, which never faults, even outside ``w``), so that a
+    caller running its next block of weights from memory (the Winograd
+    GEMMs at batch 1, whose transformed weights are 16/9 or 4 times the
+    conv's) has them arrive while this block runs. ``w_ahead`` = 0: none.
     """
 
-    @intrinsic
-    def kernel(typingctx, w, w_base, x, x_base, offs, k_len, x_step, tile):
+    def typed(w, w_base, x, x_base, offs, k_len, x_step, tile, *ahead):
         if not (w.dtype == x.dtype == tile.dtype and w.dtype in (types.float32, types.float64)):
             return None
         n_lanes = VECTOR_BYTES * 8 // w.dtype.bitwidth  # lanes(): 16 float32, 8 float64
-        sig = types.void(w, w_base, x, x_base, offs, k_len, x_step, tile)
+        sig = types.void(w, w_base, x, x_base, offs, k_len, x_step, tile, *ahead)
 
         def codegen(context, builder, signature, args):
-            w_arr, w_base_v, x_arr, x_base_v, offs_arr, k_len_v, x_step_v, tile_arr = args
-            w_ty, _, x_ty, _, offs_ty, _, _, tile_ty = signature.args
+            w_arr, w_base_v, x_arr, x_base_v, offs_arr, k_len_v, x_step_v, tile_arr = args[:8]
+            w_ty, _, x_ty, _, offs_ty, _, _, tile_ty = signature.args[:8]
             i64 = ir.IntType(64)
             scalar = context.get_value_type(w_ty.dtype)
             vec = ir.VectorType(scalar, n_lanes)
@@ -120,28 +126,58 @@ def tile_kernel(t: int, nv: int):
             undef = ir.Constant(vec, ir.Undefined)
             block = ir.Constant(i64, nv * n_lanes)
 
-            with cgutils.for_range(builder, k_len_v) as loop:
-                k = loop.index
-                w_k = builder.gep(w_ptr, [builder.mul(k, block)])
-                weights = [
-                    builder.load(
-                        builder.bitcast(
-                            builder.gep(w_k, [ir.Constant(i64, j * n_lanes)]), vec_ptr
-                        ),
-                        align=1,
-                    )
-                    for j in range(nv)
-                ]
-                x_k = builder.gep(x_ptr, [builder.load(builder.gep(offs_ptr, [k]))])
-                for i in range(t):
-                    pixel = builder.load(
-                        builder.gep(x_k, [builder.mul(x_step_v, ir.Constant(i64, i))])
-                    )
-                    spread = builder.insert_element(undef, pixel, ir.Constant(ir.IntType(32), 0))
-                    spread = builder.shuffle_vector(spread, undef, lane_ids)
-                    for j in range(nv):
-                        total = builder.call(fma, [spread, weights[j], builder.load(acc[i][j])])
-                        builder.store(total, acc[i][j])
+            def reduction(w_ahead):
+                with cgutils.for_range(builder, k_len_v) as loop:
+                    k = loop.index
+                    w_k = builder.gep(w_ptr, [builder.mul(k, block)])
+                    weights = [
+                        builder.load(
+                            builder.bitcast(
+                                builder.gep(w_k, [ir.Constant(i64, j * n_lanes)]), vec_ptr
+                            ),
+                            align=1,
+                        )
+                        for j in range(nv)
+                    ]
+                    if w_ahead is not None:  # one 64-byte line per weight vector
+                        later = builder.gep(w_k, [w_ahead])
+                        for j in range(nv):
+                            line = builder.gep(later, [ir.Constant(i64, j * n_lanes)])
+                            builder.call(prefetch_fn, [builder.bitcast(line, i8_ptr), *l2_read])
+                    x_k = builder.gep(x_ptr, [builder.load(builder.gep(offs_ptr, [k]))])
+                    for i in range(t):
+                        pixel = builder.load(
+                            builder.gep(x_k, [builder.mul(x_step_v, ir.Constant(i64, i))])
+                        )
+                        spread = builder.insert_element(
+                            undef, pixel, ir.Constant(ir.IntType(32), 0)
+                        )
+                        spread = builder.shuffle_vector(spread, undef, lane_ids)
+                        for j in range(nv):
+                            total = builder.call(
+                                fma, [spread, weights[j], builder.load(acc[i][j])]
+                            )
+                            builder.store(total, acc[i][j])
+
+            if not prefetch:
+                reduction(None)
+            else:
+                i8_ptr = ir.IntType(8).as_pointer()
+                i32 = ir.IntType(32)
+                prefetch_fn = cgutils.get_or_insert_function(
+                    builder.module,
+                    ir.FunctionType(ir.VoidType(), [i8_ptr, i32, i32, i32]),
+                    "llvm.prefetch.p0i8",
+                )
+                # read, locality 2 (prefetcht1: into L2), data
+                l2_read = [ir.Constant(i32, 0), ir.Constant(i32, 2), ir.Constant(i32, 1)]
+                w_ahead = context.cast(builder, args[8], signature.args[8], types.int64)
+                has_ahead = builder.icmp_signed("!=", w_ahead, ir.Constant(i64, 0))
+                with builder.if_else(has_ahead) as (then, otherwise):
+                    with then:
+                        reduction(w_ahead)
+                    with otherwise:
+                        reduction(None)
 
             for i in range(t):
                 for j in range(nv):
@@ -150,6 +186,18 @@ def tile_kernel(t: int, nv: int):
             return context.get_dummy_value()
 
         return sig, codegen
+
+    if prefetch:
+
+        @intrinsic
+        def kernel(typingctx, w, w_base, x, x_base, offs, k_len, x_step, tile, w_ahead):
+            return typed(w, w_base, x, x_base, offs, k_len, x_step, tile, w_ahead)
+
+    else:
+
+        @intrinsic
+        def kernel(typingctx, w, w_base, x, x_base, offs, k_len, x_step, tile):
+            return typed(w, w_base, x, x_base, offs, k_len, x_step, tile)
 
     return kernel
 
@@ -167,6 +215,9 @@ TILE_VECTORS = 2
 #: narrower channel block (see block_layout).
 tile = tile_kernel(TILE_PIXELS, TILE_VECTORS)
 tile_half = tile_kernel(TILE_PIXELS, 1)
+#: The same with the ``w_ahead`` weight prefetch (the Winograd GEMMs).
+tile_prefetch = tile_kernel(TILE_PIXELS, TILE_VECTORS, True)
+tile_half_prefetch = tile_kernel(TILE_PIXELS, 1, True)
 
 
 def block_channels(dtype) -> int:

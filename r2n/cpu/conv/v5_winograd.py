@@ -83,8 +83,8 @@ from ..microkernel import (
     VECTOR_BYTES,
     block_channels,
     block_layout,
-    tile,
-    tile_half,
+    tile_half_prefetch,
+    tile_prefetch,
 )
 
 #: Target size of a worker's V and M scratch (16 x (C_in + 32) floats per
@@ -94,6 +94,14 @@ SCRATCH_BYTES = 512 * 2**10
 # The transforms' loop helpers, inlined into the kernel by Numba (as calls
 # they cost ~25 cycles each, 24 calls per input channel and tile block).
 _inline = numba.njit(inline="always", fastmath=FASTMATH)
+
+#: Whether the GEMMs ask for their next block of transformed weights while
+#: one runs (:func:`winograd_gemms`). At batch 1 each block (C_in x 32
+#: values per xi: 32 KiB at 256 channels) is used by few tiles, and in a
+#: forward the weights come from memory: U is 16/9 (F(2x2)) or 4 (F(4x4))
+#: times the conv's weights, 4 MB for one 256-channel conv. A switch for
+#: side-by-side timing (NOTES.md).
+PREFETCH_WEIGHTS = True
 
 #: use_winograd's lines: input channels per group, image height and width,
 #: and for wide groups, 2x2 output tiles in the batch or the tiles' waste.
@@ -267,6 +275,44 @@ def _pass_through_share(a, a_img, out, out_img, plane, n_img, c0, out_c0, count,
 
 
 @_inline
+def winograd_gemms(
+    n_xi, u, u_conv, xi_stride, g, group_stride, groups, ob, blocks, blk, bw,
+    c_in, c_in_g, v, offs, tbp, m, m_step, n_calls, per_row, calls_per_row, pitch,
+    w_prefetch,
+):  # fmt: skip
+    """A job's ``n_xi`` GEMMs for output-channel block ``ob`` of group ``g``
+    (steps 5 and 6): ``M[xi] = U[xi] @ V[xi]`` through the micro-kernel, 7
+    tiles x ``bw`` channels per call (``n_calls`` calls, per tile row when
+    ``per_row``). With ``w_prefetch``, every call also asks for the weight
+    lines of the block the loop runs next: ``xi + 1``, else the next
+    channel block's, else the next group's, else this conv's first (the
+    worker's next job, a later tile block of the same conv, starts there).
+    """
+    for xi in range(n_xi):
+        u_base = u_conv + xi * xi_stride + g * group_stride + ob * c_in_g * blk
+        if xi + 1 < n_xi:
+            u_next = u_base + xi_stride
+        elif ob + 1 < blocks:
+            u_next = u_conv + g * group_stride + (ob + 1) * c_in_g * blk
+        elif g + 1 < groups:
+            u_next = u_conv + (g + 1) * group_stride
+        else:
+            u_next = u_conv
+        ahead = u_next - u_base if w_prefetch else 0
+        x_base = (xi * c_in + g * c_in_g) * tbp
+        for call in range(n_calls):
+            if per_row:
+                i0 = (call // calls_per_row) * pitch + (call % calls_per_row) * TILE_PIXELS
+            else:
+                i0 = call * TILE_PIXELS
+            dst_m = m[xi * m_step + i0 * bw :]
+            if bw == blk:
+                tile_prefetch(u, u_base, v, x_base + i0, offs, c_in_g, 1, dst_m, ahead)
+            else:
+                tile_half_prefetch(u, u_base, v, x_base + i0, offs, c_in_g, 1, dst_m, ahead)
+
+
+@_inline
 def _pair_sum(dst, d0, src, x0, x1, y0, y1, kind, count, one):
     """One of the 4 sums of the input transform, over ``count`` elements:
     dst[d0 + i] = (x0 - x1, y0 + x1, x1 - y0, y0 - y1)[kind] where x0 stands
@@ -309,7 +355,8 @@ class Source(NamedTuple):
 class WinogradWeights(NamedTuple):
     """transform_weights(...) of each conv, concatenated (``conv_stride``
     elements per conv), ``offsets`` (k * tbp for the micro-kernel), the
-    grouping and the (n_conv * C_out,) bias."""
+    grouping, the (n_conv * C_out,) bias, and whether the GEMMs prefetch
+    their next block of weights (:data:`PREFETCH_WEIGHTS`)."""
 
     packed_u: np.ndarray
     conv_stride: int
@@ -318,6 +365,7 @@ class WinogradWeights(NamedTuple):
     groups: int
     c_out_g: int
     bias: np.ndarray
+    prefetch: bool
 
 
 class WinogradOutput(NamedTuple):
@@ -447,7 +495,7 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch, pass_throu
     """
     a, a_img, a_c0, a_conv_step, _ = source
     add_data, add_img, add_c0, add_conv_step, has_add = add
-    u, u_conv_stride, offs, c_in_g, groups, c_out_g, bias = weights
+    u, u_conv_stride, offs, c_in_g, groups, c_out_g, bias, w_prefetch = weights
     out, out_img, out_c0, h_out, w_out, apply_relu, resid, has_resid, slope_f = output
     h, w, ph, pw, n_img, n_conv, rows_per_block, n_row_blocks, tbp = geometry
     v_scr, m_scr, y_scr, p_scr = scratch
@@ -572,21 +620,11 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch, pass_throu
             for g in range(groups):
                 for ob in range(blocks):
                     bw = blk if ob < full else blk // 2
-                    for xi in range(16):
-                        u_base = conv_i * u_conv_stride + xi * xi_stride + g * group_stride
-                        u_base += ob * c_in_g * blk
-                        x_base = (xi * c_in + g * c_in_g) * tbp
-                        for call in range(n_calls):
-                            if per_row:
-                                i0 = (call // calls_per_row) * pitch
-                                i0 += (call % calls_per_row) * TILE_PIXELS
-                            else:
-                                i0 = call * TILE_PIXELS
-                            dst_m = m[xi * m_step + i0 * bw :]
-                            if bw == blk:
-                                tile(u, u_base, v, x_base + i0, offs, c_in_g, 1, dst_m)
-                            else:
-                                tile_half(u, u_base, v, x_base + i0, offs, c_in_g, 1, dst_m)
+                    winograd_gemms(
+                        16, u, conv_i * u_conv_stride, xi_stride, g, group_stride, groups, ob,
+                        blocks, blk, bw, c_in, c_in_g, v, offs, tbp, m, m_step, n_calls,
+                        per_row, calls_per_row, pitch, w_prefetch,
+                    )  # fmt: skip
                     # Y = A^T M A, a tile row at a time (S and Y stay in L1; the
                     # unused tile and channels too: flat loops) ...
                     el = np.uint64(pitch * bw)
@@ -896,6 +934,7 @@ def conv_winograd(
                 groups,
                 c_out // groups,
                 kernel_input(bias),
+                PREFETCH_WEIGHTS,
             ),
             WinogradOutput(
                 out.reshape(-1),

@@ -71,11 +71,14 @@ from ..microkernel import (
     VECTOR_BYTES,
     block_channels,
     block_layout,
-    tile,
-    tile_half,
 )
 from . import v5_winograd
-from .v5_winograd import _pass_through_share, check_launch, pass_through_record
+from .v5_winograd import (
+    _pass_through_share,
+    check_launch,
+    pass_through_record,
+    winograd_gemms,
+)
 
 #: Target size of a worker's V and M scratch (36 x (C_in + 32) floats per
 #: tile). Larger than step 5's 512 KiB, and than the 1 MiB L2: a job streams
@@ -314,7 +317,9 @@ class Source4(NamedTuple):
 
 class Weights4(NamedTuple):
     """transform_weights(...) of each conv concatenated (``conv_stride``
-    elements per conv), ``offsets`` (k * tbp), the grouping, the bias."""
+    elements per conv), ``offsets`` (k * tbp), the grouping, the bias, and
+    whether the GEMMs prefetch their next block of weights (step 5's
+    ``PREFETCH_WEIGHTS``)."""
 
     packed_u: np.ndarray
     conv_stride: int
@@ -323,6 +328,7 @@ class Weights4(NamedTuple):
     groups: int
     c_out_g: int
     bias: np.ndarray
+    prefetch: bool
 
 
 class Output4(NamedTuple):
@@ -387,7 +393,7 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch, pass_throu
     """
     a, a_img, a_c0, a_conv_step, _ = source
     add_data, add_img, add_c0, add_conv_step, has_add = add
-    u, u_conv_stride, offs, c_in_g, groups, c_out_g, bias = weights
+    u, u_conv_stride, offs, c_in_g, groups, c_out_g, bias, w_prefetch = weights
     out, out_img, out_c0, h_out, w_out, resid, has_resid, apply_relu, slope_f = output
     h, w, ph, pw, n_img, n_conv, rows_per_block, n_row_blocks, tbp = geometry
     v_scr, m_scr, y_scr, p_scr = scratch
@@ -518,21 +524,11 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch, pass_throu
             for g in range(groups):
                 for ob in range(blocks):
                     bw = blk if ob < full else blk // 2
-                    for xi in range(36):
-                        u_base = conv_i * u_conv_stride + xi * xi_stride + g * group_stride
-                        u_base += ob * c_in_g * blk
-                        x_base = (xi * c_in + g * c_in_g) * tbp
-                        for call in range(n_calls):
-                            if per_row:
-                                i0 = (call // calls_per_row) * pitch
-                                i0 += (call % calls_per_row) * TILE_PIXELS
-                            else:
-                                i0 = call * TILE_PIXELS
-                            dst_m = m[xi * m_step + i0 * bw :]
-                            if bw == blk:
-                                tile(u, u_base, v, x_base + i0, offs, c_in_g, 1, dst_m)
-                            else:
-                                tile_half(u, u_base, v, x_base + i0, offs, c_in_g, 1, dst_m)
+                    winograd_gemms(
+                        36, u, conv_i * u_conv_stride, xi_stride, g, group_stride, groups, ob,
+                        blocks, blk, bw, c_in, c_in_g, v, offs, tbp, m, m_step, n_calls,
+                        per_row, calls_per_row, pitch, w_prefetch,
+                    )  # fmt: skip
                     # A tile row of M is el values; S and Y rows are el rounded
                     # up to CHUNK apart (the loops run over whole chunks).
                     el_count = np.uint64(pitch * bw)
@@ -735,6 +731,7 @@ def conv_winograd_4x4(
                 groups,
                 c_out // groups,
                 kernel_input(bias),
+                v5_winograd.PREFETCH_WEIGHTS,
             ),
             Output4(
                 out.reshape(-1),
