@@ -17,6 +17,9 @@
 ``serial`` is the same without ``parallel``. ``jit(**options)`` makes such a
 decorator for other options (``r2n._bench`` uses it).
 
+``run_small`` launches a kernel on the calling thread alone when the op is
+too small to pay for waking the workers (``SMALL_OP_BYTES``).
+
 Importing this module loads Numba's OpenMP layer (``load_openmp``) with
 GNU OpenMP's idle threads sleeping instead of spinning: see ``WAIT_POLICY``.
 """
@@ -141,6 +144,57 @@ def load_openmp() -> None:
 
 
 load_openmp()
+
+
+#: Per op: below this many bytes read and written, the op's kernel runs on
+#: the calling thread alone (``run_small``). With the passive wait policy
+#: above, every parallel region at 2+ threads first wakes a sleeping worker:
+#: 40-90 us on the 2-core development VM (benchmarks/region_overhead.py;
+#: ~60 us per region in benchmarks/small_ops.py), while a memory-bound op
+#: gains at most half its one-thread time from a second thread, less when
+#: the two threads share the memory bandwidth. So splitting pays only above
+#: ~150-200 us of one-thread work (measured on TResNet-M's ops at batch 1, 2
+#: and 8: benchmarks/results/NOTES.md, "Small ops on the calling thread").
+#: Each value is that time at the kernel's own one-thread rate, which
+#: differs 5x between kernels: the 2x2 average pool streams ~50-75 GB/s
+#: (wide rows; ~28 GB/s on 7-wide ones), squeeze_excite ~45, the global pool
+#: and space_to_depth ~25, the blur pool and the general pools 10-20. At
+#: batch 1 every TResNet-M pool, blur pool and squeeze-excite is below its
+#: value; the stem max pool of Res2Net (4 MB) is not.
+SMALL_OP_BYTES = {
+    "avg_pool2d_2x2": 6 << 20,
+    "avg_pool2d": 2 << 20,
+    "max_pool2d": 2 << 20,
+    "global_avg_pool2d": 3 << 20,
+    "space_to_depth": 3 << 20,
+    "blur_pool2d": 2 << 20,
+    "squeeze_excite": 6 << 20,
+}
+
+
+def run_small(op: str, kernel_fn, nbytes: int, *args) -> None:
+    """``kernel_fn(*args)``, on the calling thread alone when ``nbytes``
+    (the bytes the op reads and writes) is below ``SMALL_OP_BYTES[op]``.
+
+    The kernel is the same compiled code either way and each ``prange``
+    iteration computes its outputs by itself, so the result is the same
+    bit for bit at every thread count; only where it runs changes. Numba's
+    thread count is per calling thread and restored on the way out (also
+    when the kernel raises).
+    """
+    if nbytes >= SMALL_OP_BYTES[op]:
+        kernel_fn(*args)
+        return
+    threads = numba.get_num_threads()
+    if threads == 1:
+        kernel_fn(*args)
+        return
+    numba.set_num_threads(1)
+    try:
+        kernel_fn(*args)
+    finally:
+        numba.set_num_threads(threads)
+
 
 kernel = jit(parallel=True, fastmath=FASTMATH)
 serial = jit(fastmath=FASTMATH)
