@@ -149,26 +149,30 @@ load_openmp()
 #: Per op: below this many bytes read and written, the op's kernel runs on
 #: the calling thread alone (``run_small``). With the passive wait policy
 #: above, every parallel region at 2+ threads first wakes a sleeping worker:
-#: 40-90 us on the 2-core development VM (benchmarks/region_overhead.py;
-#: ~60 us per region in benchmarks/small_ops.py), while a memory-bound op
-#: gains at most half its one-thread time from a second thread, less when
-#: the two threads share the memory bandwidth. So splitting pays only above
-#: ~150-200 us of one-thread work (measured on TResNet-M's ops at batch 1, 2
-#: and 8: benchmarks/results/NOTES.md, "Small ops on the calling thread").
-#: Each value is that time at the kernel's own one-thread rate, which
-#: differs 5x between kernels: the 2x2 average pool streams ~50-75 GB/s
-#: (wide rows; ~28 GB/s on 7-wide ones), squeeze_excite ~45, the global pool
-#: and space_to_depth ~25, the blur pool and the general pools 10-20. At
-#: batch 1 every TResNet-M pool, blur pool and squeeze-excite is below its
-#: value; the stem max pool of Res2Net (4 MB) is not.
+#: 40-90 us on the 2-core development VM (benchmarks/region_overhead.py),
+#: ~30-110 us more than the same call on one thread in
+#: benchmarks/small_ops.py at batch 1. A second thread saves at most half
+#: the one-thread time, less for the streaming ops (the two threads share
+#: the memory bandwidth), so splitting pays from ~80-100 us of one-thread
+#: work for the blur pool (compute-bound: 1.28x faster split at 166 us) and
+#: from ~150 us for the streaming ops. Each value is that time at the
+#: kernel's own one-thread rate, which differs 5x between kernels: the
+#: blur pool ~12 GB/s, space_to_depth and the global pool ~25,
+#: squeeze_excite ~45, the 2x2 average pool ~75 on wide rows (~28 on
+#: 7-wide ones). Measured on TResNet-M's ops at batch 1, 2 and 8
+#: (benchmarks/results/NOTES.md, "Small ops on the calling thread"). At
+#: batch 1 every TResNet-M pool and squeeze-excite is below its value, and
+#: so is the smallest blur pool; at batch 8 none is but the 2x2 pool's
+#: 128-channel one. The general pools' 2 MiB is not measured separately:
+#: it keeps Res2Net's stem max pool (4 MB at batch 1) split, as it was.
 SMALL_OP_BYTES = {
     "avg_pool2d_2x2": 6 << 20,
     "avg_pool2d": 2 << 20,
     "max_pool2d": 2 << 20,
     "global_avg_pool2d": 3 << 20,
-    "space_to_depth": 3 << 20,
-    "blur_pool2d": 2 << 20,
-    "squeeze_excite": 6 << 20,
+    "space_to_depth": 2 << 20,
+    "blur_pool2d": 3 << 18,
+    "squeeze_excite": 4 << 20,
 }
 
 
