@@ -16,7 +16,7 @@ import itertools
 
 import numpy as np
 import pytest
-from helpers import DTYPES, assert_close, randn
+from helpers import DTYPES, assert_close, randn, t64
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
@@ -424,13 +424,19 @@ def small_op_rule(request, monkeypatch):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_avg_pool2d_2x2_stride_2_matches_reference(shape, ceil_mode, dtype, small_op_rule, rng):
     # TResNet's and res2net50d's shortcut pool: its own kernel, odd planes
-    # with the ceil-mode overhang on the last row, column or both.
+    # with the ceil-mode overhang on the last row, column or both; against
+    # the float64 reference and PyTorch.
+    F = pytest.importorskip("torch.nn.functional")
     x = randn(rng, *shape, dtype=dtype)
     args = dict(kernel_size=2, stride=2, padding=0, ceil_mode=ceil_mode)
     if not ceil_mode and min(shape[2:]) < 2:
         return  # no window (rejected by the shared checks, tested elsewhere)
     for count_include_pad in (True, False):
-        _compare("avg_pool2d", (x,), dict(args, count_include_pad=count_include_pad), dtype)
+        (out,) = _compare(
+            "avg_pool2d", (x,), dict(args, count_include_pad=count_include_pad), dtype
+        )
+        torch_out = F.avg_pool2d(t64(x), count_include_pad=count_include_pad, **args)
+        assert_close(out, torch_out.numpy())
 
 
 def _small_op_calls(rng, dtype, n):
