@@ -149,22 +149,23 @@ load_openmp()
 #: Per op: below this many bytes read and written, the op's kernel runs on
 #: the calling thread alone (``run_small``). With the passive wait policy
 #: above, every parallel region at 2+ threads first wakes a sleeping worker:
-#: 40-90 us on the 2-core development VM (benchmarks/region_overhead.py),
-#: ~30-110 us more than the same call on one thread in
-#: benchmarks/small_ops.py at batch 1. A second thread saves at most half
+#: 40-90 us on the 2-core development VM (benchmarks/region_overhead.py);
+#: in benchmarks/small_ops.py at batch 1 a call split in 2 took 20-55 us
+#: per region more than on one thread. A second thread saves at most half
 #: the one-thread time, less for the streaming ops (the two threads share
-#: the memory bandwidth), so splitting pays from ~80-100 us of one-thread
-#: work for the blur pool (compute-bound: 1.28x faster split at 166 us) and
-#: from ~150 us for the streaming ops. Each value is that time at the
-#: kernel's own one-thread rate, which differs 5x between kernels: the
-#: blur pool ~12 GB/s, space_to_depth and the global pool ~25,
-#: squeeze_excite ~45, the 2x2 average pool ~75 on wide rows (~28 on
-#: 7-wide ones). Measured on TResNet-M's ops at batch 1, 2 and 8
-#: (benchmarks/results/NOTES.md, "Small ops on the calling thread"). At
-#: batch 1 every TResNet-M pool and squeeze-excite is below its value, and
-#: so is the smallest blur pool; at batch 8 none is but the 2x2 pool's
-#: 128-channel one. The general pools' 2 MiB is not measured separately:
-#: it keeps Res2Net's stem max pool (4 MB at batch 1) split, as it was.
+#: the memory bandwidth), so splitting pays from ~90 us of one-thread work
+#: for the blur pool (compute-bound: 1.28x faster split at 166 us, 1.08x
+#: at 102, 1.6x slower at 62) and from ~100-150 us for the streaming ops.
+#: Each value is about that time at the kernel's own one-thread rate, which
+#: differs 5x between kernels: the blur pool ~12 GB/s, space_to_depth and
+#: the global pool ~25, squeeze_excite ~45, the 2x2 average pool ~75 on
+#: wide rows (~28 on 7-wide ones). Measured on TResNet-M's ops at batch 1,
+#: 2 and 8 (benchmarks/results/NOTES.md, "Small ops on the calling
+#: thread"). At batch 1 every TResNet-M pool, space_to_depth and
+#: squeeze-excite is below its value, and so is the smallest blur pool; at
+#: batch 8 none is but the 2x2 pool's 128-channel one. The general pools'
+#: 2 MiB is not measured separately: it keeps Res2Net's stem max pool (4 MB
+#: at batch 1) split, as it was.
 SMALL_OP_BYTES = {
     "avg_pool2d_2x2": 6 << 20,
     "avg_pool2d": 2 << 20,

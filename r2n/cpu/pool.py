@@ -146,7 +146,7 @@ def _avg_pool2d_2x2_kernel(x, out):
     columns of every window as interleaved vectors (as the max pool's 3x3
     stride 2 case). 5-6.5x faster than ``_avg_pool2d_kernel`` on TResNet's
     three shortcut pools at 1 thread (a prange over rows with a row view
-    each was 2-3.5x slower than this: views and a division per row cost
+    each was 2-3.6x slower than this: views and a division per row cost
     more than a 7-wide row's adds). Without padding ``count_include_pad``
     changes nothing: a ceil-mode window overhanging the last row or column
     counts only its input elements (PyTorch's rule), so the divisor is 4, 2
