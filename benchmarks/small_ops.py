@@ -28,8 +28,8 @@ import numpy as np
 
 from r2n.cpu import _jit, layers, pool
 
-# (name, op, x shape at batch 1 without N, nbytes multiplier of x.nbytes + out
-# shape factor): tresnet_m at 224x224.
+# (label, op, x's (C, H, W)): tresnet_m's small ops at 224x224; "se_basic" is
+# a BasicBlock's SE with the residual add and ReLU, "se_bottleneck" without.
 TRESNET_M = (
     ("s2d", "space_to_depth", (3, 224, 224)),
     ("avg_pool layer2.0", "avg_pool2d", (64, 56, 56)),
