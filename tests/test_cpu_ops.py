@@ -16,7 +16,7 @@ import itertools
 
 import numpy as np
 import pytest
-from helpers import DTYPES, assert_close, randn
+from helpers import DTYPES, assert_close, randn, t64
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
@@ -400,6 +400,146 @@ def test_kernels_compile_once_per_dtype_for_every_layout(rng):
         r2n.max_pool2d(a, 2, backend="cpu")
     sigs = [s for s in pool._max_pool2d_kernel.signatures if str(s[0].dtype) == "float64"]
     assert len(sigs) == 1, sigs
+
+
+# --------------------------------------------------------------------------- #
+# The 2x2 average pool's own kernel, and small ops on the calling thread
+# --------------------------------------------------------------------------- #
+
+
+@pytest.fixture(params=["calling_thread", "split"])
+def small_op_rule(request, monkeypatch):
+    """Run every small op on the calling thread alone, or split across the
+    threads however small it is (r2n.cpu._jit.SMALL_OP_BYTES 2**62 or 0):
+    the test shapes are tiny, so without this only the first path ran."""
+    from r2n.cpu import _jit
+
+    limit = 1 << 62 if request.param == "calling_thread" else 0
+    monkeypatch.setattr(_jit, "SMALL_OP_BYTES", dict.fromkeys(_jit.SMALL_OP_BYTES, limit))
+    return request.param
+
+
+@pytest.mark.parametrize("ceil_mode", [False, True])
+@pytest.mark.parametrize("shape", [(1, 3, 7, 9), (3, 5, 8, 10), (1, 15, 9, 7), (3, 5, 1, 1)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_avg_pool2d_2x2_stride_2_matches_reference(shape, ceil_mode, dtype, small_op_rule, rng):
+    # TResNet's and res2net50d's shortcut pool: its own kernel, odd planes
+    # with the ceil-mode overhang on the last row, column or both; against
+    # the float64 reference and PyTorch.
+    F = pytest.importorskip("torch.nn.functional")
+    x = randn(rng, *shape, dtype=dtype)
+    args = dict(kernel_size=2, stride=2, padding=0, ceil_mode=ceil_mode)
+    if not ceil_mode and min(shape[2:]) < 2:
+        return  # no window (rejected by the shared checks, tested elsewhere)
+    for count_include_pad in (True, False):
+        (out,) = _compare(
+            "avg_pool2d", (x,), dict(args, count_include_pad=count_include_pad), dtype
+        )
+        torch_out = F.avg_pool2d(t64(x), count_include_pad=count_include_pad, **args)
+        assert_close(out, torch_out.numpy())
+
+
+def _small_op_calls(rng, dtype, n):
+    """(name, call(out) -> out, out shape) for each op that goes through run_small,
+    at odd shapes, through the r2n.cpu functions that take ``out=``."""
+    from r2n.cpu import layers, pool
+
+    x = randn(rng, n, 15, 7, 9, dtype=dtype)
+    residual = randn(rng, n, 15, 7, 9, dtype=dtype)
+    se = (randn(rng, 4, 15, 1, 1, dtype=dtype), randn(rng, 4, dtype=dtype),
+          randn(rng, 15, 4, 1, 1, dtype=dtype), randn(rng, 15, dtype=dtype))  # fmt: skip
+    pad = dict(padding=(1, 1), ceil_mode=True)
+    return [
+        ("avg_pool2d 2x2", lambda out: pool.avg_pool2d(
+            x, kernel_size=(2, 2), stride=(2, 2), padding=(0, 0), ceil_mode=True,
+            count_include_pad=False, out_shape=out.shape, out=out), (n, 15, 4, 5)),
+        ("avg_pool2d 3x2", lambda out: pool.avg_pool2d(
+            x, kernel_size=(3, 2), stride=(2, 2), count_include_pad=True, out_shape=out.shape,
+            out=out, **pad), (n, 15, 4, 6)),
+        ("max_pool2d", lambda out: pool.max_pool2d(
+            x, kernel_size=(3, 3), stride=(2, 2), out_shape=out.shape, out=out, **pad),
+         (n, 15, 4, 5)),
+        ("global_avg_pool2d", lambda out: pool.global_avg_pool2d(x, out=out), (n, 15)),
+        ("blur_pool2d", lambda out: layers.blur_pool2d(x, out=out), (n, 15, 4, 5)),
+        ("space_to_depth", lambda out: layers.space_to_depth(
+            x[:, :, :6], block_size=3, out=out), (n, 135, 2, 3)),
+        ("squeeze_excite", lambda out: layers.squeeze_excite(x, *se, out=out), x.shape),
+        ("squeeze_excite + residual, relu", lambda out: layers.squeeze_excite(
+            x, *se, residual=residual, relu=True, out=out), x.shape),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_small_ops_write_only_their_output(n, dtype, small_op_rule, rng):
+    # out= a slice of a NaN-filled buffer: the elements around it stay NaN.
+    margin = 37
+    for name, call, shape in _small_op_calls(rng, dtype, n):
+        size = int(np.prod(shape))
+        buffer = np.full(size + 2 * margin, np.nan, dtype=dtype)
+        out = buffer[margin : margin + size].reshape(shape)
+        assert call(out) is out, name
+        assert np.isfinite(out).all(), name
+        assert np.isnan(buffer[:margin]).all() and np.isnan(buffer[margin + size :]).all(), name
+
+
+@pytest.mark.skipif(
+    pytest.importorskip("numba").config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads"
+)
+@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_small_ops_are_bit_identical_at_1_and_2_threads_and_either_rule(
+    n, dtype, monkeypatch, rng
+):
+    # The same result, bit for bit, at 1 thread, at 2 threads split, and at
+    # 2 threads on the calling thread (run_small): only where it runs changes.
+    from r2n.cpu import _jit
+
+    results = {}
+    before = r2n.get_num_threads()
+    try:
+        for threads, limit in [(1, 0), (2, 0), (2, 1 << 62)]:
+            r2n.set_num_threads(threads)
+            monkeypatch.setattr(_jit, "SMALL_OP_BYTES", dict.fromkeys(_jit.SMALL_OP_BYTES, limit))
+            calls = _small_op_calls(np.random.default_rng(5), dtype, n)
+            results[threads, limit] = [call(np.empty(shape, dtype)) for _, call, shape in calls]
+            assert r2n.get_num_threads() == threads  # run_small restored it
+    finally:
+        r2n.set_num_threads(before)
+    names = [name for name, _, _ in _small_op_calls(rng, dtype, n)]
+    first, *others = results.values()
+    for other in others:
+        for name, a, b in zip(names, first, other, strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_run_small_restores_the_thread_count_when_the_kernel_raises():
+    from r2n.cpu import _jit
+
+    def failing_kernel():
+        assert r2n.get_num_threads() == 1
+        raise RuntimeError("from the kernel")
+
+    before = r2n.get_num_threads()
+    with pytest.raises(RuntimeError, match="from the kernel"):
+        _jit.run_small("squeeze_excite", failing_kernel, 0)
+    assert r2n.get_num_threads() == before
+
+
+@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_squeeze_excite_with_residual_and_relu_matches_float64(n, dtype, small_op_rule, rng):
+    # Batch 1 runs the per-plane kernel, batch 3 the per-image one.
+    from r2n.cpu import layers
+
+    x = randn(rng, n, 15, 7, 9, dtype=dtype)
+    residual = randn(rng, n, 15, 7, 9, dtype=dtype)
+    w1, b1 = randn(rng, 5, 15, 1, 1, dtype=dtype), randn(rng, 5, dtype=dtype)
+    w2, b2 = randn(rng, 15, 5, 1, 1, dtype=dtype), randn(rng, 15, dtype=dtype)
+    se = r2n.squeeze_excite(*(a.astype(np.float64) for a in (x, w1, b1, w2, b2)),
+                            backend="reference")  # fmt: skip
+    expected = np.maximum(se + residual.astype(np.float64), 0)
+    assert_close(layers.squeeze_excite(x, w1, b1, w2, b2, residual=residual, relu=True), expected)
 
 
 # --------------------------------------------------------------------------- #

@@ -17,6 +17,9 @@
 ``serial`` is the same without ``parallel``. ``jit(**options)`` makes such a
 decorator for other options (``r2n._bench`` uses it).
 
+``run_small`` launches a kernel on the calling thread alone when the op is
+too small to pay for waking the workers (``SMALL_OP_BYTES``).
+
 Importing this module loads Numba's OpenMP layer (``load_openmp``) with
 GNU OpenMP's idle threads sleeping instead of spinning: see ``WAIT_POLICY``.
 """
@@ -141,6 +144,62 @@ def load_openmp() -> None:
 
 
 load_openmp()
+
+
+#: Per op: below this many bytes read and written, the op's kernel runs on
+#: the calling thread alone (``run_small``). With the passive wait policy
+#: above, every parallel region at 2+ threads first wakes a sleeping worker:
+#: 40-90 us on the 2-core development VM (benchmarks/region_overhead.py);
+#: in benchmarks/small_ops.py at batch 1 a call split in 2 took 20-55 us
+#: per region more than on one thread. A second thread saves at most half
+#: the one-thread time, less for the streaming ops (the two threads share
+#: the memory bandwidth), so splitting pays from ~90 us of one-thread work
+#: for the blur pool (compute-bound: 1.28x faster split at 166 us, 1.08x
+#: at 102, 1.6x slower at 62) and from ~100-150 us for the streaming ops.
+#: Each value is about that time at the kernel's own one-thread rate, which
+#: differs 5x between kernels: the blur pool ~12 GB/s, space_to_depth and
+#: the global pool ~25, squeeze_excite ~45, the 2x2 average pool ~75 on
+#: wide rows (~28 on 7-wide ones). Measured on TResNet-M's ops at batch 1,
+#: 2 and 8 (benchmarks/results/NOTES.md, "Small ops on the calling
+#: thread"). At batch 1 every TResNet-M pool, space_to_depth and
+#: squeeze-excite is below its value, and so is the smallest blur pool; at
+#: batch 8 none is but the 2x2 pool's 128-channel one. The general pools'
+#: 2 MiB is not measured separately: it keeps Res2Net's stem max pool (4 MB
+#: at batch 1) split, as it was.
+SMALL_OP_BYTES = {
+    "avg_pool2d_2x2": 6 << 20,
+    "avg_pool2d": 2 << 20,
+    "max_pool2d": 2 << 20,
+    "global_avg_pool2d": 3 << 20,
+    "space_to_depth": 2 << 20,
+    "blur_pool2d": 3 << 18,
+    "squeeze_excite": 4 << 20,
+}
+
+
+def run_small(op: str, kernel_fn, nbytes: int, *args) -> None:
+    """``kernel_fn(*args)``, on the calling thread alone when ``nbytes``
+    (the bytes the op reads and writes) is below ``SMALL_OP_BYTES[op]``.
+
+    The kernel is the same compiled code either way and each ``prange``
+    iteration computes its outputs by itself, so the result is the same
+    bit for bit at every thread count; only where it runs changes. Numba's
+    thread count is per calling thread and restored on the way out (also
+    when the kernel raises).
+    """
+    if nbytes >= SMALL_OP_BYTES[op]:
+        kernel_fn(*args)
+        return
+    threads = numba.get_num_threads()
+    if threads == 1:
+        kernel_fn(*args)
+        return
+    numba.set_num_threads(1)
+    try:
+        kernel_fn(*args)
+    finally:
+        numba.set_num_threads(threads)
+
 
 kernel = jit(parallel=True, fastmath=FASTMATH)
 serial = jit(fastmath=FASTMATH)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._ladder import Step
-from ._jit import jit, kernel, prange, serial
+from ._jit import FASTMATH, jit, kernel, prange, run_small, serial
 from ._scratch import scratch
 from .elementwise import kernel_input, vector_or
 
@@ -194,7 +194,9 @@ def space_to_depth(x, *, block_size, out=None):
     b = block_size
     if out is None:
         out = np.empty((n, b * b * c, h // b, w // b), dtype=x.dtype)
-    _space_to_depth_kernel(kernel_input(x), b, out)
+    run_small(
+        "space_to_depth", _space_to_depth_kernel, x.nbytes + out.nbytes, kernel_input(x), b, out
+    )
     return out
 
 
@@ -248,13 +250,24 @@ def blur_pool2d(x, *, out=None):
     if out is None:
         out = np.empty((n, c, h_out, w_out), dtype=x.dtype)
     planes = kernel_input(x).reshape(n * c, h, w)
-    _blur_pool2d_kernel(planes, out.reshape(n * c, h_out, w_out))
+    run_small(
+        "blur_pool2d",
+        _blur_pool2d_kernel,
+        x.nbytes + out.nbytes,
+        planes,
+        out.reshape(n * c, h_out, w_out),
+    )
     return out
 
 
 # --------------------------------------------------------------------------- #
 # Squeeze and excitation
 # --------------------------------------------------------------------------- #
+
+# The per-plane helpers, inlined into both kernels in Numba's IR: called as
+# functions they cost 10-20% of a batch-1 call (an array struct passed per
+# plane, the loop not optimised with its caller).
+inline = jit(fastmath=FASTMATH, inline="always")
 
 
 @serial
@@ -280,6 +293,37 @@ def _squeeze_excite_gate(means, w1, b1, w2, b2, hidden, gate, i):
         gate[i, ch] = one / (one + e) if z >= zero else e / (one + e)
 
 
+@inline
+def _squeeze_excite_mean(x, i, ch):
+    """The mean of plane x[i, ch] (HW,), summed in float64 as global_avg_pool2d."""
+    hw = x.shape[2]
+    acc = 0.0
+    for k in range(hw):
+        acc += x[i, ch, k]
+    return acc / hw
+
+
+@inline
+def _squeeze_excite_rescale(x, residual, add_residual, relu, gate, out, i, ch):
+    """out[i, ch] = act(x[i, ch] * gate[i, ch] (+ residual[i, ch])), one (HW,)
+    plane, the residual add and ReLU on the row while it is in cache."""
+    hw = x.shape[2]
+    zero = x.dtype.type(0)
+    g = gate[i, ch]
+    dst = out[i, ch]
+    if add_residual:
+        src = residual[i, ch]
+        for k in range(hw):
+            dst[k] = x[i, ch, k] * g + src[k]
+    else:
+        for k in range(hw):
+            dst[k] = x[i, ch, k] * g
+    if relu:
+        for k in range(hw):
+            v = dst[k]
+            dst[k] = zero if v <= zero else v  # NaN stays NaN
+
+
 @kernel
 def _squeeze_excite_kernel(
     x, w1, b1, w2, b2, residual, add_residual, relu, means, hidden, gate, out
@@ -291,21 +335,17 @@ def _squeeze_excite_kernel(
     b2 : (C,). residual is read only when ``add_residual`` (else pass x).
     means, gate : (N, C) and hidden : (N, C_mid) work arrays, written before read.
 
-    Two parallel passes over x: the channel means, then the rescale (with
-    TResNet BasicBlock's residual add and ReLU, on the row while it is in
-    cache). The gate between them is tiny: one image's runs on one thread,
-    so a batch of one launches no parallel region for it (1.04-1.10x faster
-    at 1 thread, 1.25-1.44x at 2 than a parallel region per FC layer; issue 13).
+    Two parallel passes over the (n, c) planes: the channel means, then the
+    rescale (with TResNet BasicBlock's residual add and ReLU). The gate
+    between them is tiny: one image's runs on one thread, so a batch of one
+    launches no parallel region for it (1.04-1.10x faster at 1 thread,
+    1.25-1.44x at 2 than a parallel region per FC layer; issue 13). Used at
+    batch 1, where the planes are the only thing to split.
     """
     n, c, hw = x.shape
-    zero = x.dtype.type(0)
-
     for p in prange(n * c):
         i, ch = p // c, p % c
-        acc = 0.0  # float64, as global_avg_pool2d
-        for k in range(hw):
-            acc += x[i, ch, k]
-        means[i, ch] = acc / hw
+        means[i, ch] = _squeeze_excite_mean(x, i, ch)
 
     if n == 1:
         _squeeze_excite_gate(means, w1, b1, w2, b2, hidden, gate, 0)
@@ -315,19 +355,30 @@ def _squeeze_excite_kernel(
 
     for p in prange(n * c):
         i, ch = p // c, p % c
-        g = gate[i, ch]
-        dst = out[i, ch]
-        if add_residual:
-            src = residual[i, ch]
-            for k in range(hw):
-                dst[k] = x[i, ch, k] * g + src[k]
-        else:
-            for k in range(hw):
-                dst[k] = x[i, ch, k] * g
-        if relu:
-            for k in range(hw):
-                v = dst[k]
-                dst[k] = zero if v <= zero else v  # NaN stays NaN
+        _squeeze_excite_rescale(x, residual, add_residual, relu, gate, out, i, ch)
+
+
+@kernel
+def _squeeze_excite_images_kernel(
+    x, w1, b1, w2, b2, residual, add_residual, relu, means, hidden, gate, out
+):
+    """``_squeeze_excite_kernel`` (same arguments, same per-plane helpers)
+    in one parallel region of a job per image: its means, gate and rescale.
+
+    Used from batch 2 on: the per-plane kernel's three regions (means,
+    gates, rescale) each wake the sleeping workers (~60 us apiece on the
+    2-core VM), which cost more than the whole op at TResNet's shapes up to
+    batch 8 (benchmarks/small_ops.py); one region wakes them once, and the
+    image is still in cache between its means and its rescale. The split is
+    by image, so at most N threads work.
+    """
+    n, c, hw = x.shape
+    for i in prange(n):
+        for ch in range(c):
+            means[i, ch] = _squeeze_excite_mean(x, i, ch)
+        _squeeze_excite_gate(means, w1, b1, w2, b2, hidden, gate, i)
+        for ch in range(c):
+            _squeeze_excite_rescale(x, residual, add_residual, relu, gate, out, i, ch)
 
 
 def squeeze_excite(x, w1, b1, w2, b2, *, residual=None, relu=False, out=None):
@@ -363,7 +414,12 @@ def squeeze_excite(x, w1, b1, w2, b2, *, residual=None, relu=False, out=None):
     gate = work[n * c : 2 * n * c].reshape(n, c)
     hidden = work[2 * n * c :].reshape(n, c_mid)
     x3 = kernel_input(x).reshape(n, c, h * w)
-    _squeeze_excite_kernel(
+    # Bytes moved: x read twice (the means, the rescale), out written, residual read.
+    nbytes = 2 * x.nbytes + out.nbytes + (0 if residual is None else residual.nbytes)
+    run_small(
+        "squeeze_excite",
+        _squeeze_excite_kernel if n == 1 else _squeeze_excite_images_kernel,
+        nbytes,
         x3,
         kernel_input(w1).reshape(c_mid, c),
         vector_or(b1, 0, c_mid, dt),

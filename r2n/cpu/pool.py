@@ -15,6 +15,14 @@ the input is never copied into a padded array:
 The checks guarantee every window holds at least one input element. The
 windowed pools run one ``prange`` iteration per block of ``POOL_ROWS`` output
 rows of every (n, c) plane, so a batch of one still spreads over all threads.
+
+The 2x2, stride 2, unpadded average pool (TResNet's and res2net50d's
+shortcut pool) has a kernel of its own, ``_avg_pool2d_2x2_kernel``: no
+scratch row, strides as literals, a multiply for the divide.
+
+Calls that move less than the op's ``SMALL_OP_BYTES`` run on the calling
+thread (``run_small``): at batch 1 waking a worker costs more than the
+split saves.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._ladder import Step
-from ._jit import jit, kernel, prange
+from ._jit import jit, kernel, prange, run_small
 from .elementwise import kernel_input
 
 # Step 1 of the global_avg_pool2d ladder: parallel, but IEEE order (no fastmath).
@@ -128,6 +136,45 @@ def _avg_pool2d_kernel(x, kh, kw, sh, sw, ph, pw, count_include_pad, out):
                 dst[ox] /= x.dtype.type(div_h * div_w)
 
 
+@kernel
+def _avg_pool2d_2x2_kernel(x, out):
+    """x : (P, H, W) planes -> out : (P, H_out, W_out), the mean of each 2x2
+    window at stride 2 without padding (H_out = ceil or floor of H / 2).
+
+    A loop over each plane's outputs, indexing x directly: no scratch row
+    and no row views, and with the stride a literal 2 LLVM loads the two
+    columns of every window as interleaved vectors (as the max pool's 3x3
+    stride 2 case). 5-6.5x faster than ``_avg_pool2d_kernel`` on TResNet's
+    three shortcut pools at 1 thread (a prange over rows with a row view
+    each was 2-3.6x slower than this: views and a division per row cost
+    more than a 7-wide row's adds). Without padding ``count_include_pad``
+    changes nothing: a ceil-mode window overhanging the last row or column
+    counts only its input elements (PyTorch's rule), so the divisor is 4, 2
+    or 1, and multiplying by its exact inverse is the same as dividing.
+    Same sums in the same order as ``_avg_pool2d_kernel``: the two rows
+    first, then the two columns. One iteration per plane.
+    """
+    planes, h, w = x.shape
+    h_out, w_out = out.shape[1:]
+    full_h = min(h_out, h // 2)  # windows with both rows inside the input
+    full_w = min(w_out, w // 2)  # and with both columns
+    quarter = x.dtype.type(0.25)
+    half = x.dtype.type(0.5)
+    for p in prange(planes):
+        for oy in range(full_h):
+            for ox in range(full_w):
+                left = x[p, 2 * oy, 2 * ox] + x[p, 2 * oy + 1, 2 * ox]
+                right = x[p, 2 * oy, 2 * ox + 1] + x[p, 2 * oy + 1, 2 * ox + 1]
+                out[p, oy, ox] = (left + right) * quarter
+            if full_w < w_out:  # ceil mode, odd W: the last window has one column
+                out[p, oy, full_w] = (x[p, 2 * oy, w - 1] + x[p, 2 * oy + 1, w - 1]) * half
+        if full_h < h_out:  # ceil mode, odd H: the last window has one row
+            for ox in range(full_w):
+                out[p, full_h, ox] = (x[p, h - 1, 2 * ox] + x[p, h - 1, 2 * ox + 1]) * half
+            if full_w < w_out:
+                out[p, full_h, full_w] = x[p, h - 1, w - 1]
+
+
 @in_order
 def _global_avg_pool2d_naive_kernel(x, out):
     """x : (P, H*W) planes -> out : (P,) means, each summed in float64 in
@@ -182,7 +229,20 @@ def max_pool2d(x, *, kernel_size, stride, padding, ceil_mode, out_shape, out=Non
     if out is None:
         out = np.empty(out_shape, dtype=x.dtype)
     (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
-    _max_pool2d_kernel(_planes(x, n, c), kh, kw, sh, sw, ph, pw, out.reshape(n * c, h_out, w_out))
+    planes, out_planes = _planes(x, n, c), out.reshape(n * c, h_out, w_out)
+    run_small(
+        "max_pool2d",
+        _max_pool2d_kernel,
+        x.nbytes + out.nbytes,
+        planes,
+        kh,
+        kw,
+        sh,
+        sw,
+        ph,
+        pw,
+        out_planes,
+    )
     return out
 
 
@@ -210,8 +270,17 @@ def avg_pool2d(
     if out is None:
         out = np.empty(out_shape, dtype=x.dtype)
     (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
-    _avg_pool2d_kernel(
-        _planes(x, n, c),
+    planes = _planes(x, n, c)
+    out_planes = out.reshape(n * c, h_out, w_out)
+    nbytes = x.nbytes + out.nbytes
+    if (kh, kw, sh, sw, ph, pw) == (2, 2, 2, 2, 0, 0):
+        run_small("avg_pool2d_2x2", _avg_pool2d_2x2_kernel, nbytes, planes, out_planes)
+        return out
+    run_small(
+        "avg_pool2d",
+        _avg_pool2d_kernel,
+        nbytes,
+        planes,
         kh,
         kw,
         sh,
@@ -219,7 +288,7 @@ def avg_pool2d(
         ph,
         pw,
         bool(count_include_pad),
-        out.reshape(n * c, h_out, w_out),
+        out_planes,
     )
     return out
 
@@ -240,7 +309,14 @@ def global_avg_pool2d(x, *, out=None):
     n, c, h, w = x.shape
     if out is None:
         out = np.empty((n, c), dtype=x.dtype)
-    _global_avg_pool2d_kernel(kernel_input(x).reshape(n * c, h * w), out.reshape(n * c))
+    planes = kernel_input(x).reshape(n * c, h * w)
+    run_small(
+        "global_avg_pool2d",
+        _global_avg_pool2d_kernel,
+        x.nbytes + out.nbytes,
+        planes,
+        out.reshape(n * c),
+    )
     return out
 
 
