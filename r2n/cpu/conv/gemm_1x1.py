@@ -89,6 +89,26 @@ ROWS_PREFETCH = True
 ROWS_TRANSPOSED = True
 
 
+def _argument_readers(context, builder, signature, args):
+    """``(at, i64, flag)`` for an intrinsic's codegen: ``at(i, j)`` points at
+    element ``args[j]`` of the array ``args[i]``, ``i64(j)`` is ``args[j]``
+    as int64 and ``flag(j)`` as a boolean (the kernels below take their
+    arrays with a base index, their strides and switches as plain ints)."""
+    types_ = signature.args
+
+    def i64(j):
+        return context.cast(builder, args[j], types_[j], types.int64)
+
+    def at(i, j):
+        data = context.make_array(types_[i])(context, builder, args[i]).data
+        return builder.gep(data, [i64(j)])
+
+    def flag(j):
+        return context.cast(builder, args[j], types_[j], types.boolean)
+
+    return at, i64, flag
+
+
 @functools.cache  # code, not data: a function of (t, nv) alone
 def pixel_tile_kernel(t: int, nv: int):
     """The micro-kernel for tiles of ``t`` output channels x ``nv`` pixel vectors.
@@ -133,37 +153,17 @@ def pixel_tile_kernel(t: int, nv: int):
         )  # fmt: skip
 
         def codegen(context, builder, signature, args):
-            (
-                w_arr, w_base_v, w_kstride_v, x_arr, x_base_v, x_kstride_v, k_len_v,
-                out_arr, out_base_v, out_cstride_v, bias_arr, bias_base_v,
-                res_arr, res_base_v, res_cstride_v, has_res_v, relu_v, slope_v,
-                accumulate_v, finish_v,
-            ) = args  # fmt: skip
-            a_ty = signature.args
+            k_len_v, slope_v = args[6], args[17]
             i64 = ir.IntType(64)
             scalar = context.get_value_type(w.dtype)
             vec = ir.VectorType(scalar, n_lanes)
             vec_ptr = vec.as_pointer()
-
-            def data(ty, value):
-                return context.make_array(ty)(context, builder, value).data
-
-            def as_i64(value, ty):
-                return context.cast(builder, value, ty, types.int64)
-
-            w_ptr = builder.gep(data(a_ty[0], w_arr), [as_i64(w_base_v, a_ty[1])])
-            x_ptr = builder.gep(data(a_ty[3], x_arr), [as_i64(x_base_v, a_ty[4])])
-            out_ptr = builder.gep(data(a_ty[7], out_arr), [as_i64(out_base_v, a_ty[8])])
-            bias_ptr = builder.gep(data(a_ty[10], bias_arr), [as_i64(bias_base_v, a_ty[11])])
-            res_ptr = builder.gep(data(a_ty[12], res_arr), [as_i64(res_base_v, a_ty[13])])
-            w_kstride_v = as_i64(w_kstride_v, a_ty[2])
-            x_kstride_v = as_i64(x_kstride_v, a_ty[5])
-            out_cstride_v = as_i64(out_cstride_v, a_ty[9])
-            res_cstride_v = as_i64(res_cstride_v, a_ty[14])
-            has_res_b = context.cast(builder, has_res_v, a_ty[15], types.boolean)
-            relu_b = context.cast(builder, relu_v, a_ty[16], types.boolean)
-            accumulate_b = context.cast(builder, accumulate_v, a_ty[18], types.boolean)
-            finish_b = context.cast(builder, finish_v, a_ty[19], types.boolean)
+            at, as_i64, flag = _argument_readers(context, builder, signature, args)
+            w_ptr, x_ptr, out_ptr = at(0, 1), at(3, 4), at(7, 8)
+            bias_ptr, res_ptr = at(10, 11), at(12, 13)
+            w_kstride_v, x_kstride_v = as_i64(2), as_i64(5)
+            out_cstride_v, res_cstride_v = as_i64(9), as_i64(14)
+            has_res_b, relu_b, accumulate_b, finish_b = flag(15), flag(16), flag(18), flag(19)
 
             suffix = f"v{n_lanes}f{32 if scalar == ir.FloatType() else 64}"
             fma = cgutils.get_or_insert_function(
@@ -305,28 +305,15 @@ def channel_tile_kernel(t: int, nv: int):
         )
 
         def codegen(context, builder, signature, args):
-            (
-                w_arr, w_base_v, x_arr, x_base_v, x_kstride_v, k_len_v, buf_arr, buf_base_v,
-                acc_v, w_ahead_v,
-            ) = args  # fmt: skip
-            a_ty = signature.args
+            k_len_v = args[5]
             i64 = ir.IntType(64)
             scalar = context.get_value_type(w.dtype)
             vec = ir.VectorType(scalar, n_lanes)
             vec_ptr = vec.as_pointer()
-
-            def data(ty, value):
-                return context.make_array(ty)(context, builder, value).data
-
-            def as_i64(value, ty):
-                return context.cast(builder, value, ty, types.int64)
-
-            w_ptr = builder.gep(data(a_ty[0], w_arr), [as_i64(w_base_v, a_ty[1])])
-            x_ptr = builder.gep(data(a_ty[2], x_arr), [as_i64(x_base_v, a_ty[3])])
-            buf_ptr = builder.gep(data(a_ty[6], buf_arr), [as_i64(buf_base_v, a_ty[7])])
-            x_kstride_v = as_i64(x_kstride_v, a_ty[4])
-            accumulate_b = context.cast(builder, acc_v, a_ty[8], types.boolean)
-            w_ahead_v = as_i64(w_ahead_v, a_ty[9])
+            at, as_i64, flag = _argument_readers(context, builder, signature, args)
+            w_ptr, x_ptr, buf_ptr = at(0, 1), at(2, 3), at(6, 7)
+            x_kstride_v, w_ahead_v = as_i64(4), as_i64(9)
+            accumulate_b = flag(8)
             i8_ptr = ir.IntType(8).as_pointer()
             i32 = ir.IntType(32)
             prefetch = cgutils.get_or_insert_function(
@@ -452,33 +439,16 @@ def transposed_epilogue_kernel():
         )  # fmt: skip
 
         def codegen(context, builder, signature, args):
-            (
-                buf_arr, buf_base_v, buf_stride_v, out_arr, out_base_v, out_cstride_v,
-                bias_arr, bias_base_v, res_arr, res_base_v, res_cstride_v, has_res_v,
-                relu_v, slope_v,
-            ) = args  # fmt: skip
-            a_ty = signature.args
+            slope_v = args[13]
             i64 = ir.IntType(64)
             i32 = ir.IntType(32)
             scalar = context.get_value_type(buf.dtype)
             vec = ir.VectorType(scalar, n_lanes)
             vec_ptr = vec.as_pointer()
-
-            def data(ty, value):
-                return context.make_array(ty)(context, builder, value).data
-
-            def as_i64(value, ty):
-                return context.cast(builder, value, ty, types.int64)
-
-            buf_ptr = builder.gep(data(a_ty[0], buf_arr), [as_i64(buf_base_v, a_ty[1])])
-            out_ptr = builder.gep(data(a_ty[3], out_arr), [as_i64(out_base_v, a_ty[4])])
-            bias_ptr = builder.gep(data(a_ty[6], bias_arr), [as_i64(bias_base_v, a_ty[7])])
-            res_ptr = builder.gep(data(a_ty[8], res_arr), [as_i64(res_base_v, a_ty[9])])
-            buf_stride_v = as_i64(buf_stride_v, a_ty[2])
-            out_cstride_v = as_i64(out_cstride_v, a_ty[5])
-            res_cstride_v = as_i64(res_cstride_v, a_ty[10])
-            has_res_b = context.cast(builder, has_res_v, a_ty[11], types.boolean)
-            relu_b = context.cast(builder, relu_v, a_ty[12], types.boolean)
+            at, as_i64, flag = _argument_readers(context, builder, signature, args)
+            buf_ptr, out_ptr, bias_ptr, res_ptr = at(0, 1), at(3, 4), at(6, 7), at(8, 9)
+            buf_stride_v, out_cstride_v, res_cstride_v = as_i64(2), as_i64(5), as_i64(10)
+            has_res_b, relu_b = flag(11), flag(12)
 
             def row(base, stride, i):
                 ptr = builder.gep(base, [builder.mul(stride, ir.Constant(i64, i))])
