@@ -94,23 +94,22 @@ def as_tuples(*records):
 
 
 #: How GNU OpenMP's idle threads wait, set while r2n loads Numba's OpenMP
-#: layer: "PASSIVE", they sleep at once (GOMP_SPINCOUNT 0) instead of
-#: spinning first. libgomp's default spins 300000 times (a load and a PAUSE,
-#: ~60 ns each on the 2-core development VM: ~18 ms). While a thread spins
-#: the scheduler sees a busy CPU: when another process holds one of the
-#: cores, the thread sharing it with that process runs only every few ms,
-#: and every launch (2 per 3x3 conv2d, 97 per res2net50 forward when this
-#: was measured; ~90 since) waits for it while its partner spins instead
-#: of making room (a 0.4 ms conv took 16-58 ms). A sleeping thread frees
-#: its CPU, and one woken from sleep preempts the busy process. Shorter
-#: spins (300, 1000) were measured too: a thread spinning on the CPU the
-#: Python thread needs delays it by its
-#: whole spin, so under load they lose to no spin; on a quiet machine they
-#: win only on one-call ops of ~0.2-0.5 ms (waking a sleeping thread cost
-#: ~40-80 us per launch on the VM), and the res2net50 forward is about as
-#: fast passive as with libgomp's default. Numbers: benchmarks/results/
-#: NOTES.md "Under load". The user's OMP_WAIT_POLICY (ACTIVE brings the
-#: spin back) or GOMP_SPINCOUNT wins.
+#: layer: "PASSIVE", they sleep at once (GOMP_SPINCOUNT 0) instead of spinning
+#: first. libgomp's default spins 300000 times (a load and a PAUSE, ~60 ns each
+#: on the 2-core development VM: ~18 ms). While a thread spins the scheduler
+#: sees a busy CPU: when another process holds one of the cores, the thread
+#: sharing it with that process runs only every few ms, and every launch (2 per
+#: 3x3 conv2d, 97 per res2net50 forward when this was measured; ~90 since)
+#: waits for it while its partner spins instead of making room (a 0.4 ms conv
+#: took 16-58 ms). A sleeping thread frees its CPU, and one woken from sleep
+#: preempts the busy process. Shorter spins (300, 1000) were measured too: a
+#: thread spinning on the CPU the Python thread needs delays it by its whole
+#: spin, so under load they lose to no spin; on a quiet machine they win only
+#: on one-call ops of ~0.2-0.5 ms (waking a sleeping thread cost ~40-80 us per
+#: launch on the VM), and the res2net50 forward is about as fast passive as
+#: with libgomp's default. Numbers: benchmarks/results/ NOTES.md "Under load".
+#: The user's OMP_WAIT_POLICY (ACTIVE brings the spin back) or GOMP_SPINCOUNT
+#: wins.
 WAIT_POLICY = "PASSIVE"
 
 _WAIT_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
