@@ -107,7 +107,7 @@ def as_tuples(*records):
 #: spin, so under load they lose to no spin; on a quiet machine they win only
 #: on one-call ops of ~0.2-0.5 ms (waking a sleeping thread cost ~40-80 us per
 #: launch on the VM), and the res2net50 forward is about as fast passive as
-#: with libgomp's default. Numbers: benchmarks/results/ NOTES.md "Under load".
+#: with libgomp's default. Numbers: benchmarks/results/NOTES.md "Under load".
 #: The user's OMP_WAIT_POLICY (ACTIVE brings the spin back) or GOMP_SPINCOUNT
 #: wins.
 WAIT_POLICY = "PASSIVE"
