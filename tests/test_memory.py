@@ -286,3 +286,71 @@ def test_the_prepared_steps_allocate_nothing_warm(rng, op, weights, options):
     step = _backends.prepare(op, "cpu", "numpy", *arrays, reuse_output=True, **options)
     peak = _peak_bytes(lambda: step(x))
     assert peak <= 4096, f"{peak} bytes over a warm {op}"  # Python objects only
+
+
+# --------------------------------------------------------------------------- #
+# What the kernels allocate inside (Numba's runtime, which tracemalloc misses)
+# --------------------------------------------------------------------------- #
+
+_NRT_SCRIPT = r"""
+import json, sys
+import numpy as np
+import r2n
+from numba.core.runtime import rtsys
+from r2n.cpu.prepared import PreparedConv2d
+r2n.set_num_threads(2)
+rng = np.random.default_rng(0)
+
+def allocations(fn):
+    fn(); fn()
+    before = rtsys.get_allocation_stats().alloc
+    fn()
+    return rtsys.get_allocation_stats().alloc - before
+
+def conv(c_in, c_out, k, stride, hw):
+    w = rng.standard_normal((c_out, c_in, k, k)).astype(np.float32)
+    layer = PreparedConv2d(w, np.zeros(c_out, np.float32), stride=(stride, stride),
+                           padding=(k // 2, k // 2), dilation=(1, 1), groups=1,
+                           activation="relu")
+    layer.algorithm = lambda *a: "direct"
+    x = rng.standard_normal((1, c_in, hw, hw)).astype(np.float32)
+    return lambda: layer(x)
+
+def pool(c, hw):
+    x = rng.standard_normal((1, c, hw, hw)).astype(np.float32)
+    return lambda: r2n.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+
+cases = {
+    # 7-pixel 1x1 tiles on 14x14 planes: 8 vs 64 jobs
+    "1x1 rows": (conv(64, 256, 1, 1, 14), conv(64, 2048, 1, 1, 14)),
+    # step 4's direct conv, a job per (channel block, output row): 28 vs 224
+    "3x3 direct": (conv(16, 64, 3, 2, 28), conv(16, 256, 3, 2, 56)),
+    # the windowed pool, a job per 8 output rows of a plane: 32 vs 512
+    "max pool": (pool(16, 56), pool(128, 112)),
+}
+print(json.dumps({k: [allocations(f) for f in fns] for k, fns in cases.items()}))
+"""
+
+
+def test_kernels_allocate_per_launch_not_per_job(tmp_path):
+    """A warm call's allocations in Numba's runtime (NRT statistics, counted
+    in a subprocess started with NUMBA_NRT_STATS=1) do not grow with the
+    kernel's jobs: the 1x1 rows kernel, step 4's direct conv and the windowed
+    pools take one buffer per worker from their launcher, not one per job
+    from inside the kernel (a few allocations per parallel region remain,
+    Numba's own)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NUMBA_NRT_STATS="1")
+    script = tmp_path / "nrt.py"
+    script.write_text(_NRT_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    counts = json.loads(done.stdout.strip().splitlines()[-1])
+    for name, (small, large) in counts.items():
+        assert large == small and large <= 16, f"{name}: {small} vs {large} NRT allocations"

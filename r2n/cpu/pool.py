@@ -13,8 +13,9 @@ the input is never copied into a padded array:
   overhang does not count) or by the number of input elements in it.
 
 The checks guarantee every window holds at least one input element. The
-windowed pools run one ``prange`` iteration per block of ``POOL_ROWS`` output
-rows of every (n, c) plane, so a batch of one still spreads over all threads.
+windowed pools split into jobs of ``POOL_ROWS`` output rows of every (n, c)
+plane, so a batch of one still spreads over all threads; each worker takes
+a contiguous share of them with one scratch row (``_worker_rows``).
 
 The 2x2, stride 2, unpadded average pool (TResNet's and res2net50d's
 shortcut pool) has a kernel of its own, ``_avg_pool2d_2x2_kernel``: no
@@ -27,6 +28,7 @@ split saves.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from .._ladder import Step
@@ -36,12 +38,13 @@ from .elementwise import kernel_input
 # Step 1 of the global_avg_pool2d ladder: parallel, but IEEE order (no fastmath).
 in_order = jit(parallel=True)
 
-# Output rows per prange iteration: each iteration allocates one scratch row.
+# Output rows per job of the windowed pools (a worker takes a contiguous
+# share of the jobs and reuses one scratch row for all of them).
 POOL_ROWS = 8
 
 
 @kernel
-def _max_pool2d_kernel(x, kh, kw, sh, sw, ph, pw, out):
+def _max_pool2d_kernel(x, kh, kw, sh, sw, ph, pw, out, rows):
     """x : (P, H, W) planes -> out : (P, H_out, W_out), max over each window.
 
     Separable, in passes over whole rows that LLVM vectorises: per output row,
@@ -55,48 +58,54 @@ def _max_pool2d_kernel(x, kh, kw, sh, sw, ph, pw, out):
     width = max((w_out - 1) * sw + kw, pw + w)  # the padded row every window reads
     neg_inf = x.dtype.type(-np.inf)
     blocks = (h_out + POOL_ROWS - 1) // POOL_ROWS
-    for t in prange(planes * blocks):
-        p, blk = t // blocks, t % blocks
-        row = np.full(width, neg_inf, dtype=x.dtype)  # row[pw + c] is column c
-        inner = row[pw : pw + w]  # the part overwritten below; padding stays -inf
-        for oy in range(blk * POOL_ROWS, min(h_out, (blk + 1) * POOL_ROWS)):
-            y0 = oy * sh - ph
-            i0, i1 = max(y0, 0), min(y0 + kh, h)
-            src = x[p, i0]
-            for c in range(w):
-                inner[c] = src[c]
-            for i in range(i0 + 1, i1):
-                src = x[p, i]
+    jobs = planes * blocks
+    n_workers = rows.shape[0]
+    for wk in prange(n_workers):
+        # A worker's contiguous share of the jobs, with one scratch row
+        # (the launcher's, filled here: only its padding is never rewritten).
+        row = rows[wk, :width]
+        row[:] = neg_inf
+        inner = row[pw : pw + w]  # overwritten below; the padding keeps the fill
+        for t in range(wk * jobs // n_workers, (wk + 1) * jobs // n_workers):
+            p, blk = t // blocks, t % blocks
+            for oy in range(blk * POOL_ROWS, min(h_out, (blk + 1) * POOL_ROWS)):
+                y0 = oy * sh - ph
+                i0, i1 = max(y0, 0), min(y0 + kh, h)
+                src = x[p, i0]
                 for c in range(w):
-                    # max that propagates NaN: a NaN v wins, a NaN in inner stays
-                    v = src[c]
-                    m = v if v > inner[c] else inner[c]
-                    inner[c] = m if v == v else v
-            dst = out[p, oy]
-            if sw == 2 and kw == 3:
-                # ResNet's stem pool: with the stride a literal, LLVM loads the
-                # three taps as interleaved vectors (deinterleaving shuffles)
-                # instead of gathering them one by one: 1.9-2.2x faster at
-                # 64x112x112 (issue 13). Same order of maxima as below.
-                for ox in range(w_out):
-                    a, b, c = row[2 * ox], row[2 * ox + 1], row[2 * ox + 2]
-                    m = b if b > a else a
-                    m = m if b == b else b
-                    m2 = c if c > m else m
-                    dst[ox] = m2 if c == c else c
-                continue
-            for ox in range(w_out):  # one pass per kernel column, over the whole output row
-                dst[ox] = row[ox * sw]
-            for j in range(1, kw):
-                tap = row[j:]
-                for ox in range(w_out):
-                    v = tap[ox * sw]
-                    m = v if v > dst[ox] else dst[ox]
-                    dst[ox] = m if v == v else v
+                    inner[c] = src[c]
+                for i in range(i0 + 1, i1):
+                    src = x[p, i]
+                    for c in range(w):
+                        # max that propagates NaN: a NaN v wins, a NaN in inner stays
+                        v = src[c]
+                        m = v if v > inner[c] else inner[c]
+                        inner[c] = m if v == v else v
+                dst = out[p, oy]
+                if sw == 2 and kw == 3:
+                    # ResNet's stem pool: with the stride a literal, LLVM loads the
+                    # three taps as interleaved vectors (deinterleaving shuffles)
+                    # instead of gathering them one by one: 1.9-2.2x faster at
+                    # 64x112x112 (issue 13). Same order of maxima as below.
+                    for ox in range(w_out):
+                        a, b, c = row[2 * ox], row[2 * ox + 1], row[2 * ox + 2]
+                        m = b if b > a else a
+                        m = m if b == b else b
+                        m2 = c if c > m else m
+                        dst[ox] = m2 if c == c else c
+                    continue
+                for ox in range(w_out):  # one pass per kernel column, over the whole output row
+                    dst[ox] = row[ox * sw]
+                for j in range(1, kw):
+                    tap = row[j:]
+                    for ox in range(w_out):
+                        v = tap[ox * sw]
+                        m = v if v > dst[ox] else dst[ox]
+                        dst[ox] = m if v == v else v
 
 
 @kernel
-def _avg_pool2d_kernel(x, kh, kw, sh, sw, ph, pw, count_include_pad, out):
+def _avg_pool2d_kernel(x, kh, kw, sh, sw, ph, pw, count_include_pad, out, rows):
     """x : (P, H, W) planes -> out : (P, H_out, W_out), window sums / PyTorch's divisor.
 
     Separable like the max pool, with zeros for padding in the scratch row.
@@ -105,35 +114,41 @@ def _avg_pool2d_kernel(x, kh, kw, sh, sw, ph, pw, count_include_pad, out):
     h_out, w_out = out.shape[1:]
     width = max((w_out - 1) * sw + kw, pw + w)
     blocks = (h_out + POOL_ROWS - 1) // POOL_ROWS
-    for t in prange(planes * blocks):
-        p, blk = t // blocks, t % blocks
-        row = np.zeros(width, dtype=x.dtype)
-        inner = row[pw : pw + w]
-        for oy in range(blk * POOL_ROWS, min(h_out, (blk + 1) * POOL_ROWS)):
-            y0 = oy * sh - ph
-            i0, i1 = max(y0, 0), min(y0 + kh, h)
-            div_h = min(y0 + kh, h + ph) - y0 if count_include_pad else i1 - i0
-            src = x[p, i0]
-            for c in range(w):
-                inner[c] = src[c]
-            for i in range(i0 + 1, i1):
-                src = x[p, i]
+    jobs = planes * blocks
+    n_workers = rows.shape[0]
+    for wk in prange(n_workers):
+        # A worker's contiguous share of the jobs, with one scratch row
+        # (the launcher's, filled here: only its padding is never rewritten).
+        row = rows[wk, :width]
+        row[:] = x.dtype.type(0)
+        inner = row[pw : pw + w]  # overwritten below; the padding keeps the fill
+        for t in range(wk * jobs // n_workers, (wk + 1) * jobs // n_workers):
+            p, blk = t // blocks, t % blocks
+            for oy in range(blk * POOL_ROWS, min(h_out, (blk + 1) * POOL_ROWS)):
+                y0 = oy * sh - ph
+                i0, i1 = max(y0, 0), min(y0 + kh, h)
+                div_h = min(y0 + kh, h + ph) - y0 if count_include_pad else i1 - i0
+                src = x[p, i0]
                 for c in range(w):
-                    inner[c] += src[c]
-            dst = out[p, oy]
-            for ox in range(w_out):
-                dst[ox] = row[ox * sw]
-            for j in range(1, kw):
-                tap = row[j:]
+                    inner[c] = src[c]
+                for i in range(i0 + 1, i1):
+                    src = x[p, i]
+                    for c in range(w):
+                        inner[c] += src[c]
+                dst = out[p, oy]
                 for ox in range(w_out):
-                    dst[ox] += tap[ox * sw]
-            for ox in range(w_out):
-                x0 = ox * sw - pw
-                if count_include_pad:
-                    div_w = min(x0 + kw, w + pw) - x0
-                else:
-                    div_w = min(x0 + kw, w) - max(x0, 0)
-                dst[ox] /= x.dtype.type(div_h * div_w)
+                    dst[ox] = row[ox * sw]
+                for j in range(1, kw):
+                    tap = row[j:]
+                    for ox in range(w_out):
+                        dst[ox] += tap[ox * sw]
+                for ox in range(w_out):
+                    x0 = ox * sw - pw
+                    if count_include_pad:
+                        div_w = min(x0 + kw, w + pw) - x0
+                    else:
+                        div_w = min(x0 + kw, w) - max(x0, 0)
+                    dst[ox] /= x.dtype.type(div_h * div_w)
 
 
 @kernel
@@ -204,6 +219,15 @@ def _global_avg_pool2d_kernel(x, out):
         out[p] = acc / hw
 
 
+def _worker_rows(planes, h_out, w_out, w, kw, sw, pw, dtype):
+    """The windowed pools' scratch rows: (workers, padded row width), one per
+    worker that has jobs (blocks of POOL_ROWS output rows of a plane), made
+    per call (a few KiB) instead of one per job inside the kernel."""
+    jobs = planes * ((h_out + POOL_ROWS - 1) // POOL_ROWS)
+    workers = max(1, min(numba.get_num_threads(), jobs))
+    return np.empty((workers, max((w_out - 1) * sw + kw, pw + w)), dtype)
+
+
 def _planes(x, n, c):
     """Contiguous (N*C, H, W) view (or copy) of an NCHW array."""
     return kernel_input(x).reshape(n * c, x.shape[2], x.shape[3])
@@ -242,6 +266,7 @@ def max_pool2d(x, *, kernel_size, stride, padding, ceil_mode, out_shape, out=Non
         ph,
         pw,
         out_planes,
+        _worker_rows(n * c, h_out, w_out, x.shape[3], kw, sw, pw, x.dtype),
     )
     return out
 
@@ -289,6 +314,7 @@ def avg_pool2d(
         pw,
         bool(count_include_pad),
         out_planes,
+        _worker_rows(n * c, h_out, w_out, x.shape[3], kw, sw, pw, x.dtype),
     )
     return out
 

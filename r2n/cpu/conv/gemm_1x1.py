@@ -625,7 +625,7 @@ def _conv_1x1_rows_kernel(
     packed, bias, n_img, c_out,
     out, out_img, out_c0, activation, negative_slope,
     residual, residual_img, residual_c0, has_residual,
-    k_block, n_parts, w_prefetch, transposed,
+    k_block, n_parts, w_prefetch, transposed, bufs,
 ):  # fmt: skip
     """One parallel launch of a 1x1 stride-1 conv on small planes (``groups``
     = 1, plane >= TILE_PIXELS): step 4's tiles (7 pixels x 32 channels),
@@ -640,6 +640,8 @@ def _conv_1x1_rows_kernel(
     run over the whole reduction at once (its pixels shared with the tile
     before get the same sum in the same order again). Then bias, residual
     and (leaky) ReLU, transposed into the output rows as step 4's epilogue.
+    ``bufs`` : (workers, >= plane * 32) tile buffers, one per worker (any
+    contents: every value the epilogue reads is written by a tile first).
     """
     lanes = VECTOR_BYTES // x.itemsize
     b = TILE_VECTORS * lanes
@@ -647,83 +649,90 @@ def _conv_1x1_rows_kernel(
     blocks = full + tail
     tiles = plane // TILE_PIXELS
     zero = out.dtype.type(0)
-    for job in prange(n_img * blocks * n_parts):
-        part = job % n_parts
-        rest = job // n_parts
-        # Images outermost (the other order, a block's weights kept in L2
-        # across the images, measured 0.95-1.01x this one at batch 8).
-        ob = rest % blocks
-        n = rest // blocks
-        t0 = part * tiles // n_parts
-        t1 = (part + 1) * tiles // n_parts
-        p0 = t0 * TILE_PIXELS
-        p1 = plane if part == n_parts - 1 else t1 * TILE_PIXELS
-        bw = b if ob < full else b // 2
-        buf = np.empty((p1 - p0) * bw, x.dtype)
-        w_base = ob * k_len * b
-        x_base = n * x_img + x_c0 * plane
-        for kb in range(0, k_len, k_block):
-            kl = min(k_block, k_len - kb)
-            w_k = w_base + kb * bw
-            x_k = x_base + kb * plane
-            for t in range(t0, t1):
-                p = t * TILE_PIXELS
-                # Every tile prefetches the next block's weights into L2 (past
-                # the last block: the next channel block's, usually this
-                # thread's next job's), see ROWS_PREFETCH.
-                ahead = k_block * bw if w_prefetch else 0
+    jobs = n_img * blocks * n_parts
+    n_workers = bufs.shape[0]
+    for wk in prange(n_workers):
+        # A worker's contiguous share of the jobs (the static split a prange
+        # over the jobs would make), so that its tile buffer is allocated once,
+        # by the launcher: a warm call allocates nothing.
+        mine = bufs[wk]
+        for job in range(wk * jobs // n_workers, (wk + 1) * jobs // n_workers):
+            part = job % n_parts
+            rest = job // n_parts
+            # Images outermost (the other order, a block's weights kept in L2
+            # across the images, measured 0.95-1.01x this one at batch 8).
+            ob = rest % blocks
+            n = rest // blocks
+            t0 = part * tiles // n_parts
+            t1 = (part + 1) * tiles // n_parts
+            p0 = t0 * TILE_PIXELS
+            p1 = plane if part == n_parts - 1 else t1 * TILE_PIXELS
+            bw = b if ob < full else b // 2
+            buf = mine[: (p1 - p0) * bw]
+            w_base = ob * k_len * b
+            x_base = n * x_img + x_c0 * plane
+            for kb in range(0, k_len, k_block):
+                kl = min(k_block, k_len - kb)
+                w_k = w_base + kb * bw
+                x_k = x_base + kb * plane
+                for t in range(t0, t1):
+                    p = t * TILE_PIXELS
+                    # Every tile prefetches the next block's weights into L2 (past
+                    # the last block: the next channel block's, usually this
+                    # thread's next job's), see ROWS_PREFETCH.
+                    ahead = k_block * bw if w_prefetch else 0
+                    at = (p - p0) * bw
+                    if bw == b:
+                        _rows(packed, w_k, x, x_k + p, plane, kl, buf, at, kb > 0, ahead)
+                    else:
+                        _rows_half(packed, w_k, x, x_k + p, plane, kl, buf, at, kb > 0, ahead)
+            if p1 - p0 > (t1 - t0) * TILE_PIXELS:
+                p = p1 - TILE_PIXELS
                 at = (p - p0) * bw
                 if bw == b:
-                    _rows(packed, w_k, x, x_k + p, plane, kl, buf, at, kb > 0, ahead)
+                    _rows(packed, w_base, x, x_base + p, plane, k_len, buf, at, False, 0)
                 else:
-                    _rows_half(packed, w_k, x, x_k + p, plane, kl, buf, at, kb > 0, ahead)
-        if p1 - p0 > (t1 - t0) * TILE_PIXELS:
-            p = p1 - TILE_PIXELS
-            at = (p - p0) * bw
-            if bw == b:
-                _rows(packed, w_base, x, x_base + p, plane, k_len, buf, at, False, 0)
-            else:
-                _rows_half(packed, w_base, x, x_base + p, plane, k_len, buf, at, False, 0)
-        # Epilogue: blocks of `lanes` pixels x `lanes` channels transposed in
-        # registers (buf is pixel-major, the output channel-major), then what
-        # is left (the last pixels of the part, channels past the last whole
-        # vector) a channel's pixels at a time over slices (plain range
-        # indices vectorise; computed ones pay Numba's wraparound checks).
-        n_ch = min(bw, c_out - ob * b)
-        span = p1 - p0
-        whole_ch = n_ch // lanes * lanes if transposed else 0
-        whole_px = span // lanes * lanes
-        for c in range(0, whole_ch, lanes):
-            ch = ob * b + c
-            o_idx = n * out_img + (out_c0 + ch) * plane + p0
-            r_idx = n * residual_img + (residual_c0 + ch) * plane + p0
-            for q in range(0, whole_px, lanes):
-                _transposed(buf, q * bw + c, bw, out, o_idx + q, plane, bias, ch,
-                            residual, r_idx + q, plane, has_residual, activation,
-                            negative_slope)  # fmt: skip
-        for c in range(n_ch):
-            ch = ob * b + c
-            i0 = whole_px if c < whole_ch else 0  # the pixels left to finish
-            rest = span - i0
-            o_idx = n * out_img + (out_c0 + ch) * plane + p0 + i0
-            o_row = out[o_idx : o_idx + rest]
-            col = buf[i0 * bw + c :]
-            bc = bias[ch]
-            for i in range(rest):
-                o_row[i] = col[i * bw] + bc
-            if has_residual:
-                r_idx = n * residual_img + (residual_c0 + ch) * plane + p0 + i0
-                r_row = residual[r_idx : r_idx + rest]
+                    _rows_half(packed, w_base, x, x_base + p, plane, k_len, buf, at, False, 0)
+            # Epilogue: blocks of `lanes` pixels x `lanes` channels transposed in
+            # registers (buf is pixel-major, the output channel-major), then what
+            # is left (the last pixels of the part, channels past the last whole
+            # vector) a channel's pixels at a time over slices (plain range
+            # indices vectorise; computed ones pay Numba's wraparound checks).
+            n_ch = min(bw, c_out - ob * b)
+            span = p1 - p0
+            whole_ch = n_ch // lanes * lanes if transposed else 0
+            whole_px = span // lanes * lanes
+            for c in range(0, whole_ch, lanes):
+                ch = ob * b + c
+                o_idx = n * out_img + (out_c0 + ch) * plane + p0
+                r_idx = n * residual_img + (residual_c0 + ch) * plane + p0
+                for q in range(0, whole_px, lanes):
+                    _transposed(buf, q * bw + c, bw, out, o_idx + q, plane, bias, ch,
+                                residual, r_idx + q, plane, has_residual, activation,
+                                negative_slope)  # fmt: skip
+            for c in range(n_ch):
+                ch = ob * b + c
+                i0 = whole_px if c < whole_ch else 0  # the pixels left to finish
+                rest = span - i0
+                o_idx = n * out_img + (out_c0 + ch) * plane + p0 + i0
+                o_row = out[o_idx : o_idx + rest]
+                col = buf[i0 * bw + c :]
+                bc = bias[ch]
                 for i in range(rest):
-                    o_row[i] += r_row[i]
-            if activation and negative_slope == zero:
-                for i in range(rest):
-                    if o_row[i] < zero:  # NaN stays NaN, as in PyTorch
-                        o_row[i] = zero
-            elif activation:  # leaky ReLU; a product, so -inf stays -inf
-                for i in range(rest):
-                    if o_row[i] < zero:
-                        o_row[i] *= negative_slope
+                    o_row[i] = col[i * bw] + bc
+                if has_residual:
+                    r_idx = n * residual_img + (residual_c0 + ch) * plane + p0 + i0
+                    r_row = residual[r_idx : r_idx + rest]
+                    for i in range(rest):
+                        o_row[i] += r_row[i]
+                if activation and negative_slope == zero:
+                    for i in range(rest):
+                        if o_row[i] < zero:  # NaN stays NaN, as in PyTorch
+                            o_row[i] = zero
+                elif activation:  # leaky ReLU; a product, so -inf stays -inf
+                    for i in range(rest):
+                        if o_row[i] < zero:
+                            o_row[i] *= negative_slope
 
 
 def usable(x, groups, plane):
@@ -817,19 +826,27 @@ def rows_job_split(n_img, c_out, plane, itemsize, threads):
 
 def conv_1x1_rows(
     x, packed, c_out, bias, out, *,
-    out_c0, activation, negative_slope, residual, residual_c0, x_c0, c_in,
+    out_c0, activation, negative_slope, residual, residual_c0, x_c0, c_in, scratch=None,
 ):  # fmt: skip
-    """Launch :func:`_conv_1x1_rows_kernel` (arguments as :func:`conv_1x1`)."""
+    """Launch :func:`_conv_1x1_rows_kernel` (arguments as :func:`conv_1x1`;
+    ``scratch``: optional ``scratch(role, shape, dtype)`` (r2n.cpu._scratch)
+    supplying the workers' tile buffers, reused across calls; default new)."""
     n, c_x, h, w = x.shape
     plane = h * w
-    n_parts = rows_job_split(n, c_out, plane, x.itemsize, numba.get_num_threads())
+    threads = numba.get_num_threads()
+    n_parts = rows_job_split(n, c_out, plane, x.itemsize, threads)
     slope = negative_slope if activation == "leaky_relu" else 0.0
+    b = TILE_VECTORS * VECTOR_BYTES // x.itemsize
+    full, tail = divmod(c_out, b)
+    jobs = n * (full + (1 if tail else 0)) * n_parts
+    make = np.empty if scratch is None else (lambda s, d: scratch("gemm_1x1.rows", s, d))
+    bufs = make((max(1, min(threads, jobs)), plane * b), x.dtype)
     _conv_1x1_rows_kernel(
         x.reshape(-1), c_x * plane, x_c0, plane, c_in,
         packed, bias, n, c_out,
         out.reshape(-1), out[0].size, out_c0, activation is not None, x.dtype.type(slope),
         unused_array(x.dtype) if residual is None else residual.reshape(-1),
         0 if residual is None else residual[0].size, residual_c0, residual is not None,
-        ROWS_K_BLOCK, n_parts, ROWS_PREFETCH, ROWS_TRANSPOSED,
+        ROWS_K_BLOCK, n_parts, ROWS_PREFETCH, ROWS_TRANSPOSED, bufs,
     )  # fmt: skip
     return out

@@ -40,6 +40,7 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
+import numba
 import numpy as np
 
 from .. import _scratch
@@ -49,6 +50,7 @@ from ..microkernel import (
     TILE_PIXELS,
     TILE_VECTORS,
     VECTOR_BYTES,
+    block_channels,
     block_layout,
     min_input_width,
     pack_weights,
@@ -140,7 +142,9 @@ class Epilogue(NamedTuple):
 
 
 @kernel
-def _conv_simd_kernel(x, weights, shape, out, epilogue, residual, next_input, next_chunk):
+def _conv_simd_kernel(
+    x, weights, shape, out, epilogue, residual, next_input, next_chunk, row_bufs
+):
     """One parallel launch of a whole conv, in register tiles.
 
     The arguments are the records above (:class:`Channels` for every buffer,
@@ -186,71 +190,78 @@ def _conv_simd_kernel(x, weights, shape, out, epilogue, residual, next_input, ne
     group_stride = k_len * (full * b + tail * (b // 2))  # packed weights per group
     zero = out_data.dtype.type(0)
     c_out = groups * c_out_g
-    for job in prange(n_conv * n_img * groups * blocks * h_out):
-        # Rows vary fastest: a thread's consecutive jobs share one block's
-        # weights (channel blocks fastest measured 2-5% slower on 104-channel
-        # chains, whose 4 blocks' weights do not stay in L2 together).
-        y = job % h_out
-        rest = job // h_out
-        ob = rest % blocks
-        rest //= blocks
-        g = rest % groups
-        rest //= groups
-        n = rest % n_img
-        conv_i = rest // n_img
-        bw = b if ob < full else b // 2  # channels in this block (tail: half)
-        # The row's tiles, pixel-major: row_buf[x * bw + c] for pixel x, channel c.
-        row_buf = np.empty((w_out + TILE_PIXELS) * bw, xf.dtype)
-        w_base = conv_i * w_conv_stride + g * group_stride + ob * k_len * b
-        x_ch = x_c0 + conv_i * x_conv_step + g * c_in_g
-        x_row = n * x_img + x_ch * x_plane + y * row_step
-        ch_shift = conv_i * c_out  # this conv's first channel in bias and out
-        n_ch = min(bw, c_out_g - ob * b)
-        for x0 in range(0, w_out, TILE_PIXELS):
-            whole = x0 + TILE_PIXELS <= w_out or w_out < TILE_PIXELS
-            start = x0 if whole else w_out - TILE_PIXELS
-            x_base = x_row + start * x_step
-            if bw == b:
-                tile(wpk, w_base, xf, x_base, offs, k_len, x_step, row_buf[start * bw :])
-            else:
-                tile_half(wpk, w_base, xf, x_base, offs, k_len, x_step, row_buf[start * bw :])
-        # Epilogue, a row at a time over slices (plain range indices vectorise;
-        # computed indices pay Numba's wraparound check on every element).
-        for c in range(n_ch):
-            ch = g * c_out_g + ob * b + c
-            o_idx = n * out_img + (out_c0 + ch_shift + ch) * out_plane + out_base + y * out_row
-            o_row = out_data[o_idx : o_idx + w_out]
-            bc = bias[ch_shift + ch]
-            for i in range(w_out):
-                o_row[i] = row_buf[i * bw + c] + bc
-            if has_residual:
-                r_idx = n * res_img + (res_c0 + ch) * res_plane + y * res_row
-                r_row = res[r_idx : r_idx + w_out]
-                for i in range(w_out):
-                    o_row[i] += r_row[i]
-            if activation and negative_slope == zero:
-                for i in range(w_out):
-                    if o_row[i] < zero:  # NaN stays NaN, as in PyTorch
-                        o_row[i] = zero
-            elif activation:  # leaky ReLU (TResNet); a product, so -inf stays -inf
-                for i in range(w_out):
-                    if o_row[i] < zero:
-                        o_row[i] *= negative_slope
-        if has_next_input:
-            # Once the whole row is done (and still in L1), add the next chunk to
-            # it, a row at a time. Row slices make the loop index a plain range:
-            # with computed indices Numba checks each for wraparound and the
-            # loop does not vectorise (measured 10x slower).
+    jobs = n_conv * n_img * groups * blocks * h_out
+    n_workers = row_bufs.shape[0]
+    for wk in prange(n_workers):
+        # A worker's contiguous share of the jobs (the static split a prange
+        # over the jobs would make), so that its row buffer is allocated once,
+        # by the launcher: a warm call allocates nothing.
+        mine = row_bufs[wk]
+        for job in range(wk * jobs // n_workers, (wk + 1) * jobs // n_workers):
+            # Rows vary fastest: a thread's consecutive jobs share one block's
+            # weights (channel blocks fastest measured 2-5% slower on 104-channel
+            # chains, whose 4 blocks' weights do not stay in L2 together).
+            y = job % h_out
+            rest = job // h_out
+            ob = rest % blocks
+            rest //= blocks
+            g = rest % groups
+            rest //= groups
+            n = rest % n_img
+            conv_i = rest // n_img
+            bw = b if ob < full else b // 2  # channels in this block (tail: half)
+            # The row's tiles, pixel-major: row_buf[x * bw + c] for pixel x, channel c.
+            row_buf = mine[: (w_out + TILE_PIXELS) * bw]
+            w_base = conv_i * w_conv_stride + g * group_stride + ob * k_len * b
+            x_ch = x_c0 + conv_i * x_conv_step + g * c_in_g
+            x_row = n * x_img + x_ch * x_plane + y * row_step
+            ch_shift = conv_i * c_out  # this conv's first channel in bias and out
+            n_ch = min(bw, c_out_g - ob * b)
+            for x0 in range(0, w_out, TILE_PIXELS):
+                whole = x0 + TILE_PIXELS <= w_out or w_out < TILE_PIXELS
+                start = x0 if whole else w_out - TILE_PIXELS
+                x_base = x_row + start * x_step
+                if bw == b:
+                    tile(wpk, w_base, xf, x_base, offs, k_len, x_step, row_buf[start * bw :])
+                else:
+                    tile_half(wpk, w_base, xf, x_base, offs, k_len, x_step, row_buf[start * bw :])
+            # Epilogue, a row at a time over slices (plain range indices vectorise;
+            # computed indices pay Numba's wraparound check on every element).
             for c in range(n_ch):
                 ch = g * c_out_g + ob * b + c
-                o_idx = n * out_img + (out_c0 + ch) * out_plane + out_base + y * out_row
-                s_idx = n * chunk_img + (chunk_c0 + ch) * chunk_plane + y * chunk_row
-                q_idx = n * nxt_img + ch * nxt_plane + nxt_base + y * nxt_row
+                o_idx = n * out_img + (out_c0 + ch_shift + ch) * out_plane + out_base + y * out_row
                 o_row = out_data[o_idx : o_idx + w_out]
-                s_row = chunk[s_idx : s_idx + w_out]
-                q_row = nxt[q_idx : q_idx + w_out]
+                bc = bias[ch_shift + ch]
                 for i in range(w_out):
-                    q_row[i] = o_row[i] + s_row[i]
+                    o_row[i] = row_buf[i * bw + c] + bc
+                if has_residual:
+                    r_idx = n * res_img + (res_c0 + ch) * res_plane + y * res_row
+                    r_row = res[r_idx : r_idx + w_out]
+                    for i in range(w_out):
+                        o_row[i] += r_row[i]
+                if activation and negative_slope == zero:
+                    for i in range(w_out):
+                        if o_row[i] < zero:  # NaN stays NaN, as in PyTorch
+                            o_row[i] = zero
+                elif activation:  # leaky ReLU (TResNet); a product, so -inf stays -inf
+                    for i in range(w_out):
+                        if o_row[i] < zero:
+                            o_row[i] *= negative_slope
+            if has_next_input:
+                # Once the whole row is done (and still in L1), add the next chunk to
+                # it, a row at a time. Row slices make the loop index a plain range:
+                # with computed indices Numba checks each for wraparound and the
+                # loop does not vectorise (measured 10x slower).
+                for c in range(n_ch):
+                    ch = g * c_out_g + ob * b + c
+                    o_idx = n * out_img + (out_c0 + ch) * out_plane + out_base + y * out_row
+                    s_idx = n * chunk_img + (chunk_c0 + ch) * chunk_plane + y * chunk_row
+                    q_idx = n * nxt_img + ch * nxt_plane + nxt_base + y * nxt_row
+                    o_row = out_data[o_idx : o_idx + w_out]
+                    s_row = chunk[s_idx : s_idx + w_out]
+                    q_row = nxt[q_idx : q_idx + w_out]
+                    for i in range(w_out):
+                        q_row[i] = o_row[i] + s_row[i]
 
 
 #: conv_simd's activations (the fused argument's values on every backend).
@@ -483,7 +494,9 @@ def conv_simd(
         if gemm_1x1.usable(x, groups, h * w):  # pixels in the lanes (28x28, 56x56)
             return gemm_1x1.conv_1x1(x, packed, c_out, bias, out, **gemm_args)
         if gemm_1x1.rows_usable(x, groups, h * w):  # 7-pixel tiles (7x7, 14x14)
-            return gemm_1x1.conv_1x1_rows(x, packed, c_out, bias, out, **gemm_args)
+            return gemm_1x1.conv_1x1_rows(
+                x, packed, c_out, bias, out, scratch=scratch, **gemm_args
+            )
     pointwise = (kh, kw, ph, pw) == (1, 1, 0, 0) and (oph, opw) == (0, 0)
     if pointwise and not flat and n_conv == 1 and next_input is None:
         # A strided 1x1 conv (the shortcut): gather the pixels it reads into a
@@ -498,7 +511,8 @@ def conv_simd(
         if gemm is not None:
             layout = _pointwise_layout(h, w, h_out, w_out, tuple(stride))
             xs = read_layout(x, layout, np.empty if scratch is None else _role(scratch))
-            return gemm(xs, packed, c_out, bias, out, **gemm_args)
+            rows_scratch = {"scratch": scratch} if gemm is gemm_1x1.conv_1x1_rows else {}
+            return gemm(xs, packed, c_out, bias, out, **gemm_args, **rows_scratch)
     if flat and h * w >= TILE_PIXELS:
         xp, rows, cols, row_step = x, 1, h * w, 0  # the plane is one long row: a GEMM
         in_row, in_plane = h * w, h * w
@@ -527,6 +541,15 @@ def conv_simd(
             chunk.reshape(-1), chunk[0].size, rows * cols, cols, 0, next_input.chunk_c0
         )
     out_row = out.shape[3]
+    # One row buffer (a row's tiles, pixel-major) per worker, from the
+    # scratch cache when there is one: any contents (every value the
+    # epilogue reads is written by a tile first).
+    b = block_channels(dt)
+    full, tail = block_layout(c_out // groups, b)
+    jobs = n_conv * n * groups * (full + tail) * rows
+    workers = max(1, min(numba.get_num_threads(), jobs))
+    row_shape = (workers, (cols + TILE_PIXELS) * b)
+    row_bufs = np.empty(row_shape, dt) if scratch is None else scratch("conv.rows", row_shape, dt)
     _conv_simd_kernel(
         *as_tuples(
             Channels(xp.reshape(-1), xp[0].size, in_plane, row_step, 0, x_c0),
@@ -549,7 +572,8 @@ def conv_simd(
             residual_rows,
             next_rows,
             next_chunk,
-        )
+        ),
+        row_bufs,
     )
     return out
 
