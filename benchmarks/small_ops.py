@@ -7,8 +7,8 @@ every value of ``r2n.cpu._jit.SMALL_OP_BYTES`` set to 0 (every op splits
 across the threads: one parallel region per pass, each waking the sleeping
 worker) and to 2**62 (every op on the calling thread alone) and to its value (ops
 under it run on the calling thread), and at 1 thread.
-The rounds alternate the two settings; medians of wall time (CPU time at 1
-thread would be the same). ``split / one`` > 1 says the op is faster on
+The rounds run the four settings in turn, forwards then backwards; medians
+of wall time (CPU time at 1 thread would be the same). ``split / one`` > 1 says the op is faster on
 one thread; ``split / rule`` is what the rule gains (> 1) or loses (< 1)
 against splitting every op; MiB is the bytes the op passes to the rule.
 
@@ -124,13 +124,15 @@ def main() -> None:
             ("one", threads, dict.fromkeys(thresholds, 1 << 62)),
             ("rule", threads, thresholds),
         ]
-        for r in range(args.rounds):
-            for label, t, limit in settings if r % 2 == 0 else settings[::-1]:
-                numba.set_num_threads(t)
-                _jit.SMALL_OP_BYTES.update(limit)
-                call()  # warm: compile, caches, the thread count's first launch
-                results[label].append(median_us(call, args.reps))
-        _jit.SMALL_OP_BYTES.update(thresholds)
+        try:
+            for r in range(args.rounds):
+                for label, t, limit in settings if r % 2 == 0 else settings[::-1]:
+                    numba.set_num_threads(t)
+                    _jit.SMALL_OP_BYTES.update(limit)
+                    call()  # warm: compile, caches, the thread count's first launch
+                    results[label].append(median_us(call, args.reps))
+        finally:
+            _jit.SMALL_OP_BYTES.update(thresholds)
         m = {k: statistics.median(v) for k, v in results.items()}
         print(
             f"{name:24s} {nbytes / 2**20:6.2f} {m['1t']:8.1f} {m['split']:9.1f} {m['one']:8.1f} "

@@ -13,6 +13,7 @@ of x and weight, which LLVM vectorises (``fastmath`` reassoc).
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from .._ladder import Step
@@ -267,7 +268,7 @@ def blur_pool2d(x, *, out=None):
 # The per-plane helpers, inlined into both kernels in Numba's IR: called as
 # functions they cost 10-20% of a batch-1 call (an array struct passed per
 # plane, the loop not optimised with its caller).
-inline = jit(fastmath=FASTMATH, inline="always")
+_inline = jit(fastmath=FASTMATH, inline="always")
 
 
 @serial
@@ -293,7 +294,7 @@ def _squeeze_excite_gate(means, w1, b1, w2, b2, hidden, gate, i):
         gate[i, ch] = one / (one + e) if z >= zero else e / (one + e)
 
 
-@inline
+@_inline
 def _squeeze_excite_mean(x, i, ch):
     """The mean of plane x[i, ch] (HW,), summed in float64 as global_avg_pool2d."""
     hw = x.shape[2]
@@ -303,7 +304,7 @@ def _squeeze_excite_mean(x, i, ch):
     return acc / hw
 
 
-@inline
+@_inline
 def _squeeze_excite_rescale(x, residual, add_residual, relu, gate, out, i, ch):
     """out[i, ch] = act(x[i, ch] * gate[i, ch] (+ residual[i, ch])), one (HW,)
     plane, the residual add and ReLU on the row while it is in cache."""
@@ -339,8 +340,9 @@ def _squeeze_excite_kernel(
     rescale (with TResNet BasicBlock's residual add and ReLU). The gate
     between them is tiny: one image's runs on one thread, so a batch of one
     launches no parallel region for it (1.04-1.10x faster at 1 thread,
-    1.25-1.44x at 2 than a parallel region per FC layer; issue 13). Used at
-    batch 1, where the planes are the only thing to split.
+    1.25-1.44x at 2 than a parallel region per FC layer; issue 13). Used
+    where the images are fewer than the threads (batch 1 always), so that
+    the planes give every thread work.
     """
     n, c, hw = x.shape
     for p in prange(n * c):
@@ -365,12 +367,13 @@ def _squeeze_excite_images_kernel(
     """``_squeeze_excite_kernel`` (same arguments, same per-plane helpers)
     in one parallel region of a job per image: its means, gate and rescale.
 
-    Used from batch 2 on: the per-plane kernel's three regions (means,
-    gates, rescale) each wake the sleeping workers (~60 us apiece on the
-    2-core VM), which cost more than the whole op at TResNet's shapes up to
-    batch 8 (benchmarks/small_ops.py); one region wakes them once, and the
-    image is still in cache between its means and its rescale. The split is
-    by image, so at most N threads work.
+    Used from as many images as threads on (and batch >= 2): the per-plane
+    kernel's three regions (means, gates, rescale) each wake the sleeping
+    workers (~60 us apiece on the 2-core VM), which cost more than the whole
+    op at TResNet's shapes up to batch 8 (benchmarks/small_ops.py); one
+    region wakes them once, and the image is still in cache between its
+    means and its rescale. The split is by image, so at most N threads
+    work: with fewer images than threads the per-plane kernel runs.
     """
     n, c, hw = x.shape
     for i in prange(n):
@@ -379,6 +382,14 @@ def _squeeze_excite_images_kernel(
         _squeeze_excite_gate(means, w1, b1, w2, b2, hidden, gate, i)
         for ch in range(c):
             _squeeze_excite_rescale(x, residual, add_residual, relu, gate, out, i, ch)
+
+
+def _squeeze_excite_per_image(n, threads):
+    """Whether squeeze_excite runs a job per image (one parallel region,
+    measured from batch 2 on the 2-core VM): where the images alone give
+    every thread work; else the planes split over the threads (batch 1,
+    or fewer images than threads)."""
+    return n >= max(2, threads)
 
 
 def squeeze_excite(x, w1, b1, w2, b2, *, residual=None, relu=False, out=None):
@@ -416,9 +427,10 @@ def squeeze_excite(x, w1, b1, w2, b2, *, residual=None, relu=False, out=None):
     x3 = kernel_input(x).reshape(n, c, h * w)
     # Bytes moved: x read twice (the means, the rescale), out written, residual read.
     nbytes = 2 * x.nbytes + out.nbytes + (0 if residual is None else residual.nbytes)
+    per_image = _squeeze_excite_per_image(n, numba.get_num_threads())
     run_small(
         "squeeze_excite",
-        _squeeze_excite_kernel if n == 1 else _squeeze_excite_images_kernel,
+        _squeeze_excite_images_kernel if per_image else _squeeze_excite_kernel,
         nbytes,
         x3,
         kernel_input(w1).reshape(c_mid, c),

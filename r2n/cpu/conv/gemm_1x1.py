@@ -413,9 +413,10 @@ def transposed_epilogue_kernel():
     pixel index with the same bit of the lane index, then finished and
     stored as ``L`` whole vectors, one per channel row. The scalar loop it
     replaces read the buffer at a stride of 32 values, one value at a time
-    (~3.5 cycles per output: 12% of 256 -> 1024 at 14x14, measured). Each
-    channel row's residual vector is read just before the same row's output
-    is stored, so a residual that is the output itself is read first.
+    (~3.5 cycles per output: 12% of 256 -> 1024 at 14x14, measured). The
+    residual must not overlap the output: the scalar loop that finishes a
+    job's leftovers writes a row before it reads the residual's (prepared
+    layers never pass an output that shares memory with an input).
     ``buf``, ``out``, ``bias``, ``res``: 1-D C-contiguous arrays of one float
     dtype; the rest int64 (``has_res``, ``relu`` booleans; ``slope`` the
     dtype's scalar). No bounds checks.
