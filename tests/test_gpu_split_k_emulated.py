@@ -300,6 +300,32 @@ def test_clear_scratch_drops_split_arrays_but_pinned_and_capturing_ones(rng):
     assert gconv.split_k_scratch(ex, split)[0] is on_pinned[0]
 
 
+class _NoWeakRefs:
+    """An executor-like object that cannot be weakly referenced (no __weakref__)."""
+
+    __slots__ = ()
+
+
+def test_scratch_owners_that_cannot_be_held_weakly_are_clear_errors():
+    """Scratch owners are held weakly (their arrays go with them): an int, a
+    tuple or a slotted object is a TypeError naming the function, what it
+    expected and what came, not WeakSet's bare "cannot create weak reference"."""
+    expected = r"pin_split_k_scratch: owner must be a stream .* \(a cupy.cuda.Stream\), got "
+    for bad, name in ((7, "int"), ((1, 2), "tuple"), (_NoWeakRefs(), "_NoWeakRefs")):
+        with pytest.raises(TypeError, match=expected + name + "$"):
+            gconv.pin_split_k_scratch(bad)
+    ex = StreamEmuExecutor()
+    ex.current.stream = 5  # a raw handle where a stream object belongs
+    split = gconv.SplitK((2, 1, 8, 63), np.dtype(np.float32), 3)
+    with pytest.raises(TypeError, match=r"split_k_scratch: the scratch owner .* got int$"):
+        gconv.split_k_scratch(ex, split)
+    with pytest.raises(
+        TypeError, match=r"launch_conv: ex must be an executor .* got _NoWeakRefs$"
+    ):
+        gconv._no_counts(_NoWeakRefs())
+    assert gconv.pin_split_k_scratch(_Stream(93)) is None  # a stream object is fine
+
+
 def _prepared_normal_block(rng):
     """(block, params, c_in, (scale, stype, stride, groups)): BLOCK_CASES[3],
     a "normal" bottleneck, prepared in float32 on an emulator of its own."""
