@@ -99,7 +99,27 @@ def forward_ms(forward, inputs, reps: int) -> float:
     return statistics.median(times)
 
 
-def main(argv=None) -> int:
+def plan_runs(precisions, tc_im2col, has_precision: bool, has_switch: bool):
+    """The runs of one checkout: (precision, --tc-im2col value or None) each,
+    and the notes to print about what it skips (``has_precision``: its
+    r2n.models.create takes ``precision=``; ``has_switch``: its r2n.gpu.conv
+    has TC_IM2COL_MULTISTAGE). No GPU needed."""
+    runs, notes = [], []
+    if tc_im2col and not has_switch:
+        notes.append("this checkout has no TC_IM2COL_MULTISTAGE; --tc-im2col ignored")
+    for precision in precisions:
+        if precision != "fp32" and not has_precision:
+            notes.append(f"{precision}: this checkout has no precision=; skipped")
+            continue
+        if precision == "fp32" or not tc_im2col or not has_switch:
+            runs.append((precision, None))
+        else:
+            runs.extend((precision, value) for value in tc_im2col)
+    return runs, notes
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (no GPU needed to parse it)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="res2net50_26w_4s")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 32])
@@ -115,7 +135,11 @@ def main(argv=None) -> int:
     parser.add_argument("--tc-im2col", nargs="+", choices=["step5", "multistage"], default=None,
                         help="tf32 / bf16: run once per r2n.gpu.conv.TC_IM2COL_MULTISTAGE "
                              "setting (step 5 or the multistage im2col kernel)")  # fmt: skip
-    opts = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    opts = build_parser().parse_args(argv)
 
     import inspect
 
@@ -128,18 +152,10 @@ def main(argv=None) -> int:
     checkout = opts.label or os.path.dirname(os.path.dirname(os.path.abspath(r2n.__file__)))
     has_precision = "precision" in inspect.signature(r2n.models.create).parameters
     has_switch = hasattr(gconv, "TC_IM2COL_MULTISTAGE")
-    if opts.tc_im2col and not has_switch:
-        print(f"[{checkout}] this checkout has no TC_IM2COL_MULTISTAGE; --tc-im2col ignored")
+    runs, notes = plan_runs(opts.precision, opts.tc_im2col, has_precision, has_switch)
+    for note in notes:
+        print(f"[{checkout}] {note}")
     rng = np.random.default_rng(0)
-    runs = []  # (precision, --tc-im2col value or None)
-    for precision in opts.precision:
-        if precision != "fp32" and not has_precision:
-            print(f"[{checkout}] {precision}: this checkout has no precision=; skipped")
-            continue
-        if precision == "fp32" or not opts.tc_im2col or not has_switch:
-            runs.append((precision, None))
-        else:
-            runs.extend((precision, value) for value in opts.tc_im2col)
     for precision, tc_im2col in runs:
         label = checkout if tc_im2col is None else f"{checkout} {tc_im2col}"
         if tc_im2col is not None:  # launch plans are keyed on it: no stale plan is reused

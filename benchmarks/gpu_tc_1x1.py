@@ -30,36 +30,35 @@ ratio to ``plane 64x64``. Exit code 1 when a row failed its check.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from gpu_tc_common import (
+    check_and_time,
+    compile_modules,
+    print_device,
+    record_launches,
+    write_json,
+)
+
+#: (C_in, C_out) of the timed convs: layer1's conv1 and conv3
+CONVS = ((256, 104), (104, 256))
 
 
-def _time_ms(cupy, fn, warmup=5, reps=20) -> float:
-    for _ in range(warmup):
-        fn()
-    start, end = cupy.cuda.Event(), cupy.cuda.Event()
-    times = []
-    for _ in range(reps):
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(cupy.cuda.get_elapsed_time(start, end))
-    return float(np.median(times))
-
-
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (no GPU needed to parse it)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--precision", nargs="+", default=["tf32", "bf16"])
     parser.add_argument("--batch", nargs="+", type=int, default=[32, 256])
     parser.add_argument("--size", type=int, default=56, help="H = W of the maps")
     parser.add_argument("--reps", type=int, default=20, help="timed calls per row")
     parser.add_argument("--json", default=None, help="write every row here")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
 
     import cupy
 
@@ -70,10 +69,7 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     ex = _runtime.executor()
-    files = (tc.GEMM_1X1_FILE, gconv.TC_GEMM_FILE, tc.FILE)
-    with ThreadPoolExecutor(len(files)) as pool:  # NVRTC compiles, concurrently
-        list(pool.map(lambda f: ex.module(f).get_function(_runtime.names_of(f)[0]), files))
-    print(f"compiled {', '.join(files)} in {time.perf_counter() - t0:.1f} s", flush=True)
+    compile_modules(ex, (tc.GEMM_1X1_FILE, gconv.TC_GEMM_FILE, tc.FILE), t0)
     try:
         import torch
         import torch.nn.functional as F
@@ -82,21 +78,13 @@ def main(argv=None) -> int:
     except ImportError:
         torch = None
 
-    launched = {}  # the name expression of r2n's last launch, printed per row
-    launch = ex.launch
-
-    def recording_launch(file, name, *a, **k):
-        launched["name"] = name
-        return launch(file, name, *a, **k)
-
-    ex.launch = recording_launch
-    gpu = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
-    print(f"{gpu}, {ex.sm_count} SMs; kernel times, median of {args.reps} (CUDA events)")
+    launched = record_launches(ex)
+    gpu = print_device(cupy, ex, args.reps)
     rows, failed, hw = [], False, args.size
     host_rng = np.random.default_rng(0)
     device_rng = cupy.random.default_rng(0)  # N=256's 200 M inputs: made on the device
     for n in args.batch:
-        for c_in, c_out in ((256, 104), (104, 256)):
+        for c_in, c_out in CONVS:
             x = device_rng.standard_normal((n, c_in, hw, hw), dtype=cupy.float32)
             w = cupy.asarray(
                 (host_rng.standard_normal((c_out, c_in, 1, 1)) / np.sqrt(c_in)).astype(np.float32)
@@ -146,14 +134,10 @@ def main(argv=None) -> int:
                         ("cudnn", lambda _a=(tx, tw, tb): F.conv2d(*_a))  # noqa: B023
                     )
                 for label, fn in candidates:
-                    launched.clear()
-                    out = fn()
-                    kernel = launched.get("name", "")
-                    if label == "cudnn":
-                        out = cupy.asarray(out.float())
-                    err = float(cupy.linalg.norm(out - exact) / cupy.linalg.norm(exact))
-                    ok = err <= tc.tolerance(precision)
-                    ms = _time_ms(cupy, fn, reps=args.reps) if ok else float("nan")
+                    ms, err, ok, kernel = check_and_time(
+                        cupy, fn, exact, tc.tolerance(precision), args.reps, launched,
+                        torch_out=label == "cudnn",
+                    )  # fmt: skip
                     if label == "plane 64x64":
                         base = ms
                     row = dict(
@@ -169,11 +153,8 @@ def main(argv=None) -> int:
                         f"x{base / ms:5.2f} err {err:.1e}{'' if ok else ' WRONG'} {kernel}",
                         flush=True,
                     )
-                    del out
     print(f"total {time.perf_counter() - t0:.1f} s")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"gpu": gpu, "rows": rows}, f, indent=1)
+    write_json(args.json, gpu, rows)
     return 1 if failed else 0
 
 

@@ -4,6 +4,8 @@ Run on a machine with a CUDA GPU, CuPy and PyTorch, from the repo root::
 
     python benchmarks/gpu_tc_3x3.py [--precision tf32 bf16] [--batch 32 256] [--json PATH]
 
+(``--dry-run`` lists the rows it would time and exits: no GPU needed.)
+
 Cases: the 3x3 convs of res2net50_26w_4s's chains, as r2n launches them
 (bias fused; groups of one conv each): a "normal" block's conv (width ->
 width at the stage's size: 26 at 56x56, 52 at 28x28, 104 at 14x14, 208 at
@@ -38,12 +40,17 @@ H200 with the defaults (two NVRTC compiles, run concurrently).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from gpu_tc_common import (
+    check_and_time,
+    compile_modules,
+    print_device,
+    record_launches,
+    write_json,
+)
 
 #: (label, C (= C_in = C_out), groups, H = W of the input, stride)
 CASES = [
@@ -58,18 +65,23 @@ CASES = [
 ]
 
 
-def _time_ms(cupy, fn, warmup=5, reps=20) -> float:
-    for _ in range(warmup):
-        fn()
-    start, end = cupy.cuda.Event(), cupy.cuda.Event()
-    times = []
-    for _ in range(reps):
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(cupy.cuda.get_elapsed_time(start, end))
-    return float(np.median(times))
+#: The rows of each conv case, then of each "normal" chain (CASES[:4]), per
+#: batch and precision, in the order they run.
+CONV_KERNELS = ("5_tensor_core", "multistage", "cudnn")
+CHAIN_KERNELS = ("chain step5", "chain multistage", "torch chain")
+
+
+def planned_rows(args) -> list[tuple[str, int, str, str]]:
+    """(case label, batch, precision, kernel label) of every row a run with
+    ``args`` prints, in order (``--dry-run`` lists them; no GPU needed)."""
+    rows = []
+    for n in args.batch:
+        for label, *_ in CASES:
+            rows += [(label, n, p, k) for p in args.precision for k in CONV_KERNELS]
+        for label, *_ in CASES[:4]:
+            chain = label.replace("normal", "chain")
+            rows += [(chain, n, p, k) for p in args.precision for k in CHAIN_KERNELS]
+    return rows
 
 
 def _time_chain(args, rows, n, label, width, hw, host_rng, device_rng) -> bool:
@@ -127,17 +139,11 @@ def _time_chain(args, rows, n, label, width, hw, host_rng, device_rng) -> bool:
                 return torch_chain(*_a)
 
         base = None
-        for kernel_label, fn in (
-            ("chain step5", lambda _f=r2n_chain: _f(False)),
-            ("chain multistage", lambda _f=r2n_chain: _f(True)),
-            ("torch chain", torch_run),
-        ):
-            out = fn()
-            if kernel_label == "torch chain":
-                out = cupy.asarray(out.float())
-            err = float(cupy.linalg.norm(out - exact) / cupy.linalg.norm(exact))
-            ok = err <= tc.tolerance(precision, nums)
-            ms = _time_ms(cupy, fn, reps=args.reps) if ok else float("nan")
+        runs = (lambda _f=r2n_chain: _f(False), lambda _f=r2n_chain: _f(True), torch_run)
+        for kernel_label, fn in zip(CHAIN_KERNELS, runs, strict=True):
+            tolerance = tc.tolerance(precision, nums)
+            torch_out = kernel_label == "torch chain"
+            ms, err, ok, _ = check_and_time(cupy, fn, exact, tolerance, args.reps, None, torch_out)
             if base is None:
                 base = ms
             rows.append(dict(case=label, batch=n, c=width, groups=1, hw=hw, stride=1,
@@ -150,17 +156,29 @@ def _time_chain(args, rows, n, label, width, hw, host_rng, device_rng) -> bool:
                 f"{'' if ok else ' WRONG'}",
                 flush=True,
             )
-            del out
     return failed
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (no GPU needed to parse it)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--precision", nargs="+", default=["tf32", "bf16"])
     parser.add_argument("--batch", nargs="+", type=int, default=[32, 256])
     parser.add_argument("--reps", type=int, default=20, help="timed calls per row")
     parser.add_argument("--json", default=None, help="write every row here")
-    args = parser.parse_args(argv)
+    parser.add_argument("--dry-run", action="store_true",
+                        help="list the rows a run would time; exit (no GPU needed)")  # fmt: skip
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.dry_run:
+        rows = planned_rows(args)
+        for label, n, precision, kernel_label in rows:
+            print(f"{label:<21} N={n:<3} {precision} {kernel_label}")
+        print(f"{len(rows)} rows")
+        return 0
 
     import cupy
     import torch
@@ -172,22 +190,11 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     ex = _runtime.executor()
-    files = (tc.IM2COL_FILE, tc.FILE)
-    with ThreadPoolExecutor(len(files)) as pool:  # NVRTC compiles, concurrently
-        list(pool.map(lambda f: ex.module(f).get_function(_runtime.names_of(f)[0]), files))
-    print(f"compiled {', '.join(files)} in {time.perf_counter() - t0:.1f} s", flush=True)
+    compile_modules(ex, (tc.IM2COL_FILE, tc.FILE), t0)
     torch.backends.cudnn.allow_tf32 = True
 
-    launched = {}  # the name expression of r2n's last launch, printed per row
-    launch = ex.launch
-
-    def recording_launch(file, name, *a, **k):
-        launched["name"] = name
-        return launch(file, name, *a, **k)
-
-    ex.launch = recording_launch
-    gpu = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
-    print(f"{gpu}, {ex.sm_count} SMs; kernel times, median of {args.reps} (CUDA events)")
+    launched = record_launches(ex)
+    gpu = print_device(cupy, ex, args.reps)
     rows, failed = [], False
     host_rng = np.random.default_rng(0)
     device_rng = cupy.random.default_rng(0)
@@ -224,20 +231,16 @@ def main(argv=None) -> int:
                     ttx, ttw, ttb = tx, tw, tb
                     if precision == "bf16":
                         ttx, ttw, ttb = (t.to(torch.bfloat16) for t in (tx, tw, tb))
-                    candidates = [
-                        ("5_tensor_core", lambda _f=r2n_conv: _f(False)),
-                        ("multistage", lambda _f=r2n_conv: _f(True)),
-                        ("cudnn", lambda _a=(ttx, ttw, ttb), _k=geometry: F.conv2d(*_a, **_k)),
-                    ]
-                    for kernel_label, fn in candidates:
-                        launched.clear()
-                        out = fn()
-                        kernel = launched.get("name", "")
-                        if kernel_label == "cudnn":
-                            out = cupy.asarray(out.float())
-                        err = float(cupy.linalg.norm(out - exact) / cupy.linalg.norm(exact))
-                        ok = err <= tc.tolerance(precision)
-                        ms = _time_ms(cupy, fn, reps=args.reps) if ok else float("nan")
+                    runs = (
+                        lambda _f=r2n_conv: _f(False),
+                        lambda _f=r2n_conv: _f(True),
+                        lambda _a=(ttx, ttw, ttb), _k=geometry: F.conv2d(*_a, **_k),
+                    )
+                    for kernel_label, fn in zip(CONV_KERNELS, runs, strict=True):
+                        ms, err, ok, kernel = check_and_time(
+                            cupy, fn, exact, tc.tolerance(precision), args.reps, launched,
+                            torch_out=kernel_label == "cudnn",
+                        )  # fmt: skip
                         if kernel_label == "5_tensor_core":
                             base = ms
                         row = dict(
@@ -253,7 +256,6 @@ def main(argv=None) -> int:
                             f"err {err:.1e}{'' if ok else ' WRONG'} {kernel}",
                             flush=True,
                         )
-                        del out
                 del x, tx, exact
             for label, c, _, hw, _ in CASES[:4]:  # the "normal" chains
                 failed |= _time_chain(
@@ -262,9 +264,7 @@ def main(argv=None) -> int:
     finally:
         gconv.TC_IM2COL_MULTISTAGE = saved
     print(f"total {time.perf_counter() - t0:.1f} s")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"gpu": gpu, "rows": rows}, f, indent=1)
+    write_json(args.json, gpu, rows)
     return 1 if failed else 0
 
 

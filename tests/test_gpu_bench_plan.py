@@ -4,34 +4,22 @@ the target table are computed from the rows as the GPU run will."""
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-import subprocess
 import sys
 
 import pytest
+from bench_scripts import benchmark_script, run_script
 
 from r2n.gpu import conv_tensor_core as tc
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "gpu_bench.py"
 
 
 @pytest.fixture(scope="module")
 def gpu_bench():
-    spec = importlib.util.spec_from_file_location("gpu_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_bench"] = module  # dataclasses look their module up
-    try:
-        spec.loader.exec_module(module)
+    with benchmark_script("gpu_bench") as module:
         yield module
-    finally:
-        del sys.modules["gpu_bench"]
 
 
 def test_dry_run_lists_the_plan_and_exits_0():
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--dry-run"], capture_output=True,
-                          text=True, cwd=ROOT, timeout=120)  # fmt: skip
+    proc = run_script("gpu_bench", "--dry-run")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[-1].startswith("21 cases, 168 rows")

@@ -41,7 +41,8 @@ def test_every_kernel_source_is_registered():
 
 
 def compile_cubin(file: str, arch: str):
-    """Compile ``file`` with all its name expressions; return (mangled names, ptxas log)."""
+    """Compile ``file`` with all its name expressions; return (mangled names,
+    ptxas log, the CUBIN's bytes)."""
     names = _runtime.names_of(file)
     prog = nvrtc.createProgram(_runtime.kernel_source(file), file, [], [])
     try:
@@ -53,9 +54,10 @@ def compile_cubin(file: str, arch: str):
         except nvrtc.NVRTCError as e:
             pytest.fail(f"NVRTC failed to compile {file} for sm_{arch}: {e}\n"
                         f"{nvrtc.getProgramLog(prog)}")  # fmt: skip
-        assert len(nvrtc.getCUBIN(prog)) > 0
+        cubin = nvrtc.getCUBIN(prog)
+        assert len(cubin) > 0
         lowered = {name: nvrtc.getLoweredName(prog, name) for name in names}
-        return lowered, nvrtc.getProgramLog(prog)
+        return lowered, nvrtc.getProgramLog(prog), cubin
     finally:
         nvrtc.destroyProgram(prog)
 
@@ -93,7 +95,7 @@ def test_spill_parser_reads_ptxas_output():
 def test_source_compiles_for_arch_without_spills(file, arch):
     if file not in _runtime.KERNELS:
         pytest.fail(f"{file} is in r2n/gpu/kernels but no module registers its kernels")
-    lowered, log = compile_cubin(file, arch)
+    lowered, log, _ = compile_cubin(file, arch)
     spills = ptxas_spills(log)
     missing = [name for name, mangled in lowered.items() if mangled not in spills]
     assert not missing, f"ptxas reported nothing for {missing} (log:\n{log[:2000]})"

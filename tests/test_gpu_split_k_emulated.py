@@ -51,6 +51,21 @@ def _launch(ex, variant, x, weight, bias, args, precision="fp32", **kwargs):
     return out
 
 
+def _launch_split(ex, variant, x, weight, bias, args, precision="fp32", **kwargs):
+    """``_launch``'s output, and the scratch arrays (partials, tile counts) that
+    split launch used on ``ex``: launch_conv(plan_only=True) with the very same
+    arguments returns that launch's plan (one key), and split_k_scratch hands
+    out its arrays again. (Matching a few fields of the plans' keys instead
+    once picked another conv's plan: same shapes, other padding.)"""
+    out = ex.empty(args["out_shape"], x.dtype)
+    geometry = {k: args[k] for k in ("stride", "padding", "dilation", "groups")}
+    call = dict(precision=precision, **geometry, **kwargs)
+    plan = gconv.launch_conv(ex, variant, x, weight, bias, out, plan_only=True, **call)
+    assert plan.split is not None, "the launch did not split"
+    gconv.launch_conv(ex, variant, x, weight, bias, out, **call)
+    return out, gconv.split_k_scratch(ex, plan.split)
+
+
 def _check(out, expected, precision, dtype):
     if precision == "fp32":
         assert_close(out, expected)
@@ -93,32 +108,19 @@ def test_split_k_matches_reference_and_is_deterministic(ex, rng, case, precision
     _check(unsplit, expected, precision, dtype)
     for k_splits in (2, 3, 16):
         ex.launches.clear()
-        out = _launch(ex, variant, x, weight, bias, args, precision, k_splits=k_splits, **epilogue)
+        out, (partial, counts) = _launch_split(
+            ex, variant, x, weight, bias, args, precision, k_splits=k_splits, **epilogue
+        )
         tc_file = precision != "fp32"
         # one launch: each tile's last split adds the partials (no second kernel)
         assert [f for f, _ in ex.launches] == [gconv.TC_GEMM_FILE if tc_file else gconv.GEMM_FILE]
         _check(out, expected, precision, dtype)
-        partial, counts = _scratch(ex, variant, x, weight, precision, k_splits)
         assert not counts.any()  # every tile's count is back to 0 for the next call
         _assert_ordered_sum(out, partial, bias, residual)
         again = _launch(
             ex, variant, x, weight, bias, args, precision, k_splits=k_splits, **epilogue
         )
         np.testing.assert_array_equal(out, again)  # a fixed summation order
-
-
-def _scratch(ex, variant, x, weight, precision, k_splits):
-    """The scratch arrays (partials, tile counts) the last split launch of this
-    conv (variant, dtype, shapes, precision, k_splits asked for) used on
-    ``ex``: split_k_scratch hands out the same arrays again."""
-    # launch_conv's plan key: (variant, dtype, x shape, weight shape, ...,
-    # precision at 20, ..., k_splits at 23, ...)
-    for key, plan in list(gconv._PLANS.items()):
-        if plan and plan.split is not None and key[:4] == (variant, x.dtype, x.shape,
-                                                           weight.shape) \
-                and (key[20], key[23]) == (precision, k_splits):  # fmt: skip
-            return gconv.split_k_scratch(ex, plan.split)
-    raise AssertionError(f"no split plan for {variant} {x.shape} {weight.shape} {k_splits}")
 
 
 def _assert_ordered_sum(out, partial, bias, residual):
@@ -133,6 +135,21 @@ def _assert_ordered_sum(out, partial, bias, residual):
         acc += bias.astype(acc.dtype)[None, :, None, None]
     acc += residual.astype(acc.dtype)
     np.testing.assert_array_equal(out, np.maximum(acc, 0).astype(out.dtype))
+
+
+def test_launch_split_returns_the_scratch_of_the_conv_it_launched(ex, rng):
+    """Two split convs alike in variant, dtype, x and weight shapes, precision
+    and k_splits, but not in padding (so not in output size): each gets the
+    scratch arrays of its own plan."""
+    n, c_in, h, w, c_out, kernel, stride, _, dilation, groups = SPLIT_CASES[0]
+    for padding in ((0, 0), (1, 1), (0, 0)):
+        case = (n, c_in, h, w, c_out, kernel, stride, padding, dilation, groups)
+        x, weight, bias, args = conv_inputs(rng, case, np.float32)
+        residual = rng.standard_normal(args["out_shape"]).astype(np.float32)
+        out, (partial, _) = _launch_split(ex, "4_pipelined", x, weight, bias, args, k_splits=3,
+                                          residual=residual, activation="relu")  # fmt: skip
+        assert partial.shape == (3, *out.shape[:2], out.shape[2] * out.shape[3])
+        _assert_ordered_sum(out, partial, bias, residual)
 
 
 def test_split_k_reads_and_writes_channel_slices(ex, rng):
@@ -173,10 +190,10 @@ def test_split_k_when_blocks_loop_over_images_and_groups(ex, rng, monkeypatch, p
     expected = np.maximum(ref.conv2d(_f64(x), _f64(weight), _f64(bias), **args) + residual, 0)
     variant = _variant(case, precision)
     for k_splits in (2, 4, 2):
-        out = _launch(ex, variant, x, weight, bias, args, precision, k_splits=k_splits,
-                      residual=residual, activation="relu")  # fmt: skip
+        out, (partial, counts) = _launch_split(ex, variant, x, weight, bias, args, precision,
+                                               k_splits=k_splits, residual=residual,
+                                               activation="relu")  # fmt: skip
         _check(out, expected, precision, np.float32)
-        partial, counts = _scratch(ex, variant, x, weight, precision, k_splits)
         assert counts.size == 2 * 3 and not counts.any()  # one tile per (image, group)
         _assert_ordered_sum(out, partial, bias, residual)
 
@@ -193,9 +210,10 @@ def test_repeated_split_calls_and_changing_shapes_reuse_only_fitting_scratch(ex,
                                (SPLIT_CASES[3], 2), (SPLIT_CASES[2], 4)):  # fmt: skip
             x, weight, bias, args = conv_inputs(rng, case, np.float32)
             variant = _variant(case, "fp32")
-            out = _launch(ex, variant, x, weight, bias, args, k_splits=k_splits)
+            out, (partial, counts) = _launch_split(
+                ex, variant, x, weight, bias, args, k_splits=k_splits
+            )
             assert_close(out, ref.conv2d(_f64(x), _f64(weight), _f64(bias), **args))
-            partial, counts = _scratch(ex, variant, x, weight, "fp32", k_splits)
             assert partial.shape[1:] == (x.shape[0], weight.shape[0], np.prod(out.shape[2:]))
             assert not counts.any()
             # arrays are shared exactly by the calls whose sizes are equal
@@ -298,6 +316,32 @@ def test_clear_scratch_drops_split_arrays_but_pinned_and_capturing_ones(rng):
     assert gconv.split_k_scratch(ex, split)[0] is not on_capturing[0]
     ex.current.stream = pinned
     assert gconv.split_k_scratch(ex, split)[0] is on_pinned[0]
+
+
+class _NoWeakRefs:
+    """An executor-like object that cannot be weakly referenced (no __weakref__)."""
+
+    __slots__ = ()
+
+
+def test_scratch_owners_that_cannot_be_held_weakly_are_clear_errors():
+    """Scratch owners are held weakly (their arrays go with them): an int, a
+    tuple or a slotted object is a TypeError naming the function, what it
+    expected and what came, not WeakSet's bare "cannot create weak reference"."""
+    expected = r"pin_split_k_scratch: owner must be a stream .* \(a cupy.cuda.Stream\), got "
+    for bad, name in ((7, "int"), ((1, 2), "tuple"), (_NoWeakRefs(), "_NoWeakRefs")):
+        with pytest.raises(TypeError, match=expected + name + "$"):
+            gconv.pin_split_k_scratch(bad)
+    ex = StreamEmuExecutor()
+    ex.current.stream = 5  # a raw handle where a stream object belongs
+    split = gconv.SplitK((2, 1, 8, 63), np.dtype(np.float32), 3)
+    with pytest.raises(TypeError, match=r"split_k_scratch: the scratch owner .* got int$"):
+        gconv.split_k_scratch(ex, split)
+    with pytest.raises(
+        TypeError, match=r"launch_conv: ex must be an executor .* got _NoWeakRefs$"
+    ):
+        gconv._no_counts(_NoWeakRefs())
+    assert gconv.pin_split_k_scratch(_Stream(93)) is None  # a stream object is fine
 
 
 def _prepared_normal_block(rng):

@@ -6,36 +6,22 @@ computed from timed choices as the GPU run will."""
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-import subprocess
-import sys
-
 import numpy as np
 import pytest
+from bench_scripts import benchmark_script, run_script
 
 from r2n._bench.cases import res2net50_flops
 from r2n.gpu import conv as gconv
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "gpu_tiles.py"
-
 
 @pytest.fixture(scope="module")
 def gpu_tiles():
-    spec = importlib.util.spec_from_file_location("gpu_tiles", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_tiles"] = module  # dataclasses look their module up
-    try:
-        spec.loader.exec_module(module)
+    with benchmark_script("gpu_tiles") as module:
         yield module
-    finally:
-        del sys.modules["gpu_tiles"]
 
 
 def test_dry_run_lists_the_plan_and_exits_0():
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--dry-run"], capture_output=True,
-                          text=True, cwd=ROOT, timeout=120)  # fmt: skip
+    proc = run_script("gpu_tiles", "--dry-run")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[-1].startswith("25 shapes, 75 cases, 337 choices; 132 SMs")

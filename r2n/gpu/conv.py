@@ -857,7 +857,13 @@ def split_k_scratch(ex, split: SplitK) -> tuple:
     owner = _scratch_owner(ex)
     key = (getattr(ex, "device_id", None), *split)
     with _SCRATCH_LOCK:
-        sets = _SCRATCH.get(owner)
+        sets = _weakly_keyed_get(
+            _SCRATCH,
+            owner,
+            "split_k_scratch",
+            "the scratch owner (ex's current stream, or ex when it has no streams) "
+            "must be an object that supports weak references",
+        )
         if sets is None:
             sets = _SCRATCH[owner] = {}
         found = sets.get(key)
@@ -878,7 +884,30 @@ def pin_split_k_scratch(owner) -> None:
     that stream yourself (``r2n.gpu.capture`` and ``graph=True`` models do),
     since the graph writes the arrays' addresses on every replay."""
     with _SCRATCH_LOCK:
-        _PINNED.add(owner)
+        try:
+            _PINNED.add(owner)
+        except TypeError:  # WeakSet's bare "cannot create weak reference"
+            raise _not_weakly_held(
+                "pin_split_k_scratch",
+                "owner must be a stream object that supports weak references (a cupy.cuda.Stream)",
+                owner,
+            ) from None
+
+
+def _not_weakly_held(where: str, expected: str, got) -> TypeError:
+    """The error for a scratch owner that cannot be held weakly (an int, a
+    str, a tuple): owners are held weakly so that their arrays go with them."""
+    return TypeError(f"r2n.gpu.conv.{where}: {expected}, got {type(got).__name__}")
+
+
+def _weakly_keyed_get(table: weakref.WeakKeyDictionary, owner, where: str, expected: str):
+    """``table.get(owner)``, or :func:`_not_weakly_held`'s error for an owner
+    that cannot be a weak key (WeakKeyDictionary's own is a bare "cannot
+    create weak reference")."""
+    try:
+        return table.get(owner)
+    except TypeError:
+        raise _not_weakly_held(where, expected, owner) from None
 
 
 def _is_capturing(owner) -> bool:
@@ -906,7 +935,13 @@ def clear_split_k_scratch() -> int:
 def _no_counts(ex):
     """An int32 array for an unsplit conv_gemm*.cu launch's tile_counts (never
     read or written there: k_splits is 1), one per executor."""
-    counts = _NO_COUNTS.get(ex)
+    counts = _weakly_keyed_get(
+        _NO_COUNTS,
+        ex,
+        "launch_conv",
+        "ex must be an executor object that supports weak references "
+        "(r2n.gpu._runtime.CupyExecutor, the emulator's)",
+    )
     if counts is None:
         counts = _zeros(ex, (1,), np.int32)
         with _SCRATCH_LOCK:

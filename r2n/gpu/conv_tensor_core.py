@@ -125,12 +125,14 @@ GEMM_1X1_FILE = "gemm_1x1_tensor_core.cu"
 # mma tiles) each, rings of 32-deep slices. The compiler keeps the next k
 # step's fragments in registers beside the 64 accumulators (~190-255
 # registers a thread; capped at 128, the 8-warp tile spills), so a 4-warp
-# block runs two per SM (3 stages, ~80 KB each) and the 8-warp one alone (4
-# stages, 140 KB): 8 warps per SM either way, but two blocks overlap each
-# other's prologue (the ring's first loads) and epilogue (stores, residual
-# loads), which a conv with a short K loop (conv3: K = 104) spends much of its
-# time in, while the 8-warp tile loads each weight and input once per 128 x
-# 128 outputs instead of per 128 x 64 (half the L2 -> SM traffic).
+# block runs two per SM on sm_90 (3 stages, 78-85.5 KiB each; on an A100 the
+# bf16 128 x 64 block runs alone and two tf32 ones fill the SM exactly: the
+# table in the .cu file's header) and the 8-warp one alone (4 stages, 140-146
+# KiB): 8 warps per SM either way, but two blocks overlap each other's
+# prologue (the ring's first loads) and epilogue (stores, residual loads),
+# which a conv with a short K loop (conv3: K = 104) spends much of its time
+# in, while the 8-warp tile loads each weight and input once per 128 x 128
+# outputs instead of per 128 x 64 (half the L2 -> SM traffic).
 #: More than 64 output channels per group: 128 x 64, 4 warps.
 GEMM_1X1_TILE = (128, 64, 32, 2, 2, 3)
 #: Groups of <= 64 output channels: 64 x 128, 4 warps.
@@ -191,7 +193,9 @@ _runtime.register(GEMM_1X1_FILE, [gemm_1x1_name(p, t) for p in PRECISIONS for t 
 #: with no add on load and no split-K.
 IM2COL_FILE = "conv_im2col_tensor_core.cu"
 # Block tiles (BM, BN, BK, WARPS_M, WARPS_N, STAGES), 4 warps, 3 stages, two
-# blocks per SM, as the 1x1 GEMM's: 64 x 32 warp tiles where the channels fill
+# blocks per SM on sm_90, as the 1x1 GEMM's (on an A100 one of 128 x 64: its
+# 81.75-86.25 KiB + 1 KiB reserved, twice, exceed 164 KiB; two of the others,
+# 65.25-80.25 KiB): 64 x 32 warp tiles where the channels fill
 # them, 32 x 32 for groups of <= 32 output channels (Res2Net's 26-channel chain).
 #: More than 64 output channels per group: 128 x 64.
 IM2COL_TILE = (128, 64, 32, 2, 2, 3)

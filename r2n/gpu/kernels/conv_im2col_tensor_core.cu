@@ -77,8 +77,10 @@
 // with a dependent store before the next slice could be fetched, so a
 // block's warps waited ~1 us on memory per 32-deep slice (~150 mma each).
 // Here two slices (2 x (128 x 32 + 32 x 64) x 4 B = 48 KB per block, two
-// blocks per SM) are in flight while one is multiplied, as in the 1x1 kernel,
-// which measured 1.5-2.15x the step-5-style plane GEMM (second H200 calls).
+// blocks per SM on sm_90; on an A100 one 128 x 64 block, since 81.75 KiB of
+// shared memory in tf32, + 1 KiB reserved, twice is over its 164 KiB) are in
+// flight while one is multiplied, as in the 1x1 kernel, which measured
+// 1.5-2.15x the step-5-style plane GEMM (second H200 calls).
 //
 // Prediction (H200, kernel time, TF32; bf16 about the same): ~2x step 5 on
 // the 3x3 convs of batch 32-256. The 1x1 kernel measured 1.8-3.2x step 5 on

@@ -35,10 +35,11 @@
 //    step a warp issues 16 mma.sync for 4 ldmatrix.x4 and 8 (TF32) 32-bit
 //    shared loads, 3 wavefronts of shared memory per 2 mma (step 5's 64 x 64
 //    tile: 32 x 32 warp tiles, 4 wavefronts per 2 mma). 128 x 64 (4 warps,
-//    two blocks per SM), 64 x 128 for groups of <= 64 output channels, and
-//    128 x 128 (8 warps, one block per SM) for K >= 512 on planes of more
-//    than 64 pixels; the rule and why: r2n/gpu/conv_tensor_core.py
-//    (gemm_1x1_tile).
+//    two blocks per SM on sm_90), 64 x 128 for groups of <= 64 output
+//    channels, and 128 x 128 (8 warps, one block per SM) for K >= 512 on
+//    planes of more than 64 pixels; the rule and why:
+//    r2n/gpu/conv_tensor_core.py (gemm_1x1_tile); blocks per SM on each
+//    target below ("Blocks per SM").
 // 4. The rounding (cvt.rna.tf32 / cvt.rn.bf16x2) moves to the fragment reads
 //    of both operands (step 5 rounded the input before storing it). Every
 //    operand element is still rounded exactly once per use, by the same
@@ -68,12 +69,28 @@
 //   (B_PITCH and A_PITCH are multiples of 4 floats: every 16-byte cp.async
 //   destination and ldmatrix row stays 16-byte aligned.)
 //
+// Blocks per SM by shared memory: a block's is all dynamic (ptxas reports no
+// static shared memory), STAGES x (BM x A_PITCH + BK x B_PITCH) x 4 bytes
+// (conv_tensor_core.gemm_1x1_shared_bytes), and the driver reserves 1 KiB
+// more per block:
+//   tile        KiB a block, tf32 / bf16    blocks per SM, tf32 / bf16
+//                                           sm_90 (228 KiB)  sm_80 (164 KiB)
+//   128 x 64    81 / 85.5                   2 / 2            2 / 1
+//   64 x 128    78 / 79.5                   2 / 2            2 / 2
+//   128 x 128   140 / 146                   1 / 1            1 / 1
+// On an A100 two tf32 128 x 64 blocks fill the SM exactly (2 x (81 + 1) =
+// 164 KiB: only with the whole carveout, which the driver picks for
+// occupancy; r2n sets no preference), and a bf16 one runs alone (2 x 86.5 >
+// 164). sm_86 / sm_89 (100 KiB a SM, 99 a block) run one 4-warp block, and
+// the 128 x 128 tile does not fit there. Registers allow two 4-warp blocks
+// (R2N_TC1X1_MIN_BLOCKS: at most 255 a thread).
+//
 // Why it should be faster (H200: TF32 mma 405 TFLOP/s, copy 4.26 TB/s,
 // measured by gpu_bench): a Res2Net-50 1x1 conv at batch 32 moves more bytes
 // than a TF32 GEMM needs time for (1x1 256->104 at 56x56, N=32: 145 MB of
 // input and output, 34 us; 5.3 GFLOP, 13 us at the TF32 peak), so it should
 // run at the memory's pace if enough loads are in flight: two 128 x 64
-// blocks per SM with two slices each requested ahead keep ~32 KB of input
+// blocks per H200 SM with two slices each requested ahead keep ~32 KB of input
 // (and as much of L2-resident weights) in flight per SM, about the
 // latency-bandwidth product of one SM (32 GB/s per SM x ~1 us). The plane
 // GEMM it replaces keeps one slice in flight per block, its input waiting in
