@@ -32,6 +32,7 @@ import threading
 import warnings
 
 import numba
+import numpy as np
 
 from .._diskcache import DiskCacheWarning
 
@@ -175,6 +176,20 @@ SMALL_OP_BYTES = {
     "blur_pool2d": 3 << 18,
     "squeeze_excite": 4 << 20,
 }
+
+
+def worker_buffers(jobs: int, size: int, dtype, role=None, scratch=None):
+    """(workers, size) buffers for a kernel whose ``prange`` runs over
+    workers, each taking a contiguous share of ``jobs`` with one buffer of
+    its own (the 1x1 rows kernel, step 4's direct conv, the windowed pools):
+    one per thread, at most one per job, so the kernel allocates nothing
+    per job. From ``scratch(role, shape, dtype)`` (r2n.cpu._scratch) when
+    given, reused across calls; else new. Any contents: those kernels write
+    every value they read."""
+    shape = (max(1, min(numba.get_num_threads(), jobs)), size)
+    if scratch is None:
+        return np.empty(shape, dtype)
+    return scratch(role, shape, dtype)
 
 
 def run_small(op: str, kernel_fn, nbytes: int, *args) -> None:

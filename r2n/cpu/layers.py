@@ -427,7 +427,7 @@ def squeeze_excite(x, w1, b1, w2, b2, *, residual=None, relu=False, out=None):
     x3 = kernel_input(x).reshape(n, c, h * w)
     # Bytes moved: x read twice (the means, the rescale), out written, residual read.
     nbytes = 2 * x.nbytes + out.nbytes + (0 if residual is None else residual.nbytes)
-    per_image = _squeeze_excite_per_image(n, numba.get_num_threads())
+    per_image = n > 1 and _squeeze_excite_per_image(n, numba.get_num_threads())
     run_small(
         "squeeze_excite",
         _squeeze_excite_images_kernel if per_image else _squeeze_excite_kernel,

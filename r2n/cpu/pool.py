@@ -28,11 +28,11 @@ split saves.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
 from .._ladder import Step
-from ._jit import jit, kernel, prange, run_small
+from ._jit import jit, kernel, prange, run_small, worker_buffers
+from ._scratch import scratch
 from .elementwise import kernel_input
 
 # Step 1 of the global_avg_pool2d ladder: parallel, but IEEE order (no fastmath).
@@ -221,11 +221,11 @@ def _global_avg_pool2d_kernel(x, out):
 
 def _worker_rows(planes, h_out, w_out, w, kw, sw, pw, dtype):
     """The windowed pools' scratch rows: (workers, padded row width), one per
-    worker that has jobs (blocks of POOL_ROWS output rows of a plane), made
-    per call (a few KiB) instead of one per job inside the kernel."""
+    worker that has jobs (blocks of POOL_ROWS output rows of a plane), from
+    the thread's scratch cache (the kernel fills each before use)."""
     jobs = planes * ((h_out + POOL_ROWS - 1) // POOL_ROWS)
-    workers = max(1, min(numba.get_num_threads(), jobs))
-    return np.empty((workers, max((w_out - 1) * sw + kw, pw + w)), dtype)
+    width = max((w_out - 1) * sw + kw, pw + w)
+    return worker_buffers(jobs, width, dtype, "pool.rows", scratch)
 
 
 def _planes(x, n, c):

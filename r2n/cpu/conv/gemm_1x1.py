@@ -39,13 +39,12 @@ import functools
 import math
 
 import numba
-import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .._jit import FASTMATH, kernel, prange
+from .._jit import FASTMATH, kernel, prange, worker_buffers
 from ..elementwise import unused_array
 from ..microkernel import TILE_PIXELS, TILE_VECTORS, VECTOR_BYTES, block_layout
 
@@ -653,9 +652,8 @@ def _conv_1x1_rows_kernel(
     jobs = n_img * blocks * n_parts
     n_workers = bufs.shape[0]
     for wk in prange(n_workers):
-        # A worker's contiguous share of the jobs (the static split a prange
-        # over the jobs would make), so that its tile buffer is allocated once,
-        # by the launcher: a warm call allocates nothing.
+        # A worker's contiguous share of the jobs (the split a prange over the
+        # jobs would make), with its buffer from _jit.worker_buffers.
         mine = bufs[wk]
         for job in range(wk * jobs // n_workers, (wk + 1) * jobs // n_workers):
             part = job % n_parts
@@ -840,8 +838,7 @@ def conv_1x1_rows(
     b = TILE_VECTORS * VECTOR_BYTES // x.itemsize
     full, tail = divmod(c_out, b)
     jobs = n * (full + (1 if tail else 0)) * n_parts
-    make = np.empty if scratch is None else (lambda s, d: scratch("gemm_1x1.rows", s, d))
-    bufs = make((max(1, min(threads, jobs)), plane * b), x.dtype)
+    bufs = worker_buffers(jobs, plane * b, x.dtype, "gemm_1x1.rows", scratch)
     _conv_1x1_rows_kernel(
         x.reshape(-1), c_x * plane, x_c0, plane, c_in,
         packed, bias, n, c_out,

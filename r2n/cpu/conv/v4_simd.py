@@ -40,11 +40,10 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
-import numba
 import numpy as np
 
 from .. import _scratch
-from .._jit import as_tuples, kernel, prange
+from .._jit import as_tuples, kernel, prange, worker_buffers
 from ..elementwise import kernel_input, unused_array, vector_or
 from ..microkernel import (
     TILE_PIXELS,
@@ -193,9 +192,8 @@ def _conv_simd_kernel(
     jobs = n_conv * n_img * groups * blocks * h_out
     n_workers = row_bufs.shape[0]
     for wk in prange(n_workers):
-        # A worker's contiguous share of the jobs (the static split a prange
-        # over the jobs would make), so that its row buffer is allocated once,
-        # by the launcher: a warm call allocates nothing.
+        # A worker's contiguous share of the jobs (the split a prange over the
+        # jobs would make), with its buffer from _jit.worker_buffers.
         mine = row_bufs[wk]
         for job in range(wk * jobs // n_workers, (wk + 1) * jobs // n_workers):
             # Rows vary fastest: a thread's consecutive jobs share one block's
@@ -547,9 +545,7 @@ def conv_simd(
     b = block_channels(dt)
     full, tail = block_layout(c_out // groups, b)
     jobs = n_conv * n * groups * (full + tail) * rows
-    workers = max(1, min(numba.get_num_threads(), jobs))
-    row_shape = (workers, (cols + TILE_PIXELS) * b)
-    row_bufs = np.empty(row_shape, dt) if scratch is None else scratch("conv.rows", row_shape, dt)
+    row_bufs = worker_buffers(jobs, (cols + TILE_PIXELS) * b, dt, "conv.rows", scratch)
     _conv_simd_kernel(
         *as_tuples(
             Channels(xp.reshape(-1), xp[0].size, in_plane, row_step, 0, x_c0),
