@@ -355,6 +355,58 @@ def test_weight_prefetch_changes_no_bit(rng, monkeypatch, four, c_out, groups, d
     assert_close(outs[0], ref, dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("four", [False, True], ids=["2x2", "4x4"])
+@pytest.mark.parametrize(
+    "n, c_in, c_out, h, w, groups, chain",
+    [
+        (1, 15, 15, 7, 9, 3, True),  # 3 groups of 5 on 7x9, the chain's added input
+        (2, 36, 40, 17, 75, 1, False),  # rows of 39 / 20 tiles: several vectors each
+        (1, 8, 33, 2, 3, 1, True),  # 2x3 image: one partial tile per row
+    ],
+    ids=["7x9-groups", "wide-rows", "2x3"],
+)
+def test_transforms_in_registers_match_the_flat_loops(
+    rng, monkeypatch, four, n, c_in, c_out, h, w, groups, chain, dtype
+):
+    # TRANSFORMS_IN_REGISTERS' bits (1 input transform, 2 output transform,
+    # 4 parity split; r2n.cpu.conv.winograd_registers), each alone and all,
+    # against the flat loops (0), at 1 and 2 threads, from NaN-filled
+    # outputs, with the chain's added input, a residual and a leaky ReLU:
+    # F(2x2) sums the same terms in the same order (bit-identical); F(4x4)'s
+    # flat loops also add zero-coefficient terms and LLVM may fuse
+    # differently, so there the reference decides.
+    conv, transform = _winograd_launcher(four)
+    c_in_g = c_in // groups
+    a = randn(rng, n, c_in, h, w, dtype=dtype)
+    add = randn(rng, n, c_in, h, w, dtype=dtype) if chain else None
+    weight = randn(rng, c_out, c_in_g, 3, 3, dtype=dtype)
+    bias = randn(rng, c_out, dtype=dtype)
+    residual = randn(rng, n, c_out, h, w, dtype=dtype)
+    source = a + add if chain else a
+    ref = _reference_conv(source, weight, bias, stride=1, padding=1, dilation=1, groups=groups)
+    ref = ref + residual.astype(np.float64)
+    ref = np.where(ref < 0, 0.125 * ref, ref)
+    u = transform(weight, groups)
+    outs = {}
+    before = r2n.get_num_threads()
+    try:
+        for bits in (0, 1, 2, 4, 7):
+            monkeypatch.setattr(winograd, "TRANSFORMS_IN_REGISTERS", bits)
+            for threads in sorted({1, min(2, before)}):
+                r2n.set_num_threads(threads)
+                out = np.full((n, c_out, h, w), np.nan, dtype)
+                conv(a, u, c_out, groups, (1, 1), bias, out, c_in_g=c_in_g, add=add,
+                     activation="leaky_relu", negative_slope=0.125, residual=residual)  # fmt: skip
+                outs[bits, threads] = out
+    finally:
+        r2n.set_num_threads(before)
+    for key, out in outs.items():
+        assert_close(out, ref, dtype)
+        if not four:
+            np.testing.assert_array_equal(out, outs[0, 1], err_msg=str(key))
+
+
 @pytest.mark.parametrize("four", [False, True], ids=["2x2", "4x4"])
 @pytest.mark.parametrize(
     "padding, pass_through, message",

@@ -45,24 +45,31 @@ of jobs and owns scratch buffers sized for L2 (``SCRATCH_BYTES``, ``plan``):
    the block's padded input rows are split by row and column parity (a
    stride-2 read, optionally of the sum of two sources: the Res2Net "normal"
    chain's ``sp + x_{i+1}``, added on the read instead of written out
-   first); B^T d and (B^T d) B are then 8 + 16 flat loops of one subtraction
-   or addition over the block's tiles. Zero padding and partial edge tiles
-   (odd sizes) come from zero-filled parity rows: nothing outside the input
-   is read.
+   first); then V = B^T d B a vector of 16 tiles at a time, in registers
+   (``winograd_registers``: 16 loads, 16 stores, the sums between them).
+   Zero padding and partial edge tiles (odd sizes) come from zero-filled
+   parity rows: nothing outside the input is read.
 2. per group and output-channel block (32 float32 / 16 float64 channels, as in
    step 4): 16 GEMMs ``M[xi] = U[xi] @ V[xi]`` through the register-tiled
    micro-kernel of ``microkernel`` (7 tiles x 32 channels per call, the reduction
    over the group's input channels), U packed like ``microkernel.pack_weights``
    per ``xi``.
 3. the output transform of that block, a tile row at a time while M is in
-   L2: A^T M A as 12 flat loops (vectorised over tiles x channels), then the
-   transpose from channels-in-lanes to rows of pixels, with bias and ReLU,
-   into the output's channel slice; outputs past an odd edge are not written.
+   L2: A^T M A in registers, a vector of (tile, channel) pairs at a time,
+   then the transpose from channels-in-lanes to rows of pixels, with bias
+   and ReLU, into the output's channel slice; outputs past an odd edge are
+   not written.
 
-Measured on the 2-core Zen 4 (one thread, batch 8, float32): 104 ch 14x14
-1.86 ms per conv (input transform 0.31, GEMMs 1.30 = 94% of the peak on the
-FMAs issued, output 0.24) vs 3.4-3.7 ms for step 4; 26 ch 56x56 3.55 ms
-(0.85 + 1.49 + 0.68) vs 3.9-4.3.
+``TRANSFORMS_IN_REGISTERS`` switches the transforms (and the parity split,
+by whole vectors with masked loads) back to the flat loops they replaced,
+for side-by-side timing: 8 + 16 loops of one addition over the block's tiles
+for the input, 8 + 4 for the output, through the intermediate sums T and S.
+
+Measured on the 2-core Zen 4 (one thread, batch 8, float32), with the flat
+loops: 104 ch 14x14 1.86 ms per conv (input transform 0.31, GEMMs 1.30 =
+94% of the peak on the FMAs issued, output 0.24) vs 3.4-3.7 ms for step 4;
+26 ch 56x56 3.55 ms (0.85 + 1.49 + 0.68) vs 3.9-4.3. The transforms in
+registers: NOTES.md "Winograd transforms in registers".
 
 ``use_winograd`` is the rule the fused chain dispatches on (measured,
 benchmarks/results/NOTES.md "Winograd F(2x2,3x3) (v6)").
@@ -86,6 +93,7 @@ from ..microkernel import (
     tile_half_prefetch,
     tile_prefetch,
 )
+from .winograd_registers import phase_split_kernel, separable_transform_kernel
 
 #: Target size of a worker's V and M scratch (16 x (C_in + 32) floats per
 #: tile): a job's tile rows are chosen so that both stay in the 1 MiB L2.
@@ -103,6 +111,20 @@ _inline = numba.njit(inline="always", fastmath=FASTMATH)
 #: side-by-side timing (NOTES.md).
 PREFETCH_WEIGHTS = True
 
+#: Whether the transforms run in registers, a vector of tiles at a time
+#: (r2n.cpu.conv.winograd_registers), instead of flat loops over a block
+#: through the intermediate sums T and S. A switch for side-by-side timing
+#: (NOTES.md); bits: 1 input transform, 2 output transform, 4 parity split.
+TRANSFORMS_IN_REGISTERS = 7
+#: Elements of padding between V's (and M's) transform positions. Their
+#: strides would otherwise be multiples of 4 KiB (C_in x tbp floats), and the
+#: 16 (36) rows a transform vector reads or writes at once would all map to
+#: one or two sets of the 8-way L1: one cache line apart spreads them.
+LINE_PAD = 16
+#: Elements past each parity plane: the split's whole-vector stores run past
+#: a row, and the last row's past the plane.
+PLANE_SLACK = 16
+
 #: use_winograd's lines: input channels per group, image height and width,
 #: and for wide groups, 2x2 output tiles in the batch or the tiles' waste.
 WINOGRAD_MIN_CHANNELS = 16
@@ -113,6 +135,27 @@ WIDE_MAX_WASTE = 1.15
 
 # Weight transform G (4x3) of F(2x2, 3x3).
 _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+# Input and output transforms B^T (4x4) and A^T (2x4).
+_BT = ((1.0, 0.0, -1.0, 0.0), (0.0, 1.0, 1.0, 0.0), (0.0, -1.0, 1.0, 0.0), (0.0, 1.0, 0.0, -1.0))
+_AT = ((1.0, 1.0, 1.0, 0.0), (0.0, 1.0, -1.0, -1.0))
+# V[4 r + col] = (B^T d B)[r][col] from the parity planes: d[m][j] of a tile
+# is plane (m % 2, j % 2) at row + m // 2, tile + j // 2 (k1 * p_len + k2 *
+# pitch + k3); V[xi] is xi * v_xi past the channel's row.
+_input_in_registers = separable_transform_kernel(
+    _BT,
+    _BT,
+    tuple(tuple((2 * (m % 2) + j % 2, m // 2, j // 2) for j in range(4)) for m in range(4)),
+    tuple(tuple(4 * r + col for col in range(4)) for r in range(4)),
+)
+# Y[a][b] = (A^T M A)[a][b]: M[4 r + col] is (4 r + col) * m_step past the
+# tile row's start; Y[a][b] is 2 a + b rows of el past S's 8.
+_output_in_registers = separable_transform_kernel(
+    _AT,
+    _AT,
+    tuple(tuple((4 * r + col, 0, 0) for col in range(4)) for r in range(4)),
+    ((0, 1), (2, 3)),
+)
+_split_in_registers = phase_split_kernel(2)
 
 
 def applicable(kernel_hw, stride, dilation) -> bool:
@@ -277,7 +320,7 @@ def _pass_through_share(a, a_img, out, out_img, plane, n_img, c0, out_c0, count,
 @_inline
 def winograd_gemms(
     n_xi, u, u_conv, xi_stride, g, group_stride, groups, ob, blocks, blk, bw,
-    c_in, c_in_g, v, offs, tbp, m, m_step, n_calls, per_row, calls_per_row, pitch,
+    v_xi, c_in_g, v, offs, tbp, m, m_step, n_calls, per_row, calls_per_row, pitch,
     w_prefetch,
 ):  # fmt: skip
     """A job's ``n_xi`` GEMMs for output-channel block ``ob`` of group ``g``
@@ -299,7 +342,7 @@ def winograd_gemms(
         else:
             u_next = u_conv
         ahead = u_next - u_base if w_prefetch else 0
-        x_base = (xi * c_in + g * c_in_g) * tbp
+        x_base = xi * v_xi + g * c_in_g * tbp
         for call in range(n_calls):
             if per_row:
                 i0 = (call // calls_per_row) * pitch + (call % calls_per_row) * TILE_PIXELS
@@ -388,7 +431,8 @@ class WinogradOutput(NamedTuple):
 class WinogradPlan(NamedTuple):
     """The input's size and padding, and how the launch splits into jobs
     (:func:`plan`): ``n_conv * n_img * n_row_blocks`` jobs of
-    ``rows_per_block`` tile rows, V's row pitch ``tbp``."""
+    ``rows_per_block`` tile rows, V's row pitch ``tbp``; which parts run in
+    registers (:data:`TRANSFORMS_IN_REGISTERS`)."""
 
     h: int
     w: int
@@ -399,6 +443,7 @@ class WinogradPlan(NamedTuple):
     rows_per_block: int
     n_row_blocks: int
     tbp: int
+    in_registers: int
 
 
 class WinogradScratch(NamedTuple):
@@ -497,7 +542,7 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch, pass_throu
     add_data, add_img, add_c0, add_conv_step, has_add = add
     u, u_conv_stride, offs, c_in_g, groups, c_out_g, bias, w_prefetch = weights
     out, out_img, out_c0, h_out, w_out, apply_relu, resid, has_resid, slope_f = output
-    h, w, ph, pw, n_img, n_conv, rows_per_block, n_row_blocks, tbp = geometry
+    h, w, ph, pw, n_img, n_conv, rows_per_block, n_row_blocks, tbp, in_registers = geometry
     v_scr, m_scr, y_scr, p_scr = scratch
     pass_c0, pass_out_c0, pass_count = pass_through
     n_workers = v_scr.shape[0]
@@ -513,9 +558,12 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch, pass_throu
     nty = (h_out + 1) // 2
     ntx = (w_out + 1) // 2
     pitch = ntx + 1  # R
-    p_len = (rows_per_block + 1) * pitch  # one parity plane
+    lanes = VECTOR_BYTES // u.itemsize
+    # One parity plane (with a vector of room: the split's whole-vector stores)
+    p_len = (rows_per_block + 1) * pitch + PLANE_SLACK
     t_len = rows_per_block * pitch + 1  # one vertical sum (+1: read at idx + 1)
-    m_step = tbp * blk  # M[xi] stride
+    m_step = tbp * blk + LINE_PAD  # M[xi] stride
+    v_xi = c_in * tbp + LINE_PAD  # V[xi] stride
     zero = out.dtype.type(0)
     slope = out.dtype.type(slope_f)
     leaky = slope_f != 0.0
@@ -567,6 +615,14 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch, pass_throu
                             continue
                         row = a_base + iy * w
                         row_add = add_base + iy * w
+                        if in_registers & 4:
+                            for k0 in range(0, pitch, lanes):
+                                x0 = 2 * k0 - pw
+                                _split_in_registers(
+                                    a, row + x0, -x0, w - x0, add_data, row_add + x0, has_add,
+                                    ps, pe + k0, p_len,
+                                )  # fmt: skip
+                            continue
                         for kk in range(pitch - (k_b - k_a)):  # the edges, one at a time
                             k = kk if kk < k_a else kk + k_b - k_a
                             for cj in range(2):
@@ -593,6 +649,10 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch, pass_throu
                             for j in range(np.uint64(k_b - k_a)):
                                 ps[de + j] = a[src + two * j]
                                 ps[do + j] = a[src + two * j + one]
+                if in_registers & 1:  # V = B^T d B, a vector of tiles at a time
+                    for e in range(np.uint64(0), u_span, np.uint64(lanes)):
+                        _input_in_registers(ps, e, p_len, pitch, v, np.uint64(c * tbp) + e, v_xi)
+                    continue
                 # B^T d, per column parity cj: rows 2l .. 2l+3 of tile row l are
                 # P[0] row l, P[1] row l, P[0] row l+1, P[1] row l+1. Then
                 # (B^T d) B: columns 2tx .. 2tx+3 are (even tx, odd tx, even
@@ -612,7 +672,7 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch, pass_throu
                     x1 = x0 + 1
                     y0 = x0 + t_len
                     y1 = y0 + 1
-                    dst = np.uint64((q * c_in + c) * tbp)
+                    dst = np.uint64(q * v_xi + c * tbp)
                     _pair_sum(v, dst, ps, x0, x1, y0, y1, q & 3, u_span, one_f)
             # 2.-3. Per group and channel block: 16 GEMMs, then the output transform.
             per_row = rows * calls_per_row <= (span + TILE_PIXELS - 1) // TILE_PIXELS
@@ -622,7 +682,7 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch, pass_throu
                     bw = blk if ob < full else blk // 2
                     winograd_gemms(
                         16, u, conv_i * u_conv_stride, xi_stride, g, group_stride, groups, ob,
-                        blocks, blk, bw, c_in, c_in_g, v, offs, tbp, m, m_step, n_calls,
+                        blocks, blk, bw, v_xi, c_in_g, v, offs, tbp, m, m_step, n_calls,
                         per_row, calls_per_row, pitch, w_prefetch,
                     )  # fmt: skip
                     # Y = A^T M A, a tile row at a time (S and Y stay in L1; the
@@ -634,16 +694,22 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch, pass_throu
                     u_bw = np.uint64(bw)
                     for lt in range(rows):
                         mr = np.uint64(lt * pitch * bw)
-                        for q in range(n_pairs[1] * 2):  # S = A^T M, 2 x 4
-                            col, second = q & 3, q >> 2
-                            m_at = mr + np.uint64(col + 4 * second) * u_m_step
-                            s_at = np.uint64(col + 4 * second) * el
-                            _triple_sum(ys, s_at, m, m_at, m_rows4, second, el, one_f)
-                        for q in range(n_pairs[1]):  # Y = S A, 2 x 2
-                            row, second = q >> 1, q & 1
-                            s_at = np.uint64(4 * row + second) * el
-                            y_at = np.uint64(8 + 2 * row + second) * el
-                            _triple_sum(ys, y_at, ys, s_at, el, second, el, one_f)
+                        if in_registers & 2:  # Y = A^T M A, a vector of (tile, channel)s at a time
+                            for e in range(np.uint64(0), el, np.uint64(lanes)):
+                                _output_in_registers(
+                                    m, mr + e, m_step, 0, ys, np.uint64(8) * el + e, el
+                                )
+                        else:
+                            for q in range(n_pairs[1] * 2):  # S = A^T M, 2 x 4
+                                col, second = q & 3, q >> 2
+                                m_at = mr + np.uint64(col + 4 * second) * u_m_step
+                                s_at = np.uint64(col + 4 * second) * el
+                                _triple_sum(ys, s_at, m, m_at, m_rows4, second, el, one_f)
+                            for q in range(n_pairs[1]):  # Y = S A, 2 x 2
+                                row, second = q >> 1, q & 1
+                                s_at = np.uint64(4 * row + second) * el
+                                y_at = np.uint64(8 + 2 * row + second) * el
+                                _triple_sum(ys, y_at, ys, s_at, el, second, el, one_f)
                         # ... then channel by channel into the output rows, with
                         # bias, residual and (leaky) ReLU (the transpose; outputs
                         # past an odd edge are not written).
@@ -722,7 +788,9 @@ def plan(n_jobs_outer, c_in, h_out, w_out, dtype, workers):
         if best is None or cost < best[0]:
             best = (cost, rows, n_blocks)
     _, rows, n_blocks = best
-    tbp = rows * (ntx + 1) + TILE_PIXELS
+    # Whole vectors of tiles for the transforms (winograd_registers), and a
+    # micro-kernel call of slack past them.
+    tbp = -(-rows * (ntx + 1) // PLANE_SLACK) * PLANE_SLACK + max(PLANE_SLACK, TILE_PIXELS)
     return rows, n_blocks, tbp
 
 
@@ -907,10 +975,10 @@ def conv_winograd(
     # buffers hold and never written out: every tile's values depend on its
     # own column of V only. np.zeros at creation only keeps denormals out of
     # those lanes (tests/test_stateful.py fills the buffers with NaN).
-    v_scr = make("wino.v", (workers, 16 * c_in * tbp), dt, np.zeros)
-    m_scr = make("wino.m", (workers, 16 * tbp * blk), dt, np.zeros)
+    v_scr = make("wino.v", (workers, 16 * (c_in * tbp + LINE_PAD)), dt, np.zeros)
+    m_scr = make("wino.m", (workers, 16 * (tbp * blk + LINE_PAD)), dt, np.zeros)
     y_scr = make("wino.y", (workers, 12 * (ntx + 1) * blk), dt, np.zeros)
-    p_len, t_len = (rows + 1) * (ntx + 1), rows * (ntx + 1) + 1
+    p_len, t_len = (rows + 1) * (ntx + 1) + PLANE_SLACK, rows * (ntx + 1) + 1
     p_scr = make("wino.planes", (workers, 4 * p_len + 8 * t_len), dt, np.zeros)
     offs = kernel_input(np.arange(c_in_g, dtype=np.int64) * tbp)
     add_arr = a if add is None else add
@@ -947,7 +1015,7 @@ def conv_winograd(
                 residual is not None,
                 float(negative_slope) if activation == "leaky_relu" else 0.0,
             ),
-            WinogradPlan(h, w, ph, pw, n, n_conv, rows, n_blocks, tbp),
+            WinogradPlan(h, w, ph, pw, n, n_conv, rows, n_blocks, tbp, TRANSFORMS_IN_REGISTERS),
             WinogradScratch(v_scr, m_scr, y_scr, p_scr),
             passing,
         )

@@ -44,16 +44,24 @@ and conv; worker scratch sized for L2), with 4x4 tiles:
    rows, split by row and column mod 4 into 16 phase planes
    ``P[ri][cj][pr * R + k] = padded[4 pr + ri][4 k + cj]`` (R = ntx + 1), so
    that the 6 rows of tile row lt are planes ri = m % 4 at row lt + m // 4,
-   and its 6 columns planes cj = j % 4 at k = tx + j // 4; then
-   ``T[r][cj] = sum_m B^T[r, m] P[m % 4][cj] (row lt + m // 4)`` (24 flat
-   loops over the block's tiles) and ``V[6 r + c] = sum_j B^T[c, j]
-   T[r][j % 4] (tile tx + j // 4)`` (36).
+   and its 6 columns planes cj = j % 4 at k = tx + j // 4 (the split by
+   whole vectors: masked loads of 4 x 16 values, dealt out by shuffles);
+   then V = B^T d B in registers, 16 tiles at a time: the 36 window vectors
+   are plain loads from the planes, and the 36 V vectors stores
+   (``winograd_registers``).
 2. 36 GEMMs ``M[xi] = U[xi] @ V[xi]`` per group and output-channel block,
    through ``microkernel.tile``.
-3. per tile row, ``S[a][col] = sum_r A^T[a, r] M[6 r + col]`` (24 loops)
-   and ``Y[a][b] = sum_col A^T[b, col] S[a][col]`` (16), then bias,
-   residual and the activation, into the output's rows (outputs past an
-   edge that is not a multiple of 4 are not written).
+3. per tile row, Y = A^T M A in registers (36 loads, 16 stores per vector of
+   (tile, channel) pairs), then bias, residual and the activation, into the
+   output's rows (outputs past an edge that is not a multiple of 4 are not
+   written).
+
+Step 5's ``TRANSFORMS_IN_REGISTERS`` switches both steps back to the flat
+loops the register code replaced, for side-by-side timing: ``T[r][cj] =
+sum_m B^T[r, m] P[m % 4][cj] (row lt + m // 4)`` (24 loops over the block's
+tiles) and ``V[6 r + c] = sum_j B^T[c, j] T[r][j % 4] (tile tx + j // 4)``
+(36); ``S[a][col] = sum_r A^T[a, r] M[6 r + col]`` (24) and ``Y[a][b] =
+sum_col A^T[b, col] S[a][col]`` (16).
 """
 
 from __future__ import annotations
@@ -74,11 +82,13 @@ from ..microkernel import (
 )
 from . import v5_winograd
 from .v5_winograd import (
+    LINE_PAD,
     _pass_through_share,
     check_launch,
     pass_through_record,
     winograd_gemms,
 )
+from .winograd_registers import as_table, phase_split_kernel, separable_transform_kernel
 
 #: Target size of a worker's V and M scratch (36 x (C_in + 32) floats per
 #: tile). Larger than step 5's 512 KiB, and than the 1 MiB L2: a job streams
@@ -299,6 +309,28 @@ def _combo(dst, d0, src, offsets, coefs, count):
         )  # fmt: skip
 
 
+OUT_AHEAD = 0
+
+# V[6 r + col] = (B^T d B)[r][col] from the phase planes: d[m][j] of a tile
+# is plane (m % 4, j % 4) at row + m // 4, tile + j // 4 (k1 * p_len + k2 *
+# pitch + k3); V[xi] is xi * (C_in * tbp) past the channel's row.
+_input_in_registers = separable_transform_kernel(
+    as_table(_BT),
+    as_table(_BT),
+    tuple(tuple(((m % 4) * 4 + j % 4, m // 4, j // 4) for j in range(6)) for m in range(6)),
+    tuple(tuple(6 * r + col for col in range(6)) for r in range(6)),
+)
+_split_in_registers = phase_split_kernel(4)
+# Y[a][b] = (A^T M A)[a][b]: M[6 r + col] is (6 r + col) * m_step past the
+# tile row's start; Y[a][b] is (4 a + b) rows of el past S's 24.
+_output_in_registers = separable_transform_kernel(
+    as_table(_AT),
+    as_table(_AT),
+    tuple(tuple((6 * r + col, 0, 0) for col in range(6)) for r in range(6)),
+    tuple(tuple(4 * a + b for b in range(4)) for a in range(4)),
+)
+
+
 def _round_up(count, chunk=CHUNK):
     return -(-count // chunk) * chunk
 
@@ -349,7 +381,8 @@ class Output4(NamedTuple):
 
 
 class Plan4(NamedTuple):
-    """The input's size and padding, and the job split (:func:`plan`)."""
+    """The input's size and padding, the job split (:func:`plan`), and step 5's
+    ``TRANSFORMS_IN_REGISTERS`` bits."""
 
     h: int
     w: int
@@ -360,6 +393,7 @@ class Plan4(NamedTuple):
     rows_per_block: int
     n_row_blocks: int
     tbp: int
+    in_registers: int
 
 
 class Scratch4(NamedTuple):
@@ -395,13 +429,14 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch, pass_throu
     add_data, add_img, add_c0, add_conv_step, has_add = add
     u, u_conv_stride, offs, c_in_g, groups, c_out_g, bias, w_prefetch = weights
     out, out_img, out_c0, h_out, w_out, resid, has_resid, apply_relu, slope_f = output
-    h, w, ph, pw, n_img, n_conv, rows_per_block, n_row_blocks, tbp = geometry
+    h, w, ph, pw, n_img, n_conv, rows_per_block, n_row_blocks, tbp, in_registers = geometry
     v_scr, m_scr, y_scr, p_scr = scratch
     pass_c0, pass_out_c0, pass_count = pass_through
     n_workers = v_scr.shape[0]
     c_in = groups * c_in_g
     c_out = groups * c_out_g
-    blk = TILE_VECTORS * (VECTOR_BYTES // u.itemsize)  # = block_channels(dtype)
+    lanes = VECTOR_BYTES // u.itemsize
+    blk = TILE_VECTORS * lanes  # = block_channels(dtype)
     full, tail = block_layout(c_out_g, blk)
     blocks = full + tail
     group_stride = c_in_g * (full * blk + tail * (blk // 2))
@@ -416,7 +451,8 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch, pass_throu
     p_len = (rows_per_block + 1) * pitch + CHUNK
     t_len = (rows_per_block * pitch + CHUNK - 1) // CHUNK * CHUNK + CHUNK
     t0 = 16 * p_len  # T after the 16 planes
-    m_step = tbp * blk  # M[xi] stride
+    m_step = tbp * blk + LINE_PAD  # M[xi] stride
+    v_xi = c_in * tbp + LINE_PAD  # V[xi] stride
     zero = out.dtype.type(0)
     slope = out.dtype.type(slope_f)
     leaky = slope_f != 0.0
@@ -470,6 +506,14 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch, pass_throu
                             continue
                         row = a_base + iy * w
                         row_add = add_base + iy * w
+                        if in_registers & 4:
+                            for k0 in range(0, pitch, lanes):
+                                x0 = 4 * k0 - pw
+                                _split_in_registers(
+                                    a, row + x0, -x0, w - x0, add_data, row_add + x0, has_add,
+                                    ps, p_row + k0, p_len,
+                                )  # fmt: skip
+                            continue
                         for kk in range(pitch - (k_b - k_a)):  # the edges, one at a time
                             k = kk if kk < k_a else kk + k_b - k_a
                             for cj in range(4):
@@ -495,6 +539,10 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch, pass_throu
                             for j in range(np.uint64(k_b - k_a)):
                                 for cj in range(np.uint64(4)):
                                     ps[d + cj * u_p + j] = a[src + four * j + cj]
+                if in_registers & 1:  # V = B^T d B, a vector of tiles at a time
+                    for e in range(np.uint64(0), span, np.uint64(lanes)):
+                        _input_in_registers(ps, e, p_len, pitch, v, np.uint64(c * tbp) + e, v_xi)
+                    continue
                 # T[r][cj] = sum_m B^T[r, m] P[m % 4][cj] at row + m // 4.
                 for q in range(24):
                     r = q >> 2
@@ -514,7 +562,7 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch, pass_throu
                         out.dtype.type(b_coef[col, 2]), out.dtype.type(b_coef[col, 3]),
                         out.dtype.type(b_coef[col, 4]),
                     )  # fmt: skip
-                    _combo(v, np.uint64((q * c_in + c) * tbp), ps, o, cf, span)
+                    _combo(v, np.uint64(q * v_xi + c * tbp), ps, o, cf, span)
             # 2.-3. Per group and channel block: 36 GEMMs, then the output transform.
             i_span = rows * pitch
             per_row = rows * calls_per_row <= (i_span + TILE_PIXELS - 1) // TILE_PIXELS
@@ -526,7 +574,7 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch, pass_throu
                     bw = blk if ob < full else blk // 2
                     winograd_gemms(
                         36, u, conv_i * u_conv_stride, xi_stride, g, group_stride, groups, ob,
-                        blocks, blk, bw, c_in, c_in_g, v, offs, tbp, m, m_step, n_calls,
+                        blocks, blk, bw, v_xi, c_in_g, v, offs, tbp, m, m_step, n_calls,
                         per_row, calls_per_row, pitch, w_prefetch,
                     )  # fmt: skip
                     # A tile row of M is el values; S and Y rows are el rounded
@@ -540,36 +588,42 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch, pass_throu
                     u_bw = np.uint64(bw)
                     for lt in range(rows):
                         mr = np.uint64(lt * pitch * bw)
-                        # S[a][col] = sum_r A^T[a, r] M[6 r + col], a tile row
-                        for q in range(24):
-                            ar = q // 6
-                            o = (
-                                mr + s_off[q, 0], mr + s_off[q, 1], mr + s_off[q, 2],
-                                mr + s_off[q, 3], mr + s_off[q, 4],
-                            )  # fmt: skip
-                            cf = (
-                                out.dtype.type(a_coef[ar, 0]), out.dtype.type(a_coef[ar, 1]),
-                                out.dtype.type(a_coef[ar, 2]), out.dtype.type(a_coef[ar, 3]),
-                                out.dtype.type(a_coef[ar, 4]),
-                            )  # fmt: skip
-                            _combo(ys, np.uint64(q * el), m, o, cf, el_count)
-                        # Y[a][b] = sum_col A^T[b, col] S[a][col]
-                        for q in range(16):
-                            ar, bc = q >> 2, q & 3
-                            s0 = 6 * ar * el
-                            o = (
-                                np.uint64(s0 + a_index[bc, 0] * el),
-                                np.uint64(s0 + a_index[bc, 1] * el),
-                                np.uint64(s0 + a_index[bc, 2] * el),
-                                np.uint64(s0 + a_index[bc, 3] * el),
-                                np.uint64(s0 + a_index[bc, 4] * el),
-                            )
-                            cf = (
-                                out.dtype.type(a_coef[bc, 0]), out.dtype.type(a_coef[bc, 1]),
-                                out.dtype.type(a_coef[bc, 2]), out.dtype.type(a_coef[bc, 3]),
-                                out.dtype.type(a_coef[bc, 4]),
-                            )  # fmt: skip
-                            _combo(ys, np.uint64((24 + q) * el), ys, o, cf, el_count)
+                        if in_registers & 2:  # Y = A^T M A, a vector of (tile, channel)s at a time
+                            for e in range(np.uint64(0), el_count, np.uint64(lanes)):
+                                _output_in_registers(
+                                    m, mr + e, m_step, 0, ys, np.uint64(24 * el) + e, el
+                                )
+                        else:
+                            # S[a][col] = sum_r A^T[a, r] M[6 r + col], a tile row
+                            for q in range(24):
+                                ar = q // 6
+                                o = (
+                                    mr + s_off[q, 0], mr + s_off[q, 1], mr + s_off[q, 2],
+                                    mr + s_off[q, 3], mr + s_off[q, 4],
+                                )  # fmt: skip
+                                cf = (
+                                    out.dtype.type(a_coef[ar, 0]), out.dtype.type(a_coef[ar, 1]),
+                                    out.dtype.type(a_coef[ar, 2]), out.dtype.type(a_coef[ar, 3]),
+                                    out.dtype.type(a_coef[ar, 4]),
+                                )  # fmt: skip
+                                _combo(ys, np.uint64(q * el), m, o, cf, el_count)
+                            # Y[a][b] = sum_col A^T[b, col] S[a][col]
+                            for q in range(16):
+                                ar, bc = q >> 2, q & 3
+                                s0 = 6 * ar * el
+                                o = (
+                                    np.uint64(s0 + a_index[bc, 0] * el),
+                                    np.uint64(s0 + a_index[bc, 1] * el),
+                                    np.uint64(s0 + a_index[bc, 2] * el),
+                                    np.uint64(s0 + a_index[bc, 3] * el),
+                                    np.uint64(s0 + a_index[bc, 4] * el),
+                                )
+                                cf = (
+                                    out.dtype.type(a_coef[bc, 0]), out.dtype.type(a_coef[bc, 1]),
+                                    out.dtype.type(a_coef[bc, 2]), out.dtype.type(a_coef[bc, 3]),
+                                    out.dtype.type(a_coef[bc, 4]),
+                                )  # fmt: skip
+                                _combo(ys, np.uint64((24 + q) * el), ys, o, cf, el_count)
                         # ... then channel by channel into the output rows, with
                         # bias, residual and the activation.
                         oy0 = 4 * (ty0 + lt)
@@ -705,13 +759,14 @@ def conv_winograd_4x4(
     # row). Lanes past the block (V's slack, the unused tile column, T's
     # extra element, channels past the outputs) are computed from whatever
     # the buffers hold and never written out.
-    v_scr = make("wino4.v", (workers, 36 * c_in * tbp), dt, np.zeros)
-    m_scr = make("wino4.m", (workers, 36 * tbp * blk), dt, np.zeros)
+    v_scr = make("wino4.v", (workers, 36 * (c_in * tbp + LINE_PAD)), dt, np.zeros)
+    m_scr = make("wino4.m", (workers, 36 * (tbp * blk + LINE_PAD)), dt, np.zeros)
     y_scr = make("wino4.y", (workers, 40 * _round_up((ntx + 1) * blk)), dt, np.zeros)
     p_len, t_len = (rows + 1) * (ntx + 1) + CHUNK, _round_up(rows * (ntx + 1)) + CHUNK
     p_scr = make("wino4.planes", (workers, 16 * p_len + 24 * t_len), dt, np.zeros)
     offs = kernel_input(np.arange(c_in_g, dtype=np.int64) * tbp)
     add_arr = a if add is None else add
+    in_registers = v5_winograd.TRANSFORMS_IN_REGISTERS
     res_arr = unused_array(dt) if residual is None else kernel_input(residual.reshape(-1))
     _winograd_kernel(
         *as_tuples(
@@ -744,7 +799,7 @@ def conv_winograd_4x4(
                 activation is not None,
                 float(negative_slope) if activation == "leaky_relu" else 0.0,
             ),
-            Plan4(h, w, ph, pw, n, n_conv, rows, n_blocks, tbp),
+            Plan4(h, w, ph, pw, n, n_conv, rows, n_blocks, tbp, in_registers),
             Scratch4(v_scr, m_scr, y_scr, p_scr),
             passing,
         )
