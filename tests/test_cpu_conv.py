@@ -439,6 +439,64 @@ def test_1x1_rows_transposed_epilogue_changes_no_bit(rng, monkeypatch, case, dty
     assert not np.isnan(outs[0][:, out_c0:]).any()
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "px_count, ch_count, has_res, relu, slope",
+    [
+        (None, None, True, True, 0.1),
+        (3, 5, True, True, 0.0),
+        (None, 1, False, False, 0.0),
+        (1, None, True, True, 0.25),
+        (7, -1, False, True, 0.0),
+    ],  # fmt: skip
+    ids=str,
+)
+def test_partial_transposed_epilogue_touches_only_its_block(
+    rng, px_count, ch_count, has_res, relu, slope, dtype
+):
+    """gemm_1x1.transposed_epilogue_kernel(partial=True) (the Winograd
+    steps' last transpose) writes exactly its px_count x ch_count outputs,
+    with the scalar epilogue's values, and nothing else (NaN elsewhere); the
+    whole-block kernel gives the same bits where both apply."""
+    import numba
+
+    from r2n.cpu.conv import gemm_1x1
+
+    lanes = microkernel.VECTOR_BYTES // np.dtype(dtype).itemsize
+    px = lanes if px_count is None else px_count
+    ch = lanes if ch_count is None else lanes - 1 if ch_count == -1 else ch_count  # -1: L - 1
+    partial = gemm_1x1.transposed_epilogue_kernel(partial=True)
+    whole = gemm_1x1.transposed_epilogue_kernel()
+
+    @numba.njit
+    def run_partial(buf, out, bias, res, has_res, relu, slope, px, ch):
+        partial(buf, 3, 40, out, 2, 50, bias, 1, res, 2, 50, has_res, relu, slope, px, ch)
+
+    @numba.njit
+    def run_whole(buf, out, bias, res, has_res, relu, slope):
+        whole(buf, 3, 40, out, 2, 50, bias, 1, res, 2, 50, has_res, relu, slope)
+
+    buf = randn(rng, 40 * lanes + 10, dtype=dtype)
+    bias = randn(rng, lanes + 3, dtype=dtype)
+    res = randn(rng, 50 * lanes + 5, dtype=dtype)
+    out = np.full(50 * lanes + 5, np.nan, dtype)
+    run_partial(buf, out, bias, res, has_res, relu, dtype(slope), px, ch)
+    expected = np.full_like(out, np.nan)
+    for c in range(ch):
+        for p in range(px):
+            v = buf[3 + p * 40 + c] + bias[1 + c]
+            if has_res:
+                v = v + res[2 + c * 50 + p]
+            if relu and v < 0:
+                v = slope * v
+            expected[2 + c * 50 + p] = v
+    np.testing.assert_array_equal(out, expected)
+    if px == lanes and ch == lanes:
+        again = np.full_like(out, np.nan)
+        run_whole(buf, again, bias, res, has_res, relu, dtype(slope))
+        np.testing.assert_array_equal(again, expected)
+
+
 @pytest.mark.parametrize("itemsize", [4, 8])
 def test_1x1_gemm_job_split_covers_every_pixel_once(itemsize):
     """Chunks are whole vectors, the last runs to the plane's end and holds at

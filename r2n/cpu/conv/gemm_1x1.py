@@ -387,8 +387,8 @@ def channel_tile_kernel(t: int, nv: int):
     return kernel_
 
 
-@functools.cache  # code, not data: one kernel, typed per dtype by Numba
-def transposed_epilogue_kernel():
+@functools.cache  # code, not data: one kernel per variant, typed per dtype by Numba
+def transposed_epilogue_kernel(partial: bool = False):
     """The epilogue of :func:`_conv_1x1_rows_kernel` for ``L`` pixels x ``L``
     channels (``L`` = 16 float32, 8 float64), transposed in registers.
 
@@ -397,7 +397,14 @@ def transposed_epilogue_kernel():
         kernel(buf, buf_base, buf_stride, out, out_base, out_cstride,
                bias, bias_base, res, res_base, res_cstride, has_res, relu, slope)
 
-    computing, for channel ``c < L`` and pixel ``p < L``::
+    or, with ``partial``, with two more arguments ``px_count, ch_count``
+    (1 .. L each), computing the same for ``p < px_count`` and ``c <
+    ch_count`` only: no other output, residual or bias element is touched
+    (masked stores and loads, channel rows skipped), and the buffer rows of
+    pixels past ``px_count`` are not read (pixel 0's are read in their
+    place). The Winograd steps finish their tiles with it.
+
+    Computing, for channel ``c < L`` and pixel ``p < L``::
 
         v = buf[buf_base + p * buf_stride + c] + bias[bias_base + c]
         v = v + res[res_base + c * res_cstride + p]  (if has_res)
@@ -421,10 +428,9 @@ def transposed_epilogue_kernel():
     dtype's scalar). No bounds checks.
     """
 
-    @intrinsic
-    def kernel_(
-        typingctx, buf, buf_base, buf_stride, out, out_base, out_cstride,
-        bias, bias_base, res, res_base, res_cstride, has_res, relu, slope,
+    def typer(
+        buf, buf_base, buf_stride, out, out_base, out_cstride,
+        bias, bias_base, res, res_base, res_cstride, has_res, relu, slope, *counts,
     ):  # fmt: skip
         arrays = (buf, out, bias, res)
         if not all(a.dtype == buf.dtype for a in arrays) or buf.dtype not in (
@@ -435,7 +441,7 @@ def transposed_epilogue_kernel():
         n_lanes = VECTOR_BYTES * 8 // buf.dtype.bitwidth
         sig = types.void(
             buf, buf_base, buf_stride, out, out_base, out_cstride,
-            bias, bias_base, res, res_base, res_cstride, has_res, relu, slope,
+            bias, bias_base, res, res_base, res_cstride, has_res, relu, slope, *counts,
         )  # fmt: skip
 
         def codegen(context, builder, signature, args):
@@ -454,9 +460,43 @@ def transposed_epilogue_kernel():
                 ptr = builder.gep(base, [builder.mul(stride, ir.Constant(i64, i))])
                 return builder.bitcast(ptr, vec_ptr)
 
-            # rows[p] = pixel p's L channels; after the rounds, rows[c] = channel c's L pixels.
-            rows = [builder.load(row(buf_ptr, buf_stride_v, p), align=1) for p in range(n_lanes)]
             mask_ty = ir.VectorType(i32, n_lanes)
+            if partial:
+                px_count, ch_count = as_i64(14), as_i64(15)
+                lanes = ir.Constant(ir.VectorType(i64, n_lanes), list(range(n_lanes)))
+                px_splat = builder.insert_element(
+                    ir.Constant(lanes.type, ir.Undefined), px_count, ir.Constant(i32, 0)
+                )
+                px_splat = builder.shuffle_vector(
+                    px_splat,
+                    ir.Constant(lanes.type, ir.Undefined),
+                    ir.Constant(mask_ty, [0] * n_lanes),
+                )
+                px_mask = builder.icmp_signed("<", lanes, px_splat)
+                mask_ty_1 = px_mask.type
+                masked_store = cgutils.get_or_insert_function(
+                    builder.module,
+                    ir.FunctionType(ir.VoidType(), [vec, vec_ptr, i32, mask_ty_1]),
+                    f"llvm.masked.store.v{n_lanes}f{buf.dtype.bitwidth}.p0",
+                )
+                masked_load = cgutils.get_or_insert_function(
+                    builder.module,
+                    ir.FunctionType(vec, [vec_ptr, i32, mask_ty_1, vec]),
+                    f"llvm.masked.load.v{n_lanes}f{buf.dtype.bitwidth}.p0",
+                )
+
+            def buf_row(p):
+                if not partial or p == 0:
+                    return row(buf_ptr, buf_stride_v, p)
+                # Past px_count, pixel 0's row again (valid memory; its lanes
+                # are masked off at the stores).
+                inside = builder.icmp_signed("<", ir.Constant(i64, p), px_count)
+                return builder.select(
+                    inside, row(buf_ptr, buf_stride_v, p), row(buf_ptr, buf_stride_v, 0)
+                )
+
+            # rows[p] = pixel p's L channels; after the rounds, rows[c] = channel c's L pixels.
+            rows = [builder.load(buf_row(p), align=1) for p in range(n_lanes)]
             bit = 1
             while bit < n_lanes:
                 # Swap bit `bit` of the row index with the same bit of the lane
@@ -484,22 +524,67 @@ def transposed_epilogue_kernel():
 
             slope_vec = splat(slope_v)
             plain = builder.fcmp_ordered("==", slope_v, ir.Constant(scalar, 0.0))
-            for c in range(n_lanes):
+
+            def finish(c):
                 bias_c = splat(builder.load(builder.gep(bias_ptr, [ir.Constant(i64, c)])))
                 v = builder.fadd(rows[c], bias_c)
                 slot = cgutils.alloca_once_value(builder, v)
                 with builder.if_then(has_res_b):
-                    r = builder.load(row(res_ptr, res_cstride_v, c), align=1)
+                    at_res = row(res_ptr, res_cstride_v, c)
+                    if partial:
+                        r = builder.call(masked_load, [at_res, ir.Constant(i32, 1), px_mask, zero])
+                    else:
+                        r = builder.load(at_res, align=1)
                     builder.store(builder.fadd(builder.load(slot), r), slot)
                 with builder.if_then(relu_b):
                     w = builder.load(slot)
                     negative = builder.fcmp_ordered("<", w, zero)
                     replaced = builder.select(plain, zero, builder.fmul(w, slope_vec))
                     builder.store(builder.select(negative, replaced, w), slot)
-                builder.store(builder.load(slot), row(out_ptr, out_cstride_v, c), align=1)
+                at_out = row(out_ptr, out_cstride_v, c)
+                if partial:
+                    mask = [builder.load(slot), at_out, ir.Constant(i32, 1), px_mask]
+                    builder.call(masked_store, mask)
+                else:
+                    builder.store(builder.load(slot), at_out, align=1)
+
+            for c in range(n_lanes):
+                if partial and c:
+                    # Channel rows past ch_count: not written, their bias not read.
+                    inside = builder.icmp_signed("<", ir.Constant(i64, c), ch_count)
+                    with builder.if_then(inside):
+                        finish(c)
+                else:
+                    finish(c)
             return context.get_dummy_value()
 
         return sig, codegen
+
+    if partial:
+
+        @intrinsic
+        def kernel_(
+            typingctx, buf, buf_base, buf_stride, out, out_base, out_cstride,
+            bias, bias_base, res, res_base, res_cstride, has_res, relu, slope,
+            px_count, ch_count,
+        ):  # fmt: skip
+            return typer(
+                buf, buf_base, buf_stride, out, out_base, out_cstride,
+                bias, bias_base, res, res_base, res_cstride, has_res, relu, slope,
+                px_count, ch_count,
+            )  # fmt: skip
+
+    else:
+
+        @intrinsic
+        def kernel_(
+            typingctx, buf, buf_base, buf_stride, out, out_base, out_cstride,
+            bias, bias_base, res, res_base, res_cstride, has_res, relu, slope,
+        ):  # fmt: skip
+            return typer(
+                buf, buf_base, buf_stride, out, out_base, out_cstride,
+                bias, bias_base, res, res_base, res_cstride, has_res, relu, slope,
+            )  # fmt: skip
 
     return kernel_
 

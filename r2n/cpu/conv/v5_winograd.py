@@ -56,14 +56,16 @@ of jobs and owns scratch buffers sized for L2 (``SCRATCH_BYTES``, ``plan``):
    per ``xi``.
 3. the output transform of that block, a tile row at a time while M is in
    L2: A^T M A in registers, a vector of (tile, channel) pairs at a time,
-   then the transpose from channels-in-lanes to rows of pixels, with bias
-   and ReLU, into the output's channel slice; outputs past an odd edge are
-   not written.
+   into Y laid out pixel-major; then the transpose from channels-in-lanes
+   to rows of pixels, 16 x 16 blocks in registers (:func:`rows_from_y`),
+   with bias, residual and ReLU, into the output's channel slice; outputs
+   past an odd edge are not written (masked stores).
 
 ``TRANSFORMS_IN_REGISTERS`` switches the transforms (and the parity split,
 by whole vectors with masked loads) back to the flat loops they replaced,
 for side-by-side timing: 8 + 16 loops of one addition over the block's tiles
-for the input, 8 + 4 for the output, through the intermediate sums T and S.
+for the input, 8 + 4 for the output, through the intermediate sums T and S,
+and a scalar transposing loop into the output rows.
 
 Measured on the 2-core Zen 4 (one thread, batch 8, float32), with the flat
 loops: 104 ch 14x14 1.86 ms per conv (input transform 0.31, GEMMs 1.30 =
@@ -93,6 +95,7 @@ from ..microkernel import (
     tile_half_prefetch,
     tile_prefetch,
 )
+from .gemm_1x1 import transposed_epilogue_kernel
 from .winograd_registers import phase_split_kernel, separable_transform_kernel
 
 #: Target size of a worker's V and M scratch (16 x (C_in + 32) floats per
@@ -145,15 +148,16 @@ _input_in_registers = separable_transform_kernel(
     _BT,
     _BT,
     tuple(tuple((2 * (m % 2) + j % 2, m // 2, j // 2) for j in range(4)) for m in range(4)),
-    tuple(tuple(4 * r + col for col in range(4)) for r in range(4)),
+    tuple(tuple((4 * r + col, 0) for col in range(4)) for r in range(4)),
 )
 # Y[a][b] = (A^T M A)[a][b]: M[4 r + col] is (4 r + col) * m_step past the
-# tile row's start; Y[a][b] is 2 a + b rows of el past S's 8.
+# tile row's start. Y is pixel-major per output row a (d2 apart): pixel 2 tx
+# + b's channels side by side (d1 = bw), the layout rows_from_y reads.
 _output_in_registers = separable_transform_kernel(
     _AT,
     _AT,
     tuple(tuple((4 * r + col, 0, 0) for col in range(4)) for r in range(4)),
-    ((0, 1), (2, 3)),
+    tuple(tuple((b, a) for b in range(2)) for a in range(2)),
 )
 _split_in_registers = phase_split_kernel(2)
 
@@ -380,6 +384,36 @@ def _triple_sum(dst, d0, src, x0, step, negate, count, one):
     z0 = y0 + step
     for i in range(count):
         dst[d0 + i] = src[x0 + i] + sign * src[y0 + i] + sign * src[z0 + i]
+
+
+_finish_block = transposed_epilogue_kernel(partial=True)
+
+
+@_inline
+def rows_from_y(ys, y_row, bw, n_ch, lanes, out, o_row, plane_out, w_out, bias, bias_c0,
+                resid, has_resid, relu, slope):  # fmt: skip
+    """One output row of ``n_ch`` channels from the output transform's Y
+    (steps 5 and 6, transforms in registers): for c < n_ch, px < w_out::
+
+        v = ys[y_row + px * bw + c] + bias[bias_c0 + c]
+        v += resid[o_row + c * plane_out + px]             (if has_resid)
+        v = v if not v < 0 else slope * v (0 if slope 0)  (if relu)
+        out[o_row + c * plane_out + px] = v
+
+    Y holds the row pixel-major (a pixel's ``bw`` channels side by side) and
+    the output wants each channel's pixels side by side: blocks of L
+    channels x L pixels (L = 16 float32) are transposed in registers and
+    stored as whole (masked) vectors (``gemm_1x1.transposed_epilogue_kernel``,
+    the order of the scalar loop it replaced, so the same bits).
+    """
+    for cb in range(0, n_ch, lanes):
+        ch_count = min(lanes, n_ch - cb)
+        o = o_row + cb * plane_out
+        for q in range(0, w_out, lanes):
+            _finish_block(
+                ys, y_row + q * bw + cb, bw, out, o + q, plane_out, bias, bias_c0 + cb,
+                resid, o + q, plane_out, has_resid, relu, slope, min(lanes, w_out - q), ch_count,
+            )  # fmt: skip
 
 
 class Source(NamedTuple):
@@ -651,7 +685,9 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch, pass_throu
                                 ps[do + j] = a[src + two * j + one]
                 if in_registers & 1:  # V = B^T d B, a vector of tiles at a time
                     for e in range(np.uint64(0), u_span, np.uint64(lanes)):
-                        _input_in_registers(ps, e, p_len, pitch, v, np.uint64(c * tbp) + e, v_xi)
+                        _input_in_registers(
+                            ps, e, p_len, pitch, v, np.uint64(c * tbp) + e, v_xi, 0
+                        )
                     continue
                 # B^T d, per column parity cj: rows 2l .. 2l+3 of tile row l are
                 # P[0] row l, P[1] row l, P[0] row l+1, P[1] row l+1. Then
@@ -694,11 +730,25 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch, pass_throu
                     u_bw = np.uint64(bw)
                     for lt in range(rows):
                         mr = np.uint64(lt * pitch * bw)
-                        if in_registers & 2:  # Y = A^T M A, a vector of (tile, channel)s at a time
-                            for e in range(np.uint64(0), el, np.uint64(lanes)):
+                        if in_registers & 2:
+                            # Y = A^T M A, a vector of (tile, channel)s at a
+                            # time, then the 2 output rows through
+                            # transposes in registers.
+                            for e in range(0, pitch * bw, lanes):
+                                tx = e // bw
+                                y_at = 8 * pitch * bw + 2 * tx * bw + (e - tx * bw)
                                 _output_in_registers(
-                                    m, mr + e, m_step, 0, ys, np.uint64(8) * el + e, el
+                                    m, mr + np.uint64(e), m_step, 0, ys, y_at, bw, 2 * pitch * bw
                                 )
+                            oy = 2 * (ty0 + lt)
+                            o_c = n * out_img + (out_c0 + conv_i * c_out + ch0) * plane_out
+                            for half in range(2 if oy + 1 < h_out else 1):
+                                rows_from_y(
+                                    ys, (8 + 2 * half) * pitch * bw, bw, n_ch, lanes, out,
+                                    o_c + (oy + half) * w_out, plane_out, w_out, bias,
+                                    conv_i * c_out + ch0, resid, has_resid, apply_relu, slope,
+                                )  # fmt: skip
+                            continue
                         else:
                             for q in range(n_pairs[1] * 2):  # S = A^T M, 2 x 4
                                 col, second = q & 3, q >> 2

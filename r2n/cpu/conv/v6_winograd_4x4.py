@@ -52,16 +52,17 @@ and conv; worker scratch sized for L2), with 4x4 tiles:
 2. 36 GEMMs ``M[xi] = U[xi] @ V[xi]`` per group and output-channel block,
    through ``microkernel.tile``.
 3. per tile row, Y = A^T M A in registers (36 loads, 16 stores per vector of
-   (tile, channel) pairs), then bias, residual and the activation, into the
-   output's rows (outputs past an edge that is not a multiple of 4 are not
-   written).
+   (tile, channel) pairs) into Y laid out pixel-major, then step 5's
+   ``rows_from_y``: 16 x 16 transposes in registers with bias, residual and
+   the activation, into the output's rows (outputs past an edge that is not
+   a multiple of 4 are not written: masked stores).
 
 Step 5's ``TRANSFORMS_IN_REGISTERS`` switches both steps back to the flat
 loops the register code replaced, for side-by-side timing: ``T[r][cj] =
 sum_m B^T[r, m] P[m % 4][cj] (row lt + m // 4)`` (24 loops over the block's
 tiles) and ``V[6 r + c] = sum_j B^T[c, j] T[r][j % 4] (tile tx + j // 4)``
 (36); ``S[a][col] = sum_r A^T[a, r] M[6 r + col]`` (24) and ``Y[a][b] =
-sum_col A^T[b, col] S[a][col]`` (16).
+sum_col A^T[b, col] S[a][col]`` (16), then a scalar transposing loop.
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ from .v5_winograd import (
     _pass_through_share,
     check_launch,
     pass_through_record,
+    rows_from_y,
     winograd_gemms,
 )
 from .winograd_registers import as_table, phase_split_kernel, separable_transform_kernel
@@ -318,16 +320,17 @@ _input_in_registers = separable_transform_kernel(
     as_table(_BT),
     as_table(_BT),
     tuple(tuple(((m % 4) * 4 + j % 4, m // 4, j // 4) for j in range(6)) for m in range(6)),
-    tuple(tuple(6 * r + col for col in range(6)) for r in range(6)),
+    tuple(tuple((6 * r + col, 0) for col in range(6)) for r in range(6)),
 )
 _split_in_registers = phase_split_kernel(4)
 # Y[a][b] = (A^T M A)[a][b]: M[6 r + col] is (6 r + col) * m_step past the
-# tile row's start; Y[a][b] is (4 a + b) rows of el past S's 24.
+# tile row's start. Y is pixel-major per output row a (d2 apart): pixel 4 tx
+# + b's channels side by side (d1 = bw), the layout step 5's rows_from_y reads.
 _output_in_registers = separable_transform_kernel(
     as_table(_AT),
     as_table(_AT),
     tuple(tuple((6 * r + col, 0, 0) for col in range(6)) for r in range(6)),
-    tuple(tuple(4 * a + b for b in range(4)) for a in range(4)),
+    tuple(tuple((b, a) for b in range(4)) for a in range(4)),
 )
 
 
@@ -541,7 +544,9 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch, pass_throu
                                     ps[d + cj * u_p + j] = a[src + four * j + cj]
                 if in_registers & 1:  # V = B^T d B, a vector of tiles at a time
                     for e in range(np.uint64(0), span, np.uint64(lanes)):
-                        _input_in_registers(ps, e, p_len, pitch, v, np.uint64(c * tbp) + e, v_xi)
+                        _input_in_registers(
+                            ps, e, p_len, pitch, v, np.uint64(c * tbp) + e, v_xi, 0
+                        )
                     continue
                 # T[r][cj] = sum_m B^T[r, m] P[m % 4][cj] at row + m // 4.
                 for q in range(24):
@@ -588,11 +593,26 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch, pass_throu
                     u_bw = np.uint64(bw)
                     for lt in range(rows):
                         mr = np.uint64(lt * pitch * bw)
-                        if in_registers & 2:  # Y = A^T M A, a vector of (tile, channel)s at a time
-                            for e in range(np.uint64(0), el_count, np.uint64(lanes)):
+                        if in_registers & 2:
+                            # Y = A^T M A, a vector of (tile, channel)s at a
+                            # time, then the 4 output rows through transposes
+                            # in registers.
+                            y0 = 24 * el
+                            for e in range(0, pitch * bw, lanes):
+                                tx = e // bw
+                                y_at = y0 + 4 * tx * bw + (e - tx * bw)
                                 _output_in_registers(
-                                    m, mr + e, m_step, 0, ys, np.uint64(24 * el) + e, el
+                                    m, mr + np.uint64(e), m_step, 0, ys, y_at, bw, 4 * pitch * bw
                                 )
+                            oy0 = 4 * (ty0 + lt)
+                            o_c = n * out_img + (out_c0 + conv_i * c_out + ch0) * plane_out
+                            for ar in range(min(4, h_out - oy0)):
+                                rows_from_y(
+                                    ys, y0 + ar * 4 * pitch * bw, bw, n_ch, lanes, out,
+                                    o_c + (oy0 + ar) * w_out, plane_out, w_out, bias,
+                                    conv_i * c_out + ch0, resid, has_resid, apply_relu, slope,
+                                )  # fmt: skip
+                            continue
                         else:
                             # S[a][col] = sum_r A^T[a, r] M[6 r + col], a tile row
                             for q in range(24):

@@ -48,17 +48,18 @@ def separable_transform_kernel(left, right, src_terms, dst_terms):
     right : (b, j) nested tuple of floats, R (columns of X to columns of Z).
     src_terms : (m, j) nested tuple of ``(k1, k2, k3)`` int triples: X[m][j]
         is the vector at ``src[src_base + k1 * s1 + k2 * s2 + k3]``.
-    dst_terms : (a, b) nested tuple of ints: Z[a][b] goes to the vector at
-        ``dst[dst_base + k * d1]``.
+    dst_terms : (a, b) nested tuple of ``(k1, k2)`` int pairs: Z[a][b] goes
+        to the vector at ``dst[dst_base + k1 * d1 + k2 * d2]``.
 
     Returns a Numba intrinsic callable from jitted code as::
 
-        kernel(src, src_base, s1, s2, dst, dst_base, d1)
+        kernel(src, src_base, s1, s2, dst, dst_base, d1, d2)
 
     computing, for every lane ``i < L`` (L = VECTOR_BYTES / itemsize)::
 
         T[a][j] = sum_m left[a][m] * X[m][j][i]          (m with left[a][m] != 0)
-        dst[dst_base + dst_terms[a][b] * d1 + i] = sum_j right[b][j] * T[a][j]
+        dst[dst_base + k1 * d1 + k2 * d2 + i] = sum_j right[b][j] * T[a][j]
+                                            ((k1, k2) = dst_terms[a][b])
 
     terms in increasing m and j, +-1 as additions and subtractions, other
     coefficients multiplied (FMA where LLVM contracts). ``src`` and ``dst``:
@@ -68,11 +69,11 @@ def separable_transform_kernel(left, right, src_terms, dst_terms):
     """
 
     @intrinsic
-    def kernel_(typingctx, src, src_base, s1, s2, dst, dst_base, d1):
+    def kernel_(typingctx, src, src_base, s1, s2, dst, dst_base, d1, d2):
         if src.dtype != dst.dtype or src.dtype not in (types.float32, types.float64):
             return None
         n_lanes = VECTOR_BYTES * 8 // src.dtype.bitwidth
-        sig = types.void(src, src_base, s1, s2, dst, dst_base, d1)
+        sig = types.void(src, src_base, s1, s2, dst, dst_base, d1, d2)
 
         def codegen(context, builder, signature, args):
             i64 = ir.IntType(64)
@@ -81,17 +82,17 @@ def separable_transform_kernel(left, right, src_terms, dst_terms):
             vec_ptr = vec.as_pointer()
             at, as_i64, _ = _argument_readers(context, builder, signature, args)
             src_ptr, dst_ptr = at(0, 1), at(4, 5)
-            s1_v, s2_v, d1_v = as_i64(2), as_i64(3), as_i64(6)
+            s1_v, s2_v, d1_v, d2_v = as_i64(2), as_i64(3), as_i64(6), as_i64(7)
 
             def vector_at(base, offset):
                 return builder.bitcast(builder.gep(base, [offset]), vec_ptr)
 
-            def src_offset(k1, k2, k3):
+            def offset(k1, k2, k3, stride1, stride2):
                 off = ir.Constant(i64, k3)
                 if k1:
-                    off = builder.add(off, builder.mul(s1_v, ir.Constant(i64, k1)))
+                    off = builder.add(off, builder.mul(stride1, ir.Constant(i64, k1)))
                 if k2:
-                    off = builder.add(off, builder.mul(s2_v, ir.Constant(i64, k2)))
+                    off = builder.add(off, builder.mul(stride2, ir.Constant(i64, k2)))
                 return off
 
             def combine(coefs, values):
@@ -126,14 +127,14 @@ def separable_transform_kernel(left, right, src_terms, dst_terms):
 
                 def x_at(m, j, loaded=loaded):
                     if (m, j) not in loaded:
-                        ptr = vector_at(src_ptr, src_offset(*src_terms[m][j]))
+                        ptr = vector_at(src_ptr, offset(*src_terms[m][j], s1_v, s2_v))
                         loaded[m, j] = builder.load(ptr, align=1)
                     return loaded[m, j]
 
                 t_row = [combine(left_row, lambda m, j=j: x_at(m, j)) for j in range(n_j)]
                 for b, right_row in enumerate(right):
                     z = combine(right_row, t_row.__getitem__)
-                    off = builder.mul(d1_v, ir.Constant(i64, dst_terms[a][b]))
+                    off = offset(*dst_terms[a][b], 0, d1_v, d2_v)
                     builder.store(z, vector_at(dst_ptr, off), align=1)
             return context.get_dummy_value()
 
