@@ -315,7 +315,7 @@ OUT_AHEAD = 0
 
 # V[6 r + col] = (B^T d B)[r][col] from the phase planes: d[m][j] of a tile
 # is plane (m % 4, j % 4) at row + m // 4, tile + j // 4 (k1 * p_len + k2 *
-# pitch + k3); V[xi] is xi * (C_in * tbp) past the channel's row.
+# pitch + k3); V[xi] is xi * v_xi past the channel's row.
 _input_in_registers = separable_transform_kernel(
     as_table(_BT),
     as_table(_BT),
@@ -700,7 +700,8 @@ def plan(n_jobs_outer, c_in, h_out, w_out, dtype, workers):
         if best is None or cost < best[0]:
             best = (cost, rows, n_blocks)
     _, rows, n_blocks = best
-    tbp = _round_up(rows * (ntx + 1)) + max(CHUNK, TILE_PIXELS)
+    span = rows * (ntx + 1)
+    tbp = max(_round_up(span), span + TILE_PIXELS)  # as step 5's
     return rows, n_blocks, tbp
 
 
