@@ -197,20 +197,21 @@ def test_conv_winograd_4x4_says_what_it_expected_and_what_came(rng, change, mess
 
 
 def test_rule_picks_4x4_tiles_on_wide_convs_of_sides_near_multiples_of_4():
-    # Res2Net-50's chains: only layer2's (52 channels, 28x28); TResNet-M's 3x3
-    # convs at 56x56 and 28x28; 14x14 and 7x7 (1.31x the outputs computed)
-    # and 26-channel chunks stay on F(2x2).
+    # Res2Net-50's chains: layer1's (26 channels, 56x56) and layer2's (52,
+    # 28x28); TResNet-M's 3x3 convs at 56x56 and 28x28; 14x14 and 7x7 (1.31x
+    # the outputs computed) and chunks of < 24 channels stay on F(2x2).
     rule = wino4.use_winograd_4x4
     assert [rule(c, 1, 1, s, s) for c, s in [(26, 56), (52, 28), (104, 14), (208, 7)]] == [
-        False, True, False, False,
+        True, True, False, False,
     ]  # fmt: skip
+    assert rule(24, 1, 1, 28, 28) and not rule(23, 1, 1, 56, 56) and not rule(16, 1, 8, 56, 56)
     assert all(rule(c, 1, 8, s, s) for c, s in [(48, 56), (64, 56), (128, 28), (256, 28)])
     assert not any(rule(c, 1, 8, s, s) for c, s in [(256, 14), (104, 14), (208, 7)])
     assert rule(512, 1, 8, 14, 14) and rule(512, 1, 8, 7, 7) and not rule(512, 2, 8, 7, 7)
     # 512 channels at batch 1 (14x14, 8x8: step 5 takes them for their low
     # waste) stay on F(2x2): too few tiles for the second thread.
     assert not rule(512, 1, 1, 14, 14) and not rule(512, 1, 1, 8, 8) and rule(512, 1, 2, 14, 14)
-    assert rule(64, 2, None, None, None) and not rule(62, 2, None, None, None)
+    assert rule(48, 2, None, None, None) and not rule(46, 2, None, None, None)
     assert rule(32, 1, 1, 31, 30) and not rule(32, 1, 1, 16, 17) and not rule(32, 1, 1, 12, 12)
 
 

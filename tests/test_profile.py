@@ -164,7 +164,8 @@ def test_each_conv_and_chain_reports_the_algorithm_its_prepared_layer_ran(rng):
         want = 3 * profile.multiply_flops(r["algorithm"], n, width, width, (3, 3), ho, wo)
         assert r["algorithm_flops"] == want, name
         assert r["algorithm_floor_ms"] == pytest.approx(want / 100.0 / 1e6)
-    assert {"direct", "winograd_2x2"} <= seen  # stage chains direct, 16x16 chains on F(2x2)
+    # Stage chains direct; the 16x16 chains of 26 channels on F(4x4), 8x8 on F(2x2).
+    assert {"direct", "winograd_4x4"} <= seen
     assert report["algorithm_flops"] == sum(r["algorithm_flops"] for r in rows.values())
     assert report["algorithm_flops"] < report["flops"]
     assert profile.count_flops(model, x) == {
@@ -178,7 +179,7 @@ def test_each_conv_and_chain_reports_the_algorithm_its_prepared_layer_ran(rng):
     assert fused["algorithm_flops"] == report["algorithm_flops"]
     assert {r["algorithm"] for r in fused["layers"] if r["op"] == "bottle2neck"} == seen
     text = profile_cli.format_report({**report, **_report_header()})
-    assert "GFLOP in r2n's algorithms" in text and " F2 " in text
+    assert "GFLOP in r2n's algorithms" in text and " F4 " in text
 
 
 @pytest.mark.parametrize(

@@ -155,7 +155,7 @@ _A_INDEX, _A_COEF = _terms(_AT)
 
 #: use_winograd_4x4's lines: input channels per group, image sides, and the
 #: most the 4x4 tiles may compute past the image (14x14 computes 16x16, 1.31x).
-MIN_CHANNELS = 32
+MIN_CHANNELS = 24
 MIN_SIZE = 16
 MAX_WASTE = 1.15
 #: From this many input channels per group on, F(4x4) whatever the waste.
@@ -184,8 +184,9 @@ def use_winograd_4x4(width, groups, n, h, w) -> bool:
     time). Asked only where step 5's ``use_winograd`` already chose
     Winograd. F(4x4) when
 
-    * each group has >= MIN_CHANNELS input channels (at 26 its transforms,
-      heavier than F(2x2)'s, eat the saving: 0.88-1.1x; 48-52: 1.1-1.3x),
+    * each group has >= MIN_CHANNELS input channels (with the transforms in
+      registers, 24-26: 1.11-1.38x at 28x28-112x112, batch 1 and 8; 16:
+      0.96-1.14x; with the flat loops before, 26 measured 0.88-1.1x),
     * the images are >= MIN_SIZE on both sides, and
     * the 4x4 tiles compute at most MAX_WASTE times the outputs (14x14 and
       7x7, 1.31x: F(4x4) lost 0.6-0.9x to F(2x2) at 104-256 channels there),
