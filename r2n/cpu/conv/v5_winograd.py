@@ -101,6 +101,13 @@ from .winograd_registers import phase_split_kernel, separable_transform_kernel
 #: Target size of a worker's V and M scratch (16 x (C_in + 32) floats per
 #: tile): a job's tile rows are chosen so that both stay in the 1 MiB L2.
 SCRATCH_BYTES = 512 * 2**10
+#: ... times this when one worker runs the launch: fewer, larger blocks, each
+#: streaming U (16/9 the conv's weights) once. Measured with the transforms
+#: in registers (1 thread, against 512 KiB): 2 MiB 1.07-1.20x at batch 1
+#: (256 and 512 ch at 14x14, 64 ch at 56x56), 1.0-1.10x at batch 8; at 2
+#: threads larger blocks measured 0.74-1.08x (16 channels at 56x56 worst),
+#: so there the target stays (NOTES.md "Winograd transforms in registers").
+ONE_WORKER_SCRATCH_FACTOR = 4
 
 # The transforms' loop helpers, inlined into the kernel by Numba (as calls
 # they cost ~25 cycles each, 24 calls per input channel and tile block).
@@ -819,7 +826,8 @@ def plan(n_jobs_outer, c_in, h_out, w_out, dtype, workers):
     h_out x w_out outputs in ``dtype``, on ``workers`` threads.
 
     Blocks of tile rows no larger than keeps V (16 x c_in per tile) and M (16
-    x one channel block per tile) within SCRATCH_BYTES; among those sizes,
+    x one channel block per tile) within SCRATCH_BYTES (times
+    ONE_WORKER_SCRATCH_FACTOR on one worker); among those sizes,
     the one whose busiest worker has the fewest tile rows to do (counting
     half a row per job for its fixed costs): 7 blocks on 2 workers leave
     one idle an eighth of the time, so batch 1 takes 10 blocks there.
@@ -829,7 +837,8 @@ def plan(n_jobs_outer, c_in, h_out, w_out, dtype, workers):
     nty, ntx = (h_out + 1) // 2, (w_out + 1) // 2
     dtype = np.dtype(dtype)
     per_row = 16 * (c_in + block_channels(dtype)) * (ntx + 1) * dtype.itemsize
-    max_rows = max(1, min(nty, SCRATCH_BYTES // per_row))
+    target = SCRATCH_BYTES * (ONE_WORKER_SCRATCH_FACTOR if workers == 1 else 1)
+    max_rows = max(1, min(nty, target // per_row))
     best = None
     for rows in range(max_rows, 0, -1):
         n_blocks = -(-nty // rows)
