@@ -96,7 +96,7 @@ from ..microkernel import (
     tile_prefetch,
 )
 from .gemm_1x1 import transposed_epilogue_kernel
-from .winograd_registers import phase_split_kernel, separable_transform_kernel
+from .winograd_registers import separable_transform_kernel, split_row_kernel
 
 #: Target size of a worker's V and M scratch (16 x (C_in + 32) floats per
 #: tile): a job's tile rows are chosen so that both stay in the 1 MiB L2.
@@ -166,7 +166,7 @@ _output_in_registers = separable_transform_kernel(
     tuple(tuple((4 * r + col, 0, 0) for col in range(4)) for r in range(4)),
     tuple(tuple((b, a) for b in range(2)) for a in range(2)),
 )
-_split_in_registers = phase_split_kernel(2)
+_split_in_registers = split_row_kernel(2)
 
 
 def applicable(kernel_hw, stride, dilation) -> bool:
@@ -657,12 +657,10 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch, pass_throu
                         row = a_base + iy * w
                         row_add = add_base + iy * w
                         if in_registers & 4:
-                            for k0 in range(0, pitch, lanes):
-                                x0 = 2 * k0 - pw
-                                _split_in_registers(
-                                    a, row + x0, -x0, w - x0, add_data, row_add + x0, has_add,
-                                    ps, pe + k0, p_len,
-                                )  # fmt: skip
+                            _split_in_registers(
+                                a, row, add_data, row_add, has_add, w, pw, ps, pe, p_len, pitch,
+                                lanes,
+                            )  # fmt: skip
                             continue
                         for kk in range(pitch - (k_b - k_a)):  # the edges, one at a time
                             k = kk if kk < k_a else kk + k_b - k_a

@@ -90,7 +90,7 @@ from .v5_winograd import (
     rows_from_y,
     winograd_gemms,
 )
-from .winograd_registers import as_table, phase_split_kernel, separable_transform_kernel
+from .winograd_registers import as_table, separable_transform_kernel, split_row_kernel
 
 #: Target size of a worker's V and M scratch (36 x (C_in + 32) floats per
 #: tile). Larger than step 5's 512 KiB, and than the 1 MiB L2: a job streams
@@ -323,7 +323,7 @@ _input_in_registers = separable_transform_kernel(
     tuple(tuple(((m % 4) * 4 + j % 4, m // 4, j // 4) for j in range(6)) for m in range(6)),
     tuple(tuple((6 * r + col, 0) for col in range(6)) for r in range(6)),
 )
-_split_in_registers = phase_split_kernel(4)
+_split_in_registers = split_row_kernel(4)
 # Y[a][b] = (A^T M A)[a][b]: M[6 r + col] is (6 r + col) * m_step past the
 # tile row's start. Y is pixel-major per output row a (d2 apart): pixel 4 tx
 # + b's channels side by side (d1 = bw), the layout step 5's rows_from_y reads.
@@ -511,12 +511,10 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch, pass_throu
                         row = a_base + iy * w
                         row_add = add_base + iy * w
                         if in_registers & 4:
-                            for k0 in range(0, pitch, lanes):
-                                x0 = 4 * k0 - pw
-                                _split_in_registers(
-                                    a, row + x0, -x0, w - x0, add_data, row_add + x0, has_add,
-                                    ps, p_row + k0, p_len,
-                                )  # fmt: skip
+                            _split_in_registers(
+                                a, row, add_data, row_add, has_add, w, pw, ps, p_row, p_len, pitch,
+                                lanes,
+                            )  # fmt: skip
                             continue
                         for kk in range(pitch - (k_b - k_a)):  # the edges, one at a time
                             k = kk if kk < k_a else kk + k_b - k_a

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 
+import numba
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -249,3 +250,28 @@ def phase_split_kernel(phases: int):
         return sig, codegen
 
     return kernel_
+
+
+@functools.cache  # code, not data: a function of the phase count alone
+def split_row_kernel(phases: int):
+    """A jitted function (inlined) that splits one input row into ``phases``
+    phase rows of ``pitch`` tiles, through :func:`phase_split_kernel`::
+
+        split_row(src, row, add, row_add, has_add, w, pw, dst, dst_at, plane_len,
+                  pitch, lanes)
+
+    writes, for tile k < pitch (and up to a vector past it) and cj <
+    phases, ``dst[dst_at + cj * plane_len + k]`` = the padded row's column
+    ``phases * k + cj`` (``src[row + phases * k + cj - pw]`` plus ``add``'s
+    at ``row_add`` if ``has_add``; 0 outside the row's ``w`` columns).
+    """
+    split = phase_split_kernel(phases)
+
+    @numba.njit(inline="always")
+    def split_row(src, row, add, row_add, has_add, w, pw, dst, dst_at, plane_len, pitch, lanes):
+        for k0 in range(0, pitch, lanes):
+            x0 = phases * k0 - pw
+            split(src, row + x0, -x0, w - x0, add, row_add + x0, has_add, dst, dst_at + k0,
+                  plane_len)  # fmt: skip
+
+    return split_row
