@@ -555,6 +555,43 @@ def test_squeeze_excite_with_residual_and_relu_matches_float64(
     assert_close(layers.squeeze_excite(x, w1, b1, w2, b2, residual=residual, relu=True), expected)
 
 
+@pytest.mark.parametrize("residual, relu", list(itertools.product([False, True], repeat=2)))
+@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_squeeze_excite_kernels_agree_bit_for_bit_and_with_float64(n, residual, relu, dtype, rng):
+    # The three kernels (one thread; two passes over the planes; a job per
+    # image) run the same helpers, so whichever the thread count and size
+    # pick, the result is the same bit for bit; each of the rescale's four
+    # loops (residual add and ReLU, either, neither) against float64.
+    # 15 channels, 5 hidden, 7x9 planes: no length a multiple of a vector.
+    from r2n.cpu import layers
+
+    x = randn(rng, n, 15, 7, 9, dtype=dtype)
+    res = randn(rng, n, 15, 7, 9, dtype=dtype)
+    w1, b1 = randn(rng, 5, 15, 1, 1, dtype=dtype), randn(rng, 5, dtype=dtype)
+    w2, b2 = randn(rng, 15, 5, 1, 1, dtype=dtype), randn(rng, 15, dtype=dtype)
+    se = r2n.squeeze_excite(*(a.astype(np.float64) for a in (x, w1, b1, w2, b2)),
+                            backend="reference")  # fmt: skip
+    expected = se + res.astype(np.float64) if residual else se
+    expected = np.maximum(expected, 0) if relu else expected
+    matrices = layers.squeeze_excite_matrices(w1, b1, w2, b2, dtype)
+    x3, res3 = x.reshape(n, 15, 63), res.reshape(n, 15, 63)
+    x3.flags.writeable = res3.flags.writeable = False  # as the launcher passes them
+    outs = []
+    for kernel in (
+        layers._squeeze_excite_serial_kernel,
+        layers._squeeze_excite_kernel,
+        layers._squeeze_excite_images_kernel,
+    ):
+        out = np.full_like(x3, np.nan)
+        work = np.full((n, 2 * 15 + 5), np.nan, dtype=dtype)  # written before read
+        kernel(x3, *matrices, res3 if residual else x3, residual, relu, work, out)
+        assert_close(out.reshape(x.shape), expected)
+        outs.append(out)
+    for other in outs[1:]:
+        np.testing.assert_array_equal(other, outs[0])
+
+
 # --------------------------------------------------------------------------- #
 # Hypothesis: pools over random shapes and arguments
 # --------------------------------------------------------------------------- #
