@@ -204,6 +204,30 @@ def test_linear_any_leading_shape(x_shape, with_bias, dtype, rng):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", [1, 3, 5])
+def test_linear_at_one_thread_is_the_parallel_kernel_bit_for_bit(m, dtype, rng):
+    # At one thread linear runs its tiles in a serial kernel (no parallel
+    # launch): the same tile code, so the same bits as the prange kernel, and
+    # within float64's tolerance. 37 outputs x 15 inputs: partial tiles.
+    from r2n.cpu import layers
+
+    x = randn(rng, m, 15, dtype=dtype)
+    weight = randn(rng, 37, 15, dtype=dtype)
+    bias = randn(rng, 37, dtype=dtype)
+    split = np.full((m, 37), np.nan, dtype=dtype)
+    layers._linear_kernel(x, weight, bias, split)
+    before = r2n.get_num_threads()
+    try:
+        r2n.set_num_threads(1)
+        one = r2n.linear(x, weight, bias, backend="cpu")
+    finally:
+        r2n.set_num_threads(before)
+    np.testing.assert_array_equal(one, split)
+    expected = r2n.linear(*(a.astype(np.float64) for a in (x, weight, bias)), backend="reference")
+    assert_close(one, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("block_size, hw", [(1, (7, 9)), (2, (6, 10)), (4, (8, 12))])
 def test_space_to_depth_block_sizes(block_size, hw, dtype, rng):
     x = randn(rng, 3, 5, *hw, dtype=dtype)

@@ -8,10 +8,13 @@ biases as zeros) around one ``@kernel``.
 to ``np.dot``: BLAS would start threads of its own, outside
 ``r2n.set_num_threads``, and a batch of one would still split across threads
 by output feature. Each tile computes plain dot products over contiguous rows
-of x and weight, which LLVM vectorises (``fastmath`` reassoc).
+of x and weight, which LLVM vectorises (``fastmath`` reassoc). At one thread
+the same tiles run in a serial kernel (no parallel launch).
 """
 
 from __future__ import annotations
+
+import math
 
 import numba
 import numpy as np
@@ -21,6 +24,11 @@ from . import _jit
 from ._jit import FASTMATH, jit, kernel, prange, run_small, serial
 from ._scratch import scratch
 from .elementwise import kernel_input, vector_or
+
+# Per-tile / per-plane helpers inlined into their kernels in Numba's IR (as
+# plain calls they cost 10-20% of a small call: an array struct passed per
+# call, the loop not optimised with its caller).
+_inline = jit(fastmath=FASTMATH, inline="always")
 
 # linear tiles: LINEAR_ROWS rows of x share each weight row loaded into cache,
 # LINEAR_COLS weight rows (output features) are reused by every row of the tile.
@@ -69,24 +77,49 @@ def _linear_simd_kernel(x, weight, bias, out):
         out[r, j] = acc + bias[j]
 
 
-@kernel
-def _linear_kernel(x, weight, bias, out):
-    """out = x @ weight.T + bias.
+@_inline
+def _linear_tile(x, weight, bias, out, t, col_tiles):
+    """Tile t of out = x @ weight.T + bias: LINEAR_ROWS rows of x x
+    LINEAR_COLS outputs (fewer at the edges), each a dot product over a
+    contiguous row of x and one of weight.
 
     x : (M, K); weight : (O, K); bias : (O,); out : (M, O), all C-contiguous.
     """
     m, k = x.shape
     o = weight.shape[0]
-    row_tiles = (m + LINEAR_ROWS - 1) // LINEAR_ROWS
+    rt, ct = t // col_tiles, t % col_tiles
+    for r in range(rt * LINEAR_ROWS, min(m, (rt + 1) * LINEAR_ROWS)):
+        for j in range(ct * LINEAR_COLS, min(o, (ct + 1) * LINEAR_COLS)):
+            acc = x.dtype.type(0)
+            for q in range(k):
+                acc += x[r, q] * weight[j, q]
+            out[r, j] = acc + bias[j]
+
+
+@kernel
+def _linear_kernel(x, weight, bias, out):
+    """out = x @ weight.T + bias, a ``prange`` over the tiles.
+
+    x : (M, K); weight : (O, K); bias : (O,); out : (M, O), all C-contiguous.
+    """
+    m, o = out.shape
     col_tiles = (o + LINEAR_COLS - 1) // LINEAR_COLS
-    for t in prange(row_tiles * col_tiles):
-        rt, ct = t // col_tiles, t % col_tiles
-        for r in range(rt * LINEAR_ROWS, min(m, (rt + 1) * LINEAR_ROWS)):
-            for j in range(ct * LINEAR_COLS, min(o, (ct + 1) * LINEAR_COLS)):
-                acc = x.dtype.type(0)
-                for q in range(k):
-                    acc += x[r, q] * weight[j, q]
-                out[r, j] = acc + bias[j]
+    for t in prange((m + LINEAR_ROWS - 1) // LINEAR_ROWS * col_tiles):
+        _linear_tile(x, weight, bias, out, t, col_tiles)
+
+
+@serial
+def _linear_serial_kernel(x, weight, bias, out):
+    """``_linear_kernel``'s tiles in order on the calling thread (the same
+    tile code, so the same result bit for bit). Used at one thread: a kernel
+    compiled with ``parallel=True`` pays its launch even there, 15-40 us of
+    the fc's ~0.3 ms in tresnet_m's forward at batch 1 (NOTES.md "SE and the
+    fc at batch 1").
+    """
+    m, o = out.shape
+    col_tiles = (o + LINEAR_COLS - 1) // LINEAR_COLS
+    for t in range((m + LINEAR_ROWS - 1) // LINEAR_ROWS * col_tiles):
+        _linear_tile(x, weight, bias, out, t, col_tiles)
 
 
 def linear(x, weight, bias):
@@ -102,13 +135,14 @@ def linear(x, weight, bias):
     -------
     (..., out_features) new C-contiguous array of x's dtype.
     """
-    return _launch_linear(_linear_kernel, x, weight, bias)
+    serial_run = numba.get_num_threads() == 1
+    return _launch_linear(_linear_serial_kernel if serial_run else _linear_kernel, x, weight, bias)
 
 
 def _launch_linear(linear_kernel, x, weight, bias):
     """Run one of the linear kernels on the arguments of :func:`linear`."""
     o, k = weight.shape
-    m = int(np.prod(x.shape[:-1], dtype=np.int64))  # 1 for a 1-D x
+    m = math.prod(x.shape[:-1])  # 1 for a 1-D x
     out = np.empty(x.shape[:-1] + (o,), dtype=x.dtype)
     linear_kernel(
         kernel_input(x).reshape(m, k),
@@ -265,11 +299,6 @@ def blur_pool2d(x, *, out=None):
 # --------------------------------------------------------------------------- #
 # Squeeze and excitation
 # --------------------------------------------------------------------------- #
-
-# The per-plane helpers, inlined into both kernels in Numba's IR: called as
-# functions they cost 10-20% of a batch-1 call (an array struct passed per
-# plane, the loop not optimised with its caller).
-_inline = jit(fastmath=FASTMATH, inline="always")
 
 
 @serial
