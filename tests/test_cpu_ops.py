@@ -204,6 +204,30 @@ def test_linear_any_leading_shape(x_shape, with_bias, dtype, rng):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", [1, 3, 5])
+def test_linear_at_one_thread_is_the_parallel_kernel_bit_for_bit(m, dtype, rng):
+    # At one thread linear runs its tiles in a serial kernel (no parallel
+    # launch): the same tile code, so the same bits as the prange kernel, and
+    # within float64's tolerance. 37 outputs x 15 inputs: partial tiles.
+    from r2n.cpu import layers
+
+    x = randn(rng, m, 15, dtype=dtype)
+    weight = randn(rng, 37, 15, dtype=dtype)
+    bias = randn(rng, 37, dtype=dtype)
+    split = np.full((m, 37), np.nan, dtype=dtype)
+    layers._linear_kernel(x, weight, bias, split)
+    before = r2n.get_num_threads()
+    try:
+        r2n.set_num_threads(1)
+        one = r2n.linear(x, weight, bias, backend="cpu")
+    finally:
+        r2n.set_num_threads(before)
+    np.testing.assert_array_equal(one, split)
+    expected = r2n.linear(*(a.astype(np.float64) for a in (x, weight, bias)), backend="reference")
+    assert_close(one, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("block_size, hw", [(1, (7, 9)), (2, (6, 10)), (4, (8, 12))])
 def test_space_to_depth_block_sizes(block_size, hw, dtype, rng):
     x = randn(rng, 3, 5, *hw, dtype=dtype)
@@ -553,6 +577,43 @@ def test_squeeze_excite_with_residual_and_relu_matches_float64(
                             backend="reference")  # fmt: skip
     expected = np.maximum(se + residual.astype(np.float64), 0)
     assert_close(layers.squeeze_excite(x, w1, b1, w2, b2, residual=residual, relu=True), expected)
+
+
+@pytest.mark.parametrize("residual, relu", list(itertools.product([False, True], repeat=2)))
+@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_squeeze_excite_kernels_agree_bit_for_bit_and_with_float64(n, residual, relu, dtype, rng):
+    # The three kernels (one thread; two passes over the planes; a job per
+    # image) run the same helpers, so whichever the thread count and size
+    # pick, the result is the same bit for bit; each of the rescale's four
+    # loops (residual add and ReLU, either, neither) against float64.
+    # 15 channels, 5 hidden, 7x9 planes: no length a multiple of a vector.
+    from r2n.cpu import layers
+
+    x = randn(rng, n, 15, 7, 9, dtype=dtype)
+    res = randn(rng, n, 15, 7, 9, dtype=dtype)
+    w1, b1 = randn(rng, 5, 15, 1, 1, dtype=dtype), randn(rng, 5, dtype=dtype)
+    w2, b2 = randn(rng, 15, 5, 1, 1, dtype=dtype), randn(rng, 15, dtype=dtype)
+    se = r2n.squeeze_excite(*(a.astype(np.float64) for a in (x, w1, b1, w2, b2)),
+                            backend="reference")  # fmt: skip
+    expected = se + res.astype(np.float64) if residual else se
+    expected = np.maximum(expected, 0) if relu else expected
+    matrices = layers.squeeze_excite_matrices(w1, b1, w2, b2, dtype)
+    x3, res3 = x.reshape(n, 15, 63), res.reshape(n, 15, 63)
+    x3.flags.writeable = res3.flags.writeable = False  # as the launcher passes them
+    outs = []
+    for kernel in (
+        layers._squeeze_excite_serial_kernel,
+        layers._squeeze_excite_kernel,
+        layers._squeeze_excite_images_kernel,
+    ):
+        out = np.full_like(x3, np.nan)
+        work = np.full((n, 2 * 15 + 5), np.nan, dtype=dtype)  # written before read
+        kernel(x3, *matrices, res3 if residual else x3, residual, relu, work, out)
+        assert_close(out.reshape(x.shape), expected)
+        outs.append(out)
+    for other in outs[1:]:
+        np.testing.assert_array_equal(other, outs[0])
 
 
 # --------------------------------------------------------------------------- #

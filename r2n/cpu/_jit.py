@@ -148,7 +148,9 @@ load_openmp()
 
 
 #: Per op: below this many bytes read and written, the op's kernel runs on
-#: the calling thread alone (``run_small``). With the passive wait policy
+#: the calling thread alone (``run_small``; squeeze_excite's launcher runs
+#: its serial kernel instead, ``layers.squeeze_excite_into``: no parallel
+#: launch at all). With the passive wait policy
 #: above, every parallel region at 2+ threads first wakes a sleeping worker:
 #: 40-90 us on the 2-core development VM (benchmarks/region_overhead.py);
 #: in benchmarks/small_ops.py at batch 1 a call split in 2 took 20-55 us
@@ -159,7 +161,8 @@ load_openmp()
 #: at 102, 1.6x slower at 62) and from ~100-150 us for the streaming ops.
 #: Each value is about that time at the kernel's own one-thread rate, which
 #: differs 5x between kernels: the blur pool ~12 GB/s, space_to_depth and
-#: the global pool ~25, squeeze_excite ~45, the 2x2 average pool ~75 on
+#: the global pool ~25, squeeze_excite ~45 (~60 since its serial kernel,
+#: threshold not re-measured), the 2x2 average pool ~75 on
 #: wide rows (~28 on 7-wide ones). Measured on TResNet-M's ops at batch 1,
 #: 2 and 8 (benchmarks/results/NOTES.md, "Small ops on the calling
 #: thread"). At batch 1 every TResNet-M pool, space_to_depth and

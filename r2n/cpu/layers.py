@@ -8,18 +8,27 @@ biases as zeros) around one ``@kernel``.
 to ``np.dot``: BLAS would start threads of its own, outside
 ``r2n.set_num_threads``, and a batch of one would still split across threads
 by output feature. Each tile computes plain dot products over contiguous rows
-of x and weight, which LLVM vectorises (``fastmath`` reassoc).
+of x and weight, which LLVM vectorises (``fastmath`` reassoc). At one thread
+the same tiles run in a serial kernel (no parallel launch).
 """
 
 from __future__ import annotations
+
+import math
 
 import numba
 import numpy as np
 
 from .._ladder import Step
+from . import _jit
 from ._jit import FASTMATH, jit, kernel, prange, run_small, serial
 from ._scratch import scratch
 from .elementwise import kernel_input, vector_or
+
+# Per-tile / per-plane helpers inlined into their kernels in Numba's IR (as
+# plain calls they cost 10-20% of a small call: an array struct passed per
+# call, the loop not optimised with its caller).
+_inline = jit(fastmath=FASTMATH, inline="always")
 
 # linear tiles: LINEAR_ROWS rows of x share each weight row loaded into cache,
 # LINEAR_COLS weight rows (output features) are reused by every row of the tile.
@@ -68,24 +77,50 @@ def _linear_simd_kernel(x, weight, bias, out):
         out[r, j] = acc + bias[j]
 
 
-@kernel
-def _linear_kernel(x, weight, bias, out):
-    """out = x @ weight.T + bias.
+@_inline
+def _linear_tile(x, weight, bias, out, t, col_tiles):
+    """Tile t of out = x @ weight.T + bias: LINEAR_ROWS rows of x x
+    LINEAR_COLS outputs (fewer at the edges), each a dot product over a
+    contiguous row of x and one of weight.
 
     x : (M, K); weight : (O, K); bias : (O,); out : (M, O), all C-contiguous.
     """
     m, k = x.shape
     o = weight.shape[0]
-    row_tiles = (m + LINEAR_ROWS - 1) // LINEAR_ROWS
+    rt, ct = t // col_tiles, t % col_tiles
+    for r in range(rt * LINEAR_ROWS, min(m, (rt + 1) * LINEAR_ROWS)):
+        for j in range(ct * LINEAR_COLS, min(o, (ct + 1) * LINEAR_COLS)):
+            acc = x.dtype.type(0)
+            for q in range(k):
+                acc += x[r, q] * weight[j, q]
+            out[r, j] = acc + bias[j]
+
+
+@kernel
+def _linear_kernel(x, weight, bias, out):
+    """out = x @ weight.T + bias, a ``prange`` over the tiles.
+
+    x : (M, K); weight : (O, K); bias : (O,); out : (M, O), all C-contiguous.
+    """
+    m, o = out.shape
     col_tiles = (o + LINEAR_COLS - 1) // LINEAR_COLS
-    for t in prange(row_tiles * col_tiles):
-        rt, ct = t // col_tiles, t % col_tiles
-        for r in range(rt * LINEAR_ROWS, min(m, (rt + 1) * LINEAR_ROWS)):
-            for j in range(ct * LINEAR_COLS, min(o, (ct + 1) * LINEAR_COLS)):
-                acc = x.dtype.type(0)
-                for q in range(k):
-                    acc += x[r, q] * weight[j, q]
-                out[r, j] = acc + bias[j]
+    for t in prange((m + LINEAR_ROWS - 1) // LINEAR_ROWS * col_tiles):
+        _linear_tile(x, weight, bias, out, t, col_tiles)
+
+
+@serial
+def _linear_serial_kernel(x, weight, bias, out):
+    """``_linear_kernel``'s tiles in order on the calling thread (the same
+    tile code, so the same result bit for bit). Used at one thread: a kernel
+    compiled with ``parallel=True`` pays its launch even there, though here
+    little: 1-3% of tresnet_m's fc (2048 -> 1000, ~0.28 ms in the forward,
+    its 8 MB of weights from DRAM) at batch 1 and 8 (NOTES.md "SE and the
+    fc at batch 1").
+    """
+    m, o = out.shape
+    col_tiles = (o + LINEAR_COLS - 1) // LINEAR_COLS
+    for t in range((m + LINEAR_ROWS - 1) // LINEAR_ROWS * col_tiles):
+        _linear_tile(x, weight, bias, out, t, col_tiles)
 
 
 def linear(x, weight, bias):
@@ -101,13 +136,14 @@ def linear(x, weight, bias):
     -------
     (..., out_features) new C-contiguous array of x's dtype.
     """
-    return _launch_linear(_linear_kernel, x, weight, bias)
+    serial_run = numba.get_num_threads() == 1
+    return _launch_linear(_linear_serial_kernel if serial_run else _linear_kernel, x, weight, bias)
 
 
 def _launch_linear(linear_kernel, x, weight, bias):
     """Run one of the linear kernels on the arguments of :func:`linear`."""
     o, k = weight.shape
-    m = int(np.prod(x.shape[:-1], dtype=np.int64))  # 1 for a 1-D x
+    m = math.prod(x.shape[:-1])  # 1 for a 1-D x
     out = np.empty(x.shape[:-1] + (o,), dtype=x.dtype)
     linear_kernel(
         kernel_input(x).reshape(m, k),
@@ -265,33 +301,31 @@ def blur_pool2d(x, *, out=None):
 # Squeeze and excitation
 # --------------------------------------------------------------------------- #
 
-# The per-plane helpers, inlined into both kernels in Numba's IR: called as
-# functions they cost 10-20% of a batch-1 call (an array struct passed per
-# plane, the loop not optimised with its caller).
-_inline = jit(fastmath=FASTMATH, inline="always")
-
 
 @serial
-def _squeeze_excite_gate(means, w1, b1, w2, b2, hidden, gate, i):
-    """Image i's gate = sigmoid(w2 @ relu(w1 @ means[i] + b1) + b2), through
-    hidden[i] (C_mid,): two small matrix-vector products (at most 256 x 128
-    multiply-adds each in TResNet), on one thread."""
-    c, c_mid = means.shape[1], w1.shape[0]
-    zero = means.dtype.type(0)
-    one = means.dtype.type(1)
+def _squeeze_excite_gate(work, w1, b1, w2, b2, i):
+    """Image i's gate = sigmoid(w2 @ relu(w1 @ means + b1) + b2) on one
+    thread, in its row of the work array: work[i] = (means (C,), gate (C,),
+    hidden (C_mid,)), the means read, the hidden layer and the gate written.
+    Two small matrix-vector products (at most 256 x 128 multiply-adds each
+    in TResNet)."""
+    c_mid, c = w1.shape
+    row = work[i]
+    zero = work.dtype.type(0)
+    one = work.dtype.type(1)
     for j in range(c_mid):
         acc = zero
         for ch in range(c):
-            acc += means[i, ch] * w1[j, ch]
+            acc += row[ch] * w1[j, ch]
         z = acc + b1[j]
-        hidden[i, j] = zero if z <= zero else z  # NaN stays NaN, as np.maximum
+        row[2 * c + j] = zero if z <= zero else z  # NaN stays NaN, as np.maximum
     for ch in range(c):
         acc = zero
         for j in range(c_mid):
-            acc += hidden[i, j] * w2[ch, j]
+            acc += row[2 * c + j] * w2[ch, j]
         z = acc + b2[ch]
         e = np.exp(-abs(z))  # exp of -|z| only: no overflow
-        gate[i, ch] = one / (one + e) if z >= zero else e / (one + e)
+        row[c + ch] = one / (one + e) if z >= zero else e / (one + e)
 
 
 @_inline
@@ -305,67 +339,109 @@ def _squeeze_excite_mean(x, i, ch):
 
 
 @_inline
-def _squeeze_excite_rescale(x, residual, add_residual, relu, gate, out, i, ch):
-    """out[i, ch] = act(x[i, ch] * gate[i, ch] (+ residual[i, ch])), one (HW,)
-    plane, the residual add and ReLU on the row while it is in cache."""
-    hw = x.shape[2]
+def _squeeze_excite_rescale(x, residual, add_residual, relu, work, out, i, ch):
+    """out[i, ch] = act(x[i, ch] * gate (+ residual[i, ch])), one (HW,) plane,
+    gate = work[i, C + ch] (``_squeeze_excite_gate``), the residual add and
+    ReLU on the row while it is in cache.
+
+    One loop per case, each a single pass over the plane: a ReLU pass of its
+    own over the written row cost 11-14 us a call at TResNet's 64x56x56 and
+    128x28x28 shapes in the forward (issue 13, NOTES.md "SE and the fc at
+    batch 1"). The branches test two flags fixed for the whole call.
+    """
+    c, hw = x.shape[1], x.shape[2]
     zero = x.dtype.type(0)
-    g = gate[i, ch]
-    dst = out[i, ch]
-    if add_residual:
-        src = residual[i, ch]
+    g = work[i, c + ch]
+    if add_residual and relu:
         for k in range(hw):
-            dst[k] = x[i, ch, k] * g + src[k]
+            v = x[i, ch, k] * g + residual[i, ch, k]
+            out[i, ch, k] = zero if v <= zero else v  # NaN stays NaN, as np.maximum
+    elif add_residual:
+        for k in range(hw):
+            out[i, ch, k] = x[i, ch, k] * g + residual[i, ch, k]
+    elif relu:
+        for k in range(hw):
+            v = x[i, ch, k] * g
+            out[i, ch, k] = zero if v <= zero else v
     else:
         for k in range(hw):
-            dst[k] = x[i, ch, k] * g
-    if relu:
-        for k in range(hw):
-            v = dst[k]
-            dst[k] = zero if v <= zero else v  # NaN stays NaN
+            out[i, ch, k] = x[i, ch, k] * g
+
+
+# The kernels' common arguments:
+#   x, residual, out : (N, C, H*W); residual is read only when add_residual
+#       (else pass x); out overlaps neither.
+#   w1 : (C_mid, C); b1 : (C_mid,); w2 : (C, C_mid); b2 : (C,).
+#   work : (N, 2*C + C_mid) per image its means, gate and hidden layer,
+#       each written before it is read.
+# out[n, c] = act(x[n, c] * sigmoid(w2 @ relu(w1 @ mean_HW(x[n]) + b1) + b2)[c]
+# (+ residual[n, c])), act = ReLU when ``relu``, else the identity. All three
+# run the same inlined helpers per plane and per image, so they give the same
+# result bit for bit (tests/test_cpu_ops.py checks it).
+
+
+@serial
+def _squeeze_excite_image(x, w1, b1, w2, b2, residual, add_residual, relu, work, out, i):
+    """Image i: its channel means, its gate, its rescale (the image still in
+    cache between the first and the last).
+
+    A function of its own, called per image, not inlined into the loop over
+    images: inlined there, LLVM optimised the bottleneck case (no residual,
+    no ReLU) worse, 18.8 us against 15.1 at 256x14x14, batch 1, 1 thread
+    (141 against 113 at batch 8).
+    """
+    c = x.shape[1]
+    for ch in range(c):
+        work[i, ch] = _squeeze_excite_mean(x, i, ch)
+    _squeeze_excite_gate(work, w1, b1, w2, b2, i)
+    for ch in range(c):
+        _squeeze_excite_rescale(x, residual, add_residual, relu, work, out, i, ch)
+
+
+@serial
+def _squeeze_excite_serial_kernel(x, w1, b1, w2, b2, residual, add_residual, relu, work, out):
+    """squeeze_excite on the calling thread, image after image.
+
+    Used where the op runs on one thread (below ``SMALL_OP_BYTES``, which
+    is every TResNet SE at batch 1, or at one thread): a kernel compiled
+    with ``parallel=True`` pays its launch even on one thread (the
+    scheduler, the region), 4-6 us a call in tresnet_m's forward (NOTES.md
+    "SE and the fc at batch 1").
+    """
+    for i in range(x.shape[0]):
+        _squeeze_excite_image(x, w1, b1, w2, b2, residual, add_residual, relu, work, out, i)
 
 
 @kernel
-def _squeeze_excite_kernel(
-    x, w1, b1, w2, b2, residual, add_residual, relu, means, hidden, gate, out
-):
-    """out[n, c] = act(x[n, c] * sigmoid(w2 @ relu(w1 @ mean_HW(x[n]) + b1) + b2)[c]
-    (+ residual[n, c])), act = ReLU when ``relu``, else the identity.
-
-    x, residual, out : (N, C, H*W); w1 : (C_mid, C); b1 : (C_mid,); w2 : (C, C_mid);
-    b2 : (C,). residual is read only when ``add_residual`` (else pass x).
-    means, gate : (N, C) and hidden : (N, C_mid) work arrays, written before read.
-
-    Two parallel passes over the (n, c) planes: the channel means, then the
-    rescale (with TResNet BasicBlock's residual add and ReLU). The gate
-    between them is tiny: one image's runs on one thread, so a batch of one
-    launches no parallel region for it (1.04-1.10x faster at 1 thread,
-    1.25-1.44x at 2 than a parallel region per FC layer; issue 13). Used
-    where the images are fewer than the threads (batch 1 always), so that
-    the planes give every thread work.
+def _squeeze_excite_kernel(x, w1, b1, w2, b2, residual, add_residual, relu, work, out):
+    """squeeze_excite in two parallel passes over the (n, c) planes: the
+    channel means, then the rescale (with TResNet BasicBlock's residual add
+    and ReLU). The gate between them is tiny: one image's runs on one
+    thread, so a batch of one launches no parallel region for it (1.04-1.10x
+    faster at 1 thread, 1.25-1.44x at 2 than a parallel region per FC layer;
+    issue 13). Used where the images are fewer than the threads, so that the
+    planes give every thread work.
     """
     n, c, hw = x.shape
     for p in prange(n * c):
         i, ch = p // c, p % c
-        means[i, ch] = _squeeze_excite_mean(x, i, ch)
+        work[i, ch] = _squeeze_excite_mean(x, i, ch)
 
     if n == 1:
-        _squeeze_excite_gate(means, w1, b1, w2, b2, hidden, gate, 0)
+        _squeeze_excite_gate(work, w1, b1, w2, b2, 0)
     else:
         for i in prange(n):
-            _squeeze_excite_gate(means, w1, b1, w2, b2, hidden, gate, i)
+            _squeeze_excite_gate(work, w1, b1, w2, b2, i)
 
     for p in prange(n * c):
         i, ch = p // c, p % c
-        _squeeze_excite_rescale(x, residual, add_residual, relu, gate, out, i, ch)
+        _squeeze_excite_rescale(x, residual, add_residual, relu, work, out, i, ch)
 
 
 @kernel
-def _squeeze_excite_images_kernel(
-    x, w1, b1, w2, b2, residual, add_residual, relu, means, hidden, gate, out
-):
-    """``_squeeze_excite_kernel`` (same arguments, same per-plane helpers)
-    in one parallel region of a job per image: its means, gate and rescale.
+def _squeeze_excite_images_kernel(x, w1, b1, w2, b2, residual, add_residual, relu, work, out):
+    """``_squeeze_excite_serial_kernel``'s loop over images as one parallel
+    region of a job per image (``_squeeze_excite_image``).
 
     Used from as many images as threads on (and batch >= 2): the per-plane
     kernel's three regions (means, gates, rescale) each wake the sleeping
@@ -375,13 +451,8 @@ def _squeeze_excite_images_kernel(
     means and its rescale. The split is by image, so at most N threads
     work: with fewer images than threads the per-plane kernel runs.
     """
-    n, c, hw = x.shape
-    for i in prange(n):
-        for ch in range(c):
-            means[i, ch] = _squeeze_excite_mean(x, i, ch)
-        _squeeze_excite_gate(means, w1, b1, w2, b2, hidden, gate, i)
-        for ch in range(c):
-            _squeeze_excite_rescale(x, residual, add_residual, relu, gate, out, i, ch)
+    for i in prange(x.shape[0]):
+        _squeeze_excite_image(x, w1, b1, w2, b2, residual, add_residual, relu, work, out, i)
 
 
 def _squeeze_excite_per_image(n, threads):
@@ -413,36 +484,62 @@ def squeeze_excite(x, w1, b1, w2, b2, *, residual=None, relu=False, out=None):
     ``act(x * sigmoid(relu(mean_HW(x) @ w1.T + b1) @ w2.T + b2)[:, :, None, None]
     + residual)``.
     """
-    n, c, h, w = x.shape
-    c_mid = w1.shape[0]
-    dt = x.dtype
     if out is None:
-        out = np.empty(x.shape, dtype=dt)
-    # The (N, C) means and gate and the (N, C_mid) hidden layer, from the
-    # thread's scratch (each written in full by the kernel before it is read).
-    work = scratch("squeeze_excite.work", (n * (2 * c + c_mid),), dt)
-    means = work[: n * c].reshape(n, c)
-    gate = work[n * c : 2 * n * c].reshape(n, c)
-    hidden = work[2 * n * c :].reshape(n, c_mid)
-    x3 = kernel_input(x).reshape(n, c, h * w)
-    # Bytes moved: x read twice (the means, the rescale), out written, residual read.
-    nbytes = 2 * x.nbytes + out.nbytes + (0 if residual is None else residual.nbytes)
-    per_image = n > 1 and _squeeze_excite_per_image(n, numba.get_num_threads())
-    run_small(
-        "squeeze_excite",
-        _squeeze_excite_images_kernel if per_image else _squeeze_excite_kernel,
-        nbytes,
-        x3,
+        out = np.empty(x.shape, dtype=x.dtype)
+    matrices = squeeze_excite_matrices(w1, b1, w2, b2, x.dtype)
+    return squeeze_excite_into(x, matrices, residual, bool(relu), out)
+
+
+def squeeze_excite_matrices(w1, b1, w2, b2, dtype):
+    """The weights as the kernels take them: read-only contiguous w1 (C_mid, C),
+    b1 (C_mid,), w2 (C, C_mid), b2 (C,) of ``dtype``, absent biases as zeros
+    (once per prepared layer, or per call of the public op)."""
+    c_mid, c = w1.shape[:2]
+    return (
         kernel_input(w1).reshape(c_mid, c),
-        vector_or(b1, 0, c_mid, dt),
+        vector_or(b1, 0, c_mid, dtype),
         kernel_input(w2).reshape(c, c_mid),
-        vector_or(b2, 0, c, dt),
-        x3 if residual is None else kernel_input(residual).reshape(n, c, h * w),
-        residual is not None,
-        bool(relu),
-        means,
-        hidden,
-        gate,
+        vector_or(b2, 0, c, dtype),
+    )
+
+
+def squeeze_excite_into(x, matrices, residual, relu, out):
+    """:func:`squeeze_excite` into ``out`` with the weights already as
+    :func:`squeeze_excite_matrices` gives them (a prepared layer's warm path:
+    nothing per call but the launch).
+
+    x, residual (or None), out : (N, C, H, W) of one dtype; out C-contiguous
+    and overlapping neither; relu : bool. Returns out.
+    """
+    n, c, h, w = x.shape
+    w1, b1, w2, b2 = matrices
+    # Per image its (C,) means and gate and (C_mid,) hidden layer, from the
+    # thread's scratch (each written in full by the kernel before it is read).
+    work = scratch("squeeze_excite.work", (n, 2 * c + w1.shape[0]), x.dtype)
+    x3 = kernel_input(x).reshape(n, c, h * w)
+    add_residual = residual is not None
+    args = (
+        x3,
+        w1,
+        b1,
+        w2,
+        b2,
+        kernel_input(residual).reshape(n, c, h * w) if add_residual else x3,
+        add_residual,
+        relu,
+        work,
         out.reshape(n, c, h * w),
     )
+    # Bytes moved: x read twice (the means, the rescale), out written, residual read.
+    nbytes = (3 + add_residual) * x.nbytes
+    if nbytes < _jit.SMALL_OP_BYTES["squeeze_excite"]:  # no thread count asked (0.7 us)
+        _squeeze_excite_serial_kernel(*args)
+        return out
+    threads = numba.get_num_threads()
+    if threads == 1:
+        _squeeze_excite_serial_kernel(*args)
+    elif _squeeze_excite_per_image(n, threads):
+        _squeeze_excite_images_kernel(*args)
+    else:
+        _squeeze_excite_kernel(*args)
     return out

@@ -298,6 +298,11 @@ class PreparedStep:
             b1 = vector_or(b1, 0, w1.shape[0], w1.dtype)
             b2 = vector_or(b2, 0, w2.shape[0], w2.dtype)
             weights = (w1, b1, w2, b2)
+            # ... and the matrices as the kernels take them, so that a warm
+            # call goes straight to the launch (layers.squeeze_excite_into;
+            # the public op's per-call reshapes and bias vectors cost ~3 us
+            # a call, hot)
+            self._se_matrices = layers.squeeze_excite_matrices(*weights, w1.dtype)
         self.weights = weights
         self.options = options
         self.relu = activation == "relu"
@@ -305,6 +310,8 @@ class PreparedStep:
         self.output_owner = owner_token()  # the scratch role of this layer's outputs
         self._args = {}  # x.shape -> (args, out_shape) (see the module docstring)
         self._kernel = getattr(layers if hasattr(layers, op) else pool, op)
+        if op == "squeeze_excite":
+            self._kernel = layers.squeeze_excite_into
 
     def __call__(self, x, residual=None):
         """x (N, C, H, W) -> the op's output; residual (squeeze_excite only) shaped like x."""
@@ -326,7 +333,7 @@ class PreparedStep:
             _remember(self._args, x.shape, (args, out_shape))
         out = _reused(self, out_shape, x.dtype, x, residual)
         if self.op == "squeeze_excite":
-            return self._kernel(x, *self.weights, residual=residual, relu=self.relu, out=out)
+            return self._kernel(x, self._se_matrices, residual, self.relu, out)
         return self._kernel(x, **args, out=out)
 
     def _same_kind(self, x, residual):
