@@ -16,7 +16,8 @@ step (file)            what it changes                                      GFLO
                        weights; the fused epilogue.
 ``5_winograd``         Winograd F(2x2, 3x3) for 3x3 stride-1 convs: 16      ~157**
 (v5_winograd.py)       multiplies per 2x2 tile instead of 36, the GEMMs
-                       through step 4's micro-kernel.
+                       through step 4's micro-kernel; the transforms in
+                       registers, 16 tiles a vector (winograd_registers.py).
 ``6_winograd_4x4``     Winograd F(4x4, 3x3): 36 multiplies per 4x4 tile     ****
 (v6_winograd_4x4.py)   (2.25 per output, not 4); 5-term transforms;
                        bias, residual and leaky ReLU in the output transform.
@@ -42,9 +43,12 @@ every conv; the fused Res2Net chain (r2n.cpu.res2net) and the prepared
 convs run their 3x3 stride-1 convs as step 5 where ``v5_winograd.use_winograd``
 says so, and as step 6 where ``v6_winograd_4x4.use_winograd_4x4`` also does.
 
-Beside the ladder: ``padding`` (the zero-padded input copy of steps 2-4) and
+Beside the ladder: ``padding`` (the zero-padded input copy of steps 2-4),
 the micro-kernel with its tile layout (r2n.cpu.microkernel), which steps 4
-and 5 import; no step imports another's module back.
+and 5 import, ``winograd_registers`` (the transforms as generated vector
+code, steps 5 and 6) and ``gemm_1x1`` (the 1x1 convs as GEMMs; its
+in-register transpose also finishes the Winograd steps' rows). Step 6
+builds on step 5's module; no step imports a later one.
 """
 
 from __future__ import annotations

@@ -19,6 +19,17 @@ time in registers: it loads the inputs as vectors, forms the intermediate
 matrices' zeros skipped and their +-1 entries as additions (generated
 LLVM IR: the loop vectoriser cannot do this itself, because the stores go
 to 36 places it cannot prove apart from the loads).
+:func:`phase_split_kernel` deals a row of the padded input out to the
+phase planes those loads read, a vector at a time (masked loads for the
+padding and the row's end, then one shuffle per phase).
+
+What it took (NOTES.md "Winograd transforms in registers"): the first
+version was no faster, and its output transform 0.77x the flat loops,
+because the 16 / 36 vectors one call touches sat a multiple of 4 KiB apart
+(V's and M's transform positions) and so in one or two of the L1's 64
+sets; a cache line of padding between positions (``v5_winograd.LINE_PAD``)
+made it 1.04-1.14x. With the split and the last transpose in registers
+too, F(4x4) convs run 1.13-1.36x and F(2x2) 1.01-1.24x the flat loops.
 """
 
 from __future__ import annotations
