@@ -862,7 +862,7 @@ def split_k_scratch(ex, split: SplitK) -> tuple:
             owner,
             "split_k_scratch",
             "the scratch owner (ex's current stream, or ex when it has no streams) "
-            "must be an object that supports weak references",
+            "must be a hashable object that supports weak references",
         )
         if sets is None:
             sets = _SCRATCH[owner] = {}
@@ -886,24 +886,38 @@ def pin_split_k_scratch(owner) -> None:
     with _SCRATCH_LOCK:
         try:
             _PINNED.add(owner)
-        except TypeError:  # WeakSet's bare "cannot create weak reference"
+        except TypeError:  # WeakSet's bare "cannot create weak reference" or "unhashable"
             raise _not_weakly_held(
                 "pin_split_k_scratch",
-                "owner must be a stream object that supports weak references (a cupy.cuda.Stream)",
+                "owner must be a hashable stream object that supports weak references "
+                "(a cupy.cuda.Stream)",
                 owner,
             ) from None
 
 
 def _not_weakly_held(where: str, expected: str, got) -> TypeError:
-    """The error for a scratch owner that cannot be held weakly (an int, a
-    str, a tuple): owners are held weakly so that their arrays go with them."""
-    return TypeError(f"r2n.gpu.conv.{where}: {expected}, got {type(got).__name__}")
+    """The error for a scratch owner that cannot be held weakly: owners are
+    held weakly so that their arrays go with them, which takes an object that
+    can be weakly referenced (not an int, a str, a tuple or a slotted object
+    without ``__weakref__``) and hashed (a weak key is hashed as its object
+    is); the message says which of the two ``got`` is not."""
+    why = "cannot be a weak key"  # its __hash__ or __eq__ raised TypeError for another reason
+    try:
+        weakref.ref(got)
+    except TypeError:
+        why = "cannot be weakly referenced"
+    else:
+        try:
+            hash(got)
+        except TypeError:
+            why = "is unhashable"
+    return TypeError(f"r2n.gpu.conv.{where}: {expected}, got {type(got).__name__}, which {why}")
 
 
 def _weakly_keyed_get(table: weakref.WeakKeyDictionary, owner, where: str, expected: str):
     """``table.get(owner)``, or :func:`_not_weakly_held`'s error for an owner
     that cannot be a weak key (WeakKeyDictionary's own is a bare "cannot
-    create weak reference")."""
+    create weak reference" or "unhashable type")."""
     try:
         return table.get(owner)
     except TypeError:
@@ -939,7 +953,7 @@ def _no_counts(ex):
         _NO_COUNTS,
         ex,
         "launch_conv",
-        "ex must be an executor object that supports weak references "
+        "ex must be a hashable executor object that supports weak references "
         "(r2n.gpu._runtime.CupyExecutor, the emulator's)",
     )
     if counts is None:
