@@ -1343,14 +1343,14 @@ def _plan(
             and _tc.im2col_fits(c_in_g, h, w, kh, kw, *dilation)
         )
         if im2col_multistage:
-            ms_tile = _tc.im2col_tile(c_out_g, precision=precision, max_shared=max_shared)
-            im2col_multistage = ms_tile is not None
+            im2col_tile = _tc.im2col_tile(c_out_g, precision=precision, max_shared=max_shared)
+            im2col_multistage = im2col_tile is not None
         if multistage:
             tile, threads = ms_tile, _tc.gemm_1x1_threads(ms_tile)
             bm, bn, bk = tile[:3]
             pixel_tiles, channel_tiles = ms_pixel_tiles, ms_channel_tiles
         elif im2col_multistage:
-            tile = ms_tile
+            tile = im2col_tile
             threads = _tc.gemm_1x1_threads(tile)
             bm, bn, bk = tile[:3]
             pixel_tiles, channel_tiles = _cdiv(plane_out, bn), _cdiv(c_out_g, bm)
