@@ -324,23 +324,39 @@ class _NoWeakRefs:
     __slots__ = ()
 
 
+class _Unhashable:
+    """An object that can be weakly referenced but not hashed (``__eq__`` without
+    ``__hash__``), so it cannot be a weak key either."""
+
+    __hash__ = None
+
+
 def test_scratch_owners_that_cannot_be_held_weakly_are_clear_errors():
     """Scratch owners are held weakly (their arrays go with them): an int, a
     tuple or a slotted object is a TypeError naming the function, what it
-    expected and what came, not WeakSet's bare "cannot create weak reference"."""
-    expected = r"pin_split_k_scratch: owner must be a stream .* \(a cupy.cuda.Stream\), got "
+    expected and what came, not WeakSet's bare "cannot create weak reference";
+    a weakly referable but unhashable owner is told that it is unhashable (not
+    that it cannot be weakly referenced, which it can)."""
+    expected = r"pin_split_k_scratch: owner must be a hashable stream object that supports "
+    expected += r"weak references \(a cupy.cuda.Stream\), got "
+    no_ref = ", which cannot be weakly referenced$"
     for bad, name in ((7, "int"), ((1, 2), "tuple"), (_NoWeakRefs(), "_NoWeakRefs")):
-        with pytest.raises(TypeError, match=expected + name + "$"):
+        with pytest.raises(TypeError, match=expected + name + no_ref):
             gconv.pin_split_k_scratch(bad)
+    with pytest.raises(TypeError, match=expected + "_Unhashable, which is unhashable$"):
+        gconv.pin_split_k_scratch(_Unhashable())
+    unhashable = "_Unhashable, which is unhashable$"
     ex = StreamEmuExecutor()
-    ex.current.stream = 5  # a raw handle where a stream object belongs
     split = gconv.SplitK((2, 1, 8, 63), np.dtype(np.float32), 3)
-    with pytest.raises(TypeError, match=r"split_k_scratch: the scratch owner .* got int$"):
-        gconv.split_k_scratch(ex, split)
-    with pytest.raises(
-        TypeError, match=r"launch_conv: ex must be an executor .* got _NoWeakRefs$"
-    ):
-        gconv._no_counts(_NoWeakRefs())
+    owner = r"split_k_scratch: the scratch owner .* must be a hashable object .* got "
+    for stream, came in ((5, "int" + no_ref), (_Unhashable(), unhashable)):
+        ex.current.stream = stream  # a raw handle or an odd object where a stream belongs
+        with pytest.raises(TypeError, match=owner + came):
+            gconv.split_k_scratch(ex, split)
+    executor = r"launch_conv: ex must be a hashable executor object .* got "
+    for bad, came in ((_NoWeakRefs(), "_NoWeakRefs" + no_ref), (_Unhashable(), unhashable)):
+        with pytest.raises(TypeError, match=executor + came):
+            gconv._no_counts(bad)
     assert gconv.pin_split_k_scratch(_Stream(93)) is None  # a stream object is fine
 
 

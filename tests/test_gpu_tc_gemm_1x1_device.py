@@ -93,7 +93,9 @@ def test_multistage_1x1_on_gpu(rng, monkeypatch, case, precision):
         dilation=(1, 1), groups=1, residual=residual, out_c0=out_c0, activation=activation,
         negative_slope=0.2, precision=precision,
     )  # fmt: skip
-    tile = tc.gemm_1x1_tile(c_out, h * w, c_in)
+    # the device's tile: the rule's, stepped down to what its shared memory holds
+    limit = gconv.shared_limit(ex)
+    tile = tc.gemm_1x1_tile(c_out, h * w, c_in, precision=precision, max_shared=limit)
     assert launches == [(tc.GEMM_1X1_FILE, tc.gemm_1x1_name(precision, tile))]
     got = out[:, out_c0 : out_c0 + c_out]
     assert not bool(cupy.isnan(got).any()), "an output element was not written"

@@ -340,6 +340,38 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def shared_limit(ex) -> int:
+    """The most dynamic shared memory one block may have on ``ex``'s device:
+    its ``max_shared_per_block()`` (CupyExecutor: the device's opt-in limit,
+    99 KiB on sm_86 / sm_89, 163 KiB on sm_80, 227 KiB on sm_90; the test
+    emulator: the device it plays), capped at r2n's own ceiling
+    ``_runtime.MAX_SHARED_PER_BLOCK`` (163 KiB, which check_config enforces);
+    an executor without the method gets that ceiling. The tile rules fit their
+    choices under it, and launch plans are keyed on it (per device)."""
+    limit_of = getattr(ex, "max_shared_per_block", None)
+    return _capped_shared_limit(None if limit_of is None else limit_of())
+
+
+def _capped_shared_limit(limit) -> int:
+    if limit is None:
+        return _runtime.MAX_SHARED_PER_BLOCK
+    return min(int(limit), _runtime.MAX_SHARED_PER_BLOCK)
+
+
+def simt_shared_bytes(ctype: str, tile, tables: int) -> int:
+    """Dynamic shared memory of one block of a SIMT kernel (steps 2-4,
+    gemm_1x1, conv_gemm.cu) with ``tile`` = (BM, BN, BK, ...) in ``ctype``
+    ("float" / "double"): the weight tile (BM rows padded by one) and the
+    input tile, BK deep, then ``tables`` copies (1 in steps 2 and 3; 2 in the
+    pipelined body: one in use, the next slice's being written) of 3 * BK ints
+    of decoded im2col rows. At most 16.5 KiB (float64's 64 x 64 tile), so
+    every SIMT tile fits the 48 KiB any CUDA GPU gives a block without an
+    opt-in: their rule (:func:`fp32_tile_rule`) needs no fallback."""
+    bm, bn, bk = tile[:3]
+    itemsize = 4 if ctype == "float" else 8
+    return (bk * (bm + 1) + bk * bn) * itemsize + tables * 3 * bk * 4
+
+
 # The float32 / float64 tile and split rule: ONE deterministic function of the
 # GEMM's shape and the GPU's SM count (fp32_tile_rule), so that a measurement
 # (benchmarks/gpu_tiles.py) sets it by changing numbers, not code: the table
@@ -457,7 +489,11 @@ def fp32_tile_rule(
     on every res2net50 1x1 conv an H200 timed, by 1.05-2.9x); float64
     gemm_1x1 the large tile at >= 264 blocks (not timed); and k_splits =
     :func:`split_k_for` of that tile's grid (a split plane GEMM runs on the
-    wide tile, the only one conv_gemm.cu has for it).
+    wide tile, the only one conv_gemm.cu has for it). Shared memory is no
+    constraint here: the largest SIMT block needs 16.5 KiB
+    (:func:`simt_shared_bytes`), under the 48 KiB every CUDA GPU allows
+    without an opt-in, so the rule has no fallback (a device allowing less is
+    a ValueError from the launcher's plan).
 
     Examples (132 SMs, float32): 1x1 256 -> 104 at 56x56 (K 256), batch 32
     -> ("half", 1); batch 1 -> ("wide", 1); 3x3 26 -> 26 at 56x56 (K 234)
@@ -651,6 +687,8 @@ def launch_conv(
         _tunables(),
         k_splits,
         getattr(ex, "sm_count", None),
+        # the device's shared memory per block (shared_limit, inline: host time)
+        None if (limit_of := getattr(ex, "max_shared_per_block", None)) is None else limit_of(),
         None if shortcut is None else (shortcut.x.shape, tuple(shortcut.stride), shortcut.pool),
         tile,
     )
@@ -862,7 +900,7 @@ def split_k_scratch(ex, split: SplitK) -> tuple:
             owner,
             "split_k_scratch",
             "the scratch owner (ex's current stream, or ex when it has no streams) "
-            "must be an object that supports weak references",
+            "must be a hashable object that supports weak references",
         )
         if sets is None:
             sets = _SCRATCH[owner] = {}
@@ -886,24 +924,38 @@ def pin_split_k_scratch(owner) -> None:
     with _SCRATCH_LOCK:
         try:
             _PINNED.add(owner)
-        except TypeError:  # WeakSet's bare "cannot create weak reference"
+        except TypeError:  # WeakSet's bare "cannot create weak reference" or "unhashable"
             raise _not_weakly_held(
                 "pin_split_k_scratch",
-                "owner must be a stream object that supports weak references (a cupy.cuda.Stream)",
+                "owner must be a hashable stream object that supports weak references "
+                "(a cupy.cuda.Stream)",
                 owner,
             ) from None
 
 
 def _not_weakly_held(where: str, expected: str, got) -> TypeError:
-    """The error for a scratch owner that cannot be held weakly (an int, a
-    str, a tuple): owners are held weakly so that their arrays go with them."""
-    return TypeError(f"r2n.gpu.conv.{where}: {expected}, got {type(got).__name__}")
+    """The error for a scratch owner that cannot be held weakly: owners are
+    held weakly so that their arrays go with them, which takes an object that
+    can be weakly referenced (not an int, a str, a tuple or a slotted object
+    without ``__weakref__``) and hashed (a weak key is hashed as its object
+    is); the message says which of the two ``got`` is not."""
+    why = "cannot be a weak key"  # its __hash__ or __eq__ raised TypeError for another reason
+    try:
+        weakref.ref(got)
+    except TypeError:
+        why = "cannot be weakly referenced"
+    else:
+        try:
+            hash(got)
+        except TypeError:
+            why = "is unhashable"
+    return TypeError(f"r2n.gpu.conv.{where}: {expected}, got {type(got).__name__}, which {why}")
 
 
 def _weakly_keyed_get(table: weakref.WeakKeyDictionary, owner, where: str, expected: str):
     """``table.get(owner)``, or :func:`_not_weakly_held`'s error for an owner
     that cannot be a weak key (WeakKeyDictionary's own is a bare "cannot
-    create weak reference")."""
+    create weak reference" or "unhashable type")."""
     try:
         return table.get(owner)
     except TypeError:
@@ -939,7 +991,7 @@ def _no_counts(ex):
         _NO_COUNTS,
         ex,
         "launch_conv",
-        "ex must be an executor object that supports weak references "
+        "ex must be a hashable executor object that supports weak references "
         "(r2n.gpu._runtime.CupyExecutor, the emulator's)",
     )
     if counts is None:
@@ -1005,13 +1057,25 @@ def _plan(
     tunables,
     k_splits,
     sm_count,
+    max_shared,
     shortcut,
     tile_forced,
 ):
     """Check one launch_conv call's shapes and options and compute its launch
-    (a :class:`ConvPlan`), or _EMPTY when there is nothing to compute."""
+    (a :class:`ConvPlan`), or _EMPTY when there is nothing to compute.
+    ``max_shared``: the executor's ``max_shared_per_block()``, or None when it
+    has none (then as :func:`shared_limit`).
+
+    Shared memory: every tile rule picks, of the tiles its choice could step
+    down to, the largest that fits ``max_shared`` (:func:`shared_limit`): the
+    multistage 1x1 GEMM's 128 x 128 -> 128 x 64 -> 64 x 128, else the 64 x 64
+    tensor-core plane GEMM; the multistage im2col tiles likewise, else step 5;
+    step 5's 64 x 64 -> 32 x 64. The SIMT tiles (<= 16.5 KiB) have no
+    fallback. A launch that still does not fit is a ValueError here, before
+    any launch."""
     *settings, max_blocks_1d, max_grid_dim, tc_1x1_min_waves, _, _, tc_im2col_ms = tunables
     fp32_rule = (*settings[:3], tuple(settings[3:]))  # as _fp32_rule() has them
+    max_shared = _capped_shared_limit(max_shared)
     ctype = _runtime.dtype_name(dtype)
     n_img, x_c_total, h, w = x_shape
     c_out, c_in_g, kh, kw = weight_shape
@@ -1196,7 +1260,17 @@ def _plan(
         images_groups = min(n_img * groups, max_grid_dim[2])
         k_rows = c_in_g * kh * kw + sc_c
         if tensor_cores:
-            tile = _tc.TILE_WIDE if shortcut is not None else _tc.tile_for(c_out_g)
+            if shortcut is not None:  # conv_gemm_tensor_core.cu has the wide tile only
+                tile = _tc.TILE_WIDE
+            else:
+                tile = _tc.tile_for(c_out_g, precision=precision, max_shared=max_shared)
+            if tile is None:
+                smallest = min(_tc.shared_bytes(precision, t) for t in _tc.TILES)
+                raise ValueError(
+                    f"r2n.{op}: no {precision} tensor-core tile fits the device's shared "
+                    f"memory: the smallest needs {smallest} bytes, the device allows at "
+                    f"most {max_shared} bytes per block"
+                )
         elif variant in _TILE_VARIANTS:
             if variant == "4_pipelined":
                 kind = KIND_IM2COL
@@ -1248,7 +1322,11 @@ def _plan(
             and side_mode == SIDE_NONE
         )
         if multistage:
-            ms_tile = _tc.gemm_1x1_tile(c_out_g, plane_out, c_in_g)
+            ms_tile = _tc.gemm_1x1_tile(
+                c_out_g, plane_out, c_in_g, precision=precision, max_shared=max_shared
+            )
+            multistage = ms_tile is not None
+        if multistage:
             ms_pixel_tiles = _cdiv(plane_out, ms_tile[1])
             ms_channel_tiles = _cdiv(c_out_g, ms_tile[0])
             ms_blocks = ms_pixel_tiles * ms_channel_tiles * images_groups
@@ -1264,12 +1342,15 @@ def _plan(
             and add_shape is None
             and _tc.im2col_fits(c_in_g, h, w, kh, kw, *dilation)
         )
+        if im2col_multistage:
+            im2col_tile = _tc.im2col_tile(c_out_g, precision=precision, max_shared=max_shared)
+            im2col_multistage = im2col_tile is not None
         if multistage:
             tile, threads = ms_tile, _tc.gemm_1x1_threads(ms_tile)
             bm, bn, bk = tile[:3]
             pixel_tiles, channel_tiles = ms_pixel_tiles, ms_channel_tiles
         elif im2col_multistage:
-            tile = _tc.im2col_tile(c_out_g)
+            tile = im2col_tile
             threads = _tc.gemm_1x1_threads(tile)
             bm, bn, bk = tile[:3]
             pixel_tiles, channel_tiles = _cdiv(plane_out, bn), _cdiv(c_out_g, bm)
@@ -1319,11 +1400,17 @@ def _plan(
             # decoded im2col rows, twice in the pipelined body (one copy in use,
             # the next slice's being written)
             tables = 1 if variant in ("2_smem_tiles", "3_register_tiles") else 2
-            shared = (bk * (bm + 1) + bk * bn) * np.dtype(dtype).itemsize + tables * 3 * bk * 4
+            shared = simt_shared_bytes(ctype, tile, tables)
             if gemm_load is not None:
                 file, name = GEMM_FILE, _gemm_name(ctype, tile, gemm_load)
         if gemm_load is not None and name not in _runtime.names_of(file):
             raise AssertionError(f"r2n.{op}: {name} is not instantiated in {file}")
+        if shared > max_shared:
+            raise ValueError(
+                f"r2n.{op}: {name} needs {shared} bytes of shared memory per block, but the "
+                f"device allows at most {max_shared} bytes per block (no smaller tile of "
+                f"variant {variant} applies)"
+            )
 
     flags = 0
     if bias_shape is not None:

@@ -76,9 +76,40 @@ TILE_NARROW = (32, 64, 32, 2, 2)
 TILES = (TILE_WIDE, TILE_NARROW)
 
 
-def tile_for(c_out_g: int) -> tuple:
-    """The block tile for ``c_out_g`` output channels per group."""
-    return TILE_NARROW if c_out_g <= 32 else TILE_WIDE
+def tile_for(c_out_g: int, *, precision: str | None = None, max_shared: int | None = None):
+    """The block tile for ``c_out_g`` output channels per group: the narrow
+    one for <= 32, else the wide one; with ``max_shared`` (the device's
+    shared memory per block, r2n.gpu.conv.shared_limit), the largest tile no
+    larger than that choice that fits in ``precision`` (:func:`fits_within`),
+    or None when none does (the wide tile needs 36.75 KiB in tf32, 29.75 in
+    bf16; the narrow one 27.75 / 19.75: every GPU r2n runs on, with 48 KiB
+    without an opt-in, fits both)."""
+    tile = TILE_NARROW if c_out_g <= 32 else TILE_WIDE
+    return fits_within(tile, TILES, shared_bytes, precision, max_shared)
+
+
+def fits_within(tile, tiles, shared_of, precision: str | None, max_shared: int | None):
+    """``tile`` (a rule's choice) if its ``shared_of(precision, tile)`` bytes of
+    shared memory fit ``max_shared`` (None: no limit), else the tile of
+    ``tiles`` needing the most shared memory no more than ``tile``'s that
+    fits, else None. Deterministic: the same arguments give the same tile."""
+    if max_shared is None:
+        return tile
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"r2n.gpu: a tile that fits max_shared={max_shared} needs precision "
+            f"{' or '.join(map(repr, PRECISIONS))} (its bytes depend on it), got {precision!r}"
+        )
+    own = shared_of(precision, tile)
+    smaller = sorted(
+        (t for t in tiles if t != tile and shared_of(precision, t) <= own),
+        key=lambda t: shared_of(precision, t),
+        reverse=True,
+    )
+    for candidate in (tile, *smaller):
+        if shared_of(precision, candidate) <= max_shared:
+            return candidate
+    return None
 
 
 def threads(tile) -> int:
@@ -132,7 +163,9 @@ GEMM_1X1_FILE = "gemm_1x1_tensor_core.cu"
 # prologue (the ring's first loads) and epilogue (stores, residual loads),
 # which a conv with a short K loop (conv3: K = 104) spends much of its time
 # in, while the 8-warp tile loads each weight and input once per 128 x 128
-# outputs instead of per 128 x 64 (half the L2 -> SM traffic).
+# outputs instead of per 128 x 64 (half the L2 -> SM traffic). The 8-warp
+# tile's 140-146 KiB exceed sm_86 / sm_89's 99 KiB per block: there
+# gemm_1x1_tile (given the device's limit) steps down to 128 x 64.
 #: More than 64 output channels per group: 128 x 64, 4 warps.
 GEMM_1X1_TILE = (128, 64, 32, 2, 2, 3)
 #: Groups of <= 64 output channels: 64 x 128, 4 warps.
@@ -150,15 +183,28 @@ GEMM_1X1_LARGE_MIN_K = 512
 _GEMM_1X1_PAD = {"tf32": (4, 8), "bf16": (8, 4)}
 
 
-def gemm_1x1_tile(c_out_g: int, plane: int, k: int) -> tuple:
+def gemm_1x1_tile(
+    c_out_g: int, plane: int, k: int, *, precision: str | None = None, max_shared=None
+):
     """The multistage 1x1 GEMM's block tile for ``c_out_g`` output channels
     per group, ``plane`` = H * W pixels and ``k`` input channels per group (a
-    deterministic rule, see the tiles above)."""
+    deterministic rule, see the tiles above).
+
+    With ``max_shared`` (the device's shared memory per block,
+    r2n.gpu.conv.shared_limit) and ``precision``: the largest tile no larger
+    than the rule's that fits (:func:`fits_within`), or None when none does
+    (the launcher then runs the 64 x 64 plane GEMM of
+    conv_gemm_tensor_core.cu). The 128 x 128 tile's 140 KiB (tf32) / 146 KiB
+    (bf16) fit sm_80 (163 KiB) and sm_90 (227 KiB), not sm_86 / sm_89 (99
+    KiB), where the rule steps down to 128 x 64 (81 / 85.5 KiB); with 48 KiB
+    (no opt-in) no multistage tile fits."""
     if c_out_g <= 64:
-        return GEMM_1X1_TILE_FEW_CHANNELS
-    if k >= GEMM_1X1_LARGE_MIN_K and plane > 64:
-        return GEMM_1X1_TILE_LARGE
-    return GEMM_1X1_TILE
+        tile = GEMM_1X1_TILE_FEW_CHANNELS
+    elif k >= GEMM_1X1_LARGE_MIN_K and plane > 64:
+        tile = GEMM_1X1_TILE_LARGE
+    else:
+        tile = GEMM_1X1_TILE
+    return fits_within(tile, GEMM_1X1_TILES, gemm_1x1_shared_bytes, precision, max_shared)
 
 
 def gemm_1x1_name(precision: str, tile) -> str:
@@ -206,14 +252,19 @@ IM2COL_TILE_NARROW = (32, 128, 32, 1, 4, 3)
 IM2COL_TILES = (IM2COL_TILE, IM2COL_TILE_FEW_CHANNELS, IM2COL_TILE_NARROW)
 
 
-def im2col_tile(c_out_g: int) -> tuple:
+def im2col_tile(c_out_g: int, *, precision: str | None = None, max_shared: int | None = None):
     """The multistage implicit GEMM's block tile for ``c_out_g`` output
-    channels per group: the smallest of BM 32 / 64 / 128 that holds them."""
+    channels per group: the smallest of BM 32 / 64 / 128 that holds them.
+    With ``max_shared`` and ``precision``: the largest tile no larger than
+    that one that fits (:func:`fits_within`; 65.25-86.25 KiB, so all of them
+    on sm_80 / sm_86 / sm_89 / sm_90), or None (the launcher then runs step 5)."""
     if c_out_g <= 32:
-        return IM2COL_TILE_NARROW
-    if c_out_g <= 64:
-        return IM2COL_TILE_FEW_CHANNELS
-    return IM2COL_TILE
+        tile = IM2COL_TILE_NARROW
+    elif c_out_g <= 64:
+        tile = IM2COL_TILE_FEW_CHANNELS
+    else:
+        tile = IM2COL_TILE
+    return fits_within(tile, IM2COL_TILES, im2col_shared_bytes, precision, max_shared)
 
 
 def im2col_name(precision: str, tile) -> str:

@@ -450,13 +450,22 @@ class EmuExecutor:
     ----------
     check_order : run every launch in two thread orders and require identical
         results (default True; False halves the time).
+    max_shared : None (r2n's ceiling, ``_runtime.MAX_SHARED_PER_BLOCK``) or the
+        opt-in shared memory per block of the device to play (99 KiB: sm_86 /
+        sm_89; 163 KiB: sm_80; 227 KiB: sm_90), which :meth:`max_shared_per_block`
+        reports and :meth:`launch` enforces, as ``CupyExecutor`` does.
     """
 
     xp = np
 
-    def __init__(self, check_order: bool = True):
+    def __init__(self, check_order: bool = True, max_shared: int | None = None):
         self.check_order = check_order
+        self.max_shared = max_shared
         self.launches: list[tuple[str, str]] = []  # (file, name) of every launch, for tests
+
+    def max_shared_per_block(self) -> int:
+        """The device's opt-in shared memory per block (``max_shared``)."""
+        return _runtime.MAX_SHARED_PER_BLOCK if self.max_shared is None else self.max_shared
 
     def empty(self, shape, dtype):
         """A new array filled with NaN (integers: -1), so unwritten outputs show."""
@@ -472,6 +481,12 @@ class EmuExecutor:
         """Launch a registered kernel of r2n/gpu/kernels/<file> on NumPy arrays."""
         if name_expr not in _runtime.KERNELS.get(file, ()):
             raise ValueError(f"r2n.gpu: {name_expr!r} is not registered for {file!r}")
+        limit = self.max_shared_per_block()
+        if isinstance(shared_mem, (int, np.integer)) and shared_mem > limit:
+            raise ValueError(  # CupyExecutor.launch's refusal
+                f"r2n.gpu: launching {name_expr}: {shared_mem} bytes of shared "
+                f"memory, but the emulated device allows at most {limit} per block"
+            )
         self.launches.append((file, name_expr))
         self.module(file).launch(
             name_expr, grid, block, args, shared_mem, check_order=self.check_order
