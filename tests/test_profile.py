@@ -164,7 +164,8 @@ def test_each_conv_and_chain_reports_the_algorithm_its_prepared_layer_ran(rng):
         want = 3 * profile.multiply_flops(r["algorithm"], n, width, width, (3, 3), ho, wo)
         assert r["algorithm_flops"] == want, name
         assert r["algorithm_floor_ms"] == pytest.approx(want / 100.0 / 1e6)
-    # Stage chains direct; the 16x16 chains of 26 channels on F(4x4), 8x8 on F(2x2).
+    # Stage chains and the small planes' chains direct, the 16x16 chains of 26
+    # channels on F(4x4) (F(2x2)'s report: the prepared-conv test below).
     assert {"direct", "winograd_4x4"} <= seen
     assert report["algorithm_flops"] == sum(r["algorithm_flops"] for r in rows.values())
     assert report["algorithm_flops"] < report["flops"]

@@ -402,7 +402,10 @@ def transposed_epilogue_kernel(partial: bool = False):
     ch_count`` only: no other output, residual or bias element is touched
     (masked stores and loads, channel rows skipped), and the buffer rows of
     pixels past ``px_count`` are not read (pixel 0's are read in their
-    place). The Winograd steps finish their tiles with it.
+    place). Buffer rows are still read as whole ``L``-channel vectors, so
+    ``buf_base + p * buf_stride + L`` must stay inside ``buf`` for every p
+    read (the Winograd steps, which finish their tiles with it, read blocks
+    of ``bw`` channels, a multiple of ``L``).
 
     Computing, for channel ``c < L`` and pixel ``p < L``::
 

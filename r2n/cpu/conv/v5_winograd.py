@@ -134,6 +134,8 @@ LINE_PAD = 16
 #: Elements past each parity plane: the split's whole-vector stores run past
 #: a row, and the last row's past the plane.
 PLANE_SLACK = 16
+# The transforms' whole vectors (VECTOR_BYTES / itemsize lanes) must fit in it.
+assert PLANE_SLACK >= VECTOR_BYTES // 4
 
 #: use_winograd's lines: input channels per group, image height and width,
 #: and for wide groups, 2x2 output tiles in the batch or the tiles' waste.
@@ -830,7 +832,9 @@ def plan(n_jobs_outer, c_in, h_out, w_out, dtype, workers):
     half a row per job for its fixed costs): 7 blocks on 2 workers leave
     one idle an eighth of the time, so batch 1 takes 10 blocks there.
     ``tbp``: V's row pitch, the block's flat tile numbers (rows x (ntx + 1))
-    plus a micro-kernel call of slack, rounded up to whole vectors of 16.
+    rounded up to whole vectors (PLANE_SLACK, >= the lane count), and at
+    least a micro-kernel call (TILE_PIXELS) past them: not always a multiple
+    of 16 (every vector access is unaligned).
     """
     nty, ntx = (h_out + 1) // 2, (w_out + 1) // 2
     dtype = np.dtype(dtype)

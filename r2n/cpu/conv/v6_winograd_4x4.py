@@ -312,8 +312,6 @@ def _combo(dst, d0, src, offsets, coefs, count):
         )  # fmt: skip
 
 
-OUT_AHEAD = 0
-
 # V[6 r + col] = (B^T d B)[r][col] from the phase planes: d[m][j] of a tile
 # is plane (m % 4, j % 4) at row + m // 4, tile + j // 4 (k1 * p_len + k2 *
 # pitch + k3); V[xi] is xi * v_xi past the channel's row.
