@@ -565,8 +565,11 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch, pass_throu
     lt, column tx, R = ntx + 1: one unused column per row, so that every
     transform is a flat loop over the block). V[xi][c][idx] has the row pitch
     TBP (``geometry.tbp``, >= rows * R + TILE_PIXELS: a micro-kernel call
-    may run past the block), M[xi][idx][channel of the block]; per tile row, S (8 rows)
-    and Y (4 rows) of R x bw. The input of one channel: the parity planes
+    may run past the block), V[xi] and M[xi] LINE_PAD apart beyond their
+    rows, M[xi][idx][channel of the block]; per tile row, S (8 rows) and Y (4
+    rows) of R x bw with the flat loops, or (transforms in registers) Y per
+    output row pixel-major, pixel 2 tx + b's bw channels side by side (S
+    unused). The input of one channel: the parity planes
     P[ri][cj][pr * R + k] = padded[2 pr + ri][2 k + cj] (rows+1 rows of R),
     so that the 4 rows of tile row lt are P[0] and P[1] at row lt and lt + 1
     and its 4 columns P[.][0] and P[.][1] at k = tx and tx + 1; then the 8

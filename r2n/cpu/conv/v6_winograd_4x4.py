@@ -424,7 +424,9 @@ def _winograd_kernel(source, add, weights, output, geometry, scratch, pass_throu
     (``pass_through``: step 5's PassThrough, the planes of one size.)
     Layouts as step 5's kernel, with 36 positions: V[xi][c][idx] (idx = lt *
     R + tx, R = ntx + 1, row pitch tbp), M[xi][idx][channel of the block];
-    per tile row S[a][col] (24) and Y[a][b] (16) of R x bw. Planes P[ri][cj]
+    per tile row S[a][col] (24) and Y[a][b] (16) of R x bw with the flat
+    loops, or Y per output row pixel-major (in registers, as step 5's).
+    Planes P[ri][cj]
     of (rows + 1) x R, then T[r][cj] of rows x R + 1.
     """
     a, a_img, a_c0, a_conv_step, _ = source
